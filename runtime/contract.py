@@ -1,0 +1,224 @@
+"""The input contract: what the graphs take, and the one implementation of preprocessing.
+
+Training and the runtime both call :meth:`InputContract.prepare` and :meth:`InputContract.read_image`,
+so an image scored on a device is converted exactly as it was during training.
+
+Rules (documented in docs/bundle-format.md):
+
+* arrays: ``uint8`` is divided by 255; ``float32``/``float64`` must already lie in the value range
+  ``[0, 1]`` and be finite; ``bool`` maps to 0/1. Accepted layouts: ``(H, W)`` and ``(N, H, W)`` for one
+  channel, ``(C, H, W)``/``(H, W, C)`` for one image, ``(N, C, H, W)`` and ``(N, H, W, C)``.
+  Arrays must already have the contract's height and width.
+* image files: decoded with Pillow, converted with ``Image.convert("L")`` (one channel) or
+  ``Image.convert("RGB")`` (three channels; an alpha channel is dropped), then, when the size differs,
+  resized to exactly ``width x height`` with the contract's filter (default bilinear; the aspect ratio is
+  not kept and nothing is cropped), then divided by 255.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import ArrayInputError, ImageReadError
+
+RESIZE_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+def uint8_to_unit(images: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """Map uint8 pixels 0..255 to float32 in [0, 1] (the single conversion used everywhere)."""
+    out: NDArray[np.float32] = images.astype(np.float32)
+    out /= np.float32(255.0)
+    return out
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """Shape, value range and conversion rules of the images a model takes.
+
+    Args:
+        channels: 1 (grayscale) or 3 (RGB).
+        height: image height in pixels (>= 8).
+        width: image width in pixels (>= 8).
+        value_range: the range pixel values are mapped to; edgevae uses (0.0, 1.0).
+        resize: Pillow filter used to resize image files of another size.
+    """
+
+    channels: int
+    height: int
+    width: int
+    value_range: tuple[float, float] = (0.0, 1.0)
+    resize: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 8:
+                raise ValueError(f"{name} must be an integer >= 8, got {value!r}")
+        if tuple(self.value_range) != (0.0, 1.0):
+            raise ValueError(f"value_range must be (0.0, 1.0), got {self.value_range!r}")
+        object.__setattr__(self, "value_range", (0.0, 1.0))
+        if self.resize not in RESIZE_FILTERS:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_FILTERS)}; got {self.resize!r}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return (self.channels, self.height, self.width)
+
+    @property
+    def pil_mode(self) -> str:
+        return "L" if self.channels == 1 else "RGB"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["value_range"] = list(self.value_range)
+        data["layout"] = "NCHW"
+        data["dtype"] = "float32"
+        data["file_conversion"] = f"Pillow Image.convert('{self.pil_mode}')"
+        data["resize_rule"] = (
+            f"resize to exactly {self.width}x{self.height} with Pillow's {self.resize} filter when the size "
+            "differs (no crop, aspect ratio not kept)"
+        )
+        data["scaling"] = "uint8 / 255"
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "InputContract":
+        try:
+            return cls(
+                channels=int(data["channels"]),
+                height=int(data["height"]),
+                width=int(data["width"]),
+                value_range=(float(data["value_range"][0]), float(data["value_range"][1])),
+                resize=str(data.get("resize", "bilinear")),
+            )
+        except (KeyError, TypeError, IndexError) as exc:
+            raise ValueError(f"input contract is incomplete or malformed ({exc!r}): {dict(data)!r}") from exc
+
+    # ------------------------------------------------------------------ arrays
+    def to_nchw(self, array: NDArray[Any]) -> NDArray[Any]:
+        """Reorder an array in any accepted layout to (N, C, H, W) without changing its dtype."""
+        c, h, w = self.shape
+        a = np.asarray(array)
+        if a.ndim == 2:
+            if c != 1:
+                raise ArrayInputError(f"a 2-D array is one grayscale image, but the model takes {c} channels")
+            a = a[None, None]
+        elif a.ndim == 3:
+            if c == 1:
+                a = a[:, None]
+            elif a.shape[0] == c:
+                a = a[None]
+            elif a.shape[-1] == c:
+                a = np.moveaxis(a, -1, 0)[None]
+            else:
+                raise ArrayInputError(
+                    f"a 3-D array must be (C, H, W) or (H, W, C) with C={c}, got shape {a.shape}"
+                )
+        elif a.ndim == 4:
+            if a.shape[1] == c:
+                pass
+            elif a.shape[3] == c:
+                a = np.moveaxis(a, 3, 1)
+            else:
+                raise ArrayInputError(
+                    f"a 4-D array must be (N, {c}, H, W) or (N, H, W, {c}), got shape {a.shape}"
+                )
+        else:
+            raise ArrayInputError(f"arrays must have rank 2, 3 or 4; got rank {a.ndim} (shape {a.shape})")
+        if a.shape[2:] != (h, w):
+            raise ArrayInputError(
+                f"images must be {h}x{w} (height x width) as the model's input contract says, got "
+                f"{a.shape[2]}x{a.shape[3]}; resize them first, or pass image files, which are resized"
+            )
+        return a
+
+    def prepare(self, array: NDArray[Any]) -> NDArray[np.float32]:
+        """Validate and convert an array of images to float32 (N, C, H, W) in [0, 1].
+
+        Raises:
+            ArrayInputError: wrong dtype, rank, shape, or non-finite / out-of-range values.
+        """
+        a = self.to_nchw(array)
+        if a.dtype == np.uint8:
+            return np.ascontiguousarray(uint8_to_unit(a))
+        if a.dtype == np.bool_:
+            return np.ascontiguousarray(a, dtype=np.float32)
+        if a.dtype not in (np.float32, np.float64, np.float16):
+            raise ArrayInputError(
+                f"arrays must be uint8 (0..255) or float in [0, 1]; got dtype {a.dtype}. "
+                "Convert with .astype(np.uint8) or scale to [0, 1] floats"
+            )
+        out = np.ascontiguousarray(a, dtype=np.float32)
+        if out.size:
+            if not np.isfinite(out).all():
+                bad = int(np.count_nonzero(~np.isfinite(out).reshape(out.shape[0], -1).all(axis=1)))
+                raise ArrayInputError(f"{bad} image(s) contain NaN or Inf; every pixel must be finite")
+            lo, hi = float(out.min()), float(out.max())
+            if lo < -1e-6 or hi > 1.0 + 1e-6:
+                raise ArrayInputError(
+                    f"float pixels must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
+                    "divide 0..255 data by 255 or pass it as uint8"
+                )
+        return out
+
+    # ------------------------------------------------------------------ files
+    def read_image(self, path: str | os.PathLike[str]) -> NDArray[np.uint8]:
+        """Decode one image file into uint8 (C, H, W) following the contract's conversion rules.
+
+        Raises:
+            ImageReadError: the file cannot be read or decoded as an image.
+        """
+        try:
+            from PIL import Image, UnidentifiedImageError
+        except ImportError as exc:  # pragma: no cover - Pillow is a base dependency
+            raise ImageReadError("reading image files needs Pillow: pip install pillow") from exc
+        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+        name = os.fspath(path)
+        try:
+            with Image.open(name) as img:
+                img.load()
+                img = _to_mode(img, self.pil_mode)
+                if img.size != (self.width, self.height):
+                    resample = getattr(Image.Resampling, self.resize.upper())
+                    img = img.resize((self.width, self.height), resample=resample)
+                arr = np.asarray(img, dtype=np.uint8)
+        except UnidentifiedImageError as exc:
+            raise ImageReadError(f"{name}: not a readable image (Pillow cannot identify it)") from exc
+        except Image.DecompressionBombError as exc:
+            raise ImageReadError(f"{name}: refused, larger than {MAX_IMAGE_PIXELS:,} pixels ({exc})") from exc
+        except FileNotFoundError as exc:
+            raise ImageReadError(f"{name}: no such file") from exc
+        except IsADirectoryError as exc:
+            raise ImageReadError(f"{name}: is a directory, not an image file") from exc
+        except PermissionError as exc:
+            raise ImageReadError(f"{name}: permission denied") from exc
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ImageReadError(f"{name}: corrupt or truncated image ({exc})") from exc
+        if arr.ndim == 2:
+            arr = arr[None]
+        else:
+            arr = np.moveaxis(arr, -1, 0)
+        return np.ascontiguousarray(arr)
+
+
+def _to_mode(img: Any, mode: str) -> Any:
+    """Convert a Pillow image to L or RGB; 16/32-bit integer images are rescaled, not clipped."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        from PIL import Image
+
+        img = Image.fromarray(np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert(mode)

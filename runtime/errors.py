@@ -1,0 +1,31 @@
+"""Exceptions raised by edgevae. The library raises; only the CLI turns these into messages and exit codes."""
+
+from __future__ import annotations
+
+
+class EdgeVAEError(Exception):
+    """Base class of every error edgevae raises on purpose."""
+
+
+class BundleError(EdgeVAEError):
+    """A bundle is missing, incomplete, tampered with, or disagrees with its manifest."""
+
+
+class ProviderError(EdgeVAEError):
+    """An execution provider was requested that onnxruntime cannot give (or silently dropped)."""
+
+
+class InputError(EdgeVAEError, ValueError):
+    """An input (array, image file, IDX file, path) cannot be turned into the model's input contract."""
+
+
+class ImageReadError(InputError):
+    """An image file is unreadable, corrupt, truncated, or not an image."""
+
+
+class ArrayInputError(InputError):
+    """An array has the wrong dtype, rank, shape, or non-finite / out-of-range values."""
+
+
+class IDXFormatError(InputError):
+    """An IDX file has a bad magic number, an unsupported type, or the wrong length."""

@@ -1,0 +1,243 @@
+"""Inputs from disk: image files, folders, globs, .npy/.npz arrays and MNIST IDX files, streamed in batches.
+
+Bad items never stop a batch: each one is reported with its error and the rest are still returned.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .contract import IMAGE_EXTENSIONS, InputContract
+from .errors import ArrayInputError, IDXFormatError, InputError
+
+ARRAY_EXTENSIONS = (".npy", ".npz")
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def is_idx_path(path: str | os.PathLike[str]) -> bool:
+    name = os.fspath(path).lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    return name.endswith(".idx") or "ubyte" in os.path.basename(name) or name.endswith((".idx1", ".idx3"))
+
+
+def is_array_path(path: str | os.PathLike[str]) -> bool:
+    return os.fspath(path).lower().endswith(ARRAY_EXTENSIONS)
+
+
+def is_image_path(path: str | os.PathLike[str]) -> bool:
+    return os.fspath(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def read_idx(path: str | os.PathLike[str]) -> NDArray[Any]:
+    """Read an IDX file (plain or .gz), as MNIST distributes images and labels.
+
+    Raises:
+        IDXFormatError: bad magic number, unknown element type, or a length that disagrees with the header.
+    """
+    name = os.fspath(path)
+    try:
+        opener = gzip.open if name.lower().endswith(".gz") else open
+        with opener(name, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as exc:
+        raise IDXFormatError(f"{name}: cannot read IDX file ({exc})") from exc
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise IDXFormatError(f"{name}: not an IDX file (magic number must start with two zero bytes)")
+    type_code, ndim = data[2], data[3]
+    if type_code not in _IDX_TYPES:
+        raise IDXFormatError(f"{name}: unknown IDX element type 0x{type_code:02x}")
+    if ndim < 1 or len(data) < 4 + 4 * ndim:
+        raise IDXFormatError(f"{name}: IDX header is truncated or has {ndim} dimensions")
+    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_TYPES[type_code])
+    expected = int(np.prod(dims)) * dtype.itemsize
+    body = memoryview(data)[4 + 4 * ndim:]
+    if len(body) != expected:
+        raise IDXFormatError(f"{name}: header says shape {dims} ({expected} bytes of data) but the file holds "
+                             f"{len(body)} bytes; the file is truncated or not IDX")
+    return np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def read_array_file(path: str | os.PathLike[str], key: str | None = None) -> NDArray[Any]:
+    """Load images from .npy or .npz (key: ``key``, else ``images``, ``x``, or the only array)."""
+    name = os.fspath(path)
+    try:
+        loaded = np.load(name, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ArrayInputError(f"{name}: cannot read array file ({exc})") from exc
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded as npz:
+        keys = list(npz.keys())
+        chosen = key or next((k for k in ("images", "x", "X") if k in keys), None)
+        if chosen is None and len(keys) == 1:
+            chosen = keys[0]
+        if chosen is None or chosen not in keys:
+            raise ArrayInputError(f"{name}: choose the array holding images; the archive has {keys}")
+        try:
+            return npz[chosen]
+        except ValueError as exc:
+            raise ArrayInputError(f"{name}[{chosen}]: cannot read array ({exc})") from exc
+
+
+@dataclass
+class Batch:
+    """A batch of prepared images plus the items that failed, both in input order."""
+
+    names: list[str] = field(default_factory=list)
+    images: NDArray[np.float32] | None = None
+    failures: list[tuple[str, InputError]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Source:
+    kind: str  # "image" | "array" | "idx" | "error"
+    path: str
+    error: InputError | None = None
+
+
+def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> Iterator[_Source]:
+    """Expand files, folders (recursive, sorted) and glob patterns into sources, in a stable order."""
+    for raw in paths:
+        text = os.fspath(raw)
+        if not os.path.exists(text) and glob.has_magic(text):
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                yield _Source("error", text, InputError(f"{text}: pattern matches no files"))
+            for m in matches:
+                yield from expand_paths([m])
+            continue
+        p = Path(text)
+        if p.is_dir():
+            found = False
+            for sub in _walk(p):
+                found = True
+                yield sub
+            if not found:
+                yield _Source("error", text, InputError(
+                    f"{text}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)}), arrays or IDX files"))
+        elif not p.exists():
+            yield _Source("error", text, InputError(f"{text}: no such file or folder"))
+        elif is_array_path(text):
+            yield _Source("array", text)
+        elif is_idx_path(text):
+            yield _Source("idx", text)
+        else:
+            yield _Source("image", text)
+
+
+def _walk(root: Path) -> Iterator[_Source]:
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:  # a symlink loop
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames.sort()
+        for fname in sorted(filenames):
+            full = os.path.join(dirpath, fname)
+            if is_image_path(fname):
+                yield _Source("image", full)
+            elif is_array_path(fname):
+                yield _Source("array", full)
+            elif is_idx_path(fname):
+                yield _Source("idx", full)
+
+
+def _array_items(source: _Source, contract: InputContract) -> Iterator[tuple[str, NDArray[Any] | InputError]]:
+    try:
+        arr = read_idx(source.path) if source.kind == "idx" else read_array_file(source.path)
+        batch = contract.to_nchw(arr)
+    except InputError as exc:
+        yield source.path, exc
+        return
+    for i in range(batch.shape[0]):
+        yield f"{source.path}[{i}]", batch[i]
+
+
+def iter_batches(paths: Sequence[str | os.PathLike[str]], contract: InputContract, batch_size: int = 256,
+                 workers: int | None = None) -> Iterator[Batch]:
+    """Stream prepared batches from paths; image files are decoded by a pool of threads.
+
+    Items keep their input order. Memory stays bounded by about two batches, whatever the number of files.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    workers = workers or min(8, (os.cpu_count() or 1) + 1)
+
+    def items() -> Iterator[tuple[str, Any]]:
+        # (name, path-to-decode | array | error) in order
+        for source in expand_paths(paths):
+            if source.kind == "error":
+                yield source.path, source.error or InputError(f"{source.path}: cannot be read")
+            elif source.kind == "image":
+                yield source.path, source.path
+            else:
+                yield from _array_items(source, contract)
+
+    def decode(item: tuple[str, Any]) -> tuple[str, Any]:
+        name, payload = item
+        if isinstance(payload, str):
+            try:
+                return name, contract.read_image(payload)
+            except InputError as exc:
+                return name, exc
+        return name, payload
+
+    def chunks(it: Iterable[tuple[str, Any]]) -> Iterator[list[tuple[str, Any]]]:
+        chunk: list[tuple[str, Any]] = []
+        for item in it:
+            chunk.append(item)
+            if len(chunk) == batch_size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgevae-decode") as pool:
+        pending = None
+        for chunk in chunks(items()):
+            future_chunk = [pool.submit(decode, item) for item in chunk]
+            if pending is not None:
+                yield _assemble([f.result() for f in pending], contract)
+            pending = future_chunk
+        if pending is not None:
+            yield _assemble([f.result() for f in pending], contract)
+
+
+def _assemble(decoded: list[tuple[str, Any]], contract: InputContract) -> Batch:
+    batch = Batch()
+    rows: list[NDArray[Any]] = []
+    for name, payload in decoded:
+        if isinstance(payload, InputError):
+            batch.failures.append((name, payload))
+            continue
+        if payload.dtype != np.uint8:
+            try:
+                payload = contract.prepare(payload[None])[0]
+            except InputError as exc:
+                batch.failures.append((name, exc))
+                continue
+        rows.append(payload)
+        batch.names.append(name)
+    if rows:
+        out = np.empty((len(rows),) + contract.shape, dtype=np.float32)
+        for i, row in enumerate(rows):
+            if row.dtype == np.uint8:
+                np.divide(row, np.float32(255.0), out=out[i], dtype=np.float32)
+            else:
+                out[i] = row
+        batch.images = out
+    return batch

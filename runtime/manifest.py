@@ -1,0 +1,129 @@
+"""The bundle manifest (``edgevae.json``): versioned JSON describing graphs, input contract and calibration."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .contract import InputContract
+from .errors import BundleError
+from .scores import LIKELIHOODS, SCORE_METHODS, MethodCalibration
+
+FORMAT_NAME = "edgevae-bundle"
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "edgevae.json"
+METADATA_KEY = "edgevae.manifest"
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+ENCODER_INPUT = "x"
+ENCODER_OUTPUTS = ("mu", "logvar", "kl")
+DECODER_INPUT = "t"
+
+
+def decoder_outputs(likelihood: str) -> tuple[str, str]:
+    """Output names of the decoder graph for a likelihood: the mean and the likelihood's parameter."""
+    return ("x_mean", "x_logits") if likelihood == "bernoulli" else ("x_mean", "x_logvar")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Parsed and validated ``edgevae.json``. ``raw`` keeps every field, including informational ones."""
+
+    contract: InputContract
+    latent_dim: int
+    likelihood: str
+    default_method: str
+    elbo_samples: int
+    score_seed: int
+    calibration_fpr: float
+    calibration: Mapping[str, MethodCalibration]
+    files: Mapping[str, Mapping[str, Any]]
+    raw: Mapping[str, Any] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {self.likelihood!r}")
+        if self.default_method not in SCORE_METHODS:
+            raise ValueError(f"default method must be one of {', '.join(SCORE_METHODS)}; got {self.default_method!r}")
+        if self.elbo_samples < 1:
+            raise ValueError(f"elbo_samples must be >= 1, got {self.elbo_samples}")
+        if not 0.0 < self.calibration_fpr < 1.0:
+            raise ValueError(f"calibration fpr must be in (0, 1), got {self.calibration_fpr}")
+
+    @property
+    def decoder_outputs(self) -> tuple[str, str]:
+        return decoder_outputs(self.likelihood)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, require_files: bool = True) -> "Manifest":
+        """Validate a manifest dictionary.
+
+        Raises:
+            BundleError: unknown format or schema version, or missing / malformed fields.
+        """
+        if not isinstance(data, Mapping):
+            raise BundleError(f"manifest must be a JSON object, got {type(data).__name__}")
+        if data.get("format") != FORMAT_NAME:
+            raise BundleError(f"not an edgevae manifest: 'format' is {data.get('format')!r}, expected {FORMAT_NAME!r}")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BundleError(
+                f"manifest schema_version {version!r} is not supported by this edgevae (reads version "
+                f"{SCHEMA_VERSION}); re-export the bundle with this edgevae or upgrade edgevae"
+            )
+        try:
+            scoring = data["scoring"]
+            cal = data["calibration"]
+            files = data["files"] if require_files else data.get("files", {})
+            manifest = cls(
+                contract=InputContract.from_dict(data["input"]),
+                latent_dim=int(data["latent_dim"]),
+                likelihood=str(data["likelihood"]),
+                default_method=str(scoring["default_method"]),
+                elbo_samples=int(scoring["elbo_samples"]),
+                score_seed=int(scoring["seed"]),
+                calibration_fpr=float(cal["fpr"]),
+                calibration={m: MethodCalibration.from_dict(c) for m, c in cal["methods"].items()},
+                files=dict(files),
+                raw=dict(data),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"manifest is malformed: {type(exc).__name__}: {exc}") from exc
+        unknown = set(manifest.calibration) - set(SCORE_METHODS)
+        if unknown:
+            raise BundleError(f"manifest calibrates unknown score methods {sorted(unknown)}; known: {SCORE_METHODS}")
+        if require_files:
+            for name in (ENCODER_FILE, DECODER_FILE):
+                entry = manifest.files.get(name)
+                if not isinstance(entry, Mapping) or not isinstance(entry.get("sha256"), str):
+                    raise BundleError(f"manifest has no sha256 for {name} under 'files'")
+        return manifest
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, require_files: bool = True) -> "Manifest":
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"manifest is not valid JSON: {exc}") from exc
+        return cls.from_dict(data, require_files=require_files)
+
+
+def dumps(data: Mapping[str, Any]) -> str:
+    """Serialise a manifest dictionary as stable, human-readable JSON (NaN/Inf are refused)."""
+    _check_finite(data, "manifest")
+    return json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+
+def _check_finite(value: Any, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} holds a non-finite number {value!r}")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")

@@ -1,0 +1,306 @@
+"""Load a bundle and run it: encode, decode, reconstruct, generate, score."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from .contract import InputContract
+from .errors import ArrayInputError, BundleError
+from .manifest import (
+    DECODER_FILE,
+    DECODER_INPUT,
+    ENCODER_FILE,
+    ENCODER_INPUT,
+    ENCODER_OUTPUTS,
+    MANIFEST_FILE,
+    Manifest,
+)
+from .scores import (
+    SCORE_METHODS,
+    ScoreResult,
+    log_likelihood,
+    p_values,
+    prior_noise,
+    reconstruction_error,
+    threshold_at_fpr,
+)
+from .sessions import Providers, create_session
+
+F32 = NDArray[np.float32]
+# Largest number of latent codes sent to the decoder in one call by the Monte-Carlo scores.
+DECODE_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """Names, shapes and types of a session's inputs and outputs, for ``edgevae info``."""
+
+    inputs: list[tuple[str, list[Any], str]]
+    outputs: list[tuple[str, list[Any], str]]
+
+    @classmethod
+    def of(cls, session: ort.InferenceSession) -> "GraphInfo":
+        return cls(
+            inputs=[(a.name, list(a.shape), a.type) for a in session.get_inputs()],
+            outputs=[(a.name, list(a.shape), a.type) for a in session.get_outputs()],
+        )
+
+
+class Model:
+    """A loaded bundle: two onnxruntime sessions plus the manifest that describes them.
+
+    Create with :func:`load`. Methods accept arrays in any layout the input contract accepts
+    (uint8 or float in [0, 1]); they are validated before they reach onnxruntime. A model is safe to use
+    from several threads at once.
+    """
+
+    def __init__(self, manifest: Manifest, encoder: ort.InferenceSession, decoder: ort.InferenceSession,
+                 path: Path | None = None) -> None:
+        self.manifest = manifest
+        self.contract: InputContract = manifest.contract
+        self.latent_dim = manifest.latent_dim
+        self.likelihood = manifest.likelihood
+        self.path = path
+        self._encoder = encoder
+        self._decoder = decoder
+        self._decoder_outputs = list(manifest.decoder_outputs)
+        _check_graph(encoder, "encoder", [ENCODER_INPUT], list(ENCODER_OUTPUTS),
+                     {ENCODER_INPUT: list(self.contract.shape)}, self.latent_dim)
+        _check_graph(decoder, "decoder", [DECODER_INPUT], self._decoder_outputs,
+                     {DECODER_INPUT: [self.latent_dim]}, self.latent_dim)
+
+    # --------------------------------------------------------------- introspection
+    @property
+    def providers(self) -> dict[str, list[str]]:
+        """Providers each session actually runs on."""
+        return {"encoder": self._encoder.get_providers(), "decoder": self._decoder.get_providers()}
+
+    def graph_info(self) -> dict[str, GraphInfo]:
+        return {"encoder": GraphInfo.of(self._encoder), "decoder": GraphInfo.of(self._decoder)}
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(m for m in SCORE_METHODS if m in self.manifest.calibration)
+
+    # --------------------------------------------------------------- graphs
+    def prepare(self, x: NDArray[Any]) -> F32:
+        """Apply the input contract: validate and convert to float32 (N, C, H, W)."""
+        return self.contract.prepare(x)
+
+    def encode_full(self, x: NDArray[Any]) -> tuple[F32, F32, F32]:
+        """Run the encoder: (mu (N, D), logvar (N, D), kl (N,))."""
+        xb = self.prepare(x)
+        mu, logvar, kl = self._encoder.run(None, {ENCODER_INPUT: xb})
+        return mu, logvar, kl
+
+    def encode(self, x: NDArray[Any]) -> tuple[F32, F32]:
+        """Posterior mean and log-variance of q(t|x), each (N, D)."""
+        mu, logvar, _ = self.encode_full(x)
+        return mu, logvar
+
+    def kl(self, x: NDArray[Any]) -> F32:
+        """KL(q(t|x) || N(0, I)) per image, in nats, computed inside the encoder graph."""
+        return self.encode_full(x)[2]
+
+    def _check_latents(self, t: NDArray[Any]) -> F32:
+        t = np.asarray(t)
+        if t.ndim != 2 or t.shape[1] != self.latent_dim:
+            raise ArrayInputError(f"latent codes must have shape (N, {self.latent_dim}), got {t.shape}")
+        if t.dtype != np.float32:
+            if not np.issubdtype(t.dtype, np.floating):
+                raise ArrayInputError(f"latent codes must be float, got dtype {t.dtype}")
+            t = t.astype(np.float32)
+        if not np.isfinite(t).all():
+            raise ArrayInputError("latent codes contain NaN or Inf")
+        return np.ascontiguousarray(t)
+
+    def decode_params(self, t: NDArray[Any]) -> tuple[F32, F32]:
+        """Decode latent codes (N, D): (mean image (N, C, H, W), likelihood parameter)."""
+        tb = self._check_latents(t)
+        mean, param = self._decoder.run(self._decoder_outputs, {DECODER_INPUT: tb})
+        return mean, param
+
+    def decode(self, t: NDArray[Any]) -> F32:
+        """Decoded mean images (N, C, H, W) in [0, 1]."""
+        return self.decode_params(t)[0]
+
+    def reconstruct(self, x: NDArray[Any]) -> F32:
+        """Decode the posterior mean of each image: (N, C, H, W)."""
+        mu, _ = self.encode(x)
+        return self.decode(mu)
+
+    def generate(self, n: int, seed: int = 0) -> F32:
+        """Sample t ~ N(0, I) with ``numpy.random.default_rng(seed)`` and decode: (n, C, H, W)."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        t = np.random.default_rng(seed).standard_normal((n, self.latent_dim), dtype=np.float32)
+        return self.decode(t)
+
+    # --------------------------------------------------------------- scores
+    def raw_scores(self, x: NDArray[Any], method: str | None = None) -> F32:
+        """Outlier scores (N,) without calibration; higher means more anomalous.
+
+        Methods: ``kl`` (KL of q(t|x) from the prior), ``elbo`` (negative ELBO, Monte-Carlo with the
+        manifest's K samples and seed, shared by all images), ``recon`` (squared error of the decoded mean).
+        """
+        method = method or self.manifest.default_method
+        if method not in SCORE_METHODS:
+            raise ValueError(f"unknown score method {method!r}; choose one of {', '.join(SCORE_METHODS)}")
+        xb = self.prepare(x)
+        mu, logvar, kl = self.encode_full(xb)
+        if method == "kl":
+            return kl
+        if method == "recon":
+            return reconstruction_error(xb, self.decode(mu))
+        eps = prior_noise(self.manifest.elbo_samples, self.latent_dim, self.manifest.score_seed)
+        return self._negative_elbo(xb, mu, logvar, kl, eps)
+
+    def _negative_elbo(self, xb: F32, mu: F32, logvar: F32, kl: F32, eps: F32) -> F32:
+        n, k = xb.shape[0], eps.shape[0]
+        std = np.exp(np.float32(0.5) * logvar)
+        ll_sum = np.zeros(n, dtype=np.float32)
+        per_chunk = max(1, DECODE_CHUNK // max(n, 1))
+        for start in range(0, k, per_chunk):
+            e = eps[start:start + per_chunk]  # (k', D)
+            t = (mu[None] + std[None] * e[:, None, :]).reshape(-1, self.latent_dim)  # (k' * N, D)
+            mean, param = self._decoder.run(self._decoder_outputs, {DECODER_INPUT: t})
+            reps = e.shape[0]
+            x_rep = np.broadcast_to(xb[None], (reps,) + xb.shape).reshape((-1,) + xb.shape[1:])
+            ll = log_likelihood(x_rep, self.likelihood, mean, param).reshape(reps, n)
+            ll_sum += ll.sum(axis=0)
+        out: F32 = (kl - ll_sum / np.float32(k)).astype(np.float32)
+        return out
+
+    def score(self, x: NDArray[Any], method: str | None = None, *, fpr: float | None = None,
+              threshold: float | None = None) -> ScoreResult:
+        """Score images and compare them with the calibration.
+
+        Args:
+            x: images, any layout the input contract accepts.
+            method: ``kl``, ``elbo`` or ``recon``; default: the manifest's default method.
+            fpr: target false-positive rate for the outlier flag (default: the calibrated one).
+            threshold: explicit threshold; overrides ``fpr``.
+
+        Returns:
+            ScoreResult with scores, p-values, flags and the threshold used.
+
+        Raises:
+            ArrayInputError: the images do not fit the input contract.
+            ValueError: unknown method or bad fpr.
+        """
+        method = method or self.manifest.default_method
+        scores = self.raw_scores(x, method)
+        cal = self.manifest.calibration[method]
+        thr = self.threshold(method, fpr) if threshold is None else float(threshold)
+        return ScoreResult(
+            method=method,
+            scores=scores,
+            p_values=p_values(scores, np.asarray(cal.scores, dtype=np.float64)),
+            is_outlier=scores > thr,
+            threshold=thr,
+        )
+
+    def threshold(self, method: str | None = None, fpr: float | None = None) -> float:
+        """Threshold of a method at a false-positive rate (default: the calibrated rate)."""
+        method = method or self.manifest.default_method
+        if method not in self.manifest.calibration:
+            raise ValueError(f"method {method!r} is not calibrated in this bundle; calibrated: {', '.join(self.methods)}")
+        cal = self.manifest.calibration[method]
+        if fpr is None or fpr == self.manifest.calibration_fpr:
+            return cal.threshold
+        return threshold_at_fpr(cal.scores, fpr)
+
+
+def _check_graph(session: ort.InferenceSession, name: str, inputs: list[str], outputs: list[str],
+                 shapes: dict[str, list[int]], latent_dim: int) -> None:
+    got_in = [a.name for a in session.get_inputs()]
+    got_out = [a.name for a in session.get_outputs()]
+    if got_in != inputs:
+        raise BundleError(f"{name} graph takes inputs {got_in}, the manifest says {inputs}")
+    if sorted(got_out) != sorted(outputs):
+        raise BundleError(f"{name} graph gives outputs {got_out}, the manifest says {outputs}")
+    for arg in session.get_inputs():
+        if arg.type != "tensor(float)":
+            raise BundleError(f"{name} input {arg.name!r} is {arg.type}, expected tensor(float)")
+        fixed = [d for d in arg.shape[1:]]
+        if fixed != shapes[arg.name]:
+            raise BundleError(
+                f"{name} input {arg.name!r} has shape {arg.shape}, the manifest says [N, "
+                f"{', '.join(map(str, shapes[arg.name]))}]"
+            )
+    for arg in session.get_outputs():
+        if arg.name in ("mu", "logvar") and arg.shape[-1] != latent_dim:
+            raise BundleError(f"{name} output {arg.name!r} has shape {arg.shape}, latent size is {latent_dim}")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
+    """Read and validate a bundle's manifest without creating sessions."""
+    path = Path(bundle)
+    if not path.is_dir():
+        raise BundleError(f"{path}: not a bundle directory (expected a folder with {MANIFEST_FILE}, "
+                          f"{ENCODER_FILE}, {DECODER_FILE}); create one with 'edgevae export'")
+    manifest_path = path / MANIFEST_FILE
+    try:
+        text = manifest_path.read_bytes()
+    except FileNotFoundError as exc:
+        raise BundleError(f"{path}: {MANIFEST_FILE} is missing; this folder is not a complete bundle") from exc
+    except OSError as exc:
+        raise BundleError(f"{manifest_path}: cannot read ({exc})") from exc
+    return Manifest.from_json(text)
+
+
+def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threads: int | None = None,
+         strict: bool = False) -> Model:
+    """Load a bundle directory, verifying it before any graph runs.
+
+    Checks the manifest's format and schema version, the sha256 of each graph, and that the graphs'
+    inputs and outputs match the manifest.
+
+    Args:
+        bundle: the bundle directory written by ``edgevae export``.
+        providers: ``"auto"`` (best available), a list of provider names, or a comma-separated string.
+        threads: intra-op threads per session (None: onnxruntime's default).
+        strict: fail when a requested provider is not active in the sessions.
+
+    Raises:
+        BundleError: missing files, checksum mismatch, unsupported schema, graphs that disagree.
+        ProviderError: unavailable provider, or (strict) a provider fell back.
+    """
+    path = Path(bundle)
+    manifest = read_manifest(path)
+    graphs: dict[str, bytes] = {}
+    for fname in (ENCODER_FILE, DECODER_FILE):
+        try:
+            data = (path / fname).read_bytes()
+        except FileNotFoundError as exc:
+            raise BundleError(f"{path}: {fname} is missing; re-export the bundle") from exc
+        digest = sha256_hex(data)
+        expected = manifest.files[fname]["sha256"]
+        if digest != expected:
+            raise BundleError(
+                f"{path / fname}: sha256 {digest[:16]}... does not match the manifest's {str(expected)[:16]}...; "
+                "the graph was modified or corrupted. Refusing to load it; re-export or re-copy the bundle"
+            )
+        graphs[fname] = data
+    try:
+        encoder = create_session(graphs[ENCODER_FILE], providers, threads=threads, strict=strict, name="encoder")
+        decoder = create_session(graphs[DECODER_FILE], providers, threads=threads, strict=strict, name="decoder")
+    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+            ort.capi.onnxruntime_pybind11_state.InvalidProtobuf) as exc:
+        raise BundleError(f"{path}: onnxruntime cannot load the graphs: {exc}") from exc
+    return Model(manifest, encoder, decoder, path=path)
+
+
+__all__: Sequence[str] = ("Model", "load", "read_manifest", "GraphInfo")

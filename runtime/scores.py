@@ -1,0 +1,123 @@
+"""Score math in numpy: KL from the prior, log-likelihoods, Monte-Carlo ELBO, calibration and p-values.
+
+Every function here has a PyTorch twin in ``edgevae.training.objectives``; tests check they agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+SCORE_METHODS = ("kl", "elbo", "recon")
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
+F32 = NDArray[np.float32]
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def kl_divergence(mu: F32, logvar: F32) -> F32:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per row, in nats: 0.5 * sum(mu^2 + e^logvar - logvar - 1)."""
+    out: F32 = (0.5 * np.sum(mu * mu + np.exp(logvar) - logvar - 1.0, axis=-1)).astype(np.float32)
+    return out
+
+
+def log_likelihood(x: F32, likelihood: str, x_mean: F32, x_param: F32) -> F32:
+    """log p(x | t) per image, summed over pixels, in nats.
+
+    Args:
+        x: images (N, C, H, W) in [0, 1].
+        likelihood: one of ``LIKELIHOODS``.
+        x_mean: decoded mean (N, C, H, W) (unused for Bernoulli, which uses the logits).
+        x_param: Bernoulli logits (N, C, H, W), or the Gaussian log-variance (N, 1).
+    """
+    n = x.shape[0]
+    if likelihood == "bernoulli":
+        logits = x_param
+        ll = x * logits - np.logaddexp(np.float32(0.0), logits)
+        return ll.reshape(n, -1).sum(axis=1, dtype=np.float32)
+    if likelihood in ("gaussian", "gaussian_learned"):
+        logvar = x_param.reshape(n)
+        sq = np.square(x - x_mean).reshape(n, -1).sum(axis=1, dtype=np.float32)
+        pixels = x[0].size
+        out: F32 = (-0.5 * sq * np.exp(-logvar) - 0.5 * pixels * (logvar + _LOG_2PI)).astype(np.float32)
+        return out
+    raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {likelihood!r}")
+
+
+def reconstruction_error(x: F32, x_mean: F32) -> F32:
+    """Sum of squared differences between each image and its reconstruction (N,)."""
+    n = x.shape[0]
+    return np.square(x - x_mean).reshape(n, -1).sum(axis=1, dtype=np.float32)
+
+
+def prior_noise(samples: int, latent_dim: int, seed: int) -> F32:
+    """The fixed standard-normal noise (K, D) shared by every image for Monte-Carlo scores.
+
+    Sharing one draw across images makes an image's score independent of its batch and position.
+    """
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((samples, latent_dim), dtype=np.float32)
+
+
+def threshold_at_fpr(calibration_scores: Sequence[float] | F32, fpr: float) -> float:
+    """Smallest stored score with at most ``fpr`` of the calibration scores strictly above it."""
+    if not 0.0 < fpr < 1.0:
+        raise ValueError(f"fpr must be strictly between 0 and 1, got {fpr!r}")
+    scores = np.sort(np.asarray(calibration_scores, dtype=np.float64))
+    if scores.size == 0:
+        raise ValueError("calibration has no scores")
+    return float(np.quantile(scores, 1.0 - fpr, method="higher"))
+
+
+def p_values(scores: F32, calibration_scores: F32) -> NDArray[np.float64]:
+    """Empirical p-values: (1 + #{calibration >= s}) / (n + 1); small means unusual for normal data."""
+    cal = np.sort(np.asarray(calibration_scores, dtype=np.float64))
+    n = cal.size
+    at_least = n - np.searchsorted(cal, np.asarray(scores, dtype=np.float64), side="left")
+    out: NDArray[np.float64] = (1.0 + at_least) / (n + 1.0)
+    return out
+
+
+@dataclass(frozen=True)
+class MethodCalibration:
+    """Calibration of one score method on held-out normal images."""
+
+    threshold: float
+    scores: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.scores) < 2:
+            raise ValueError(f"calibration needs at least 2 scores, got {len(self.scores)}")
+        if not all(math.isfinite(s) for s in self.scores):
+            raise ValueError("calibration scores must be finite")
+        if not math.isfinite(self.threshold):
+            raise ValueError(f"calibration threshold must be finite, got {self.threshold!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "MethodCalibration":
+        return cls(threshold=float(data["threshold"]), scores=tuple(float(s) for s in data["scores"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "scores": list(self.scores)}
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Scores of a batch with one method; higher means more anomalous.
+
+    Attributes:
+        method: the score method.
+        scores: (N,) float32 scores.
+        p_values: (N,) empirical p-values against the calibration set.
+        is_outlier: (N,) bool, ``scores > threshold``.
+        threshold: the threshold used.
+    """
+
+    method: str
+    scores: F32
+    p_values: NDArray[np.float64]
+    is_outlier: NDArray[np.bool_]
+    threshold: float

@@ -1,0 +1,30 @@
+"""Convert the 5,000 MNIST digits (CSV, one row per image: 784 pixels then the label) into
+edgevae's embedded default dataset, ``training/data/mnist_5k.npz`` (uint8 images (5000, 28, 28)
+and uint8 labels (5000,)).
+
+MNIST: Yann LeCun, Corinna Cortes, Christopher J.C. Burges; CC BY-SA 3.0.
+
+Usage: python scripts/make_embedded_data.py ../shared/data/mnist_5k.csv.gz training/data/mnist_5k.npz
+"""
+
+from __future__ import annotations
+
+import gzip
+import sys
+
+import numpy as np
+
+
+def main(source: str, target: str) -> None:
+    with gzip.open(source, "rt") as handle:
+        rows = np.loadtxt(handle, delimiter=",", dtype=np.int64)
+    if rows.shape[1] != 785 or rows.min() < 0 or rows.max() > 255:
+        raise SystemExit(f"{source}: expected rows of 784 pixels in 0..255 plus a label, got shape {rows.shape}")
+    images = rows[:, :784].astype(np.uint8).reshape(-1, 28, 28)
+    labels = rows[:, 784].astype(np.uint8)
+    np.savez_compressed(target, images=images, labels=labels)
+    print(f"wrote {target}: {images.shape[0]} images, label counts {np.bincount(labels).tolist()}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,199 @@
+"""Training data sources (numpy only): the embedded MNIST digits, image folders, .npy/.npz arrays, IDX files.
+
+Every source is converted with the runtime's :class:`~edgevae.runtime.InputContract`, the single
+implementation of preprocessing, so training sees exactly what a deployed model sees.
+
+The embedded default holds 5,000 real MNIST digits (500 per class; MNIST by Yann LeCun, Corinna Cortes and
+Christopher J.C. Burges, CC BY-SA 3.0). Its fixed split: for each digit, the first 400 images in file order
+are the training pool and the last 100 the test split.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edgevae.runtime.contract import InputContract
+from edgevae.runtime.errors import InputError
+from edgevae.runtime.inputs import expand_paths, is_array_path, is_idx_path, read_array_file, read_idx
+
+EMBEDDED = "embedded"
+EMBEDDED_TRAIN_PER_CLASS = 400
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where training images come from.
+
+    Args:
+        source: ``"embedded"`` (the packaged MNIST digits), a folder of images, a .npy/.npz file, or an
+            IDX images file (plain or .gz).
+        classes: keep only these labels (one-class training: ``(3,)`` makes digit 3 the normal class).
+        labels: labels for ``classes``: an IDX labels file, a .npy file, or the key inside an .npz.
+        split: for the embedded data, ``"train"`` (400 per class) or ``"test"`` (100 per class).
+    """
+
+    source: str = EMBEDDED
+    classes: tuple[int, ...] | None = None
+    labels: str | None = None
+    split: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
+            if not self.classes:
+                raise ValueError("classes must name at least one label, or be None for all")
+        if self.split not in ("train", "test", "all"):
+            raise ValueError(f"split must be 'train', 'test' or 'all', got {self.split!r}")
+        if self.source != EMBEDDED and self.split != "train":
+            raise ValueError("split applies to the embedded data only; other sources use all their images")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["classes"] = list(self.classes) if self.classes is not None else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DataSpec":
+        classes = data.get("classes")
+        return cls(source=str(data.get("source", EMBEDDED)), classes=tuple(classes) if classes is not None else None,
+                   labels=data.get("labels"), split=str(data.get("split", "train")))
+
+
+def embedded_digits() -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
+    """All 5,000 embedded digits: uint8 images (5000, 28, 28) and labels (5000,), sorted by label."""
+    ref = resources.files("edgevae.training") / "data" / "mnist_5k.npz"
+    with resources.as_file(ref) as path, np.load(path, allow_pickle=False) as npz:
+        return npz["images"], npz["labels"]
+
+
+def embedded_split(split: str) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
+    """The fixed split of the embedded digits: ``train`` (4,000), ``test`` (1,000) or ``all``."""
+    images, labels = embedded_digits()
+    if split == "all":
+        return images, labels
+    pos = np.zeros(labels.shape[0], dtype=np.int64)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        pos[idx] = np.arange(idx.size)
+    keep = pos < EMBEDDED_TRAIN_PER_CLASS if split == "train" else pos >= EMBEDDED_TRAIN_PER_CLASS
+    return images[keep], labels[keep]
+
+
+def infer_contract(spec: DataSpec, channels: int | None = None, size: tuple[int, int] | None = None) -> InputContract:
+    """The input contract a source implies; ``channels``/``size`` (H, W) override it (image folders resize)."""
+    if spec.source == EMBEDDED:
+        c, h, w = 1, 28, 28
+    elif is_array_path(spec.source) or is_idx_path(spec.source):
+        arr = read_idx(spec.source) if is_idx_path(spec.source) else read_array_file(spec.source)
+        if arr.ndim == 3:
+            c, h, w = 1, arr.shape[1], arr.shape[2]
+        elif arr.ndim == 4:
+            c, h, w = (arr.shape[1], arr.shape[2], arr.shape[3]) if arr.shape[1] in (1, 3) else (
+                arr.shape[3], arr.shape[1], arr.shape[2])
+        else:
+            raise InputError(f"{spec.source}: expected (N, H, W), (N, C, H, W) or (N, H, W, C) images, "
+                             f"got shape {arr.shape}")
+    else:
+        first = next((s for s in expand_paths([spec.source]) if s.kind == "image"), None)
+        if first is None:
+            raise InputError(f"{spec.source}: found no image files to train on")
+        from PIL import Image
+
+        with Image.open(first.path) as img:
+            c = 1 if img.mode in ("1", "L", "I", "I;16", "F", "LA") else 3
+            w, h = img.size
+    if size is not None:
+        h, w = size
+    return InputContract(channels=channels or c, height=h, width=w)
+
+
+def load_images(spec: DataSpec, contract: InputContract) -> tuple[NDArray[Any], NDArray[np.int64] | None, list[str]]:
+    """Load a source as (N, C, H, W) arrays (uint8 or float in [0, 1]) plus labels when known.
+
+    Returns:
+        images, labels (or None), and the list of items that were skipped with their error.
+
+    Raises:
+        InputError: the source is missing, empty, or ``classes`` was given without labels.
+    """
+    skipped: list[str] = []
+    labels: NDArray[Any] | None
+    if spec.source == EMBEDDED:
+        images, labels = embedded_split(spec.split)
+        images = contract.to_nchw(images)
+    elif is_array_path(spec.source):
+        images = contract.to_nchw(read_array_file(spec.source))
+        labels = _array_labels(spec)
+    elif is_idx_path(spec.source):
+        images = contract.to_nchw(read_idx(spec.source))
+        labels = _idx_labels(spec)
+    else:
+        if spec.classes is not None:
+            raise InputError("class filters need labels; image folders have none (put each class in its own folder)")
+        rows: list[NDArray[np.uint8]] = []
+        for source in expand_paths([spec.source]):
+            if source.kind != "image":
+                skipped.append(f"{source.path}: {source.error or 'not an image file'}")
+                continue
+            try:
+                rows.append(contract.read_image(source.path))
+            except InputError as exc:
+                skipped.append(str(exc))
+        if not rows:
+            raise InputError(f"{spec.source}: no readable images ({len(skipped)} skipped)")
+        images, labels = np.stack(rows), None
+    if labels is not None:
+        labels = np.asarray(labels).astype(np.int64).reshape(-1)
+        if labels.shape[0] != images.shape[0]:
+            raise InputError(f"{spec.source}: {images.shape[0]} images but {labels.shape[0]} labels")
+    if spec.classes is not None:
+        if labels is None:
+            raise InputError(f"{spec.source}: classes {list(spec.classes)} were asked for but the source has no "
+                             "labels; pass --labels")
+        keep = np.isin(labels, spec.classes)
+        if not keep.any():
+            raise InputError(f"{spec.source}: no images with labels {list(spec.classes)}; labels present: "
+                             f"{sorted(set(labels.tolist()))}")
+        images, labels = images[keep], labels[keep]
+    if images.shape[0] == 0:
+        raise InputError(f"{spec.source}: no images")
+    return images, labels, skipped
+
+
+def _array_labels(spec: DataSpec) -> NDArray[Any] | None:
+    if spec.labels is not None and os.path.exists(spec.labels):
+        return read_idx(spec.labels) if is_idx_path(spec.labels) else read_array_file(spec.labels)
+    if spec.source.lower().endswith(".npz"):
+        with np.load(spec.source, allow_pickle=False) as npz:
+            key = spec.labels or next((k for k in ("labels", "y", "Y") if k in npz.files), None)
+            if key is not None:
+                if key not in npz.files:
+                    raise InputError(f"{spec.source}: no array {key!r}; the archive has {npz.files}")
+                return npz[key]
+    return None
+
+
+def _idx_labels(spec: DataSpec) -> NDArray[Any] | None:
+    if spec.labels is not None:
+        return read_idx(spec.labels)
+    path = Path(spec.source)
+    guess = path.with_name(path.name.replace("images-idx3", "labels-idx1").replace("images", "labels"))
+    return read_idx(guess) if guess != path and guess.exists() else None
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Seeded random split of n items into (train, validation) index arrays."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    n_val = max(1, int(round(n * val_fraction)))
+    if n - n_val < 1:
+        raise InputError(f"need at least 2 images to split into training and validation, got {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])

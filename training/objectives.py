@@ -1,0 +1,61 @@
+"""ELBO terms and outlier scores in PyTorch: the twins of ``edgevae.runtime.scores`` (tests keep them equal)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .model import VAE
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per row (N,), in nats."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0).sum(dim=-1)
+
+
+def log_likelihood(x: torch.Tensor, likelihood: str, x_mean: torch.Tensor, x_param: torch.Tensor) -> torch.Tensor:
+    """log p(x|t) per image (N,), summed over pixels."""
+    n = x.shape[0]
+    if likelihood == "bernoulli":
+        return -F.binary_cross_entropy_with_logits(x_param, x, reduction="none").reshape(n, -1).sum(dim=1)
+    logvar = x_param.reshape(n)
+    sq = (x - x_mean).pow(2).reshape(n, -1).sum(dim=1)
+    pixels = x[0].numel()
+    return -0.5 * sq * torch.exp(-logvar) - 0.5 * pixels * (logvar + _LOG_2PI)
+
+
+def reconstruction_error(x: torch.Tensor, x_mean: torch.Tensor) -> torch.Tensor:
+    """Sum of squared differences per image (N,)."""
+    return (x - x_mean).pow(2).reshape(x.shape[0], -1).sum(dim=1)
+
+
+def negative_elbo(model: "VAE", x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Monte-Carlo negative ELBO per image (N,) with shared noise ``eps`` (K, D), as the runtime computes it."""
+    mu, logvar, kl = model.encode(x)
+    k, n = eps.shape[0], x.shape[0]
+    t = (mu[None] + torch.exp(0.5 * logvar)[None] * eps[:, None, :]).reshape(k * n, -1)  # (K*N, D)
+    mean, param = model.decode(t)
+    x_rep = x.unsqueeze(0).expand((k,) + x.shape).reshape((k * n,) + x.shape[1:])
+    ll = log_likelihood(x_rep, model.config.likelihood, mean, param).reshape(k, n)
+    return kl - ll.mean(dim=0)
+
+
+@torch.no_grad()
+def score(model: "VAE", x: torch.Tensor, method: str, eps: torch.Tensor | None = None) -> torch.Tensor:
+    """Outlier score per image (N,) with the runtime's definitions (``kl``, ``elbo``, ``recon``)."""
+    mu, logvar, kl = model.encode(x)
+    if method == "kl":
+        return kl
+    if method == "recon":
+        return reconstruction_error(x, model.decode(mu)[0])
+    if method == "elbo":
+        if eps is None:
+            raise ValueError("the elbo score needs the shared noise eps (K, D)")
+        return negative_elbo(model, x, eps)
+    raise ValueError(f"unknown score method {method!r}; choose kl, elbo or recon")
