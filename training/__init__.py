@@ -13,7 +13,7 @@ _EXPORTS = {
     "TrainConfig": "loop", "TrainResult": "loop", "train": "loop", "load_checkpoint": "loop",
     "held_out_images": "loop", "Checkpoint": "loop",
     "kl_divergence": "objectives", "log_likelihood": "objectives", "negative_elbo": "objectives",
-    "score": "objectives",
+    "score": "objectives", "write_samples": "samples",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,486 @@
+"""The ``edgevae`` command line: thin wrappers over the Python API.
+
+Training and export are imported lazily, so ``edgevae score`` starts fast and works without torch.
+
+Exit codes: 0 success; 1 error (bad bundle, failed export, ...); 2 usage error, or at least one input
+could not be read (every other input is still scored and printed); 3 ``--fail-on-outlier`` was given and at
+least one input was flagged as an outlier (2 wins when both apply).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from typing import IO, Any, Callable, Iterator, Sequence, TypeVar
+
+import click
+
+from edgevae import __version__
+
+EXIT_ERROR, EXIT_INPUT, EXIT_OUTLIER = 1, 2, 3
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class InputProblem(click.ClickException):
+    """A user-input problem: exit status 2."""
+
+    exit_code = EXIT_INPUT
+
+
+def _need_training(command: str) -> None:
+    try:
+        import onnx  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        raise click.ClickException(
+            f"edgevae {command} needs the training extra: pip install 'edgevae[train]'"
+        ) from None
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn the library's exceptions into one-line messages with the documented exit codes."""
+    from edgevae.runtime.errors import EdgeVAEError, InputError
+
+    try:
+        yield
+    except click.ClickException:
+        raise
+    except InputError as exc:
+        raise InputProblem(str(exc)) from None
+    except (EdgeVAEError, ValueError, FileNotFoundError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _runtime_options(func: F) -> F:
+    func = click.option("--strict-providers", is_flag=True,
+                        help="Fail if a requested execution provider is not active.")(func)
+    func = click.option("--threads", type=click.IntRange(min=0), default=None,
+                        help="onnxruntime intra-op threads per graph (default: one per core).")(func)
+    func = click.option("--providers", default="auto", show_default=True,
+                        help="Execution providers: auto, or a comma-separated list (cpu, cuda, tensorrt, openvino, ...).")(func)
+    func = click.option("-m", "--model", "bundle", required=True, type=click.Path(file_okay=False),
+                        help="Bundle directory written by 'edgevae export'.")(func)
+    return func
+
+
+def _load(bundle: str, providers: str, threads: int | None, strict: bool) -> Any:
+    from edgevae.runtime import load
+
+    with _errors():
+        return load(bundle, providers, threads=threads, strict=strict)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="edgevae")
+def main() -> None:
+    """edgevae: variational autoencoders for outlier detection and generation on the edge.
+
+    Train on normal images, export a bundle (two ONNX graphs + manifest), then score, encode,
+    reconstruct and generate anywhere with numpy + onnxruntime.
+    """
+
+
+# ------------------------------------------------------------------------------------------- train
+@main.command()
+@click.option("--data", "source", default="embedded", show_default=True,
+              help="'embedded' (5,000 MNIST digits in the package), an image folder, a .npy/.npz file or an IDX file.")
+@click.option("--classes", default=None, help="Keep only these labels, comma-separated (one-class: --classes 3).")
+@click.option("--labels", default=None, help="Labels for --classes: IDX/.npy file, or the key inside an .npz.")
+@click.option("-o", "--out", "run_dir", default="runs/default", show_default=True, type=click.Path(file_okay=False),
+              help="Run folder for best.pt, last.pt and metrics.json.")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="Adam learning rate (cosine-decayed).")
+@click.option("--latent-dim", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--widths", default="32,64", show_default=True, help="Channels of the stride-2 conv stages.")
+@click.option("--hidden", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--likelihood", type=click.Choice(["bernoulli", "gaussian", "gaussian_learned"]), default="bernoulli",
+              show_default=True)
+@click.option("--channels", type=click.Choice(["1", "3"]), default=None, help="Image channels (default: from the data).")
+@click.option("--size", default=None, help="Image size HxW or N (default: from the data; image files are resized).")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True)
+@click.option("--beta", type=float, default=1.0, show_default=True, help="KL weight after warm-up.")
+@click.option("--kl-warmup", type=click.IntRange(min=0), default=0, show_default=True, help="KL warm-up epochs.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt.")
+def train(source: str, classes: str | None, labels: str | None, run_dir: str, epochs: int, batch_size: int, lr: float,
+          latent_dim: int, widths: str, hidden: int, likelihood: str, channels: str | None, size: str | None,
+          val_fraction: float, beta: float, kl_warmup: int, seed: int, resume: bool) -> None:
+    """Train a VAE on normal images; keeps the best checkpoint by validation ELBO."""
+    _need_training("train")
+    from edgevae.training.data import DataSpec, infer_contract
+    from edgevae.training.loop import TrainConfig, train as run_training
+    from edgevae.training.model import ModelConfig
+
+    with _errors():
+        try:
+            class_list = tuple(int(c) for c in classes.split(",")) if classes else None
+            width_list = tuple(int(w) for w in widths.split(","))
+            hw = _parse_size(size) if size else None
+        except ValueError as exc:
+            raise click.UsageError(f"--classes/--widths/--size: {exc}") from None
+        spec = DataSpec(source=source, classes=class_list, labels=labels)
+        contract = infer_contract(spec, int(channels) if channels else None, hw)
+        model_cfg = ModelConfig(channels=contract.channels, height=contract.height, width=contract.width,
+                                latent_dim=latent_dim, widths=width_list, hidden=hidden, likelihood=likelihood)
+        train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed,
+                                beta=beta, kl_warmup_epochs=kl_warmup)
+        with _TrainingProgress() as progress:
+            result = run_training(spec, run_dir, model_cfg, train_cfg, resume=resume, progress=progress)
+    click.echo(f"best validation negative ELBO {result.best_val_neg_elbo:.2f} nats/image at epoch "
+               f"{result.best_epoch}; {result.seconds:.1f} s")
+    click.echo(f"checkpoint: {result.best_checkpoint}   metrics: {result.run_dir / 'metrics.json'}")
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    if len(parts) == 1:
+        return int(parts[0]), int(parts[0])
+    if len(parts) == 2:
+        return int(parts[0]), int(parts[1])
+    raise ValueError(f"size must be N or HxW, got {text!r}")
+
+
+class _TrainingProgress:
+    """Per-epoch progress bar (loss, reconstruction, KL) on a terminal; one line per epoch otherwise."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.last: dict[str, float] = {}
+        self.tty = sys.stderr.isatty()
+
+    def __enter__(self) -> "_TrainingProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+    def __call__(self, event: str, info: Any) -> None:
+        if event == "epoch_start" and self.tty:
+            self.bar = click.progressbar(length=info["steps"], label=f"epoch {info['epoch']}/{info['epochs']}",
+                                         file=sys.stderr, item_show_func=self._show)
+            self.bar.__enter__()
+        elif event == "batch" and self.bar is not None:
+            self.last = info
+            self.bar.update(1)
+        elif event == "epoch_end":
+            if self.bar is not None:
+                self.bar.__exit__(None, None, None)
+                self.bar = None
+            mark = " *" if info["best"] else ""
+            click.echo(f"epoch {info['epoch']:3d}  train loss {info['train_loss']:8.2f}  val -ELBO "
+                       f"{info['val_neg_elbo']:8.2f} (recon {info['val_recon']:7.2f}, KL {info['val_kl']:6.2f})"
+                       f"  {info['seconds']:6.1f}s{mark}", err=True)
+        elif event == "skipped":
+            click.echo(f"skipped: {info['item']}", err=True)
+
+    def _show(self, _item: Any) -> str:
+        if not self.last:
+            return ""
+        return f"loss {self.last['loss']:.1f}  recon {self.last['recon']:.1f}  KL {self.last['kl']:.1f}"
+
+
+# ------------------------------------------------------------------------------------------- export
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True))
+@click.option("-o", "--out", "bundle_dir", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
+@click.option("--fpr", type=float, default=0.01, show_default=True, help="False-positive rate of stored thresholds.")
+@click.option("--elbo-samples", type=click.IntRange(1, 10000), default=16, show_default=True,
+              help="Monte-Carlo samples of the elbo score.")
+@click.option("--method", "default_method", type=click.Choice(["kl", "elbo", "recon"]), default="elbo",
+              show_default=True, help="Default score method of the bundle.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
+def export(checkpoint: str, bundle_dir: str, fpr: float, elbo_samples: int, default_method: str, force: bool) -> None:
+    """Export CHECKPOINT (a .pt file or run folder) to a verified, calibrated bundle."""
+    _need_training("export")
+    from edgevae.export import ExportConfig, ExportError, export_bundle
+
+    try:
+        with _errors():
+            cfg = ExportConfig(fpr=fpr, elbo_samples=elbo_samples, default_method=default_method)
+            model = export_bundle(checkpoint, bundle_dir, cfg, force=force,
+                                  progress=lambda msg: click.echo(msg, err=True))
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from None
+    parity = model.manifest.raw["parity"]["max_abs_diff"]
+    sizes = ", ".join(f"{name} {entry['bytes'] / 1e6:.2f} MB" for name, entry in model.manifest.files.items())
+    click.echo(f"bundle: {bundle_dir}  (max parity diff {max(parity.values()):.2e}; {sizes})")
+
+
+# ------------------------------------------------------------------------------------------- score
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@_runtime_options
+@click.option("--method", type=click.Choice(["kl", "elbo", "recon"]), default=None,
+              help="Score method (default: the bundle's).")
+@click.option("--fpr", type=float, default=None, help="Flag outliers at this false-positive rate (calibrated).")
+@click.option("--threshold", type=float, default=None, help="Flag scores above this value (overrides --fpr).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write results here (default stdout).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--fail-on-outlier", is_flag=True, help="Exit with status 3 when any input is flagged.")
+def score(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool,
+          method: str | None, fpr: float | None, threshold: float | None, fmt: str, output: str | None,
+          batch_size: int, fail_on_outlier: bool) -> None:
+    """Score images as outliers: PATHS are image files, folders, globs, .npy/.npz arrays or IDX files.
+
+    Prints one row per input: score (higher = more anomalous), empirical p-value against the bundle's
+    calibration, and the outlier flag.
+    """
+    from edgevae.runtime.inputs import iter_batches
+
+    model = _load(bundle, providers, threads, strict_providers)
+    method = method or model.manifest.default_method
+    if fpr is not None and not 0.0 < fpr < 1.0:
+        raise click.BadParameter(f"must be in (0, 1), got {fpr}", param_hint="--fpr")
+    with _errors():
+        thr = model.threshold(method, fpr) if threshold is None else threshold
+    counts = {"scored": 0, "outliers": 0, "failed": 0}
+    with _output(output) as out:
+        writer = _ResultWriter(out, fmt, method, thr)
+        for batch in iter_batches(paths, model.contract, batch_size=batch_size):
+            for name, err in batch.failures:
+                counts["failed"] += 1
+                click.echo(f"error: {err}", err=True)
+                writer.error(name, str(err))
+            if batch.images is not None:
+                with _errors():
+                    result = model.score(batch.images, method, threshold=thr)
+                for name, s, p, flag in zip(batch.names, result.scores, result.p_values, result.is_outlier):
+                    writer.row(name, float(s), float(p), bool(flag))
+                counts["scored"] += len(batch.names)
+                counts["outliers"] += int(result.is_outlier.sum())
+    click.echo(f"{counts['scored']} scored with {method} (threshold {thr:.4g}): {counts['outliers']} outlier(s), "
+               f"{counts['failed']} failed", err=True)
+    if counts["failed"]:
+        sys.exit(EXIT_INPUT)
+    if fail_on_outlier and counts["outliers"]:
+        sys.exit(EXIT_OUTLIER)
+
+
+@contextmanager
+def _output(path: str | None) -> Iterator[IO[str]]:
+    """stdout, or a file written to a temporary name and renamed into place when complete."""
+    if path is None:
+        yield sys.stdout
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".edgevae-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            yield handle
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class _ResultWriter:
+    def __init__(self, out: IO[str], fmt: str, method: str, threshold: float) -> None:
+        self.out, self.fmt, self.method = out, fmt, method
+        if fmt == "csv":
+            self.csv = csv.writer(out)
+            self.csv.writerow(["item", "method", "score", "p_value", "outlier", "error"])
+        elif fmt == "table":
+            out.write(f"{'score(' + method + ')':>14}  {'p_value':>8}  {'outlier':<7}  item\n")
+
+    def row(self, name: str, s: float, p: float, flag: bool) -> None:
+        if self.fmt == "csv":
+            self.csv.writerow([name, self.method, f"{s:.6g}", f"{p:.6g}", int(flag), ""])
+        elif self.fmt == "jsonl":
+            self.out.write(json.dumps({"item": name, "method": self.method, "score": s, "p_value": p,
+                                       "outlier": flag}) + "\n")
+        else:
+            self.out.write(f"{s:14.4f}  {p:8.4f}  {'OUTLIER' if flag else '-':<7}  {name}\n")
+
+    def error(self, name: str, message: str) -> None:
+        if self.fmt == "csv":
+            self.csv.writerow([name, self.method, "", "", "", message])
+        elif self.fmt == "jsonl":
+            self.out.write(json.dumps({"item": name, "method": self.method, "error": message}) + "\n")
+
+
+# ------------------------------------------------------------------------------------------- encode
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@_runtime_options
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Output file: .npy (mu), .npz (items, mu, logvar, kl) or .jsonl.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+def encode(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool,
+           output: str, batch_size: int) -> None:
+    """Encode images to latent codes (posterior means and log-variances)."""
+    import numpy as np
+
+    from edgevae.runtime.inputs import iter_batches
+
+    suffix = os.path.splitext(output)[1].lower()
+    if suffix not in (".npy", ".npz", ".jsonl"):
+        raise click.BadParameter("must end in .npy, .npz or .jsonl", param_hint="--output")
+    model = _load(bundle, providers, threads, strict_providers)
+    names: list[str] = []
+    mus, logvars, kls = [], [], []
+    failed = 0
+    for batch in iter_batches(paths, model.contract, batch_size=batch_size):
+        for _, err in batch.failures:
+            failed += 1
+            click.echo(f"error: {err}", err=True)
+        if batch.images is not None:
+            mu, logvar, kl = model.encode_full(batch.images)
+            names += batch.names
+            mus.append(mu)
+            logvars.append(logvar)
+            kls.append(kl)
+    if not names:
+        raise InputProblem("no input could be read; nothing to encode")
+    mu_all, lv_all, kl_all = np.concatenate(mus), np.concatenate(logvars), np.concatenate(kls)
+    if suffix == ".jsonl":
+        with _output(output) as out:
+            for i, name in enumerate(names):
+                out.write(json.dumps({"item": name, "mu": mu_all[i].tolist(), "logvar": lv_all[i].tolist(),
+                                      "kl": float(kl_all[i])}) + "\n")
+    else:
+        _save_numpy(output, suffix, mu_all, names, lv_all, kl_all)
+    click.echo(f"encoded {len(names)} item(s) to {output} (latent size {model.latent_dim}); {failed} failed", err=True)
+    if failed:
+        sys.exit(EXIT_INPUT)
+
+
+def _save_numpy(output: str, suffix: str, mu: Any, names: list[str], logvar: Any, kl: Any) -> None:
+    import numpy as np
+
+    folder = os.path.dirname(os.path.abspath(output))
+    fd, tmp = tempfile.mkstemp(prefix=".edgevae-", suffix=suffix, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if suffix == ".npy":
+                np.save(handle, mu)
+            else:
+                np.savez(handle, items=np.array(names), mu=mu, logvar=logvar, kl=kl)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# ------------------------------------------------------------------------------------------- generate
+@main.command()
+@_runtime_options
+@click.option("-n", "--count", type=click.IntRange(min=1, max=10000), default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", default="generated.png", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--columns", type=click.IntRange(min=1), default=None, help="Grid columns (default: square).")
+@click.option("--npy", "npy_path", type=click.Path(dir_okay=False), default=None,
+              help="Also save the images as float32 .npy (N, C, H, W).")
+def generate(bundle: str, providers: str, threads: int | None, strict_providers: bool, count: int, seed: int,
+             output: str, columns: int | None, npy_path: str | None) -> None:
+    """Generate new images: decode t ~ N(0, I) and save them as a PNG grid."""
+    from edgevae.runtime.grid import save_grid
+
+    model = _load(bundle, providers, threads, strict_providers)
+    images = model.generate(count, seed=seed)
+    with _errors():
+        save_grid(images, output, columns)
+        if npy_path:
+            import numpy as np
+
+            np.save(npy_path, images)
+    click.echo(f"wrote {count} generated image(s) to {output} (seed {seed})")
+
+
+# ------------------------------------------------------------------------------------------- reconstruct
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@_runtime_options
+@click.option("-o", "--output", default="reconstructions.png", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--limit", type=click.IntRange(min=1), default=64, show_default=True, help="At most this many inputs.")
+def reconstruct(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool,
+                output: str, limit: int) -> None:
+    """Save inputs beside their reconstructions as a PNG (pairs of columns: input, reconstruction)."""
+    import numpy as np
+
+    from edgevae.runtime.grid import save_grid
+    from edgevae.runtime.inputs import iter_batches
+
+    model = _load(bundle, providers, threads, strict_providers)
+    images, failed = [], 0
+    for batch in iter_batches(paths, model.contract, batch_size=limit):
+        for _, err in batch.failures:
+            failed += 1
+            click.echo(f"error: {err}", err=True)
+        if batch.images is not None:
+            images.append(batch.images)
+        if sum(len(i) for i in images) >= limit:
+            break
+    if not images:
+        raise InputProblem("no input could be read; nothing to reconstruct")
+    x = np.concatenate(images)[:limit]
+    recon = model.reconstruct(x)
+    pairs = np.stack([x, recon], axis=1).reshape((-1,) + x.shape[1:])  # input, reconstruction, ...
+    with _errors():
+        save_grid(pairs, output, columns=min(16, 2 * len(x)))
+    click.echo(f"wrote {len(x)} input/reconstruction pair(s) to {output}")
+    if failed:
+        sys.exit(EXIT_INPUT)
+
+
+# ------------------------------------------------------------------------------------------- info
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--providers", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the full manifest as JSON.")
+def info(bundle: str, providers: str, as_json: bool) -> None:
+    """Show a bundle's manifest, graph inputs/outputs and execution providers."""
+    from edgevae.runtime.sessions import available_providers
+
+    model = _load(bundle, providers, None, False)
+    m = model.manifest
+    if as_json:
+        click.echo(json.dumps(dict(m.raw), indent=2))
+        return
+    raw = m.raw
+    c = m.contract
+    tr = raw.get("training", {})
+    click.echo(f"bundle        {bundle}  (schema {raw['schema_version']}, edgevae {raw['producer']['edgevae']}, "
+               f"opset {raw['opset']})")
+    click.echo(f"input         {c.channels}x{c.height}x{c.width} float32 in [0, 1]; files: {c.to_dict()['file_conversion']}, "
+               f"{c.resize} resize")
+    click.echo(f"latent        {m.latent_dim}   likelihood {m.likelihood}   prior N(0, I)")
+    click.echo(f"training      {tr.get('data', {}).get('source')} classes={tr.get('data', {}).get('classes')}  "
+               f"n_train={tr.get('n_train')}  epochs={tr.get('epochs')}  val -ELBO={tr.get('val_neg_elbo', 0):.2f}")
+    click.echo(f"scoring       default {m.default_method}; elbo K={m.elbo_samples} seed={m.score_seed}")
+    for method, cal in m.calibration.items():
+        click.echo(f"  {method:<6} threshold {cal.threshold:10.4f} at FPR {m.calibration_fpr:g} "
+                   f"(n={len(cal.scores)})")
+    for name, gi in model.graph_info().items():
+        click.echo(f"{name + '.onnx':<13} {m.files[name + '.onnx']['bytes'] / 1e6:.2f} MB")
+        for arg, shape, typ in gi.inputs:
+            click.echo(f"  in   {arg:<8} {shape} {typ}")
+        for arg, shape, typ in gi.outputs:
+            click.echo(f"  out  {arg:<8} {shape} {typ}")
+    click.echo(f"parity        max |onnxruntime - torch| {max(raw['parity']['max_abs_diff'].values()):.2e}")
+    click.echo(f"providers     available: {', '.join(available_providers())}")
+    click.echo(f"              active:    {', '.join(model.providers['encoder'])}")
+
+
+# ------------------------------------------------------------------------------------------- samples
+@main.command()
+@click.option("-o", "--out", "folder", default="samples", show_default=True, type=click.Path(file_okay=False))
+@click.option("--per-class", type=click.IntRange(1, 100), default=1, show_default=True)
+def samples(folder: str, per_class: int) -> None:
+    """Write demo PNGs: held-out test digits (normal/) and synthetic outliers (outliers/)."""
+    from edgevae.training.samples import write_samples
+
+    with _errors():
+        normal, outliers = write_samples(folder, per_class=per_class)
+    click.echo(f"wrote {len(normal)} digits to {folder}/normal and {len(outliers)} outliers to {folder}/outliers")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,52 @@
+"""Write images as a PNG grid (Pillow, imported lazily)."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+def to_uint8(images: NDArray[Any]) -> NDArray[np.uint8]:
+    """float images in [0, 1] (N, C, H, W) -> uint8 (N, C, H, W), rounded and clipped."""
+    out: NDArray[np.uint8] = np.clip(np.rint(np.asarray(images, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return out
+
+
+def make_grid(images: NDArray[Any], columns: int | None = None, pad: int = 2) -> NDArray[np.uint8]:
+    """Tile (N, C, H, W) images in [0, 1] into one (H', W') or (H', W', 3) uint8 array with ``pad`` pixel gaps."""
+    imgs = to_uint8(images)
+    n, c, h, w = imgs.shape
+    cols = columns or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / cols)
+    canvas = np.zeros((c, rows * (h + pad) + pad, cols * (w + pad) + pad), dtype=np.uint8)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + k * (w + pad)
+        canvas[:, y:y + h, x:x + w] = imgs[i]
+    return canvas[0] if c == 1 else np.moveaxis(canvas, 0, -1)
+
+
+def save_png(array: NDArray[np.uint8], path: str | os.PathLike[str]) -> None:
+    """Save a uint8 (H, W) or (H, W, 3) array as PNG, written to a temporary name and renamed into place."""
+    from PIL import Image
+
+    target = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(target))
+    fd, tmp = tempfile.mkstemp(prefix=".edgevae-", suffix=".png", dir=folder)
+    os.close(fd)
+    try:
+        Image.fromarray(array).save(tmp, format="PNG")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_grid(images: NDArray[Any], path: str | os.PathLike[str], columns: int | None = None) -> None:
+    """Save (N, C, H, W) images in [0, 1] as one PNG grid."""
+    save_png(make_grid(images, columns), path)
