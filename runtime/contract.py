@@ -218,7 +218,7 @@ def _to_mode(img: Any, mode: str) -> Any:
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
         from PIL import Image
 
-        img = Image.fromarray(np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8), mode="L")
+        img = Image.fromarray(np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8))
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     return img.convert(mode)

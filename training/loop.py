@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -135,7 +136,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise FileNotFoundError(f"{p}: no such checkpoint; train one with 'edgevae train'")
     try:
         raw = torch.load(p, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError) as exc:  # torch raises these for corrupt or non-torch files
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:  # corrupt, foreign or unsafe files
         raise ValueError(f"{p}: not a readable checkpoint ({exc})") from exc
     if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{p}: not an edgevae checkpoint")

@@ -1,0 +1,57 @@
+"""Shared fixtures: one tiny model trained and exported once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY_EPOCHS = 10
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny VAE trained on embedded digits 0 and 1 (800 images, a few seconds)."""
+    pytest.importorskip("torch")
+    from edgevae.training import DataSpec, ModelConfig, TrainConfig, train
+
+    run = tmp_path_factory.mktemp("tiny_run")
+    train(DataSpec(classes=(0, 1)), run, ModelConfig(latent_dim=4, widths=(8, 16), hidden=32),
+          TrainConfig(epochs=TINY_EPOCHS, batch_size=64, seed=0))
+    return run
+
+
+@pytest.fixture(scope="session")
+def bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run exported to a bundle."""
+    from edgevae.export import ExportConfig, export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    export_bundle(tiny_run, out, ExportConfig(elbo_samples=8))
+    return out
+
+
+@pytest.fixture(scope="session")
+def model(bundle: Path):  # type: ignore[no-untyped-def]
+    from edgevae.runtime import load
+
+    return load(bundle, ["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="session")
+def test_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The embedded test split: uint8 (1000, 28, 28) and labels."""
+    from edgevae.training.data import embedded_split
+
+    return embedded_split("test")
+
+
+@pytest.fixture(scope="session")
+def sample_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """PNG files: 10 test digits under normal/, 6 synthetic outliers under outliers/."""
+    from edgevae.training.samples import write_samples
+
+    folder = tmp_path_factory.mktemp("samples")
+    write_samples(folder, per_class=1)
+    return folder

@@ -1,0 +1,127 @@
+"""ONNX export: graph parity with PyTorch, scores, preprocessing parity, and failure leaving nothing behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgevae.export import ExportConfig, ExportError, export_bundle
+from edgevae.runtime import load
+from edgevae.runtime.scores import prior_noise
+from edgevae.training import DataSpec, ModelConfig, TrainConfig, load_checkpoint, train
+from edgevae.training.data import load_images
+from edgevae.training.objectives import kl_divergence, negative_elbo, score
+
+pytestmark = pytest.mark.export
+
+
+def test_manifest_records_parity_within_tolerance(bundle: Path) -> None:
+    raw = json.loads((bundle / "edgevae.json").read_text())
+    diffs = raw["parity"]["max_abs_diff"]
+    assert set(diffs) == {"encoder.mu", "encoder.logvar", "encoder.kl", "decoder.x_mean", "decoder.x_logits"}
+    assert max(diffs.values()) <= 1e-4
+    assert raw["parity"]["batch_sizes"] == [1, 7]
+    assert all(v <= 1e-4 for v in raw["parity"]["score_max_rel_diff"].values())
+
+
+@pytest.mark.parametrize("batch", [1, 5, 64])
+def test_every_graph_output_matches_pytorch(tiny_run: Path, model, test_digits, batch: int) -> None:  # type: ignore[no-untyped-def]
+    torch_model = load_checkpoint(tiny_run).model
+    x = model.prepare(test_digits[0][:batch])
+    with torch.no_grad():
+        ref = [t.numpy() for t in torch_model.encode(torch.from_numpy(x))]
+    got = model.encode_full(x)
+    for r, g in zip(ref, got):
+        assert np.max(np.abs(r - g)) <= 1e-4
+    t = np.random.default_rng(0).standard_normal((batch, 4), dtype=np.float32)
+    with torch.no_grad():
+        ref_dec = [v.numpy() for v in torch_model.decode(torch.from_numpy(t))]
+    got_dec = model.decode_params(t)
+    for r, g in zip(ref_dec, got_dec):
+        assert r.shape == g.shape and np.max(np.abs(r - g)) <= 1e-4
+
+
+def test_in_graph_kl_equals_closed_form(model, test_digits) -> None:  # type: ignore[no-untyped-def]
+    mu, logvar, kl = model.encode_full(test_digits[0][:50])
+    closed = kl_divergence(torch.from_numpy(mu), torch.from_numpy(logvar)).numpy()
+    np.testing.assert_allclose(kl, closed, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["kl", "elbo", "recon"])
+def test_every_score_matches_pytorch(tiny_run: Path, model, test_digits, method: str) -> None:  # type: ignore[no-untyped-def]
+    torch_model = load_checkpoint(tiny_run).model
+    x = model.prepare(test_digits[0][::37])
+    eps = torch.from_numpy(prior_noise(model.manifest.elbo_samples, 4, model.manifest.score_seed))
+    ref = score(torch_model, torch.from_numpy(x), method, eps).numpy()
+    np.testing.assert_allclose(model.raw_scores(x, method), ref, rtol=1e-4, atol=1e-3)
+
+
+def test_elbo_estimate_matches_pytorch_under_same_noise(tiny_run: Path, model, test_digits) -> None:  # type: ignore[no-untyped-def]
+    torch_model = load_checkpoint(tiny_run).model
+    x = model.prepare(test_digits[0][:20])
+    eps = np.random.default_rng(7).standard_normal((32, 4), dtype=np.float32)
+    mu, logvar, kl = model.encode_full(x)
+    ours = model._negative_elbo(x, mu, logvar, kl, eps)
+    with torch.no_grad():
+        ref = negative_elbo(torch_model, torch.from_numpy(x), torch.from_numpy(eps)).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-4)
+
+
+def test_preprocessing_parity_image_file(tiny_run: Path, model, sample_folder: Path) -> None:  # type: ignore[no-untyped-def]
+    """A PNG scored by the runtime gets the score the training pipeline gives the same file."""
+    files = sorted((sample_folder / "normal").glob("*.png"))
+    runtime_x = np.stack([model.contract.read_image(f) for f in files])
+    runtime_scores = model.raw_scores(runtime_x, "recon")
+    ck = load_checkpoint(tiny_run)
+    images, _, skipped = load_images(DataSpec(source=str(sample_folder / "normal")), ck.model_config.contract)
+    assert not skipped and images.shape[0] == len(files)
+    train_x = torch.from_numpy(images.astype(np.float32) / np.float32(255))
+    np.testing.assert_allclose(runtime_scores, score(ck.model, train_x, "recon").numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_graphs_pass_onnx_checker_and_carry_metadata(bundle: Path) -> None:
+    for name in ("encoder.onnx", "decoder.onnx"):
+        proto = onnx.load(str(bundle / name))
+        onnx.checker.check_model(proto, full_check=True)
+        keys = {p.key for p in proto.metadata_props}
+        assert "edgevae.manifest" in keys
+        assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
+
+
+def test_failed_parity_leaves_no_bundle(tiny_run: Path, tmp_path: Path) -> None:
+    target = tmp_path / "never"
+    with pytest.raises(ExportError, match="disagree beyond the tolerance"):
+        export_bundle(tiny_run, target, ExportConfig(tolerance=1e-12))
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_target_needs_force(tiny_run: Path, bundle: Path) -> None:
+    with pytest.raises(ExportError, match="--force"):
+        export_bundle(tiny_run, bundle)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "channels, size, likelihood",
+    [(3, 32, "gaussian_learned"), (1, 64, "gaussian")],
+)
+def test_other_shapes_and_likelihoods_export(tmp_path: Path, channels: int, size: int, likelihood: str) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (60, size, size, channels), dtype=np.uint8)
+    np.save(tmp_path / "data.npy", images)
+    cfg = ModelConfig(channels=channels, height=size, width=size, latent_dim=3, widths=(4, 8, 8), hidden=16,
+                      likelihood=likelihood)
+    train(DataSpec(source=str(tmp_path / "data.npy")), tmp_path / "run", cfg, TrainConfig(epochs=1, val_fraction=0.25))
+    m = export_bundle(tmp_path / "run", tmp_path / "bundle", ExportConfig(elbo_samples=2))
+    assert max(m.manifest.raw["parity"]["max_abs_diff"].values()) <= 1e-4
+    out = load(tmp_path / "bundle")
+    x = images[:3]
+    assert out.reconstruct(x).shape == (3, channels, size, size)
+    assert np.isfinite(out.score(x, "elbo").scores).all()
+    assert out.decode_params(out.encode(x)[0])[1].shape == (3, 1)
