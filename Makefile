@@ -1,0 +1,25 @@
+# edgevae developer and quickstart targets. Everything runs inside .venv (created on first use).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[train,dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Train on the embedded MNIST digits, export a bundle, score digits and outliers, generate a grid.
+demo: $(STAMP)
+	bash scripts/demo.sh
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf demo .pytest_cache

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The main job on the embedded default data: train, export, score normal digits and outliers, generate.
+# Outputs go to demo/ (see README.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+edgevae=".venv/bin/edgevae"
+out="demo"
+mkdir -p "$out"
+
+echo "== 1. train on the 5,000 embedded MNIST digits (4,000 in the training pool)"
+"$edgevae" train -o "$out/run"
+
+echo "== 2. export encoder.onnx + decoder.onnx + edgevae.json, checked against PyTorch"
+"$edgevae" export "$out/run" -o "$out/bundle" --force
+
+echo "== 3. write held-out test digits and obvious outliers as PNG files"
+"$edgevae" samples -o "$out/samples" --per-class 2
+
+echo "== 4. score them (torch-free runtime); higher score = more anomalous"
+"$edgevae" score "$out/samples" -m "$out/bundle" | tee "$out/scores.txt"
+
+echo "== 5. generate new digits from the prior, and reconstructions"
+"$edgevae" generate -m "$out/bundle" -n 64 --seed 0 -o "$out/generated.png"
+"$edgevae" reconstruct "$out/samples" -m "$out/bundle" -o "$out/reconstructions.png"
+"$edgevae" info "$out/bundle"
+
+echo
+echo "outputs: $out/run (checkpoints, metrics.json), $out/bundle (the bundle), $out/scores.txt,"
+echo "         $out/generated.png, $out/reconstructions.png"
