@@ -18,8 +18,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	bash scripts/demo.sh
 
+# The test suite, then the strict type check of the runtime.
 test: $(STAMP)
 	$(BIN)/python -m pytest
+	$(BIN)/python -m mypy
 
 clean:
 	rm -rf demo .pytest_cache

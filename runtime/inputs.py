@@ -20,8 +20,10 @@ from .contract import IMAGE_EXTENSIONS, InputContract
 from .errors import ArrayInputError, IDXFormatError, InputError
 
 ARRAY_EXTENSIONS = (".npy", ".npz")
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_TYPES: dict[int, np.dtype[Any]] = {
+    0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
+}
 
 
 def is_idx_path(path: str | os.PathLike[str]) -> bool:
@@ -60,7 +62,7 @@ def read_idx(path: str | os.PathLike[str]) -> NDArray[Any]:
     if ndim < 1 or len(data) < 4 + 4 * ndim:
         raise IDXFormatError(f"{name}: IDX header is truncated or has {ndim} dimensions")
     dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_TYPES[type_code])
+    dtype = _IDX_TYPES[type_code]
     expected = int(np.prod(dims)) * dtype.itemsize
     body = memoryview(data)[4 + 4 * ndim:]
     if len(body) != expected:
@@ -86,7 +88,8 @@ def read_array_file(path: str | os.PathLike[str], key: str | None = None) -> NDA
         if chosen is None or chosen not in keys:
             raise ArrayInputError(f"{name}: choose the array holding images; the archive has {keys}")
         try:
-            return npz[chosen]
+            images: NDArray[Any] = npz[chosen]
+            return images
         except ValueError as exc:
             raise ArrayInputError(f"{name}[{chosen}]: cannot read array ({exc})") from exc
 

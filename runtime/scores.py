@@ -37,7 +37,8 @@ def log_likelihood(x: F32, likelihood: str, x_mean: F32, x_param: F32) -> F32:
     if likelihood == "bernoulli":
         logits = x_param
         ll = x * logits - np.logaddexp(np.float32(0.0), logits)
-        return ll.reshape(n, -1).sum(axis=1, dtype=np.float32)
+        summed: F32 = ll.reshape(n, -1).sum(axis=1, dtype=np.float32)
+        return summed
     if likelihood in ("gaussian", "gaussian_learned"):
         logvar = x_param.reshape(n)
         sq = np.square(x - x_mean).reshape(n, -1).sum(axis=1, dtype=np.float32)
@@ -50,7 +51,8 @@ def log_likelihood(x: F32, likelihood: str, x_mean: F32, x_param: F32) -> F32:
 def reconstruction_error(x: F32, x_mean: F32) -> F32:
     """Sum of squared differences between each image and its reconstruction (N,)."""
     n = x.shape[0]
-    return np.square(x - x_mean).reshape(n, -1).sum(axis=1, dtype=np.float32)
+    out: F32 = np.square(x - x_mean).reshape(n, -1).sum(axis=1, dtype=np.float32)
+    return out
 
 
 def prior_noise(samples: int, latent_dim: int, seed: int) -> F32:
@@ -77,7 +79,7 @@ def p_values(scores: F32, calibration_scores: F32) -> NDArray[np.float64]:
     cal = np.sort(np.asarray(calibration_scores, dtype=np.float64))
     n = cal.size
     at_least = n - np.searchsorted(cal, np.asarray(scores, dtype=np.float64), side="left")
-    out: NDArray[np.float64] = (1.0 + at_least) / (n + 1.0)
+    out: NDArray[np.float64] = np.asarray((1.0 + at_least) / (n + 1.0), dtype=np.float64)
     return out
 
 

@@ -20,7 +20,7 @@ from edgevae.runtime.contract import uint8_to_unit
 
 from .data import DataSpec, infer_contract, load_images, split_indices
 from .model import VAE, ModelConfig
-from .objectives import kl_divergence, log_likelihood
+from .objectives import log_likelihood
 
 CHECKPOINT_FORMAT = "edgevae-checkpoint"
 CHECKPOINT_VERSION = 1
