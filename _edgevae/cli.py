@@ -22,6 +22,8 @@ import click
 from edgevae import __version__
 
 EXIT_ERROR, EXIT_INPUT, EXIT_OUTLIER = 1, 2, 3
+# The runtime's SCORE_METHODS, spelled out so that parsing options needs no numpy import (a test keeps them equal).
+METHODS = ("kl", "elbo", "recon", "rel_recon", "iwae")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -106,11 +108,16 @@ def main() -> None:
 @click.option("--val-fraction", type=float, default=0.1, show_default=True)
 @click.option("--beta", type=float, default=1.0, show_default=True, help="KL weight after warm-up.")
 @click.option("--kl-warmup", type=click.IntRange(min=0), default=0, show_default=True, help="KL warm-up epochs.")
+@click.option("--augment-shift", type=click.FloatRange(0, 8), default=0.0, show_default=True,
+              help="Random translation of training images, in pixels.")
+@click.option("--augment-rotate", type=click.FloatRange(0, 45), default=0.0, show_default=True,
+              help="Random rotation of training images, in degrees.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt.")
 def train(source: str, classes: str | None, labels: str | None, run_dir: str, epochs: int, batch_size: int, lr: float,
           latent_dim: int, widths: str, hidden: int, likelihood: str, channels: str | None, size: str | None,
-          val_fraction: float, beta: float, kl_warmup: int, seed: int, resume: bool) -> None:
+          val_fraction: float, beta: float, kl_warmup: int, augment_shift: float, augment_rotate: float, seed: int,
+          resume: bool) -> None:
     """Train a VAE on normal images; keeps the best checkpoint by validation ELBO."""
     _need_training("train")
     from edgevae.training.data import DataSpec, infer_contract
@@ -129,7 +136,8 @@ def train(source: str, classes: str | None, labels: str | None, run_dir: str, ep
         model_cfg = ModelConfig(channels=contract.channels, height=contract.height, width=contract.width,
                                 latent_dim=latent_dim, widths=width_list, hidden=hidden, likelihood=likelihood)
         train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed,
-                                beta=beta, kl_warmup_epochs=kl_warmup)
+                                beta=beta, kl_warmup_epochs=kl_warmup, augment_shift=augment_shift,
+                                augment_rotate=augment_rotate)
         with _TrainingProgress() as progress:
             result = run_training(spec, run_dir, model_cfg, train_cfg, resume=resume, progress=progress)
     click.echo(f"best validation negative ELBO {result.best_val_neg_elbo:.2f} nats/image at epoch "
@@ -193,17 +201,21 @@ class _TrainingProgress:
 @click.option("--fpr", type=float, default=0.01, show_default=True, help="False-positive rate of stored thresholds.")
 @click.option("--elbo-samples", type=click.IntRange(1, 10000), default=16, show_default=True,
               help="Monte-Carlo samples of the elbo score.")
-@click.option("--method", "default_method", type=click.Choice(["kl", "elbo", "recon"]), default="elbo",
+@click.option("--iwae-samples", type=click.IntRange(1, 100000), default=256, show_default=True,
+              help="Importance samples of the iwae score.")
+@click.option("--method", "default_method", type=click.Choice(METHODS), default="elbo",
               show_default=True, help="Default score method of the bundle.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
-def export(checkpoint: str, bundle_dir: str, fpr: float, elbo_samples: int, default_method: str, force: bool) -> None:
+def export(checkpoint: str, bundle_dir: str, fpr: float, elbo_samples: int, iwae_samples: int, default_method: str,
+           force: bool) -> None:
     """Export CHECKPOINT (a .pt file or run folder) to a verified, calibrated bundle."""
     _need_training("export")
     from edgevae.export import ExportConfig, ExportError, export_bundle
 
     try:
         with _errors():
-            cfg = ExportConfig(fpr=fpr, elbo_samples=elbo_samples, default_method=default_method)
+            cfg = ExportConfig(fpr=fpr, elbo_samples=elbo_samples, iwae_samples=iwae_samples,
+                               default_method=default_method)
             model = export_bundle(checkpoint, bundle_dir, cfg, force=force,
                                   progress=lambda msg: click.echo(msg, err=True))
     except ExportError as exc:
@@ -217,7 +229,7 @@ def export(checkpoint: str, bundle_dir: str, fpr: float, elbo_samples: int, defa
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
 @_runtime_options
-@click.option("--method", type=click.Choice(["kl", "elbo", "recon"]), default=None,
+@click.option("--method", type=click.Choice(METHODS), default=None,
               help="Score method (default: the bundle's).")
 @click.option("--fpr", type=float, default=None, help="Flag outliers at this false-positive rate (calibrated).")
 @click.option("--threshold", type=float, default=None, help="Flag scores above this value (overrides --fpr).")

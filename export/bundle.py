@@ -65,6 +65,7 @@ class ExportConfig:
     Args:
         fpr: target false-positive rate of the stored thresholds (default 1 %).
         elbo_samples: Monte-Carlo samples K of the ``elbo`` score.
+        iwae_samples: importance samples K of the ``iwae`` score.
         score_seed: seed of the shared noise of the Monte-Carlo scores.
         default_method: the method ``score`` uses when none is named.
         opset: ONNX opset of the graphs.
@@ -73,6 +74,7 @@ class ExportConfig:
 
     fpr: float = 0.01
     elbo_samples: int = 16
+    iwae_samples: int = 256
     score_seed: int = 0
     default_method: str = "elbo"
     opset: int = OPSET
@@ -83,6 +85,8 @@ class ExportConfig:
             raise ValueError(f"fpr must be in (0, 0.5), got {self.fpr}")
         if not 1 <= self.elbo_samples <= 10_000:
             raise ValueError(f"elbo_samples must be in 1..10000, got {self.elbo_samples}")
+        if not 1 <= self.iwae_samples <= 100_000:
+            raise ValueError(f"iwae_samples must be in 1..100000, got {self.iwae_samples}")
         if self.default_method not in SCORE_METHODS:
             raise ValueError(f"default_method must be one of {', '.join(SCORE_METHODS)}; got {self.default_method!r}")
         if not 17 <= self.opset <= 21:
@@ -163,12 +167,13 @@ def _record(diffs: dict[str, float], key: str, ref: np.ndarray, got: np.ndarray)
     diffs[key] = max(diffs.get(key, 0.0), float(np.max(np.abs(ref.astype(np.float64) - got))))
 
 
-def score_parity(model: VAE, runtime_model: Model, images: np.ndarray, elbo_samples: int,
-                 seed: int) -> dict[str, float]:
+def score_parity(model: VAE, runtime_model: Model, images: np.ndarray) -> dict[str, float]:
     """Max relative difference between runtime scores and the PyTorch twins, per method."""
-    eps = torch.from_numpy(prior_noise(elbo_samples, runtime_model.latent_dim, seed))
+    m = runtime_model.manifest
     out: dict[str, float] = {}
     for method in SCORE_METHODS:
+        k = m.iwae_samples if method == "iwae" else m.elbo_samples
+        eps = torch.from_numpy(prior_noise(k, runtime_model.latent_dim, m.score_seed))
         ref = torch_score(model, torch.from_numpy(images), method, eps).numpy().astype(np.float64)
         got = runtime_model.raw_scores(images, method).astype(np.float64)
         out[method] = float(np.max(np.abs(ref - got) / np.maximum(1.0, np.abs(ref))))
@@ -211,8 +216,10 @@ def build_manifest(ck: Checkpoint, cfg: ExportConfig, calibration: Mapping[str, 
             "default_method": cfg.default_method,
             "methods": list(SCORE_METHODS),
             "elbo_samples": cfg.elbo_samples,
+            "iwae_samples": cfg.iwae_samples,
             "seed": cfg.score_seed,
-            "noise": "numpy.random.default_rng(seed).standard_normal((elbo_samples, latent_dim), float32), "
+            "noise": "numpy.random.default_rng(seed).standard_normal((K, latent_dim), float32) with K = elbo_samples "
+                     "or iwae_samples, "
                      "shared by every image",
         },
         "calibration": {
@@ -311,7 +318,7 @@ def export_bundle(
     provisional = build_manifest(ck, cfg, {m: {"threshold": 0.0, "scores": [0.0, 0.0]} for m in SCORE_METHODS},
                                  diffs, {}, images.shape[0])
     probe = Model(Manifest.from_dict(provisional, require_files=False), enc_sess, dec_sess)
-    score_diffs = score_parity(model, probe, images[:64], cfg.elbo_samples, cfg.score_seed)
+    score_diffs = score_parity(model, probe, images[:64])
     bad = {k: v for k, v in score_diffs.items() if not v <= SCORE_RTOL}
     if bad:
         raise ExportError("runtime scores disagree with PyTorch beyond relative tolerance "

@@ -36,6 +36,7 @@ class Manifest:
     likelihood: str
     default_method: str
     elbo_samples: int
+    iwae_samples: int
     score_seed: int
     calibration_fpr: float
     calibration: Mapping[str, MethodCalibration]
@@ -49,8 +50,8 @@ class Manifest:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {self.likelihood!r}")
         if self.default_method not in SCORE_METHODS:
             raise ValueError(f"default method must be one of {', '.join(SCORE_METHODS)}; got {self.default_method!r}")
-        if self.elbo_samples < 1:
-            raise ValueError(f"elbo_samples must be >= 1, got {self.elbo_samples}")
+        if self.elbo_samples < 1 or self.iwae_samples < 1:
+            raise ValueError(f"elbo_samples and iwae_samples must be >= 1, got {self.elbo_samples}, {self.iwae_samples}")
         if not 0.0 < self.calibration_fpr < 1.0:
             raise ValueError(f"calibration fpr must be in (0, 1), got {self.calibration_fpr}")
 
@@ -85,6 +86,7 @@ class Manifest:
                 likelihood=str(data["likelihood"]),
                 default_method=str(scoring["default_method"]),
                 elbo_samples=int(scoring["elbo_samples"]),
+                iwae_samples=int(scoring.get("iwae_samples", 256)),
                 score_seed=int(scoring["seed"]),
                 calibration_fpr=float(cal["fpr"]),
                 calibration={m: MethodCalibration.from_dict(c) for m, c in cal["methods"].items()},

@@ -27,9 +27,12 @@ from .scores import (
     SCORE_METHODS,
     ScoreResult,
     log_likelihood,
+    log_prior_over_posterior,
+    logmeanexp,
     p_values,
     prior_noise,
     reconstruction_error,
+    relative_reconstruction_error,
     threshold_at_fpr,
 )
 from .sessions import Providers, create_session
@@ -145,39 +148,57 @@ class Model:
         return self.decode(t)
 
     # --------------------------------------------------------------- scores
-    def raw_scores(self, x: NDArray[Any], method: str | None = None) -> F32:
+    def raw_scores(self, x: NDArray[Any], method: str | None = None, *, samples: int | None = None) -> F32:
         """Outlier scores (N,) without calibration; higher means more anomalous.
 
-        Methods: ``kl`` (KL of q(t|x) from the prior), ``elbo`` (negative ELBO, Monte-Carlo with the
-        manifest's K samples and seed, shared by all images), ``recon`` (squared error of the decoded mean).
+        Methods: ``kl`` (KL of q(t|x) from the prior), ``elbo`` (negative ELBO, Monte-Carlo), ``recon``
+        (squared error of the decoded posterior mean), ``rel_recon`` (that error divided by the energy of
+        the image and of its reconstruction), ``iwae`` (importance-weighted estimate of -log p(x), nats).
+        The Monte-Carlo methods use the manifest's K and seed unless ``samples`` overrides K; the noise is
+        shared by all images, so scores are deterministic and independent of batching.
         """
         method = method or self.manifest.default_method
         if method not in SCORE_METHODS:
             raise ValueError(f"unknown score method {method!r}; choose one of {', '.join(SCORE_METHODS)}")
+        if samples is not None and (not isinstance(samples, int) or samples < 1):
+            raise ValueError(f"samples must be a positive integer, got {samples!r}")
         xb = self.prepare(x)
         mu, logvar, kl = self.encode_full(xb)
         if method == "kl":
             return kl
-        if method == "recon":
-            return reconstruction_error(xb, self.decode(mu))
-        eps = prior_noise(self.manifest.elbo_samples, self.latent_dim, self.manifest.score_seed)
-        return self._negative_elbo(xb, mu, logvar, kl, eps)
+        if method in ("recon", "rel_recon"):
+            mean = self.decode(mu)
+            return reconstruction_error(xb, mean) if method == "recon" else relative_reconstruction_error(xb, mean)
+        default_k = self.manifest.elbo_samples if method == "elbo" else self.manifest.iwae_samples
+        eps = prior_noise(samples or default_k, self.latent_dim, self.manifest.score_seed)
+        ll, log_w_prior = self._monte_carlo(xb, mu, logvar, eps)  # (K, N) each
+        if method == "elbo":
+            out: F32 = (kl - ll.mean(axis=0, dtype=np.float32)).astype(np.float32)
+            return out
+        return (-logmeanexp(ll + log_w_prior, axis=0)).astype(np.float32)
 
     def _negative_elbo(self, xb: F32, mu: F32, logvar: F32, kl: F32, eps: F32) -> F32:
+        ll, _ = self._monte_carlo(xb, mu, logvar, eps)
+        out: F32 = (kl - ll.mean(axis=0, dtype=np.float32)).astype(np.float32)
+        return out
+
+    def _monte_carlo(self, xb: F32, mu: F32, logvar: F32, eps: F32) -> tuple[F32, F32]:
+        """For t_k = mu + std * eps_k: log p(x|t_k) and log p(t_k) - log q(t_k|x), each (K, N)."""
         n, k = xb.shape[0], eps.shape[0]
         std = np.exp(np.float32(0.5) * logvar)
-        ll_sum = np.zeros(n, dtype=np.float32)
+        ll = np.empty((k, n), dtype=np.float32)
+        log_w_prior = np.empty((k, n), dtype=np.float32)
         per_chunk = max(1, DECODE_CHUNK // max(n, 1))
         for start in range(0, k, per_chunk):
             e = eps[start:start + per_chunk]  # (k', D)
-            t = (mu[None] + std[None] * e[:, None, :]).reshape(-1, self.latent_dim)  # (k' * N, D)
-            mean, param = self._decoder.run(self._decoder_outputs, {DECODER_INPUT: t})
             reps = e.shape[0]
+            t = mu[None] + std[None] * e[:, None, :]  # (k', N, D)
+            mean, param = self._decoder.run(self._decoder_outputs, {DECODER_INPUT: t.reshape(-1, self.latent_dim)})
             x_rep = np.broadcast_to(xb[None], (reps,) + xb.shape).reshape((-1,) + xb.shape[1:])
-            ll = log_likelihood(x_rep, self.likelihood, mean, param).reshape(reps, n)
-            ll_sum += ll.sum(axis=0)
-        out: F32 = (kl - ll_sum / np.float32(k)).astype(np.float32)
-        return out
+            ll[start:start + reps] = log_likelihood(x_rep, self.likelihood, mean, param).reshape(reps, n)
+            log_w_prior[start:start + reps] = log_prior_over_posterior(
+                np.broadcast_to(e[:, None, :], t.shape), t, np.broadcast_to(logvar[None], t.shape))
+        return ll, log_w_prior
 
     def score(self, x: NDArray[Any], method: str | None = None, *, fpr: float | None = None,
               threshold: float | None = None) -> ScoreResult:

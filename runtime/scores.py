@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-SCORE_METHODS = ("kl", "elbo", "recon")
+SCORE_METHODS = ("kl", "elbo", "recon", "rel_recon", "iwae")
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
 F32 = NDArray[np.float32]
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -53,6 +53,34 @@ def reconstruction_error(x: F32, x_mean: F32) -> F32:
     n = x.shape[0]
     out: F32 = np.square(x - x_mean).reshape(n, -1).sum(axis=1, dtype=np.float32)
     return out
+
+
+def relative_reconstruction_error(x: F32, x_mean: F32) -> F32:
+    """Scale-free reconstruction error per image: sum (x - x_mean)^2 / (sum x^2 + sum x_mean^2 + 1), in [0, 1).
+
+    Dividing by the images' energy removes the advantage that images with little ink (a thin "1") have
+    under the plain squared error, whatever the normal class is.
+    """
+    n = x.shape[0]
+    xf, mf = x.reshape(n, -1), x_mean.reshape(n, -1)
+    num = np.square(xf - mf).sum(axis=1, dtype=np.float32)
+    den = np.square(xf).sum(axis=1, dtype=np.float32) + np.square(mf).sum(axis=1, dtype=np.float32) + np.float32(1.0)
+    out: F32 = (num / den).astype(np.float32)
+    return out
+
+
+def log_prior_over_posterior(eps: F32, t: F32, logvar: F32) -> F32:
+    """log p(t) - log q(t|x) for t = mu + exp(logvar / 2) * eps, summed over latent dimensions (last axis)."""
+    out: F32 = (0.5 * (np.square(eps) - np.square(t) + logvar)).sum(axis=-1, dtype=np.float32)
+    return out
+
+
+def logmeanexp(values: NDArray[np.float32], axis: int = 0) -> F32:
+    """log(mean(exp(values))) along an axis, computed stably in float64."""
+    v = values.astype(np.float64)
+    top = v.max(axis=axis, keepdims=True)
+    out = np.log(np.mean(np.exp(v - top), axis=axis)) + np.squeeze(top, axis=axis)
+    return out.astype(np.float32)
 
 
 def prior_noise(samples: int, latent_dim: int, seed: int) -> F32:

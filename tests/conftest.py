@@ -28,7 +28,7 @@ def bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edgevae.export import ExportConfig, export_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "tiny"
-    export_bundle(tiny_run, out, ExportConfig(elbo_samples=8))
+    export_bundle(tiny_run, out, ExportConfig(elbo_samples=8, iwae_samples=64))
     return out
 
 

@@ -44,6 +44,8 @@ class TrainConfig:
         beta: weight of the KL term once warm-up is over (1.0 is the true ELBO).
         kl_warmup_epochs: epochs over which the KL weight rises linearly from 0 to ``beta``.
         cosine: use a cosine learning-rate schedule.
+        augment_shift: random translation of each training image by up to this many pixels (0: off).
+        augment_rotate: random rotation of each training image by up to this many degrees (0: off).
     """
 
     epochs: int = 30
@@ -54,6 +56,8 @@ class TrainConfig:
     beta: float = 1.0
     kl_warmup_epochs: int = 0
     cosine: bool = True
+    augment_shift: float = 0.0
+    augment_rotate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -68,6 +72,10 @@ class TrainConfig:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if self.kl_warmup_epochs < 0:
             raise ValueError(f"kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
+        if not 0 <= self.augment_shift <= 8:
+            raise ValueError(f"augment_shift must be in [0, 8] pixels, got {self.augment_shift}")
+        if not 0 <= self.augment_rotate <= 45:
+            raise ValueError(f"augment_rotate must be in [0, 45] degrees, got {self.augment_rotate}")
 
 
 @dataclass
@@ -163,6 +171,18 @@ def held_out_images(data: DataSpec, model_config: ModelConfig, train_config: Tra
     images, _, _ = load_images(data, model_config.contract)
     _, val_idx = split_indices(images.shape[0], train_config.val_fraction, train_config.seed)
     return model_config.contract.prepare(images[val_idx])
+
+
+def augment(x: torch.Tensor, shift: float, rotate: float, gen: torch.Generator) -> torch.Tensor:
+    """Random per-image translation (pixels) and rotation (degrees), bilinear, zero padding."""
+    n, _, h, w = x.shape  # (N, C, H, W)
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(rotate)
+    dx = (torch.rand(n, generator=gen) * 2 - 1) * shift * 2 / w
+    dy = (torch.rand(n, generator=gen) * 2 - 1) * shift * 2 / h
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos, -sin, dx], 1), torch.stack([sin, cos, dy], 1)], 1)  # (N, 2, 3)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def _to_float(images: np.ndarray) -> torch.Tensor:
@@ -284,6 +304,8 @@ def train(
         for step in range(steps_per_epoch):
             idx = order[step * train_config.batch_size:(step + 1) * train_config.batch_size]
             xb = x_train[idx]  # (B, C, H, W)
+            if train_config.augment_shift or train_config.augment_rotate:
+                xb = augment(xb, train_config.augment_shift, train_config.augment_rotate, gen)
             frac = min(1.0, (epoch + step / steps_per_epoch) / warm) if warm else 1.0
             beta = train_config.beta * frac
             mu, logvar, kl = model.encode(xb)

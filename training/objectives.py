@@ -35,6 +35,25 @@ def reconstruction_error(x: torch.Tensor, x_mean: torch.Tensor) -> torch.Tensor:
     return (x - x_mean).pow(2).reshape(x.shape[0], -1).sum(dim=1)
 
 
+def relative_reconstruction_error(x: torch.Tensor, x_mean: torch.Tensor) -> torch.Tensor:
+    """sum (x - x_mean)^2 / (sum x^2 + sum x_mean^2 + 1) per image (N,)."""
+    xf, mf = x.reshape(x.shape[0], -1), x_mean.reshape(x.shape[0], -1)
+    return (xf - mf).pow(2).sum(1) / (xf.pow(2).sum(1) + mf.pow(2).sum(1) + 1.0)
+
+
+def iwae_nll(model: "VAE", x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Importance-weighted estimate of -log p(x) per image (N,) with shared noise ``eps`` (K, D)."""
+    mu, logvar, _ = model.encode(x)
+    k, n = eps.shape[0], x.shape[0]
+    e = eps[:, None, :].expand(k, n, eps.shape[1])
+    t = mu[None] + torch.exp(0.5 * logvar)[None] * e  # (K, N, D)
+    mean, param = model.decode(t.reshape(k * n, -1))
+    x_rep = x.unsqueeze(0).expand((k,) + x.shape).reshape((k * n,) + x.shape[1:])
+    ll = log_likelihood(x_rep, model.config.likelihood, mean, param).reshape(k, n)
+    log_w = ll + (0.5 * (e.pow(2) - t.pow(2) + logvar[None])).sum(-1)
+    return -(torch.logsumexp(log_w, dim=0) - math.log(k))
+
+
 def negative_elbo(model: "VAE", x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """Monte-Carlo negative ELBO per image (N,) with shared noise ``eps`` (K, D), as the runtime computes it."""
     mu, logvar, kl = model.encode(x)
@@ -48,14 +67,20 @@ def negative_elbo(model: "VAE", x: torch.Tensor, eps: torch.Tensor) -> torch.Ten
 
 @torch.no_grad()
 def score(model: "VAE", x: torch.Tensor, method: str, eps: torch.Tensor | None = None) -> torch.Tensor:
-    """Outlier score per image (N,) with the runtime's definitions (``kl``, ``elbo``, ``recon``)."""
+    """Outlier score per image (N,) with the runtime's definitions; ``eps`` (K, D) for elbo and iwae."""
     mu, logvar, kl = model.encode(x)
     if method == "kl":
         return kl
     if method == "recon":
         return reconstruction_error(x, model.decode(mu)[0])
+    if method == "rel_recon":
+        return relative_reconstruction_error(x, model.decode(mu)[0])
+    if method == "iwae":
+        if eps is None:
+            raise ValueError("the iwae score needs the shared noise eps (K, D)")
+        return iwae_nll(model, x, eps)
     if method == "elbo":
         if eps is None:
             raise ValueError("the elbo score needs the shared noise eps (K, D)")
         return negative_elbo(model, x, eps)
-    raise ValueError(f"unknown score method {method!r}; choose kl, elbo or recon")
+    raise ValueError(f"unknown score method {method!r}; choose kl, elbo, recon, rel_recon or iwae")

@@ -52,11 +52,12 @@ def test_in_graph_kl_equals_closed_form(model, test_digits) -> None:  # type: ig
     np.testing.assert_allclose(kl, closed, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["kl", "elbo", "recon"])
+@pytest.mark.parametrize("method", ["kl", "elbo", "recon", "rel_recon", "iwae"])
 def test_every_score_matches_pytorch(tiny_run: Path, model, test_digits, method: str) -> None:  # type: ignore[no-untyped-def]
     torch_model = load_checkpoint(tiny_run).model
     x = model.prepare(test_digits[0][::37])
-    eps = torch.from_numpy(prior_noise(model.manifest.elbo_samples, 4, model.manifest.score_seed))
+    k = model.manifest.iwae_samples if method == "iwae" else model.manifest.elbo_samples
+    eps = torch.from_numpy(prior_noise(k, 4, model.manifest.score_seed))
     ref = score(torch_model, torch.from_numpy(x), method, eps).numpy()
     np.testing.assert_allclose(model.raw_scores(x, method), ref, rtol=1e-4, atol=1e-3)
 

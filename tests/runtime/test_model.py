@@ -28,7 +28,7 @@ def test_manifest_round_trip(bundle: Path) -> None:
     again = Manifest.from_json(dumps(dict(parsed.raw)))
     assert again == parsed
     assert parsed.contract.shape == (1, 28, 28) and parsed.latent_dim == 4
-    assert set(parsed.calibration) == {"kl", "elbo", "recon"}
+    assert set(parsed.calibration) == {"kl", "elbo", "recon", "rel_recon", "iwae"}
 
 
 def test_manifest_rides_in_graph_metadata(model) -> None:  # type: ignore[no-untyped-def]
@@ -120,7 +120,7 @@ def test_generate_is_deterministic_per_seed(model) -> None:  # type: ignore[no-u
 
 def test_scores_do_not_depend_on_batching(model, test_digits) -> None:  # type: ignore[no-untyped-def]
     x = test_digits[0][:9]
-    for method in ("kl", "elbo", "recon"):
+    for method in ("kl", "elbo", "recon", "rel_recon", "iwae"):
         whole = model.raw_scores(x, method)
         single = np.concatenate([model.raw_scores(x[i:i + 1], method) for i in range(9)])
         np.testing.assert_allclose(whole, single, rtol=1e-5, atol=1e-4)
@@ -141,7 +141,7 @@ def test_noise_images_score_higher_than_digits(model, test_digits) -> None:  # t
     noise = np.random.default_rng(0).integers(0, 256, (50, 28, 28), dtype=np.uint8)
     # The KL score alone does not separate noise from digits (noise gets a posterior near the prior);
     # docs/scoring.md discusses this. The likelihood-based scores must.
-    for method in ("elbo", "recon"):
+    for method in ("elbo", "recon", "iwae"):
         assert np.median(model.raw_scores(noise, method)) > np.median(model.raw_scores(digits, method))
 
 
@@ -152,3 +152,19 @@ def test_bad_latents_refused(model) -> None:  # type: ignore[no-untyped-def]
         model.decode(np.zeros((2, 3), np.float32))
     with pytest.raises(ValueError, match="unknown score method"):
         model.raw_scores(np.zeros((1, 28, 28), np.uint8), "bogus")
+
+
+def test_iwae_bound_is_tighter_than_elbo(model, test_digits) -> None:  # type: ignore[no-untyped-def]
+    x = test_digits[0][:30]
+    elbo = model.raw_scores(x, "elbo", samples=256)
+    iwae = model.raw_scores(x, "iwae", samples=256)
+    assert np.mean(iwae) < np.mean(elbo)  # -log p(x) <= -ELBO, and the IWAE bound is tighter
+    rel = model.raw_scores(x, "rel_recon")
+    assert ((rel >= 0) & (rel < 1)).all()
+
+
+def test_cli_method_names_match_runtime() -> None:
+    from edgevae.cli import METHODS
+    from edgevae.runtime import SCORE_METHODS
+
+    assert METHODS == SCORE_METHODS
