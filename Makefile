@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test bench-quality clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 	$(BIN)/python -m mypy
+
+# Ten one-class models + baselines + the all-digit model; writes docs/benchmarks.md (about 15 min here).
+bench-quality: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[train,dev,bench]"
+	$(BIN)/python benchmarks/quality.py
 
 clean:
 	rm -rf demo .pytest_cache

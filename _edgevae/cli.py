@@ -203,7 +203,7 @@ class _TrainingProgress:
               help="Monte-Carlo samples of the elbo score.")
 @click.option("--iwae-samples", type=click.IntRange(1, 100000), default=256, show_default=True,
               help="Importance samples of the iwae score.")
-@click.option("--method", "default_method", type=click.Choice(METHODS), default="elbo",
+@click.option("--method", "default_method", type=click.Choice(METHODS), default="rel_recon",
               show_default=True, help="Default score method of the bundle.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
 def export(checkpoint: str, bundle_dir: str, fpr: float, elbo_samples: int, iwae_samples: int, default_method: str,
@@ -236,10 +236,11 @@ def export(checkpoint: str, bundle_dir: str, fpr: float, elbo_samples: int, iwae
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write results here (default stdout).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--strict-size", is_flag=True, help="Refuse image files whose size differs from the model's (default: resize).")
 @click.option("--fail-on-outlier", is_flag=True, help="Exit with status 3 when any input is flagged.")
 def score(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool,
           method: str | None, fpr: float | None, threshold: float | None, fmt: str, output: str | None,
-          batch_size: int, fail_on_outlier: bool) -> None:
+          batch_size: int, strict_size: bool, fail_on_outlier: bool) -> None:
     """Score images as outliers: PATHS are image files, folders, globs, .npy/.npz arrays or IDX files.
 
     Prints one row per input: score (higher = more anomalous), empirical p-value against the bundle's
@@ -256,7 +257,7 @@ def score(paths: Sequence[str], bundle: str, providers: str, threads: int | None
     counts = {"scored": 0, "outliers": 0, "failed": 0}
     with _output(output) as out:
         writer = _ResultWriter(out, fmt, method, thr)
-        for batch in iter_batches(paths, model.contract, batch_size=batch_size):
+        for batch in iter_batches(paths, model.contract, batch_size=batch_size, strict_size=strict_size):
             for name, err in batch.failures:
                 counts["failed"] += 1
                 click.echo(f"error: {err}", err=True)
@@ -325,8 +326,9 @@ class _ResultWriter:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Output file: .npy (mu), .npz (items, mu, logvar, kl) or .jsonl.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--strict-size", is_flag=True, help="Refuse image files whose size differs from the model's (default: resize).")
 def encode(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool,
-           output: str, batch_size: int) -> None:
+           output: str, batch_size: int, strict_size: bool) -> None:
     """Encode images to latent codes (posterior means and log-variances)."""
     import numpy as np
 
@@ -339,7 +341,7 @@ def encode(paths: Sequence[str], bundle: str, providers: str, threads: int | Non
     names: list[str] = []
     mus, logvars, kls = [], [], []
     failed = 0
-    for batch in iter_batches(paths, model.contract, batch_size=batch_size):
+    for batch in iter_batches(paths, model.contract, batch_size=batch_size, strict_size=strict_size):
         for _, err in batch.failures:
             failed += 1
             click.echo(f"error: {err}", err=True)

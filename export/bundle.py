@@ -76,7 +76,7 @@ class ExportConfig:
     elbo_samples: int = 16
     iwae_samples: int = 256
     score_seed: int = 0
-    default_method: str = "elbo"
+    default_method: str = "rel_recon"
     opset: int = OPSET
     tolerance: float = PARITY_TOLERANCE
 

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ArrayInputError, ImageReadError
+from .errors import ArrayInputError, ImageReadError, ImageSizeError
 
 RESIZE_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -172,30 +172,43 @@ class InputContract:
         return out
 
     # ------------------------------------------------------------------ files
-    def read_image(self, path: str | os.PathLike[str]) -> NDArray[np.uint8]:
+    def read_image(self, path: str | os.PathLike[str], *, strict_size: bool = False) -> NDArray[np.uint8]:
         """Decode one image file into uint8 (C, H, W) following the contract's conversion rules.
 
+        Args:
+            path: the image file.
+            strict_size: refuse images whose size differs from the contract instead of resizing them.
+
         Raises:
-            ImageReadError: the file cannot be read or decoded as an image.
+            ImageReadError: the file cannot be read or decoded as an image, or has more than
+                ``MAX_IMAGE_PIXELS`` pixels (a decompression bomb).
+            ImageSizeError: ``strict_size`` and the image has another size.
         """
         try:
             from PIL import Image, UnidentifiedImageError
         except ImportError as exc:  # pragma: no cover - Pillow is a base dependency
             raise ImageReadError("reading image files needs Pillow: pip install pillow") from exc
-        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
         name = os.fspath(path)
         try:
             with Image.open(name) as img:
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise ImageReadError(f"{name}: refused, {img.width}x{img.height} is more than "
+                                         f"{MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?)")
+                if strict_size and img.size != (self.width, self.height):
+                    raise ImageSizeError(f"{name}: image is {img.width}x{img.height} (width x height), the model "
+                                         f"takes {self.width}x{self.height}; drop --strict-size to resize it")
                 img.load()
                 img = _to_mode(img, self.pil_mode)
                 if img.size != (self.width, self.height):
                     resample = getattr(Image.Resampling, self.resize.upper())
                     img = img.resize((self.width, self.height), resample=resample)
                 arr = np.asarray(img, dtype=np.uint8)
+        except (ImageReadError, ImageSizeError):
+            raise
         except UnidentifiedImageError as exc:
             raise ImageReadError(f"{name}: not a readable image (Pillow cannot identify it)") from exc
         except Image.DecompressionBombError as exc:
-            raise ImageReadError(f"{name}: refused, larger than {MAX_IMAGE_PIXELS:,} pixels ({exc})") from exc
+            raise ImageReadError(f"{name}: refused as a decompression bomb ({exc})") from exc
         except FileNotFoundError as exc:
             raise ImageReadError(f"{name}: no such file") from exc
         except IsADirectoryError as exc:

@@ -23,6 +23,14 @@ class ImageReadError(InputError):
     """An image file is unreadable, corrupt, truncated, or not an image."""
 
 
+class ImageSizeError(InputError):
+    """An image file's size differs from the contract's and resizing was refused (strict size)."""
+
+
+class PathError(InputError):
+    """A path does not exist, a pattern matches nothing, or a folder holds no inputs."""
+
+
 class ArrayInputError(InputError):
     """An array has the wrong dtype, rank, shape, or non-finite / out-of-range values."""
 

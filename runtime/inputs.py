@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .contract import IMAGE_EXTENSIONS, InputContract
-from .errors import ArrayInputError, IDXFormatError, InputError
+from .errors import ArrayInputError, IDXFormatError, InputError, PathError
 
 ARRAY_EXTENSIONS = (".npy", ".npz")
 _IDX_TYPES: dict[int, np.dtype[Any]] = {
@@ -117,7 +117,7 @@ def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> Iterator[_Source]:
         if not os.path.exists(text) and glob.has_magic(text):
             matches = sorted(glob.glob(text, recursive=True))
             if not matches:
-                yield _Source("error", text, InputError(f"{text}: pattern matches no files"))
+                yield _Source("error", text, PathError(f"{text}: pattern matches no files"))
             for m in matches:
                 yield from expand_paths([m])
             continue
@@ -128,10 +128,10 @@ def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> Iterator[_Source]:
                 found = True
                 yield sub
             if not found:
-                yield _Source("error", text, InputError(
+                yield _Source("error", text, PathError(
                     f"{text}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)}), arrays or IDX files"))
         elif not p.exists():
-            yield _Source("error", text, InputError(f"{text}: no such file or folder"))
+            yield _Source("error", text, PathError(f"{text}: no such file or folder (or a broken or looping symlink)"))
         elif is_array_path(text):
             yield _Source("array", text)
         elif is_idx_path(text):
@@ -142,7 +142,11 @@ def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> Iterator[_Source]:
 
 def _walk(root: Path) -> Iterator[_Source]:
     seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    errors: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=errors.append):
+        while errors:
+            err = errors.pop()
+            yield _Source("error", str(err.filename), PathError(f"{err.filename}: cannot list folder ({err.strerror})"))
         st = os.stat(dirpath)
         if (st.st_dev, st.st_ino) in seen:  # a symlink loop
             dirnames[:] = []
@@ -151,7 +155,10 @@ def _walk(root: Path) -> Iterator[_Source]:
         dirnames.sort()
         for fname in sorted(filenames):
             full = os.path.join(dirpath, fname)
-            if is_image_path(fname):
+            relevant = is_image_path(fname) or is_array_path(fname) or is_idx_path(fname)
+            if relevant and not os.path.exists(full):
+                yield _Source("error", full, PathError(f"{full}: broken or looping symlink"))
+            elif is_image_path(fname):
                 yield _Source("image", full)
             elif is_array_path(fname):
                 yield _Source("array", full)
@@ -171,7 +178,7 @@ def _array_items(source: _Source, contract: InputContract) -> Iterator[tuple[str
 
 
 def iter_batches(paths: Sequence[str | os.PathLike[str]], contract: InputContract, batch_size: int = 256,
-                 workers: int | None = None) -> Iterator[Batch]:
+                 workers: int | None = None, *, strict_size: bool = False) -> Iterator[Batch]:
     """Stream prepared batches from paths; image files are decoded by a pool of threads.
 
     Items keep their input order. Memory stays bounded by about two batches, whatever the number of files.
@@ -194,7 +201,7 @@ def iter_batches(paths: Sequence[str | os.PathLike[str]], contract: InputContrac
         name, payload = item
         if isinstance(payload, str):
             try:
-                return name, contract.read_image(payload)
+                return name, contract.read_image(payload, strict_size=strict_size)
             except InputError as exc:
                 return name, exc
         return name, payload

@@ -1,0 +1,329 @@
+"""Outlier-detection quality benchmark on the embedded MNIST digits.
+
+One-class protocol: for each digit d, train on the normal digit d (the embedded training pool: 400 images,
+360 after the validation split) through the public training API, export a bundle, and score the embedded
+test split (100 images per digit; d normal, the other 900 anomalies) through the runtime. Baselines are
+fitted on the same 360 training images: Isolation Forest and One-Class SVM (scikit-learn, raw pixels) and
+PyOD's VAE. Then one model trained on all ten digits is checked for likelihood (negative ELBO, IWAE NLL),
+calibration and out-of-distribution detection.
+
+Usage:
+    python benchmarks/quality.py                 # full run: ten digits + all-digit model (about 15 min here)
+    python benchmarks/quality.py --smoke         # two digits, tiny models: checks that the pipeline runs
+
+Writes benchmarks/results/quality.json and the quality section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+from sklearn.ensemble import IsolationForest
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.svm import OneClassSVM
+
+from edgevae import __version__
+from edgevae.export import ExportConfig, export_bundle
+from edgevae.runtime import SCORE_METHODS, Model
+from edgevae.training import DataSpec, ModelConfig, TrainConfig, train
+from edgevae.training.data import embedded_split, split_indices
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED = [  # one-class MNIST mean AUROC, 6,000 training images per class
+    ("Deep SVDD (Ruff et al. 2018, Table 1)", 0.948),
+    ("OCGAN (Perera et al. 2019)", 0.975),
+    ("GEOM (Golan & El-Yaniv 2018)", 0.980),
+    ("AGAD", 0.991),
+]
+
+
+def recipes(smoke: bool) -> dict[str, Any]:
+    """The models and settings benchmarked; the smoke recipe only checks that everything runs."""
+    if smoke:
+        return {
+            "one_class_model": ModelConfig(latent_dim=4, widths=(8, 16), hidden=32),
+            "one_class_train": TrainConfig(epochs=3, batch_size=64),
+            "all_model": ModelConfig(latent_dim=4, widths=(8, 16), hidden=32),
+            "all_train": TrainConfig(epochs=1),
+            "export": ExportConfig(elbo_samples=4, iwae_samples=16),
+            "nll_samples": 64,
+        }
+    return {
+        "one_class_model": ModelConfig(),
+        "one_class_train": TrainConfig(epochs=150, batch_size=64),
+        "all_model": ModelConfig(),
+        "all_train": TrainConfig(),
+        "export": ExportConfig(),
+        "nll_samples": 1000,
+    }
+
+
+def detection_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """AUROC, average precision (anomaly = positive) and FPR at 95 % TPR, from scikit-learn."""
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return {
+        "auroc": float(roc_auc_score(labels, scores)),
+        "ap": float(average_precision_score(labels, scores)),
+        "fpr_at_95tpr": float(fpr[np.searchsorted(tpr, 0.95, side="left")]),
+    }
+
+
+def score_all(model: Model, x: np.ndarray, methods: tuple[str, ...] = SCORE_METHODS) -> dict[str, np.ndarray]:
+    out: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+    for start in range(0, x.shape[0], 200):
+        for m in methods:
+            out[m].append(model.raw_scores(x[start:start + 200], m))
+    return {m: np.concatenate(v) for m, v in out.items()}
+
+
+def baselines(train_x: np.ndarray, test_x: np.ndarray, use_pyod: bool) -> dict[str, np.ndarray]:
+    """Anomaly scores (higher = more anomalous) of the baselines on raw pixels in [0, 1]."""
+    a = train_x.reshape(train_x.shape[0], -1).astype(np.float32) / 255
+    b = test_x.reshape(test_x.shape[0], -1).astype(np.float32) / 255
+    out = {
+        "isolation_forest": -IsolationForest(random_state=0).fit(a).score_samples(b),
+        "one_class_svm": -OneClassSVM().fit(a).score_samples(b),
+    }
+    if use_pyod:
+        from pyod.models.vae import VAE as PyodVAE
+
+        detector = PyodVAE(random_state=0, verbose=0)
+        with _quiet():
+            detector.fit(a)
+        out["pyod_vae"] = detector.decision_function(b)
+    return out
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        self._stdout, sys.stdout = sys.stdout, io.StringIO()
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout = self._stdout
+
+
+def calibration_report(model: Model, normal_scores: dict[str, np.ndarray]) -> dict[str, Any]:
+    """FPR at the stored threshold and p-value uniformity on normal images never used for fitting."""
+    out = {}
+    for m, s in normal_scores.items():
+        thr = model.manifest.calibration[m].threshold
+        p = model.score(np.zeros((1,) + model.contract.shape, np.float32), m).p_values  # warm path check
+        del p
+        from edgevae.runtime import p_values
+
+        pv = p_values(s.astype(np.float32), np.asarray(model.manifest.calibration[m].scores))
+        out[m] = {"threshold": thr, "fpr_at_threshold": float(np.mean(s > thr)), "n": int(s.size),
+                  "p_value_min": float(pv.min()), "p_value_max": float(pv.max()),
+                  "p_value_ks_uniform": float(stats.kstest(pv, "uniform").statistic)}
+    return out
+
+
+def one_class(digit: int, recipe: dict[str, Any], work: Path, use_baselines: bool, use_pyod: bool) -> dict[str, Any]:
+    test_x, test_y = embedded_split("test")
+    labels = (test_y != digit).astype(int)
+    t0 = time.perf_counter()
+    result = train(DataSpec(classes=(digit,)), work / f"run{digit}", recipe["one_class_model"], recipe["one_class_train"])
+    train_s = time.perf_counter() - t0
+    model = export_bundle(result.best_checkpoint, work / f"bundle{digit}", recipe["export"])
+    scores = score_all(model, test_x)
+    row: dict[str, Any] = {"digit": digit, "train_seconds": train_s, "val_neg_elbo": result.best_val_neg_elbo,
+                           "methods": {m: detection_metrics(labels, s) for m, s in scores.items()}}
+    row["calibration"] = calibration_report(model, {m: s[labels == 0] for m, s in scores.items()})
+    if use_baselines:
+        pool_x, pool_y = embedded_split("train")
+        normal = pool_x[pool_y == digit]
+        train_idx, _ = split_indices(normal.shape[0], recipe["one_class_train"].val_fraction, recipe["one_class_train"].seed)
+        row["baselines"] = {k: detection_metrics(labels, v) for k, v in baselines(normal[train_idx], test_x, use_pyod).items()}
+    return row
+
+
+def ood_sets(test_x: np.ndarray, n: int = 1000) -> dict[str, np.ndarray]:
+    """Out-of-distribution images made on this machine, uint8 (n, 28, 28)."""
+    from PIL import Image, ImageDraw, ImageFont
+    from sklearn.datasets import load_digits, load_sample_images
+
+    rng = np.random.default_rng(0)
+    sets = {
+        "uniform_noise": rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+        "inverted_digits": (255 - test_x[:n]).astype(np.uint8),
+        "rotated_digits_90": np.rot90(test_x[:n], k=1, axes=(1, 2)).copy(),
+        "blank": np.zeros((10, 28, 28), np.uint8),
+    }
+    patches = []
+    for img in load_sample_images().images:  # two photographs shipped with scikit-learn
+        gray = np.asarray(Image.fromarray(img).convert("L"))
+        for _ in range(n // 2):
+            y, x = rng.integers(0, gray.shape[0] - 112), rng.integers(0, gray.shape[1] - 112)
+            patches.append(np.asarray(Image.fromarray(gray[y:y + 112, x:x + 112]).resize((28, 28), Image.BILINEAR)))
+    sets["photo_patches"] = np.stack(patches)
+    small = load_digits().images  # 8x8 digits in 0..16, shipped with scikit-learn
+    sets["sklearn_8x8_digits_upscaled"] = np.stack([
+        np.asarray(Image.fromarray((d * 255 / 16).astype(np.uint8)).resize((20, 20), Image.BILINEAR).crop(
+            (-4, -4, 24, 24))) for d in small[:n]])
+    font = ImageFont.load_default(size=22)
+    letters = []
+    for i in range(n):
+        canvas = Image.new("L", (28, 28), 0)
+        ImageDraw.Draw(canvas).text((6 + rng.integers(-2, 3), 1 + rng.integers(-2, 3)),
+                                    "ABCDEFGHJKLMNPQRSTUVWXYZ"[i % 24], fill=255, font=font)
+        letters.append(np.asarray(canvas))
+    sets["rendered_letters"] = np.stack(letters)
+    return sets
+
+
+def all_digits(recipe: dict[str, Any], work: Path) -> dict[str, Any]:
+    test_x, _ = embedded_split("test")
+    t0 = time.perf_counter()
+    result = train(DataSpec(), work / "run_all", recipe["all_model"], recipe["all_train"])
+    train_s = time.perf_counter() - t0
+    model = export_bundle(result.best_checkpoint, work / "bundle_all", recipe["export"])
+    scores = score_all(model, test_x)
+    nll = np.concatenate([model.raw_scores(test_x[i:i + 50], "iwae", samples=recipe["nll_samples"])
+                          for i in range(0, test_x.shape[0], 50)])
+    out: dict[str, Any] = {
+        "train_seconds": train_s,
+        "val_neg_elbo": result.best_val_neg_elbo,
+        "test_neg_elbo": float(scores["elbo"].mean()),
+        "test_iwae_nll": float(nll.mean()),
+        "nll_samples": recipe["nll_samples"],
+        "calibration": calibration_report(model, scores),
+        "ood": {},
+    }
+    for name, x in ood_sets(test_x).items():
+        ood_scores = score_all(model, x)
+        out["ood"][name] = {}
+        for m in SCORE_METHODS:
+            labels = np.r_[np.zeros(test_x.shape[0]), np.ones(x.shape[0])].astype(int)
+            out["ood"][name][m] = float(roc_auc_score(labels, np.r_[scores[m], ood_scores[m]]))
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    rows = report["one_class"]
+    methods = list(SCORE_METHODS)
+    base = list(rows[0].get("baselines", {}))
+    lines = [
+        "## Outlier-detection quality (one-class MNIST)",
+        "",
+        f"Measured by `python benchmarks/quality.py` on {report['machine']}, edgevae {report['edgevae']}, "
+        f"{report['date']}; total {report['seconds'] / 60:.1f} min. Raw results: `benchmarks/results/quality.json`.",
+        "",
+        "Protocol: digit d is normal, the other nine are anomalies. edgevae and the baselines train on the 360 images "
+        "of digit d in the embedded training pool (the other 40 are the validation/calibration split) and are "
+        "tested on the embedded test split (100 images per digit). The published figures use the full MNIST "
+        "training set, about 6,000 images per digit — 15 times more.",
+        "",
+        "AUROC per normal digit (higher is better; the default method is marked *):",
+        "",
+        "| digit | " + " | ".join(f"{m}{'*' if m == report['default_method'] else ''}" for m in methods)
+        + (" | " + " | ".join(base) if base else "") + " |",
+        "|---" * (1 + len(methods) + len(base)) + "|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['digit']} | " + " | ".join(f"{r['methods'][m]['auroc']:.3f}" for m in methods)
+                     + (" | " + " | ".join(f"{r['baselines'][b]['auroc']:.3f}" for b in base) if base else "") + " |")
+    mean = report["mean"]
+    lines.append("| **mean** | " + " | ".join(f"**{mean[m]['auroc']:.3f}**" for m in methods)
+                 + (" | " + " | ".join(f"**{mean[b]['auroc']:.3f}**" for b in base) if base else "") + " |")
+    lines += ["", "Mean average precision and FPR at 95 % TPR:", "",
+              "| | " + " | ".join(methods + base) + " |", "|---" * (1 + len(methods) + len(base)) + "|",
+              "| AP | " + " | ".join(f"{mean[k]['ap']:.3f}" for k in methods + base) + " |",
+              "| FPR@95%TPR | " + " | ".join(f"{mean[k]['fpr_at_95tpr']:.3f}" for k in methods + base) + " |",
+              "", "Published one-class MNIST mean AUROC, 6,000 training images per digit:", ""]
+    lines += [f"- {name}: {auc:.3f}" for name, auc in PUBLISHED]
+    cal = report["one_class_calibration"]
+    lines += ["", "Calibration of the one-class bundles (threshold at 1 % FPR stored at export; measured on the 1,000 "
+              "normal test images pooled over the ten models, never used for fitting or calibration):", "",
+              "| method | FPR at stored threshold | KS distance of p-values from uniform |", "|---|---|---|"]
+    lines += [f"| {m} | {c['fpr_at_threshold'] * 100:.2f} % | {c['p_value_ks_uniform']:.3f} |" for m, c in cal.items()]
+    a = report.get("all_digits")
+    if a:
+        lines += ["", "### Model trained on all ten digits", "",
+                  f"- training time {a['train_seconds']:.0f} s (3,600 images); validation negative ELBO "
+                  f"{a['val_neg_elbo']:.2f} nats/image",
+                  f"- test split (1,000 digits): negative ELBO {a['test_neg_elbo']:.2f} nats/image (K = 16), "
+                  f"importance-weighted NLL {a['test_iwae_nll']:.2f} nats/image (K = {a['nll_samples']})",
+                  "", "Calibration on the test split (never used for fitting or calibration):", "",
+                  "| method | FPR at stored 1 % threshold | KS distance of p-values from uniform |", "|---|---|---|"]
+        lines += [f"| {m} | {c['fpr_at_threshold'] * 100:.2f} % | {c['p_value_ks_uniform']:.3f} |"
+                  for m, c in a["calibration"].items()]
+        lines += ["", "Out-of-distribution AUROC (test digits = normal):", "",
+                  "| set | " + " | ".join(methods) + " |", "|---" * (1 + len(methods)) + "|"]
+        lines += [f"| {name} | " + " | ".join(f"{v[m]:.3f}" for m in methods) + " |" for name, v in a["ood"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_doc(section: str, path: Path) -> None:
+    """Replace the quality section of docs/benchmarks.md (between markers), keeping the rest."""
+    start, end = "<!-- quality:start -->", "<!-- quality:end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    block = f"{start}\n{section}{end}\n"
+    if start in text and end in text:
+        text = text[:text.index(start)] + block + text[text.index(end) + len(end) + 1:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--digits", default="0,1,2,3,4,5,6,7,8,9")
+    parser.add_argument("--smoke", action="store_true", help="two digits, tiny models, no PyOD")
+    parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--no-pyod", action="store_true")
+    parser.add_argument("--no-all-digits", action="store_true")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
+    parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = parser.parse_args(argv)
+    digits = [0, 1] if args.smoke else [int(d) for d in args.digits.split(",")]
+    recipe = recipes(args.smoke)
+    use_pyod = not (args.no_pyod or args.smoke)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgevae-quality-") as tmp:
+        work = Path(tmp)
+        rows = []
+        for d in digits:
+            row = one_class(d, recipe, work, not args.no_baselines, use_pyod)
+            rows.append(row)
+            print(f"digit {d}: " + ", ".join(f"{m} {v['auroc']:.3f}" for m, v in row["methods"].items())
+                  + "".join(f", {b} {v['auroc']:.3f}" for b, v in row.get("baselines", {}).items()), flush=True)
+        all_digit = None if args.no_all_digits else all_digits(recipe, work)
+    keys = list(rows[0]["methods"]) + list(rows[0].get("baselines", {}))
+    mean = {k: {metric: float(np.mean([(r["methods"].get(k) or r["baselines"][k])[metric] for r in rows]))
+                for metric in ("auroc", "ap", "fpr_at_95tpr")} for k in keys}
+    pooled = {}
+    for m in SCORE_METHODS:
+        n = sum(r["calibration"][m]["n"] for r in rows)
+        pooled[m] = {"fpr_at_threshold": sum(r["calibration"][m]["fpr_at_threshold"] * r["calibration"][m]["n"]
+                                             for r in rows) / n,
+                     "p_value_ks_uniform": float(np.mean([r["calibration"][m]["p_value_ks_uniform"] for r in rows]))}
+    report = {
+        "edgevae": __version__, "date": time.strftime("%Y-%m-%d"), "smoke": args.smoke,
+        "machine": f"{platform.machine()}, {platform.python_version()}, {__import__('os').cpu_count()} cores",
+        "default_method": recipe["export"].default_method,
+        "recipe": {k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in recipe.items()},
+        "one_class": rows, "mean": mean, "one_class_calibration": pooled, "all_digits": all_digit,
+        "published_mean_auroc": dict(PUBLISHED), "seconds": time.perf_counter() - started,
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2, default=float))
+    write_doc(markdown(report), Path(args.markdown))
+    print(f"mean AUROC: " + ", ".join(f"{k} {v['auroc']:.3f}" for k, v in mean.items()))
+    print(f"wrote {args.json} and {args.markdown} in {report['seconds'] / 60:.1f} min")
+    return report
+
+
+if __name__ == "__main__":
+    main()

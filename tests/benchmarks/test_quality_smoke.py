@@ -1,0 +1,35 @@
+"""The quality benchmark runs end to end at smoke size (tiny models, two digits)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.export, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quality_benchmark_smoke(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("quality_benchmark", ROOT / "benchmarks" / "quality.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out_json, out_md = tmp_path / "q.json", tmp_path / "benchmarks.md"
+    out_md.write_text("# Benchmarks\n\nkept text\n")
+    report = module.main(["--smoke", "--json", str(out_json), "--markdown", str(out_md)])
+    saved = json.loads(out_json.read_text())
+    assert saved["smoke"] is True and [r["digit"] for r in saved["one_class"]] == [0, 1]
+    for row in report["one_class"]:
+        assert set(row["methods"]) == {"kl", "elbo", "recon", "rel_recon", "iwae"}
+        assert set(row["baselines"]) == {"isolation_forest", "one_class_svm"}
+        for metrics in list(row["methods"].values()) + list(row["baselines"].values()):
+            assert 0.0 <= metrics["auroc"] <= 1.0 and 0.0 <= metrics["fpr_at_95tpr"] <= 1.0
+    assert "rendered_letters" in report["all_digits"]["ood"]
+    text = out_md.read_text()
+    assert "kept text" in text and "| **mean** |" in text
+    module.main(["--smoke", "--no-all-digits", "--no-baselines", "--json", str(out_json), "--markdown", str(out_md)])
+    assert out_md.read_text().count("<!-- quality:start -->") == 1
