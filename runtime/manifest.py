@@ -93,7 +93,7 @@ class Manifest:
                 files=dict(files),
                 raw=dict(data),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise BundleError(f"manifest is malformed: {type(exc).__name__}: {exc}") from exc
         unknown = set(manifest.calibration) - set(SCORE_METHODS)
         if unknown:

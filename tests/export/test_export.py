@@ -126,3 +126,44 @@ def test_other_shapes_and_likelihoods_export(tmp_path: Path, channels: int, size
     assert out.reconstruct(x).shape == (3, channels, size, size)
     assert np.isfinite(out.score(x, "elbo").scores).all()
     assert out.decode_params(out.encode(x)[0])[1].shape == (3, 1)
+
+
+def _rehash(bundle: Path) -> None:
+    import hashlib
+
+    raw = json.loads((bundle / "edgevae.json").read_text())
+    for name in ("encoder.onnx", "decoder.onnx"):
+        data = (bundle / name).read_bytes()
+        raw["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (bundle / "edgevae.json").write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize("change, message", [("rename_output", "gives outputs"), ("extra_input", "takes inputs"),
+                                             ("swap_graphs", "takes inputs")])
+def test_graphs_that_disagree_with_the_manifest_are_refused(bundle: Path, tmp_path: Path, change: str,
+                                                            message: str) -> None:
+    """Even with matching checksums (a re-hashed manifest), graphs must match the manifest's contract."""
+    import shutil
+
+    from edgevae.runtime import BundleError
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    if change == "swap_graphs":
+        enc, dec = (copy / "encoder.onnx").read_bytes(), (copy / "decoder.onnx").read_bytes()
+        (copy / "encoder.onnx").write_bytes(dec)
+        (copy / "decoder.onnx").write_bytes(enc)
+    else:
+        proto = onnx.load(str(copy / "encoder.onnx"))
+        if change == "rename_output":
+            old = proto.graph.output[2].name
+            proto.graph.output[2].name = "kl_renamed"
+            for node in proto.graph.node:
+                node.output[:] = ["kl_renamed" if o == old else o for o in node.output]
+        else:
+            extra = onnx.helper.make_tensor_value_info("extra", onnx.TensorProto.FLOAT, ["N", 1])
+            proto.graph.input.append(extra)
+        onnx.save(proto, str(copy / "encoder.onnx"))
+    _rehash(copy)
+    with pytest.raises(BundleError, match=message):
+        load(copy)
