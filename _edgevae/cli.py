@@ -59,6 +59,8 @@ def _errors() -> Iterator[None]:
 
 
 def _runtime_options(func: F) -> F:
+    func = click.option("--variant", default=None,
+                        help="Edge variant of the bundle's graphs: int8, fp16, ort, int8-ort, ... (default fp32).")(func)
     func = click.option("--strict-providers", is_flag=True,
                         help="Fail if a requested execution provider is not active.")(func)
     func = click.option("--threads", type=click.IntRange(min=0), default=None,
@@ -70,11 +72,11 @@ def _runtime_options(func: F) -> F:
     return func
 
 
-def _load(bundle: str, providers: str, threads: int | None, strict: bool) -> Any:
+def _load(bundle: str, providers: str, threads: int | None, strict: bool, variant: str | None = None) -> Any:
     from edgevae.runtime import load
 
     with _errors():
-        return load(bundle, providers, threads=threads, strict=strict)
+        return load(bundle, providers, threads=threads, strict=strict, variant=variant)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -205,9 +207,13 @@ class _TrainingProgress:
               help="Importance samples of the iwae score.")
 @click.option("--method", "default_method", type=click.Choice(METHODS), default="rel_recon",
               show_default=True, help="Default score method of the bundle.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Add a static QDQ int8 variant, calibrated on training images.")
+@click.option("--precision", type=click.Choice(["fp16"]), default=None, help="Add a float16 variant.")
+@click.option("--ort-format", is_flag=True, help="Also write every graph in the ORT format (mobile/minimal builds).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
 def export(checkpoint: str, bundle_dir: str, fpr: float, elbo_samples: int, iwae_samples: int, default_method: str,
-           force: bool) -> None:
+           quantize: str | None, precision: str | None, ort_format: bool, force: bool) -> None:
     """Export CHECKPOINT (a .pt file or run folder) to a verified, calibrated bundle."""
     _need_training("export")
     from edgevae.export import ExportConfig, ExportError, export_bundle
@@ -215,7 +221,8 @@ def export(checkpoint: str, bundle_dir: str, fpr: float, elbo_samples: int, iwae
     try:
         with _errors():
             cfg = ExportConfig(fpr=fpr, elbo_samples=elbo_samples, iwae_samples=iwae_samples,
-                               default_method=default_method)
+                               default_method=default_method, variants=tuple(v for v in (quantize, precision) if v),
+                               ort_format=ort_format)
             model = export_bundle(checkpoint, bundle_dir, cfg, force=force,
                                   progress=lambda msg: click.echo(msg, err=True))
     except ExportError as exc:
@@ -238,7 +245,7 @@ def export(checkpoint: str, bundle_dir: str, fpr: float, elbo_samples: int, iwae
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--strict-size", is_flag=True, help="Refuse image files whose size differs from the model's (default: resize).")
 @click.option("--fail-on-outlier", is_flag=True, help="Exit with status 3 when any input is flagged.")
-def score(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool,
+def score(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool, variant: str | None,
           method: str | None, fpr: float | None, threshold: float | None, fmt: str, output: str | None,
           batch_size: int, strict_size: bool, fail_on_outlier: bool) -> None:
     """Score images as outliers: PATHS are image files, folders, globs, .npy/.npz arrays or IDX files.
@@ -248,7 +255,7 @@ def score(paths: Sequence[str], bundle: str, providers: str, threads: int | None
     """
     from edgevae.runtime.inputs import iter_batches
 
-    model = _load(bundle, providers, threads, strict_providers)
+    model = _load(bundle, providers, threads, strict_providers, variant)
     method = method or model.manifest.default_method
     if fpr is not None and not 0.0 < fpr < 1.0:
         raise click.BadParameter(f"must be in (0, 1), got {fpr}", param_hint="--fpr")
@@ -327,7 +334,7 @@ class _ResultWriter:
               help="Output file: .npy (mu), .npz (items, mu, logvar, kl) or .jsonl.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--strict-size", is_flag=True, help="Refuse image files whose size differs from the model's (default: resize).")
-def encode(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool,
+def encode(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool, variant: str | None,
            output: str, batch_size: int, strict_size: bool) -> None:
     """Encode images to latent codes (posterior means and log-variances)."""
     import numpy as np
@@ -337,7 +344,7 @@ def encode(paths: Sequence[str], bundle: str, providers: str, threads: int | Non
     suffix = os.path.splitext(output)[1].lower()
     if suffix not in (".npy", ".npz", ".jsonl"):
         raise click.BadParameter("must end in .npy, .npz or .jsonl", param_hint="--output")
-    model = _load(bundle, providers, threads, strict_providers)
+    model = _load(bundle, providers, threads, strict_providers, variant)
     names: list[str] = []
     mus, logvars, kls = [], [], []
     failed = 0
@@ -392,12 +399,13 @@ def _save_numpy(output: str, suffix: str, mu: Any, names: list[str], logvar: Any
 @click.option("--columns", type=click.IntRange(min=1), default=None, help="Grid columns (default: square).")
 @click.option("--npy", "npy_path", type=click.Path(dir_okay=False), default=None,
               help="Also save the images as float32 .npy (N, C, H, W).")
-def generate(bundle: str, providers: str, threads: int | None, strict_providers: bool, count: int, seed: int,
+def generate(bundle: str, providers: str, threads: int | None, strict_providers: bool, variant: str | None, count: int,
+             seed: int,
              output: str, columns: int | None, npy_path: str | None) -> None:
     """Generate new images: decode t ~ N(0, I) and save them as a PNG grid."""
     from edgevae.runtime.grid import save_grid
 
-    model = _load(bundle, providers, threads, strict_providers)
+    model = _load(bundle, providers, threads, strict_providers, variant)
     images = model.generate(count, seed=seed)
     with _errors():
         save_grid(images, output, columns)
@@ -414,7 +422,7 @@ def generate(bundle: str, providers: str, threads: int | None, strict_providers:
 @_runtime_options
 @click.option("-o", "--output", default="reconstructions.png", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--limit", type=click.IntRange(min=1), default=64, show_default=True, help="At most this many inputs.")
-def reconstruct(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool,
+def reconstruct(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool, variant: str | None,
                 output: str, limit: int) -> None:
     """Save inputs beside their reconstructions as a PNG (pairs of columns: input, reconstruction)."""
     import numpy as np
@@ -422,7 +430,7 @@ def reconstruct(paths: Sequence[str], bundle: str, providers: str, threads: int 
     from edgevae.runtime.grid import save_grid
     from edgevae.runtime.inputs import iter_batches
 
-    model = _load(bundle, providers, threads, strict_providers)
+    model = _load(bundle, providers, threads, strict_providers, variant)
     images, failed = [], 0
     for batch in iter_batches(paths, model.contract, batch_size=limit):
         for _, err in batch.failures:
@@ -479,6 +487,11 @@ def info(bundle: str, providers: str, as_json: bool) -> None:
         for arg, shape, typ in gi.outputs:
             click.echo(f"  out  {arg:<8} {shape} {typ}")
     click.echo(f"parity        max |onnxruntime - torch| {max(raw['parity']['max_abs_diff'].values()):.2e}")
+    for name, spec in m.variants.items():
+        size = sum(m.files[spec[g]]["bytes"] for g in ("encoder", "decoder")) / 1e6
+        corr = min(spec.get("rank_correlation", {}).values(), default=float("nan"))
+        click.echo(f"variant       {name:<9} {spec['encoder']}, {spec['decoder']}  {size:.2f} MB  "
+                   f"min rank correlation with fp32 {corr:.4f}")
     click.echo(f"providers     available: {', '.join(available_providers())}")
     click.echo(f"              active:    {', '.join(model.providers['encoder'])}")
 

@@ -45,6 +45,8 @@ from edgevae.training.loop import Checkpoint, held_out_images, load_checkpoint
 from edgevae.training.model import VAE
 from edgevae.training.objectives import score as torch_score
 
+from .variants import MIN_RANK_CORRELATION, compare, make_variant, to_ort_format
+
 OPSET = 18
 PARITY_TOLERANCE = 1e-4
 PARITY_BATCH_SIZES = (1, 7)
@@ -70,6 +72,9 @@ class ExportConfig:
         default_method: the method ``score`` uses when none is named.
         opset: ONNX opset of the graphs.
         tolerance: largest allowed max-abs difference between onnxruntime and PyTorch outputs.
+        variants: edge variants to add: ``int8`` (static QDQ quantization), ``fp16``.
+        ort_format: also write every graph (fp32 and variants) in the ORT format, as variants named
+            ``ort`` (fp32) and ``<variant>-ort``.
     """
 
     fpr: float = 0.01
@@ -79,6 +84,8 @@ class ExportConfig:
     default_method: str = "rel_recon"
     opset: int = OPSET
     tolerance: float = PARITY_TOLERANCE
+    variants: tuple[str, ...] = ()
+    ort_format: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fpr < 0.5:
@@ -93,6 +100,10 @@ class ExportConfig:
             raise ValueError(f"opset must be in 17..21, got {self.opset}")
         if not 0 < self.tolerance <= 1e-2:
             raise ValueError(f"tolerance must be in (0, 0.01], got {self.tolerance}")
+        object.__setattr__(self, "variants", tuple(dict.fromkeys(self.variants)))
+        unknown = [v for v in self.variants if v not in ("int8", "fp16")]
+        if unknown:
+            raise ValueError(f"unknown variants {unknown}; choose from int8, fp16")
 
 
 @contextlib.contextmanager
@@ -251,8 +262,9 @@ def build_manifest(ck: Checkpoint, cfg: ExportConfig, calibration: Mapping[str, 
 
 
 def _embed(proto: onnx.ModelProto, manifest: Mapping[str, Any]) -> bytes:
-    """Put the manifest (without the checksums, which a graph cannot hold of itself) in metadata_props."""
-    embedded = {k: v for k, v in manifest.items() if k != "files"}
+    """Put the manifest in metadata_props, without ``files`` (a graph cannot hold its own checksum) and
+    ``variants`` (which describes other files)."""
+    embedded = {k: v for k, v in manifest.items() if k not in ("files", "variants")}
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, dumps(embedded)
@@ -323,18 +335,37 @@ def export_bundle(
     if bad:
         raise ExportError("runtime scores disagree with PyTorch beyond relative tolerance "
                           f"{SCORE_RTOL:g}: " + ", ".join(f"{k} {v:.3g}" for k, v in bad.items()))
-    calibration = {}
-    for method in SCORE_METHODS:
-        scores = np.concatenate([probe.raw_scores(images[i:i + 256], method)
-                                 for i in range(0, images.shape[0], 256)]).astype(np.float64)
-        if not np.isfinite(scores).all():
-            raise ExportError(f"{method} scores of held-out images are not finite; the model is unusable")
-        kept = np.sort(scores)
-        if kept.size > MAX_CALIBRATION_SCORES:
-            kept = np.quantile(kept, np.linspace(0, 1, MAX_CALIBRATION_SCORES))
-        calibration[method] = {"threshold": threshold_at_fpr(scores, cfg.fpr),
-                               "scores": [float(np.float32(s)) for s in kept]}
+    calibration = calibrate(probe, images, cfg.fpr)
     manifest = build_manifest(ck, cfg, calibration, diffs, score_diffs, images.shape[0])
+    graph_files: dict[str, bytes] = {ENCODER_FILE: _embed(enc_proto, manifest), DECODER_FILE: _embed(dec_proto, manifest)}
+    manifest["variants"] = {}
+    builds: list[tuple[str, bytes, bytes]] = [("fp32", graph_files[ENCODER_FILE], graph_files[DECODER_FILE])]
+    for name in cfg.variants:
+        say(f"building the {name} variant")
+        with torch.no_grad():
+            latents = model.encode(torch.from_numpy(images))[0].numpy()
+        with _quiet_exporter():
+            v_enc, v_dec = make_variant(name, enc_proto, dec_proto, images, latents)
+        builds.append((name, _embed(v_enc, manifest), _embed(v_dec, manifest)))
+    if cfg.ort_format:
+        say("converting graphs to the ORT format")
+        builds += [(("ort" if n == "fp32" else f"{n}-ort"), to_ort_format(e), to_ort_format(d)) for n, e, d in builds]
+    for name, enc_bytes, dec_bytes in builds[1:]:
+        say(f"validating and calibrating the {name} variant")
+        ext = "ort" if name.endswith("ort") else "onnx"
+        stem = name.replace("-ort", "") if name != "ort" else "fp32"
+        files_of = {"encoder": f"encoder.{stem}.{ext}", "decoder": f"decoder.{stem}.{ext}"}
+        var_model = Model(Manifest.from_dict(provisional, require_files=False), _session_bytes(enc_bytes),
+                          _session_bytes(dec_bytes))
+        report = compare(probe, var_model, images, _auroc)
+        weak = {m: r for m, r in report["rank_correlation"].items() if not r >= MIN_RANK_CORRELATION}
+        if weak:
+            raise ExportError(f"the {name} variant ranks held-out images unlike fp32 (Spearman "
+                              + ", ".join(f"{m} {r:.3f}" for m, r in weak.items())
+                              + f" < {MIN_RANK_CORRELATION}); leave it out")
+        graph_files[files_of["encoder"]], graph_files[files_of["decoder"]] = enc_bytes, dec_bytes
+        manifest["variants"][name] = {**files_of, "format": ext, **report,
+                                      "calibration": {"fpr": cfg.fpr, "methods": calibrate(var_model, images, cfg.fpr)}}
 
     say("writing the bundle")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -342,19 +373,53 @@ def export_bundle(
     tmp.chmod(0o755)
     try:
         files: dict[str, Any] = {}
-        for fname, proto in ((ENCODER_FILE, enc_proto), (DECODER_FILE, dec_proto)):
-            data = _embed(proto, manifest)
+        for fname, data in graph_files.items():
             _write_synced(tmp / fname, data)
             files[fname] = {"sha256": sha256_hex(data), "bytes": len(data)}
         manifest["files"] = files
         _write_synced(tmp / MANIFEST_FILE, dumps(manifest).encode())
-        load(tmp, ["CPUExecutionProvider"])  # verify what was written, exactly as a device will
+        for variant in [None, *manifest["variants"]]:  # verify what was written, exactly as a device will
+            load(tmp, ["CPUExecutionProvider"], variant=variant)
         _move_into_place(tmp, target, force)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     say(f"wrote {target}")
     return load(target, ["CPUExecutionProvider"])
+
+
+def calibrate(model: Model, images: np.ndarray, fpr: float) -> dict[str, Any]:
+    """Per method: threshold at ``fpr`` and the sorted held-out scores (at most MAX_CALIBRATION_SCORES quantiles)."""
+    calibration = {}
+    for method in SCORE_METHODS:
+        scores = np.concatenate([model.raw_scores(images[i:i + 256], method)
+                                 for i in range(0, images.shape[0], 256)]).astype(np.float64)
+        if not np.isfinite(scores).all():
+            raise ExportError(f"{method} scores of held-out images are not finite; the model is unusable")
+        kept = np.sort(scores)
+        if kept.size > MAX_CALIBRATION_SCORES:
+            kept = np.quantile(kept, np.linspace(0, 1, MAX_CALIBRATION_SCORES))
+        calibration[method] = {"threshold": threshold_at_fpr(scores, fpr),
+                               "scores": [float(np.float32(s)) for s in kept]}
+    return calibration
+
+
+def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """AUROC via the rank-sum identity (export does not depend on scikit-learn)."""
+    ranks = np.empty(scores.size)
+    order = np.argsort(scores, kind="mergesort")
+    ranks[order] = np.arange(1, scores.size + 1)
+    for value in np.unique(scores):  # average ranks of ties
+        tie = scores == value
+        if tie.sum() > 1:
+            ranks[tie] = ranks[tie].mean()
+    pos = labels == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _session_bytes(data: bytes) -> ort.InferenceSession:
+    return create_session(data, ["CPUExecutionProvider"])
 
 
 def _write_synced(path: Path, data: bytes) -> None:

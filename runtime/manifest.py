@@ -42,6 +42,7 @@ class Manifest:
     calibration: Mapping[str, MethodCalibration]
     files: Mapping[str, Mapping[str, Any]]
     raw: Mapping[str, Any] = field(repr=False)
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.latent_dim < 1:
@@ -92,6 +93,7 @@ class Manifest:
                 calibration={m: MethodCalibration.from_dict(c) for m, c in cal["methods"].items()},
                 files=dict(files),
                 raw=dict(data),
+                variants=dict(data.get("variants") or {}),
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise BundleError(f"manifest is malformed: {type(exc).__name__}: {exc}") from exc

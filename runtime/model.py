@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +25,7 @@ from .manifest import (
 )
 from .scores import (
     SCORE_METHODS,
+    MethodCalibration,
     ScoreResult,
     log_likelihood,
     log_prior_over_posterior,
@@ -72,6 +73,7 @@ class Model:
         self.latent_dim = manifest.latent_dim
         self.likelihood = manifest.likelihood
         self.path = path
+        self.variant = "fp32"
         self._encoder = encoder
         self._decoder = decoder
         self._decoder_outputs = list(manifest.decoder_outputs)
@@ -283,7 +285,7 @@ def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
 
 
 def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threads: int | None = None,
-         strict: bool = False) -> Model:
+         strict: bool = False, variant: str | None = None) -> Model:
     """Load a bundle directory, verifying it before any graph runs.
 
     Checks the manifest's format and schema version, the sha256 of each graph, and that the graphs'
@@ -294,6 +296,8 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
         providers: ``"auto"`` (best available), a list of provider names, or a comma-separated string.
         threads: intra-op threads per session (None: onnxruntime's default).
         strict: fail when a requested provider is not active in the sessions.
+        variant: an edge variant listed in the manifest (``int8``, ``fp16``, ``ort``, ``int8-ort``, ...);
+            None or ``fp32`` loads the fp32 ONNX graphs. A variant brings its own calibration.
 
     Raises:
         BundleError: missing files, checksum mismatch, unsupported schema, graphs that disagree.
@@ -301,8 +305,23 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
     """
     path = Path(bundle)
     manifest = read_manifest(path)
+    names = [ENCODER_FILE, DECODER_FILE]
+    if variant not in (None, "fp32"):
+        if variant not in manifest.variants:
+            available = ", ".join(["fp32", *manifest.variants])
+            raise BundleError(f"{path}: no variant {variant!r} in this bundle; available: {available}. "
+                              "Add variants at export (--quantize int8, --precision fp16, --ort-format)")
+        spec = manifest.variants[variant]
+        try:
+            names = [str(spec["encoder"]), str(spec["decoder"])]
+            manifest = replace(manifest, calibration={m: MethodCalibration.from_dict(c)
+                                                      for m, c in spec["calibration"]["methods"].items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"{path}: variant {variant!r} is malformed in the manifest: {exc!r}") from exc
     graphs: dict[str, bytes] = {}
-    for fname in (ENCODER_FILE, DECODER_FILE):
+    for fname in names:
+        if fname not in manifest.files or not isinstance(manifest.files[fname], dict):
+            raise BundleError(f"{path}: the manifest has no checksum for {fname}; refusing to load it")
         try:
             data = (path / fname).read_bytes()
         except FileNotFoundError as exc:
@@ -316,12 +335,14 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
             )
         graphs[fname] = data
     try:
-        encoder = create_session(graphs[ENCODER_FILE], providers, threads=threads, strict=strict, name="encoder")
-        decoder = create_session(graphs[DECODER_FILE], providers, threads=threads, strict=strict, name="decoder")
+        encoder = create_session(graphs[names[0]], providers, threads=threads, strict=strict, name="encoder")
+        decoder = create_session(graphs[names[1]], providers, threads=threads, strict=strict, name="decoder")
     except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
             ort.capi.onnxruntime_pybind11_state.InvalidProtobuf) as exc:
         raise BundleError(f"{path}: onnxruntime cannot load the graphs: {exc}") from exc
-    return Model(manifest, encoder, decoder, path=path)
+    model = Model(manifest, encoder, decoder, path=path)
+    model.variant = variant or "fp32"
+    return model
 
 
 __all__: Sequence[str] = ("Model", "load", "read_manifest", "GraphInfo")

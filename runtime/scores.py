@@ -79,8 +79,8 @@ def logmeanexp(values: NDArray[np.float32], axis: int = 0) -> F32:
     """log(mean(exp(values))) along an axis, computed stably in float64."""
     v = values.astype(np.float64)
     top = v.max(axis=axis, keepdims=True)
-    out = np.log(np.mean(np.exp(v - top), axis=axis)) + np.squeeze(top, axis=axis)
-    return out.astype(np.float32)
+    out: F32 = (np.log(np.mean(np.exp(v - top), axis=axis)) + np.squeeze(top, axis=axis)).astype(np.float32)
+    return out
 
 
 def prior_noise(samples: int, latent_dim: int, seed: int) -> F32:

@@ -1,0 +1,80 @@
+"""Edge variants: int8 (static QDQ), fp16 and ORT-format graphs, validated, calibrated and loadable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgevae.export import ExportConfig, export_bundle
+from edgevae.runtime import BundleError, load
+
+pytestmark = [pytest.mark.export, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def variant_bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("variants") / "bundle"
+    export_bundle(tiny_run, out, ExportConfig(elbo_samples=4, iwae_samples=16, variants=("int8", "fp16"), ort_format=True))
+    return out
+
+
+def test_manifest_lists_every_variant_with_checksums(variant_bundle: Path) -> None:
+    raw = json.loads((variant_bundle / "edgevae.json").read_text())
+    assert set(raw["variants"]) == {"int8", "fp16", "ort", "int8-ort", "fp16-ort"}
+    for name, spec in raw["variants"].items():
+        for graph in ("encoder", "decoder"):
+            assert spec[graph] in raw["files"] and (variant_bundle / spec[graph]).exists()
+        assert min(spec["rank_correlation"].values()) >= 0.9
+        assert set(spec["calibration"]["methods"]) == {"kl", "elbo", "recon", "rel_recon", "iwae"}
+        assert set(spec["check_auroc"]["rel_recon"]) == {"fp32", "variant"}
+    sizes = {k: v["bytes"] for k, v in raw["files"].items()}
+    fp32 = sizes["encoder.onnx"] + sizes["decoder.onnx"]
+    int8 = sizes["encoder.int8.onnx"] + sizes["decoder.int8.onnx"]
+    assert int8 < 0.6 * fp32  # tiny models keep more fixed overhead than the default one (0.28x)
+
+
+@pytest.mark.parametrize("variant, tolerance", [("fp16", 2e-2), ("ort", 1e-5), ("int8", 0.5), ("int8-ort", 0.5)])
+def test_variants_agree_with_fp32(variant_bundle: Path, test_digits, variant: str, tolerance: float) -> None:  # type: ignore[no-untyped-def]
+    fp32 = load(variant_bundle)
+    other = load(variant_bundle, variant=variant)
+    assert other.variant == variant
+    x = test_digits[0][:40]
+    mu_a, _ = fp32.encode(x)
+    mu_b, _ = other.encode(x)
+    assert np.max(np.abs(mu_a - mu_b)) <= tolerance
+    a, b = fp32.raw_scores(x, "rel_recon"), other.raw_scores(x, "rel_recon")
+    corr = np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1]
+    assert corr > 0.9
+    result = other.score(x, "rel_recon")
+    assert result.threshold == other.manifest.calibration["rel_recon"].threshold
+
+
+def test_unknown_variant_and_tampered_variant(variant_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    with pytest.raises(BundleError, match="available: fp32, int8"):
+        load(variant_bundle, variant="int4")
+    copy = tmp_path / "b"
+    shutil.copytree(variant_bundle, copy)
+    data = bytearray((copy / "decoder.int8.onnx").read_bytes())
+    data[-5] ^= 0xFF
+    (copy / "decoder.int8.onnx").write_bytes(bytes(data))
+    load(copy)  # fp32 graphs are untouched
+    with pytest.raises(BundleError, match="sha256"):
+        load(copy, variant="int8")
+
+
+def test_cli_variant_option(variant_bundle: Path, sample_folder: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgevae.cli import main
+
+    r = CliRunner().invoke(main, ["score", str(sample_folder), "-m", str(variant_bundle), "--variant", "int8-ort",
+                                  "--format", "jsonl"])
+    assert r.exit_code == 0, r.output
+    assert len(r.stdout.splitlines()) == 16
+    r = CliRunner().invoke(main, ["info", str(variant_bundle)])
+    assert "int8-ort" in r.output
