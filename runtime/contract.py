@@ -160,11 +160,12 @@ class InputContract:
             )
         out = np.ascontiguousarray(a, dtype=np.float32)
         if out.size:
-            if not np.isfinite(out).all():
-                bad = int(np.count_nonzero(~np.isfinite(out).reshape(out.shape[0], -1).all(axis=1)))
-                raise ArrayInputError(f"{bad} image(s) contain NaN or Inf; every pixel must be finite")
-            lo, hi = float(out.min()), float(out.max())
-            if lo < -1e-6 or hi > 1.0 + 1e-6:
+            lo, hi = float(out.min()), float(out.max())  # NaN propagates into both and fails the test below
+            if not (lo >= -1e-6 and hi <= 1.0 + 1e-6):
+                finite = np.isfinite(out).reshape(out.shape[0], -1).all(axis=1)
+                if not finite.all():
+                    raise ArrayInputError(f"{int(np.count_nonzero(~finite))} image(s) contain NaN or Inf; "
+                                          "every pixel must be finite")
                 raise ArrayInputError(
                     f"float pixels must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
                     "divide 0..255 data by 255 or pass it as uint8"

@@ -77,6 +77,7 @@ class Model:
         self._encoder = encoder
         self._decoder = decoder
         self._decoder_outputs = list(manifest.decoder_outputs)
+        self._encoder_outputs = list(ENCODER_OUTPUTS)
         _check_graph(encoder, "encoder", [ENCODER_INPUT], list(ENCODER_OUTPUTS),
                      {ENCODER_INPUT: list(self.contract.shape)}, self.latent_dim)
         _check_graph(decoder, "decoder", [DECODER_INPUT], self._decoder_outputs,
@@ -102,8 +103,10 @@ class Model:
 
     def encode_full(self, x: NDArray[Any]) -> tuple[F32, F32, F32]:
         """Run the encoder: (mu (N, D), logvar (N, D), kl (N,))."""
-        xb = self.prepare(x)
-        mu, logvar, kl = self._encoder.run(None, {ENCODER_INPUT: xb})
+        return self._encode(self.prepare(x))
+
+    def _encode(self, xb: F32) -> tuple[F32, F32, F32]:
+        mu, logvar, kl = self._encoder.run(self._encoder_outputs, {ENCODER_INPUT: xb})
         return mu, logvar, kl
 
     def encode(self, x: NDArray[Any]) -> tuple[F32, F32]:
@@ -123,8 +126,9 @@ class Model:
             if not np.issubdtype(t.dtype, np.floating):
                 raise ArrayInputError(f"latent codes must be float, got dtype {t.dtype}")
             t = t.astype(np.float32)
-        if not np.isfinite(t).all():
-            raise ArrayInputError("latent codes contain NaN or Inf")
+        if not np.isfinite(t.sum()):  # one reduction; NaN or Inf anywhere makes the sum non-finite
+            if not np.isfinite(t).all():
+                raise ArrayInputError("latent codes contain NaN or Inf")
         return np.ascontiguousarray(t)
 
     def decode_params(self, t: NDArray[Any]) -> tuple[F32, F32]:
@@ -135,7 +139,8 @@ class Model:
 
     def decode(self, t: NDArray[Any]) -> F32:
         """Decoded mean images (N, C, H, W) in [0, 1]."""
-        return self.decode_params(t)[0]
+        mean: F32 = self._decoder.run(self._decoder_outputs[:1], {DECODER_INPUT: self._check_latents(t)})[0]
+        return mean
 
     def reconstruct(self, x: NDArray[Any]) -> F32:
         """Decode the posterior mean of each image: (N, C, H, W)."""
@@ -165,7 +170,7 @@ class Model:
         if samples is not None and (not isinstance(samples, int) or samples < 1):
             raise ValueError(f"samples must be a positive integer, got {samples!r}")
         xb = self.prepare(x)
-        mu, logvar, kl = self.encode_full(xb)
+        mu, logvar, kl = self._encode(xb)
         if method == "kl":
             return kl
         if method in ("recon", "rel_recon"):

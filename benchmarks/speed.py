@@ -1,0 +1,306 @@
+"""Speed and memory benchmark: raw onnxruntime vs the edgevae runtime vs PyTorch eager, end-to-end file scoring
+against the Pillow decode bound, CLI cold start, streaming memory, FLOPs and edge variants.
+
+Everything is measured side by side in one run on the same weights (a default-architecture model trained for
+a few epochs on the embedded digits; speed does not depend on how well it is trained).
+
+Usage:
+    python benchmarks/speed.py            # full sizes (10,000 PNG files, 100,000 streamed images), a few minutes
+    python benchmarks/speed.py --smoke    # tiny sizes: checks that the benchmark runs
+
+Writes benchmarks/results/speed.json and the speed section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+THREADS = os.cpu_count() or 1
+
+
+def timed(fn: Callable[[], Any], repeat: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def latency(samples: list[float]) -> dict[str, float]:
+    s = np.asarray(samples) * 1e6
+    return {"p50_us": float(np.percentile(s, 50)), "p99_us": float(np.percentile(s, 99))}
+
+
+def throughput(samples: list[float], batch: int) -> float:
+    return batch / statistics.median(samples)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def encoder_flops(cfg: Any) -> int:
+    """Multiply-adds x 2 of the encoder's convolutions and linear layers for one image."""
+    flops, c_in = 0, cfg.channels
+    sizes = cfg.feature_sizes()
+    for stage, c_out in enumerate(cfg.widths):
+        h, w = sizes[stage + 1]
+        flops += 2 * h * w * c_out * c_in * 9
+        c_in = c_out
+    h, w = sizes[-1]
+    flops += 2 * (c_in * h * w * cfg.hidden + cfg.hidden * 2 * cfg.latent_dim)
+    return flops
+
+
+def peak_gflops() -> tuple[float, str]:
+    """Nominal FP32 peak: cores x clock x FLOPs per cycle (2 FMA units x vector lanes x 2)."""
+    flags = Path("/proc/cpuinfo").read_text()
+    mhz = float(next(line.split(":")[1] for line in flags.splitlines() if line.startswith("cpu MHz")))
+    per_cycle = 64 if "avx512f" in flags else 32 if "avx2" in flags else 16
+    return THREADS * mhz / 1e3 * per_cycle, f"{THREADS} cores x {mhz / 1e3:.2f} GHz x {per_cycle} FLOP/cycle"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
+    parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = parser.parse_args(argv)
+    n_files, n_stream, reps1, reps256 = (200, 2000, 20, 3) if args.smoke else (10_000, 100_000, 300, 20)
+
+    import onnxruntime as ort
+    import torch
+
+    from edgevae.export import ExportConfig, export_bundle
+    from edgevae.runtime import load
+    from edgevae.runtime.inputs import iter_batches
+    from edgevae.runtime.manifest import DECODER_INPUT, ENCODER_INPUT
+    from edgevae.runtime.scores import log_likelihood, prior_noise
+    from edgevae.training import DataSpec, ModelConfig, TrainConfig, load_checkpoint, train
+    from edgevae.training.data import embedded_split
+    from edgevae.training.samples import write_samples  # noqa: F401  (import check)
+
+    torch.set_num_threads(THREADS)
+    report: dict[str, Any] = {"machine": f"{platform.machine()}, Python {platform.python_version()}, {THREADS} cores",
+                              "date": time.strftime("%Y-%m-%d"), "smoke": args.smoke, "threads": THREADS}
+    with tempfile.TemporaryDirectory(prefix="edgevae-speed-") as tmp:
+        work = Path(tmp)
+        cfg = ModelConfig()
+        train(DataSpec(), work / "run", cfg, TrainConfig(epochs=1 if args.smoke else 3))
+        variants = ("int8", "fp16")
+        export_bundle(work / "run", work / "bundle", ExportConfig(elbo_samples=1, iwae_samples=8, variants=variants))
+        model = load(work / "bundle", ["CPUExecutionProvider"])
+        torch_model = load_checkpoint(work / "run").model.eval()
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        raw_enc = ort.InferenceSession(str(work / "bundle" / "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
+        raw_dec = ort.InferenceSession(str(work / "bundle" / "decoder.onnx"), opts, providers=["CPUExecutionProvider"])
+        x_u8, _ = embedded_split("test")
+        x256 = (x_u8[:256].astype(np.float32) / 255)[:, None]
+        x1 = x256[:1]
+        eps1 = prior_noise(1, cfg.latent_dim, 0)
+
+        def raw_paths(x: np.ndarray) -> dict[str, Callable[[], Any]]:
+            def kl() -> Any:
+                return raw_enc.run(None, {ENCODER_INPUT: x})[2]
+
+            def recon() -> Any:
+                mu = raw_enc.run(None, {ENCODER_INPUT: x})[0]
+                mean = raw_dec.run(["x_mean"], {DECODER_INPUT: mu})[0]
+                return np.square(x - mean).reshape(len(x), -1).sum(1)
+
+            def elbo() -> Any:
+                mu, logvar, klv = raw_enc.run(None, {ENCODER_INPUT: x})
+                t = mu + np.exp(0.5 * logvar) * eps1
+                mean, logits = raw_dec.run(None, {DECODER_INPUT: t})
+                return klv - log_likelihood(x, "bernoulli", mean, logits)
+
+            def generate() -> Any:
+                t = np.random.default_rng(0).standard_normal((len(x), cfg.latent_dim), dtype=np.float32)
+                return raw_dec.run(["x_mean"], {DECODER_INPUT: t})[0]
+
+            return {"kl": kl, "elbo_k1": elbo, "recon": recon, "generate": generate}
+
+        def api_paths(x: np.ndarray) -> dict[str, Callable[[], Any]]:
+            return {"kl": lambda: model.raw_scores(x, "kl"), "elbo_k1": lambda: model.raw_scores(x, "elbo", samples=1),
+                    "recon": lambda: model.raw_scores(x, "recon"), "generate": lambda: model.generate(len(x), seed=0)}
+
+        def torch_paths(x: np.ndarray) -> dict[str, Callable[[], Any]]:
+            from edgevae.training.objectives import score
+
+            xt = torch.from_numpy(x)
+            e = torch.from_numpy(eps1)
+
+            def gen() -> Any:
+                with torch.no_grad():
+                    return torch_model.decode(torch.randn(len(x), cfg.latent_dim))[0]
+
+            return {"kl": lambda: score(torch_model, xt, "kl"), "elbo_k1": lambda: score(torch_model, xt, "elbo", e),
+                    "recon": lambda: score(torch_model, xt, "recon"), "generate": gen}
+
+        paths: dict[str, Any] = {}
+        for name, maker in (("onnxruntime (raw)", raw_paths), ("edgevae.runtime", api_paths), ("PyTorch eager", torch_paths)):
+            one, big = maker(x1), maker(x256)
+            paths[name] = {p: {**latency(timed(one[p], reps1)), "batch256_per_s": throughput(timed(big[p], reps256), 256)}
+                           for p in one}
+        report["paths"] = paths
+
+        # encoder variants at batch 256
+        var = {}
+        for v in ("fp32",) + variants:
+            m = load(work / "bundle", ["CPUExecutionProvider"], variant=v)
+            var[v] = {"encoder_batch256_per_s": throughput(timed(lambda: m.kl(x256), reps256), 256),
+                      "bytes": sum(m.manifest.files[f]["bytes"] for f in (
+                          ("encoder.onnx", "decoder.onnx") if v == "fp32" else
+                          (m.manifest.variants[v]["encoder"], m.manifest.variants[v]["decoder"])))}
+        report["variants"] = var
+
+        # FLOPs and fraction of peak
+        fl = encoder_flops(cfg)
+        peak, how = peak_gflops()
+        achieved = fl * paths["onnxruntime (raw)"]["kl"]["batch256_per_s"] / 1e9
+        report["flops"] = {"encoder_flops_per_image": fl, "peak_gflops": peak, "peak_rule": how,
+                           "achieved_gflops_batch256": achieved, "fraction_of_peak": achieved / peak}
+
+        # files: edgevae score vs Pillow decode bound vs PyTorch
+        folder = work / "png"
+        folder.mkdir()
+        from PIL import Image
+
+        for i in range(n_files):
+            Image.fromarray(x_u8[i % len(x_u8)]).save(folder / f"{i:05d}.png")
+        files = sorted(str(p) for p in folder.iterdir())
+        exe = str(Path(sys.executable).with_name("edgevae"))
+
+        def cli_score() -> None:
+            subprocess.run([exe, "score", str(folder), "-m", str(work / "bundle"), "--method", "kl", "--format", "csv",
+                            "-o", str(work / "out.csv")], check=True, capture_output=True)
+
+        def pillow_bound() -> None:
+            for f in files:
+                with Image.open(f) as im:
+                    np.asarray(im.convert("L"))
+
+        def torch_files() -> None:
+            from edgevae.training.objectives import score
+
+            for s in range(0, len(files), 256):
+                arr = []
+                for f in files[s:s + 256]:
+                    with Image.open(f) as im:
+                        arr.append(np.asarray(im.convert("L")))
+                score(torch_model, torch.from_numpy(np.stack(arr)[:, None].astype(np.float32) / 255), "kl")
+
+        report["files"] = {k: n_files / statistics.median(timed(fn, 3 if not args.smoke else 1, warmup=1))
+                           for k, fn in (("edgevae score (CLI, end to end)", cli_score),
+                                         ("Pillow decode only (bound)", pillow_bound),
+                                         ("Pillow decode + PyTorch eager", torch_files))}
+
+        # cold start
+        one_png = files[0]
+        cold = {
+            "edgevae score (one image)": [exe, "score", one_png, "-m", str(work / "bundle"), "--method", "kl"],
+            'python -c "import torch"': [sys.executable, "-c", "import torch"],
+            'python -c "import onnxruntime"': [sys.executable, "-c", "import onnxruntime"],
+        }
+        report["cold_start_s"] = {}
+        for name, cmd in cold.items():
+            runs = []
+            for _ in range(5 if not args.smoke else 1):
+                t = time.perf_counter()
+                subprocess.run(cmd, check=True, capture_output=True)
+                runs.append(time.perf_counter() - t)
+            report["cold_start_s"][name] = statistics.median(runs)
+
+        # streaming memory
+        stream = (files * (n_stream // len(files) + 1))[:n_stream]
+        marks, seen, base = {}, 0, rss_mb()
+        for batch in iter_batches(stream, model.contract, batch_size=256):
+            if batch.images is not None:
+                model.raw_scores(batch.images, "kl")
+            seen += len(batch.names) + len(batch.failures)
+            for point in (n_stream // 10, n_stream // 2, n_stream):
+                if seen >= point and point not in marks:
+                    marks[point] = rss_mb()
+        report["streaming"] = {"images": n_stream, "rss_before_mb": base, "rss_mb_at": marks}
+
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    write_doc(markdown(report), Path(args.markdown))
+    print(markdown(report))
+    return report
+
+
+def markdown(r: dict[str, Any]) -> str:
+    raw, api, pt = (r["paths"][k] for k in ("onnxruntime (raw)", "edgevae.runtime", "PyTorch eager"))
+    lines = ["## Speed and memory", "",
+             f"Measured by `python benchmarks/speed.py` on {r['machine']}, {r['date']}"
+             + (" (smoke sizes: not meaningful)" if r["smoke"] else "") + ". Raw results: `benchmarks/results/speed.json`. "
+             "Default architecture (1x28x28, widths 32,64, hidden 256, latent 16), fp32, CPU execution provider, "
+             f"{r['threads']} threads everywhere. Shared machine: expect noise of 10-20 %.", "",
+             "| path | raw ORT p50 / p99 (µs) | edgevae p50 / p99 (µs) | added per call (µs, p50) | PyTorch p50 (µs) | "
+             "raw ORT batch 256 (img/s) | edgevae batch 256 (img/s) | edgevae / raw | PyTorch batch 256 (img/s) | "
+             "edgevae / PyTorch b256 | edgevae / PyTorch b1 |", "|---" * 11 + "|"]
+    for p in raw:
+        lines.append(
+            f"| {p} | {raw[p]['p50_us']:.0f} / {raw[p]['p99_us']:.0f} | {api[p]['p50_us']:.0f} / {api[p]['p99_us']:.0f} | "
+            f"{api[p]['p50_us'] - raw[p]['p50_us']:.0f} | {pt[p]['p50_us']:.0f} | {raw[p]['batch256_per_s']:.0f} | "
+            f"{api[p]['batch256_per_s']:.0f} | {api[p]['batch256_per_s'] / raw[p]['batch256_per_s']:.2f} | "
+            f"{pt[p]['batch256_per_s']:.0f} | {api[p]['batch256_per_s'] / pt[p]['batch256_per_s']:.2f} | "
+            f"{pt[p]['p50_us'] / api[p]['p50_us']:.2f} |")
+    f = r["files"]
+    bound = f["Pillow decode only (bound)"]
+    lines += ["", "Scoring PNG files end to end (`kl` method, 28x28 grayscale PNGs):", "",
+              "| pipeline | images/s | fraction of decode bound |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.0f} | {v / bound:.2f} |" for k, v in f.items()]
+    lines += ["", "Cold start (wall, median of 5):", "", "| command | seconds |", "|---|---|"]
+    lines += [f"| `{k}` | {v:.2f} |" for k, v in r["cold_start_s"].items()]
+    s = r["streaming"]
+    lines += ["", f"Streaming {s['images']:,} images through `iter_batches` + `raw_scores` (resident memory): "
+              f"before {s['rss_before_mb']:.0f} MB; " + ", ".join(f"after {int(k):,}: {v:.0f} MB"
+                                                                   for k, v in s["rss_mb_at"].items()) + "."]
+    fl = r["flops"]
+    lines += ["", f"Encoder: {fl['encoder_flops_per_image'] / 1e6:.2f} MFLOP per image; at batch 256 raw onnxruntime "
+              f"achieves {fl['achieved_gflops_batch256']:.1f} GFLOP/s = {fl['fraction_of_peak'] * 100:.1f} % of the nominal "
+              f"FP32 peak {fl['peak_gflops']:.0f} GFLOP/s ({fl['peak_rule']}).", "",
+              "Edge variants (encoder `kl` path, batch 256):", "", "| variant | img/s | vs fp32 | bundle graphs (MB) | vs fp32 |",
+              "|---|---|---|---|---|"]
+    v32 = r["variants"]["fp32"]
+    lines += [f"| {k} | {v['encoder_batch256_per_s']:.0f} | {v['encoder_batch256_per_s'] / v32['encoder_batch256_per_s']:.2f} | "
+              f"{v['bytes'] / 1e6:.2f} | {v['bytes'] / v32['bytes']:.2f} |" for k, v in r["variants"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_doc(section: str, path: Path) -> None:
+    start, end = "<!-- speed:start -->", "<!-- speed:end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    block = f"{start}\n{section}{end}\n"
+    if start in text and end in text:
+        text = text[:text.index(start)] + block + text[text.index(end) + len(end) + 1:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
