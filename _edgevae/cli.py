@@ -244,10 +244,12 @@ def export(checkpoint: str, bundle_dir: str, fpr: float, elbo_samples: int, iwae
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write results here (default stdout).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--strict-size", is_flag=True, help="Refuse image files whose size differs from the model's (default: resize).")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Image-decoding threads; more help only for large images.")
 @click.option("--fail-on-outlier", is_flag=True, help="Exit with status 3 when any input is flagged.")
 def score(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool, variant: str | None,
           method: str | None, fpr: float | None, threshold: float | None, fmt: str, output: str | None,
-          batch_size: int, strict_size: bool, fail_on_outlier: bool) -> None:
+          batch_size: int, strict_size: bool, workers: int, fail_on_outlier: bool) -> None:
     """Score images as outliers: PATHS are image files, folders, globs, .npy/.npz arrays or IDX files.
 
     Prints one row per input: score (higher = more anomalous), empirical p-value against the bundle's
@@ -264,7 +266,8 @@ def score(paths: Sequence[str], bundle: str, providers: str, threads: int | None
     counts = {"scored": 0, "outliers": 0, "failed": 0}
     with _output(output) as out:
         writer = _ResultWriter(out, fmt, method, thr)
-        for batch in iter_batches(paths, model.contract, batch_size=batch_size, strict_size=strict_size):
+        for batch in iter_batches(paths, model.contract, batch_size=batch_size, workers=workers,
+                                  strict_size=strict_size):
             for name, err in batch.failures:
                 counts["failed"] += 1
                 click.echo(f"error: {err}", err=True)

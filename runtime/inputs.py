@@ -179,13 +179,15 @@ def _array_items(source: _Source, contract: InputContract) -> Iterator[tuple[str
 
 def iter_batches(paths: Sequence[str | os.PathLike[str]], contract: InputContract, batch_size: int = 256,
                  workers: int | None = None, *, strict_size: bool = False) -> Iterator[Batch]:
-    """Stream prepared batches from paths; image files are decoded by a pool of threads.
+    """Stream prepared batches from paths; image files are decoded by ``workers`` threads (default 1).
 
     Items keep their input order. Memory stays bounded by about two batches, whatever the number of files.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    workers = workers or min(8, (os.cpu_count() or 1) + 1)
+    # One decode thread by default: it overlaps with onnxruntime (which releases the GIL); more threads only
+    # pay off for large images, where Pillow's decoders release the GIL too (benchmarks/speed.py).
+    workers = workers or 1
 
     def items() -> Iterator[tuple[str, Any]]:
         # (name, path-to-decode | array | error) in order
@@ -216,15 +218,21 @@ def iter_batches(paths: Sequence[str | os.PathLike[str]], contract: InputContrac
         if chunk:
             yield chunk
 
+    def decode_slice(part: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        return [decode(item) for item in part]
+
+    # Each batch is split into one slice per worker (a task per file costs more than decoding a small PNG);
+    # the next batch decodes while the caller runs the model on the current one.
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgevae-decode") as pool:
-        pending = None
+        pending: list[Any] | None = None
         for chunk in chunks(items()):
-            future_chunk = [pool.submit(decode, item) for item in chunk]
+            step = max(1, -(-len(chunk) // workers))
+            submitted = [pool.submit(decode_slice, chunk[i:i + step]) for i in range(0, len(chunk), step)]
             if pending is not None:
-                yield _assemble([f.result() for f in pending], contract)
-            pending = future_chunk
+                yield _assemble([d for f in pending for d in f.result()], contract)
+            pending = submitted
         if pending is not None:
-            yield _assemble([f.result() for f in pending], contract)
+            yield _assemble([d for f in pending for d in f.result()], contract)
 
 
 def _assemble(decoded: list[tuple[str, Any]], contract: InputContract) -> Batch:

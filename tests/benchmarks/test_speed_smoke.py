@@ -1,0 +1,32 @@
+"""The speed benchmark runs end to end at smoke size; timings are written, never asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.export, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_speed_benchmark_smoke(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("speed_benchmark", ROOT / "benchmarks" / "speed.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out_json, out_md = tmp_path / "s.json", tmp_path / "benchmarks.md"
+    module.main(["--smoke", "--json", str(out_json), "--markdown", str(out_md)])
+    report = json.loads(out_json.read_text())
+    assert set(report["paths"]) == {"onnxruntime (raw)", "edgevae.runtime", "PyTorch eager"}
+    for timings in report["paths"].values():
+        assert set(timings) == {"kl", "elbo_k1", "recon", "generate"}
+        assert all(t["batch256_per_s"] > 0 for t in timings.values())
+    assert set(report["variants"]) == {"fp32", "int8", "fp16"}
+    assert report["variants"]["int8"]["bytes"] < report["variants"]["fp32"]["bytes"]
+    assert report["streaming"]["images"] == 2000 and len(report["streaming"]["rss_mb_at"]) == 3
+    assert report["flops"]["encoder_flops_per_image"] > 0
+    assert "<!-- speed:start -->" in out_md.read_text()
