@@ -178,19 +178,19 @@ class Model:
             return reconstruction_error(xb, mean) if method == "recon" else relative_reconstruction_error(xb, mean)
         default_k = self.manifest.elbo_samples if method == "elbo" else self.manifest.iwae_samples
         eps = prior_noise(samples or default_k, self.latent_dim, self.manifest.score_seed)
-        ll, log_w_prior = self._monte_carlo(xb, mu, logvar, eps)  # (K, N) each
+        ll, log_w_prior = self._monte_carlo(xb, mu, logvar, eps, importance=method == "iwae")  # (K, N) each
         if method == "elbo":
             out: F32 = (kl - ll.mean(axis=0, dtype=np.float32)).astype(np.float32)
             return out
         return (-logmeanexp(ll + log_w_prior, axis=0)).astype(np.float32)
 
     def _negative_elbo(self, xb: F32, mu: F32, logvar: F32, kl: F32, eps: F32) -> F32:
-        ll, _ = self._monte_carlo(xb, mu, logvar, eps)
+        ll, _ = self._monte_carlo(xb, mu, logvar, eps, importance=False)
         out: F32 = (kl - ll.mean(axis=0, dtype=np.float32)).astype(np.float32)
         return out
 
-    def _monte_carlo(self, xb: F32, mu: F32, logvar: F32, eps: F32) -> tuple[F32, F32]:
-        """For t_k = mu + std * eps_k: log p(x|t_k) and log p(t_k) - log q(t_k|x), each (K, N)."""
+    def _monte_carlo(self, xb: F32, mu: F32, logvar: F32, eps: F32, importance: bool = True) -> tuple[F32, F32]:
+        """For t_k = mu + std * eps_k: log p(x|t_k) and (if ``importance``) log p(t_k) - log q(t_k|x), (K, N) each."""
         n, k = xb.shape[0], eps.shape[0]
         std = np.exp(np.float32(0.5) * logvar)
         ll = np.empty((k, n), dtype=np.float32)
@@ -201,10 +201,11 @@ class Model:
             reps = e.shape[0]
             t = mu[None] + std[None] * e[:, None, :]  # (k', N, D)
             mean, param = self._decoder.run(self._decoder_outputs, {DECODER_INPUT: t.reshape(-1, self.latent_dim)})
-            x_rep = np.broadcast_to(xb[None], (reps,) + xb.shape).reshape((-1,) + xb.shape[1:])
+            x_rep = xb if reps == 1 else np.broadcast_to(xb[None], (reps,) + xb.shape).reshape((-1,) + xb.shape[1:])
             ll[start:start + reps] = log_likelihood(x_rep, self.likelihood, mean, param).reshape(reps, n)
-            log_w_prior[start:start + reps] = log_prior_over_posterior(
-                np.broadcast_to(e[:, None, :], t.shape), t, np.broadcast_to(logvar[None], t.shape))
+            if importance:
+                log_w_prior[start:start + reps] = log_prior_over_posterior(
+                    np.broadcast_to(e[:, None, :], t.shape), t, np.broadcast_to(logvar[None], t.shape))
         return ll, log_w_prior
 
     def score(self, x: NDArray[Any], method: str | None = None, *, fpr: float | None = None,

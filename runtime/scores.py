@@ -5,6 +5,7 @@ Every function here has a PyTorch twin in ``edgevae.training.objectives``; tests
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -83,13 +84,15 @@ def logmeanexp(values: NDArray[np.float32], axis: int = 0) -> F32:
     return out
 
 
+@functools.lru_cache(maxsize=16)
 def prior_noise(samples: int, latent_dim: int, seed: int) -> F32:
-    """The fixed standard-normal noise (K, D) shared by every image for Monte-Carlo scores.
+    """The fixed standard-normal noise (K, D) shared by every image for Monte-Carlo scores (read-only, cached).
 
     Sharing one draw across images makes an image's score independent of its batch and position.
     """
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((samples, latent_dim), dtype=np.float32)
+    noise = np.random.default_rng(seed).standard_normal((samples, latent_dim), dtype=np.float32)
+    noise.flags.writeable = False
+    return noise
 
 
 def threshold_at_fpr(calibration_scores: Sequence[float] | F32, fpr: float) -> float:
