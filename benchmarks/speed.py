@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             from edgevae.training.objectives import score
 
             xt = torch.from_numpy(x)
-            e = torch.from_numpy(eps1)
+            e = torch.from_numpy(eps1.copy())
 
             def gen() -> Any:
                 with torch.no_grad():

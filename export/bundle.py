@@ -184,7 +184,7 @@ def score_parity(model: VAE, runtime_model: Model, images: np.ndarray) -> dict[s
     out: dict[str, float] = {}
     for method in SCORE_METHODS:
         k = m.iwae_samples if method == "iwae" else m.elbo_samples
-        eps = torch.from_numpy(prior_noise(k, runtime_model.latent_dim, m.score_seed))
+        eps = torch.from_numpy(prior_noise(k, runtime_model.latent_dim, m.score_seed).copy())
         ref = torch_score(model, torch.from_numpy(images), method, eps).numpy().astype(np.float64)
         got = runtime_model.raw_scores(images, method).astype(np.float64)
         out[method] = float(np.max(np.abs(ref - got) / np.maximum(1.0, np.abs(ref))))
