@@ -247,7 +247,8 @@ def export(checkpoint: str, bundle_dir: str, fpr: float, elbo_samples: int, iwae
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Image-decoding threads; more help only for large images.")
 @click.option("--fail-on-outlier", is_flag=True, help="Exit with status 3 when any input is flagged.")
-def score(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool, variant: str | None,
+def score(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool,
+          variant: str | None,
           method: str | None, fpr: float | None, threshold: float | None, fmt: str, output: str | None,
           batch_size: int, strict_size: bool, workers: int, fail_on_outlier: bool) -> None:
     """Score images as outliers: PATHS are image files, folders, globs, .npy/.npz arrays or IDX files.
@@ -337,7 +338,8 @@ class _ResultWriter:
               help="Output file: .npy (mu), .npz (items, mu, logvar, kl) or .jsonl.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--strict-size", is_flag=True, help="Refuse image files whose size differs from the model's (default: resize).")
-def encode(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool, variant: str | None,
+def encode(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool,
+           variant: str | None,
            output: str, batch_size: int, strict_size: bool) -> None:
     """Encode images to latent codes (posterior means and log-variances)."""
     import numpy as np
@@ -425,7 +427,8 @@ def generate(bundle: str, providers: str, threads: int | None, strict_providers:
 @_runtime_options
 @click.option("-o", "--output", default="reconstructions.png", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--limit", type=click.IntRange(min=1), default=64, show_default=True, help="At most this many inputs.")
-def reconstruct(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool, variant: str | None,
+def reconstruct(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool,
+                variant: str | None,
                 output: str, limit: int) -> None:
     """Save inputs beside their reconstructions as a PNG (pairs of columns: input, reconstruction)."""
     import numpy as np

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import platform
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from sklearn.svm import OneClassSVM
 
 from edgevae import __version__
 from edgevae.export import ExportConfig, export_bundle
-from edgevae.runtime import SCORE_METHODS, Model
+from edgevae.runtime import SCORE_METHODS, Model, p_values
 from edgevae.training import DataSpec, ModelConfig, TrainConfig, train
 from edgevae.training.data import embedded_split, split_indices
 
@@ -119,10 +118,6 @@ def calibration_report(model: Model, normal_scores: dict[str, np.ndarray]) -> di
     out = {}
     for m, s in normal_scores.items():
         thr = model.manifest.calibration[m].threshold
-        p = model.score(np.zeros((1,) + model.contract.shape, np.float32), m).p_values  # warm path check
-        del p
-        from edgevae.runtime import p_values
-
         pv = p_values(s.astype(np.float32), np.asarray(model.manifest.calibration[m].scores))
         out[m] = {"threshold": thr, "fpr_at_threshold": float(np.mean(s > thr)), "n": int(s.size),
                   "p_value_min": float(pv.min()), "p_value_max": float(pv.max()),
@@ -320,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2, default=float))
     write_doc(markdown(report), Path(args.markdown))
-    print(f"mean AUROC: " + ", ".join(f"{k} {v['auroc']:.3f}" for k, v in mean.items()))
+    print("mean AUROC: " + ", ".join(f"{k} {v['auroc']:.3f}" for k, v in mean.items()))
     print(f"wrote {args.json} and {args.markdown} in {report['seconds'] / 60:.1f} min")
     return report
 

@@ -98,7 +98,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from edgevae.runtime.scores import log_likelihood, prior_noise
     from edgevae.training import DataSpec, ModelConfig, TrainConfig, load_checkpoint, train
     from edgevae.training.data import embedded_split
-    from edgevae.training.samples import write_samples  # noqa: F401  (import check)
 
     torch.set_num_threads(THREADS)
     report: dict[str, Any] = {"machine": f"{platform.machine()}, Python {platform.python_version()}, {THREADS} cores",

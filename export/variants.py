@@ -39,9 +39,6 @@ class _Reader:
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
 
-    def rewind(self) -> None:  # pragma: no cover - part of the reader protocol
-        raise NotImplementedError
-
 
 def quantize_int8(proto: onnx.ModelProto, input_name: str, batches: list[np.ndarray]) -> onnx.ModelProto:
     """Static QDQ int8 quantization (per-channel int8 weights, uint8 activations) calibrated on ``batches``."""

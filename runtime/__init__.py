@@ -28,7 +28,8 @@ from .sessions import AUTO_PROVIDER_ORDER, available_providers, create_session, 
 
 __all__ = [
     "AUTO_PROVIDER_ORDER", "ArrayInputError", "Batch", "BundleError", "EdgeVAEError", "GraphInfo",
-    "IDXFormatError", "ImageReadError", "ImageSizeError", "InputContract", "InputError", "PathError", "Manifest", "Model", "ProviderError",
+    "IDXFormatError", "ImageReadError", "ImageSizeError", "InputContract", "InputError", "PathError", "Manifest",
+    "Model", "ProviderError",
     "SCHEMA_VERSION", "SCORE_METHODS", "ScoreResult", "available_providers", "create_session", "iter_batches",
     "kl_divergence", "load", "log_likelihood", "p_values", "read_array_file", "read_idx", "read_manifest",
     "resolve_providers", "threshold_at_fpr", "uint8_to_unit",
