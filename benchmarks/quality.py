@@ -40,6 +40,8 @@ from edgevae.training import DataSpec, ModelConfig, TrainConfig, train
 from edgevae.training.data import embedded_split, split_indices
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from doc_sections import write_section  # noqa: E402  (a sibling script module)
 PUBLISHED = [  # one-class MNIST mean AUROC, 6,000 training images per class
     ("Deep SVDD (Ruff et al. 2018, Table 1)", 0.948),
     ("OCGAN (Perera et al. 2019)", 0.975),
@@ -260,18 +262,6 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_doc(section: str, path: Path) -> None:
-    """Replace the quality section of docs/benchmarks.md (between markers), keeping the rest."""
-    start, end = "<!-- quality:start -->", "<!-- quality:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    block = f"{start}\n{section}{end}\n"
-    if start in text and end in text:
-        text = text[:text.index(start)] + block + text[text.index(end) + len(end) + 1:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--digits", default="0,1,2,3,4,5,6,7,8,9")
@@ -314,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2, default=float))
-    write_doc(markdown(report), Path(args.markdown))
+    write_section("quality", markdown(report), Path(args.markdown))
     print("mean AUROC: " + ", ".join(f"{k} {v['auroc']:.3f}" for k, v in mean.items()))
     print(f"wrote {args.json} and {args.markdown} in {report['seconds'] / 60:.1f} min")
     return report

@@ -28,6 +28,8 @@ from typing import Any, Callable
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from doc_sections import write_section  # noqa: E402  (a sibling script module)
 THREADS = os.cpu_count() or 1
 
 
@@ -245,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))
-    write_doc(markdown(report), Path(args.markdown))
+    write_section("speed", markdown(report), Path(args.markdown))
     print(markdown(report))
     return report
 
@@ -288,17 +290,6 @@ def markdown(r: dict[str, Any]) -> str:
     lines += [f"| {k} | {v['encoder_batch256_per_s']:.0f} | {v['encoder_batch256_per_s'] / v32['encoder_batch256_per_s']:.2f} | "
               f"{v['bytes'] / 1e6:.2f} | {v['bytes'] / v32['bytes']:.2f} |" for k, v in r["variants"].items()]
     return "\n".join(lines) + "\n"
-
-
-def write_doc(section: str, path: Path) -> None:
-    start, end = "<!-- speed:start -->", "<!-- speed:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    block = f"{start}\n{section}{end}\n"
-    if start in text and end in text:
-        text = text[:text.index(start)] + block + text[text.index(end) + len(end) + 1:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    path.write_text(text)
 
 
 if __name__ == "__main__":
