@@ -17,7 +17,10 @@ echo "== 3. write held-out test digits and obvious outliers as PNG files"
 "$edgevae" samples -o "$out/samples" --per-class 2
 
 echo "== 4. score them (torch-free runtime); higher score = more anomalous"
+echo "-- default method (rel_recon: best on unusual digits, see docs/scoring.md)"
 "$edgevae" score "$out/samples" -m "$out/bundle" | tee "$out/scores.txt"
+echo "-- elbo (negative ELBO: also catches out-of-distribution images such as large bright blobs)"
+"$edgevae" score "$out/samples" -m "$out/bundle" --method elbo | tee "$out/scores_elbo.txt"
 
 echo "== 5. generate new digits from the prior, and reconstructions"
 "$edgevae" generate -m "$out/bundle" -n 64 --seed 0 -o "$out/generated.png"
@@ -25,5 +28,5 @@ echo "== 5. generate new digits from the prior, and reconstructions"
 "$edgevae" info "$out/bundle"
 
 echo
-echo "outputs: $out/run (checkpoints, metrics.json), $out/bundle (the bundle), $out/scores.txt,"
+echo "outputs: $out/run (checkpoints, metrics.json), $out/bundle (the bundle), $out/scores.txt, $out/scores_elbo.txt,"
 echo "         $out/generated.png, $out/reconstructions.png"
