@@ -265,6 +265,7 @@ def score(paths: Sequence[str], bundle: str, providers: str, threads: int | None
     with _errors():
         thr = model.threshold(method, fpr) if threshold is None else threshold
     counts = {"scored": 0, "outliers": 0, "failed": 0}
+    live = sys.stderr.isatty()  # a running count on a terminal; nothing extra when piped or logged
     with _output(output) as out:
         writer = _ResultWriter(out, fmt, method, thr)
         for batch in iter_batches(paths, model.contract, batch_size=batch_size, workers=workers,
@@ -280,6 +281,11 @@ def score(paths: Sequence[str], bundle: str, providers: str, threads: int | None
                     writer.row(name, float(s), float(p), bool(flag))
                 counts["scored"] += len(batch.names)
                 counts["outliers"] += int(result.is_outlier.sum())
+            if live:
+                click.echo(f"\r{counts['scored']} scored, {counts['outliers']} outlier(s), {counts['failed']} failed",
+                           nl=False, err=True)
+        if live:
+            click.echo("", err=True)
     click.echo(f"{counts['scored']} scored with {method} (threshold {thr:.4g}): {counts['outliers']} outlier(s), "
                f"{counts['failed']} failed", err=True)
     if counts["failed"]:
