@@ -174,7 +174,7 @@ class Model:
         if method == "kl":
             return kl
         if method in ("recon", "rel_recon"):
-            mean = self.decode(mu)
+            mean = self._decoder.run(self._decoder_outputs[:1], {DECODER_INPUT: mu})[0]  # mu: our encoder's output
             return reconstruction_error(xb, mean) if method == "recon" else relative_reconstruction_error(xb, mean)
         default_k = self.manifest.elbo_samples if method == "elbo" else self.manifest.iwae_samples
         eps = prior_noise(samples or default_k, self.latent_dim, self.manifest.score_seed)
