@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,14 +9,9 @@ import pytest
 
 pytestmark = [pytest.mark.export, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def test_quality_benchmark_smoke(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("quality_benchmark", ROOT / "benchmarks" / "quality.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_quality_benchmark_smoke(tmp_path: Path, benchmark_script) -> None:  # type: ignore[no-untyped-def]
+    module = benchmark_script("quality")
     out_json, out_md = tmp_path / "q.json", tmp_path / "benchmarks.md"
     out_md.write_text("# Benchmarks\n\nkept text\n")
     report = module.main(["--smoke", "--json", str(out_json), "--markdown", str(out_md)])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,14 +9,9 @@ import pytest
 
 pytestmark = [pytest.mark.export, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def test_speed_benchmark_smoke(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("speed_benchmark", ROOT / "benchmarks" / "speed.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_speed_benchmark_smoke(tmp_path: Path, benchmark_script) -> None:  # type: ignore[no-untyped-def]
+    module = benchmark_script("speed")
     out_json, out_md = tmp_path / "s.json", tmp_path / "benchmarks.md"
     module.main(["--smoke", "--json", str(out_json), "--markdown", str(out_md)])
     report = json.loads(out_json.read_text())
