@@ -13,7 +13,6 @@ import csv
 import json
 import os
 import sys
-import tempfile
 from contextlib import contextmanager
 from typing import IO, Any, Callable, Iterator, Sequence, TypeVar
 
@@ -300,15 +299,10 @@ def _output(path: str | None) -> Iterator[IO[str]]:
     if path is None:
         yield sys.stdout
         return
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".edgevae-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            yield handle
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from edgevae.runtime.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        yield handle
 
 
 class _ResultWriter:
@@ -387,18 +381,13 @@ def encode(paths: Sequence[str], bundle: str, providers: str, threads: int | Non
 def _save_numpy(output: str, suffix: str, mu: Any, names: list[str], logvar: Any, kl: Any) -> None:
     import numpy as np
 
-    folder = os.path.dirname(os.path.abspath(output))
-    fd, tmp = tempfile.mkstemp(prefix=".edgevae-", suffix=suffix, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if suffix == ".npy":
-                np.save(handle, mu)
-            else:
-                np.savez(handle, items=np.array(names), mu=mu, logvar=logvar, kl=kl)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from edgevae.runtime.atomic import atomic_path
+
+    with atomic_path(output, suffix=suffix) as tmp, open(tmp, "wb") as handle:
+        if suffix == ".npy":
+            np.save(handle, mu)
+        else:
+            np.savez(handle, items=np.array(names), mu=mu, logvar=logvar, kl=kl)
 
 
 # ------------------------------------------------------------------------------------------- generate
@@ -423,7 +412,10 @@ def generate(bundle: str, providers: str, threads: int | None, strict_providers:
         if npy_path:
             import numpy as np
 
-            np.save(npy_path, images)
+            from edgevae.runtime.atomic import atomic_path
+
+            with atomic_path(npy_path, suffix=".npy") as tmp, open(tmp, "wb") as handle:
+                np.save(handle, images)
     click.echo(f"wrote {count} generated image(s) to {output} (seed {seed})")
 
 

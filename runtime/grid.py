@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from .atomic import atomic_path
 
 
 def to_uint8(images: NDArray[Any]) -> NDArray[np.uint8]:
@@ -35,16 +36,8 @@ def save_png(array: NDArray[np.uint8], path: str | os.PathLike[str]) -> None:
     """Save a uint8 (H, W) or (H, W, 3) array as PNG, written to a temporary name and renamed into place."""
     from PIL import Image
 
-    target = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(prefix=".edgevae-", suffix=".png", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_grid(images: NDArray[Any], path: str | os.PathLike[str], columns: int | None = None) -> None:
