@@ -63,12 +63,29 @@ def _runtime_options(func: F) -> F:
     func = click.option("--strict-providers", is_flag=True,
                         help="Fail if a requested execution provider is not active.")(func)
     func = click.option("--threads", type=click.IntRange(min=0), default=None,
-                        help="onnxruntime intra-op threads per graph (default: one per core).")(func)
+                        help="onnxruntime intra-op threads per graph (default: one per core; when image files are "
+                           "decoded, the cores the decode threads leave free).")(func)
     func = click.option("--providers", default="auto", show_default=True,
                         help="Execution providers: auto, or a comma-separated list (cpu, cuda, tensorrt, openvino, ...).")(func)
     func = click.option("-m", "--model", "bundle", required=True, type=click.Path(file_okay=False),
                         help="Bundle directory written by 'edgevae export'.")(func)
     return func
+
+
+def _streaming_threads(paths: Sequence[str], threads: int | None, decode_workers: int) -> int | None:
+    """onnxruntime threads when images are decoded beside it: the cores the decode threads leave free.
+
+    Image files decode in ``decode_workers`` threads while onnxruntime runs the previous batch; giving
+    onnxruntime every core as well makes the two fight over them (benchmarks/speed.py measures the split).
+    Inputs that are only array or IDX files need no decoding and keep onnxruntime's default.
+    """
+    if threads is not None:
+        return threads
+    from edgevae.runtime.inputs import is_array_path, is_idx_path
+
+    if all(os.path.isfile(p) and (is_array_path(p) or is_idx_path(p)) for p in paths):
+        return None
+    return max(1, (os.cpu_count() or 1) - decode_workers)
 
 
 def _load(bundle: str, providers: str, threads: int | None, strict: bool, variant: str | None = None) -> Any:
@@ -257,7 +274,7 @@ def score(paths: Sequence[str], bundle: str, providers: str, threads: int | None
     """
     from edgevae.runtime.inputs import iter_batches
 
-    model = _load(bundle, providers, threads, strict_providers, variant)
+    model = _load(bundle, providers, _streaming_threads(paths, threads, workers), strict_providers, variant)
     method = method or model.manifest.default_method
     if fpr is not None and not 0.0 < fpr < 1.0:
         raise click.BadParameter(f"must be in (0, 1), got {fpr}", param_hint="--fpr")
@@ -349,7 +366,7 @@ def encode(paths: Sequence[str], bundle: str, providers: str, threads: int | Non
     suffix = os.path.splitext(output)[1].lower()
     if suffix not in (".npy", ".npz", ".jsonl"):
         raise click.BadParameter("must end in .npy, .npz or .jsonl", param_hint="--output")
-    model = _load(bundle, providers, threads, strict_providers, variant)
+    model = _load(bundle, providers, _streaming_threads(paths, threads, 1), strict_providers, variant)
     names: list[str] = []
     mus, logvars, kls = [], [], []
     failed = 0

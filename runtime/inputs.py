@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from .contract import IMAGE_EXTENSIONS, InputContract
+from .contract import IMAGE_EXTENSIONS, InputContract, uint8_to_unit
 from .errors import ArrayInputError, IDXFormatError, InputError, PathError
 
 ARRAY_EXTENSIONS = (".npy", ".npz")
@@ -141,29 +141,38 @@ def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> Iterator[_Source]:
 
 
 def _walk(root: Path) -> Iterator[_Source]:
+    """Files under ``root`` in sorted order, following symlinks; each folder is entered once (loops end)."""
     seen: set[tuple[int, int]] = set()
-    errors: list[OSError] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=errors.append):
-        while errors:
-            err = errors.pop()
-            yield _Source("error", str(err.filename), PathError(f"{err.filename}: cannot list folder ({err.strerror})"))
-        st = os.stat(dirpath)
-        if (st.st_dev, st.st_ino) in seen:  # a symlink loop
-            dirnames[:] = []
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:  # a symlink loop
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as err:
+            yield _Source("error", folder, PathError(f"{folder}: cannot list folder ({err.strerror})"))
             continue
-        seen.add((st.st_dev, st.st_ino))
-        dirnames.sort()
-        for fname in sorted(filenames):
-            full = os.path.join(dirpath, fname)
-            relevant = is_image_path(fname) or is_array_path(fname) or is_idx_path(fname)
-            if relevant and not os.path.exists(full):
+        subfolders = []
+        for entry in entries:
+            name, full = entry.name, entry.path
+            kind = "image" if is_image_path(name) else "array" if is_array_path(name) else "idx" if is_idx_path(name) else ""
+            try:
+                is_dir = entry.is_dir()  # follows symlinks; the type comes from the listing for plain entries
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subfolders.append(full)
+            elif not kind:
+                continue
+            elif entry.is_symlink() and not os.path.exists(full):
                 yield _Source("error", full, PathError(f"{full}: broken or looping symlink"))
-            elif is_image_path(fname):
-                yield _Source("image", full)
-            elif is_array_path(fname):
-                yield _Source("array", full)
-            elif is_idx_path(fname):
-                yield _Source("idx", full)
+            else:
+                yield _Source(kind, full)
+        stack.extend(reversed(subfolders))
 
 
 def _array_items(source: _Source, contract: InputContract) -> Iterator[tuple[str, NDArray[Any] | InputError]]:
@@ -251,11 +260,11 @@ def _assemble(decoded: list[tuple[str, Any]], contract: InputContract) -> Batch:
         rows.append(payload)
         batch.names.append(name)
     if rows:
-        out = np.empty((len(rows),) + contract.shape, dtype=np.float32)
-        for i, row in enumerate(rows):
-            if row.dtype == np.uint8:
-                np.divide(row, np.float32(255.0), out=out[i], dtype=np.float32)
-            else:
-                out[i] = row
-        batch.images = out
+        if all(row.dtype == np.uint8 for row in rows):
+            batch.images = uint8_to_unit(np.stack(rows))
+        else:
+            out = np.empty((len(rows),) + contract.shape, dtype=np.float32)
+            for i, row in enumerate(rows):
+                out[i] = uint8_to_unit(row) if row.dtype == np.uint8 else row
+            batch.images = out
     return batch
