@@ -4,8 +4,8 @@ Every source is converted with the runtime's :class:`~edgevae.runtime.InputContr
 implementation of preprocessing, so training sees exactly what a deployed model sees.
 
 The embedded default holds 5,000 real MNIST digits (500 per class; MNIST by Yann LeCun, Corinna Cortes and
-Christopher J.C. Burges, CC BY-SA 3.0). Its fixed split: for each digit, the first 400 images in file order
-are the training pool and the last 100 the test split.
+Christopher J.C. Burges, CC BY-SA 3.0). Its fixed split is stored in the file: for each digit, 100 images
+drawn at random (seed 0) are the test split and the other 400 the training pool.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from edgevae.runtime.errors import InputError
 from edgevae.runtime.inputs import expand_paths, is_array_path, is_idx_path, read_array_file, read_idx
 
 EMBEDDED = "embedded"
-EMBEDDED_TRAIN_PER_CLASS = 400
 
 
 @dataclass(frozen=True)
@@ -66,23 +65,31 @@ class DataSpec:
                    labels=data.get("labels"), split=str(data.get("split", "train")))
 
 
-def embedded_digits() -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
-    """All 5,000 embedded digits: uint8 images (5000, 28, 28) and labels (5000,), sorted by label."""
+def _embedded() -> dict[str, NDArray[Any]]:
     ref = resources.files("edgevae.training") / "data" / "mnist_5k.npz"
     with resources.as_file(ref) as path, np.load(path, allow_pickle=False) as npz:
-        return npz["images"], npz["labels"]
+        return {key: npz[key] for key in ("images", "labels", "test")}
+
+
+def embedded_digits() -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
+    """All 5,000 embedded digits: uint8 images (5000, 28, 28) and labels (5000,), sorted by label."""
+    data = _embedded()
+    return data["images"], data["labels"]
 
 
 def embedded_split(split: str) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
-    """The fixed split of the embedded digits: ``train`` (4,000), ``test`` (1,000) or ``all``."""
-    images, labels = embedded_digits()
+    """The fixed split of the embedded digits: ``train`` (4,000), ``test`` (1,000) or ``all``.
+
+    The test split is 100 images of each digit drawn at random once (seed 0, stored in the data file by
+    scripts/make_embedded_data.py), so it comes from the same distribution as the training pool.
+    """
+    data = _embedded()
+    images, labels = data["images"], data["labels"]
     if split == "all":
         return images, labels
-    pos = np.zeros(labels.shape[0], dtype=np.int64)
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        pos[idx] = np.arange(idx.size)
-    keep = pos < EMBEDDED_TRAIN_PER_CLASS if split == "train" else pos >= EMBEDDED_TRAIN_PER_CLASS
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    keep = data["test"] if split == "test" else ~data["test"]
     return images[keep], labels[keep]
 
 
