@@ -22,7 +22,7 @@ from edgevae import __version__
 
 EXIT_ERROR, EXIT_INPUT, EXIT_OUTLIER = 1, 2, 3
 # The runtime's SCORE_METHODS, spelled out so that parsing options needs no numpy import (a test keeps them equal).
-METHODS = ("kl", "elbo", "recon", "rel_recon", "iwae")
+METHODS = ("kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -221,7 +221,7 @@ class _TrainingProgress:
               help="Monte-Carlo samples of the elbo score.")
 @click.option("--iwae-samples", type=click.IntRange(1, 100000), default=256, show_default=True,
               help="Importance samples of the iwae score.")
-@click.option("--method", "default_method", type=click.Choice(METHODS), default="rel_recon",
+@click.option("--method", "default_method", type=click.Choice(METHODS), default="smooth_recon",
               show_default=True, help="Default score method of the bundle.")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="Add a static QDQ int8 variant, calibrated on training images.")

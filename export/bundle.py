@@ -39,7 +39,7 @@ from edgevae.runtime.manifest import (
     dumps,
 )
 from edgevae.runtime.model import Model, load, sha256_hex
-from edgevae.runtime.scores import SCORE_METHODS, prior_noise, threshold_at_fpr
+from edgevae.runtime.scores import SCORE_METHODS, SMOOTH_SIGMA, prior_noise, threshold_at_fpr
 from edgevae.runtime.sessions import create_session
 from edgevae.training.loop import Checkpoint, held_out_images, load_checkpoint
 from edgevae.training.model import VAE
@@ -81,7 +81,7 @@ class ExportConfig:
     elbo_samples: int = 16
     iwae_samples: int = 256
     score_seed: int = 0
-    default_method: str = "rel_recon"
+    default_method: str = "smooth_recon"
     opset: int = OPSET
     tolerance: float = PARITY_TOLERANCE
     variants: tuple[str, ...] = ()
@@ -185,7 +185,7 @@ def score_parity(model: VAE, runtime_model: Model, images: np.ndarray) -> dict[s
     for method in SCORE_METHODS:
         k = m.iwae_samples if method == "iwae" else m.elbo_samples
         eps = torch.from_numpy(prior_noise(k, runtime_model.latent_dim, m.score_seed).copy())
-        ref = torch_score(model, torch.from_numpy(images), method, eps).numpy().astype(np.float64)
+        ref = torch_score(model, torch.from_numpy(images), method, eps, m.smooth_sigma).numpy().astype(np.float64)
         got = runtime_model.raw_scores(images, method).astype(np.float64)
         out[method] = float(np.max(np.abs(ref - got) / np.maximum(1.0, np.abs(ref))))
     return out
@@ -228,6 +228,7 @@ def build_manifest(ck: Checkpoint, cfg: ExportConfig, calibration: Mapping[str, 
             "methods": list(SCORE_METHODS),
             "elbo_samples": cfg.elbo_samples,
             "iwae_samples": cfg.iwae_samples,
+            "smooth_sigma": SMOOTH_SIGMA,
             "seed": cfg.score_seed,
             "noise": "numpy.random.default_rng(seed).standard_normal((K, latent_dim), float32) with K = elbo_samples "
                      "or iwae_samples, "

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from .contract import InputContract
 from .errors import BundleError
-from .scores import LIKELIHOODS, SCORE_METHODS, MethodCalibration
+from .scores import LIKELIHOODS, SCORE_METHODS, SMOOTH_SIGMA, MethodCalibration
 
 FORMAT_NAME = "edgevae-bundle"
 SCHEMA_VERSION = 1
@@ -43,6 +43,7 @@ class Manifest:
     files: Mapping[str, Mapping[str, Any]]
     raw: Mapping[str, Any] = field(repr=False)
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
+    smooth_sigma: float = SMOOTH_SIGMA
 
     def __post_init__(self) -> None:
         if self.latent_dim < 1:
@@ -53,6 +54,8 @@ class Manifest:
             raise ValueError(f"default method must be one of {', '.join(SCORE_METHODS)}; got {self.default_method!r}")
         if self.elbo_samples < 1 or self.iwae_samples < 1:
             raise ValueError(f"elbo_samples and iwae_samples must be >= 1, got {self.elbo_samples}, {self.iwae_samples}")
+        if not (0.0 < self.smooth_sigma <= 16.0):
+            raise ValueError(f"smooth_sigma must be in (0, 16], got {self.smooth_sigma}")
         if not 0.0 < self.calibration_fpr < 1.0:
             raise ValueError(f"calibration fpr must be in (0, 1), got {self.calibration_fpr}")
 
@@ -94,6 +97,7 @@ class Manifest:
                 files=dict(files),
                 raw=dict(data),
                 variants=dict(data.get("variants") or {}),
+                smooth_sigma=float(scoring.get("smooth_sigma", SMOOTH_SIGMA)),
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise BundleError(f"manifest is malformed: {type(exc).__name__}: {exc}") from exc

@@ -34,6 +34,7 @@ from .scores import (
     prior_noise,
     reconstruction_error,
     relative_reconstruction_error,
+    smoothed_relative_reconstruction_error,
     threshold_at_fpr,
 )
 from .sessions import Providers, create_session
@@ -160,7 +161,8 @@ class Model:
 
         Methods: ``kl`` (KL of q(t|x) from the prior), ``elbo`` (negative ELBO, Monte-Carlo), ``recon``
         (squared error of the decoded posterior mean), ``rel_recon`` (that error divided by the energy of
-        the image and of its reconstruction), ``iwae`` (importance-weighted estimate of -log p(x), nats).
+        the image and of its reconstruction), ``smooth_recon`` (``rel_recon`` of the residual after a
+        Gaussian blur of ``manifest.smooth_sigma`` pixels), ``iwae`` (importance-weighted estimate of -log p(x), nats).
         The Monte-Carlo methods use the manifest's K and seed unless ``samples`` overrides K; the noise is
         shared by all images, so scores are deterministic and independent of batching.
         """
@@ -173,9 +175,13 @@ class Model:
         mu, logvar, kl = self._encode(xb)
         if method == "kl":
             return kl
-        if method in ("recon", "rel_recon"):
+        if method in ("recon", "rel_recon", "smooth_recon"):
             mean = self._decoder.run(self._decoder_outputs[:1], {DECODER_INPUT: mu})[0]  # mu: our encoder's output
-            return reconstruction_error(xb, mean) if method == "recon" else relative_reconstruction_error(xb, mean)
+            if method == "recon":
+                return reconstruction_error(xb, mean)
+            if method == "rel_recon":
+                return relative_reconstruction_error(xb, mean)
+            return smoothed_relative_reconstruction_error(xb, mean, self.manifest.smooth_sigma)
         default_k = self.manifest.elbo_samples if method == "elbo" else self.manifest.iwae_samples
         eps = prior_noise(samples or default_k, self.latent_dim, self.manifest.score_seed)
         ll, log_w_prior = self._monte_carlo(xb, mu, logvar, eps, importance=method == "iwae")  # (K, N) each
@@ -214,7 +220,7 @@ class Model:
 
         Args:
             x: images, any layout the input contract accepts.
-            method: ``kl``, ``elbo`` or ``recon``; default: the manifest's default method.
+            method: one of ``SCORE_METHODS``; default: the manifest's default method.
             fpr: target false-positive rate for the outlier flag (default: the calibrated one).
             threshold: explicit threshold; overrides ``fpr``.
 

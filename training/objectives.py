@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from edgevae.runtime.scores import SCORE_METHODS, SMOOTH_SIGMA
+
 if TYPE_CHECKING:
     from .model import VAE
 
@@ -41,6 +43,19 @@ def relative_reconstruction_error(x: torch.Tensor, x_mean: torch.Tensor) -> torc
     return (xf - mf).pow(2).sum(1) / (xf.pow(2).sum(1) + mf.pow(2).sum(1) + 1.0)
 
 
+def smoothed_relative_reconstruction_error(x: torch.Tensor, x_mean: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``relative_reconstruction_error`` of the residual after a Gaussian blur (depthwise conv2d, zero padding)."""
+    n, c, h, w = x.shape
+    radius = int(math.ceil(4.0 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    g = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    g = (g / g.sum()).to(x.dtype)
+    kernel = (g[:, None] * g[None, :])[None, None]  # (1, 1, k, k): separable Gaussian
+    r = F.conv2d((x - x_mean).reshape(n * c, 1, h, w), kernel, padding=radius)
+    xf, mf = x.reshape(n, -1), x_mean.reshape(n, -1)
+    return r.reshape(n, -1).pow(2).sum(1) / (xf.pow(2).sum(1) + mf.pow(2).sum(1) + 1.0)
+
+
 def iwae_nll(model: "VAE", x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """Importance-weighted estimate of -log p(x) per image (N,) with shared noise ``eps`` (K, D)."""
     mu, logvar, _ = model.encode(x)
@@ -66,7 +81,8 @@ def negative_elbo(model: "VAE", x: torch.Tensor, eps: torch.Tensor) -> torch.Ten
 
 
 @torch.no_grad()
-def score(model: "VAE", x: torch.Tensor, method: str, eps: torch.Tensor | None = None) -> torch.Tensor:
+def score(model: "VAE", x: torch.Tensor, method: str, eps: torch.Tensor | None = None,
+          smooth_sigma: float = SMOOTH_SIGMA) -> torch.Tensor:
     """Outlier score per image (N,) with the runtime's definitions; ``eps`` (K, D) for elbo and iwae."""
     mu, logvar, kl = model.encode(x)
     if method == "kl":
@@ -75,6 +91,8 @@ def score(model: "VAE", x: torch.Tensor, method: str, eps: torch.Tensor | None =
         return reconstruction_error(x, model.decode(mu)[0])
     if method == "rel_recon":
         return relative_reconstruction_error(x, model.decode(mu)[0])
+    if method == "smooth_recon":
+        return smoothed_relative_reconstruction_error(x, model.decode(mu)[0], smooth_sigma)
     if method == "iwae":
         if eps is None:
             raise ValueError("the iwae score needs the shared noise eps (K, D)")
@@ -83,4 +101,4 @@ def score(model: "VAE", x: torch.Tensor, method: str, eps: torch.Tensor | None =
         if eps is None:
             raise ValueError("the elbo score needs the shared noise eps (K, D)")
         return negative_elbo(model, x, eps)
-    raise ValueError(f"unknown score method {method!r}; choose kl, elbo, recon, rel_recon or iwae")
+    raise ValueError(f"unknown score method {method!r}; choose one of {', '.join(SCORE_METHODS)}")

@@ -18,7 +18,7 @@ def test_quality_benchmark_smoke(tmp_path: Path, benchmark_script) -> None:  # t
     saved = json.loads(out_json.read_text())
     assert saved["smoke"] is True and [r["digit"] for r in saved["one_class"]] == [0, 1]
     for row in report["one_class"]:
-        assert set(row["methods"]) == {"kl", "elbo", "recon", "rel_recon", "iwae"}
+        assert set(row["methods"]) == {"kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae"}
         assert set(row["baselines"]) == {"isolation_forest", "one_class_svm"}
         for metrics in list(row["methods"].values()) + list(row["baselines"].values()):
             assert 0.0 <= metrics["auroc"] <= 1.0 and 0.0 <= metrics["fpr_at_95tpr"] <= 1.0

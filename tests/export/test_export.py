@@ -52,7 +52,7 @@ def test_in_graph_kl_equals_closed_form(model, test_digits) -> None:  # type: ig
     np.testing.assert_allclose(kl, closed, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["kl", "elbo", "recon", "rel_recon", "iwae"])
+@pytest.mark.parametrize("method", ["kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae"])
 def test_every_score_matches_pytorch(tiny_run: Path, model, test_digits, method: str) -> None:  # type: ignore[no-untyped-def]
     torch_model = load_checkpoint(tiny_run).model
     x = model.prepare(test_digits[0][::37])

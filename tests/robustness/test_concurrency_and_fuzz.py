@@ -25,7 +25,7 @@ FUZZ = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthC
 def test_eight_threads_give_sequential_scores(model, test_digits) -> None:  # type: ignore[no-untyped-def]
     x = test_digits[0][:64]
     chunks = [x[i:i + 8] for i in range(0, 64, 8)]
-    methods = ["kl", "elbo", "recon", "rel_recon", "iwae"]
+    methods = ["kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae"]
     expected = {m: [model.raw_scores(c, m) for c in chunks] for m in methods}
 
     def job(i: int) -> dict[str, np.ndarray]:

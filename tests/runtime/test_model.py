@@ -28,7 +28,7 @@ def test_manifest_round_trip(bundle: Path) -> None:
     again = Manifest.from_json(dumps(dict(parsed.raw)))
     assert again == parsed
     assert parsed.contract.shape == (1, 28, 28) and parsed.latent_dim == 4
-    assert set(parsed.calibration) == {"kl", "elbo", "recon", "rel_recon", "iwae"}
+    assert set(parsed.calibration) == {"kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae"}
 
 
 def test_manifest_rides_in_graph_metadata(model) -> None:  # type: ignore[no-untyped-def]
@@ -120,7 +120,7 @@ def test_generate_is_deterministic_per_seed(model) -> None:  # type: ignore[no-u
 
 def test_scores_do_not_depend_on_batching(model, test_digits) -> None:  # type: ignore[no-untyped-def]
     x = test_digits[0][:9]
-    for method in ("kl", "elbo", "recon", "rel_recon", "iwae"):
+    for method in ("kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae"):
         whole = model.raw_scores(x, method)
         single = np.concatenate([model.raw_scores(x[i:i + 1], method) for i in range(9)])
         np.testing.assert_allclose(whole, single, rtol=1e-5, atol=1e-4)
