@@ -223,13 +223,15 @@ class _TrainingProgress:
               help="Importance samples of the iwae score.")
 @click.option("--method", "default_method", type=click.Choice(METHODS), default="smooth_recon",
               show_default=True, help="Default score method of the bundle.")
+@click.option("--smooth-sigma", type=click.FloatRange(0, 16, min_open=True), default=1.0, show_default=True,
+              help="Gaussian width (pixels) of the smooth_recon score; scale it with the image size.")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="Add a static QDQ int8 variant, calibrated on training images.")
 @click.option("--precision", type=click.Choice(["fp16"]), default=None, help="Add a float16 variant.")
 @click.option("--ort-format", is_flag=True, help="Also write every graph in the ORT format (mobile/minimal builds).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
 def export(checkpoint: str, bundle_dir: str, fpr: float, elbo_samples: int, iwae_samples: int, default_method: str,
-           quantize: str | None, precision: str | None, ort_format: bool, force: bool) -> None:
+           smooth_sigma: float, quantize: str | None, precision: str | None, ort_format: bool, force: bool) -> None:
     """Export CHECKPOINT (a .pt file or run folder) to a verified, calibrated bundle."""
     _need_training("export")
     from edgevae.export import ExportConfig, ExportError, export_bundle
@@ -237,8 +239,8 @@ def export(checkpoint: str, bundle_dir: str, fpr: float, elbo_samples: int, iwae
     try:
         with _errors():
             cfg = ExportConfig(fpr=fpr, elbo_samples=elbo_samples, iwae_samples=iwae_samples,
-                               default_method=default_method, variants=tuple(v for v in (quantize, precision) if v),
-                               ort_format=ort_format)
+                               default_method=default_method, smooth_sigma=smooth_sigma,
+                               variants=tuple(v for v in (quantize, precision) if v), ort_format=ort_format)
             model = export_bundle(checkpoint, bundle_dir, cfg, force=force,
                                   progress=lambda msg: click.echo(msg, err=True))
     except ExportError as exc:

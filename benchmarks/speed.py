@@ -82,6 +82,45 @@ def peak_gflops() -> tuple[float, str]:
     return THREADS * mhz / 1e3 * per_cycle, f"{THREADS} cores x {mhz / 1e3:.2f} GHz x {per_cycle} FLOP/cycle"
 
 
+def int8_formats(encoder: Path, x: np.ndarray, reps: int) -> dict[str, float]:
+    """Encoder throughput at batch 256 for onnxruntime's static-quantization layouts and type pairs.
+
+    The shipped int8 variant is QDQ with uint8 activations and per-channel int8 weights; the others are
+    measured to show whether another layout would make int8 pay off on this CPU.
+    """
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgevae.runtime.manifest import ENCODER_INPUT
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.batches = iter([{ENCODER_INPUT: x[i:i + 64]} for i in range(0, x.shape[0], 64)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+    def rate(path: Path) -> float:
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return throughput(timed(lambda: session.run(None, {ENCODER_INPUT: x}), reps), x.shape[0])
+
+    pre = encoder.with_name("encoder.pre.onnx")
+    quant_pre_process(str(encoder), str(pre), skip_symbolic_shape=True)
+    out: dict[str, float] = {"fp32": rate(encoder)}
+    u8, s8 = QuantType.QUInt8, QuantType.QInt8
+    for fmt in (QuantFormat.QDQ, QuantFormat.QOperator):
+        for act, weight in ((u8, s8), (u8, u8), (s8, s8)):
+            target = encoder.with_name("encoder.q.onnx")
+            quantize_static(str(pre), str(target), Reader(), quant_format=fmt, activation_type=act,
+                            weight_type=weight, per_channel=True)
+            out[f"{fmt.name} activations {act.name} weights {weight.name}"] = rate(target)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true")
@@ -175,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           ("encoder.onnx", "decoder.onnx") if v == "fp32" else
                           (m.manifest.variants[v]["encoder"], m.manifest.variants[v]["decoder"])))}
         report["variants"] = var
+        report["int8_formats"] = int8_formats(work / "bundle" / "encoder.onnx", x256, reps256)
 
         # FLOPs and fraction of peak
         fl = encoder_flops(cfg)
@@ -295,6 +335,11 @@ def markdown(r: dict[str, Any]) -> str:
     v32 = r["variants"]["fp32"]
     lines += [f"| {k} | {v['encoder_batch256_per_s']:.0f} | {v['encoder_batch256_per_s'] / v32['encoder_batch256_per_s']:.2f} | "
               f"{v['bytes'] / 1e6:.2f} | {v['bytes'] / v32['bytes']:.2f} |" for k, v in r["variants"].items()]
+    q = r.get("int8_formats")
+    if q:
+        lines += ["", "int8 layouts of the encoder (static quantization, per-channel weights, batch 256; the shipped "
+                  "variant is QDQ, uint8 activations, int8 weights):", "", "| graph | img/s | vs fp32 |", "|---|---|---|"]
+        lines += [f"| {k} | {v:.0f} | {v / q['fp32']:.2f} |" for k, v in q.items()]
     return "\n".join(lines) + "\n"
 
 

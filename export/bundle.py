@@ -69,6 +69,8 @@ class ExportConfig:
         elbo_samples: Monte-Carlo samples K of the ``elbo`` score.
         iwae_samples: importance samples K of the ``iwae`` score.
         score_seed: seed of the shared noise of the Monte-Carlo scores.
+        smooth_sigma: width (pixels) of the Gaussian that smooths the residual in ``smooth_recon``; the
+            default suits 28x28 images, larger images may want a proportionally larger value.
         default_method: the method ``score`` uses when none is named.
         opset: ONNX opset of the graphs.
         tolerance: largest allowed max-abs difference between onnxruntime and PyTorch outputs.
@@ -81,6 +83,7 @@ class ExportConfig:
     elbo_samples: int = 16
     iwae_samples: int = 256
     score_seed: int = 0
+    smooth_sigma: float = SMOOTH_SIGMA
     default_method: str = "smooth_recon"
     opset: int = OPSET
     tolerance: float = PARITY_TOLERANCE
@@ -94,6 +97,8 @@ class ExportConfig:
             raise ValueError(f"elbo_samples must be in 1..10000, got {self.elbo_samples}")
         if not 1 <= self.iwae_samples <= 100_000:
             raise ValueError(f"iwae_samples must be in 1..100000, got {self.iwae_samples}")
+        if not 0.0 < self.smooth_sigma <= 16.0:
+            raise ValueError(f"smooth_sigma must be in (0, 16] pixels, got {self.smooth_sigma}")
         if self.default_method not in SCORE_METHODS:
             raise ValueError(f"default_method must be one of {', '.join(SCORE_METHODS)}; got {self.default_method!r}")
         if not 17 <= self.opset <= 21:
@@ -228,7 +233,7 @@ def build_manifest(ck: Checkpoint, cfg: ExportConfig, calibration: Mapping[str, 
             "methods": list(SCORE_METHODS),
             "elbo_samples": cfg.elbo_samples,
             "iwae_samples": cfg.iwae_samples,
-            "smooth_sigma": SMOOTH_SIGMA,
+            "smooth_sigma": cfg.smooth_sigma,
             "seed": cfg.score_seed,
             "noise": "numpy.random.default_rng(seed).standard_normal((K, latent_dim), float32) with K = elbo_samples "
                      "or iwae_samples, "

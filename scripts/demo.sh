@@ -17,7 +17,7 @@ echo "== 3. write held-out test digits and obvious outliers as PNG files"
 "$edgevae" samples -o "$out/samples" --per-class 2
 
 echo "== 4. score them (torch-free runtime); higher score = more anomalous"
-echo "-- default method (rel_recon: best on unusual digits, see docs/scoring.md)"
+echo "-- default method (smooth_recon: best on unusual digits, see docs/scoring.md)"
 "$edgevae" score "$out/samples" -m "$out/bundle" | tee "$out/scores.txt"
 echo "-- elbo (negative ELBO: also catches out-of-distribution images such as large bright blobs)"
 "$edgevae" score "$out/samples" -m "$out/bundle" --method elbo | tee "$out/scores_elbo.txt"

@@ -167,3 +167,17 @@ def test_graphs_that_disagree_with_the_manifest_are_refused(bundle: Path, tmp_pa
     _rehash(copy)
     with pytest.raises(BundleError, match=message):
         load(copy)
+
+
+def test_smooth_sigma_is_stored_calibrated_and_used(tiny_run: Path, test_digits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from edgevae.runtime.scores import smoothed_relative_reconstruction_error
+
+    wide = export_bundle(tiny_run, tmp_path / "wide", ExportConfig(elbo_samples=2, iwae_samples=4, smooth_sigma=2.0))
+    assert wide.manifest.smooth_sigma == 2.0 and wide.manifest.raw["scoring"]["smooth_sigma"] == 2.0
+    assert wide.manifest.raw["parity"]["score_max_rel_diff"]["smooth_recon"] <= 1e-4  # the twin used sigma 2 too
+    x = wide.prepare(test_digits[0][:40])
+    got = wide.raw_scores(x, "smooth_recon")
+    np.testing.assert_allclose(got, smoothed_relative_reconstruction_error(x, wide.reconstruct(x), 2.0), rtol=1e-6)
+    assert not np.allclose(got, smoothed_relative_reconstruction_error(x, wide.reconstruct(x), 1.0), rtol=1e-3)
+    with pytest.raises(ValueError, match="smooth_sigma"):
+        ExportConfig(smooth_sigma=0.0)
