@@ -113,8 +113,9 @@ def main() -> None:
 @click.option("--labels", default=None, help="Labels for --classes: IDX/.npy file, or the key inside an .npz.")
 @click.option("-o", "--out", "run_dir", default="runs/default", show_default=True, type=click.Path(file_okay=False),
               help="Run folder for best.pt, last.pt and metrics.json.")
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=150, show_default=True,
+              help="Passes over the data; the default suits a few thousand images (about 8,400 steps).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="Adam learning rate (cosine-decayed).")
 @click.option("--latent-dim", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--widths", default="32,64", show_default=True, help="Channels of the stride-2 conv stages.")
@@ -126,8 +127,8 @@ def main() -> None:
 @click.option("--val-fraction", type=float, default=0.1, show_default=True)
 @click.option("--beta", type=float, default=1.0, show_default=True, help="KL weight after warm-up.")
 @click.option("--kl-warmup", type=click.IntRange(min=0), default=0, show_default=True, help="KL warm-up epochs.")
-@click.option("--augment-shift", type=click.FloatRange(0, 8), default=0.0, show_default=True,
-              help="Random translation of training images, in pixels.")
+@click.option("--augment-shift", type=click.FloatRange(0, 8), default=1.0, show_default=True,
+              help="Random translation of training images, in pixels (0: off).")
 @click.option("--augment-rotate", type=click.FloatRange(0, 45), default=0.0, show_default=True,
               help="Random rotation of training images, in degrees.")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -82,7 +82,7 @@ def peak_gflops() -> tuple[float, str]:
     return THREADS * mhz / 1e3 * per_cycle, f"{THREADS} cores x {mhz / 1e3:.2f} GHz x {per_cycle} FLOP/cycle"
 
 
-def int8_formats(encoder: Path, x: np.ndarray, reps: int) -> dict[str, float]:
+def int8_formats(encoder: Path, x: np.ndarray, reps: int) -> dict[str, dict[str, float]]:
     """Encoder throughput at batch 256 for onnxruntime's static-quantization layouts and type pairs.
 
     The shipped int8 variant is QDQ with uint8 activations and per-channel int8 weights; the others are
@@ -101,16 +101,19 @@ def int8_formats(encoder: Path, x: np.ndarray, reps: int) -> dict[str, float]:
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-
-    def rate(path: Path) -> float:
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        return throughput(timed(lambda: session.run(None, {ENCODER_INPUT: x}), reps), x.shape[0])
+    def rate(path: Path) -> dict[str, float]:
+        out = {}
+        for threads in (THREADS, 1):
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.intra_op_num_threads = threads
+            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            out[f"{threads} thread(s)"] = throughput(timed(lambda: session.run(None, {ENCODER_INPUT: x}), reps), x.shape[0])
+        return out
 
     pre = encoder.with_name("encoder.pre.onnx")
     quant_pre_process(str(encoder), str(pre), skip_symbolic_shape=True)
-    out: dict[str, float] = {"fp32": rate(encoder)}
+    out = {"fp32": rate(encoder)}
     u8, s8 = QuantType.QUInt8, QuantType.QInt8
     for fmt in (QuantFormat.QDQ, QuantFormat.QOperator):
         for act, weight in ((u8, s8), (u8, u8), (s8, s8)):
@@ -209,7 +212,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         var = {}
         for v in ("fp32",) + variants:
             m = load(work / "bundle", ["CPUExecutionProvider"], variant=v)
+            m1 = load(work / "bundle", ["CPUExecutionProvider"], variant=v, threads=1)
             var[v] = {"encoder_batch256_per_s": throughput(timed(lambda: m.kl(x256), reps256), 256),
+                      "encoder_batch256_per_s_1thread": throughput(timed(lambda: m1.kl(x256), reps256), 256),
                       "bytes": sum(m.manifest.files[f]["bytes"] for f in (
                           ("encoder.onnx", "decoder.onnx") if v == "fp32" else
                           (m.manifest.variants[v]["encoder"], m.manifest.variants[v]["decoder"])))}
@@ -330,16 +335,22 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["", f"Encoder: {fl['encoder_flops_per_image'] / 1e6:.2f} MFLOP per image; at batch 256 raw onnxruntime "
               f"achieves {fl['achieved_gflops_batch256']:.1f} GFLOP/s = {fl['fraction_of_peak'] * 100:.1f} % of the nominal "
               f"FP32 peak {fl['peak_gflops']:.0f} GFLOP/s ({fl['peak_rule']}).", "",
-              "Edge variants (encoder `kl` path, batch 256):", "", "| variant | img/s | vs fp32 | bundle graphs (MB) | vs fp32 |",
-              "|---|---|---|---|---|"]
+              "Edge variants (encoder `kl` path, batch 256; with all cores and with one onnxruntime thread, as "
+              "`edgevae score` runs it beside its decode thread):", "",
+              f"| variant | img/s, {r['threads']} threads | vs fp32 | img/s, 1 thread | vs fp32 | bundle graphs (MB) | vs fp32 |",
+              "|---|---|---|---|---|---|---|"]
     v32 = r["variants"]["fp32"]
+    one = "encoder_batch256_per_s_1thread"
     lines += [f"| {k} | {v['encoder_batch256_per_s']:.0f} | {v['encoder_batch256_per_s'] / v32['encoder_batch256_per_s']:.2f} | "
+              f"{v[one]:.0f} | {v[one] / v32[one]:.2f} | "
               f"{v['bytes'] / 1e6:.2f} | {v['bytes'] / v32['bytes']:.2f} |" for k, v in r["variants"].items()]
     q = r.get("int8_formats")
     if q:
+        cols = list(q["fp32"])
         lines += ["", "int8 layouts of the encoder (static quantization, per-channel weights, batch 256; the shipped "
-                  "variant is QDQ, uint8 activations, int8 weights):", "", "| graph | img/s | vs fp32 |", "|---|---|---|"]
-        lines += [f"| {k} | {v:.0f} | {v / q['fp32']:.2f} |" for k, v in q.items()]
+                  "variant is QDQ, uint8 activations, int8 weights):", "",
+                  "| graph | " + " | ".join(f"img/s, {c} | vs fp32" for c in cols) + " |", "|---" * (1 + 2 * len(cols)) + "|"]
+        lines += [f"| {k} | " + " | ".join(f"{v[c]:.0f} | {v[c] / q['fp32'][c]:.2f}" for c in cols) + " |" for k, v in q.items()]
     return "\n".join(lines) + "\n"
 
 
