@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["n_files"] = n_files
         report["files"] = {k: n_files / statistics.median(timed(fn, 3 if not args.smoke else 1, warmup=1))
                            for k, fn in (("edgevae score --method kl (CLI, end to end)", cli_score("kl")),
-                                         ("edgevae score --method rel_recon (CLI, end to end)", cli_score("rel_recon")),
+                                         ("edgevae score --method smooth_recon (CLI, default method)", cli_score("smooth_recon")),
                                          ("Pillow decode only (bound)", pillow_bound),
                                          ("Pillow decode + PyTorch eager", torch_files))}
 

@@ -184,23 +184,32 @@ class Model:
             return smoothed_relative_reconstruction_error(xb, mean, self.manifest.smooth_sigma)
         default_k = self.manifest.elbo_samples if method == "elbo" else self.manifest.iwae_samples
         eps = prior_noise(samples or default_k, self.latent_dim, self.manifest.score_seed)
-        ll, log_w_prior = self._monte_carlo(xb, mu, logvar, eps, importance=method == "iwae")  # (K, N) each
         if method == "elbo":
-            out: F32 = (kl - ll.mean(axis=0, dtype=np.float32)).astype(np.float32)
-            return out
+            return self._negative_elbo(xb, mu, logvar, kl, eps)
+        ll, log_w_prior = self._monte_carlo(xb, mu, logvar, eps, importance=True)  # (K, N) each
         return (-logmeanexp(ll + log_w_prior, axis=0)).astype(np.float32)
 
     def _negative_elbo(self, xb: F32, mu: F32, logvar: F32, kl: F32, eps: F32) -> F32:
+        if eps.shape[0] == 1:  # one sample (the cheapest Monte-Carlo score on a device): no sample axis
+            t = mu + np.exp(np.float32(0.5) * logvar) * eps[0]
+            mean, param = self._decoder.run(self._decoder_outputs, {DECODER_INPUT: t})
+            single: F32 = np.subtract(kl, log_likelihood(xb, self.likelihood, mean, param), dtype=np.float32)
+            return single
         ll, _ = self._monte_carlo(xb, mu, logvar, eps, importance=False)
-        out: F32 = (kl - ll.mean(axis=0, dtype=np.float32)).astype(np.float32)
+        # the mean over the K samples, as add.reduce + divide (what ndarray.mean does, without its overhead)
+        mean_ll = np.add.reduce(ll, axis=0, dtype=np.float32) / np.float32(ll.shape[0])
+        out: F32 = np.subtract(kl, mean_ll, dtype=np.float32)
         return out
 
     def _monte_carlo(self, xb: F32, mu: F32, logvar: F32, eps: F32, importance: bool = True) -> tuple[F32, F32]:
-        """For t_k = mu + std * eps_k: log p(x|t_k) and (if ``importance``) log p(t_k) - log q(t_k|x), (K, N) each."""
+        """For t_k = mu + std * eps_k: log p(x|t_k) and (if ``importance``) log p(t_k) - log q(t_k|x), (K, N) each.
+
+        Without ``importance`` the second array is empty.
+        """
         n, k = xb.shape[0], eps.shape[0]
         std = np.exp(np.float32(0.5) * logvar)
         ll = np.empty((k, n), dtype=np.float32)
-        log_w_prior = np.empty((k, n), dtype=np.float32)
+        log_w_prior = np.empty((k if importance else 0, n), dtype=np.float32)
         per_chunk = max(1, DECODE_CHUNK // max(n, 1))
         for start in range(0, k, per_chunk):
             e = eps[start:start + per_chunk]  # (k', D)

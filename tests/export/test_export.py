@@ -62,14 +62,16 @@ def test_every_score_matches_pytorch(tiny_run: Path, model, test_digits, method:
     np.testing.assert_allclose(model.raw_scores(x, method), ref, rtol=1e-4, atol=1e-3)
 
 
-def test_elbo_estimate_matches_pytorch_under_same_noise(tiny_run: Path, model, test_digits) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("k", [1, 32])  # K = 1 takes the runtime's single-sample path
+def test_elbo_estimate_matches_pytorch_under_same_noise(tiny_run: Path, model, test_digits, k: int) -> None:  # type: ignore[no-untyped-def]
     torch_model = load_checkpoint(tiny_run).model
     x = model.prepare(test_digits[0][:20])
-    eps = np.random.default_rng(7).standard_normal((32, 4), dtype=np.float32)
+    eps = np.random.default_rng(7).standard_normal((k, 4), dtype=np.float32)
     mu, logvar, kl = model.encode_full(x)
     ours = model._negative_elbo(x, mu, logvar, kl, eps)
     with torch.no_grad():
         ref = negative_elbo(torch_model, torch.from_numpy(x), torch.from_numpy(eps)).numpy()
+    assert ours.shape == (20,) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, ref, rtol=1e-4)
 
 
