@@ -1,8 +1,21 @@
-"""Replace one marked section of docs/benchmarks.md, keeping the rest of the file (shared by the benchmarks)."""
+"""What the benchmark scripts share: their common options, and replacing one marked section of
+docs/benchmarks.md while keeping the rest of the file."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def benchmark_parser(doc: str, name: str) -> argparse.ArgumentParser:
+    """A parser with the options every benchmark takes: --smoke, --json (results file), --markdown (docs file)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the benchmark runs")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / f"{name}.json"))
+    parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
+    return parser
 
 
 def write_section(name: str, section: str, path: Path) -> None:

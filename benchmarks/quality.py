@@ -1,14 +1,14 @@
 """Outlier-detection quality benchmark on the embedded MNIST digits.
 
 One-class protocol: for each digit d, train on the normal digit d (the embedded training pool: 400 images,
-360 after the validation split) through the public training API, export a bundle, and score the embedded
-test split (100 images per digit; d normal, the other 900 anomalies) through the runtime. Baselines are
-fitted on the same 360 training images: Isolation Forest and One-Class SVM (scikit-learn, raw pixels) and
+300 after a quarter is held out for validation and calibration) through the public training API, export a
+bundle, and score the embedded test split (100 images per digit; d normal, the other 900 anomalies) through
+the runtime. Baselines are fitted on the same 300 training images: Isolation Forest and One-Class SVM (scikit-learn, raw pixels) and
 PyOD's VAE. Then one model trained on all ten digits is checked for likelihood (negative ELBO, IWAE NLL),
 calibration and out-of-distribution detection.
 
 Usage:
-    python benchmarks/quality.py                 # full run: ten digits + all-digit model (about 15 min here)
+    python benchmarks/quality.py                 # full run: ten digits + all-digit model (about 14 min here)
     python benchmarks/quality.py --smoke         # two digits, tiny models: checks that the pipeline runs
 
 Writes benchmarks/results/quality.json and the quality section of docs/benchmarks.md.
@@ -16,7 +16,6 @@ Writes benchmarks/results/quality.json and the quality section of docs/benchmark
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import platform
@@ -40,9 +39,8 @@ from edgevae.runtime.scores import SMOOTH_SIGMA, smoothed_relative_reconstructio
 from edgevae.training import DataSpec, ModelConfig, TrainConfig, train
 from edgevae.training.data import embedded_split, split_indices
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from doc_sections import write_section  # noqa: E402  (a sibling script module)
+from doc_sections import benchmark_parser, write_section  # noqa: E402  (a sibling script module)
 PUBLISHED = [  # one-class MNIST mean AUROC, 6,000 training images per class
     ("Deep SVDD (Ruff et al. 2018, Table 1)", 0.948),
     ("OCGAN (Perera et al. 2019)", 0.975),
@@ -283,14 +281,11 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = benchmark_parser(__doc__ or "", "quality")
     parser.add_argument("--digits", default="0,1,2,3,4,5,6,7,8,9")
-    parser.add_argument("--smoke", action="store_true", help="two digits, tiny models, no PyOD")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--no-pyod", action="store_true")
     parser.add_argument("--no-all-digits", action="store_true")
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
-    parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
     digits = [0, 1] if args.smoke else [int(d) for d in args.digits.split(",")]
     recipe = recipes(args.smoke)

@@ -13,7 +13,6 @@ Writes benchmarks/results/speed.json and the speed section of docs/benchmarks.md
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -27,9 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from doc_sections import write_section  # noqa: E402  (a sibling script module)
+from doc_sections import benchmark_parser, write_section  # noqa: E402  (a sibling script module)
 THREADS = os.cpu_count() or 1
 
 
@@ -125,11 +123,7 @@ def int8_formats(encoder: Path, x: np.ndarray, reps: int) -> dict[str, dict[str,
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
-    parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
-    args = parser.parse_args(argv)
+    args = benchmark_parser(__doc__ or "", "speed").parse_args(argv)
     n_files, n_stream, reps1, reps256 = (200, 2000, 20, 3) if args.smoke else (10_000, 100_000, 300, 20)
 
     import onnxruntime as ort
