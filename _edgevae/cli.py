@@ -502,7 +502,7 @@ def info(bundle: str, providers: str, as_json: bool) -> None:
                f"n_train={tr.get('n_train')}  epochs={tr.get('epochs')}  val -ELBO={tr.get('val_neg_elbo', 0):.2f}")
     click.echo(f"scoring       default {m.default_method}; elbo K={m.elbo_samples} seed={m.score_seed}")
     for method, cal in m.calibration.items():
-        click.echo(f"  {method:<6} threshold {cal.threshold:10.4f} at FPR {m.calibration_fpr:g} "
+        click.echo(f"  {method:<12} threshold {cal.threshold:10.4f} at FPR {m.calibration_fpr:g} "
                    f"(n={len(cal.scores)})")
     for name, gi in model.graph_info().items():
         click.echo(f"{name + '.onnx':<13} {m.files[name + '.onnx']['bytes'] / 1e6:.2f} MB")
