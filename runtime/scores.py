@@ -99,9 +99,9 @@ def smoothed_relative_reconstruction_error(x: F32, x_mean: F32, sigma: float = S
     residuals that a slightly shifted or thinner stroke of a normal image leaves along its edges.
     """
     n, c, h, w = x.shape
-    r = (x - x_mean).reshape(n * c * h, w) @ smoothing_matrix(w, sigma).T  # along the width
-    r = np.ascontiguousarray(r.reshape(n * c, h, w).transpose(0, 2, 1)).reshape(n * c * w, h)
-    r = r @ smoothing_matrix(h, sigma).T  # along the height (the layout no longer matters for the sum)
+    # One small product per image and channel (numpy loops over them), rather than one large product: a
+    # large one would wake the BLAS library's own thread pool, which then competes with onnxruntime's.
+    r = smoothing_matrix(h, sigma) @ (x - x_mean).reshape(n * c, h, w) @ smoothing_matrix(w, sigma).T
     num = np.square(r).reshape(n, -1).sum(axis=1, dtype=np.float32)
     xf, mf = x.reshape(n, -1), x_mean.reshape(n, -1)
     den = np.square(xf).sum(axis=1, dtype=np.float32) + np.square(mf).sum(axis=1, dtype=np.float32) + np.float32(1.0)
