@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,11 +39,13 @@ from .scores import (
     smoothed_relative_reconstruction_error,
     threshold_at_fpr,
 )
-from .sessions import Providers, create_session
+from .sessions import Providers, create_session, resolve_providers
 
 F32 = NDArray[np.float32]
 # Largest number of latent codes sent to the decoder in one call by the Monte-Carlo scores.
 DECODE_CHUNK = 4096
+# Smallest slice of latent codes a decoder worker gets (smaller batches run in one call).
+MIN_DECODE_SLICE = 32
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ class Model:
     """
 
     def __init__(self, manifest: Manifest, encoder: ort.InferenceSession, decoder: ort.InferenceSession,
-                 path: Path | None = None) -> None:
+                 path: Path | None = None, *, sliced_encoder: ort.InferenceSession | None = None) -> None:
         self.manifest = manifest
         self.contract: InputContract = manifest.contract
         self.latent_dim = manifest.latent_dim
@@ -76,13 +80,55 @@ class Model:
         self.path = path
         self.variant = "fp32"
         self._encoder = encoder
+        self._sliced_encoder = sliced_encoder  # one intra-op thread, for large batches run as concurrent slices
         self._decoder = decoder
         self._decoder_outputs = list(manifest.decoder_outputs)
         self._encoder_outputs = list(ENCODER_OUTPUTS)
-        _check_graph(encoder, "encoder", [ENCODER_INPUT], list(ENCODER_OUTPUTS),
-                     {ENCODER_INPUT: list(self.contract.shape)}, self.latent_dim)
+        self._decode_workers = 1
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        for session in (encoder, sliced_encoder) if sliced_encoder is not None else (encoder,):
+            _check_graph(session, "encoder", [ENCODER_INPUT], list(ENCODER_OUTPUTS),
+                         {ENCODER_INPUT: list(self.contract.shape)}, self.latent_dim)
         _check_graph(decoder, "decoder", [DECODER_INPUT], self._decoder_outputs,
                      {DECODER_INPUT: [self.latent_dim]}, self.latent_dim)
+
+    @property
+    def decode_workers(self) -> int:
+        """Concurrent graph calls a large batch (>= 64 images or codes) is split into (see :func:`load`)."""
+        return self._decode_workers
+
+    @decode_workers.setter
+    def decode_workers(self, workers: int) -> None:
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"decode_workers must be a positive integer, got {workers!r}")
+        self._decode_workers = workers
+
+    def _run_decoder(self, names: list[str], t: F32) -> list[F32]:
+        return self._run(self._decoder, self._decoder, names, DECODER_INPUT, t)
+
+    def _run(self, whole: ort.InferenceSession, sliced: ort.InferenceSession, names: list[str], feed: str,
+             x: F32) -> list[F32]:
+        """Run a graph; a large batch runs as ``decode_workers`` concurrent slices on ``sliced``.
+
+        On the CPU provider, one-thread sessions running slices of a batch side by side use the cores better
+        than one call with several intra-op threads: onnxruntime's ConvTranspose kernel uses a single
+        thread, and a session's spinning thread pool would compete with the other graph's calls. Every row
+        is computed exactly as in a single call.
+        """
+        n = x.shape[0]
+        parts = min(self._decode_workers, n // MIN_DECODE_SLICE)
+        if parts <= 1:
+            out: list[F32] = whole.run(names, {feed: x})
+            return out
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self._decode_workers - 1, thread_name_prefix="edgevae-run")
+        bounds = [n * i // parts for i in range(parts + 1)]
+        futures = [self._pool.submit(sliced.run, names, {feed: x[a:b]}) for a, b in zip(bounds[1:-1], bounds[2:])]
+        first = sliced.run(names, {feed: x[:bounds[1]]})
+        rest = [f.result() for f in futures]
+        return [np.concatenate([first[i]] + [r[i] for r in rest]) for i in range(len(names))]
 
     # --------------------------------------------------------------- introspection
     @property
@@ -107,7 +153,8 @@ class Model:
         return self._encode(self.prepare(x))
 
     def _encode(self, xb: F32) -> tuple[F32, F32, F32]:
-        mu, logvar, kl = self._encoder.run(self._encoder_outputs, {ENCODER_INPUT: xb})
+        sliced = self._sliced_encoder or self._encoder
+        mu, logvar, kl = self._run(self._encoder, sliced, self._encoder_outputs, ENCODER_INPUT, xb)
         return mu, logvar, kl
 
     def encode(self, x: NDArray[Any]) -> tuple[F32, F32]:
@@ -135,12 +182,12 @@ class Model:
     def decode_params(self, t: NDArray[Any]) -> tuple[F32, F32]:
         """Decode latent codes (N, D): (mean image (N, C, H, W), likelihood parameter)."""
         tb = self._check_latents(t)
-        mean, param = self._decoder.run(self._decoder_outputs, {DECODER_INPUT: tb})
+        mean, param = self._run_decoder(self._decoder_outputs, tb)
         return mean, param
 
     def decode(self, t: NDArray[Any]) -> F32:
         """Decoded mean images (N, C, H, W) in [0, 1]."""
-        mean: F32 = self._decoder.run(self._decoder_outputs[:1], {DECODER_INPUT: self._check_latents(t)})[0]
+        mean: F32 = self._run_decoder(self._decoder_outputs[:1], self._check_latents(t))[0]
         return mean
 
     def reconstruct(self, x: NDArray[Any]) -> F32:
@@ -176,7 +223,7 @@ class Model:
         if method == "kl":
             return kl
         if method in ("recon", "rel_recon", "smooth_recon"):
-            mean = self._decoder.run(self._decoder_outputs[:1], {DECODER_INPUT: mu})[0]  # mu: our encoder's output
+            mean = self._run_decoder(self._decoder_outputs[:1], mu)[0]  # mu: our encoder's output
             if method == "recon":
                 return reconstruction_error(xb, mean)
             if method == "rel_recon":
@@ -192,7 +239,7 @@ class Model:
     def _negative_elbo(self, xb: F32, mu: F32, logvar: F32, kl: F32, eps: F32) -> F32:
         if eps.shape[0] == 1:  # one sample (the cheapest Monte-Carlo score on a device): no sample axis
             t = mu + np.exp(np.float32(0.5) * logvar) * eps[0]
-            mean, param = self._decoder.run(self._decoder_outputs, {DECODER_INPUT: t})
+            mean, param = self._run_decoder(self._decoder_outputs, t)
             single: F32 = np.subtract(kl, log_likelihood(xb, self.likelihood, mean, param), dtype=np.float32)
             return single
         ll, _ = self._monte_carlo(xb, mu, logvar, eps, importance=False)
@@ -215,7 +262,7 @@ class Model:
             e = eps[start:start + per_chunk]  # (k', D)
             reps = e.shape[0]
             t = mu[None] + std[None] * e[:, None, :]  # (k', N, D)
-            mean, param = self._decoder.run(self._decoder_outputs, {DECODER_INPUT: t.reshape(-1, self.latent_dim)})
+            mean, param = self._run_decoder(self._decoder_outputs, t.reshape(-1, self.latent_dim))
             x_rep = xb if reps == 1 else np.broadcast_to(xb[None], (reps,) + xb.shape).reshape((-1,) + xb.shape[1:])
             ll[start:start + reps] = log_likelihood(x_rep, self.likelihood, mean, param).reshape(reps, n)
             if importance:
@@ -306,7 +353,7 @@ def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
 
 
 def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threads: int | None = None,
-         strict: bool = False, variant: str | None = None) -> Model:
+         strict: bool = False, variant: str | None = None, decode_workers: int | None = None) -> Model:
     """Load a bundle directory, verifying it before any graph runs.
 
     Checks the manifest's format and schema version, the sha256 of each graph, and that the graphs'
@@ -315,7 +362,12 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
     Args:
         bundle: the bundle directory written by ``edgevae export``.
         providers: ``"auto"`` (best available), a list of provider names, or a comma-separated string.
-        threads: intra-op threads per session (None: onnxruntime's default).
+        threads: intra-op threads of the encoder session (None: onnxruntime's default, one per core).
+        decode_workers: concurrent calls a large batch (>= 64) is split into, each on a one-thread session.
+            None: on the CPU provider ``threads`` (or one per core); elsewhere 1. With more than one, the
+            encoder is loaded twice: with ``threads`` intra-op threads for small batches (lowest latency)
+            and with one for the slices. The decoder always has one intra-op thread on the CPU provider:
+            onnxruntime's ConvTranspose kernel does not use more.
         strict: fail when a requested provider is not active in the sessions.
         variant: an edge variant listed in the manifest (``int8``, ``fp16``, ``ort``, ``int8-ort``, ...);
             None or ``fp32`` loads the fp32 ONNX graphs. A variant brings its own calibration.
@@ -355,14 +407,22 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
                 "the graph was modified or corrupted. Refusing to load it; re-export or re-copy the bundle"
             )
         graphs[fname] = data
+    if decode_workers is not None and (not isinstance(decode_workers, int) or decode_workers < 1):
+        raise ValueError(f"decode_workers must be a positive integer, got {decode_workers!r}")
+    cpu_only = resolve_providers(providers) == ["CPUExecutionProvider"]
+    workers = decode_workers or ((threads or os.cpu_count() or 1) if cpu_only else 1)
     try:
         encoder = create_session(graphs[names[0]], providers, threads=threads, strict=strict, name="encoder")
-        decoder = create_session(graphs[names[1]], providers, threads=threads, strict=strict, name="decoder")
+        sliced = (create_session(graphs[names[0]], providers, threads=1, strict=strict, name="encoder")
+                  if cpu_only and workers > 1 else None)
+        decoder = create_session(graphs[names[1]], providers, threads=1 if cpu_only else threads, strict=strict,
+                                 name="decoder")
     except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
             ort.capi.onnxruntime_pybind11_state.InvalidProtobuf) as exc:
         raise BundleError(f"{path}: onnxruntime cannot load the graphs: {exc}") from exc
-    model = Model(manifest, encoder, decoder, path=path)
+    model = Model(manifest, encoder, decoder, path=path, sliced_encoder=sliced)
     model.variant = variant or "fp32"
+    model.decode_workers = workers
     return model
 
 
