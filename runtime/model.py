@@ -72,7 +72,8 @@ class Model:
     """
 
     def __init__(self, manifest: Manifest, encoder: ort.InferenceSession, decoder: ort.InferenceSession,
-                 path: Path | None = None, *, sliced_encoder: ort.InferenceSession | None = None) -> None:
+                 path: Path | None = None, *, sliced_encoder: ort.InferenceSession | None = None,
+                 sliced_decoder: ort.InferenceSession | None = None) -> None:
         self.manifest = manifest
         self.contract: InputContract = manifest.contract
         self.latent_dim = manifest.latent_dim
@@ -82,6 +83,7 @@ class Model:
         self._encoder = encoder
         self._sliced_encoder = sliced_encoder  # one intra-op thread, for large batches run as concurrent slices
         self._decoder = decoder
+        self._sliced_decoder = sliced_decoder
         self._decoder_outputs = list(manifest.decoder_outputs)
         self._encoder_outputs = list(ENCODER_OUTPUTS)
         self._decode_workers = 1
@@ -90,8 +92,9 @@ class Model:
         for session in (encoder, sliced_encoder) if sliced_encoder is not None else (encoder,):
             _check_graph(session, "encoder", [ENCODER_INPUT], list(ENCODER_OUTPUTS),
                          {ENCODER_INPUT: list(self.contract.shape)}, self.latent_dim)
-        _check_graph(decoder, "decoder", [DECODER_INPUT], self._decoder_outputs,
-                     {DECODER_INPUT: [self.latent_dim]}, self.latent_dim)
+        for session in (decoder, sliced_decoder) if sliced_decoder is not None else (decoder,):
+            _check_graph(session, "decoder", [DECODER_INPUT], self._decoder_outputs,
+                         {DECODER_INPUT: [self.latent_dim]}, self.latent_dim)
 
     @property
     def decode_workers(self) -> int:
@@ -105,7 +108,7 @@ class Model:
         self._decode_workers = workers
 
     def _run_decoder(self, names: list[str], t: F32) -> list[F32]:
-        return self._run(self._decoder, self._decoder, names, DECODER_INPUT, t)
+        return self._run(self._decoder, self._sliced_decoder or self._decoder, names, DECODER_INPUT, t)
 
     def _run(self, whole: ort.InferenceSession, sliced: ort.InferenceSession, names: list[str], feed: str,
              x: F32) -> list[F32]:
@@ -364,10 +367,10 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
         providers: ``"auto"`` (best available), a list of provider names, or a comma-separated string.
         threads: intra-op threads of the encoder session (None: onnxruntime's default, one per core).
         decode_workers: concurrent calls a large batch (>= 64) is split into, each on a one-thread session.
-            None: on the CPU provider ``threads`` (or one per core); elsewhere 1. With more than one, the
-            encoder is loaded twice: with ``threads`` intra-op threads for small batches (lowest latency)
-            and with one for the slices. The decoder always has one intra-op thread on the CPU provider:
-            onnxruntime's ConvTranspose kernel does not use more.
+            None: on the CPU provider ``threads`` (or one per core); elsewhere 1. With more than one, each
+            graph is loaded twice: with ``threads`` intra-op threads for small batches (lowest latency)
+            and with one for the slices (onnxruntime's ConvTranspose kernel uses one thread anyway, and a
+            spinning pool of one graph would compete with the other's slices).
         strict: fail when a requested provider is not active in the sessions.
         variant: an edge variant listed in the manifest (``int8``, ``fp16``, ``ort``, ``int8-ort``, ...);
             None or ``fp32`` loads the fp32 ONNX graphs. A variant brings its own calibration.
@@ -413,14 +416,15 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
     workers = decode_workers or ((threads or os.cpu_count() or 1) if cpu_only else 1)
     try:
         encoder = create_session(graphs[names[0]], providers, threads=threads, strict=strict, name="encoder")
-        sliced = (create_session(graphs[names[0]], providers, threads=1, strict=strict, name="encoder")
-                  if cpu_only and workers > 1 else None)
-        decoder = create_session(graphs[names[1]], providers, threads=1 if cpu_only else threads, strict=strict,
-                                 name="decoder")
+        decoder = create_session(graphs[names[1]], providers, threads=threads, strict=strict, name="decoder")
+        sliced: list[ort.InferenceSession | None] = [None, None]
+        if cpu_only and workers > 1:
+            sliced = [create_session(graphs[n], providers, threads=1, strict=strict, name=role)
+                      for n, role in zip(names, ("encoder", "decoder"))]
     except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
             ort.capi.onnxruntime_pybind11_state.InvalidProtobuf) as exc:
         raise BundleError(f"{path}: onnxruntime cannot load the graphs: {exc}") from exc
-    model = Model(manifest, encoder, decoder, path=path, sliced_encoder=sliced)
+    model = Model(manifest, encoder, decoder, path=path, sliced_encoder=sliced[0], sliced_decoder=sliced[1])
     model.variant = variant or "fp32"
     model.decode_workers = workers
     return model
