@@ -505,7 +505,8 @@ def info(bundle: str, providers: str, as_json: bool) -> None:
     click.echo(f"latent        {m.latent_dim}   likelihood {m.likelihood}   prior N(0, I)")
     click.echo(f"training      {tr.get('data', {}).get('source')} classes={tr.get('data', {}).get('classes')}  "
                f"n_train={tr.get('n_train')}  epochs={tr.get('epochs')}  val -ELBO={tr.get('val_neg_elbo', 0):.2f}")
-    click.echo(f"scoring       default {m.default_method}; elbo K={m.elbo_samples} seed={m.score_seed}")
+    click.echo(f"scoring       default {m.default_method}; elbo K={m.elbo_samples}, iwae K={m.iwae_samples}, "
+               f"smooth_recon sigma={m.smooth_sigma:g} px; seed={m.score_seed}")
     for method, cal in m.calibration.items():
         click.echo(f"  {method:<12} threshold {cal.threshold:10.4f} at FPR {m.calibration_fpr:g} "
                    f"(n={len(cal.scores)})")
