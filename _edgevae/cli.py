@@ -72,10 +72,10 @@ def _runtime_options(func: F) -> F:
     return func
 
 
-def _streaming_threads(paths: Sequence[str], threads: int | None, decode_workers: int) -> int | None:
+def _streaming_threads(paths: Sequence[str], threads: int | None, decode_threads: int) -> int | None:
     """onnxruntime threads when images are decoded beside it: the cores the decode threads leave free.
 
-    Image files decode in ``decode_workers`` threads while onnxruntime runs the previous batch; giving
+    Image files decode in ``decode_threads`` threads while onnxruntime runs the previous batch; giving
     onnxruntime every core as well makes the two fight over them (benchmarks/speed.py measures the split).
     Inputs that are only array or IDX files need no decoding and keep onnxruntime's default.
     """
@@ -85,15 +85,15 @@ def _streaming_threads(paths: Sequence[str], threads: int | None, decode_workers
 
     if all(os.path.isfile(p) and (is_array_path(p) or is_idx_path(p)) for p in paths):
         return None
-    return max(1, (os.cpu_count() or 1) - decode_workers)
+    return max(1, (os.cpu_count() or 1) - decode_threads)
 
 
 def _load(bundle: str, providers: str, threads: int | None, strict: bool, variant: str | None = None,
-          decode_workers: int | None = None) -> Any:
+          slice_workers: int | None = None) -> Any:
     from edgevae.runtime import load
 
     with _errors():
-        return load(bundle, providers, threads=threads, strict=strict, variant=variant, decode_workers=decode_workers)
+        return load(bundle, providers, threads=threads, strict=strict, variant=variant, slice_workers=slice_workers)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -283,7 +283,7 @@ def score(paths: Sequence[str], bundle: str, providers: str, threads: int | None
     if method != "kl" and threads is None:
         # Methods that run the decoder gain from splitting batches over every core even beside the decode
         # thread (about +10 % for smooth_recon on 28x28 PNGs here); kl, encoder only, does not.
-        model.decode_workers = max(model.decode_workers, os.cpu_count() or 1)
+        model.slice_workers = max(model.slice_workers, os.cpu_count() or 1)
     if fpr is not None and not 0.0 < fpr < 1.0:
         raise click.BadParameter(f"must be in (0, 1), got {fpr}", param_hint="--fpr")
     with _errors():

@@ -44,8 +44,8 @@ from .sessions import Providers, create_session, resolve_providers
 F32 = NDArray[np.float32]
 # Largest number of latent codes sent to the decoder in one call by the Monte-Carlo scores.
 DECODE_CHUNK = 4096
-# Smallest slice of latent codes a decoder worker gets (smaller batches run in one call).
-MIN_DECODE_SLICE = 32
+# Smallest slice of a batch a worker gets: batches under twice this run in one call.
+MIN_SLICE = 32
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class Model:
         self._sliced_decoder = sliced_decoder
         self._decoder_outputs = list(manifest.decoder_outputs)
         self._encoder_outputs = list(ENCODER_OUTPUTS)
-        self._decode_workers = 1
+        self._slice_workers = 1
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         for session in (encoder, sliced_encoder) if sliced_encoder is not None else (encoder,):
@@ -97,22 +97,22 @@ class Model:
                          {DECODER_INPUT: [self.latent_dim]}, self.latent_dim)
 
     @property
-    def decode_workers(self) -> int:
+    def slice_workers(self) -> int:
         """Concurrent graph calls a large batch (>= 64 images or codes) is split into (see :func:`load`)."""
-        return self._decode_workers
+        return self._slice_workers
 
-    @decode_workers.setter
-    def decode_workers(self, workers: int) -> None:
+    @slice_workers.setter
+    def slice_workers(self, workers: int) -> None:
         if not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"decode_workers must be a positive integer, got {workers!r}")
-        self._decode_workers = workers
+            raise ValueError(f"slice_workers must be a positive integer, got {workers!r}")
+        self._slice_workers = workers
 
     def _run_decoder(self, names: list[str], t: F32) -> list[F32]:
         return self._run(self._decoder, self._sliced_decoder or self._decoder, names, DECODER_INPUT, t)
 
     def _run(self, whole: ort.InferenceSession, sliced: ort.InferenceSession, names: list[str], feed: str,
              x: F32) -> list[F32]:
-        """Run a graph; a large batch runs as ``decode_workers`` concurrent slices on ``sliced``.
+        """Run a graph; a large batch runs as ``slice_workers`` concurrent slices on ``sliced``.
 
         On the CPU provider, one-thread sessions running slices of a batch side by side use the cores better
         than one call with several intra-op threads: onnxruntime's ConvTranspose kernel uses a single
@@ -120,13 +120,13 @@ class Model:
         is computed exactly as in a single call.
         """
         n = x.shape[0]
-        parts = min(self._decode_workers, n // MIN_DECODE_SLICE)
+        parts = min(self._slice_workers, n // MIN_SLICE)
         if parts <= 1:
             out: list[F32] = whole.run(names, {feed: x})
             return out
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self._decode_workers - 1, thread_name_prefix="edgevae-run")
+                self._pool = ThreadPoolExecutor(max_workers=self._slice_workers - 1, thread_name_prefix="edgevae-run")
         bounds = [n * i // parts for i in range(parts + 1)]
         futures = [self._pool.submit(sliced.run, names, {feed: x[a:b]}) for a, b in zip(bounds[1:-1], bounds[2:])]
         first = sliced.run(names, {feed: x[:bounds[1]]})
@@ -356,7 +356,7 @@ def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
 
 
 def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threads: int | None = None,
-         strict: bool = False, variant: str | None = None, decode_workers: int | None = None) -> Model:
+         strict: bool = False, variant: str | None = None, slice_workers: int | None = None) -> Model:
     """Load a bundle directory, verifying it before any graph runs.
 
     Checks the manifest's format and schema version, the sha256 of each graph, and that the graphs'
@@ -366,7 +366,7 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
         bundle: the bundle directory written by ``edgevae export``.
         providers: ``"auto"`` (best available), a list of provider names, or a comma-separated string.
         threads: intra-op threads of the encoder session (None: onnxruntime's default, one per core).
-        decode_workers: concurrent calls a large batch (>= 64) is split into, each on a one-thread session.
+        slice_workers: concurrent calls a large batch (>= 64) is split into, each on a one-thread session.
             None: on the CPU provider ``threads`` (or one per core); elsewhere 1. With more than one, each
             graph is loaded twice: with ``threads`` intra-op threads for small batches (lowest latency)
             and with one for the slices (onnxruntime's ConvTranspose kernel uses one thread anyway, and a
@@ -410,10 +410,10 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
                 "the graph was modified or corrupted. Refusing to load it; re-export or re-copy the bundle"
             )
         graphs[fname] = data
-    if decode_workers is not None and (not isinstance(decode_workers, int) or decode_workers < 1):
-        raise ValueError(f"decode_workers must be a positive integer, got {decode_workers!r}")
+    if slice_workers is not None and (not isinstance(slice_workers, int) or slice_workers < 1):
+        raise ValueError(f"slice_workers must be a positive integer, got {slice_workers!r}")
     cpu_only = resolve_providers(providers) == ["CPUExecutionProvider"]
-    workers = decode_workers or ((threads or os.cpu_count() or 1) if cpu_only else 1)
+    workers = slice_workers or ((threads or os.cpu_count() or 1) if cpu_only else 1)
     try:
         encoder = create_session(graphs[names[0]], providers, threads=threads, strict=strict, name="encoder")
         decoder = create_session(graphs[names[1]], providers, threads=threads, strict=strict, name="decoder")
@@ -426,7 +426,7 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
         raise BundleError(f"{path}: onnxruntime cannot load the graphs: {exc}") from exc
     model = Model(manifest, encoder, decoder, path=path, sliced_encoder=sliced[0], sliced_decoder=sliced[1])
     model.variant = variant or "fp32"
-    model.decode_workers = workers
+    model.slice_workers = workers
     return model
 
 

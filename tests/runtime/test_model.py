@@ -172,16 +172,16 @@ def test_cli_method_names_match_runtime() -> None:
 
 def test_sliced_batches_equal_single_calls(bundle: Path, test_digits) -> None:  # type: ignore[no-untyped-def]
     """Large batches split over concurrent one-thread sessions give exactly what one call gives."""
-    single = load(bundle, ["CPUExecutionProvider"], decode_workers=1)
-    sliced = load(bundle, ["CPUExecutionProvider"], decode_workers=3)
-    assert single.decode_workers == 1 and sliced.decode_workers == 3
+    single = load(bundle, ["CPUExecutionProvider"], slice_workers=1)
+    sliced = load(bundle, ["CPUExecutionProvider"], slice_workers=3)
+    assert single.slice_workers == 1 and sliced.slice_workers == 3
     x = test_digits[0][:200]  # 200 // 32 >= 3: three slices
     for method in ("kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae"):
         np.testing.assert_array_equal(sliced.raw_scores(x, method), single.raw_scores(x, method))
     np.testing.assert_array_equal(sliced.encode_full(x)[0], single.encode_full(x)[0])
     np.testing.assert_array_equal(sliced.generate(150, seed=3), single.generate(150, seed=3))
     np.testing.assert_array_equal(sliced.reconstruct(x[:33]), single.reconstruct(x[:33]))  # below the slice size
-    with pytest.raises(ValueError, match="decode_workers"):
-        load(bundle, ["CPUExecutionProvider"], decode_workers=0)
-    with pytest.raises(ValueError, match="decode_workers"):
-        sliced.decode_workers = 0
+    with pytest.raises(ValueError, match="slice_workers"):
+        load(bundle, ["CPUExecutionProvider"], slice_workers=0)
+    with pytest.raises(ValueError, match="slice_workers"):
+        sliced.slice_workers = 0
