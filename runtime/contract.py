@@ -11,9 +11,9 @@ Rules (documented in docs/bundle-format.md):
   Arrays must already have the contract's height and width.
 * image files: decoded with Pillow (plain 8-bit PNGs of the contract's mode and size by
   :mod:`edgevae.runtime.png`, bit-identical and faster for small images), converted with
-  ``Image.convert("L")`` (one channel) or ``Image.convert("RGB")`` (three channels; an alpha channel is dropped), then, when the size differs,
-  resized to exactly ``width x height`` with the contract's filter (default bilinear; the aspect ratio is
-  not kept and nothing is cropped), then divided by 255.
+  ``Image.convert("L")`` (one channel) or ``Image.convert("RGB")`` (three channels; an alpha channel is
+  dropped), then, when the size differs, resized to exactly ``width x height`` with the contract's filter
+  (default bilinear; the aspect ratio is not kept and nothing is cropped), then divided by 255.
 """
 
 from __future__ import annotations
