@@ -88,12 +88,11 @@ def _streaming_threads(paths: Sequence[str], threads: int | None, decode_threads
     return max(1, (os.cpu_count() or 1) - decode_threads)
 
 
-def _load(bundle: str, providers: str, threads: int | None, strict: bool, variant: str | None = None,
-          slice_workers: int | None = None) -> Any:
+def _load(bundle: str, providers: str, threads: int | None, strict: bool, variant: str | None = None) -> Any:
     from edgevae.runtime import load
 
     with _errors():
-        return load(bundle, providers, threads=threads, strict=strict, variant=variant, slice_workers=slice_workers)
+        return load(bundle, providers, threads=threads, strict=strict, variant=variant)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -18,6 +18,7 @@ Rules (documented in docs/bundle-format.md):
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
@@ -195,12 +196,16 @@ class InputContract:
         except ImportError as exc:  # pragma: no cover - Pillow is a base dependency
             raise ImageReadError("reading image files needs Pillow: pip install pillow") from exc
         name = os.fspath(path)
+        source: Any = name
         if name[-4:].lower() == ".png":
-            fast = self._read_plain_png(name)
-            if fast is not None:
-                return fast
+            data = _read_small_file(name)
+            if data is not None:  # read once: the plain-PNG reader, else Pillow, works on these bytes
+                fast = decode_png(data, self.channels, (self.height, self.width))
+                if fast is not None:
+                    return fast
+                source = io.BytesIO(data)
         try:
-            with Image.open(name) as img:
+            with Image.open(source) as img:
                 if img.width * img.height > MAX_IMAGE_PIXELS:
                     raise ImageReadError(f"{name}: refused, {img.width}x{img.height} is more than "
                                          f"{MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?)")
@@ -233,16 +238,18 @@ class InputContract:
             arr = np.moveaxis(arr, -1, 0)
         return np.ascontiguousarray(arr)
 
-    def _read_plain_png(self, name: str) -> NDArray[np.uint8] | None:
-        """The fast path for PNGs that already match the contract (mode and size); None: use Pillow."""
-        try:
-            with open(name, "rb") as handle:
-                if os.fstat(handle.fileno()).st_size > _PLAIN_PNG_MAX_BYTES:
-                    return None
-                data = handle.read()
-        except OSError:
-            return None  # Pillow's path words the error
-        return decode_png(data, self.channels, (self.height, self.width))
+
+
+def _read_small_file(name: str) -> bytes | None:
+    """The bytes of a file of at most ``_PLAIN_PNG_MAX_BYTES``; None if larger or unreadable (Pillow's path
+    then opens it and words the error)."""
+    try:
+        with open(name, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size > _PLAIN_PNG_MAX_BYTES:
+                return None
+            return handle.read()
+    except OSError:
+        return None
 
 
 def _to_mode(img: Any, mode: str) -> Any:

@@ -41,6 +41,15 @@ def is_image_path(path: str | os.PathLike[str]) -> bool:
     return os.fspath(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _kind(name: str) -> str:
+    """``image``, ``array`` or ``idx`` by file name; "" for files edgevae does not read."""
+    if is_image_path(name):
+        return "image"
+    if is_array_path(name):
+        return "array"
+    return "idx" if is_idx_path(name) else ""
+
+
 def read_idx(path: str | os.PathLike[str]) -> NDArray[Any]:
     """Read an IDX file (plain or .gz), as MNIST distributes images and labels.
 
@@ -132,12 +141,8 @@ def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> Iterator[_Source]:
                     f"{text}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)}), arrays or IDX files"))
         elif not p.exists():
             yield _Source("error", text, PathError(f"{text}: no such file or folder (or a broken or looping symlink)"))
-        elif is_array_path(text):
-            yield _Source("array", text)
-        elif is_idx_path(text):
-            yield _Source("idx", text)
-        else:
-            yield _Source("image", text)
+        else:  # a file named on the command line is read as an image unless it is an array or IDX file
+            yield _Source(_kind(text) or "image", text)
 
 
 def _walk(root: Path) -> Iterator[_Source]:
@@ -159,7 +164,7 @@ def _walk(root: Path) -> Iterator[_Source]:
         subfolders = []
         for entry in entries:
             name, full = entry.name, entry.path
-            kind = "image" if is_image_path(name) else "array" if is_array_path(name) else "idx" if is_idx_path(name) else ""
+            kind = _kind(name)
             try:
                 is_dir = entry.is_dir()  # follows symlinks; the type comes from the listing for plain entries
             except OSError:

@@ -81,18 +81,19 @@ class Model:
         self.path = path
         self.variant = "fp32"
         self._encoder = encoder
-        self._sliced_encoder = sliced_encoder  # one intra-op thread, for large batches run as concurrent slices
         self._decoder = decoder
-        self._sliced_decoder = sliced_decoder
+        # Sessions that run the slices of large batches: one-thread twins if given, else the sessions themselves.
+        self._encoder_for_slices = sliced_encoder or encoder
+        self._decoder_for_slices = sliced_decoder or decoder
         self._decoder_outputs = list(manifest.decoder_outputs)
         self._encoder_outputs = list(ENCODER_OUTPUTS)
         self._slice_workers = 1
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
-        for session in (encoder, sliced_encoder) if sliced_encoder is not None else (encoder,):
+        for session in {encoder, self._encoder_for_slices}:
             _check_graph(session, "encoder", [ENCODER_INPUT], list(ENCODER_OUTPUTS),
                          {ENCODER_INPUT: list(self.contract.shape)}, self.latent_dim)
-        for session in (decoder, sliced_decoder) if sliced_decoder is not None else (decoder,):
+        for session in {decoder, self._decoder_for_slices}:
             _check_graph(session, "decoder", [DECODER_INPUT], self._decoder_outputs,
                          {DECODER_INPUT: [self.latent_dim]}, self.latent_dim)
 
@@ -108,7 +109,7 @@ class Model:
         self._slice_workers = workers
 
     def _run_decoder(self, names: list[str], t: F32) -> list[F32]:
-        return self._run(self._decoder, self._sliced_decoder or self._decoder, names, DECODER_INPUT, t)
+        return self._run(self._decoder, self._decoder_for_slices, names, DECODER_INPUT, t)
 
     def _run(self, whole: ort.InferenceSession, sliced: ort.InferenceSession, names: list[str], feed: str,
              x: F32) -> list[F32]:
@@ -156,8 +157,7 @@ class Model:
         return self._encode(self.prepare(x))
 
     def _encode(self, xb: F32) -> tuple[F32, F32, F32]:
-        sliced = self._sliced_encoder or self._encoder
-        mu, logvar, kl = self._run(self._encoder, sliced, self._encoder_outputs, ENCODER_INPUT, xb)
+        mu, logvar, kl = self._run(self._encoder, self._encoder_for_slices, self._encoder_outputs, ENCODER_INPUT, xb)
         return mu, logvar, kl
 
     def encode(self, x: NDArray[Any]) -> tuple[F32, F32]:
@@ -418,7 +418,7 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
         encoder = create_session(graphs[names[0]], providers, threads=threads, strict=strict, name="encoder")
         decoder = create_session(graphs[names[1]], providers, threads=threads, strict=strict, name="decoder")
         sliced: list[ort.InferenceSession | None] = [None, None]
-        if cpu_only and workers > 1:
+        if cpu_only and workers > 1 and threads != 1:  # with threads=1 the sessions are one-thread already
             sliced = [create_session(graphs[n], providers, threads=1, strict=strict, name=role)
                       for n, role in zip(names, ("encoder", "decoder"))]
     except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
