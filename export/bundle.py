@@ -39,7 +39,7 @@ from edgevae.runtime.manifest import (
     dumps,
 )
 from edgevae.runtime.model import Model, load, sha256_hex
-from edgevae.runtime.scores import SCORE_METHODS, SMOOTH_SIGMA, prior_noise, threshold_at_fpr
+from edgevae.runtime.scores import SCORE_METHODS, SMOOTH_SIGMA, fit_tail, prior_noise, threshold_at_fpr
 from edgevae.runtime.sessions import create_session
 from edgevae.training.loop import Checkpoint, held_out_images, load_checkpoint
 from edgevae.training.model import VAE
@@ -395,7 +395,8 @@ def export_bundle(
 
 
 def calibrate(model: Model, images: np.ndarray, fpr: float) -> dict[str, Any]:
-    """Per method: threshold at ``fpr`` and the sorted held-out scores (at most MAX_CALIBRATION_SCORES quantiles)."""
+    """Per method: threshold at ``fpr``, the sorted held-out scores (at most MAX_CALIBRATION_SCORES quantiles)
+    and, with enough images, a generalised Pareto model of their upper tail (``scores.fit_tail``)."""
     calibration = {}
     for method in SCORE_METHODS:
         scores = np.concatenate([model.raw_scores(images[i:i + 256], method)
@@ -405,8 +406,11 @@ def calibrate(model: Model, images: np.ndarray, fpr: float) -> dict[str, Any]:
         kept = np.sort(scores)
         if kept.size > MAX_CALIBRATION_SCORES:
             kept = np.quantile(kept, np.linspace(0, 1, MAX_CALIBRATION_SCORES))
-        calibration[method] = {"threshold": threshold_at_fpr(scores, fpr),
+        tail = fit_tail(scores)
+        calibration[method] = {"threshold": threshold_at_fpr(scores, fpr, tail),
                                "scores": [float(np.float32(s)) for s in kept]}
+        if tail is not None:
+            calibration[method]["tail"] = tail.to_dict()
     return calibration
 
 

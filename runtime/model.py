@@ -297,7 +297,7 @@ class Model:
         return ScoreResult(
             method=method,
             scores=scores,
-            p_values=p_values(scores, np.asarray(cal.scores, dtype=np.float64)),
+            p_values=p_values(scores, np.asarray(cal.scores, dtype=np.float64), cal.tail),
             is_outlier=scores > thr,
             threshold=thr,
         )
@@ -310,7 +310,7 @@ class Model:
         cal = self.manifest.calibration[method]
         if fpr is None or fpr == self.manifest.calibration_fpr:
             return cal.threshold
-        return threshold_at_fpr(cal.scores, fpr)
+        return threshold_at_fpr(cal.scores, fpr, cal.tail)
 
 
 def _check_graph(session: ort.InferenceSession, name: str, inputs: list[str], outputs: list[str],

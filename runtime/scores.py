@@ -134,22 +134,130 @@ def prior_noise(samples: int, latent_dim: int, seed: int) -> F32:
     return noise
 
 
-def threshold_at_fpr(calibration_scores: Sequence[float] | F32, fpr: float) -> float:
-    """Smallest stored score with at most ``fpr`` of the calibration scores strictly above it."""
+@dataclass(frozen=True)
+class TailFit:
+    """Generalised Pareto model of the upper tail of calibration scores (peaks over a threshold).
+
+    Above ``start`` the survival function is ``fraction * (1 + shape * (s - start) / scale) ** (-1 / shape)``
+    (``fraction * exp(-(s - start) / scale)`` when ``shape`` is 0). By the Pickands-Balkema-de Haan theorem
+    excesses over a high threshold are close to this family for most score distributions, so the tail can be
+    read between and beyond the few calibration scores that lie in it.
+
+    Attributes:
+        start: the score where the modelled tail begins (the (k+1)-th largest calibration score).
+        fraction: share of calibration scores above ``start`` (k / n).
+        shape: the tail's shape xi (> 0 heavy, 0 exponential, < 0 bounded at start - scale / shape).
+        scale: the tail's scale sigma (> 0).
+    """
+
+    start: float
+    fraction: float
+    shape: float
+    scale: float
+
+    def __post_init__(self) -> None:
+        if not all(math.isfinite(v) for v in (self.start, self.fraction, self.shape, self.scale)):
+            raise ValueError("tail parameters must be finite")
+        if not 0.0 < self.fraction < 1.0:
+            raise ValueError(f"tail fraction must be in (0, 1), got {self.fraction}")
+        if self.scale <= 0.0:
+            raise ValueError(f"tail scale must be positive, got {self.scale}")
+
+    def survival(self, scores: NDArray[np.float64]) -> NDArray[np.float64]:
+        """P(score > s) under the model, for scores at or above ``start`` (0 past a bounded tail's end)."""
+        z = np.maximum(np.asarray(scores, dtype=np.float64) - self.start, 0.0) / self.scale
+        if abs(self.shape) < 1e-9:
+            out: NDArray[np.float64] = self.fraction * np.exp(-z)
+            return out
+        base = np.maximum(1.0 + self.shape * z, 0.0)
+        with np.errstate(divide="ignore"):
+            out = self.fraction * np.power(base, -1.0 / self.shape)
+        return np.where(base > 0.0, out, 0.0)
+
+    def quantile(self, fpr: float) -> float:
+        """The score exceeded with probability ``fpr`` (which must be below ``fraction``)."""
+        if not 0.0 < fpr < self.fraction:
+            raise ValueError(f"the tail model covers false-positive rates below {self.fraction:g}, got {fpr!r}")
+        ratio = self.fraction / fpr
+        if abs(self.shape) < 1e-9:
+            return self.start + self.scale * math.log(ratio)
+        return self.start + self.scale / self.shape * (ratio ** self.shape - 1.0)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TailFit":
+        return cls(start=float(data["start"]), fraction=float(data["fraction"]), shape=float(data["shape"]),
+                   scale=float(data["scale"]))
+
+    def to_dict(self) -> dict[str, float]:
+        return {"start": self.start, "fraction": self.fraction, "shape": self.shape, "scale": self.scale}
+
+
+# Share of the calibration scores the tail model is fitted to, and the fewest scores it is fitted to.
+TAIL_FRACTION = 0.2
+MIN_TAIL_SCORES = 20
+
+
+def fit_tail(calibration_scores: Sequence[float] | NDArray[np.floating[Any]],
+             fraction: float = TAIL_FRACTION) -> TailFit | None:
+    """Fit a generalised Pareto tail to the top ``fraction`` of the scores; None when that is not possible.
+
+    Uses the probability-weighted-moment estimator of Hosking & Wallis (1987, Technometrics 29(3)), which is
+    closed-form and steadier than maximum likelihood for the 20-100 excesses a calibration split gives.
+    Returns None with fewer than ``MIN_TAIL_SCORES`` scores in the tail, or when the excesses are degenerate
+    (all equal, or outside the estimator's range); callers then use the empirical quantile.
+    """
+    s = np.sort(np.asarray(calibration_scores, dtype=np.float64))
+    n = s.size
+    k = int(round(n * fraction))
+    if k < MIN_TAIL_SCORES or k >= n or not np.isfinite(s).all():
+        return None
+    start = float(s[n - k - 1])
+    excess = s[n - k:] - start
+    a0 = float(excess.mean())
+    a1 = float(np.mean(excess * (k - 1 - np.arange(k)) / (k - 1)))
+    denom = a0 - 2.0 * a1
+    if a0 <= 0.0 or denom <= 0.0:
+        return None
+    shape = 2.0 - a0 / denom
+    scale = 2.0 * a0 * a1 / denom
+    if scale <= 0.0 or not math.isfinite(shape) or not -1.0 < shape < 1.0:
+        return None
+    if shape < 0.0 and excess[-1] >= -scale / shape:
+        return None  # a bounded fit that ends below the largest score contradicts the data it was fitted to
+    return TailFit(start=start, fraction=k / n, shape=shape, scale=scale)
+
+
+def threshold_at_fpr(calibration_scores: Sequence[float] | F32, fpr: float, tail: TailFit | None = None) -> float:
+    """Score threshold at which a share ``fpr`` of normal images is expected above it.
+
+    With a ``tail`` model and ``fpr`` below its fraction, the threshold is the model's quantile; otherwise it
+    is the smallest calibration score with at most ``fpr`` of the calibration scores strictly above it.
+    """
     if not 0.0 < fpr < 1.0:
         raise ValueError(f"fpr must be strictly between 0 and 1, got {fpr!r}")
+    if tail is not None and fpr < tail.fraction:
+        return tail.quantile(fpr)
     scores = np.sort(np.asarray(calibration_scores, dtype=np.float64))
     if scores.size == 0:
         raise ValueError("calibration has no scores")
     return float(np.quantile(scores, 1.0 - fpr, method="higher"))
 
 
-def p_values(scores: F32, calibration_scores: F32) -> NDArray[np.float64]:
-    """Empirical p-values: (1 + #{calibration >= s}) / (n + 1); small means unusual for normal data."""
+def p_values(scores: F32, calibration_scores: F32, tail: TailFit | None = None) -> NDArray[np.float64]:
+    """p-values: the share of normal images expected to score at least as high; small means unusual.
+
+    Below the tail model's start (or without one) they are empirical, (1 + #{calibration >= s}) / (n + 1);
+    above it they are the model's survival function, so they keep falling past the largest calibration score
+    and agree with ``threshold_at_fpr``: p < fpr exactly when the score is above the threshold.
+    """
     cal = np.sort(np.asarray(calibration_scores, dtype=np.float64))
     n = cal.size
-    at_least = n - np.searchsorted(cal, np.asarray(scores, dtype=np.float64), side="left")
+    s = np.asarray(scores, dtype=np.float64)
+    at_least = n - np.searchsorted(cal, s, side="left")
     out: NDArray[np.float64] = np.asarray((1.0 + at_least) / (n + 1.0), dtype=np.float64)
+    if tail is not None:
+        above = s > tail.start
+        out = np.where(above, tail.survival(np.where(above, s, tail.start)), out)
     return out
 
 
@@ -159,6 +267,7 @@ class MethodCalibration:
 
     threshold: float
     scores: tuple[float, ...]
+    tail: TailFit | None = None
 
     def __post_init__(self) -> None:
         if len(self.scores) < 2:
@@ -170,10 +279,15 @@ class MethodCalibration:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "MethodCalibration":
-        return cls(threshold=float(data["threshold"]), scores=tuple(float(s) for s in data["scores"]))
+        tail = data.get("tail")
+        return cls(threshold=float(data["threshold"]), scores=tuple(float(s) for s in data["scores"]),
+                   tail=TailFit.from_dict(tail) if tail is not None else None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "scores": list(self.scores)}
+        out: dict[str, Any] = {"threshold": self.threshold, "scores": list(self.scores)}
+        if self.tail is not None:
+            out["tail"] = self.tail.to_dict()
+        return out
 
 
 @dataclass(frozen=True)
@@ -183,7 +297,7 @@ class ScoreResult:
     Attributes:
         method: the score method.
         scores: (N,) float32 scores.
-        p_values: (N,) empirical p-values against the calibration set.
+        p_values: (N,) p-values against the calibration set (see ``p_values``).
         is_outlier: (N,) bool, ``scores > threshold``.
         threshold: the threshold used.
     """

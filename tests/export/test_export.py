@@ -183,3 +183,28 @@ def test_smooth_sigma_is_stored_calibrated_and_used(tiny_run: Path, test_digits,
     assert not np.allclose(got, smoothed_relative_reconstruction_error(x, wide.reconstruct(x), 1.0), rtol=1e-3)
     with pytest.raises(ValueError, match="smooth_sigma"):
         ExportConfig(smooth_sigma=0.0)
+
+
+def test_calibration_with_enough_images_stores_a_tail_model_that_the_runtime_uses(  # type: ignore[no-untyped-def]
+        tiny_run: Path, bundle: Path, test_digits, tmp_path: Path) -> None:
+    from edgevae.runtime import TailFit, fit_tail, threshold_at_fpr
+
+    images, labels = test_digits
+    normal = images[labels <= 1]  # 200 held-out images of the run's classes: 40 in each tail fit
+    m = export_bundle(tiny_run, tmp_path / "b", ExportConfig(elbo_samples=2, iwae_samples=4),
+                      calibration_images=normal)
+    raw = json.loads((tmp_path / "b" / "edgevae.json").read_text())
+    for method in ("kl", "recon", "smooth_recon"):
+        cal = m.manifest.calibration[method]
+        scores = m.raw_scores(m.prepare(normal), method)
+        tail = fit_tail(scores.astype(np.float64))
+        assert tail is not None and cal.tail is not None
+        assert TailFit.from_dict(raw["calibration"]["methods"][method]["tail"]) == cal.tail
+        assert cal.tail.scale == pytest.approx(tail.scale, rel=1e-5)
+        assert cal.threshold == pytest.approx(cal.tail.quantile(0.01)) == pytest.approx(threshold_at_fpr(scores, 0.01, tail))
+        assert m.threshold(method, 0.002) > cal.threshold  # other rates come from the same tail model
+        result = m.score(normal, method)
+        np.testing.assert_array_equal(result.p_values < 0.01, result.is_outlier)
+    # The tiny run's own 80-image validation split is too small for a tail fit: empirical quantile, no "tail".
+    small = json.loads((bundle / "edgevae.json").read_text())["calibration"]
+    assert small["n"] == 80 and not any("tail" in c for c in small["methods"].values())

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from edgevae.runtime import kl_divergence, log_likelihood, p_values, threshold_at_fpr
+from edgevae.runtime import TailFit, fit_tail, kl_divergence, log_likelihood, p_values, threshold_at_fpr
 
 pytestmark = pytest.mark.runtime
 
@@ -72,6 +72,68 @@ def test_thresholds_monotone_and_p_values_in_unit_interval(cal: np.ndarray, a: f
     assert threshold_at_fpr(cal, lo) >= threshold_at_fpr(cal, hi)
     p = p_values(cal.astype(np.float32), cal)
     assert ((p > 0) & (p <= 1)).all()
+    tail = fit_tail(cal)
+    assert threshold_at_fpr(cal, lo, tail) >= threshold_at_fpr(cal, hi, tail)
+    probe = np.sort(np.concatenate([cal, cal + 1.0, [cal.max() * 2 + 1]]))
+    p = p_values(probe, cal, tail)
+    assert ((p >= 0) & (p <= 1)).all()
+    assert (np.diff(p) <= 1e-12).all(), "p-values must not rise with the score"
+
+
+def _gpd_sample(rng: np.random.Generator, n: int, shape: float, scale: float) -> np.ndarray:
+    """Draws from a generalised Pareto distribution by inverting its survival function."""
+    u = rng.uniform(size=n)
+    return scale / shape * (u ** -shape - 1.0) if shape != 0 else -scale * np.log(u)
+
+
+@pytest.mark.parametrize("shape", [-0.2, 0.0, 0.25])
+def test_fit_tail_recovers_a_known_generalised_pareto_tail(shape: float) -> None:
+    rng = np.random.default_rng(0)
+    cal = _gpd_sample(rng, 20_000, shape, 1.0)
+    tail = fit_tail(cal)
+    assert tail is not None and tail.fraction == pytest.approx(0.2)
+    # Excesses of a GPD over any level are GPD with the same shape (scale grows by shape * level).
+    assert tail.shape == pytest.approx(shape, abs=0.06)
+    assert tail.scale == pytest.approx(1.0 + shape * tail.start, rel=0.06)
+    true_q = (0.01 ** -shape - 1.0) / shape if shape != 0 else -np.log(0.01)
+    assert threshold_at_fpr(cal, 0.01, tail) == pytest.approx(true_q, rel=0.05)
+
+
+def test_tail_threshold_holds_its_rate_on_fresh_samples_better_than_the_empirical_quantile() -> None:
+    """Thresholds from 400 lognormal scores: the tail model's false-positive rates scatter less."""
+    rng = np.random.default_rng(0)
+    fresh = rng.lognormal(0.0, 0.6, 200_000)
+    rates = {"empirical": [], "tail": []}
+    for _ in range(300):
+        cal = rng.lognormal(0.0, 0.6, 400)
+        rates["empirical"].append(np.mean(fresh > threshold_at_fpr(cal, 0.01)))
+        rates["tail"].append(np.mean(fresh > threshold_at_fpr(cal, 0.01, fit_tail(cal))))
+    emp, tail = np.array(rates["empirical"]), np.array(rates["tail"])
+    assert 0.007 < tail.mean() < 0.014
+    assert tail.std() < emp.std()
+    in_range = lambda r: np.mean((r >= 0.005) & (r <= 0.02))  # noqa: E731
+    assert in_range(tail) > in_range(emp)
+
+
+def test_tail_p_values_agree_with_the_tail_threshold() -> None:
+    rng = np.random.default_rng(2)
+    cal = rng.gamma(2.0, 1.0, 500)
+    tail = fit_tail(cal)
+    assert tail is not None
+    thr = threshold_at_fpr(cal, 0.01, tail)
+    probe = np.linspace(0, 3 * cal.max(), 2001)
+    p = p_values(probe, cal, tail)
+    np.testing.assert_array_equal(p < 0.01, probe > thr + 1e-9 * thr)
+    assert p_values(np.array([thr]), cal, tail)[0] == pytest.approx(0.01)
+    assert p[-1] < 1 / (cal.size + 1), "p-values keep falling past the largest calibration score"
+
+
+def test_fit_tail_declines_small_or_degenerate_samples() -> None:
+    assert fit_tail(np.arange(50.0)) is None  # 10 tail scores, fewer than MIN_TAIL_SCORES
+    assert fit_tail(np.ones(1000)) is None
+    assert fit_tail(np.r_[np.zeros(700), np.ones(300)]) is None  # the top fifth is all one value
+    with pytest.raises(ValueError, match="below"):
+        TailFit(start=0.0, fraction=0.2, shape=0.1, scale=1.0).quantile(0.5)
 
 
 def test_smoothed_reconstruction_error_matches_its_definition() -> None:
