@@ -181,7 +181,7 @@ class TailFit:
         ratio = self.fraction / fpr
         if abs(self.shape) < 1e-9:
             return self.start + self.scale * math.log(ratio)
-        return self.start + self.scale / self.shape * (ratio ** self.shape - 1.0)
+        return self.start + self.scale / self.shape * (math.pow(ratio, self.shape) - 1.0)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TailFit":
