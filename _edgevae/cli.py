@@ -127,15 +127,15 @@ def main() -> None:
 @click.option("--val-fraction", type=float, default=0.1, show_default=True)
 @click.option("--beta", type=float, default=1.0, show_default=True, help="KL weight after warm-up.")
 @click.option("--kl-warmup", type=click.IntRange(min=0), default=0, show_default=True, help="KL warm-up epochs.")
-@click.option("--augment-shift", type=click.FloatRange(0, 8), default=1.0, show_default=True,
-              help="Random translation of training images, in pixels (0: off).")
+@click.option("--augment-shift", type=click.IntRange(0, 8), default=1, show_default=True,
+              help="Random translation of training images by whole pixels, up to this many (0: off).")
 @click.option("--augment-rotate", type=click.FloatRange(0, 45), default=0.0, show_default=True,
               help="Random rotation of training images, in degrees.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt.")
 def train(source: str, classes: str | None, labels: str | None, run_dir: str, epochs: int, batch_size: int, lr: float,
           latent_dim: int, widths: str, hidden: int, likelihood: str, channels: str | None, size: str | None,
-          val_fraction: float, beta: float, kl_warmup: int, augment_shift: float, augment_rotate: float, seed: int,
+          val_fraction: float, beta: float, kl_warmup: int, augment_shift: int, augment_rotate: float, seed: int,
           resume: bool) -> None:
     """Train a VAE on normal images; keeps the best checkpoint by validation ELBO."""
     _need_training("train")

@@ -57,7 +57,7 @@ def recipes(smoke: bool) -> dict[str, Any]:
     if smoke:
         return {
             "one_class_model": ModelConfig(latent_dim=4, widths=(8, 16), hidden=32),
-            "one_class_train": TrainConfig(epochs=3, batch_size=64, val_fraction=0.25, augment_shift=0.0),
+            "one_class_train": TrainConfig(epochs=3, batch_size=64, val_fraction=0.25, augment_shift=0),
             "all_model": ModelConfig(latent_dim=4, widths=(8, 16), hidden=32),
             "all_train": TrainConfig(epochs=1, batch_size=128),
             "export": ExportConfig(elbo_samples=4, iwae_samples=16),
@@ -66,7 +66,7 @@ def recipes(smoke: bool) -> dict[str, Any]:
     return {
         "one_class_model": ModelConfig(),
         # a quarter of each digit's 400 images held out: 100 calibration images, enough for a 1 % threshold
-        "one_class_train": TrainConfig(epochs=150, batch_size=64, val_fraction=0.25, augment_shift=0.0),
+        "one_class_train": TrainConfig(epochs=150, batch_size=64, val_fraction=0.25, augment_shift=0),
         "all_model": ModelConfig(),
         "all_train": TrainConfig(),
         "export": ExportConfig(),

@@ -32,18 +32,18 @@ def recipes(smoke: bool) -> dict[str, tuple[Any, Any]]:
 
     if smoke:
         tiny = ModelConfig(latent_dim=4, widths=(8, 16), hidden=32)
-        return {"tiny": (tiny, TrainConfig(epochs=1, augment_shift=0.0)),
-                "tiny, shift 1 px": (tiny, TrainConfig(epochs=1, augment_shift=1.0))}
+        return {"tiny": (tiny, TrainConfig(epochs=1, augment_shift=0)),
+                "tiny, shift 1 px": (tiny, TrainConfig(epochs=1, augment_shift=1))}
     base = ModelConfig()
     return {
-        "30 epochs, batch 128 (previous default)": (base, TrainConfig(epochs=30, batch_size=128, augment_shift=0.0)),
-        "60 epochs, batch 64": (base, TrainConfig(epochs=60, batch_size=64, augment_shift=0.0)),
-        "60 epochs, batch 64, shift 1 px": (base, TrainConfig(epochs=60, batch_size=64, augment_shift=1.0)),
-        "150 epochs, batch 64, shift 1 px (default)": (base, TrainConfig(epochs=150, batch_size=64, augment_shift=1.0)),
+        "30 epochs, batch 128 (previous default)": (base, TrainConfig(epochs=30, batch_size=128, augment_shift=0)),
+        "60 epochs, batch 64": (base, TrainConfig(epochs=60, batch_size=64, augment_shift=0)),
+        "60 epochs, batch 64, shift 1 px": (base, TrainConfig(epochs=60, batch_size=64, augment_shift=1)),
+        "150 epochs, batch 64, shift 1 px (default)": (base, TrainConfig(epochs=150, batch_size=64, augment_shift=1)),
         "latent 32, hidden 512, 60 epochs, batch 64, shift 1 px": (
-            ModelConfig(latent_dim=32, hidden=512), TrainConfig(epochs=60, batch_size=64, augment_shift=1.0)),
+            ModelConfig(latent_dim=32, hidden=512), TrainConfig(epochs=60, batch_size=64, augment_shift=1)),
         "widths 64,128, hidden 512, 100 epochs, batch 64, shift 1 px": (
-            ModelConfig(widths=(64, 128), hidden=512), TrainConfig(epochs=100, batch_size=64, augment_shift=1.0)),
+            ModelConfig(widths=(64, 128), hidden=512), TrainConfig(epochs=100, batch_size=64, augment_shift=1)),
     }
 
 

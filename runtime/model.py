@@ -8,7 +8,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -113,26 +113,34 @@ class Model:
 
     def _run(self, whole: ort.InferenceSession, sliced: ort.InferenceSession, names: list[str], feed: str,
              x: F32) -> list[F32]:
-        """Run a graph; a large batch runs as ``slice_workers`` concurrent slices on ``sliced``.
+        """Run a graph; a large batch runs as ``slice_workers`` concurrent slices on ``sliced``."""
+        return self._map_slices(lambda part, in_slice: (sliced if in_slice else whole).run(names, {feed: part}), x)
+
+    def _map_slices(self, work: Callable[[F32, bool], list[F32]], x: F32) -> list[F32]:
+        """``work(x, False)``, or for a large batch ``work(slice, True)`` on concurrent slices, concatenated.
 
         On the CPU provider, one-thread sessions running slices of a batch side by side use the cores better
         than one call with several intra-op threads: onnxruntime's ConvTranspose kernel uses a single
-        thread, and a session's spinning thread pool would compete with the other graph's calls. Every row
-        is computed exactly as in a single call.
+        thread, and a session's spinning thread pool would compete with the other graph's calls. ``work``
+        computes every row as it would in a single call, so results do not depend on the slicing.
         """
         n = x.shape[0]
         parts = min(self._slice_workers, n // MIN_SLICE)
         if parts <= 1:
-            out: list[F32] = whole.run(names, {feed: x})
-            return out
+            return work(x, False)
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self._slice_workers - 1, thread_name_prefix="edgevae-run")
         bounds = [n * i // parts for i in range(parts + 1)]
-        futures = [self._pool.submit(sliced.run, names, {feed: x[a:b]}) for a, b in zip(bounds[1:-1], bounds[2:])]
-        first = sliced.run(names, {feed: x[:bounds[1]]})
+        futures = [self._pool.submit(work, x[a:b], True) for a, b in zip(bounds[1:-1], bounds[2:])]
+        first = work(x[:bounds[1]], True)
         rest = [f.result() for f in futures]
-        return [np.concatenate([first[i]] + [r[i] for r in rest]) for i in range(len(names))]
+        return [np.concatenate([first[i]] + [r[i] for r in rest]) for i in range(len(first))]
+
+    def _encoder_decoder(self, in_slice: bool) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+        if in_slice:
+            return self._encoder_for_slices, self._decoder_for_slices
+        return self._encoder, self._decoder
 
     # --------------------------------------------------------------- introspection
     @property
@@ -222,34 +230,45 @@ class Model:
         if samples is not None and (not isinstance(samples, int) or samples < 1):
             raise ValueError(f"samples must be a positive integer, got {samples!r}")
         xb = self.prepare(x)
+        eps = None
+        if method in ("elbo", "iwae"):
+            default_k = self.manifest.elbo_samples if method == "elbo" else self.manifest.iwae_samples
+            eps = prior_noise(samples or default_k, self.latent_dim, self.manifest.score_seed)
+        if method in ("recon", "rel_recon", "smooth_recon") or (method == "elbo" and eps is not None
+                                                                  and eps.shape[0] == 1):
+            # Per image one encoder and one decoder pass: each slice of a large batch runs both graphs and
+            # the score math in one worker, so no stage waits for the slowest slice of the one before and
+            # the numpy part runs on every core as well.
+            return self._map_slices(lambda part, in_slice: [self._one_pass_score(part, method, eps, in_slice)],
+                                    xb)[0]
         mu, logvar, kl = self._encode(xb)
-        if method == "kl":
+        if method == "kl" or eps is None:
             return kl
-        if method in ("recon", "rel_recon", "smooth_recon"):
-            mean = self._run_decoder(self._decoder_outputs[:1], mu)[0]  # mu: our encoder's output
-            if method == "recon":
-                return reconstruction_error(xb, mean)
-            if method == "rel_recon":
-                return relative_reconstruction_error(xb, mean)
-            return smoothed_relative_reconstruction_error(xb, mean, self.manifest.smooth_sigma)
-        default_k = self.manifest.elbo_samples if method == "elbo" else self.manifest.iwae_samples
-        eps = prior_noise(samples or default_k, self.latent_dim, self.manifest.score_seed)
         if method == "elbo":
-            return self._negative_elbo(xb, mu, logvar, kl, eps)
+            ll, _ = self._monte_carlo(xb, mu, logvar, eps, importance=False)
+            # the mean over the K samples, as add.reduce + divide (what ndarray.mean does, without its overhead)
+            mean_ll = np.add.reduce(ll, axis=0, dtype=np.float32) / np.float32(ll.shape[0])
+            out: F32 = np.subtract(kl, mean_ll, dtype=np.float32)
+            return out
         ll, log_w_prior = self._monte_carlo(xb, mu, logvar, eps, importance=True)  # (K, N) each
         return (-logmeanexp(ll + log_w_prior, axis=0)).astype(np.float32)
 
-    def _negative_elbo(self, xb: F32, mu: F32, logvar: F32, kl: F32, eps: F32) -> F32:
-        if eps.shape[0] == 1:  # one sample (the cheapest Monte-Carlo score on a device): no sample axis
+    def _one_pass_score(self, xb: F32, method: str, eps: F32 | None, in_slice: bool) -> F32:
+        """Scores that decode one code per image: the reconstruction errors and the one-sample ELBO."""
+        encoder, decoder = self._encoder_decoder(in_slice)
+        if method == "elbo" and eps is not None:  # no sample axis: the cheapest Monte-Carlo score on a device
+            mu, logvar, kl = encoder.run(self._encoder_outputs, {ENCODER_INPUT: xb})
             t = mu + np.exp(np.float32(0.5) * logvar) * eps[0]
-            mean, param = self._run_decoder(self._decoder_outputs, t)
-            single: F32 = np.subtract(kl, log_likelihood(xb, self.likelihood, mean, param), dtype=np.float32)
-            return single
-        ll, _ = self._monte_carlo(xb, mu, logvar, eps, importance=False)
-        # the mean over the K samples, as add.reduce + divide (what ndarray.mean does, without its overhead)
-        mean_ll = np.add.reduce(ll, axis=0, dtype=np.float32) / np.float32(ll.shape[0])
-        out: F32 = np.subtract(kl, mean_ll, dtype=np.float32)
-        return out
+            mean, param = decoder.run(self._decoder_outputs, {DECODER_INPUT: t})
+            elbo: F32 = np.subtract(kl, log_likelihood(xb, self.likelihood, mean, param), dtype=np.float32)
+            return elbo
+        mu = encoder.run(self._encoder_outputs[:1], {ENCODER_INPUT: xb})[0]
+        mean = decoder.run(self._decoder_outputs[:1], {DECODER_INPUT: mu})[0]
+        if method == "recon":
+            return reconstruction_error(xb, mean)
+        if method == "rel_recon":
+            return relative_reconstruction_error(xb, mean)
+        return smoothed_relative_reconstruction_error(xb, mean, self.manifest.smooth_sigma)
 
     def _monte_carlo(self, xb: F32, mu: F32, logvar: F32, eps: F32, importance: bool = True) -> tuple[F32, F32]:
         """For t_k = mu + std * eps_k: log p(x|t_k) and (if ``importance``) log p(t_k) - log q(t_k|x), (K, N) each.

@@ -24,6 +24,8 @@ class ModelConfig:
         latent_dim: size D of the latent code t.
         widths: channels of the stride-2 convolution stages (each halves the image, rounding up).
         hidden: width of the fully connected layer between the convolutions and the latent code.
+        refine: channels of an extra 3x3 convolution at full resolution that forms the decoder's output
+            (0: none; the last transposed convolution then outputs the image directly).
         likelihood: ``bernoulli`` (pixels in [0, 1]), ``gaussian`` (unit variance) or ``gaussian_learned``
             (one learned variance for all pixels).
     """
@@ -35,6 +37,7 @@ class ModelConfig:
     widths: tuple[int, ...] = (32, 64)
     hidden: int = 256
     likelihood: str = "bernoulli"
+    refine: int = 0
 
     def __post_init__(self) -> None:
         InputContract(self.channels, self.height, self.width)  # validates channels and size
@@ -45,6 +48,8 @@ class ModelConfig:
             raise ValueError(f"widths must be 1 to 6 positive channel counts, got {self.widths}")
         if self.hidden < 1:
             raise ValueError(f"hidden must be >= 1, got {self.hidden}")
+        if self.refine < 0:
+            raise ValueError(f"refine must be >= 0 channels, got {self.refine}")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {self.likelihood!r}")
 
@@ -107,15 +112,17 @@ class Decoder(nn.Module):
             nn.Linear(cfg.hidden, cfg.widths[-1] * sizes[-1][0] * sizes[-1][1]), nn.SiLU(),
         )
         layers: list[nn.Module] = []
-        outs = list(reversed(cfg.widths[:-1])) + [cfg.channels]
+        outs = list(reversed(cfg.widths[:-1])) + [cfg.refine or cfg.channels]
         c_in = cfg.widths[-1]
         for stage, c_out in enumerate(outs):
             (h_in, w_in), (h_out, w_out) = sizes[-1 - stage], sizes[-2 - stage]
             pad = (h_out - (2 * h_in - 1), w_out - (2 * w_in - 1))  # output_padding that restores the size
             layers.append(nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad))
-            if stage < len(outs) - 1:
+            if stage < len(outs) - 1 or cfg.refine:
                 layers.append(nn.SiLU())
             c_in = c_out
+        if cfg.refine:
+            layers.append(nn.Conv2d(cfg.refine, cfg.channels, 3, padding=1))
         self.deconv = nn.Sequential(*layers)
         self.likelihood = cfg.likelihood
         # Gaussian log-variance: learned for gaussian_learned, fixed at 0 (unit variance) for gaussian.

@@ -178,6 +178,7 @@ def test_sliced_batches_equal_single_calls(bundle: Path, test_digits) -> None:  
     x = test_digits[0][:200]  # 200 // 32 >= 3: three slices
     for method in ("kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae"):
         np.testing.assert_array_equal(sliced.raw_scores(x, method), single.raw_scores(x, method))
+    np.testing.assert_array_equal(sliced.raw_scores(x, "elbo", samples=1), single.raw_scores(x, "elbo", samples=1))
     np.testing.assert_array_equal(sliced.encode_full(x)[0], single.encode_full(x)[0])
     np.testing.assert_array_equal(sliced.generate(150, seed=3), single.generate(150, seed=3))
     np.testing.assert_array_equal(sliced.reconstruct(x[:33]), single.reconstruct(x[:33]))  # below the slice size

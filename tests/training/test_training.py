@@ -151,3 +151,30 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "x.pt")
     with pytest.raises(ValueError, match="--resume"):
         train(DataSpec(), tmp_path / "empty", resume=True)
+
+
+def test_shift_augmentation_moves_whole_pixels_without_changing_values() -> None:
+    from edgevae.training.loop import augment
+
+    x = torch.rand(64, 3, 9, 11)
+    out = augment(x, 2, 0.0, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    seen = set()
+    for img, src in zip(out, x):
+        padded = torch.nn.functional.pad(src, (2, 2, 2, 2))
+        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if torch.equal(img, padded[:, 2 - dy:2 - dy + 9, 2 - dx:2 - dx + 11])]
+        assert len(matches) == 1, "each image is its source moved by whole pixels, zero filled"
+        seen.add(matches[0])
+    assert len(seen) > 10  # the offsets vary over the batch
+    again = augment(x, 2, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    assert torch.equal(augment(x, 0, 0.0, torch.Generator()), x)
+    rotated = augment(x, 0, 10.0, torch.Generator().manual_seed(1))
+    assert rotated.shape == x.shape and not torch.equal(rotated, x)
+
+
+def test_shift_must_be_whole_pixels() -> None:
+    assert TrainConfig(augment_shift=2.0).augment_shift == 2  # stored configs written as floats still load
+    with pytest.raises(ValueError, match="whole number of pixels"):
+        TrainConfig(augment_shift=1.5)
