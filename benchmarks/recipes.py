@@ -36,14 +36,15 @@ def recipes(smoke: bool) -> dict[str, tuple[Any, Any]]:
                 "tiny, shift 1 px": (tiny, TrainConfig(epochs=1, augment_shift=1))}
     base = ModelConfig()
     return {
-        "30 epochs, batch 128 (previous default)": (base, TrainConfig(epochs=30, batch_size=128, augment_shift=0)),
+        "30 epochs, batch 128 (first default)": (base, TrainConfig(epochs=30, batch_size=128, augment_shift=0)),
         "60 epochs, batch 64": (base, TrainConfig(epochs=60, batch_size=64, augment_shift=0)),
         "60 epochs, batch 64, shift 1 px": (base, TrainConfig(epochs=60, batch_size=64, augment_shift=1)),
         "150 epochs, batch 64, shift 1 px (default)": (base, TrainConfig(epochs=150, batch_size=64, augment_shift=1)),
+        "150 epochs, batch 64, shift 2 px": (base, TrainConfig(epochs=150, batch_size=64, augment_shift=2)),
         "latent 32, hidden 512, 60 epochs, batch 64, shift 1 px": (
             ModelConfig(latent_dim=32, hidden=512), TrainConfig(epochs=60, batch_size=64, augment_shift=1)),
-        "widths 64,128, hidden 512, 100 epochs, batch 64, shift 1 px": (
-            ModelConfig(widths=(64, 128), hidden=512), TrainConfig(epochs=100, batch_size=64, augment_shift=1)),
+        "refine 32 (full-resolution decoder conv), 150 epochs, batch 64, shift 1 px": (
+            ModelConfig(refine=32), TrainConfig(epochs=150, batch_size=64, augment_shift=1)),
     }
 
 
