@@ -213,6 +213,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           ("encoder.onnx", "decoder.onnx") if v == "fp32" else
                           (m.manifest.variants[v]["encoder"], m.manifest.variants[v]["decoder"])))}
         report["variants"] = var
+
+        # the same with ReLU between layers: ReLU folds into int8 convolutions, SiLU becomes QLinearSigmoid + Mul
+        relu_cfg = ModelConfig(activation="relu")
+        train(DataSpec(), work / "run_relu", relu_cfg, TrainConfig(epochs=1 if args.smoke else 3))
+        export_bundle(work / "run_relu", work / "bundle_relu", ExportConfig(elbo_samples=1, iwae_samples=8,
+                                                                            variants=("int8",)))
+        var_relu = {}
+        for v in ("fp32", "int8"):
+            m = load(work / "bundle_relu", ["CPUExecutionProvider"], variant=v)
+            m1 = load(work / "bundle_relu", ["CPUExecutionProvider"], variant=v, threads=1)
+            var_relu[v] = {"encoder_batch256_per_s": throughput(timed(lambda: m.kl(x256), reps256), 256),
+                           "encoder_batch256_per_s_1thread": throughput(timed(lambda: m1.kl(x256), reps256), 256)}
+            if v != "fp32":
+                var_relu[v]["check_auroc"] = m.manifest.variants[v]["check_auroc"]
+        report["variants_relu"] = var_relu
         report["int8_formats"] = int8_formats(work / "bundle" / "encoder.onnx", x256, reps256)
 
         # FLOPs and fraction of peak
@@ -338,6 +353,17 @@ def markdown(r: dict[str, Any]) -> str:
     lines += [f"| {k} | {v['encoder_batch256_per_s']:.0f} | {v['encoder_batch256_per_s'] / v32['encoder_batch256_per_s']:.2f} | "
               f"{v[one]:.0f} | {v[one] / v32[one]:.2f} | "
               f"{v['bytes'] / 1e6:.2f} | {v['bytes'] / v32['bytes']:.2f} |" for k, v in r["variants"].items()]
+    vr = r.get("variants_relu")
+    if vr:
+        lines += ["", "The same default architecture with ReLU instead of SiLU between layers (`--activation relu`; "
+                  "trained the same way), whose activations fold into the int8 convolutions:", "",
+                  f"| variant | img/s, {r['threads']} threads | vs fp32 | img/s, 1 thread | vs fp32 |", "|---|---|---|---|---|"]
+        r32 = vr["fp32"]
+        lines += [f"| {k} (ReLU) | {v['encoder_batch256_per_s']:.0f} | "
+                  f"{v['encoder_batch256_per_s'] / r32['encoder_batch256_per_s']:.2f} | {v[one]:.0f} | "
+                  f"{v[one] / r32[one]:.2f} |" for k, v in vr.items()]
+        lines += ["", f"ReLU fp32 against SiLU fp32: {r32['encoder_batch256_per_s'] / v32['encoder_batch256_per_s']:.2f}x "
+                  f"({r['threads']} threads), {r32[one] / v32[one]:.2f}x (1 thread)."]
     q = r.get("int8_formats")
     if q:
         cols = list(q["fp32"])

@@ -13,6 +13,9 @@ from edgevae.runtime.scores import LIKELIHOODS
 
 from .objectives import kl_divergence
 
+# Activation between layers, by ModelConfig.activation.
+ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU}
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -26,6 +29,8 @@ class ModelConfig:
         hidden: width of the fully connected layer between the convolutions and the latent code.
         refine: channels of an extra 3x3 convolution at full resolution that forms the decoder's output
             (0: none; the last transposed convolution then outputs the image directly).
+        activation: ``silu`` or ``relu`` between layers. ReLU folds into int8 convolutions, so an int8
+            variant of a ReLU model runs faster (benchmarks/speed.py); SiLU trains a little better.
         likelihood: ``bernoulli`` (pixels in [0, 1]), ``gaussian`` (unit variance) or ``gaussian_learned``
             (one learned variance for all pixels).
     """
@@ -38,6 +43,7 @@ class ModelConfig:
     hidden: int = 256
     likelihood: str = "bernoulli"
     refine: int = 0
+    activation: str = "silu"
 
     def __post_init__(self) -> None:
         InputContract(self.channels, self.height, self.width)  # validates channels and size
@@ -50,6 +56,8 @@ class ModelConfig:
             raise ValueError(f"hidden must be >= 1, got {self.hidden}")
         if self.refine < 0:
             raise ValueError(f"refine must be >= 0 channels, got {self.refine}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {self.likelihood!r}")
 
@@ -83,11 +91,11 @@ class Encoder(nn.Module):
         layers: list[nn.Module] = []
         c_in = cfg.channels
         for c_out in cfg.widths:
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.SiLU()]
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), ACTIVATIONS[cfg.activation]()]
             c_in = c_out
         self.features = nn.Sequential(*layers)
         h, w = cfg.feature_sizes()[-1]
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c_in * h * w, cfg.hidden), nn.SiLU())
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c_in * h * w, cfg.hidden), ACTIVATIONS[cfg.activation]())
         self.head = nn.Linear(cfg.hidden, 2 * cfg.latent_dim)
         self.latent_dim = cfg.latent_dim
 
@@ -108,8 +116,8 @@ class Decoder(nn.Module):
         sizes = cfg.feature_sizes()
         self.start = (cfg.widths[-1],) + sizes[-1]
         self.fc = nn.Sequential(
-            nn.Linear(cfg.latent_dim, cfg.hidden), nn.SiLU(),
-            nn.Linear(cfg.hidden, cfg.widths[-1] * sizes[-1][0] * sizes[-1][1]), nn.SiLU(),
+            nn.Linear(cfg.latent_dim, cfg.hidden), ACTIVATIONS[cfg.activation](),
+            nn.Linear(cfg.hidden, cfg.widths[-1] * sizes[-1][0] * sizes[-1][1]), ACTIVATIONS[cfg.activation](),
         )
         layers: list[nn.Module] = []
         outs = list(reversed(cfg.widths[:-1])) + [cfg.refine or cfg.channels]
@@ -119,7 +127,7 @@ class Decoder(nn.Module):
             pad = (h_out - (2 * h_in - 1), w_out - (2 * w_in - 1))  # output_padding that restores the size
             layers.append(nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad))
             if stage < len(outs) - 1 or cfg.refine:
-                layers.append(nn.SiLU())
+                layers.append(ACTIVATIONS[cfg.activation]())
             c_in = c_out
         if cfg.refine:
             layers.append(nn.Conv2d(cfg.refine, cfg.channels, 3, padding=1))

@@ -110,16 +110,16 @@ def test_existing_target_needs_force(tiny_run: Path, bundle: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "channels, size, likelihood, refine",
-    [(3, 32, "gaussian_learned", 0), (1, 64, "gaussian", 0), (3, 30, "gaussian", 5)],
+    "channels, size, likelihood, refine, activation",
+    [(3, 32, "gaussian_learned", 0, "silu"), (1, 64, "gaussian", 0, "silu"), (3, 30, "gaussian", 5, "relu")],
 )
 def test_other_shapes_and_likelihoods_export(tmp_path: Path, channels: int, size: int, likelihood: str,
-                                             refine: int) -> None:
+                                             refine: int, activation: str) -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (60, size, size, channels), dtype=np.uint8)
     np.save(tmp_path / "data.npy", images)
     cfg = ModelConfig(channels=channels, height=size, width=size, latent_dim=3, widths=(4, 8, 8), hidden=16,
-                      likelihood=likelihood, refine=refine)
+                      likelihood=likelihood, refine=refine, activation=activation)
     train(DataSpec(source=str(tmp_path / "data.npy")), tmp_path / "run", cfg, TrainConfig(epochs=1, val_fraction=0.25))
     m = export_bundle(tmp_path / "run", tmp_path / "bundle", ExportConfig(elbo_samples=2))
     assert max(m.manifest.raw["parity"]["max_abs_diff"].values()) <= 1e-4

@@ -32,6 +32,14 @@ def test_model_shapes(channels: int, h: int, w: int) -> None:
     assert mean.shape == logits.shape == x.shape
 
 
+def test_activation_is_configurable() -> None:
+    relu = VAE(ModelConfig(latent_dim=3, widths=(4, 8), hidden=16, activation="relu"))
+    assert any(isinstance(layer, torch.nn.ReLU) for layer in relu.modules())
+    assert not any(isinstance(layer, torch.nn.SiLU) for layer in relu.modules())
+    with pytest.raises(ValueError, match="activation"):
+        ModelConfig(activation="tanh")
+
+
 def test_model_config_validates() -> None:
     with pytest.raises(ValueError, match="likelihood must be one of"):
         ModelConfig(likelihood="poisson")
