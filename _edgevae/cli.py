@@ -277,7 +277,7 @@ def score(paths: Sequence[str], bundle: str, providers: str, threads: int | None
           batch_size: int, strict_size: bool, workers: int, fail_on_outlier: bool) -> None:
     """Score images as outliers: PATHS are image files, folders, globs, .npy/.npz arrays or IDX files.
 
-    Prints one row per input: score (higher = more anomalous), empirical p-value against the bundle's
+    Prints one row per input: score (higher = more anomalous), p-value against the bundle's
     calibration, and the outlier flag.
     """
     from edgevae.runtime.inputs import iter_batches
