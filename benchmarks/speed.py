@@ -42,21 +42,6 @@ def timed(fn: Callable[[], Any], repeat: int, warmup: int = 3) -> list[float]:
     return out
 
 
-def timed_interleaved(fns: dict[str, Callable[[], Any]], repeat: int, warmup: int = 3) -> dict[str, list[float]]:
-    """Like ``timed`` for several functions, alternating them call by call so that a burst of load on a shared
-    machine hits all of them alike instead of whichever happened to run at the time."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    out: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            out[name].append(time.perf_counter() - t)
-    return out
-
-
 def latency(samples: list[float]) -> dict[str, float]:
     s = np.asarray(samples) * 1e6
     return {"p50_us": float(np.percentile(s, 50)), "p99_us": float(np.percentile(s, 99))}
@@ -219,13 +204,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         # encoder variants at batch 256
         var = {}
-        loaded = {v: (load(work / "bundle", ["CPUExecutionProvider"], variant=v),
-                      load(work / "bundle", ["CPUExecutionProvider"], variant=v, threads=1)) for v in ("fp32",) + variants}
-        times = timed_interleaved({f"{v}/{i}": (lambda m=m: m.kl(x256)) for v, ms in loaded.items()
-                                   for i, m in enumerate(ms)}, 2 * reps256)
-        for v, (m, _) in loaded.items():
-            var[v] = {"encoder_batch256_per_s": throughput(times[f"{v}/0"], 256),
-                      "encoder_batch256_per_s_1thread": throughput(times[f"{v}/1"], 256),
+        for v in ("fp32",) + variants:
+            m = load(work / "bundle", ["CPUExecutionProvider"], variant=v)
+            m1 = load(work / "bundle", ["CPUExecutionProvider"], variant=v, threads=1)
+            var[v] = {"encoder_batch256_per_s": throughput(timed(lambda: m.kl(x256), reps256), 256),
+                      "encoder_batch256_per_s_1thread": throughput(timed(lambda: m1.kl(x256), reps256), 256),
                       "bytes": sum(m.manifest.files[f]["bytes"] for f in (
                           ("encoder.onnx", "decoder.onnx") if v == "fp32" else
                           (m.manifest.variants[v]["encoder"], m.manifest.variants[v]["decoder"])))}
@@ -237,13 +220,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         export_bundle(work / "run_relu", work / "bundle_relu", ExportConfig(elbo_samples=1, iwae_samples=8,
                                                                             variants=("int8",)))
         var_relu = {}
-        loaded = {v: (load(work / "bundle_relu", ["CPUExecutionProvider"], variant=v),
-                      load(work / "bundle_relu", ["CPUExecutionProvider"], variant=v, threads=1)) for v in ("fp32", "int8")}
-        times = timed_interleaved({f"{v}/{i}": (lambda m=m: m.kl(x256)) for v, ms in loaded.items()
-                                   for i, m in enumerate(ms)}, 2 * reps256)
-        for v, (m, _) in loaded.items():
-            var_relu[v] = {"encoder_batch256_per_s": throughput(times[f"{v}/0"], 256),
-                           "encoder_batch256_per_s_1thread": throughput(times[f"{v}/1"], 256)}
+        for v in ("fp32", "int8"):
+            m = load(work / "bundle_relu", ["CPUExecutionProvider"], variant=v)
+            m1 = load(work / "bundle_relu", ["CPUExecutionProvider"], variant=v, threads=1)
+            var_relu[v] = {"encoder_batch256_per_s": throughput(timed(lambda: m.kl(x256), reps256), 256),
+                           "encoder_batch256_per_s_1thread": throughput(timed(lambda: m1.kl(x256), reps256), 256)}
             if v != "fp32":
                 var_relu[v]["check_auroc"] = m.manifest.variants[v]["check_auroc"]
         report["variants_relu"] = var_relu
@@ -364,7 +345,7 @@ def markdown(r: dict[str, Any]) -> str:
               f"achieves {fl['achieved_gflops_batch256']:.1f} GFLOP/s = {fl['fraction_of_peak'] * 100:.1f} % of the nominal "
               f"FP32 peak {fl['peak_gflops']:.0f} GFLOP/s ({fl['peak_rule']}).", "",
               "Edge variants (encoder `kl` path, batch 256; with all cores and with one onnxruntime thread, as "
-              "`edgevae score` runs it beside its decode thread; calls of all variants alternate, medians):", "",
+              "`edgevae score` runs it beside its decode thread):", "",
               f"| variant | img/s, {r['threads']} threads | vs fp32 | img/s, 1 thread | vs fp32 | bundle graphs (MB) | vs fp32 |",
               "|---|---|---|---|---|---|---|"]
     v32 = r["variants"]["fp32"]
