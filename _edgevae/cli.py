@@ -350,7 +350,8 @@ class _ResultWriter:
             self.out.write(json.dumps({"item": name, "method": self.method, "score": s, "p_value": p,
                                        "outlier": flag}) + "\n")
         else:
-            self.out.write(f"{s:14.4f}  {p:8.4f}  {'OUTLIER' if flag else '-':<7}  {name}\n")
+            # p-values above the calibration's tail can be far below 1e-4: show them with 3 significant digits
+            self.out.write(f"{s:14.4f}  {p:8.3g}  {'OUTLIER' if flag else '-':<7}  {name}\n")
 
     def error(self, name: str, message: str) -> None:
         if self.fmt == "csv":
@@ -512,8 +513,10 @@ def info(bundle: str, providers: str, as_json: bool) -> None:
     click.echo(f"scoring       default {m.default_method}; elbo K={m.elbo_samples}, iwae K={m.iwae_samples}, "
                f"smooth_recon sigma={m.smooth_sigma:g} px; seed={m.score_seed}")
     for method, cal in m.calibration.items():
+        tail = (f", tail shape {cal.tail.shape:+.2f} over the top {cal.tail.fraction:.0%}" if cal.tail is not None
+                else ", empirical quantile")
         click.echo(f"  {method:<12} threshold {cal.threshold:10.4f} at FPR {m.calibration_fpr:g} "
-                   f"(n={len(cal.scores)})")
+                   f"(n={len(cal.scores)}{tail})")
     for name, gi in model.graph_info().items():
         click.echo(f"{name + '.onnx':<13} {m.files[name + '.onnx']['bytes'] / 1e6:.2f} MB")
         for arg, shape, typ in gi.inputs:
