@@ -242,7 +242,7 @@ class Model:
             return self._map_slices(lambda part, in_slice: [self._one_pass_score(part, method, eps, in_slice)],
                                     xb)[0]
         mu, logvar, kl = self._encode(xb)
-        if method == "kl" or eps is None:
+        if eps is None:  # kl, which the encoder graph computes
             return kl
         if method == "elbo":
             ll, _ = self._monte_carlo(xb, mu, logvar, eps, importance=False)
