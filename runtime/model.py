@@ -316,7 +316,7 @@ class Model:
         return ScoreResult(
             method=method,
             scores=scores,
-            p_values=p_values(scores, np.asarray(cal.scores, dtype=np.float64), cal.tail),
+            p_values=p_values(scores, cal.sorted_scores, cal.tail),
             is_outlier=scores > thr,
             threshold=thr,
         )
@@ -329,7 +329,7 @@ class Model:
         cal = self.manifest.calibration[method]
         if fpr is None or fpr == self.manifest.calibration_fpr:
             return cal.threshold
-        return threshold_at_fpr(cal.scores, fpr, cal.tail)
+        return threshold_at_fpr(cal.sorted_scores, fpr, cal.tail)
 
 
 def _check_graph(session: ort.InferenceSession, name: str, inputs: list[str], outputs: list[str],

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -229,7 +229,8 @@ def fit_tail(calibration_scores: Sequence[float] | NDArray[np.floating[Any]],
     return TailFit(start=start, fraction=k / n, shape=shape, scale=scale)
 
 
-def threshold_at_fpr(calibration_scores: Sequence[float] | F32, fpr: float, tail: TailFit | None = None) -> float:
+def threshold_at_fpr(calibration_scores: Sequence[float] | NDArray[np.floating[Any]], fpr: float,
+                     tail: TailFit | None = None) -> float:
     """Score threshold at which a share ``fpr`` of normal images is expected above it.
 
     With a ``tail`` model and ``fpr`` below its fraction, the threshold is the model's quantile; otherwise it
@@ -239,27 +240,29 @@ def threshold_at_fpr(calibration_scores: Sequence[float] | F32, fpr: float, tail
         raise ValueError(f"fpr must be strictly between 0 and 1, got {fpr!r}")
     if tail is not None and fpr < tail.fraction:
         return tail.quantile(fpr)
-    scores = np.sort(np.asarray(calibration_scores, dtype=np.float64))
+    scores = np.asarray(calibration_scores, dtype=np.float64)  # np.quantile needs no sorted input
     if scores.size == 0:
         raise ValueError("calibration has no scores")
     return float(np.quantile(scores, 1.0 - fpr, method="higher"))
 
 
-def p_values(scores: F32, calibration_scores: F32, tail: TailFit | None = None) -> NDArray[np.float64]:
+def p_values(scores: NDArray[np.floating[Any]], calibration_scores: NDArray[np.floating[Any]],
+             tail: TailFit | None = None) -> NDArray[np.float64]:
     """p-values: the share of normal images expected to score at least as high; small means unusual.
 
     Below the tail model's start (or without one) they are empirical, (1 + #{calibration >= s}) / (n + 1);
     above it they are the model's survival function, so they keep falling past the largest calibration score
     and agree with ``threshold_at_fpr``: p < fpr exactly when the score is above the threshold.
     """
-    cal = np.sort(np.asarray(calibration_scores, dtype=np.float64))
+    cal = np.asarray(calibration_scores, dtype=np.float64)
+    if cal.size > 1 and (cal[1:] < cal[:-1]).any():
+        cal = np.sort(cal)
     n = cal.size
     s = np.asarray(scores, dtype=np.float64)
     at_least = n - np.searchsorted(cal, s, side="left")
     out: NDArray[np.float64] = np.asarray((1.0 + at_least) / (n + 1.0), dtype=np.float64)
     if tail is not None:
-        above = s > tail.start
-        out = np.where(above, tail.survival(np.where(above, s, tail.start)), out)
+        out = np.where(s > tail.start, tail.survival(s), out)
     return out
 
 
@@ -270,6 +273,8 @@ class MethodCalibration:
     threshold: float
     scores: tuple[float, ...]
     tail: TailFit | None = None
+    # the scores as a sorted float64 array, made once: every scored batch needs them for its p-values
+    sorted_scores: NDArray[np.float64] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.scores) < 2:
@@ -278,6 +283,9 @@ class MethodCalibration:
             raise ValueError("calibration scores must be finite")
         if not math.isfinite(self.threshold):
             raise ValueError(f"calibration threshold must be finite, got {self.threshold!r}")
+        ordered = np.sort(np.asarray(self.scores, dtype=np.float64))
+        ordered.flags.writeable = False
+        object.__setattr__(self, "sorted_scores", ordered)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "MethodCalibration":
