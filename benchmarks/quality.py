@@ -125,7 +125,7 @@ def calibration_report(model: Model, normal_scores: dict[str, np.ndarray]) -> di
     for m, s in normal_scores.items():
         cal = model.manifest.calibration[m]
         thr = cal.threshold
-        pv = p_values(s.astype(np.float32), np.asarray(cal.scores), cal.tail)
+        pv = p_values(s.astype(np.float32), cal.sorted_scores, cal.tail)
         out[m] = {"threshold": thr, "fpr_at_threshold": float(np.mean(s > thr)), "n": int(s.size),
                   "p_value_min": float(pv.min()), "p_value_max": float(pv.max()),
                   "p_value_ks_uniform": float(stats.kstest(pv, "uniform").statistic)}
