@@ -28,6 +28,8 @@ CHECK_IMAGES = 200
 CHECK_SAMPLES = 32
 # Smallest Spearman rank correlation between a variant's scores and fp32's on held-out images.
 MIN_RANK_CORRELATION = 0.9
+# Elementwise operators that form the activation after the input convolution, kept in float with it in int8.
+FIRST_LAYER_ACTIVATIONS = ("Relu", "Sigmoid", "Mul")
 
 
 class _Reader:
@@ -40,8 +42,43 @@ class _Reader:
         return next(self._it, None)
 
 
+def input_conv_nodes(proto: onnx.ModelProto, input_name: str) -> list[str]:
+    """Names of the convolutions that read the graph input directly and of the activations that follow them.
+
+    An activation is the chain of elementwise nodes (``Relu``; SiLU exports as ``Sigmoid`` + ``Mul``) fed only
+    by the convolution's output or by each other. Empty when no convolution reads the input (a decoder).
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    picked: list[str] = []
+    for conv in consumers.get(input_name, []):
+        if conv.op_type != "Conv":
+            continue
+        picked.append(conv.name)
+        inside = set(conv.output)  # tensors computed by the first layer so far
+        grew = True
+        while grew:
+            grew = False
+            for tensor in list(inside):
+                for node in consumers.get(tensor, []):
+                    if (node.op_type in FIRST_LAYER_ACTIVATIONS and node.name not in picked
+                            and all(i in inside for i in node.input)):
+                        picked.append(node.name)
+                        inside.update(node.output)
+                        grew = True
+    return picked
+
+
 def quantize_int8(proto: onnx.ModelProto, input_name: str, batches: list[np.ndarray]) -> onnx.ModelProto:
-    """Static QDQ int8 quantization (per-channel int8 weights, uint8 activations) calibrated on ``batches``."""
+    """Static QDQ int8 quantization (per-channel int8 weights, uint8 activations) calibrated on ``batches``.
+
+    The convolution that reads the image, and its activation, stay in float32 (:func:`input_conv_nodes`):
+    with one input channel it does 9 multiply-adds per output value, too few for onnxruntime's int8
+    convolution to pay for its layout changes. Quantizing it made the default encoder slower, not faster
+    (benchmarks/speed.py, the int8 layouts table).
+    """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -52,8 +89,10 @@ def quantize_int8(proto: onnx.ModelProto, input_name: str, batches: list[np.ndar
         src, pre, out = (os.path.join(tmp, n) for n in ("src.onnx", "pre.onnx", "int8.onnx"))
         onnx.save(proto, src)
         quant_pre_process(src, pre, skip_symbolic_shape=True)
+        keep_float = input_conv_nodes(onnx.load(pre), input_name)
         quantize_static(pre, out, Reader(input_name, batches), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        nodes_to_exclude=keep_float)
         return onnx.load(out)
 
 

@@ -36,6 +36,28 @@ def test_manifest_lists_every_variant_with_checksums(variant_bundle: Path) -> No
     assert int8 < 0.6 * fp32  # tiny models keep more fixed overhead than the default one (0.28x)
 
 
+def test_int8_keeps_the_input_convolution_in_float(variant_bundle: Path) -> None:
+    import onnx
+
+    from edgevae.export.variants import input_conv_nodes
+
+    fp32 = onnx.load(str(variant_bundle / "encoder.onnx"))
+    keep = input_conv_nodes(fp32, fp32.graph.input[0].name)
+    ops = {n.name: n.op_type for n in fp32.graph.node}
+    # the image convolution and its SiLU (Sigmoid + Mul), nothing after the second convolution
+    assert [ops[k] for k in keep] == ["Conv", "Sigmoid", "Mul"]
+    int8 = onnx.load(str(variant_bundle / "encoder.int8.onnx"))
+    by_name = {n.name: n for n in int8.graph.node}
+    first = by_name[keep[0]]
+    assert first.op_type == "Conv" and first.input[0] == fp32.graph.input[0].name  # reads the float image itself
+    quantized_weights = {n.output[0] for n in int8.graph.node if n.op_type == "DequantizeLinear"}
+    assert first.input[1] not in quantized_weights
+    other_convs = [n for n in int8.graph.node if n.op_type == "Conv" and n.name != first.name]
+    assert other_convs and all(n.input[1] in quantized_weights for n in other_convs)
+    decoder = onnx.load(str(variant_bundle / "decoder.onnx"))
+    assert input_conv_nodes(decoder, decoder.graph.input[0].name) == []
+
+
 @pytest.mark.parametrize("variant, tolerance", [("fp16", 2e-2), ("ort", 1e-5), ("int8", 0.5), ("int8-ort", 0.5)])
 def test_variants_agree_with_fp32(variant_bundle: Path, test_digits, variant: str, tolerance: float) -> None:  # type: ignore[no-untyped-def]
     fp32 = load(variant_bundle)
