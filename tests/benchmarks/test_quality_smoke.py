@@ -22,8 +22,13 @@ def test_quality_benchmark_smoke(tmp_path: Path, benchmark_script) -> None:  # t
         assert set(row["baselines"]) == {"isolation_forest", "one_class_svm"}
         for metrics in list(row["methods"].values()) + list(row["baselines"].values()):
             assert 0.0 <= metrics["auroc"] <= 1.0 and 0.0 <= metrics["fpr_at_95tpr"] <= 1.0
+        assert set(row["int8_auroc"]) == set(row["methods"])
+    assert set(report["int8_auroc"]) == {"kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae"}
+    for m, v in report["int8_auroc"].items():  # the change is int8's AUROC minus fp32's, per digit
+        changes = [r["int8_auroc"][m] - r["methods"][m]["auroc"] for r in report["one_class"]]
+        assert v["mean_change"] == pytest.approx(sum(changes) / len(changes)) and v["largest_change"] in changes
     assert "rendered_letters" in report["all_digits"]["ood"]
     text = out_md.read_text()
-    assert "kept text" in text and "| **mean** |" in text
+    assert "kept text" in text and "| **mean** |" in text and "| int8 mean AUROC |" in text
     module.main(["--smoke", "--no-all-digits", "--no-baselines", "--json", str(out_json), "--markdown", str(out_md)])
     assert out_md.read_text().count("<!-- quality:start -->") == 1
