@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 	$(BIN)/python -m mypy
 
-# Ten one-class models + baselines + the all-digit model; writes docs/benchmarks.md (about 14 min here).
+# Ten one-class models + baselines + the all-digit model; writes docs/benchmarks.md (about 16 min here).
 bench-quality: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[train,dev,bench]"
 	$(BIN)/python benchmarks/quality.py

@@ -202,8 +202,9 @@ def markdown(report: dict[str, Any]) -> str:
               "the goal. It does so by explaining local pixel structure, which outlier digits share with normal "
               "ones: the likelihood stops separating them (Nalisnick et al. 2019 describe the same effect for "
               "deep generative models in general). With a large receptive field and no constraint the latent "
-              "code is dropped altogether (KL near 0: posterior collapse), which also empties `kl`, "
-              "`encode` and generation from the prior."]
+              "code carries almost nothing for normal images (KL near 0: posterior collapse), so `encode` and "
+              "generation from the prior lose their meaning; `kl` still separates some outliers, since nothing "
+              "pulls their posteriors to the prior."]
     return "\n".join(lines) + "\n"
 
 
