@@ -100,3 +100,29 @@ def test_cli_variant_option(variant_bundle: Path, sample_folder: Path) -> None:
     assert len(r.stdout.splitlines()) == 16
     r = CliRunner().invoke(main, ["info", str(variant_bundle)])
     assert "int8-ort" in r.output
+
+
+def test_input_conv_nodes_on_hand_built_graphs() -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgevae.export.variants import input_conv_nodes
+
+    def graph(nodes: list[onnx.NodeProto]) -> onnx.ModelProto:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        return helper.make_model(helper.make_graph(nodes, "g", [x], [y]))
+
+    relu = graph([helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+                  helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+                  helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2"),
+                  helper.make_node("Relu", ["c2"], ["y"], name="relu2")])
+    assert input_conv_nodes(relu, "x") == ["conv1", "relu1"]
+    silu = graph([helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+                  helper.make_node("Sigmoid", ["c1"], ["s1"], name="sig1"),
+                  helper.make_node("Mul", ["c1", "s1"], ["m1"], name="silu1"),
+                  helper.make_node("Mul", ["m1", "scale"], ["y"], name="scaled")])  # reads a weight: not the activation
+    assert input_conv_nodes(silu, "x") == ["conv1", "sig1", "silu1"]
+    no_conv = graph([helper.make_node("Mul", ["x", "scale"], ["m"], name="pre"),
+                     helper.make_node("Conv", ["m", "w1"], ["y"], name="conv1")])
+    assert input_conv_nodes(no_conv, "x") == []
