@@ -126,6 +126,8 @@ def main() -> None:
               show_default=True)
 @click.option("--activation", type=click.Choice(["silu", "relu"]), default="silu", show_default=True,
               help="Between layers; relu folds into int8 convolutions (faster --quantize int8 variants).")
+@click.option("--encoder-activation", type=click.Choice(["silu", "relu"]), default=None,
+              help="The encoder's activation if it should differ (relu: faster int8 encoder, SiLU decoder).")
 @click.option("--channels", type=click.Choice(["1", "3"]), default=None, help="Image channels (default: from the data).")
 @click.option("--size", default=None, help="Image size HxW or N (default: from the data; image files are resized).")
 @click.option("--val-fraction", type=float, default=0.1, show_default=True)
@@ -139,6 +141,7 @@ def main() -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt.")
 def train(source: str, classes: str | None, labels: str | None, run_dir: str, epochs: int, batch_size: int, lr: float,
           latent_dim: int, widths: str, hidden: int, refine: int, likelihood: str, activation: str,
+          encoder_activation: str | None,
           channels: str | None, size: str | None, val_fraction: float, beta: float, kl_warmup: int,
           augment_shift: int, augment_rotate: float, seed: int, resume: bool) -> None:
     """Train a VAE on normal images; keeps the best checkpoint by validation ELBO."""
@@ -158,7 +161,7 @@ def train(source: str, classes: str | None, labels: str | None, run_dir: str, ep
         contract = infer_contract(spec, int(channels) if channels else None, hw)
         model_cfg = ModelConfig(channels=contract.channels, height=contract.height, width=contract.width,
                                 latent_dim=latent_dim, widths=width_list, hidden=hidden, refine=refine,
-                                likelihood=likelihood, activation=activation)
+                                likelihood=likelihood, activation=activation, encoder_activation=encoder_activation)
         train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed,
                                 beta=beta, kl_warmup_epochs=kl_warmup, augment_shift=augment_shift,
                                 augment_rotate=augment_rotate)

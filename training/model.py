@@ -13,7 +13,7 @@ from edgevae.runtime.scores import LIKELIHOODS
 
 from .objectives import kl_divergence
 
-# Activation between layers, by ModelConfig.activation.
+# Activation between layers, by ModelConfig.activation (and encoder_activation).
 ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU}
 
 
@@ -30,7 +30,11 @@ class ModelConfig:
         refine: channels of an extra 3x3 convolution at full resolution that forms the decoder's output
             (0: none; the last transposed convolution then outputs the image directly).
         activation: ``silu`` or ``relu`` between layers. ReLU folds into int8 convolutions, so an int8
-            variant of a ReLU model runs faster (benchmarks/speed.py); SiLU trains a little better.
+            variant of a ReLU model runs faster (benchmarks/speed.py); SiLU trains better (4.6 nats of
+            held-out ELBO on the embedded digits, docs/benchmarks.md).
+        encoder_activation: the encoder's activation when it should differ from ``activation`` (None: the
+            same). ``relu`` here with a SiLU decoder gives the int8 encoder the ReLU model's speed for 1.4 nats
+            of ELBO instead of 4.6 (development runs, docs/benchmarks.md).
         likelihood: ``bernoulli`` (pixels in [0, 1]), ``gaussian`` (unit variance) or ``gaussian_learned``
             (one learned variance for all pixels).
     """
@@ -44,6 +48,7 @@ class ModelConfig:
     likelihood: str = "bernoulli"
     refine: int = 0
     activation: str = "silu"
+    encoder_activation: str | None = None
 
     def __post_init__(self) -> None:
         InputContract(self.channels, self.height, self.width)  # validates channels and size
@@ -58,6 +63,9 @@ class ModelConfig:
             raise ValueError(f"refine must be >= 0 channels, got {self.refine}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.encoder_activation is not None and self.encoder_activation not in ACTIVATIONS:
+            raise ValueError(f"encoder_activation must be one of {', '.join(ACTIVATIONS)} or None, "
+                             f"got {self.encoder_activation!r}")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {self.likelihood!r}")
 
@@ -90,12 +98,13 @@ class Encoder(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = cfg.channels
+        act = ACTIVATIONS[cfg.encoder_activation or cfg.activation]
         for c_out in cfg.widths:
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), ACTIVATIONS[cfg.activation]()]
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), act()]
             c_in = c_out
         self.features = nn.Sequential(*layers)
         h, w = cfg.feature_sizes()[-1]
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c_in * h * w, cfg.hidden), ACTIVATIONS[cfg.activation]())
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c_in * h * w, cfg.hidden), act())
         self.head = nn.Linear(cfg.hidden, 2 * cfg.latent_dim)
         self.latent_dim = cfg.latent_dim
 

@@ -38,6 +38,17 @@ def test_activation_is_configurable() -> None:
     assert not any(isinstance(layer, torch.nn.SiLU) for layer in relu.modules())
     with pytest.raises(ValueError, match="activation"):
         ModelConfig(activation="tanh")
+    mixed = VAE(ModelConfig(latent_dim=3, widths=(4, 8), hidden=16, encoder_activation="relu"))
+    assert {type(m) for m in mixed.encoder.modules()} >= {torch.nn.ReLU} and not any(
+        isinstance(m, torch.nn.SiLU) for m in mixed.encoder.modules())
+    assert any(isinstance(m, torch.nn.SiLU) for m in mixed.decoder.modules()) and not any(
+        isinstance(m, torch.nn.ReLU) for m in mixed.decoder.modules())
+    with pytest.raises(ValueError, match="encoder_activation"):
+        ModelConfig(encoder_activation="gelu")
+    # configs stored before the field existed still load
+    old = ModelConfig().to_dict()
+    del old["encoder_activation"]
+    assert ModelConfig.from_dict(old).encoder_activation is None
 
 
 def test_model_config_validates() -> None:
