@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -40,7 +41,7 @@ from torch import nn
 from edgevae.runtime.scores import prior_noise
 from edgevae.training import DataSpec, ModelConfig, TrainConfig
 from edgevae.training.data import embedded_split, load_images, split_indices
-from edgevae.training.loop import _to_float, augment
+from edgevae.training.loop import _to_float, augment, cosine_lr_factor
 from edgevae.training.model import Decoder, Encoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -139,8 +140,7 @@ def fit(head: Head, cfg: ModelConfig, tc: TrainConfig, classes: tuple[int, ...] 
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
     steps = math.ceil(x_train.shape[0] / tc.batch_size)
     total = steps * tc.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr_factor(s, total))
     best, best_state = math.inf, copy.deepcopy(model.state_dict())
     for epoch in range(tc.epochs):
         model.train()
@@ -236,8 +236,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{name}: test -ELBO {row['test_neg_elbo']:.2f}, KL {row['test_kl']:.2f}, {seconds:.0f} s; "
               + ", ".join(f"digit {d} elbo {v['elbo_auroc']:.3f} kl {v['kl_auroc']:.3f}"
                           for d, v in row["one_class"].items()), flush=True)
-    import platform
-
     report = {"date": time.strftime("%Y-%m-%d"), "smoke": args.smoke,
               "machine": f"{platform.machine()}, {platform.python_version()}, {__import__('os').cpu_count()} cores",
               "all_epochs": all_tc.epochs, "one_class_epochs": oc_tc.epochs, "one_class_digits": list(digits),

@@ -210,15 +210,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["paths"] = paths
 
         # encoder variants at batch 256
+        def encoder_rates(bundle: Path, v: str) -> tuple[Any, dict[str, float]]:
+            """The variant's model and its encoder (kl) throughput with all cores and with one thread."""
+            m = load(bundle, ["CPUExecutionProvider"], variant=v)
+            m1 = load(bundle, ["CPUExecutionProvider"], variant=v, threads=1)
+            return m, {"encoder_batch256_per_s": throughput(timed(lambda: m.kl(x256), reps256), 256),
+                       "encoder_batch256_per_s_1thread": throughput(timed(lambda: m1.kl(x256), reps256), 256)}
+
         var = {}
         for v in ("fp32",) + variants:
-            m = load(work / "bundle", ["CPUExecutionProvider"], variant=v)
-            m1 = load(work / "bundle", ["CPUExecutionProvider"], variant=v, threads=1)
-            var[v] = {"encoder_batch256_per_s": throughput(timed(lambda: m.kl(x256), reps256), 256),
-                      "encoder_batch256_per_s_1thread": throughput(timed(lambda: m1.kl(x256), reps256), 256),
-                      "bytes": sum(m.manifest.files[f]["bytes"] for f in (
-                          ("encoder.onnx", "decoder.onnx") if v == "fp32" else
-                          (m.manifest.variants[v]["encoder"], m.manifest.variants[v]["decoder"])))}
+            m, rates = encoder_rates(work / "bundle", v)
+            var[v] = {**rates, "bytes": sum(m.manifest.files[f]["bytes"] for f in (
+                ("encoder.onnx", "decoder.onnx") if v == "fp32" else
+                (m.manifest.variants[v]["encoder"], m.manifest.variants[v]["decoder"])))}
         report["variants"] = var
 
         # the same with ReLU between layers: ReLU folds into int8 convolutions, SiLU becomes QLinearSigmoid + Mul
@@ -228,10 +232,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                                             variants=("int8",)))
         var_relu = {}
         for v in ("fp32", "int8"):
-            m = load(work / "bundle_relu", ["CPUExecutionProvider"], variant=v)
-            m1 = load(work / "bundle_relu", ["CPUExecutionProvider"], variant=v, threads=1)
-            var_relu[v] = {"encoder_batch256_per_s": throughput(timed(lambda: m.kl(x256), reps256), 256),
-                           "encoder_batch256_per_s_1thread": throughput(timed(lambda: m1.kl(x256), reps256), 256)}
+            m, var_relu[v] = encoder_rates(work / "bundle_relu", v)
             if v != "fp32":
                 var_relu[v]["check_auroc"] = m.manifest.variants[v]["check_auroc"]
         report["variants_relu"] = var_relu

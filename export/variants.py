@@ -53,21 +53,17 @@ def input_conv_nodes(proto: onnx.ModelProto, input_name: str) -> list[str]:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     picked: list[str] = []
-    for conv in consumers.get(input_name, []):
-        if conv.op_type != "Conv":
-            continue
+    for conv in (n for n in consumers.get(input_name, []) if n.op_type == "Conv"):
         picked.append(conv.name)
         inside = set(conv.output)  # tensors computed by the first layer so far
-        grew = True
-        while grew:
-            grew = False
-            for tensor in list(inside):
-                for node in consumers.get(tensor, []):
-                    if (node.op_type in FIRST_LAYER_ACTIVATIONS and node.name not in picked
-                            and all(i in inside for i in node.input)):
-                        picked.append(node.name)
-                        inside.update(node.output)
-                        grew = True
+        pending = list(conv.output)
+        while pending:
+            for node in consumers.get(pending.pop(), []):
+                if (node.op_type in FIRST_LAYER_ACTIVATIONS and node.name not in picked
+                        and all(i in inside for i in node.input)):
+                    picked.append(node.name)
+                    inside.update(node.output)
+                    pending.extend(node.output)
     return picked
 
 

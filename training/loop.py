@@ -98,6 +98,11 @@ class TrainResult:
     seconds: float = 0.0
 
 
+def cosine_lr_factor(step: int, total_steps: int) -> float:
+    """Learning-rate multiplier of the cosine schedule: from 1 at step 0 down to 0.1 at ``total_steps``."""
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -262,8 +267,7 @@ def train(
     total_steps = steps_per_epoch * train_config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        (lambda step: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
-        if train_config.cosine else (lambda step: 1.0),
+        (lambda step: cosine_lr_factor(step, total_steps)) if train_config.cosine else (lambda step: 1.0),
     )
     start_epoch, best, best_epoch, history = 0, math.inf, -1, []
     if state is not None:
