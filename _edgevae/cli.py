@@ -14,15 +14,16 @@ import json
 import os
 import sys
 from contextlib import contextmanager
-from typing import IO, Any, Callable, Iterator, Sequence, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
 import click
 
-from edgevae import __version__
+from edgevae import __version__, options
+
+if TYPE_CHECKING:
+    from edgevae.runtime import Model
 
 EXIT_ERROR, EXIT_INPUT, EXIT_OUTLIER = 1, 2, 3
-# The runtime's SCORE_METHODS, spelled out so that parsing options needs no numpy import (a test keeps them equal).
-METHODS = ("kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -49,11 +50,9 @@ def _errors() -> Iterator[None]:
 
     try:
         yield
-    except click.ClickException:
-        raise
     except InputError as exc:
         raise InputProblem(str(exc)) from None
-    except (EdgeVAEError, ValueError, FileNotFoundError, OSError) as exc:
+    except (EdgeVAEError, ValueError, OSError) as exc:  # ValueError: a config's own validation
         raise click.ClickException(str(exc)) from None
 
 
@@ -72,27 +71,32 @@ def _runtime_options(func: F) -> F:
     return func
 
 
-def _streaming_threads(paths: Sequence[str], threads: int | None, decode_threads: int) -> int | None:
-    """onnxruntime threads when images are decoded beside it: the cores the decode threads leave free.
-
-    Image files decode in ``decode_threads`` threads while onnxruntime runs the previous batch; giving
-    onnxruntime every core as well makes the two fight over them (benchmarks/speed.py measures the split).
-    Inputs that are only array or IDX files need no decoding and keep onnxruntime's default.
-    """
-    if threads is not None:
-        return threads
-    from edgevae.runtime.inputs import is_array_path, is_idx_path
-
-    if all(os.path.isfile(p) and (is_array_path(p) or is_idx_path(p)) for p in paths):
-        return None
-    return max(1, (os.cpu_count() or 1) - decode_threads)
-
-
-def _load(bundle: str, providers: str, threads: int | None, strict: bool, variant: str | None = None) -> Any:
+def _load(bundle: str, providers: str, threads: int | None, strict: bool, variant: str | None = None,
+          slice_workers: int | None = None) -> Model:
     from edgevae.runtime import load
 
     with _errors():
-        return load(bundle, providers, threads=threads, strict=strict, variant=variant)
+        return load(bundle, providers, threads=threads, strict=strict, variant=variant, slice_workers=slice_workers)
+
+
+def _load_streaming(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict: bool,
+                    variant: str | None, method: str | None, decode_threads: int) -> Model:
+    """Load a bundle for a command that decodes input files while the graphs run (the runtime's thread plan).
+
+    ``method`` "default" stands for the bundle's default score method, read from its manifest.
+    """
+    from edgevae.runtime import read_manifest, thread_plan
+
+    with _errors():
+        if method == "default":
+            method = read_manifest(bundle).default_method
+        plan = thread_plan(paths, method, threads=threads, decode_threads=decode_threads)
+    return _load(bundle, providers, plan.threads, strict, variant, plan.slice_workers)
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The options the user gave (click passes None for the others): the config dataclasses apply the defaults."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -113,37 +117,36 @@ def main() -> None:
 @click.option("--labels", default=None, help="Labels for --classes: IDX/.npy file, or the key inside an .npz.")
 @click.option("-o", "--out", "run_dir", default="runs/default", show_default=True, type=click.Path(file_okay=False),
               help="Run folder for best.pt, last.pt and metrics.json.")
-@click.option("--epochs", type=click.IntRange(min=1), default=150, show_default=True,
-              help="Passes over the data; the default suits a few thousand images (about 8,400 steps).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--lr", type=float, default=2e-3, show_default=True, help="Adam learning rate (cosine-decayed).")
-@click.option("--latent-dim", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--widths", default="32,64", show_default=True, help="Channels of the stride-2 conv stages.")
-@click.option("--hidden", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--refine", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), show_default=str(options.EPOCHS),
+              help="Passes over the data; the default suits a few thousand images.")
+@click.option("--batch-size", type=click.IntRange(min=1), show_default=str(options.BATCH_SIZE))
+@click.option("--lr", type=float, show_default=str(options.LEARNING_RATE), help="Adam learning rate (cosine-decayed).")
+@click.option("--latent-dim", type=click.IntRange(min=1), show_default=str(options.LATENT_DIM))
+@click.option("--widths", show_default=",".join(map(str, options.WIDTHS)), help="Channels of the stride-2 conv stages.")
+@click.option("--hidden", type=click.IntRange(min=1), show_default=str(options.HIDDEN))
+@click.option("--refine", type=click.IntRange(min=0), show_default=str(options.REFINE),
               help="Channels of a full-resolution 3x3 conv ending the decoder (0: none; about 2x decoder FLOPs).")
-@click.option("--likelihood", type=click.Choice(["bernoulli", "gaussian", "gaussian_learned"]), default="bernoulli",
-              show_default=True)
-@click.option("--activation", type=click.Choice(["silu", "relu"]), default="silu", show_default=True,
+@click.option("--likelihood", type=click.Choice(options.LIKELIHOODS), show_default=options.LIKELIHOOD)
+@click.option("--activation", type=click.Choice(options.ACTIVATIONS), show_default=options.ACTIVATION,
               help="Between layers; relu folds into int8 convolutions (faster --quantize int8 variants).")
-@click.option("--encoder-activation", type=click.Choice(["silu", "relu"]), default=None,
+@click.option("--encoder-activation", type=click.Choice(options.ACTIVATIONS),
               help="The encoder's activation if it should differ (relu: faster int8 encoder, SiLU decoder).")
-@click.option("--channels", type=click.Choice(["1", "3"]), default=None, help="Image channels (default: from the data).")
+@click.option("--channels", type=click.Choice([str(c) for c in options.CHANNELS]),
+              help="Image channels (default: from the data).")
 @click.option("--size", default=None, help="Image size HxW or N (default: from the data; image files are resized).")
-@click.option("--val-fraction", type=float, default=0.1, show_default=True)
-@click.option("--beta", type=float, default=1.0, show_default=True, help="KL weight after warm-up.")
-@click.option("--kl-warmup", type=click.IntRange(min=0), default=0, show_default=True, help="KL warm-up epochs.")
-@click.option("--augment-shift", type=click.IntRange(0, 8), default=1, show_default=True,
+@click.option("--val-fraction", type=float, show_default=str(options.VAL_FRACTION))
+@click.option("--beta", type=float, show_default=str(options.BETA), help="KL weight after warm-up.")
+@click.option("--kl-warmup", type=click.IntRange(min=0), show_default=str(options.KL_WARMUP_EPOCHS),
+              help="KL warm-up epochs.")
+@click.option("--augment-shift", type=click.IntRange(0, options.AUGMENT_SHIFT_MAX),
+              show_default=str(options.AUGMENT_SHIFT),
               help="Random translation of training images by whole pixels, up to this many (0: off).")
-@click.option("--augment-rotate", type=click.FloatRange(0, 45), default=0.0, show_default=True,
-              help="Random rotation of training images, in degrees.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--augment-rotate", type=click.FloatRange(0, options.AUGMENT_ROTATE_MAX),
+              show_default=str(options.AUGMENT_ROTATE), help="Random rotation of training images, in degrees.")
+@click.option("--seed", type=int, show_default=str(options.SEED))
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt.")
-def train(source: str, classes: str | None, labels: str | None, run_dir: str, epochs: int, batch_size: int, lr: float,
-          latent_dim: int, widths: str, hidden: int, refine: int, likelihood: str, activation: str,
-          encoder_activation: str | None,
-          channels: str | None, size: str | None, val_fraction: float, beta: float, kl_warmup: int,
-          augment_shift: int, augment_rotate: float, seed: int, resume: bool) -> None:
+def train(source: str, classes: str | None, labels: str | None, run_dir: str, channels: str | None, size: str | None,
+          resume: bool, **settings: Any) -> None:
     """Train a VAE on normal images; keeps the best checkpoint by validation ELBO."""
     _need_training("train")
     from edgevae.training.data import DataSpec, infer_contract
@@ -153,23 +156,28 @@ def train(source: str, classes: str | None, labels: str | None, run_dir: str, ep
     with _errors():
         try:
             class_list = tuple(int(c) for c in classes.split(",")) if classes else None
-            width_list = tuple(int(w) for w in widths.split(","))
+            if settings["widths"] is not None:
+                settings["widths"] = tuple(int(w) for w in settings["widths"].split(","))
             hw = _parse_size(size) if size else None
         except ValueError as exc:
             raise click.UsageError(f"--classes/--widths/--size: {exc}") from None
         spec = DataSpec(source=source, classes=class_list, labels=labels)
         contract = infer_contract(spec, int(channels) if channels else None, hw)
         model_cfg = ModelConfig(channels=contract.channels, height=contract.height, width=contract.width,
-                                latent_dim=latent_dim, widths=width_list, hidden=hidden, refine=refine,
-                                likelihood=likelihood, activation=activation, encoder_activation=encoder_activation)
-        train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed,
-                                beta=beta, kl_warmup_epochs=kl_warmup, augment_shift=augment_shift,
-                                augment_rotate=augment_rotate)
+                                **_given(**{k: settings[k] for k in _MODEL_OPTIONS}))
+        train_cfg = TrainConfig(**_given(**{field: settings[option] for option, field in _TRAIN_OPTIONS.items()}))
         with _TrainingProgress() as progress:
             result = run_training(spec, run_dir, model_cfg, train_cfg, resume=resume, progress=progress)
     click.echo(f"best validation negative ELBO {result.best_val_neg_elbo:.2f} nats/image at epoch "
                f"{result.best_epoch}; {result.seconds:.1f} s")
     click.echo(f"checkpoint: {result.best_checkpoint}   metrics: {result.run_dir / 'metrics.json'}")
+
+
+# Options of `train` that are ModelConfig fields of the same name, and those that are TrainConfig fields.
+_MODEL_OPTIONS = ("latent_dim", "widths", "hidden", "refine", "likelihood", "activation", "encoder_activation")
+_TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "val_fraction": "val_fraction",
+                  "seed": "seed", "beta": "beta", "kl_warmup": "kl_warmup_epochs", "augment_shift": "augment_shift",
+                  "augment_rotate": "augment_rotate"}
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -225,45 +233,43 @@ class _TrainingProgress:
 @main.command()
 @click.argument("checkpoint", type=click.Path(exists=True))
 @click.option("-o", "--out", "bundle_dir", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
-@click.option("--fpr", type=float, default=0.01, show_default=True, help="False-positive rate of stored thresholds.")
-@click.option("--elbo-samples", type=click.IntRange(1, 10000), default=16, show_default=True,
+@click.option("--fpr", type=float, show_default=str(options.CALIBRATION_FPR),
+              help="False-positive rate of stored thresholds.")
+@click.option("--elbo-samples", type=click.IntRange(1, options.ELBO_SAMPLES_MAX), show_default=str(options.ELBO_SAMPLES),
               help="Monte-Carlo samples of the elbo score.")
-@click.option("--iwae-samples", type=click.IntRange(1, 100000), default=256, show_default=True,
+@click.option("--iwae-samples", type=click.IntRange(1, options.IWAE_SAMPLES_MAX), show_default=str(options.IWAE_SAMPLES),
               help="Importance samples of the iwae score.")
-@click.option("--method", "default_method", type=click.Choice(METHODS), default="smooth_recon",
-              show_default=True, help="Default score method of the bundle.")
-@click.option("--smooth-sigma", type=click.FloatRange(0, 16, min_open=True), default=1.0, show_default=True,
+@click.option("--method", "default_method", type=click.Choice(options.SCORE_METHODS),
+              show_default=options.DEFAULT_METHOD, help="Default score method of the bundle.")
+@click.option("--smooth-sigma", type=click.FloatRange(0, options.SMOOTH_SIGMA_MAX, min_open=True),
+              show_default=str(options.SMOOTH_SIGMA),
               help="Gaussian width (pixels) of the smooth_recon score; scale it with the image size.")
-@click.option("--quantize", type=click.Choice(["int8"]), default=None,
-              help="Add a static QDQ int8 variant, calibrated on training images.")
-@click.option("--precision", type=click.Choice(["fp16"]), default=None, help="Add a float16 variant.")
+@click.option("--quantize", type=click.Choice(options.QUANTIZE_VARIANTS),
+              help="Add a static QDQ variant, calibrated on training images.")
+@click.option("--precision", type=click.Choice(options.PRECISION_VARIANTS), help="Add a lower-precision float variant.")
 @click.option("--ort-format", is_flag=True, help="Also write every graph in the ORT format (mobile/minimal builds).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
-def export(checkpoint: str, bundle_dir: str, fpr: float, elbo_samples: int, iwae_samples: int, default_method: str,
-           smooth_sigma: float, quantize: str | None, precision: str | None, ort_format: bool, force: bool) -> None:
+def export(checkpoint: str, bundle_dir: str, quantize: str | None, precision: str | None, ort_format: bool,
+           force: bool, **settings: Any) -> None:
     """Export CHECKPOINT (a .pt file or run folder) to a verified, calibrated bundle."""
     _need_training("export")
-    from edgevae.export import ExportConfig, ExportError, export_bundle
+    from edgevae.export import ExportConfig, export_bundle
 
-    try:
-        with _errors():
-            cfg = ExportConfig(fpr=fpr, elbo_samples=elbo_samples, iwae_samples=iwae_samples,
-                               default_method=default_method, smooth_sigma=smooth_sigma,
-                               variants=tuple(v for v in (quantize, precision) if v), ort_format=ort_format)
-            model = export_bundle(checkpoint, bundle_dir, cfg, force=force,
-                                  progress=lambda msg: click.echo(msg, err=True))
-    except ExportError as exc:
-        raise click.ClickException(str(exc)) from None
+    with _errors():
+        cfg = ExportConfig(**_given(**settings), variants=tuple(v for v in (quantize, precision) if v),
+                           ort_format=ort_format)
+        model = export_bundle(checkpoint, bundle_dir, cfg, force=force, progress=lambda msg: click.echo(msg, err=True))
     parity = model.manifest.raw["parity"]["max_abs_diff"]
     sizes = ", ".join(f"{name} {entry['bytes'] / 1e6:.2f} MB" for name, entry in model.manifest.files.items())
     click.echo(f"bundle: {bundle_dir}  (max parity diff {max(parity.values()):.2e}; {sizes})")
+    model.close()
 
 
 # ------------------------------------------------------------------------------------------- score
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
 @_runtime_options
-@click.option("--method", type=click.Choice(METHODS), default=None,
+@click.option("--method", type=click.Choice(options.SCORE_METHODS), default=None,
               help="Score method (default: the bundle's).")
 @click.option("--fpr", type=float, default=None, help="Flag outliers at this false-positive rate (calibrated).")
 @click.option("--threshold", type=float, default=None, help="Flag scores above this value (overrides --fpr).")
@@ -285,12 +291,8 @@ def score(paths: Sequence[str], bundle: str, providers: str, threads: int | None
     """
     from edgevae.runtime.inputs import iter_batches
 
-    model = _load(bundle, providers, _streaming_threads(paths, threads, workers), strict_providers, variant)
+    model = _load_streaming(paths, bundle, providers, threads, strict_providers, variant, method or "default", workers)
     method = method or model.manifest.default_method
-    if method != "kl" and threads is None:
-        # Methods that run the decoder gain from splitting batches over every core even beside the decode
-        # thread (about +10 % for smooth_recon on 28x28 PNGs here); kl, encoder only, does not.
-        model.slice_workers = max(model.slice_workers, os.cpu_count() or 1)
     if fpr is not None and not 0.0 < fpr < 1.0:
         raise click.BadParameter(f"must be in (0, 1), got {fpr}", param_hint="--fpr")
     with _errors():
@@ -331,9 +333,9 @@ def _output(path: str | None) -> Iterator[IO[str]]:
     if path is None:
         yield sys.stdout
         return
-    from edgevae.runtime.atomic import atomic_path
+    from edgevae.runtime.atomic import atomic_open
 
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+    with atomic_open(path, "w") as handle:
         yield handle
 
 
@@ -382,7 +384,7 @@ def encode(paths: Sequence[str], bundle: str, providers: str, threads: int | Non
     suffix = os.path.splitext(output)[1].lower()
     if suffix not in (".npy", ".npz", ".jsonl"):
         raise click.BadParameter("must end in .npy, .npz or .jsonl", param_hint="--output")
-    model = _load(bundle, providers, _streaming_threads(paths, threads, 1), strict_providers, variant)
+    model = _load_streaming(paths, bundle, providers, threads, strict_providers, variant, None, 1)
     names: list[str] = []
     mus, logvars, kls = [], [], []
     failed = 0
@@ -391,7 +393,8 @@ def encode(paths: Sequence[str], bundle: str, providers: str, threads: int | Non
             failed += 1
             click.echo(f"error: {err}", err=True)
         if batch.images is not None:
-            mu, logvar, kl = model.encode_full(batch.images)
+            with _errors():
+                mu, logvar, kl = model.encode(batch.images)
             names += batch.names
             mus.append(mu)
             logvars.append(logvar)
@@ -405,22 +408,26 @@ def encode(paths: Sequence[str], bundle: str, providers: str, threads: int | Non
                 out.write(json.dumps({"item": name, "mu": mu_all[i].tolist(), "logvar": lv_all[i].tolist(),
                                       "kl": float(kl_all[i])}) + "\n")
     else:
-        _save_numpy(output, suffix, mu_all, names, lv_all, kl_all)
+        if suffix == ".npy":
+            _save_numpy(output, mu_all)
+        else:
+            _save_numpy(output, items=np.array(names), mu=mu_all, logvar=lv_all, kl=kl_all)
     click.echo(f"encoded {len(names)} item(s) to {output} (latent size {model.latent_dim}); {failed} failed", err=True)
     if failed:
         sys.exit(EXIT_INPUT)
 
 
-def _save_numpy(output: str, suffix: str, mu: Any, names: list[str], logvar: Any, kl: Any) -> None:
+def _save_numpy(output: str, array: Any = None, **arrays: Any) -> None:
+    """Save one array as .npy, or named arrays as .npz, atomically."""
     import numpy as np
 
-    from edgevae.runtime.atomic import atomic_path
+    from edgevae.runtime.atomic import atomic_open
 
-    with atomic_path(output, suffix=suffix) as tmp, open(tmp, "wb") as handle:
-        if suffix == ".npy":
-            np.save(handle, mu)
+    with atomic_open(output, "wb", suffix=os.path.splitext(output)[1]) as handle:
+        if array is not None:
+            np.save(handle, array)
         else:
-            np.savez(handle, items=np.array(names), mu=mu, logvar=logvar, kl=kl)
+            np.savez(handle, **arrays)
 
 
 # ------------------------------------------------------------------------------------------- generate
@@ -443,12 +450,7 @@ def generate(bundle: str, providers: str, threads: int | None, strict_providers:
     with _errors():
         save_grid(images, output, columns)
         if npy_path:
-            import numpy as np
-
-            from edgevae.runtime.atomic import atomic_path
-
-            with atomic_path(npy_path, suffix=".npy") as tmp, open(tmp, "wb") as handle:
-                np.save(handle, images)
+            _save_numpy(npy_path, images)
     click.echo(f"wrote {count} generated image(s) to {output} (seed {seed})")
 
 
@@ -510,11 +512,12 @@ def info(bundle: str, providers: str, as_json: bool) -> None:
                f"opset {raw['opset']})")
     click.echo(f"input         {c.channels}x{c.height}x{c.width} float32 in [0, 1]; files: {c.to_dict()['file_conversion']}, "
                f"{c.resize} resize")
-    click.echo(f"latent        {m.latent_dim}   likelihood {m.likelihood}   prior N(0, I)")
+    sp = m.scoring
+    click.echo(f"latent        {sp.latent_dim}   likelihood {sp.likelihood}   prior N(0, I)")
     click.echo(f"training      {tr.get('data', {}).get('source')} classes={tr.get('data', {}).get('classes')}  "
                f"n_train={tr.get('n_train')}  epochs={tr.get('epochs')}  val -ELBO={tr.get('val_neg_elbo', 0):.2f}")
-    click.echo(f"scoring       default {m.default_method}; elbo K={m.elbo_samples}, iwae K={m.iwae_samples}, "
-               f"smooth_recon sigma={m.smooth_sigma:g} px; seed={m.score_seed}")
+    click.echo(f"scoring       default {sp.default_method}; elbo K={sp.elbo_samples}, iwae K={sp.iwae_samples}, "
+               f"smooth_recon sigma={sp.smooth_sigma:g} px; seed={sp.seed}")
     for method, cal in m.calibration.items():
         tail = (f", tail shape {cal.tail.shape:+.2f} over the top {cal.tail.fraction:.0%}" if cal.tail is not None
                 else ", empirical quantile")

@@ -41,8 +41,9 @@ from torch import nn
 from edgevae.runtime.scores import prior_noise
 from edgevae.training import DataSpec, ModelConfig, TrainConfig
 from edgevae.training.data import embedded_split, load_images, split_indices
-from edgevae.training.loop import _to_float, augment, cosine_lr_factor
+from edgevae.training.loop import _to_float, augment, cosine_lr_factor, epoch_generator
 from edgevae.training.model import Decoder, Encoder
+from edgevae.training.objectives import elbo_terms, negative_elbo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from doc_sections import benchmark_parser, write_section  # noqa: E402  (a sibling script module)
@@ -98,6 +99,10 @@ class HeadVAE(nn.Module):
                                   for _ in range(head.layers))
         self.out = nn.Conv2d(head.channels, cfg.channels, 1)
 
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar, kl = self.encoder(x)
+        return mu, logvar, kl
+
     def logits(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if not self.head.kernel:
             return self.decoder(t)[1]
@@ -122,10 +127,8 @@ def neg_elbo_and_kl(model: HeadVAE, x: torch.Tensor, samples: int) -> tuple[np.n
     with torch.no_grad():
         for start in range(0, x.shape[0], 250):
             xb = x[start:start + 250]
-            mu, logvar, kl = model.encoder(xb)
-            ll = torch.stack([model.log_likelihood(xb, mu + torch.exp(0.5 * logvar) * e) for e in eps])
-            out.append((kl - ll.mean(0)).numpy())
-            kls.append(kl.numpy())
+            out.append(negative_elbo(model, xb, eps).numpy())
+            kls.append(model.encode(xb)[2].numpy())
     return np.concatenate(out), np.concatenate(kls)
 
 
@@ -144,19 +147,17 @@ def fit(head: Head, cfg: ModelConfig, tc: TrainConfig, classes: tuple[int, ...] 
     best, best_state = math.inf, copy.deepcopy(model.state_dict())
     for epoch in range(tc.epochs):
         model.train()
-        gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)
+        gen = epoch_generator(tc.seed, epoch)
         order = torch.randperm(x_train.shape[0], generator=gen)
         for step in range(steps):
             xb = x_train[order[step * tc.batch_size:(step + 1) * tc.batch_size]]
             xb = augment(xb, tc.augment_shift, tc.augment_rotate, gen)
-            mu, logvar, kl = model.encoder(xb)
-            t = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
+            terms = elbo_terms(model, xb, gen)
             if head.free_bits:
-                per_dim = (0.5 * (mu.square() + logvar.exp() - 1 - logvar)).mean(0)  # (D,)
-                kl_term = per_dim.clamp(min=head.free_bits).sum()
+                per_dim = (0.5 * (terms.mu.square() + terms.logvar.exp() - 1 - terms.logvar)).mean(0)  # (D,)
+                loss = per_dim.clamp(min=head.free_bits).sum() + terms.nll.mean()
             else:
-                kl_term = kl.mean()
-            loss = kl_term - model.log_likelihood(xb, t).mean()
+                loss = terms.loss()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,5 +1,7 @@
 """edgevae's export side (PyTorch + ONNX): checkpoint -> verified, calibrated bundle."""
 
-from .bundle import ExportConfig, ExportError, export_bundle, export_graph, parity
+from .bundle import ExportConfig, export_bundle
+from .graphs import ExportError, export_graph
+from .parity import graph_parity
 
-__all__ = ["ExportConfig", "ExportError", "export_bundle", "export_graph", "parity"]
+__all__ = ["ExportConfig", "ExportError", "export_bundle", "export_graph", "graph_parity"]

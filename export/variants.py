@@ -11,17 +11,17 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
+from edgevae.options import SCORE_METHODS, VARIANTS
+from edgevae.runtime.calibration import auroc, scores_in_batches
 from edgevae.runtime.manifest import DECODER_INPUT, ENCODER_INPUT
-from edgevae.runtime.model import Model
-from edgevae.runtime.scores import SCORE_METHODS
+from edgevae.runtime.model import Scorer
 
-VARIANTS = ("int8", "fp16")
 # Held-out images (and 3x as many perturbed copies) in the label-free check; Monte-Carlo scores use
 # at most CHECK_SAMPLES samples there, to keep export quick.
 CHECK_IMAGES = 200
@@ -97,7 +97,8 @@ def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Weights and arithmetic in float16; inputs and outputs stay float32 so callers do not change."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    return convert_float_to_float16(proto, keep_io_types=True)
+    converted: onnx.ModelProto = convert_float_to_float16(proto, keep_io_types=True)
+    return converted
 
 
 def to_ort_format(onnx_bytes: bytes) -> bytes:
@@ -135,27 +136,20 @@ def check_set(images: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     return x, y
 
 
-def compare(reference: Model, variant: Model, images: np.ndarray,
-            auroc: Callable[[np.ndarray, np.ndarray], float]) -> dict[str, Any]:
+def compare(reference: Scorer, variant: Scorer, images: np.ndarray) -> dict[str, Any]:
     """Score agreement and label-free AUROC of a variant against the fp32 graphs, per method."""
     x, y = check_set(images[:CHECK_IMAGES])
     out: dict[str, Any] = {"max_abs_diff": {}, "rank_correlation": {}, "check_auroc": {}}
-    enc_ref, enc_var = reference.encode_full(images), variant.encode_full(images)
-    for name, a, b in zip(("mu", "logvar", "kl"), enc_ref, enc_var):
+    enc_ref, enc_var = reference.encode(images), variant.encode(images)
+    for name, a, b in zip(enc_ref._fields, enc_ref, enc_var):
         out["max_abs_diff"][f"encoder.{name}"] = float(np.max(np.abs(a - b)))
     for method in SCORE_METHODS:
-        ref = _batched(reference, x, method)
-        var = _batched(variant, x, method)
+        k = min(CHECK_SAMPLES, reference.spec.samples(method)) or None
+        ref = scores_in_batches(reference, x, method, samples=k)
+        var = scores_in_batches(variant, x, method, samples=k)
         out["rank_correlation"][method] = _spearman(ref[y == 0], var[y == 0])
         out["check_auroc"][method] = {"fp32": auroc(y, ref), "variant": auroc(y, var)}
     return out
-
-
-def _batched(model: Model, x: np.ndarray, method: str) -> np.ndarray:
-    k = None
-    if method in ("elbo", "iwae"):
-        k = min(CHECK_SAMPLES, model.manifest.elbo_samples if method == "elbo" else model.manifest.iwae_samples)
-    return np.concatenate([model.raw_scores(x[i:i + 256], method, samples=k) for i in range(0, x.shape[0], 256)])
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

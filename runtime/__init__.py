@@ -20,11 +20,14 @@ from .errors import (
     PathError,
     ProviderError,
 )
+from .bundle import load, read_manifest
 from .inputs import Batch, iter_batches, read_array_file, read_idx
-from .manifest import SCHEMA_VERSION, Manifest
-from .model import GraphInfo, Model, load, read_manifest
+from .manifest import SCHEMA_VERSION, Manifest, ScoringSpec
+from .model import Model, Posterior, Scorer
+from .runner import GraphInfo, GraphRunner, ThreadPlan, build_runner, thread_plan
+from edgevae.options import SCORE_METHODS
+
 from .scores import (
-    SCORE_METHODS,
     ScoreResult,
     TailFit,
     fit_tail,
@@ -36,11 +39,11 @@ from .scores import (
 from .sessions import AUTO_PROVIDER_ORDER, available_providers, create_session, resolve_providers
 
 __all__ = [
-    "AUTO_PROVIDER_ORDER", "ArrayInputError", "Batch", "BundleError", "EdgeVAEError", "GraphInfo",
+    "AUTO_PROVIDER_ORDER", "ArrayInputError", "Batch", "BundleError", "EdgeVAEError", "GraphInfo", "GraphRunner",
     "IDXFormatError", "ImageReadError", "ImageSizeError", "InputContract", "InputError", "PathError", "Manifest",
-    "Model", "ProviderError",
-    "SCHEMA_VERSION", "SCORE_METHODS", "ScoreResult", "TailFit", "available_providers", "create_session",
-    "fit_tail", "iter_batches",
+    "Model", "Posterior", "ProviderError", "Scorer", "ScoringSpec", "ThreadPlan",
+    "SCHEMA_VERSION", "SCORE_METHODS", "ScoreResult", "TailFit", "available_providers", "build_runner",
+    "create_session", "fit_tail", "iter_batches", "thread_plan",
     "kl_divergence", "load", "log_likelihood", "p_values", "read_array_file", "read_idx", "read_manifest",
     "resolve_providers", "threshold_at_fpr", "uint8_to_unit",
 ]

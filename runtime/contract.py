@@ -37,6 +37,10 @@ MAX_IMAGE_PIXELS = 64_000_000
 _PLAIN_PNG_MAX_BYTES = 1 << 20
 
 
+# The range every model's pixel values are mapped to (stored in the manifest for readers in other languages).
+VALUE_RANGE = (0.0, 1.0)
+
+
 def uint8_to_unit(images: NDArray[np.uint8]) -> NDArray[np.float32]:
     """Map uint8 pixels 0..255 to float32 in [0, 1] (the single conversion used everywhere)."""
     out: NDArray[np.float32] = images.astype(np.float32)
@@ -46,20 +50,18 @@ def uint8_to_unit(images: NDArray[np.uint8]) -> NDArray[np.float32]:
 
 @dataclass(frozen=True)
 class InputContract:
-    """Shape, value range and conversion rules of the images a model takes.
+    """Shape and conversion rules of the images a model takes; pixel values are always in [0, 1] (``VALUE_RANGE``).
 
     Args:
         channels: 1 (grayscale) or 3 (RGB).
         height: image height in pixels (>= 8).
         width: image width in pixels (>= 8).
-        value_range: the range pixel values are mapped to; edgevae uses (0.0, 1.0).
         resize: Pillow filter used to resize image files of another size.
     """
 
     channels: int
     height: int
     width: int
-    value_range: tuple[float, float] = (0.0, 1.0)
     resize: str = "bilinear"
 
     def __post_init__(self) -> None:
@@ -69,9 +71,6 @@ class InputContract:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 8:
                 raise ValueError(f"{name} must be an integer >= 8, got {value!r}")
-        if tuple(self.value_range) != (0.0, 1.0):
-            raise ValueError(f"value_range must be (0.0, 1.0), got {self.value_range!r}")
-        object.__setattr__(self, "value_range", (0.0, 1.0))
         if self.resize not in RESIZE_FILTERS:
             raise ValueError(f"resize must be one of {', '.join(RESIZE_FILTERS)}; got {self.resize!r}")
 
@@ -86,7 +85,7 @@ class InputContract:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["value_range"] = list(self.value_range)
+        data["value_range"] = list(VALUE_RANGE)
         data["layout"] = "NCHW"
         data["dtype"] = "float32"
         data["file_conversion"] = f"Pillow Image.convert('{self.pil_mode}')"
@@ -100,11 +99,13 @@ class InputContract:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "InputContract":
         try:
+            value_range = tuple(float(v) for v in data.get("value_range", VALUE_RANGE))
+            if value_range != VALUE_RANGE:
+                raise ValueError(f"value_range must be {list(VALUE_RANGE)}, got {list(value_range)}")
             return cls(
                 channels=int(data["channels"]),
                 height=int(data["height"]),
                 width=int(data["width"]),
-                value_range=(float(data["value_range"][0]), float(data["value_range"][1])),
                 resize=str(data.get("resize", "bilinear")),
             )
         except (KeyError, TypeError, IndexError) as exc:

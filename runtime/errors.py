@@ -37,3 +37,7 @@ class ArrayInputError(InputError):
 
 class IDXFormatError(InputError):
     """An IDX file has a bad magic number, an unsupported type, or the wrong length."""
+
+
+class CalibrationError(EdgeVAEError, ValueError):
+    """Calibration is impossible: too few held-out images, or scores that are not finite."""

@@ -7,9 +7,23 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from edgevae.options import (
+    DEFAULT_METHOD,
+    ELBO_SAMPLES,
+    ELBO_SAMPLES_MAX,
+    IWAE_SAMPLES,
+    IWAE_SAMPLES_MAX,
+    LIKELIHOODS,
+    SCORE_METHODS,
+    SCORE_SEED,
+    SMOOTH_SIGMA,
+    SMOOTH_SIGMA_MAX,
+    samples_for,
+)
+
 from .contract import InputContract
 from .errors import BundleError
-from .scores import LIKELIHOODS, SCORE_METHODS, SMOOTH_SIGMA, MethodCalibration
+from .scores import MethodCalibration
 
 FORMAT_NAME = "edgevae-bundle"
 SCHEMA_VERSION = 1
@@ -27,22 +41,44 @@ def decoder_outputs(likelihood: str) -> tuple[str, str]:
     return ("x_mean", "x_logits") if likelihood == "bernoulli" else ("x_mean", "x_logvar")
 
 
+def check_score_settings(default_method: str, elbo_samples: int, iwae_samples: int, smooth_sigma: float) -> None:
+    """Validate the score settings a bundle stores.
+
+    Raises:
+        ValueError: a setting outside what ``edgevae.options`` allows, with the allowed range.
+    """
+    if default_method not in SCORE_METHODS:
+        raise ValueError(f"default method must be one of {', '.join(SCORE_METHODS)}; got {default_method!r}")
+    if not 1 <= elbo_samples <= ELBO_SAMPLES_MAX:
+        raise ValueError(f"elbo_samples must be in 1..{ELBO_SAMPLES_MAX}, got {elbo_samples}")
+    if not 1 <= iwae_samples <= IWAE_SAMPLES_MAX:
+        raise ValueError(f"iwae_samples must be in 1..{IWAE_SAMPLES_MAX}, got {iwae_samples}")
+    if not 0.0 < smooth_sigma <= SMOOTH_SIGMA_MAX:
+        raise ValueError(f"smooth_sigma must be in (0, {SMOOTH_SIGMA_MAX:g}] pixels, got {smooth_sigma}")
+
+
 @dataclass(frozen=True)
-class Manifest:
-    """Parsed and validated ``edgevae.json``. ``raw`` keeps every field, including informational ones."""
+class ScoringSpec:
+    """What computing a score needs, calibration aside: the input contract, the latent size, the likelihood and
+    the score settings. The manifest carries one; export builds one before anything is calibrated.
+
+    Args:
+        contract: the images the encoder takes.
+        latent_dim: size D of the latent code.
+        likelihood: one of ``LIKELIHOODS``; names the decoder's second output.
+        default_method: the method used when none is named.
+        elbo_samples, iwae_samples: Monte-Carlo samples K of the ``elbo`` and ``iwae`` scores.
+        seed: seed of the noise shared by every image in the Monte-Carlo scores.
+        smooth_sigma: Gaussian width (pixels) of ``smooth_recon``.
+    """
 
     contract: InputContract
     latent_dim: int
     likelihood: str
-    default_method: str
-    elbo_samples: int
-    iwae_samples: int
-    score_seed: int
-    calibration_fpr: float
-    calibration: Mapping[str, MethodCalibration]
-    files: Mapping[str, Mapping[str, Any]]
-    raw: Mapping[str, Any] = field(repr=False)
-    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
+    default_method: str = DEFAULT_METHOD
+    elbo_samples: int = ELBO_SAMPLES
+    iwae_samples: int = IWAE_SAMPLES
+    seed: int = SCORE_SEED
     smooth_sigma: float = SMOOTH_SIGMA
 
     def __post_init__(self) -> None:
@@ -50,18 +86,67 @@ class Manifest:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {self.likelihood!r}")
-        if self.default_method not in SCORE_METHODS:
-            raise ValueError(f"default method must be one of {', '.join(SCORE_METHODS)}; got {self.default_method!r}")
-        if self.elbo_samples < 1 or self.iwae_samples < 1:
-            raise ValueError(f"elbo_samples and iwae_samples must be >= 1, got {self.elbo_samples}, {self.iwae_samples}")
-        if not (0.0 < self.smooth_sigma <= 16.0):
-            raise ValueError(f"smooth_sigma must be in (0, 16], got {self.smooth_sigma}")
-        if not 0.0 < self.calibration_fpr < 1.0:
-            raise ValueError(f"calibration fpr must be in (0, 1), got {self.calibration_fpr}")
+        check_score_settings(self.default_method, self.elbo_samples, self.iwae_samples, self.smooth_sigma)
 
     @property
     def decoder_outputs(self) -> tuple[str, str]:
         return decoder_outputs(self.likelihood)
+
+    def samples(self, method: str) -> int:
+        """Monte-Carlo samples K that ``method`` draws (0 for the methods that draw none)."""
+        return samples_for(method, self.elbo_samples, self.iwae_samples)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's ``scoring`` section."""
+        return {
+            "default_method": self.default_method,
+            "methods": list(SCORE_METHODS),
+            "elbo_samples": self.elbo_samples,
+            "iwae_samples": self.iwae_samples,
+            "smooth_sigma": self.smooth_sigma,
+            "seed": self.seed,
+            "noise": "numpy.random.default_rng(seed).standard_normal((K, latent_dim), float32) with K = elbo_samples "
+                     "or iwae_samples, shared by every image",
+        }
+
+    @classmethod
+    def from_manifest(cls, data: Mapping[str, Any]) -> "ScoringSpec":
+        """Read from a manifest dictionary (``input``, ``latent_dim``, ``likelihood`` and ``scoring``)."""
+        scoring = data["scoring"]
+        return cls(
+            contract=InputContract.from_dict(data["input"]),
+            latent_dim=int(data["latent_dim"]),
+            likelihood=str(data["likelihood"]),
+            default_method=str(scoring["default_method"]),
+            elbo_samples=int(scoring["elbo_samples"]),
+            iwae_samples=int(scoring.get("iwae_samples", IWAE_SAMPLES)),
+            seed=int(scoring["seed"]),
+            smooth_sigma=float(scoring.get("smooth_sigma", SMOOTH_SIGMA)),
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Parsed and validated ``edgevae.json``. ``raw`` keeps every field, including informational ones."""
+
+    scoring: ScoringSpec
+    calibration_fpr: float
+    calibration: Mapping[str, MethodCalibration]
+    files: Mapping[str, Mapping[str, Any]]
+    raw: Mapping[str, Any] = field(repr=False)
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.calibration_fpr < 1.0:
+            raise ValueError(f"calibration fpr must be in (0, 1), got {self.calibration_fpr}")
+
+    @property
+    def contract(self) -> InputContract:
+        return self.scoring.contract
+
+    @property
+    def default_method(self) -> str:
+        return self.scoring.default_method
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, require_files: bool = True) -> "Manifest":
@@ -81,23 +166,15 @@ class Manifest:
                 f"{SCHEMA_VERSION}); re-export the bundle with this edgevae or upgrade edgevae"
             )
         try:
-            scoring = data["scoring"]
             cal = data["calibration"]
             files = data["files"] if require_files else data.get("files", {})
             manifest = cls(
-                contract=InputContract.from_dict(data["input"]),
-                latent_dim=int(data["latent_dim"]),
-                likelihood=str(data["likelihood"]),
-                default_method=str(scoring["default_method"]),
-                elbo_samples=int(scoring["elbo_samples"]),
-                iwae_samples=int(scoring.get("iwae_samples", 256)),
-                score_seed=int(scoring["seed"]),
+                scoring=ScoringSpec.from_manifest(data),
                 calibration_fpr=float(cal["fpr"]),
                 calibration={m: MethodCalibration.from_dict(c) for m, c in cal["methods"].items()},
                 files=dict(files),
                 raw=dict(data),
                 variants=dict(data.get("variants") or {}),
-                smooth_sigma=float(scoring.get("smooth_sigma", SMOOTH_SIGMA)),
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise BundleError(f"manifest is malformed: {type(exc).__name__}: {exc}") from exc

@@ -13,10 +13,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-SCORE_METHODS = ("kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae")
-# Width (standard deviation, pixels) of the Gaussian that smooths the residual in ``smooth_recon``.
-SMOOTH_SIGMA = 1.0
-LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
+from edgevae.options import LIKELIHOODS, SCORE_METHODS, SMOOTH_SIGMA
+
 F32 = NDArray[np.float32]
 _LOG_2PI = math.log(2.0 * math.pi)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 _EXPORTS = {
-    "DataSpec": "data", "embedded_digits": "data", "embedded_split": "data", "load_images": "data",
+    "DataSpec": "data", "embedded_split": "data", "load_images": "data",
     "VAE": "model", "ModelConfig": "model",
     "TrainConfig": "loop", "TrainResult": "loop", "train": "loop", "load_checkpoint": "loop",
-    "held_out_images": "loop", "Checkpoint": "loop",
+    "held_out_images": "loop", "Checkpoint": "loop", "CheckpointError": "loop",
     "kl_divergence": "objectives", "log_likelihood": "objectives", "negative_elbo": "objectives",
     "score": "objectives", "write_samples": "samples",
 }

@@ -71,12 +71,6 @@ def _embedded() -> dict[str, NDArray[Any]]:
         return {key: npz[key] for key in ("images", "labels", "test")}
 
 
-def embedded_digits() -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
-    """All 5,000 embedded digits: uint8 images (5000, 28, 28) and labels (5000,), sorted by label."""
-    data = _embedded()
-    return data["images"], data["labels"]
-
-
 def embedded_split(split: str) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
     """The fixed split of the embedded digits: ``train`` (4,000), ``test`` (1,000) or ``all``.
 

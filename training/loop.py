@@ -14,13 +14,14 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from edgevae import __version__
-from edgevae.runtime.atomic import atomic_path
+from edgevae import __version__, options
+from edgevae.runtime.atomic import atomic_path, write_atomic
 from edgevae.runtime.contract import uint8_to_unit
+from edgevae.runtime.errors import EdgeVAEError
 
 from .data import DataSpec, infer_contract, load_images, split_indices
 from .model import VAE, ModelConfig
-from .objectives import log_likelihood
+from .objectives import elbo_terms
 
 CHECKPOINT_FORMAT = "edgevae-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -33,37 +34,34 @@ Progress = Callable[[str, Mapping[str, Any]], None]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings.
+    """Optimisation settings; defaults and allowed ranges come from ``edgevae.options``.
 
     Args:
-        epochs: passes over the training split. The defaults (150 epochs of batch 64 with 1-pixel shifts) are
-            the recipe measured best on the embedded digits (benchmarks/recipes.py): about 8,400 optimizer
-            steps on 3,600 images. On a much larger data set, fewer epochs reach the same number of steps.
+        epochs: passes over the training split. The defaults (epochs of batch 64 with 1-pixel shifts) are the
+            recipe measured best on the embedded digits (benchmarks/recipes.py, docs/benchmarks.md); on a much
+            larger data set, fewer epochs reach the same number of optimizer steps.
         batch_size: minibatch size.
-        lr: Adam learning rate (cosine-decayed to 10 % over the run when ``cosine`` is set).
+        lr: Adam learning rate, cosine-decayed to 10 % over the run.
         val_fraction: share of the images held out for validation (best checkpoint, calibration).
         seed: seeds the split, the initial weights, the shuffling and the reparameterisation noise.
         beta: weight of the KL term once warm-up is over (1.0 is the true ELBO).
         kl_warmup_epochs: epochs over which the KL weight rises linearly from 0 to ``beta``.
-        cosine: use a cosine learning-rate schedule.
         augment_shift: random translation of each training image by a whole number of pixels, up to this many
             in each direction (0: off). Whole-pixel shifts move pixel values without interpolating them, so the
-            training images stay as sharp as the data; interpolated sub-pixel shifts blurred them and cost 1.9
-            nats of test ELBO on the embedded digits with the default recipe (102.0 against 100.1 nats in two
-            runs of benchmarks/recipes.py, before and after the change).
+            training images stay as sharp as the data; interpolated shifts blurred them and cost held-out ELBO
+            (docs/benchmarks.md).
         augment_rotate: random rotation of each training image by up to this many degrees, bilinear (0: off).
     """
 
-    epochs: int = 150
-    batch_size: int = 64
-    lr: float = 2e-3
-    val_fraction: float = 0.1
-    seed: int = 0
-    beta: float = 1.0
-    kl_warmup_epochs: int = 0
-    cosine: bool = True
-    augment_shift: int = 1
-    augment_rotate: float = 0.0
+    epochs: int = options.EPOCHS
+    batch_size: int = options.BATCH_SIZE
+    lr: float = options.LEARNING_RATE
+    val_fraction: float = options.VAL_FRACTION
+    seed: int = options.SEED
+    beta: float = options.BETA
+    kl_warmup_epochs: int = options.KL_WARMUP_EPOCHS
+    augment_shift: int = options.AUGMENT_SHIFT
+    augment_rotate: float = options.AUGMENT_ROTATE
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -78,12 +76,18 @@ class TrainConfig:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if self.kl_warmup_epochs < 0:
             raise ValueError(f"kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
-        if not (float(self.augment_shift).is_integer() and 0 <= self.augment_shift <= 8):
-            raise ValueError(f"augment_shift must be a whole number of pixels in 0..8, got {self.augment_shift} "
-                             "(shifts are exact, without interpolation)")
+        if not (float(self.augment_shift).is_integer() and 0 <= self.augment_shift <= options.AUGMENT_SHIFT_MAX):
+            raise ValueError(f"augment_shift must be a whole number of pixels in 0..{options.AUGMENT_SHIFT_MAX}, "
+                             f"got {self.augment_shift} (shifts are exact, without interpolation)")
         object.__setattr__(self, "augment_shift", int(self.augment_shift))
-        if not 0 <= self.augment_rotate <= 45:
-            raise ValueError(f"augment_rotate must be in [0, 45] degrees, got {self.augment_rotate}")
+        if not 0 <= self.augment_rotate <= options.AUGMENT_ROTATE_MAX:
+            raise ValueError(f"augment_rotate must be in [0, {options.AUGMENT_ROTATE_MAX:g}] degrees, "
+                             f"got {self.augment_rotate}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        """Read a stored config; ``cosine`` (always on, once a setting) is accepted and ignored."""
+        return cls(**{k: v for k, v in data.items() if k != "cosine"})
 
 
 @dataclass
@@ -103,15 +107,13 @@ def cosine_lr_factor(step: int, total_steps: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of one epoch's shuffling, augmentation and reparameterisation noise (resume-safe)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to a temporary file beside ``path`` and rename it into place."""
-    with atomic_path(path) as tmp, open(tmp, "w") as handle:
-        handle.write(text)
+class CheckpointError(EdgeVAEError, ValueError):
+    """A checkpoint is unreadable, not edgevae's, or of an unsupported version; or there is nothing to resume."""
 
 
 @dataclass
@@ -132,21 +134,22 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Load a checkpoint with ``torch.load(weights_only=True)``: nothing in it is unpickled as code.
 
     Raises:
-        ValueError: not an edgevae checkpoint, or an unsupported version.
+        CheckpointError: no such file, not an edgevae checkpoint, or an unsupported version.
     """
     p = Path(path)
     if p.is_dir():
         p = p / BEST
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no such checkpoint; train one with 'edgevae train'")
+        raise CheckpointError(f"{p}: no such checkpoint; train one with 'edgevae train'")
     try:
         raw = torch.load(p, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:  # corrupt, foreign or unsafe files
-        raise ValueError(f"{p}: not a readable checkpoint ({exc})") from exc
+        raise CheckpointError(f"{p}: not a readable checkpoint ({exc})") from exc
     if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{p}: not an edgevae checkpoint")
+        raise CheckpointError(f"{p}: not an edgevae checkpoint")
     if raw.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{p}: checkpoint version {raw.get('version')!r} is not supported (expected {CHECKPOINT_VERSION})")
+        raise CheckpointError(f"{p}: checkpoint version {raw.get('version')!r} is not supported "
+                              f"(expected {CHECKPOINT_VERSION})")
     cfg = ModelConfig.from_dict(json.loads(raw["model_config"]))
     model = VAE(cfg)
     model.load_state_dict(raw["state_dict"])
@@ -154,7 +157,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     return Checkpoint(
         model=model,
         model_config=cfg,
-        train_config=TrainConfig(**json.loads(raw["train_config"])),
+        train_config=TrainConfig.from_dict(json.loads(raw["train_config"])),
         data=DataSpec.from_dict(json.loads(raw["data"])),
         epoch=int(raw["epoch"]),
         best_val_neg_elbo=float(raw["best_val_neg_elbo"]),
@@ -203,15 +206,34 @@ def evaluate(model: VAE, x: torch.Tensor, seed: int, batch_size: int = 500) -> d
     model.eval()
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
-            xb = x[start:start + batch_size]
-            mu, logvar, kl = model.encode(xb)
-            eps = torch.randn(mu.shape, generator=gen)
-            mean, param = model.decode(model.reparameterize(mu, logvar, eps))
-            nll = -log_likelihood(xb, model.config.likelihood, mean, param)
-            totals["recon"] += float(nll.sum())
-            totals["kl"] += float(kl.sum())
-            totals["neg_elbo"] += float((nll + kl).sum())
+            terms = elbo_terms(model, x[start:start + batch_size], gen)
+            totals["recon"] += float(terms.nll.sum())
+            totals["kl"] += float(terms.kl.sum())
+            totals["neg_elbo"] += float((terms.nll + terms.kl).sum())
     return {k: v / x.shape[0] for k, v in totals.items()}
+
+
+@dataclass
+class _Run:
+    """Everything a run carries from epoch to epoch: the data, the model and optimizer, and the record so far."""
+
+    out: Path
+    data: DataSpec
+    model_config: ModelConfig
+    train_config: TrainConfig
+    x_train: torch.Tensor
+    x_val: torch.Tensor
+    model: VAE
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    start_epoch: int = 0
+    best: float = math.inf
+    best_epoch: int = -1
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.x_train.shape[0] / self.train_config.batch_size)
 
 
 def train(
@@ -234,124 +256,127 @@ def train(
         model_config: architecture; by default inferred from the data (channels, size) with default widths.
         train_config: optimisation settings.
         resume: continue from ``run_dir/last.pt`` (its configs win over the arguments).
-        progress: called with ("epoch_start" | "batch" | "epoch_end" | "done", info).
+        progress: called with ("epoch_start" | "batch" | "epoch_end" | "skipped" | "done", info).
 
     Raises:
         InputError: the data cannot be loaded.
-        ValueError: bad configuration, or nothing to resume.
+        CheckpointError: nothing to resume, or an unreadable ``last.pt``.
+        ValueError: bad configuration, or training diverged.
     """
     started = time.perf_counter()
-    out = Path(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
     emit = progress or (lambda event, info: None)
+    run = _restore(Path(run_dir), data, model_config, train_config, resume, emit)
+    for epoch in range(run.start_epoch, run.train_config.epochs):
+        emit("epoch_start", {"epoch": epoch + 1, "epochs": run.train_config.epochs, "steps": run.steps_per_epoch})
+        sums = _train_epoch(run, epoch, emit)
+        val = evaluate(run.model, run.x_val, seed=run.train_config.seed)
+        record = {"epoch": epoch + 1, **{f"train_{k}": v / run.x_train.shape[0] for k, v in sums.items()},
+                  **{f"val_{k}": v for k, v in val.items()}, "lr": run.optimizer.param_groups[0]["lr"],
+                  "seconds": time.perf_counter() - started}
+        run.history.append(record)
+        if not math.isfinite(val["neg_elbo"]):
+            raise ValueError(f"training diverged at epoch {epoch + 1} (validation negative ELBO {val['neg_elbo']}); "
+                             "lower --lr")
+        improved = val["neg_elbo"] < run.best
+        if improved:
+            run.best, run.best_epoch = val["neg_elbo"], epoch + 1
+        _save(run, epoch + 1, improved)
+        emit("epoch_end", {**record, "best": improved})
+    seconds = time.perf_counter() - started
+    emit("done", {"best_epoch": run.best_epoch, "best_val_neg_elbo": run.best, "seconds": seconds})
+    return TrainResult(run_dir=run.out, best_checkpoint=run.out / BEST, best_epoch=run.best_epoch,
+                       best_val_neg_elbo=run.best, history=run.history, seconds=seconds)
+
+
+def _restore(out: Path, data: DataSpec, model_config: ModelConfig | None, train_config: TrainConfig | None,
+             resume: bool, emit: Progress) -> _Run:
+    """Load the data and build the model and optimizer: fresh, or as ``out/last.pt`` left them."""
+    out.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] | None = None
     if resume:
         if not (out / LAST).exists():
-            raise ValueError(f"--resume: {out / LAST} does not exist; start a new run without --resume")
+            raise CheckpointError(f"--resume: {out / LAST} does not exist; start a new run without --resume")
         ck = load_checkpoint(out / LAST)
         model_config, train_config, data, state = ck.model_config, ck.train_config, ck.data, ck.raw
     train_config = train_config or TrainConfig()
     if model_config is None:
         model_config = ModelConfig(**{**ModelConfig().to_dict(), **_shape_of(infer_contract(data))})
-    contract = model_config.contract
-    images, _, skipped = load_images(data, contract)
+    images, _, skipped = load_images(data, model_config.contract)
     for item in skipped:
         emit("skipped", {"item": item})
     train_idx, val_idx = split_indices(images.shape[0], train_config.val_fraction, train_config.seed)
-    x_train, x_val = _to_float(images[train_idx]), _to_float(images[val_idx])
-
     torch.manual_seed(train_config.seed)
     model = VAE(model_config)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_config.lr)
-    steps_per_epoch = math.ceil(x_train.shape[0] / train_config.batch_size)
-    total_steps = steps_per_epoch * train_config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        (lambda step: cosine_lr_factor(step, total_steps)) if train_config.cosine else (lambda step: 1.0),
-    )
-    start_epoch, best, best_epoch, history = 0, math.inf, -1, []
+    total_steps = math.ceil(len(train_idx) / train_config.batch_size) * train_config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_lr_factor(step, total_steps))
+    run = _Run(out, data, model_config, train_config, _to_float(images[train_idx]), _to_float(images[val_idx]),
+               model, optimizer, scheduler)
     if state is not None:
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"])
-        best = float(state["best_val_neg_elbo"])
-        best_epoch = int(state["best_epoch"])
-        history = json.loads(state["history"])
+        run.start_epoch, run.best = int(state["epoch"]), float(state["best_val_neg_elbo"])
+        run.best_epoch, run.history = int(state["best_epoch"]), json.loads(state["history"])
+    return run
 
-    def checkpoint(epoch: int) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "edgevae_version": __version__,
-            "model_config": json.dumps(model_config.to_dict()),
-            "train_config": json.dumps(asdict(train_config)),
-            "data": json.dumps(data.to_dict()),
-            "n_train": int(x_train.shape[0]),
-            "n_val": int(x_val.shape[0]),
-            "state_dict": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch,
-            "best_epoch": best_epoch,
-            "best_val_neg_elbo": best,
-            "history": json.dumps(history),
-        }
 
-    for epoch in range(start_epoch, train_config.epochs):
-        model.train()
-        gen = torch.Generator().manual_seed(train_config.seed * 1_000_003 + epoch)
-        order = torch.randperm(x_train.shape[0], generator=gen)
-        warm = train_config.kl_warmup_epochs
-        emit("epoch_start", {"epoch": epoch + 1, "epochs": train_config.epochs, "steps": steps_per_epoch})
-        sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
-        for step in range(steps_per_epoch):
-            idx = order[step * train_config.batch_size:(step + 1) * train_config.batch_size]
-            xb = x_train[idx]  # (B, C, H, W)
-            if train_config.augment_shift or train_config.augment_rotate:
-                xb = augment(xb, train_config.augment_shift, train_config.augment_rotate, gen)
-            frac = min(1.0, (epoch + step / steps_per_epoch) / warm) if warm else 1.0
-            beta = train_config.beta * frac
-            mu, logvar, kl = model.encode(xb)
-            eps = torch.randn(mu.shape, generator=gen)
-            mean, param = model.decode(model.reparameterize(mu, logvar, eps))
-            nll = -log_likelihood(xb, model_config.likelihood, mean, param)
-            loss = (nll + beta * kl).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            b = xb.shape[0]
-            sums["loss"] += float(loss.detach()) * b
-            sums["recon"] += float(nll.detach().mean()) * b
-            sums["kl"] += float(kl.detach().mean()) * b
-            emit("batch", {"loss": float(loss.detach()), "recon": float(nll.detach().mean()), "kl": float(kl.detach().mean())})
-        val = evaluate(model, x_val, seed=train_config.seed)
-        record = {"epoch": epoch + 1, **{f"train_{k}": v / x_train.shape[0] for k, v in sums.items()},
-                  **{f"val_{k}": v for k, v in val.items()}, "lr": optimizer.param_groups[0]["lr"],
-                  "seconds": time.perf_counter() - started}
-        history.append(record)
-        if not math.isfinite(val["neg_elbo"]):
-            raise ValueError(f"training diverged at epoch {epoch + 1} (validation negative ELBO {val['neg_elbo']}); "
-                             "lower --lr")
-        improved = val["neg_elbo"] < best
-        if improved:
-            best, best_epoch = val["neg_elbo"], epoch + 1
-        ck = checkpoint(epoch + 1)
-        if improved:
-            _atomic_torch_save(ck, out / BEST)
-        _atomic_torch_save(ck, out / LAST)
-        atomic_write_text(out / METRICS, json.dumps({
-            "best_epoch": best_epoch, "best_val_neg_elbo": best, "history": history,
-            "data": data.to_dict(), "model_config": model_config.to_dict(), "train_config": asdict(train_config),
-            "n_train": int(x_train.shape[0]), "n_val": int(x_val.shape[0]),
-        }, indent=2))
-        emit("epoch_end", {**record, "best": improved})
-    seconds = time.perf_counter() - started
-    result = TrainResult(run_dir=out, best_checkpoint=out / BEST, best_epoch=best_epoch,
-                         best_val_neg_elbo=best, history=history, seconds=seconds)
-    emit("done", {"best_epoch": best_epoch, "best_val_neg_elbo": best, "seconds": seconds})
-    return result
+def _train_epoch(run: _Run, epoch: int, emit: Progress) -> dict[str, float]:
+    """One pass over the shuffled training split; returns the sums of loss, reconstruction and KL over images."""
+    tc = run.train_config
+    run.model.train()
+    gen = epoch_generator(tc.seed, epoch)
+    order = torch.randperm(run.x_train.shape[0], generator=gen)
+    steps = run.steps_per_epoch
+    sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
+    for step in range(steps):
+        xb = run.x_train[order[step * tc.batch_size:(step + 1) * tc.batch_size]]  # (B, C, H, W)
+        if tc.augment_shift or tc.augment_rotate:
+            xb = augment(xb, tc.augment_shift, tc.augment_rotate, gen)
+        warm = tc.kl_warmup_epochs
+        beta = tc.beta * (min(1.0, (epoch + step / steps) / warm) if warm else 1.0)
+        terms = elbo_terms(run.model, xb, gen)
+        loss = terms.loss(beta)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        figures = {"loss": float(loss.detach()), "recon": float(terms.nll.detach().mean()),
+                   "kl": float(terms.kl.detach().mean())}
+        for key, value in figures.items():
+            sums[key] += value * xb.shape[0]
+        emit("batch", figures)
+    return sums
+
+
+def _save(run: _Run, epoch: int, improved: bool) -> None:
+    """Write last.pt (and best.pt when ``improved``) and metrics.json, each atomically."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "edgevae_version": __version__,
+        "model_config": json.dumps(run.model_config.to_dict()),
+        "train_config": json.dumps(asdict(run.train_config)),
+        "data": json.dumps(run.data.to_dict()),
+        "n_train": int(run.x_train.shape[0]),
+        "n_val": int(run.x_val.shape[0]),
+        "state_dict": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "epoch": epoch,
+        "best_epoch": run.best_epoch,
+        "best_val_neg_elbo": run.best,
+        "history": json.dumps(run.history),
+    }
+    for name in ([BEST] if improved else []) + [LAST]:
+        with atomic_path(run.out / name) as tmp:
+            torch.save(state, tmp)
+    write_atomic(run.out / METRICS, json.dumps({
+        "best_epoch": run.best_epoch, "best_val_neg_elbo": run.best, "history": run.history,
+        "data": run.data.to_dict(), "model_config": run.model_config.to_dict(),
+        "train_config": asdict(run.train_config), "n_train": int(run.x_train.shape[0]),
+        "n_val": int(run.x_val.shape[0]),
+    }, indent=2))
 
 
 def _shape_of(contract: Any) -> dict[str, int]:

@@ -8,12 +8,12 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from edgevae import options
 from edgevae.runtime.contract import InputContract
-from edgevae.runtime.scores import LIKELIHOODS
 
-from .objectives import kl_divergence
+from .objectives import kl_divergence, log_likelihood
 
-# Activation between layers, by ModelConfig.activation (and encoder_activation).
+# Activation between layers, by ModelConfig.activation (and encoder_activation); names from edgevae.options.
 ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU}
 
 
@@ -30,11 +30,10 @@ class ModelConfig:
         refine: channels of an extra 3x3 convolution at full resolution that forms the decoder's output
             (0: none; the last transposed convolution then outputs the image directly).
         activation: ``silu`` or ``relu`` between layers. ReLU folds into int8 convolutions, so an int8
-            variant of a ReLU model runs faster (benchmarks/speed.py); SiLU trains better (4.6 nats of
-            held-out ELBO on the embedded digits, docs/benchmarks.md).
+            variant of a ReLU model runs faster; SiLU reaches a better held-out ELBO (docs/benchmarks.md).
         encoder_activation: the encoder's activation when it should differ from ``activation`` (None: the
-            same). ``relu`` here with a SiLU decoder gives the int8 encoder the ReLU model's speed for 1.4 nats
-            of ELBO instead of 4.6 (development runs, docs/benchmarks.md).
+            same). ``relu`` here with a SiLU decoder gives the int8 encoder most of the ReLU model's speed for a
+            smaller loss of ELBO (docs/benchmarks.md).
         likelihood: ``bernoulli`` (pixels in [0, 1]), ``gaussian`` (unit variance) or ``gaussian_learned``
             (one learned variance for all pixels).
     """
@@ -42,12 +41,12 @@ class ModelConfig:
     channels: int = 1
     height: int = 28
     width: int = 28
-    latent_dim: int = 16
-    widths: tuple[int, ...] = (32, 64)
-    hidden: int = 256
-    likelihood: str = "bernoulli"
-    refine: int = 0
-    activation: str = "silu"
+    latent_dim: int = options.LATENT_DIM
+    widths: tuple[int, ...] = options.WIDTHS
+    hidden: int = options.HIDDEN
+    likelihood: str = options.LIKELIHOOD
+    refine: int = options.REFINE
+    activation: str = options.ACTIVATION
     encoder_activation: str | None = None
 
     def __post_init__(self) -> None:
@@ -66,8 +65,8 @@ class ModelConfig:
         if self.encoder_activation is not None and self.encoder_activation not in ACTIVATIONS:
             raise ValueError(f"encoder_activation must be one of {', '.join(ACTIVATIONS)} or None, "
                              f"got {self.encoder_activation!r}")
-        if self.likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {self.likelihood!r}")
+        if self.likelihood not in options.LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {', '.join(options.LIKELIHOODS)}; got {self.likelihood!r}")
 
     @property
     def contract(self) -> InputContract:
@@ -176,6 +175,11 @@ class VAE(nn.Module):
 
     def decode(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.decoder(t)
+
+    def log_likelihood(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """log p(x|t) per image (N,) for codes t (N, D)."""
+        mean, param = self.decode(t)
+        return log_likelihood(x, self.config.likelihood, mean, param)
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:
         mu, logvar, kl = self.encode(x)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from edgevae.runtime.scores import SCORE_METHODS, SMOOTH_SIGMA
+from edgevae.options import SCORE_METHODS, SMOOTH_SIGMA
 
 if TYPE_CHECKING:
     from .model import VAE
@@ -30,6 +30,36 @@ def log_likelihood(x: torch.Tensor, likelihood: str, x_mean: torch.Tensor, x_par
     sq = (x - x_mean).pow(2).reshape(n, -1).sum(dim=1)
     pixels = x[0].numel()
     return -0.5 * sq * torch.exp(-logvar) - 0.5 * pixels * (logvar + _LOG_2PI)
+
+
+class LatentVariableModel(Protocol):
+    """What the ELBO needs of a model: q(t|x) and log p(x|t). ``VAE`` is one; design experiments add others."""
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def log_likelihood(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
+
+
+class ELBOTerms(NamedTuple):
+    """One reparameterised sample of the ELBO per image: -log p(x|t) (N,), KL (N,), and q's mean and log-variance."""
+
+    nll: torch.Tensor
+    kl: torch.Tensor
+    mu: torch.Tensor
+    logvar: torch.Tensor
+
+    def loss(self, beta: float = 1.0) -> torch.Tensor:
+        """Mean over the batch of -log p(x|t) + beta * KL (beta = 1: the negative ELBO)."""
+        return (self.nll + beta * self.kl).mean()
+
+
+def elbo_terms(model: LatentVariableModel, x: torch.Tensor, gen: torch.Generator) -> ELBOTerms:
+    """The ELBO of a batch with the reparameterisation trick: t = mu + exp(logvar / 2) * eps, eps ~ N(0, I) drawn
+    from ``gen``, one sample per image. Training and evaluation both use it."""
+    mu, logvar, kl = model.encode(x)  # (N, D), (N, D), (N,)
+    eps = torch.randn(mu.shape, generator=gen)
+    t = mu + torch.exp(0.5 * logvar) * eps
+    return ELBOTerms(nll=-model.log_likelihood(x, t), kl=kl, mu=mu, logvar=logvar)
 
 
 def reconstruction_error(x: torch.Tensor, x_mean: torch.Tensor) -> torch.Tensor:
@@ -69,14 +99,13 @@ def iwae_nll(model: "VAE", x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     return -(torch.logsumexp(log_w, dim=0) - math.log(k))
 
 
-def negative_elbo(model: "VAE", x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+def negative_elbo(model: LatentVariableModel, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """Monte-Carlo negative ELBO per image (N,) with shared noise ``eps`` (K, D), as the runtime computes it."""
     mu, logvar, kl = model.encode(x)
     k, n = eps.shape[0], x.shape[0]
     t = (mu[None] + torch.exp(0.5 * logvar)[None] * eps[:, None, :]).reshape(k * n, -1)  # (K*N, D)
-    mean, param = model.decode(t)
     x_rep = x.unsqueeze(0).expand((k,) + x.shape).reshape((k * n,) + x.shape[1:])
-    ll = log_likelihood(x_rep, model.config.likelihood, mean, param).reshape(k, n)
+    ll = model.log_likelihood(x_rep, t).reshape(k, n)
     return kl - ll.mean(dim=0)
 
 

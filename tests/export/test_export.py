@@ -35,7 +35,7 @@ def test_every_graph_output_matches_pytorch(tiny_run: Path, model, test_digits, 
     x = model.prepare(test_digits[0][:batch])
     with torch.no_grad():
         ref = [t.numpy() for t in torch_model.encode(torch.from_numpy(x))]
-    got = model.encode_full(x)
+    got = model.encode(x)
     for r, g in zip(ref, got):
         assert np.max(np.abs(r - g)) <= 1e-4
     t = np.random.default_rng(0).standard_normal((batch, 4), dtype=np.float32)
@@ -47,7 +47,7 @@ def test_every_graph_output_matches_pytorch(tiny_run: Path, model, test_digits, 
 
 
 def test_in_graph_kl_equals_closed_form(model, test_digits) -> None:  # type: ignore[no-untyped-def]
-    mu, logvar, kl = model.encode_full(test_digits[0][:50])
+    mu, logvar, kl = model.encode(test_digits[0][:50])
     closed = kl_divergence(torch.from_numpy(mu), torch.from_numpy(logvar)).numpy()
     np.testing.assert_allclose(kl, closed, rtol=1e-5, atol=1e-5)
 
@@ -56,8 +56,8 @@ def test_in_graph_kl_equals_closed_form(model, test_digits) -> None:  # type: ig
 def test_every_score_matches_pytorch(tiny_run: Path, model, test_digits, method: str) -> None:  # type: ignore[no-untyped-def]
     torch_model = load_checkpoint(tiny_run).model
     x = model.prepare(test_digits[0][::37])
-    k = model.manifest.iwae_samples if method == "iwae" else model.manifest.elbo_samples
-    eps = torch.from_numpy(prior_noise(k, 4, model.manifest.score_seed).copy())
+    k = model.spec.iwae_samples if method == "iwae" else model.spec.elbo_samples
+    eps = torch.from_numpy(prior_noise(k, 4, model.spec.seed).copy())
     ref = score(torch_model, torch.from_numpy(x), method, eps).numpy()
     np.testing.assert_allclose(model.raw_scores(x, method), ref, rtol=1e-4, atol=1e-3)
 
@@ -66,7 +66,7 @@ def test_every_score_matches_pytorch(tiny_run: Path, model, test_digits, method:
 def test_elbo_estimate_matches_pytorch_under_same_noise(tiny_run: Path, model, test_digits, k: int) -> None:  # type: ignore[no-untyped-def]
     torch_model = load_checkpoint(tiny_run).model
     x = model.prepare(test_digits[0][:20])
-    eps = prior_noise(k, 4, model.manifest.score_seed)
+    eps = prior_noise(k, 4, model.spec.seed)
     ours = model.raw_scores(x, "elbo", samples=k)
     with torch.no_grad():
         ref = negative_elbo(torch_model, torch.from_numpy(x), torch.from_numpy(eps.copy())).numpy()
@@ -127,7 +127,7 @@ def test_other_shapes_and_likelihoods_export(tmp_path: Path, channels: int, size
     x = images[:3]
     assert out.reconstruct(x).shape == (3, channels, size, size)
     assert np.isfinite(out.score(x, "elbo").scores).all()
-    assert out.decode_params(out.encode(x)[0])[1].shape == (3, 1)
+    assert out.decode_params(out.encode(x).mu)[1].shape == (3, 1)
 
 
 def _rehash(bundle: Path) -> None:
@@ -175,7 +175,7 @@ def test_smooth_sigma_is_stored_calibrated_and_used(tiny_run: Path, test_digits,
     from edgevae.runtime.scores import smoothed_relative_reconstruction_error
 
     wide = export_bundle(tiny_run, tmp_path / "wide", ExportConfig(elbo_samples=2, iwae_samples=4, smooth_sigma=2.0))
-    assert wide.manifest.smooth_sigma == 2.0 and wide.manifest.raw["scoring"]["smooth_sigma"] == 2.0
+    assert wide.spec.smooth_sigma == 2.0 and wide.manifest.raw["scoring"]["smooth_sigma"] == 2.0
     assert wide.manifest.raw["parity"]["score_max_rel_diff"]["smooth_recon"] <= 1e-4  # the twin used sigma 2 too
     x = wide.prepare(test_digits[0][:40])
     got = wide.raw_scores(x, "smooth_recon")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgevae.runtime import BundleError, ProviderError, load, read_manifest, resolve_providers
+from edgevae.runtime import BundleError, GraphRunner, ProviderError, load, read_manifest, resolve_providers
 from edgevae.runtime.manifest import Manifest, dumps
 
 pytestmark = pytest.mark.runtime
@@ -27,13 +27,13 @@ def test_manifest_round_trip(bundle: Path) -> None:
     parsed = Manifest.from_json(dumps(raw))
     again = Manifest.from_json(dumps(dict(parsed.raw)))
     assert again == parsed
-    assert parsed.contract.shape == (1, 28, 28) and parsed.latent_dim == 4
+    assert parsed.contract.shape == (1, 28, 28) and parsed.scoring.latent_dim == 4
     assert set(parsed.calibration) == {"kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae"}
 
 
 def test_manifest_rides_in_graph_metadata(model) -> None:  # type: ignore[no-untyped-def]
     on_disk = dict(model.manifest.raw)
-    for session in (model._encoder, model._decoder):
+    for session in model.runner.sessions(in_slice=False):
         meta = session.get_modelmeta().custom_metadata_map
         embedded = json.loads(meta["edgevae.manifest"])
         assert embedded == {k: v for k, v in on_disk.items() if k not in ("files", "variants")}
@@ -104,7 +104,7 @@ def test_model_reports_providers(model) -> None:  # type: ignore[no-untyped-def]
 
 def test_shapes_and_kl(model, test_digits) -> None:  # type: ignore[no-untyped-def]
     x = test_digits[0][:5]
-    mu, logvar, kl = model.encode_full(x)
+    mu, logvar, kl = model.encode(x)
     assert mu.shape == logvar.shape == (5, 4) and kl.shape == (5,)
     assert model.decode(mu).shape == (5, 1, 28, 28)
     assert model.reconstruct(x).shape == (5, 1, 28, 28)
@@ -163,11 +163,13 @@ def test_iwae_bound_is_tighter_than_elbo(model, test_digits) -> None:  # type: i
     assert ((rel >= 0) & (rel < 1)).all()
 
 
-def test_cli_method_names_match_runtime() -> None:
-    from edgevae.cli import METHODS
+def test_cli_method_choices_are_the_runtime_methods() -> None:
+    from edgevae.cli import main
     from edgevae.runtime import SCORE_METHODS
 
-    assert METHODS == SCORE_METHODS
+    for command in ("score", "export"):
+        method = next(p for p in main.commands[command].params if p.name in ("method", "default_method"))
+        assert tuple(method.type.choices) == SCORE_METHODS
 
 
 def test_sliced_batches_equal_single_calls(bundle: Path, test_digits) -> None:  # type: ignore[no-untyped-def]
@@ -179,10 +181,14 @@ def test_sliced_batches_equal_single_calls(bundle: Path, test_digits) -> None:  
     for method in ("kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae"):
         np.testing.assert_array_equal(sliced.raw_scores(x, method), single.raw_scores(x, method))
     np.testing.assert_array_equal(sliced.raw_scores(x, "elbo", samples=1), single.raw_scores(x, "elbo", samples=1))
-    np.testing.assert_array_equal(sliced.encode_full(x)[0], single.encode_full(x)[0])
+    np.testing.assert_array_equal(sliced.encode(x).mu, single.encode(x).mu)
     np.testing.assert_array_equal(sliced.generate(150, seed=3), single.generate(150, seed=3))
     np.testing.assert_array_equal(sliced.reconstruct(x[:33]), single.reconstruct(x[:33]))  # below the slice size
     with pytest.raises(ValueError, match="slice_workers"):
         load(bundle, ["CPUExecutionProvider"], slice_workers=0)
     with pytest.raises(ValueError, match="slice_workers"):
-        sliced.slice_workers = 0
+        GraphRunner(sliced.runner.encoder, sliced.runner.decoder, slice_workers=0)
+    with pytest.raises(AttributeError):  # built in one step: nothing is re-assigned afterwards
+        sliced.slice_workers = 0  # type: ignore[misc]
+    sliced.close()
+    single.close()

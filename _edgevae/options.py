@@ -1,0 +1,71 @@
+"""Every choice list and default of edgevae's settings, stated once.
+
+The config dataclasses (``ModelConfig``, ``TrainConfig``, ``ExportConfig``, ``ScoringSpec``) take their
+defaults and allowed values from here, and the command line shows them in its help from here, so the two
+cannot drift apart. Pure Python: the CLI imports it without numpy, torch or onnxruntime.
+"""
+
+from __future__ import annotations
+
+# ---------------------------------------------------------------------------------------------- scoring
+SCORE_METHODS = ("kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae")
+# Methods that average over Monte-Carlo samples of q(t|x): they draw shared prior noise (see samples_for).
+MONTE_CARLO_METHODS = ("elbo", "iwae")
+DEFAULT_METHOD = "smooth_recon"
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
+# Width (standard deviation, pixels) of the Gaussian that smooths the residual in ``smooth_recon``: the
+# default and the largest allowed value (the lower bound is exclusive: sigma > 0).
+SMOOTH_SIGMA = 1.0
+SMOOTH_SIGMA_MAX = 16.0
+ELBO_SAMPLES = 16
+ELBO_SAMPLES_MAX = 10_000
+IWAE_SAMPLES = 256
+IWAE_SAMPLES_MAX = 100_000
+SCORE_SEED = 0
+
+# ---------------------------------------------------------------------------------------------- export
+CALIBRATION_FPR = 0.01
+# Edge variants: one made by quantization, one by a lower float precision (``--quantize`` / ``--precision``).
+QUANTIZE_VARIANTS = ("int8",)
+PRECISION_VARIANTS = ("fp16",)
+VARIANTS = QUANTIZE_VARIANTS + PRECISION_VARIANTS
+OPSET = 18
+OPSET_RANGE = (17, 21)
+
+# ---------------------------------------------------------------------------------------------- model
+ACTIVATIONS = ("silu", "relu")
+ACTIVATION = "silu"
+LIKELIHOOD = "bernoulli"
+LATENT_DIM = 16
+WIDTHS = (32, 64)
+HIDDEN = 256
+REFINE = 0
+CHANNELS = (1, 3)
+
+# ---------------------------------------------------------------------------------------------- training
+EPOCHS = 150
+BATCH_SIZE = 64
+LEARNING_RATE = 2e-3
+VAL_FRACTION = 0.1
+SEED = 0
+BETA = 1.0
+KL_WARMUP_EPOCHS = 0
+AUGMENT_SHIFT = 1
+AUGMENT_SHIFT_MAX = 8
+AUGMENT_ROTATE = 0.0
+AUGMENT_ROTATE_MAX = 45.0
+
+
+def samples_for(method: str, elbo_samples: int, iwae_samples: int) -> int:
+    """Monte-Carlo samples K a score method draws: ``elbo_samples`` for elbo, ``iwae_samples`` for iwae, else 0.
+
+    Raises:
+        ValueError: unknown method.
+    """
+    if method not in SCORE_METHODS:
+        raise ValueError(f"unknown score method {method!r}; choose one of {', '.join(SCORE_METHODS)}")
+    if method == "elbo":
+        return elbo_samples
+    if method == "iwae":
+        return iwae_samples
+    return 0

@@ -1,0 +1,90 @@
+"""Export a VAE's encoder and decoder as two ONNX graphs with the torch.export-based exporter."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import onnx
+import torch
+
+from edgevae.runtime.errors import EdgeVAEError
+from edgevae.runtime.manifest import DECODER_INPUT, ENCODER_INPUT, ENCODER_OUTPUTS, decoder_outputs
+from edgevae.training.model import VAE
+
+# Largest batch the dynamic batch axis admits.
+MAX_BATCH = 1 << 20
+
+
+class ExportError(EdgeVAEError, RuntimeError):
+    """Export failed (parity outside tolerance, invalid graph, unusable target folder)."""
+
+
+@dataclass(frozen=True)
+class Graphs:
+    """The two exported graphs, before the manifest is embedded in them."""
+
+    encoder: onnx.ModelProto
+    decoder: onnx.ModelProto
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's chatter (torchvision notices, deprecation warnings) but keep errors."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+class _EncoderGraph(torch.nn.Module):
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        self.encoder = model.encoder
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar, kl = self.encoder(x)
+        return mu, logvar, kl
+
+
+def export_graph(module: torch.nn.Module, example: torch.Tensor, input_name: str, output_names: list[str],
+                 opset: int) -> onnx.ModelProto:
+    """Export one module with the torch.export-based exporter and a dynamic batch axis; run onnx.checker.
+
+    Raises:
+        ExportError: the exporter returned nothing.
+    """
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    with quiet_exporter():
+        program = torch.onnx.export(
+            module, (example,), dynamo=True, input_names=[input_name], output_names=output_names,
+            dynamic_shapes={input_name: {0: batch}}, opset_version=opset, verbose=False,
+        )
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
+    proto: onnx.ModelProto = program.model_proto
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def export_graphs(model: VAE, images: np.ndarray, opset: int) -> Graphs:
+    """Export the encoder (x -> mu, logvar, kl) and the decoder (t -> mean, likelihood parameter)."""
+    example = torch.from_numpy(images[:3])  # (3, C, H, W)
+    encoder = export_graph(_EncoderGraph(model), example, ENCODER_INPUT, list(ENCODER_OUTPUTS), opset)
+    with torch.no_grad():
+        t_example = model.encode(example)[0]  # (3, D)
+    decoder = export_graph(model.decoder, t_example, DECODER_INPUT, list(decoder_outputs(model.config.likelihood)),
+                           opset)
+    return Graphs(encoder, decoder)

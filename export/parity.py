@@ -1,0 +1,92 @@
+"""Refuse an export unless onnxruntime agrees with PyTorch: every graph output, and every score."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from edgevae.options import SCORE_METHODS
+from edgevae.runtime.manifest import DECODER_INPUT, ENCODER_INPUT, ENCODER_OUTPUTS
+from edgevae.runtime.model import Scorer
+from edgevae.training.model import VAE
+from edgevae.training.objectives import score as torch_score
+
+from .graphs import ExportError
+
+PARITY_TOLERANCE = 1e-4
+PARITY_BATCH_SIZES = (1, 7)
+# Relative tolerance for score parity (scores are sums over hundreds of pixels, so absolute float32
+# rounding grows with their size); graph outputs use the absolute tolerance.
+SCORE_RTOL = 1e-4
+# Held-out images whose scores are compared.
+SCORE_PARITY_IMAGES = 64
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Largest differences between onnxruntime and PyTorch: absolute per graph output, relative per score."""
+
+    graph_max_abs_diff: dict[str, float]
+    score_max_rel_diff: dict[str, float]
+
+
+def graph_parity(model: VAE, encoder: ort.InferenceSession, decoder: ort.InferenceSession, images: np.ndarray,
+                 dec_names: list[str], batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES) -> dict[str, float]:
+    """Max abs difference between onnxruntime and PyTorch for every graph output, at each batch size."""
+    diffs: dict[str, float] = {}
+    rng = np.random.default_rng(1234)
+    for bs in batch_sizes:
+        x = images[:bs]
+        with torch.no_grad():
+            ref_enc = [t.numpy() for t in model.encode(torch.from_numpy(x))]
+        got_enc = encoder.run(list(ENCODER_OUTPUTS), {ENCODER_INPUT: x})
+        for name, ref, got in zip(ENCODER_OUTPUTS, ref_enc, got_enc):
+            _record(diffs, f"encoder.{name}", ref, got)
+        t = np.concatenate([ref_enc[0], rng.standard_normal(ref_enc[0].shape, dtype=np.float32)])  # (2*bs, D)
+        with torch.no_grad():
+            ref_dec = [v.numpy() for v in model.decode(torch.from_numpy(t))]
+        got_dec = decoder.run(dec_names, {DECODER_INPUT: t})
+        for name, ref, got in zip(dec_names, ref_dec, got_dec):
+            _record(diffs, f"decoder.{name}", ref, got)
+    return diffs
+
+
+def _record(diffs: dict[str, float], key: str, ref: np.ndarray, got: np.ndarray) -> None:
+    if ref.shape != got.shape:
+        raise ExportError(f"{key}: onnxruntime gives shape {got.shape}, PyTorch {ref.shape}")
+    diffs[key] = max(diffs.get(key, 0.0), float(np.max(np.abs(ref.astype(np.float64) - got))))
+
+
+def score_parity(model: VAE, scorer: Scorer, images: np.ndarray) -> dict[str, float]:
+    """Max relative difference between runtime scores and the PyTorch twins, per method."""
+    out: dict[str, float] = {}
+    for method in SCORE_METHODS:
+        noise = scorer.noise(method)
+        eps = None if noise is None else torch.from_numpy(noise.copy())
+        ref = torch_score(model, torch.from_numpy(images), method, eps, scorer.spec.smooth_sigma).numpy().astype(np.float64)
+        got = scorer.raw_scores(images, method).astype(np.float64)
+        out[method] = float(np.max(np.abs(ref - got) / np.maximum(1.0, np.abs(ref))))
+    return out
+
+
+def check_parity(model: VAE, scorer: Scorer, images: np.ndarray, tolerance: float) -> ParityReport:
+    """Compare graph outputs (absolute ``tolerance``) and scores (relative ``SCORE_RTOL``) with PyTorch.
+
+    Raises:
+        ExportError: a difference beyond its tolerance.
+    """
+    encoder, decoder = scorer.runner.sessions(in_slice=False)
+    diffs = graph_parity(model, encoder, decoder, images, list(scorer.spec.decoder_outputs))
+    _refuse(diffs, tolerance, "onnxruntime and PyTorch disagree beyond the tolerance")
+    score_diffs = score_parity(model, scorer, images[:SCORE_PARITY_IMAGES])
+    _refuse(score_diffs, SCORE_RTOL, "runtime scores disagree with PyTorch beyond relative tolerance")
+    return ParityReport(diffs, score_diffs)
+
+
+def _refuse(diffs: dict[str, float], tolerance: float, message: str) -> None:
+    bad = {k: v for k, v in diffs.items() if not v <= tolerance}
+    if bad:
+        raise ExportError(f"{message} {tolerance:g}: " + ", ".join(f"{k} {v:.3g}" for k, v in bad.items()))

@@ -1,0 +1,170 @@
+"""Load a bundle folder, verifying it before any graph runs: manifest schema, sha256 of each graph, graph I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import onnxruntime as ort
+
+from .errors import BundleError
+from .manifest import (
+    DECODER_FILE,
+    DECODER_INPUT,
+    ENCODER_FILE,
+    ENCODER_INPUT,
+    ENCODER_OUTPUTS,
+    MANIFEST_FILE,
+    Manifest,
+    ScoringSpec,
+)
+from .model import Model
+from .runner import GraphRunner, build_runner
+from .scores import MethodCalibration
+from .sessions import Providers
+
+# onnxruntime's errors for a graph it cannot load.
+_ORT_LOAD_ERRORS = (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+                    ort.capi.onnxruntime_pybind11_state.InvalidProtobuf)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
+    """Read and validate a bundle's manifest without creating sessions.
+
+    Raises:
+        BundleError: not a folder, no manifest, or a manifest that is malformed or of another schema.
+    """
+    path = Path(bundle)
+    if not path.is_dir():
+        raise BundleError(f"{path}: not a bundle directory (expected a folder with {MANIFEST_FILE}, "
+                          f"{ENCODER_FILE}, {DECODER_FILE}); create one with 'edgevae export'")
+    manifest_path = path / MANIFEST_FILE
+    try:
+        text = manifest_path.read_bytes()
+    except FileNotFoundError as exc:
+        raise BundleError(f"{path}: {MANIFEST_FILE} is missing; this folder is not a complete bundle") from exc
+    except OSError as exc:
+        raise BundleError(f"{manifest_path}: cannot read ({exc})") from exc
+    return Manifest.from_json(text)
+
+
+def select_variant(manifest: Manifest, variant: str | None, path: Path) -> tuple[Manifest, list[str]]:
+    """The manifest with the variant's calibration in force, and the variant's (encoder, decoder) files.
+
+    Raises:
+        BundleError: the bundle has no such variant, or its entry is malformed.
+    """
+    if variant in (None, "fp32"):
+        return manifest, [ENCODER_FILE, DECODER_FILE]
+    if variant not in manifest.variants:
+        available = ", ".join(["fp32", *manifest.variants])
+        raise BundleError(f"{path}: no variant {variant!r} in this bundle; available: {available}. "
+                          "Add variants at export (--quantize int8, --precision fp16, --ort-format)")
+    spec = manifest.variants[variant]
+    try:
+        names = [str(spec["encoder"]), str(spec["decoder"])]
+        calibration = {m: MethodCalibration.from_dict(c) for m, c in spec["calibration"]["methods"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BundleError(f"{path}: variant {variant!r} is malformed in the manifest: {exc!r}") from exc
+    return replace(manifest, calibration=calibration), names
+
+
+def read_verified(path: Path, manifest: Manifest, fname: str) -> bytes:
+    """A file of the bundle, after checking its sha256 against the manifest.
+
+    Raises:
+        BundleError: no checksum in the manifest, the file is missing, or its content differs.
+    """
+    if fname not in manifest.files or not isinstance(manifest.files[fname], dict):
+        raise BundleError(f"{path}: the manifest has no checksum for {fname}; refusing to load it")
+    try:
+        data = (path / fname).read_bytes()
+    except FileNotFoundError as exc:
+        raise BundleError(f"{path}: {fname} is missing; re-export the bundle") from exc
+    digest = sha256_hex(data)
+    expected = manifest.files[fname]["sha256"]
+    if digest != expected:
+        raise BundleError(
+            f"{path / fname}: sha256 {digest[:16]}... does not match the manifest's {str(expected)[:16]}...; "
+            "the graph was modified or corrupted. Refusing to load it; re-export or re-copy the bundle"
+        )
+    return data
+
+
+def check_graphs(runner: GraphRunner, spec: ScoringSpec) -> None:
+    """Check that every session's inputs and outputs are the ones the spec describes.
+
+    Raises:
+        BundleError: a name, type or shape differs.
+    """
+    io = {
+        "encoder": ([ENCODER_INPUT], list(ENCODER_OUTPUTS), list(spec.contract.shape)),
+        "decoder": ([DECODER_INPUT], list(spec.decoder_outputs), [spec.latent_dim]),
+    }
+    for role, sessions in runner.all_sessions().items():
+        inputs, outputs, shape = io[role]
+        for session in sessions:
+            _check_graph(session, role, inputs, outputs, shape, spec.latent_dim)
+
+
+def _check_graph(session: ort.InferenceSession, name: str, inputs: list[str], outputs: list[str],
+                 shape: list[int], latent_dim: int) -> None:
+    got_in = [a.name for a in session.get_inputs()]
+    got_out = [a.name for a in session.get_outputs()]
+    if got_in != inputs:
+        raise BundleError(f"{name} graph takes inputs {got_in}, the manifest says {inputs}")
+    if sorted(got_out) != sorted(outputs):
+        raise BundleError(f"{name} graph gives outputs {got_out}, the manifest says {outputs}")
+    for arg in session.get_inputs():
+        if arg.type != "tensor(float)":
+            raise BundleError(f"{name} input {arg.name!r} is {arg.type}, expected tensor(float)")
+        if list(arg.shape[1:]) != shape:
+            raise BundleError(f"{name} input {arg.name!r} has shape {arg.shape}, the manifest says [N, "
+                              f"{', '.join(map(str, shape))}]")
+    for arg in session.get_outputs():
+        if arg.name in ("mu", "logvar") and arg.shape[-1] != latent_dim:
+            raise BundleError(f"{name} output {arg.name!r} has shape {arg.shape}, latent size is {latent_dim}")
+
+
+def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threads: int | None = None,
+         strict: bool = False, variant: str | None = None, slice_workers: int | None = None) -> Model:
+    """Load a bundle directory, verifying it before any graph runs.
+
+    Checks the manifest's format and schema version, the sha256 of each graph, and that the graphs'
+    inputs and outputs match the manifest.
+
+    Args:
+        bundle: the bundle directory written by ``edgevae export``.
+        providers: ``"auto"`` (best available), a list of provider names, or a comma-separated string.
+        threads: intra-op threads of each session (None: onnxruntime's default, one per core).
+        slice_workers: concurrent calls a large batch (>= 64) is split into, each on a one-thread session.
+            None: on the CPU provider ``threads`` (or one per core); elsewhere 1. See
+            :func:`~edgevae.runtime.runner.build_runner`.
+        strict: fail when a requested provider is not active in the sessions.
+        variant: an edge variant listed in the manifest (``int8``, ``fp16``, ``ort``, ``int8-ort``, ...);
+            None or ``fp32`` loads the fp32 ONNX graphs. A variant brings its own calibration.
+
+    Raises:
+        BundleError: missing files, checksum mismatch, unsupported schema, graphs that disagree.
+        ProviderError: unavailable provider, or (strict) a provider fell back.
+        ValueError: bad ``threads`` or ``slice_workers``.
+    """
+    path = Path(bundle)
+    manifest, names = select_variant(read_manifest(path), variant, path)
+    encoder, decoder = (read_verified(path, manifest, name) for name in names)
+    try:
+        runner = build_runner(encoder, decoder, providers, threads=threads, strict=strict, slice_workers=slice_workers)
+    except _ORT_LOAD_ERRORS as exc:
+        raise BundleError(f"{path}: onnxruntime cannot load the graphs: {exc}") from exc
+    check_graphs(runner, manifest.scoring)
+    return Model(manifest, runner, path=path, variant=variant or "fp32")
+
+
+__all__: Sequence[str] = ("check_graphs", "load", "read_manifest", "read_verified", "select_variant", "sha256_hex")

@@ -1,0 +1,80 @@
+"""Calibrate score methods on held-out normal images: thresholds at a false-positive rate, score quantiles for
+p-values and, with enough images, a fitted tail. numpy only, so a bundle can be re-calibrated on a device."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edgevae.options import SCORE_METHODS
+
+from .errors import CalibrationError
+from .model import Scorer
+from .scores import fit_tail, threshold_at_fpr
+
+# Largest number of sorted scores a method's calibration keeps (as evenly spaced quantiles beyond that).
+MAX_CALIBRATION_SCORES = 5000
+# Fewest held-out images a calibration accepts.
+MIN_CALIBRATION_IMAGES = 10
+# Images per raw_scores call while calibrating, to bound memory of the Monte-Carlo methods.
+CALIBRATION_BATCH = 256
+
+
+def scores_in_batches(scorer: Scorer, images: NDArray[Any], method: str, samples: int | None = None) -> NDArray[np.float64]:
+    """Raw scores of ``images`` (N,) as float64, ``CALIBRATION_BATCH`` images per call."""
+    parts = [scorer.raw_scores(images[i:i + CALIBRATION_BATCH], method, samples=samples)
+             for i in range(0, images.shape[0], CALIBRATION_BATCH)]
+    return np.concatenate(parts).astype(np.float64)
+
+
+def calibrate(scorer: Scorer, images: NDArray[Any], fpr: float,
+              methods: Sequence[str] = SCORE_METHODS) -> dict[str, Any]:
+    """The manifest's ``calibration.methods``: per method the threshold at ``fpr``, the sorted held-out scores
+    (at most ``MAX_CALIBRATION_SCORES`` quantiles) and, with enough images, a generalised Pareto model of their
+    upper tail (``scores.fit_tail``).
+
+    Raises:
+        CalibrationError: fewer than ``MIN_CALIBRATION_IMAGES`` images, or scores that are not finite.
+    """
+    if images.shape[0] < MIN_CALIBRATION_IMAGES:
+        raise CalibrationError(f"calibration needs at least {MIN_CALIBRATION_IMAGES} held-out images, "
+                               f"got {images.shape[0]}")
+    calibration: dict[str, Any] = {}
+    for method in methods:
+        scores = scores_in_batches(scorer, images, method)
+        if not np.isfinite(scores).all():
+            raise CalibrationError(f"{method} scores of held-out images are not finite; the model is unusable")
+        kept = np.sort(scores)
+        if kept.size > MAX_CALIBRATION_SCORES:
+            kept = np.quantile(kept, np.linspace(0, 1, MAX_CALIBRATION_SCORES))
+        tail = fit_tail(scores)
+        calibration[method] = {"threshold": threshold_at_fpr(scores, fpr, tail),
+                               "scores": [float(np.float32(s)) for s in kept]}
+        if tail is not None:
+            calibration[method]["tail"] = tail.to_dict()
+    return calibration
+
+
+def auroc(labels: NDArray[Any], scores: NDArray[Any]) -> float:
+    """Area under the ROC curve of ``scores`` for binary ``labels`` (1 = anomaly), ties counted half.
+
+    Computed by the rank-sum (Mann-Whitney U) identity with average ranks for ties.
+
+    Raises:
+        ValueError: the labels hold only one class.
+    """
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"AUROC needs both classes; got {n_pos} positive and {n_neg} negative labels")
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    # average rank of each run of equal scores: ranks first..last (1-based) share (first + last) / 2
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_s)) + 1]
+    ends = np.r_[starts[1:], s.size]
+    ranks = np.empty(s.size)
+    ranks[order] = np.repeat((starts + 1 + ends) / 2.0, ends - starts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
