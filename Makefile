@@ -6,10 +6,10 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test bench-quality clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[train,dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[train,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -25,7 +25,7 @@ test: $(STAMP)
 
 # Ten one-class models + baselines + the all-digit model; writes docs/benchmarks.md (about 16 min here).
 bench-quality: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[train,dev,bench]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[train,dev,bench]"
 	$(BIN)/python benchmarks/quality.py
 
 clean:

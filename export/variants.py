@@ -72,9 +72,8 @@ def quantize_int8(proto: onnx.ModelProto, input_name: str, batches: list[np.ndar
 
     The convolution that reads the image, and its activation, stay in float32 (:func:`input_conv_nodes`):
     with one input channel it does 9 multiply-adds per output value, too few for onnxruntime's int8
-    convolution to pay for its layout changes. Left in float32 it made the default encoder's int8 graph 4-5 %
-    faster at batch 256 (raw onnxruntime, one and two threads; benchmarks/speed.py, the int8 layouts table)
-    and keeps the input exact.
+    convolution to pay for its layout changes. Left in float32 it makes the int8 encoder faster (docs/benchmarks.md,
+    the int8 layouts table) and keeps the input exact.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process

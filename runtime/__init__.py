@@ -12,6 +12,7 @@ from .contract import InputContract, uint8_to_unit
 from .errors import (
     ArrayInputError,
     BundleError,
+    CalibrationError,
     EdgeVAEError,
     IDXFormatError,
     ImageReadError,
@@ -39,7 +40,7 @@ from .scores import (
 from .sessions import AUTO_PROVIDER_ORDER, available_providers, create_session, resolve_providers
 
 __all__ = [
-    "AUTO_PROVIDER_ORDER", "ArrayInputError", "Batch", "BundleError", "EdgeVAEError", "GraphInfo", "GraphRunner",
+    "AUTO_PROVIDER_ORDER", "ArrayInputError", "Batch", "BundleError", "CalibrationError", "EdgeVAEError", "GraphInfo", "GraphRunner",
     "IDXFormatError", "ImageReadError", "ImageSizeError", "InputContract", "InputError", "PathError", "Manifest",
     "Model", "Posterior", "ProviderError", "Scorer", "ScoringSpec", "ThreadPlan",
     "SCHEMA_VERSION", "SCORE_METHODS", "ScoreResult", "TailFit", "available_providers", "build_runner",

@@ -190,9 +190,8 @@ class TailFit:
         return {"start": self.start, "fraction": self.fraction, "shape": self.shape, "scale": self.scale}
 
 
-# Share of the calibration scores the tail model is fitted to, and the fewest scores it is fitted to. Below
-# 40 (n < 200) the fit's 1 % thresholds came out low on the digits (false-positive rates near 2 % with
-# n = 100), where the empirical quantile was unbiased; docs/scoring.md.
+# Share of the calibration scores the tail model is fitted to, and the fewest scores it is fitted to: with fewer
+# the fit's thresholds came out low on the digits where the empirical quantile was unbiased (docs/scoring.md).
 TAIL_FRACTION = 0.2
 MIN_TAIL_SCORES = 40
 

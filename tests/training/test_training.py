@@ -197,3 +197,31 @@ def test_shift_must_be_whole_pixels() -> None:
     assert TrainConfig(augment_shift=2.0).augment_shift == 2  # stored configs written as floats still load
     with pytest.raises(ValueError, match="whole number of pixels"):
         TrainConfig(augment_shift=1.5)
+
+
+def test_activation_names_are_the_options_and_old_train_configs_load() -> None:
+    from edgevae import options
+    from edgevae.training.loop import TrainConfig
+    from edgevae.training.model import ACTIVATIONS
+
+    assert tuple(ACTIVATIONS) == options.ACTIVATIONS
+    old = {**TrainConfig().__dict__, "cosine": True}  # checkpoints written before the schedule stopped being optional
+    assert TrainConfig.from_dict(old) == TrainConfig()
+
+
+def test_elbo_terms_is_the_training_and_evaluation_objective(tiny_run: Path) -> None:
+    from edgevae.training.loop import evaluate, load_checkpoint
+    from edgevae.training.objectives import elbo_terms, log_likelihood
+
+    model = load_checkpoint(tiny_run).model
+    x = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        terms = elbo_terms(model, x, torch.Generator().manual_seed(3))
+    eps = torch.randn(5, 4, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        mu, logvar, kl = model.encode(x)
+        mean, param = model.decode(mu + torch.exp(0.5 * logvar) * eps)
+    torch.testing.assert_close(terms.nll, -log_likelihood(x, "bernoulli", mean, param))
+    torch.testing.assert_close(terms.loss(0.5), (terms.nll + 0.5 * kl).mean())
+    figures = evaluate(model, x, seed=3)
+    assert figures["neg_elbo"] == pytest.approx(float((terms.nll + terms.kl).mean()), rel=1e-5)
