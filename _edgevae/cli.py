@@ -13,8 +13,11 @@ import csv
 import json
 import os
 import sys
+import functools
 from contextlib import contextmanager
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import click
 
@@ -24,7 +27,6 @@ if TYPE_CHECKING:
     from edgevae.runtime import Model
 
 EXIT_ERROR, EXIT_INPUT, EXIT_OUTLIER = 1, 2, 3
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class InputProblem(click.ClickException):
@@ -56,42 +58,67 @@ def _errors() -> Iterator[None]:
         raise click.ClickException(str(exc)) from None
 
 
-def _runtime_options(func: F) -> F:
-    func = click.option("--variant", default=None,
-                        help="Edge variant of the bundle's graphs: int8, fp16, ort, int8-ort, ... (default fp32).")(func)
-    func = click.option("--strict-providers", is_flag=True,
-                        help="Fail if a requested execution provider is not active.")(func)
-    func = click.option("--threads", type=click.IntRange(min=0), default=None,
-                        help="onnxruntime intra-op threads per graph (default: one per core; when image files are "
-                           "decoded, the cores the decode threads leave free).")(func)
-    func = click.option("--providers", default="auto", show_default=True,
-                        help="Execution providers: auto, or a comma-separated list (cpu, cuda, tensorrt, openvino, ...).")(func)
-    func = click.option("-m", "--model", "bundle", required=True, type=click.Path(file_okay=False),
-                        help="Bundle directory written by 'edgevae export'.")(func)
-    return func
+_TRUSTED_KEY_HELP = ("Load the bundle only if it is signed by this Ed25519 public key (repeatable; default: the keys "
+                     "in $EDGEVAE_TRUSTED_KEYS, if set).")
 
 
-def _load(bundle: str, providers: str, threads: int | None, strict: bool, variant: str | None = None,
-          slice_workers: int | None = None) -> Model:
-    from edgevae.runtime import load
+@dataclass(frozen=True)
+class _Runtime:
+    """The options every runtime command shares: which bundle, and how to load it."""
 
-    with _errors():
-        return load(bundle, providers, threads=threads, strict=strict, variant=variant, slice_workers=slice_workers)
+    bundle: str
+    providers: str
+    threads: int | None
+    strict: bool
+    variant: str | None
+    trusted_keys: tuple[str, ...]
+
+    def load(self, threads: int | None = None, slice_workers: int | None = None) -> Model:
+        from edgevae.runtime import load
+
+        with _errors():
+            return load(self.bundle, self.providers, threads=threads if threads is not None else self.threads,
+                        strict=self.strict, variant=self.variant, slice_workers=slice_workers,
+                        trusted_keys=self.trusted_keys or None)  # none given: $EDGEVAE_TRUSTED_KEYS applies
+
+    def load_streaming(self, paths: Sequence[str], method: str | None, decode_threads: int) -> Model:
+        """Load for a command that decodes input files while the graphs run (the runtime's thread plan).
+
+        ``method`` "default" stands for the bundle's default score method, read from its manifest.
+        """
+        from edgevae.runtime import read_manifest, thread_plan
+
+        with _errors():
+            if method == "default":
+                method = read_manifest(self.bundle).default_method
+            plan = thread_plan(paths, method, threads=self.threads, decode_threads=decode_threads)
+        return self.load(plan.threads, plan.slice_workers)
 
 
-def _load_streaming(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict: bool,
-                    variant: str | None, method: str | None, decode_threads: int) -> Model:
-    """Load a bundle for a command that decodes input files while the graphs run (the runtime's thread plan).
+def _runtime_options(func: Callable[..., None]) -> Callable[..., None]:
+    """Add the shared runtime options; the command receives them as one ``runtime`` argument."""
 
-    ``method`` "default" stands for the bundle's default score method, read from its manifest.
-    """
-    from edgevae.runtime import read_manifest, thread_plan
+    @functools.wraps(func)
+    def command(*args: Any, bundle: str, providers: str, threads: int | None, strict_providers: bool,
+                variant: str | None, trusted_key: tuple[str, ...], **kwargs: Any) -> None:
+        func(*args, runtime=_Runtime(bundle, providers, threads, strict_providers, variant, trusted_key), **kwargs)
 
-    with _errors():
-        if method == "default":
-            method = read_manifest(bundle).default_method
-        plan = thread_plan(paths, method, threads=threads, decode_threads=decode_threads)
-    return _load(bundle, providers, plan.threads, strict, variant, plan.slice_workers)
+    decorators = [
+        click.option("-m", "--model", "bundle", required=True, type=click.Path(file_okay=False),
+                     help="Bundle directory written by 'edgevae export'."),
+        click.option("--providers", default="auto", show_default=True,
+                     help="Execution providers: auto, or a comma-separated list (cpu, cuda, tensorrt, openvino, ...)."),
+        click.option("--threads", type=click.IntRange(min=0), default=None,
+                     help="onnxruntime intra-op threads per graph (default: one per core; when image files are "
+                          "decoded, the cores the decode threads leave free)."),
+        click.option("--strict-providers", is_flag=True, help="Fail if a requested execution provider is not active."),
+        click.option("--variant", default=None,
+                     help="Edge variant of the bundle's graphs: int8, fp16, ort, int8-ort, ... (default fp32)."),
+        click.option("--trusted-key", multiple=True, type=click.Path(dir_okay=False), help=_TRUSTED_KEY_HELP),
+    ]
+    for decorate in reversed(decorators):
+        command = decorate(command)
+    return command
 
 
 def _given(**values: Any) -> dict[str, Any]:
@@ -249,8 +276,10 @@ class _TrainingProgress:
 @click.option("--precision", type=click.Choice(options.PRECISION_VARIANTS), help="Add a lower-precision float variant.")
 @click.option("--ort-format", is_flag=True, help="Also write every graph in the ORT format (mobile/minimal builds).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
+@click.option("--sign", "sign_key", type=click.Path(exists=True, dir_okay=False),
+              help="Sign the bundle with this Ed25519 private key ('edgevae keygen').")
 def export(checkpoint: str, bundle_dir: str, quantize: str | None, precision: str | None, ort_format: bool,
-           force: bool, **settings: Any) -> None:
+           force: bool, sign_key: str | None, **settings: Any) -> None:
     """Export CHECKPOINT (a .pt file or run folder) to a verified, calibrated bundle."""
     _need_training("export")
     from edgevae.export import ExportConfig, export_bundle
@@ -258,7 +287,8 @@ def export(checkpoint: str, bundle_dir: str, quantize: str | None, precision: st
     with _errors():
         cfg = ExportConfig(**_given(**settings), variants=tuple(v for v in (quantize, precision) if v),
                            ort_format=ort_format)
-        model = export_bundle(checkpoint, bundle_dir, cfg, force=force, progress=lambda msg: click.echo(msg, err=True))
+        model = export_bundle(checkpoint, bundle_dir, cfg, force=force, sign_key=sign_key,
+                              progress=lambda msg: click.echo(msg, err=True))
     parity = model.manifest.raw["parity"]["max_abs_diff"]
     sizes = ", ".join(f"{name} {entry['bytes'] / 1e6:.2f} MB" for name, entry in model.manifest.files.items())
     click.echo(f"bundle: {bundle_dir}  (max parity diff {max(parity.values()):.2e}; {sizes})")
@@ -280,9 +310,7 @@ def export(checkpoint: str, bundle_dir: str, quantize: str | None, precision: st
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Image-decoding threads; more help only for large images.")
 @click.option("--fail-on-outlier", is_flag=True, help="Exit with status 3 when any input is flagged.")
-def score(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool,
-          variant: str | None,
-          method: str | None, fpr: float | None, threshold: float | None, fmt: str, output: str | None,
+def score(paths: Sequence[str], runtime: _Runtime, method: str | None, fpr: float | None, threshold: float | None, fmt: str, output: str | None,
           batch_size: int, strict_size: bool, workers: int, fail_on_outlier: bool) -> None:
     """Score images as outliers: PATHS are image files, folders, globs, .npy/.npz arrays or IDX files.
 
@@ -291,7 +319,7 @@ def score(paths: Sequence[str], bundle: str, providers: str, threads: int | None
     """
     from edgevae.runtime.inputs import iter_batches
 
-    model = _load_streaming(paths, bundle, providers, threads, strict_providers, variant, method or "default", workers)
+    model = runtime.load_streaming(paths, method or "default", workers)
     method = method or model.manifest.default_method
     if fpr is not None and not 0.0 < fpr < 1.0:
         raise click.BadParameter(f"must be in (0, 1), got {fpr}", param_hint="--fpr")
@@ -373,9 +401,7 @@ class _ResultWriter:
               help="Output file: .npy (mu), .npz (items, mu, logvar, kl) or .jsonl.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--strict-size", is_flag=True, help="Refuse image files whose size differs from the model's (default: resize).")
-def encode(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool,
-           variant: str | None,
-           output: str, batch_size: int, strict_size: bool) -> None:
+def encode(paths: Sequence[str], runtime: _Runtime, output: str, batch_size: int, strict_size: bool) -> None:
     """Encode images to latent codes (posterior means and log-variances)."""
     import numpy as np
 
@@ -384,7 +410,7 @@ def encode(paths: Sequence[str], bundle: str, providers: str, threads: int | Non
     suffix = os.path.splitext(output)[1].lower()
     if suffix not in (".npy", ".npz", ".jsonl"):
         raise click.BadParameter("must end in .npy, .npz or .jsonl", param_hint="--output")
-    model = _load_streaming(paths, bundle, providers, threads, strict_providers, variant, None, 1)
+    model = runtime.load_streaming(paths, None, 1)
     names: list[str] = []
     mus, logvars, kls = [], [], []
     failed = 0
@@ -439,13 +465,11 @@ def _save_numpy(output: str, array: Any = None, **arrays: Any) -> None:
 @click.option("--columns", type=click.IntRange(min=1), default=None, help="Grid columns (default: square).")
 @click.option("--npy", "npy_path", type=click.Path(dir_okay=False), default=None,
               help="Also save the images as float32 .npy (N, C, H, W).")
-def generate(bundle: str, providers: str, threads: int | None, strict_providers: bool, variant: str | None, count: int,
-             seed: int,
-             output: str, columns: int | None, npy_path: str | None) -> None:
+def generate(runtime: _Runtime, count: int, seed: int, output: str, columns: int | None, npy_path: str | None) -> None:
     """Generate new images: decode t ~ N(0, I) and save them as a PNG grid."""
     from edgevae.runtime.grid import save_grid
 
-    model = _load(bundle, providers, threads, strict_providers, variant)
+    model = runtime.load()
     images = model.generate(count, seed=seed)
     with _errors():
         save_grid(images, output, columns)
@@ -460,16 +484,14 @@ def generate(bundle: str, providers: str, threads: int | None, strict_providers:
 @_runtime_options
 @click.option("-o", "--output", default="reconstructions.png", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--limit", type=click.IntRange(min=1), default=64, show_default=True, help="At most this many inputs.")
-def reconstruct(paths: Sequence[str], bundle: str, providers: str, threads: int | None, strict_providers: bool,
-                variant: str | None,
-                output: str, limit: int) -> None:
+def reconstruct(paths: Sequence[str], runtime: _Runtime, output: str, limit: int) -> None:
     """Save inputs beside their reconstructions as a PNG (pairs of columns: input, reconstruction)."""
     import numpy as np
 
     from edgevae.runtime.grid import save_grid
     from edgevae.runtime.inputs import iter_batches
 
-    model = _load(bundle, providers, threads, strict_providers, variant)
+    model = runtime.load()
     images, failed = [], 0
     for batch in iter_batches(paths, model.contract, batch_size=limit):
         for _, err in batch.failures:
@@ -495,12 +517,14 @@ def reconstruct(paths: Sequence[str], bundle: str, providers: str, threads: int 
 @main.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--providers", default="auto", show_default=True)
+@click.option("--trusted-key", multiple=True, type=click.Path(dir_okay=False), help=_TRUSTED_KEY_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the full manifest as JSON.")
-def info(bundle: str, providers: str, as_json: bool) -> None:
-    """Show a bundle's manifest, graph inputs/outputs and execution providers."""
+def info(bundle: str, providers: str, trusted_key: tuple[str, ...], as_json: bool) -> None:
+    """Show a bundle's manifest, signature, graph inputs/outputs and execution providers."""
     from edgevae.runtime.sessions import available_providers
+    from edgevae.runtime.signing import describe_signature
 
-    model = _load(bundle, providers, None, False)
+    model = _Runtime(bundle, providers, None, False, None, trusted_key).load()
     m = model.manifest
     if as_json:
         click.echo(json.dumps(dict(m.raw), indent=2))
@@ -530,6 +554,8 @@ def info(bundle: str, providers: str, as_json: bool) -> None:
         for arg, shape, typ in gi.outputs:
             click.echo(f"  out  {arg:<8} {shape} {typ}")
     click.echo(f"parity        max |onnxruntime - torch| {max(raw['parity']['max_abs_diff'].values()):.2e}")
+    with _errors():
+        click.echo(f"signature     {describe_signature(Path(bundle), m.raw)}")
     for name, spec in m.variants.items():
         size = sum(m.files[spec[g]]["bytes"] for g in ("encoder", "decoder")) / 1e6
         corr = min(spec.get("rank_correlation", {}).values(), default=float("nan"))
@@ -537,6 +563,33 @@ def info(bundle: str, providers: str, as_json: bool) -> None:
                    f"min rank correlation with fp32 {corr:.4f}")
     click.echo(f"providers     available: {', '.join(available_providers())}")
     click.echo(f"              active:    {', '.join(model.providers['encoder'])}")
+
+
+# ------------------------------------------------------------------------------------------- keygen, sign
+@main.command()
+@click.option("-o", "--out", "key_path", required=True, type=click.Path(dir_okay=False),
+              help="Private key file to write (mode 0600); the public key goes to the same name + '.pub'.")
+def keygen(key_path: str) -> None:
+    """Create an Ed25519 key pair for signing bundles (export --sign, sign) and trusting them (--trusted-key)."""
+    from edgevae.runtime.signing import generate_key
+
+    with _errors():
+        private, public, fp = generate_key(key_path)
+    click.echo(f"private key {private} (keep it secret; mode 0600)\npublic key  {public} (give it to devices: "
+               f"--trusted-key {public})\nfingerprint {fp}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False),
+              help="Ed25519 private key file ('edgevae keygen').")
+def sign(bundle: str, key_path: str) -> None:
+    """Sign BUNDLE (after checking every file against its manifest): writes BUNDLE/edgevae.sig."""
+    from edgevae.runtime.signing import sign_bundle
+
+    with _errors():
+        signature = sign_bundle(bundle, key_path)
+    click.echo(f"signed {bundle} with {signature.fingerprint}")
 
 
 # ------------------------------------------------------------------------------------------- samples

@@ -49,6 +49,7 @@ from edgevae.runtime.manifest import (
 )
 from edgevae.runtime.model import Model, Scorer
 from edgevae.runtime.runner import build_runner
+from edgevae.runtime.signing import SIGNATURE_FILE, sign_manifest
 from edgevae.training.loop import Checkpoint, held_out_images, load_checkpoint
 from edgevae.training.model import VAE
 
@@ -125,6 +126,7 @@ def export_bundle(
     calibration_images: np.ndarray | None = None,
     force: bool = False,
     progress: Say | None = None,
+    sign_key: str | os.PathLike[str] | None = None,
 ) -> Model:
     """Export a checkpoint to a verified bundle directory and return it loaded through the runtime.
 
@@ -136,6 +138,8 @@ def export_bundle(
             validation split, re-created from the checkpoint's data source).
         force: replace an existing bundle folder.
         progress: called with a short message per step.
+        sign_key: an Ed25519 private key file (``edgevae keygen``): the bundle is signed before it is moved
+            into place, and verified with that key.
 
     Raises:
         ExportError: parity outside tolerance, invalid graph, too few calibration images, or target exists.
@@ -165,9 +169,9 @@ def export_bundle(
                          DECODER_FILE: embed_manifest(graphs.decoder, manifest)}, manifest)
     build_variants(files, graphs, model, scorer, images, cfg, say)
     say("writing the bundle")
-    write_bundle(target, files, force)
-    say(f"wrote {target}")
-    return load(target, ["CPUExecutionProvider"])
+    write_bundle(target, files, force, sign_key)
+    say(f"wrote {target}" + (" (signed)" if sign_key is not None else ""))
+    return load(target, ["CPUExecutionProvider"], trusted_keys=[] if sign_key is None else [sign_key])
 
 
 def _scorer(spec: ScoringSpec, encoder: bytes, decoder: bytes) -> Scorer:
@@ -222,9 +226,9 @@ def build_variants(files: BundleFiles, graphs: Graphs, model: VAE, scorer: Score
                                                             "methods": _calibrate(variant, images, cfg.fpr)}}
 
 
-def write_bundle(target: Path, files: BundleFiles, force: bool) -> None:
-    """Write graphs and manifest (with their checksums) to a temporary folder, load every variant back exactly as
-    a device will, and rename the folder into place.
+def write_bundle(target: Path, files: BundleFiles, force: bool, sign_key: str | os.PathLike[str] | None = None) -> None:
+    """Write graphs and manifest (with their checksums) and, given a key, the signature to a temporary folder, load
+    every variant back exactly as a device will, and rename the folder into place.
 
     Raises:
         ExportError: ``target`` appeared meanwhile and ``force`` is not set.
@@ -237,8 +241,11 @@ def write_bundle(target: Path, files: BundleFiles, force: bool) -> None:
                 write_synced(tmp / fname, data)
                 manifest["files"][fname] = {"sha256": sha256_hex(data), "bytes": len(data)}
             write_synced(tmp / MANIFEST_FILE, dumps(manifest))
+            if sign_key is not None:
+                write_synced(tmp / SIGNATURE_FILE, sign_manifest(manifest, sign_key).to_json())
+            keys = [sign_key] if sign_key is not None else []
             for variant in [None, *manifest["variants"]]:
-                load(tmp, ["CPUExecutionProvider"], variant=variant, slice_workers=1).close()
+                load(tmp, ["CPUExecutionProvider"], variant=variant, slice_workers=1, trusted_keys=keys).close()
     except FileExistsError as exc:
         raise ExportError(f"{exc}; pass --force to replace it") from exc
 

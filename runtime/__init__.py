@@ -38,10 +38,12 @@ from .scores import (
     threshold_at_fpr,
 )
 from .sessions import AUTO_PROVIDER_ORDER, available_providers, create_session, resolve_providers
+from .signing import SIGNATURE_FILE, TRUSTED_KEYS_ENV, MissingExtraError, SigningKeyError, generate_key, sign_bundle
 
 __all__ = [
     "AUTO_PROVIDER_ORDER", "ArrayInputError", "Batch", "BundleError", "CalibrationError", "EdgeVAEError", "GraphInfo", "GraphRunner",
-    "IDXFormatError", "ImageReadError", "ImageSizeError", "InputContract", "InputError", "PathError", "Manifest",
+    "IDXFormatError", "ImageReadError", "MissingExtraError", "SIGNATURE_FILE", "SigningKeyError", "TRUSTED_KEYS_ENV",
+    "generate_key", "sign_bundle", "ImageSizeError", "InputContract", "InputError", "PathError", "Manifest",
     "Model", "Posterior", "ProviderError", "Scorer", "ScoringSpec", "ThreadPlan",
     "SCHEMA_VERSION", "SCORE_METHODS", "ScoreResult", "TailFit", "available_providers", "build_runner",
     "create_session", "fit_tail", "iter_batches", "thread_plan",

@@ -6,7 +6,7 @@ import hashlib
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import onnxruntime as ort
 
@@ -25,6 +25,7 @@ from .model import Model
 from .runner import GraphRunner, build_runner
 from .scores import MethodCalibration
 from .sessions import Providers
+from .signing import KeySource, all_key_paths, verify_signature
 
 # onnxruntime's errors for a graph it cannot load.
 _ORT_LOAD_ERRORS = (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
@@ -98,6 +99,16 @@ def read_verified(path: Path, manifest: Manifest, fname: str) -> bytes:
     return data
 
 
+def verify_files(path: Path, manifest: Manifest) -> None:
+    """Check the sha256 of every file the manifest lists (graphs of every variant).
+
+    Raises:
+        BundleError: a listed file is missing or differs from its checksum.
+    """
+    for fname in manifest.files:
+        read_verified(path, manifest, fname)
+
+
 def check_graphs(runner: GraphRunner, spec: ScoringSpec) -> None:
     """Check that every session's inputs and outputs are the ones the spec describes.
 
@@ -134,7 +145,8 @@ def _check_graph(session: ort.InferenceSession, name: str, inputs: list[str], ou
 
 
 def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threads: int | None = None,
-         strict: bool = False, variant: str | None = None, slice_workers: int | None = None) -> Model:
+         strict: bool = False, variant: str | None = None, slice_workers: int | None = None,
+         trusted_keys: Iterable[KeySource] | None = None) -> Model:
     """Load a bundle directory, verifying it before any graph runs.
 
     Checks the manifest's format and schema version, the sha256 of each graph, and that the graphs'
@@ -150,14 +162,25 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
         strict: fail when a requested provider is not active in the sessions.
         variant: an edge variant listed in the manifest (``int8``, ``fp16``, ``ort``, ``int8-ort``, ...);
             None or ``fp32`` loads the fp32 ONNX graphs. A variant brings its own calibration.
+        trusted_keys: paths of Ed25519 public keys (``edgevae keygen``). When any are given, the bundle loads
+            only if it is signed by one of them and every file it lists is unaltered since. None: the keys named
+            by the ``EDGEVAE_TRUSTED_KEYS`` environment variable (paths separated by ``os.pathsep``), if set;
+            an empty list: no signature check.
 
     Raises:
-        BundleError: missing files, checksum mismatch, unsupported schema, graphs that disagree.
+        BundleError: missing files, checksum mismatch, unsupported schema, graphs that disagree; with trusted
+            keys also an unsigned bundle, another signer, or a change after signing.
+        MissingExtraError: trusted keys were given but the ``sign`` extra is not installed.
         ProviderError: unavailable provider, or (strict) a provider fell back.
         ValueError: bad ``threads`` or ``slice_workers``.
     """
     path = Path(bundle)
-    manifest, names = select_variant(read_manifest(path), variant, path)
+    manifest = read_manifest(path)
+    keys = all_key_paths(trusted_keys)
+    if keys:  # the manifest object that was verified is the one used from here on: no re-read
+        verify_signature(path, manifest.raw, keys)
+        verify_files(path, manifest)
+    manifest, names = select_variant(manifest, variant, path)
     encoder, decoder = (read_verified(path, manifest, name) for name in names)
     try:
         runner = build_runner(encoder, decoder, providers, threads=threads, strict=strict, slice_workers=slice_workers)
@@ -167,4 +190,5 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
     return Model(manifest, runner, path=path, variant=variant or "fp32")
 
 
-__all__: Sequence[str] = ("check_graphs", "load", "read_manifest", "read_verified", "select_variant", "sha256_hex")
+__all__: Sequence[str] = ("check_graphs", "load", "read_manifest", "read_verified", "select_variant", "sha256_hex",
+                          "verify_files")
