@@ -25,6 +25,7 @@ from edgevae.options import (
     DEFAULT_METHOD,
     ELBO_SAMPLES,
     IWAE_SAMPLES,
+    MONTE_CARLO_METHODS,
     OPSET,
     OPSET_RANGE,
     SCORE_SEED,
@@ -46,6 +47,7 @@ from edgevae.runtime.manifest import (
     ScoringSpec,
     check_score_settings,
     dumps,
+    noise_file,
 )
 from edgevae.runtime.model import Model, Scorer
 from edgevae.runtime.runner import build_runner
@@ -112,7 +114,8 @@ class ExportConfig:
 
 @dataclass
 class BundleFiles:
-    """What a bundle folder will hold: graph files by name and the manifest (without ``files``)."""
+    """What a bundle folder will hold: the bytes of every file by name (graphs, noise) and the manifest (without
+    ``files``)."""
 
     graphs: dict[str, bytes]
     manifest: dict[str, Any]
@@ -167,6 +170,11 @@ def export_bundle(
     manifest = build_manifest(ck, cfg, scorer.spec, calibration, report, images.shape[0])
     files = BundleFiles({ENCODER_FILE: embed_manifest(graphs.encoder, manifest),
                          DECODER_FILE: embed_manifest(graphs.decoder, manifest)}, manifest)
+    for method in MONTE_CARLO_METHODS:  # the shared noise, for readers that cannot reproduce numpy's generator
+        noise = scorer.noise(method)
+        if noise is None:
+            raise ExportError(f"{method} is listed as a Monte-Carlo method but draws no noise")
+        files.graphs[noise_file(method)] = noise.astype("<f4").tobytes()
     build_variants(files, graphs, model, scorer, images, cfg, say)
     say("writing the bundle")
     write_bundle(target, files, force, sign_key)

@@ -8,7 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import onnxruntime as ort
+from numpy.typing import NDArray
 
 from .errors import BundleError
 from .manifest import (
@@ -187,7 +189,30 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
     except _ORT_LOAD_ERRORS as exc:
         raise BundleError(f"{path}: onnxruntime cannot load the graphs: {exc}") from exc
     check_graphs(runner, manifest.scoring)
-    return Model(manifest, runner, path=path, variant=variant or "fp32")
+    return Model(manifest, runner, path=path, variant=variant or "fp32", noise=read_noise(path, manifest))
+
+
+def read_noise(path: Path, manifest: Manifest) -> dict[str, NDArray[np.float32]]:
+    """The Monte-Carlo noise files the manifest lists under ``scoring.noise_files`` (bundles from before they
+    existed list none), each checked against its sha256 and its stated shape.
+
+    Raises:
+        BundleError: a listed file is missing, altered, or of another shape.
+    """
+    entries = manifest.raw.get("scoring", {}).get("noise_files") or {}
+    noise: dict[str, NDArray[np.float32]] = {}
+    for method, entry in entries.items():
+        try:
+            shape = (int(entry["shape"][0]), int(entry["shape"][1]))
+            data = read_verified(path, manifest, str(entry["file"]))
+        except (KeyError, TypeError, IndexError, ValueError) as exc:
+            raise BundleError(f"{path}: scoring.noise_files.{method} is malformed: {exc!r}") from exc
+        expected = (manifest.scoring.samples(method), manifest.scoring.latent_dim)
+        if shape != expected or len(data) != 4 * shape[0] * shape[1]:
+            raise BundleError(f"{path}: {entry['file']} holds {len(data)} bytes for shape {shape}, but the manifest's "
+                              f"scoring needs float32 {expected}")
+        noise[method] = np.frombuffer(data, dtype="<f4").reshape(shape).astype(np.float32)
+    return noise
 
 
 __all__: Sequence[str] = ("check_graphs", "load", "read_manifest", "read_verified", "select_variant", "sha256_hex",

@@ -14,6 +14,7 @@ from edgevae.options import (
     IWAE_SAMPLES,
     IWAE_SAMPLES_MAX,
     LIKELIHOODS,
+    MONTE_CARLO_METHODS,
     SCORE_METHODS,
     SCORE_SEED,
     SMOOTH_SIGMA,
@@ -34,6 +35,11 @@ DECODER_FILE = "decoder.onnx"
 ENCODER_INPUT = "x"
 ENCODER_OUTPUTS = ("mu", "logvar", "kl")
 DECODER_INPUT = "t"
+
+
+def noise_file(method: str) -> str:
+    """Name of the file holding a Monte-Carlo method's shared prior noise in a bundle."""
+    return f"noise.{method}.f32"
 
 
 def decoder_outputs(likelihood: str) -> tuple[str, str]:
@@ -107,6 +113,9 @@ class ScoringSpec:
             "seed": self.seed,
             "noise": "numpy.random.default_rng(seed).standard_normal((K, latent_dim), float32) with K = elbo_samples "
                      "or iwae_samples, shared by every image",
+            "noise_files": {m: {"file": noise_file(m), "shape": [self.samples(m), self.latent_dim], "dtype": "float32",
+                                "byte_order": "little", "layout": "row-major (K, latent_dim)"}
+                            for m in MONTE_CARLO_METHODS},
         }
 
     @classmethod

@@ -8,7 +8,7 @@ a :class:`~edgevae.runtime.runner.GraphRunner`; :func:`edgevae.runtime.load` bui
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -57,11 +57,14 @@ class Scorer:
     Args:
         spec: input contract, latent size, likelihood and score settings.
         runner: the encoder and decoder sessions.
+        noise: the shared prior noise (K, D) of Monte-Carlo methods as a bundle stores it; methods not given
+            draw it from ``spec.seed`` (the same values: export writes what the seed gives).
     """
 
-    def __init__(self, spec: ScoringSpec, runner: GraphRunner) -> None:
+    def __init__(self, spec: ScoringSpec, runner: GraphRunner, noise: Mapping[str, F32] | None = None) -> None:
         self.spec = spec
         self.runner = runner
+        self._noise = dict(noise or {})
         self.contract: InputContract = spec.contract
         self.latent_dim = spec.latent_dim
         self.likelihood = spec.likelihood
@@ -153,6 +156,8 @@ class Scorer:
         k = self.spec.samples(method)
         if not k:
             return None
+        if method in self._noise and samples in (None, k):
+            return self._noise[method]
         return prior_noise(samples or k, self.latent_dim, self.spec.seed)
 
     def raw_scores(self, x: NDArray[Any], method: str | None = None, *, samples: int | None = None) -> F32:
@@ -245,11 +250,12 @@ class Model(Scorer):
         runner: the sessions of the bundle's graphs.
         path: the bundle folder, if loaded from one.
         variant: the edge variant the sessions run (``fp32`` for the plain ONNX graphs).
+        noise: the Monte-Carlo noise the bundle stores (see :class:`Scorer`).
     """
 
     def __init__(self, manifest: Manifest, runner: GraphRunner, *, path: Path | None = None,
-                 variant: str = "fp32") -> None:
-        super().__init__(manifest.scoring, runner)
+                 variant: str = "fp32", noise: Mapping[str, F32] | None = None) -> None:
+        super().__init__(manifest.scoring, runner, noise)
         self.manifest = manifest
         self.path = path
         self.variant = variant

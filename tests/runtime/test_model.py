@@ -192,3 +192,20 @@ def test_sliced_batches_equal_single_calls(bundle: Path, test_digits) -> None:  
         sliced.slice_workers = 0  # type: ignore[misc]
     sliced.close()
     single.close()
+
+
+def test_bundle_ships_the_monte_carlo_noise_and_refuses_a_changed_one(model, bundle: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from edgevae.runtime.scores import prior_noise
+
+    for method in ("elbo", "iwae"):
+        entry = model.manifest.raw["scoring"]["noise_files"][method]
+        stored = np.fromfile(bundle / entry["file"], dtype="<f4").reshape(entry["shape"])
+        np.testing.assert_array_equal(stored, prior_noise(model.spec.samples(method), model.latent_dim, model.spec.seed))
+        np.testing.assert_array_equal(model.noise(method), stored)
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    data = bytearray((copy / "noise.elbo.f32").read_bytes())
+    data[0] ^= 1
+    (copy / "noise.elbo.f32").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256"):
+        load(copy, ["CPUExecutionProvider"])

@@ -1,0 +1,385 @@
+/*
+ * edgevae-score: score images with an edgevae bundle through onnxruntime's C API, printing the same jsonl rows
+ * as `edgevae score --format jsonl`.
+ *
+ *   edgevae-score -m BUNDLE [--method kl|recon|rel_recon|smooth_recon|elbo] [--threshold X] [--threads N] FILE...
+ *
+ * FILE: binary PGM (P5) or PPM (P6) with 8-bit samples, of exactly the bundle's size (no resizing on a device),
+ * or raw little-endian float32 (.f32, .raw): C*H*W values in [0, 1], channel-major (CHW).
+ * Everything the scores need comes from the bundle: the input contract, the calibration (threshold, sorted scores,
+ * tail) and the elbo noise file. Exit status: 0 ok; 1 bundle or setup error; 2 some inputs could not be scored.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+#include "onnxruntime/onnxruntime_c_api.h"
+#include "sha256.h"
+
+#define C_API_VERSION 29
+#define MSG 8192
+
+typedef struct {
+    double start, fraction, shape, scale;
+    int present;
+} tail_fit;
+
+typedef struct {
+    int channels, height, width, latent, elbo_k;
+    int bernoulli;             /* 1: decoder gives x_logits; 0: x_logvar (Gaussian) */
+    double sigma;              /* smooth_recon */
+    char method[32];
+    double threshold;
+    double *cal;               /* sorted calibration scores of the method */
+    size_t n_cal;
+    tail_fit tail;
+    float *noise;              /* (elbo_k, latent) */
+    const OrtApi *ort;
+    OrtEnv *env;
+    OrtSession *encoder, *decoder;
+    OrtMemoryInfo *memory;
+} bundle;
+
+static const OrtApi *ORT;
+
+static int ort_ok(OrtStatus *status, char *err) {
+    if (!status) return 1;
+    snprintf(err, MSG, "onnxruntime: %s", ORT->GetErrorMessage(status));
+    ORT->ReleaseStatus(status);
+    return 0;
+}
+
+static unsigned char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    unsigned char *data = NULL;
+    long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    if (size >= 0 && fseek(f, 0, SEEK_SET) == 0 && (data = malloc((size_t)size + 1))) {
+        if (fread(data, 1, (size_t)size, f) != (size_t)size) { free(data); data = NULL; }
+        else { data[size] = 0; *len = (size_t)size; }
+    }
+    fclose(f);
+    return data;
+}
+
+/* Reads BUNDLE/name after checking its sha256 against the manifest's `files`. */
+static unsigned char *read_verified(const char *dir, const json *manifest, const char *name, size_t *len, char *err) {
+    const char *keys[] = {"files", name, "sha256", NULL};
+    const json *expected = json_path(manifest, keys);
+    char path[4096], digest[65];
+    if (!expected || expected->type != JSON_STRING) { snprintf(err, MSG, "the manifest has no sha256 for %s", name); return NULL; }
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    unsigned char *data = read_file(path, len);
+    if (!data) { snprintf(err, MSG, "%s is missing or unreadable; re-export the bundle", path); return NULL; }
+    sha256_hex(data, *len, digest);
+    if (strcmp(digest, expected->string) != 0) {
+        snprintf(err, MSG, "%s: sha256 %.16s... does not match the manifest's %.16s...; refusing to load it", path, digest,
+                 expected->string);
+        free(data);
+        return NULL;
+    }
+    return data;
+}
+
+static double number(const json *root, const char *const *keys, double fallback) {
+    const json *v = json_path(root, keys);
+    return v && v->type == JSON_NUMBER ? v->number : fallback;
+}
+
+static int load_calibration(bundle *b, const json *manifest, char *err) {
+    const char *keys[] = {"calibration", "methods", b->method, NULL};
+    const json *cal = json_path(manifest, keys), *scores = json_get(cal, "scores"), *tail = json_get(cal, "tail");
+    if (!cal || !scores || scores->type != JSON_ARRAY || scores->count < 2 || !json_get(cal, "threshold")) {
+        snprintf(err, MSG, "the bundle does not calibrate method %s", b->method);
+        return 0;
+    }
+    b->threshold = json_get(cal, "threshold")->number;
+    b->cal = malloc(scores->count * sizeof(double));
+    if (!b->cal) { snprintf(err, MSG, "out of memory"); return 0; }
+    for (const json *s = scores->child; s; s = s->next) b->cal[b->n_cal++] = s->number;
+    for (size_t i = 1; i < b->n_cal; i++)
+        if (b->cal[i] < b->cal[i - 1]) { snprintf(err, MSG, "calibration scores are not sorted"); return 0; }
+    if (tail && tail->type == JSON_OBJECT) {
+        const char *k[][2] = {{"start", NULL}, {"fraction", NULL}, {"shape", NULL}, {"scale", NULL}};
+        b->tail = (tail_fit){number(tail, k[0], NAN), number(tail, k[1], NAN), number(tail, k[2], NAN),
+                             number(tail, k[3], NAN), 1};
+    }
+    return 1;
+}
+
+static int load_noise(bundle *b, const char *dir, const json *manifest, char *err) {
+    const char *keys[] = {"scoring", "noise_files", "elbo", NULL};
+    const json *entry = json_path(manifest, keys), *file = json_get(entry, "file"), *shape = json_get(entry, "shape");
+    if (!file || file->type != JSON_STRING || !shape || shape->count != 2) {
+        snprintf(err, MSG, "the bundle carries no elbo noise file (exported before edgevae stored it); re-export it");
+        return 0;
+    }
+    b->elbo_k = (int)shape->child->number;
+    size_t len;
+    unsigned char *data = read_verified(dir, manifest, file->string, &len, err);
+    if (!data) return 0;
+    if ((int)shape->child->next->number != b->latent || len != (size_t)b->elbo_k * (size_t)b->latent * 4) {
+        snprintf(err, MSG, "%s does not hold float32 (%d, %d)", file->string, b->elbo_k, b->latent);
+        free(data);
+        return 0;
+    }
+    b->noise = (float *)data; /* little-endian float32, as on every device this targets */
+    return 1;
+}
+
+static OrtSession *session(bundle *b, const unsigned char *graph, size_t len, int threads, char *err) {
+    OrtSessionOptions *options = NULL;
+    OrtSession *s = NULL;
+    int ok = ort_ok(ORT->CreateSessionOptions(&options), err) &&
+             ort_ok(ORT->SetIntraOpNumThreads(options, threads), err) &&
+             ort_ok(ORT->SetSessionGraphOptimizationLevel(options, ORT_ENABLE_ALL), err) &&
+             ort_ok(ORT->CreateSessionFromArray(b->env, graph, len, options, &s), err);
+    if (options) ORT->ReleaseSessionOptions(options);
+    return ok ? s : NULL;
+}
+
+static int open_bundle(bundle *b, const char *dir, const char *method, int threads, char *err) {
+    char path[4096], perr[256];
+    size_t len, enc_len, dec_len;
+    snprintf(path, sizeof path, "%s/edgevae.json", dir);
+    unsigned char *text = read_file(path, &len);
+    if (!text) { snprintf(err, MSG, "%s: not a bundle (no readable edgevae.json)", dir); return 0; }
+    json *m = json_parse((const char *)text, len, perr, sizeof perr);
+    free(text);
+    if (!m) { snprintf(err, MSG, "%s: the manifest is not valid JSON (%s)", path, perr); return 0; }
+    const char *fmt[] = {"format", NULL}, *ver[] = {"schema_version", NULL}, *ch[] = {"input", "channels", NULL},
+               *h[] = {"input", "height", NULL}, *w[] = {"input", "width", NULL}, *d[] = {"latent_dim", NULL},
+               *lk[] = {"likelihood", NULL}, *sg[] = {"scoring", "smooth_sigma", NULL},
+               *dm[] = {"scoring", "default_method", NULL};
+    const json *format = json_path(m, fmt), *likelihood = json_path(m, lk), *deflt = json_path(m, dm);
+    int ok = 0;
+    if (!format || format->type != JSON_STRING || strcmp(format->string, "edgevae-bundle") != 0 ||
+        number(m, ver, 0) != 1 || !likelihood || !deflt) {
+        snprintf(err, MSG, "%s: not an edgevae manifest of schema version 1", path);
+        goto done;
+    }
+    b->channels = (int)number(m, ch, 0); b->height = (int)number(m, h, 0); b->width = (int)number(m, w, 0);
+    b->latent = (int)number(m, d, 0); b->sigma = number(m, sg, 1.0);
+    b->bernoulli = strcmp(likelihood->string, "bernoulli") == 0;
+    snprintf(b->method, sizeof b->method, "%s", method ? method : deflt->string);
+    if (!load_calibration(b, m, err) || (strcmp(b->method, "elbo") == 0 && !load_noise(b, dir, m, err))) goto done;
+    unsigned char *enc = read_verified(dir, m, "encoder.onnx", &enc_len, err);
+    unsigned char *dec = enc ? read_verified(dir, m, "decoder.onnx", &dec_len, err) : NULL;
+    if (enc && dec && ort_ok(ORT->CreateEnv(ORT_LOGGING_LEVEL_ERROR, "edgevae", &b->env), err) &&
+        (b->encoder = session(b, enc, enc_len, threads, err)) && (b->decoder = session(b, dec, dec_len, threads, err)) &&
+        ort_ok(ORT->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &b->memory), err))
+        ok = 1;
+    free(enc);
+    free(dec);
+done:
+    json_free(m);
+    return ok;
+}
+
+/* Runs a graph on one float32 input of the given shape; outputs[i] receives a copy of output i (malloc'ed). */
+static int run(bundle *b, OrtSession *s, const char *input, float *data, const int64_t *shape, size_t rank,
+               const char *const *names, size_t n_out, float **outputs, char *err) {
+    size_t count = 1;
+    for (size_t i = 0; i < rank; i++) count *= (size_t)shape[i];
+    OrtValue *in = NULL, *out[4] = {NULL, NULL, NULL, NULL};
+    int ok = ort_ok(ORT->CreateTensorWithDataAsOrtValue(b->memory, data, count * sizeof(float), shape, rank,
+                                                        ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &in), err) &&
+             ort_ok(ORT->Run(s, NULL, &input, (const OrtValue *const *)&in, 1, names, n_out, out), err);
+    for (size_t i = 0; ok && i < n_out; i++) {
+        OrtTensorTypeAndShapeInfo *info;
+        size_t elements;
+        float *p;
+        ok = ort_ok(ORT->GetTensorTypeAndShape(out[i], &info), err);
+        if (!ok) break;
+        ok = ort_ok(ORT->GetTensorShapeElementCount(info, &elements), err) &&
+             ort_ok(ORT->GetTensorMutableData(out[i], (void **)&p), err);
+        ORT->ReleaseTensorTypeAndShapeInfo(info);
+        if (ok && (outputs[i] = malloc(elements * sizeof(float)))) memcpy(outputs[i], p, elements * sizeof(float));
+        else if (ok) { snprintf(err, MSG, "out of memory"); ok = 0; }
+    }
+    if (in) ORT->ReleaseValue(in);
+    for (size_t i = 0; i < n_out; i++) if (out[i]) ORT->ReleaseValue(out[i]);
+    return ok;
+}
+
+/* 8-bit PGM/PPM or raw float32 -> float32 CHW in [0, 1]. Returns NULL with a message in err. */
+static float *read_input(const bundle *b, const char *path, char *err) {
+    size_t len, pixels = (size_t)b->height * (size_t)b->width, count = pixels * (size_t)b->channels;
+    unsigned char *data = read_file(path, &len);
+    if (!data) { snprintf(err, MSG, "%s: cannot read the file", path); return NULL; }
+    float *x = malloc(count * sizeof(float));
+    const char *dot = strrchr(path, '.');
+    if (!x) snprintf(err, MSG, "out of memory");
+    else if (dot && (strcmp(dot, ".f32") == 0 || strcmp(dot, ".raw") == 0)) {
+        if (len != count * sizeof(float)) snprintf(err, MSG, "%s: %zu bytes, expected %zu float32 values (%dx%dx%d)",
+                                                   path, len, count, b->channels, b->height, b->width);
+        else {
+            memcpy(x, data, len);
+            for (size_t i = 0; i < count && err[0] == '\0'; i++)
+                if (!(x[i] >= 0.0f && x[i] <= 1.0f)) snprintf(err, MSG, "%s: value %g outside [0, 1]", path, x[i]);
+        }
+    } else {
+        int kind = 0, w = 0, h = 0, maxval = 0, used = 0;
+        if (sscanf((const char *)data, "P%d %d %d %d%n", &kind, &w, &h, &maxval, &used) != 4 || (kind != 5 && kind != 6))
+            snprintf(err, MSG, "%s: not a binary PGM (P5) or PPM (P6) file", path);
+        else if (maxval != 255) snprintf(err, MSG, "%s: %d-level samples; only 8-bit (maxval 255) files are read", path, maxval);
+        else if (w != b->width || h != b->height)
+            snprintf(err, MSG, "%s: %dx%d, but the bundle takes %dx%d images (resize before scoring)", path, w, h,
+                     b->width, b->height);
+        else if (len - (size_t)used - 1 < pixels * (kind == 6 ? 3 : 1)) snprintf(err, MSG, "%s: truncated", path);
+        else {
+            const unsigned char *p = data + used + 1; /* one whitespace byte ends the header */
+            for (size_t i = 0; i < pixels; i++) {
+                unsigned r = p[kind == 6 ? 3 * i : i], g = p[kind == 6 ? 3 * i + 1 : i], bl = p[kind == 6 ? 3 * i + 2 : i];
+                if (b->channels == 1) /* Pillow's convert("L"): ITU-R 601-2 luma in 16-bit fixed point */
+                    x[i] = (float)((r * 19595 + g * 38470 + bl * 7471 + 0x8000) >> 16) / 255.0f;
+                else { x[i] = (float)r / 255.0f; x[pixels + i] = (float)g / 255.0f; x[2 * pixels + i] = (float)bl / 255.0f; }
+            }
+        }
+    }
+    free(data);
+    if (err[0] != '\0') { free(x); return NULL; }
+    return x;
+}
+
+/* One axis of the Gaussian smoothing: out[i] = sum_k g[k] in[i + k - radius], zero beyond the edges. */
+static void smooth_axis(const double *in, double *out, int n, int stride, const double *g, int radius) {
+    for (int i = 0; i < n; i++) {
+        double s = 0;
+        for (int k = -radius; k <= radius; k++)
+            if (i + k >= 0 && i + k < n) s += g[k + radius] * in[(i + k) * stride];
+        out[i * stride] = s;
+    }
+}
+
+static double smoothed_energy(const bundle *b, const float *x, const float *mean) {
+    int h = b->height, w = b->width, radius = (int)ceil(4.0 * b->sigma);
+    double *g = malloc(sizeof(double) * (size_t)(2 * radius + 1)), total = 0, sum = 0, energy = 0;
+    double *r = malloc(sizeof(double) * (size_t)(h * w)), *t = malloc(sizeof(double) * (size_t)(h * w));
+    for (int k = -radius; k <= radius; k++) sum += g[k + radius] = exp(-0.5 * (k / b->sigma) * (k / b->sigma));
+    for (int k = 0; k <= 2 * radius; k++) g[k] = (double)(float)(g[k] / sum); /* the runtime's float32 kernel */
+    for (int c = 0; c < b->channels; c++) {
+        for (int i = 0; i < h * w; i++) r[i] = (double)x[c * h * w + i] - mean[c * h * w + i];
+        for (int row = 0; row < h; row++) smooth_axis(r + row * w, t + row * w, w, 1, g, radius);
+        for (int col = 0; col < w; col++) smooth_axis(t + col, r + col, h, w, g, radius);
+        for (int i = 0; i < h * w; i++) total += r[i] * r[i];
+    }
+    for (int i = 0; i < b->channels * h * w; i++) energy += (double)x[i] * x[i] + (double)mean[i] * mean[i];
+    free(g); free(r); free(t);
+    return total / (energy + 1.0);
+}
+
+static double log_likelihood(const bundle *b, const float *x, const float *mean, const float *param) {
+    size_t count = (size_t)b->channels * b->height * b->width;
+    double ll = 0, sq = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (b->bernoulli) { double l = param[i]; ll += x[i] * l - (fmax(l, 0.0) + log1p(exp(-fabs(l)))); }
+        else sq += ((double)x[i] - mean[i]) * ((double)x[i] - mean[i]);
+    }
+    if (b->bernoulli) return ll;
+    return -0.5 * sq * exp(-(double)param[0]) - 0.5 * (double)count * ((double)param[0] + log(2.0 * M_PI));
+}
+
+/* The score of one image (1, C, H, W). */
+static int score(bundle *b, float *x, double *out, char *err) {
+    const char *enc_out[] = {"mu", "logvar", "kl"}, *dec_out[] = {"x_mean", b->bernoulli ? "x_logits" : "x_logvar"};
+    int64_t shape[4] = {1, b->channels, b->height, b->width};
+    float *enc[3] = {NULL, NULL, NULL}, *dec[2] = {NULL, NULL}, *t = NULL;
+    size_t count = (size_t)b->channels * b->height * b->width;
+    int elbo = strcmp(b->method, "elbo") == 0, ok = run(b, b->encoder, "x", x, shape, 4, enc_out, 3, enc, err);
+    if (ok && strcmp(b->method, "kl") == 0) *out = enc[2][0];
+    else if (ok) {
+        int64_t k = elbo ? b->elbo_k : 1, tshape[2] = {k, b->latent};
+        t = malloc(sizeof(float) * (size_t)(k * b->latent));
+        for (int64_t s = 0; t && s < k; s++)
+            for (int j = 0; j < b->latent; j++)
+                t[s * b->latent + j] = elbo ? enc[0][j] + expf(0.5f * enc[1][j]) * b->noise[s * b->latent + j] : enc[0][j];
+        ok = t && run(b, b->decoder, "t", t, tshape, 2, dec_out, 2, dec, err);
+        double sq = 0, energy = 1, ll = 0;
+        for (size_t i = 0; ok && i < count; i++) {
+            sq += ((double)x[i] - dec[0][i]) * ((double)x[i] - dec[0][i]);
+            energy += (double)x[i] * x[i] + (double)dec[0][i] * dec[0][i];
+        }
+        for (int64_t s = 0; ok && elbo && s < k; s++)
+            ll += log_likelihood(b, x, dec[0] + s * count, dec[1] + (b->bernoulli ? s * count : (size_t)s));
+        if (!ok) {}
+        else if (elbo) *out = enc[2][0] - ll / (double)k;
+        else if (strcmp(b->method, "recon") == 0) *out = sq;
+        else if (strcmp(b->method, "rel_recon") == 0) *out = sq / energy;
+        else if (strcmp(b->method, "smooth_recon") == 0) *out = smoothed_energy(b, x, dec[0]);
+        else { snprintf(err, MSG, "method %s is not implemented here (kl, recon, rel_recon, smooth_recon, elbo)", b->method); ok = 0; }
+    }
+    for (int i = 0; i < 3; i++) free(enc[i]);
+    free(dec[0]); free(dec[1]); free(t);
+    if (ok) *out = (float)*out; /* scores are float32, as in the Python runtime */
+    return ok;
+}
+
+/* The runtime's p-value: empirical (1 + #{calibration >= s}) / (n + 1), or the fitted tail above its start. */
+static double p_value(const bundle *b, double s) {
+    if (b->tail.present && s > b->tail.start) {
+        double z = fmax(s - b->tail.start, 0.0) / b->tail.scale;
+        if (fabs(b->tail.shape) < 1e-9) return b->tail.fraction * exp(-z);
+        double base = fmax(1.0 + b->tail.shape * z, 0.0);
+        return base > 0.0 ? b->tail.fraction * pow(base, -1.0 / b->tail.shape) : 0.0;
+    }
+    size_t lo = 0, hi = b->n_cal; /* first index with cal >= s */
+    while (lo < hi) { size_t mid = (lo + hi) / 2; if (b->cal[mid] < s) lo = mid + 1; else hi = mid; }
+    return (1.0 + (double)(b->n_cal - lo)) / ((double)b->n_cal + 1.0);
+}
+
+static void print_string(const char *s) {
+    putchar('"');
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') printf("\\%c", *s);
+        else if ((unsigned char)*s < 0x20) printf("\\u%04x", (unsigned char)*s);
+        else putchar(*s);
+    }
+    putchar('"');
+}
+
+int main(int argc, char **argv) {
+    const char *dir = NULL, *method = NULL;
+    double threshold = NAN;
+    int threads = 1, first = argc;
+    for (int i = 1; i < argc; i++) {
+        if (i + 1 < argc && (strcmp(argv[i], "-m") == 0 || strcmp(argv[i], "--model") == 0)) dir = argv[++i];
+        else if (i + 1 < argc && strcmp(argv[i], "--method") == 0) method = argv[++i];
+        else if (i + 1 < argc && strcmp(argv[i], "--threshold") == 0) threshold = atof(argv[++i]);
+        else if (i + 1 < argc && strcmp(argv[i], "--threads") == 0) threads = atoi(argv[++i]);
+        else { first = i; break; }
+    }
+    if (!dir || first >= argc) {
+        fprintf(stderr, "usage: %s -m BUNDLE [--method M] [--threshold X] [--threads N] FILE...\n", argv[0]);
+        return 2;
+    }
+    char err[MSG] = "";
+    bundle b = {0};
+    ORT = OrtGetApiBase()->GetApi(C_API_VERSION);
+    if (!ORT) { fprintf(stderr, "error: this onnxruntime library does not serve C API version %d\n", C_API_VERSION); return 1; }
+    if (!open_bundle(&b, dir, method, threads, err)) { fprintf(stderr, "error: %s\n", err); return 1; }
+    double thr = isnan(threshold) ? b.threshold : threshold;
+    int failed = 0;
+    for (int i = first; i < argc; i++) {
+        double s = 0;
+        err[0] = '\0';
+        float *x = read_input(&b, argv[i], err);
+        int ok = x && score(&b, x, &s, err);
+        free(x);
+        printf("{\"item\": ");
+        print_string(argv[i]);
+        printf(", \"method\": \"%s\", ", b.method);
+        if (ok) printf("\"score\": %.9g, \"p_value\": %.17g, \"outlier\": %s}\n", s, p_value(&b, s),
+                       (float)s > (float)thr ? "true" : "false");
+        else { printf("\"error\": "); print_string(err); printf("}\n"); fprintf(stderr, "error: %s\n", err); failed++; }
+    }
+    ORT->ReleaseSession(b.encoder);
+    ORT->ReleaseSession(b.decoder);
+    ORT->ReleaseMemoryInfo(b.memory);
+    ORT->ReleaseEnv(b.env);
+    free(b.cal);
+    free(b.noise);
+    return failed ? 2 : 0;
+}
