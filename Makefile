@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench-quality clean
+.PHONY: setup demo test bench-quality clean embed-setup serve-web
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +19,22 @@ demo: $(STAMP)
 	bash scripts/demo.sh
 
 # The test suite, then the strict type check of the runtime, export and the CLI.
-test: $(STAMP)
+test: $(STAMP) embed-setup
 	$(BIN)/python -m pytest
 	$(BIN)/python scripts/typecheck.py
+
+# npm packages of the Node.js and browser programs (embed/), when npm is here; without it their tests skip.
+# onnxruntime-node's install script would fetch GPU libraries: skipped, the CPU binary is in the package.
+EMBED_NPM := embed/node/node_modules/.package-lock.json embed/web/node_modules/.package-lock.json
+embed-setup: $(EMBED_NPM)
+embed/%/node_modules/.package-lock.json: embed/%/package-lock.json
+	@if command -v npm >/dev/null; then cd embed/$* && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the embed tests of embed/$* will be skipped"; fi
+
+# The browser page with a bundle beside it, on 127.0.0.1:8000 (BUNDLE defaults to the demo's).
+BUNDLE ?= demo/bundle
+serve-web: $(STAMP) embed-setup
+	$(BIN)/python scripts/serve_web.py $(BUNDLE)
 
 # Ten one-class models + baselines + the all-digit model; writes docs/benchmarks.md (about 16 min here).
 bench-quality: $(STAMP)

@@ -330,6 +330,15 @@ static double p_value(const bundle *b, double s) {
     return (1.0 + (double)(b->n_cal - lo)) / ((double)b->n_cal + 1.0);
 }
 
+static void close_bundle(bundle *b) {
+    if (b->encoder) ORT->ReleaseSession(b->encoder);
+    if (b->decoder) ORT->ReleaseSession(b->decoder);
+    if (b->memory) ORT->ReleaseMemoryInfo(b->memory);
+    if (b->env) ORT->ReleaseEnv(b->env);
+    free(b->cal);
+    free(b->noise);
+}
+
 static void print_string(const char *s) {
     putchar('"');
     for (; *s; s++) {
@@ -359,7 +368,11 @@ int main(int argc, char **argv) {
     bundle b = {0};
     ORT = OrtGetApiBase()->GetApi(C_API_VERSION);
     if (!ORT) { fprintf(stderr, "error: this onnxruntime library does not serve C API version %d\n", C_API_VERSION); return 1; }
-    if (!open_bundle(&b, dir, method, threads, err)) { fprintf(stderr, "error: %s\n", err); return 1; }
+    if (!open_bundle(&b, dir, method, threads, err)) {
+        fprintf(stderr, "error: %s\n", err);
+        close_bundle(&b);
+        return 1;
+    }
     double thr = isnan(threshold) ? b.threshold : threshold;
     int failed = 0;
     for (int i = first; i < argc; i++) {
@@ -375,11 +388,6 @@ int main(int argc, char **argv) {
                        (float)s > (float)thr ? "true" : "false");
         else { printf("\"error\": "); print_string(err); printf("}\n"); fprintf(stderr, "error: %s\n", err); failed++; }
     }
-    ORT->ReleaseSession(b.encoder);
-    ORT->ReleaseSession(b.decoder);
-    ORT->ReleaseMemoryInfo(b.memory);
-    ORT->ReleaseEnv(b.env);
-    free(b.cal);
-    free(b.noise);
+    close_bundle(&b);
     return failed ? 2 : 0;
 }

@@ -1,0 +1,83 @@
+#!/usr/bin/env node
+// edgevae-score-node: score images with an edgevae bundle on onnxruntime-node, printing the same jsonl rows as
+// `edgevae score --format jsonl`.
+//
+//   node score.mjs -m BUNDLE [--method kl|recon|rel_recon|smooth_recon|elbo] [--threshold X] FILE...
+//
+// FILE: PNG (decoded by pngjs), binary PGM/PPM with 8-bit samples, or raw little-endian float32 (.f32, .raw:
+// C*H*W values in [0, 1], channel-major), each of exactly the bundle's size. Exit status: 0 ok; 1 bundle error;
+// 2 some inputs could not be scored.
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+
+import ort from "onnxruntime-node";
+import pngjs from "pngjs";
+
+import { BundleError, isOutlier, openBundle, preprocess, pValue, readPNM, scoreImage } from "../web/edgevae-core.js";
+
+function parseArgs(argv) {
+  const args = { bundle: null, method: null, threshold: null, files: [] };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if ((a === "-m" || a === "--model") && i + 1 < argv.length) args.bundle = argv[++i];
+    else if (a === "--method" && i + 1 < argv.length) args.method = argv[++i];
+    else if (a === "--threshold" && i + 1 < argv.length) args.threshold = Number(argv[++i]);
+    else args.files.push(...argv.slice(i)), i = argv.length;
+  }
+  return args;
+}
+
+function readInput(bundle, path) {
+  const bytes = new Uint8Array(readFileSync(path));
+  const lower = path.toLowerCase();
+  if (lower.endsWith(".f32") || lower.endsWith(".raw")) {
+    const count = bundle.channels * bundle.height * bundle.width;
+    if (bytes.byteLength !== 4 * count) {
+      throw new Error(`${bytes.byteLength} bytes, expected ${count} float32 values (${bundle.channels}x${bundle.height}x${bundle.width})`);
+    }
+    const x = new Float32Array(bytes.slice().buffer);
+    if (x.some((v) => !(v >= 0 && v <= 1))) throw new Error("values outside [0, 1]");
+    return x;
+  }
+  if (lower.endsWith(".png")) {
+    const png = pngjs.PNG.sync.read(Buffer.from(bytes));
+    return preprocess(bundle, png.data, png.width, png.height, 4);
+  }
+  const { pixels, width, height, stride } = readPNM(bytes);
+  return preprocess(bundle, pixels, width, height, stride);
+}
+
+async function main() {
+  const args = parseArgs(process.argv.slice(2));
+  if (!args.bundle || args.files.length === 0) {
+    process.stderr.write("usage: node score.mjs -m BUNDLE [--method M] [--threshold X] FILE...\n");
+    return 2;
+  }
+  let bundle;
+  try {
+    bundle = await openBundle(ort, async (name) => new Uint8Array(readFileSync(join(args.bundle, name))),
+      async (bytes) => createHash("sha256").update(bytes).digest("hex"),
+      { method: args.method, sessionOptions: { intraOpNumThreads: 1, graphOptimizationLevel: "all" } });
+  } catch (err) {
+    process.stderr.write(`error: ${args.bundle}: ${err.message}\n`);
+    return 1;
+  }
+  let failed = 0;
+  for (const path of args.files) {
+    try {
+      const { score } = await scoreImage(bundle, readInput(bundle, path));
+      process.stdout.write(JSON.stringify({ item: path, method: bundle.method, score, p_value: pValue(bundle, score),
+        outlier: isOutlier(bundle, score, args.threshold) }) + "\n");
+    } catch (err) {
+      if (err instanceof BundleError) throw err;
+      failed++;
+      const message = `${path}: ${err.message}`;
+      process.stderr.write(`error: ${message}\n`);
+      process.stdout.write(JSON.stringify({ item: path, method: bundle.method, error: message }) + "\n");
+    }
+  }
+  return failed ? 2 : 0;
+}
+
+process.exitCode = await main();

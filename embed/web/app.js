@@ -1,0 +1,140 @@
+// The page: open a bundle (served beside the page, or a folder the user picks), score dropped images, show their
+// reconstructions, generate from the prior. The scoring itself is edgevae-core.js, shared with the Node program.
+import * as ort from "./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs";
+
+import { METHODS, generate, isOutlier, openBundle, preprocess, pValue, readPNM, scoreImage } from "./edgevae-core.js";
+
+ort.env.wasm.wasmPaths = new URL("./node_modules/onnxruntime-web/dist/", import.meta.url).href;
+ort.env.wasm.numThreads = 1; // no SharedArrayBuffer needed: the page works from any static server
+
+const $ = (id) => document.getElementById(id);
+let source = null; // readFile(name) of the current bundle
+let bundle = null;
+
+async function sha256Hex(bytes) {
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function setStatus(text, error = false) {
+  $("status").textContent = text;
+  $("status").className = error ? "error" : "";
+}
+
+async function open(readFile, method) {
+  setStatus("loading…");
+  try {
+    bundle = await openBundle(ort, readFile, sha256Hex, { method, sessionOptions: { executionProviders: ["wasm"] } });
+  } catch (err) {
+    bundle = null;
+    $("generate").disabled = true;
+    setStatus(`bundle refused: ${err.message}`, true);
+    return;
+  }
+  source = readFile;
+  const calibrated = METHODS.filter((m) => bundle.manifest.calibration.methods[m]);
+  $("method").replaceChildren(...calibrated.map((m) => new Option(m, m, false, m === bundle.method)));
+  $("generate").disabled = false;
+  const { channels, height, width } = bundle;
+  setStatus(`bundle loaded: ${channels}x${height}x${width}, method ${bundle.method}, threshold ` +
+    `${bundle.calibration.threshold.toPrecision(4)} (FPR ${bundle.manifest.calibration.fpr})`);
+  document.body.dataset.bundle = "loaded";
+}
+
+async function fetchBytes(name) {
+  const response = await fetch(new URL(`bundle/${name}`, document.baseURI));
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  return new Uint8Array(await response.arrayBuffer());
+}
+
+function folderReader(files) {
+  const byName = new Map(Array.from(files, (f) => [f.name, f]));
+  return async (name) => {
+    const file = byName.get(name);
+    if (!file) throw new Error("not in the picked folder");
+    return new Uint8Array(await file.arrayBuffer());
+  };
+}
+
+async function decodeImage(file) {
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  if (/\.(pgm|ppm|pnm)$/i.test(file.name)) {
+    const { pixels, width, height, stride } = readPNM(bytes);
+    return preprocess(bundle, pixels, width, height, stride);
+  }
+  // no colour management, so pixel values reach the model as they are in the file (as Pillow reads them)
+  const bitmap = await createImageBitmap(file, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+  const context = canvas.getContext("2d");
+  context.drawImage(bitmap, 0, 0);
+  return preprocess(bundle, context.getImageData(0, 0, bitmap.width, bitmap.height).data, bitmap.width, bitmap.height, 4);
+}
+
+function draw(x, offset = 0) {
+  const { channels, height: h, width: w } = bundle, canvas = document.createElement("canvas");
+  canvas.width = w; canvas.height = h; canvas.className = "img";
+  const context = canvas.getContext("2d"), image = context.createImageData(w, h);
+  for (let i = 0; i < h * w; i++) {
+    for (let c = 0; c < 3; c++) {
+      image.data[4 * i + c] = Math.round(255 * Math.min(1, Math.max(0, x[offset + (channels === 3 ? c * h * w : 0) + i])));
+    }
+    image.data[4 * i + 3] = 255;
+  }
+  context.putImageData(image, 0, 0);
+  return canvas;
+}
+
+function cell(row, content, className = "") {
+  const td = row.insertCell();
+  if (content instanceof Node) td.append(content); else td.textContent = content;
+  if (className) td.className = className;
+  return td;
+}
+
+async function scoreFiles(files) {
+  if (!bundle) { setStatus("load a bundle first", true); return; }
+  const body = $("results").tBodies[0];
+  let flagged = 0, scored = 0;
+  for (const file of files) {
+    const row = body.insertRow();
+    row.dataset.item = file.name;
+    try {
+      const x = await decodeImage(file);
+      const started = performance.now();
+      const { score, reconstruction } = await scoreImage(bundle, x);
+      const p = pValue(bundle, score), outlier = isOutlier(bundle, score);
+      const ms = performance.now() - started;
+      Object.assign(row.dataset, { score, pValue: p, outlier, ms });
+      row.className = outlier ? "outlier" : "";
+      cell(row, draw(x));
+      cell(row, reconstruction ? draw(reconstruction) : "—");
+      cell(row, file.name);
+      cell(row, score.toPrecision(6), "num");
+      cell(row, p.toPrecision(3), "num");
+      cell(row, outlier ? "OUTLIER" : "–", outlier ? "flag" : "");
+      cell(row, ms.toFixed(1), "num");
+      flagged += outlier; scored++;
+    } catch (err) {
+      row.dataset.error = err.message;
+      cell(row, ""); cell(row, ""); cell(row, file.name); cell(row, `error: ${err.message}`).colSpan = 4;
+    }
+  }
+  $("results").hidden = false;
+  $("summary").textContent = `${body.rows.length} image(s); last batch: ${scored} scored, ${flagged} outlier(s)`;
+  document.body.dataset.scored = String(body.rows.length);
+}
+
+$("load-demo").addEventListener("click", () => open(fetchBytes, null));
+$("bundle-folder").addEventListener("change", (e) => open(folderReader(e.target.files), null));
+$("method").addEventListener("change", (e) => source && open(source, e.target.value));
+$("images").addEventListener("change", (e) => scoreFiles(e.target.files));
+const drop = $("drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); scoreFiles(e.dataTransfer.files); });
+$("generate").addEventListener("click", async () => {
+  const n = 16, images = await generate(bundle, n), size = bundle.channels * bundle.height * bundle.width;
+  $("samples").replaceChildren(...Array.from({ length: n }, (_, i) => draw(images, i * size)));
+  document.body.dataset.generated = String(n);
+});
+if (new URLSearchParams(location.search).has("demo")) open(fetchBytes, new URLSearchParams(location.search).get("method"));

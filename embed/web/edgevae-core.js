@@ -1,0 +1,191 @@
+// edgevae's scorer in JavaScript, shared by the Node.js program (onnxruntime-node) and the web page
+// (onnxruntime-web): open a bundle, verify it, apply its input contract, compute the scores and p-values exactly as
+// edgevae.runtime does. Everything comes from the bundle: contract, calibration, the elbo noise file.
+// `ort` is the onnxruntime module of the host; `readFile(name)` returns a bundle file's bytes (Uint8Array);
+// `sha256Hex(bytes)` returns a promise of the lower-case hex digest.
+
+export const METHODS = ["kl", "recon", "rel_recon", "smooth_recon", "elbo"];
+
+export class BundleError extends Error {}
+
+async function readVerified(readFile, sha256Hex, manifest, name) {
+  const entry = manifest.files && manifest.files[name];
+  if (!entry || typeof entry.sha256 !== "string") throw new BundleError(`the manifest has no sha256 for ${name}`);
+  let data;
+  try {
+    data = await readFile(name);
+  } catch (err) {
+    throw new BundleError(`${name} is missing or unreadable; re-export the bundle (${err.message})`);
+  }
+  const digest = await sha256Hex(data);
+  if (digest !== entry.sha256) {
+    throw new BundleError(`${name}: sha256 ${digest.slice(0, 16)}... does not match the manifest's ` +
+      `${entry.sha256.slice(0, 16)}...; refusing to load it`);
+  }
+  return data;
+}
+
+function calibrationOf(manifest, method) {
+  const cal = manifest.calibration && manifest.calibration.methods && manifest.calibration.methods[method];
+  if (!cal || !Array.isArray(cal.scores) || cal.scores.length < 2) {
+    throw new BundleError(`the bundle does not calibrate method ${method}`);
+  }
+  return { threshold: cal.threshold, scores: Float64Array.from(cal.scores), tail: cal.tail || null };
+}
+
+// Opens a bundle: checks format and schema, verifies every file it uses, creates both sessions.
+export async function openBundle(ort, readFile, sha256Hex, { method = null, sessionOptions = {} } = {}) {
+  let manifest;
+  try {
+    manifest = JSON.parse(new TextDecoder().decode(await readFile("edgevae.json")));
+  } catch (err) {
+    throw new BundleError(`not a bundle: edgevae.json is missing or not JSON (${err.message})`);
+  }
+  if (manifest.format !== "edgevae-bundle" || manifest.schema_version !== 1) {
+    throw new BundleError("not an edgevae manifest of schema version 1");
+  }
+  const chosen = method || manifest.scoring.default_method;
+  if (!METHODS.includes(chosen)) throw new BundleError(`method ${chosen} is not implemented here (${METHODS.join(", ")})`);
+  const bundle = {
+    manifest, method: chosen,
+    channels: manifest.input.channels, height: manifest.input.height, width: manifest.input.width,
+    latent: manifest.latent_dim, bernoulli: manifest.likelihood === "bernoulli",
+    sigma: manifest.scoring.smooth_sigma ?? 1.0, calibration: calibrationOf(manifest, chosen), noise: null, ort,
+  };
+  const noiseEntry = manifest.scoring.noise_files && manifest.scoring.noise_files.elbo;
+  if (noiseEntry) {
+    const bytes = await readVerified(readFile, sha256Hex, manifest, noiseEntry.file);
+    const [k, d] = noiseEntry.shape;
+    if (d !== bundle.latent || bytes.byteLength !== 4 * k * d) throw new BundleError(`${noiseEntry.file} is not float32 (${k}, ${d})`);
+    bundle.noise = new Float32Array(bytes.slice().buffer, 0, k * d); // little-endian, as on every host here
+    bundle.elboSamples = k;
+  } else if (chosen === "elbo") {
+    throw new BundleError("the bundle carries no elbo noise file (exported before edgevae stored it); re-export it");
+  }
+  const encoder = await readVerified(readFile, sha256Hex, manifest, "encoder.onnx");
+  const decoder = await readVerified(readFile, sha256Hex, manifest, "decoder.onnx");
+  bundle.encoder = await ort.InferenceSession.create(encoder, sessionOptions);
+  bundle.decoder = await ort.InferenceSession.create(decoder, sessionOptions);
+  return bundle;
+}
+
+// 8-bit pixels (RGBA, RGB or gray, `stride` bytes a pixel) of the bundle's size -> float32 CHW in [0, 1].
+// One channel: Pillow's convert("L"), ITU-R 601-2 luma in 16-bit fixed point.
+export function preprocess(bundle, pixels, width, height, stride) {
+  if (width !== bundle.width || height !== bundle.height) {
+    throw new Error(`${width}x${height}, but the bundle takes ${bundle.width}x${bundle.height} images (resize before scoring)`);
+  }
+  const n = width * height, x = new Float32Array(n * bundle.channels);
+  for (let i = 0; i < n; i++) {
+    const r = pixels[i * stride], g = pixels[i * stride + (stride > 1 ? 1 : 0)], b = pixels[i * stride + (stride > 1 ? 2 : 0)];
+    if (bundle.channels === 1) x[i] = Math.fround(((r * 19595 + g * 38470 + b * 7471 + 0x8000) >>> 16) / 255);
+    else { x[i] = Math.fround(r / 255); x[n + i] = Math.fround(g / 255); x[2 * n + i] = Math.fround(b / 255); }
+  }
+  return x;
+}
+
+async function encode(bundle, x) {
+  const { ort } = bundle;
+  const out = await bundle.encoder.run({ x: new ort.Tensor("float32", x, [1, bundle.channels, bundle.height, bundle.width]) });
+  return { mu: out.mu.data, logvar: out.logvar.data, kl: out.kl.data[0] };
+}
+
+async function decode(bundle, t, count) {
+  const { ort } = bundle;
+  const out = await bundle.decoder.run({ t: new ort.Tensor("float32", t, [count, bundle.latent]) });
+  return { mean: out.x_mean.data, param: (bundle.bernoulli ? out.x_logits : out.x_logvar).data };
+}
+
+function smoothedEnergy(bundle, x, mean) {
+  const { height: h, width: w, sigma } = bundle, radius = Math.ceil(4 * sigma), g = [];
+  let sum = 0, total = 0, energy = 1;
+  for (let k = -radius; k <= radius; k++) { g.push(Math.exp(-0.5 * (k / sigma) ** 2)); sum += g[g.length - 1]; }
+  for (let k = 0; k < g.length; k++) g[k] = Math.fround(g[k] / sum); // the runtime's float32 kernel
+  const r = new Float64Array(h * w), t = new Float64Array(h * w);
+  for (let c = 0; c < bundle.channels; c++) {
+    for (let i = 0; i < h * w; i++) r[i] = x[c * h * w + i] - mean[c * h * w + i];
+    for (let y = 0; y < h; y++) for (let i = 0; i < w; i++) { // rows, then columns; zero beyond the edges
+      let s = 0;
+      for (let k = -radius; k <= radius; k++) if (i + k >= 0 && i + k < w) s += g[k + radius] * r[y * w + i + k];
+      t[y * w + i] = s;
+    }
+    for (let col = 0; col < w; col++) for (let i = 0; i < h; i++) {
+      let s = 0;
+      for (let k = -radius; k <= radius; k++) if (i + k >= 0 && i + k < h) s += g[k + radius] * t[(i + k) * w + col];
+      total += s * s;
+    }
+  }
+  for (let i = 0; i < x.length; i++) energy += x[i] * x[i] + mean[i] * mean[i];
+  return total / energy;
+}
+
+function logLikelihood(bundle, x, mean, param, offset, paramOffset) {
+  let ll = 0, sq = 0;
+  for (let i = 0; i < x.length; i++) {
+    if (bundle.bernoulli) { const l = param[offset + i]; ll += x[i] * l - (Math.max(l, 0) + Math.log1p(Math.exp(-Math.abs(l)))); }
+    else sq += (x[i] - mean[offset + i]) ** 2;
+  }
+  if (bundle.bernoulli) return ll;
+  const v = param[paramOffset];
+  return -0.5 * sq * Math.exp(-v) - 0.5 * x.length * (v + Math.log(2 * Math.PI));
+}
+
+// The bundle's score of one preprocessed image, and its reconstruction (the decoded posterior mean) when the
+// method decodes it. Scores are rounded to float32, as in the Python runtime.
+export async function scoreImage(bundle, x) {
+  const { mu, logvar, kl } = await encode(bundle, x);
+  if (bundle.method === "kl") return { score: Math.fround(kl), reconstruction: null };
+  if (bundle.method === "elbo") {
+    const k = bundle.elboSamples, d = bundle.latent, t = new Float32Array(k * d);
+    for (let s = 0; s < k; s++) {
+      for (let j = 0; j < d; j++) t[s * d + j] = mu[j] + Math.fround(Math.exp(Math.fround(0.5 * logvar[j]))) * bundle.noise[s * d + j];
+    }
+    const { mean, param } = await decode(bundle, t, k);
+    let ll = 0;
+    for (let s = 0; s < k; s++) ll += logLikelihood(bundle, x, mean, param, s * x.length, s);
+    return { score: Math.fround(kl - ll / k), reconstruction: null };
+  }
+  const { mean } = await decode(bundle, Float32Array.from(mu), 1);
+  let sq = 0, energy = 1;
+  for (let i = 0; i < x.length; i++) { sq += (x[i] - mean[i]) ** 2; energy += x[i] * x[i] + mean[i] * mean[i]; }
+  const score = bundle.method === "recon" ? sq : bundle.method === "rel_recon" ? sq / energy : smoothedEnergy(bundle, x, mean);
+  return { score: Math.fround(score), reconstruction: mean };
+}
+
+// The runtime's p-value: empirical (1 + #{calibration >= s}) / (n + 1), or the fitted tail above its start.
+export function pValue(bundle, s) {
+  const { scores, tail } = bundle.calibration;
+  if (tail && s > tail.start) {
+    const z = Math.max(s - tail.start, 0) / tail.scale;
+    if (Math.abs(tail.shape) < 1e-9) return tail.fraction * Math.exp(-z);
+    const base = Math.max(1 + tail.shape * z, 0);
+    return base > 0 ? tail.fraction * Math.pow(base, -1 / tail.shape) : 0;
+  }
+  let lo = 0, hi = scores.length;
+  while (lo < hi) { const mid = (lo + hi) >> 1; if (scores[mid] < s) lo = mid + 1; else hi = mid; }
+  return (1 + (scores.length - lo)) / (scores.length + 1);
+}
+
+// The outlier flag, compared in float32 as numpy compares a float32 score with the threshold.
+export function isOutlier(bundle, s, threshold = null) {
+  return Math.fround(s) > Math.fround(threshold ?? bundle.calibration.threshold);
+}
+
+// Decodes n codes t ~ N(0, I) (Box-Muller on Math.random): images (n, C, H, W) in [0, 1].
+export async function generate(bundle, n) {
+  const t = new Float32Array(n * bundle.latent);
+  for (let i = 0; i < t.length; i++) t[i] = Math.sqrt(-2 * Math.log(1 - Math.random())) * Math.cos(2 * Math.PI * Math.random());
+  return (await decode(bundle, t, n)).mean;
+}
+
+// A binary PGM (P5) or PPM (P6) file with 8-bit samples -> { pixels, width, height, stride }.
+export function readPNM(bytes) {
+  const header = new TextDecoder("latin1").decode(bytes.subarray(0, 64));
+  const m = /^P([56])\s+(\d+)\s+(\d+)\s+(\d+)\s/.exec(header);
+  if (!m) throw new Error("not a binary PGM (P5) or PPM (P6) file");
+  if (Number(m[4]) !== 255) throw new Error(`${m[4]}-level samples; only 8-bit (maxval 255) files are read`);
+  const stride = m[1] === "6" ? 3 : 1, width = Number(m[2]), height = Number(m[3]);
+  const pixels = bytes.subarray(m[0].length);
+  if (pixels.length < width * height * stride) throw new Error("truncated");
+  return { pixels, width, height, stride };
+}

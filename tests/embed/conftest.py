@@ -1,0 +1,87 @@
+"""The embed tier: programs outside Python run the session's bundle and must agree with edgevae.runtime."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EMBED = ROOT / "embed"
+METHODS = ("kl", "recon", "rel_recon", "smooth_recon", "elbo")
+
+
+def need(tool_ok: bool, reason: str) -> None:
+    """Skip with a one-line reason, or fail where the tier is required (CI sets EDGEVAE_REQUIRE_EMBED=1)."""
+    if tool_ok:
+        return
+    if os.environ.get("EDGEVAE_REQUIRE_EMBED") == "1":
+        pytest.fail(f"the embed tier is required here but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def embed_inputs(tmp_path_factory: pytest.TempPathFactory, sample_folder: Path, test_digits) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Files in every format the programs read, with the uint8 / float arrays they hold: test digits, the demo
+    outliers, and raw float32 images."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("embed_inputs")
+    arrays: dict[str, np.ndarray] = {}
+    pngs = sorted(sample_folder.rglob("*.png"))
+    for i, png in enumerate(pngs):
+        gray = np.asarray(Image.open(png).convert("L"))
+        for suffix in (".pgm", ".png"):
+            path = folder / f"{png.parent.name}_{png.stem}{suffix}"
+            Image.fromarray(gray).save(path)
+            arrays[str(path)] = gray
+    rgb = np.stack([test_digits[0][40], test_digits[0][41], test_digits[0][42]], axis=-1)  # a colour file: luma
+    Image.fromarray(rgb).save(folder / "colour.ppm")
+    arrays[str(folder / "colour.ppm")] = np.asarray(Image.fromarray(rgb).convert("L"))
+    for i in range(3):
+        x = test_digits[0][50 + i].astype(np.float32) / np.float32(255)
+        x[3:6, 3:20] = 1.0  # a stroke no digit has
+        path = folder / f"raw_{i}.f32"
+        x.astype("<f4").tofile(path)
+        arrays[str(path)] = x
+    return arrays
+
+
+def without_png(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inputs a program without an image codec reads (PGM/PPM and raw float32)."""
+    return {k: v for k, v in arrays.items() if not k.endswith(".png")}
+
+
+def compare(model, rows: list[dict], arrays: dict[str, np.ndarray], method: str) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Assert the programs' rows agree with the runtime: scores within 1e-4 relative, p-values within 1e-6 (unless a
+    calibration score lies between the two scores), flags equal. Returns the largest differences seen."""
+    assert [r["item"] for r in rows] == list(arrays), "one row per input, in order"
+    from edgevae.runtime import uint8_to_unit
+
+    images = [uint8_to_unit(a) if a.dtype == np.uint8 else a for a in arrays.values()]  # what the runtime makes of files
+    result = model.score(np.stack(images), method)
+    cal = model.manifest.calibration[method].sorted_scores
+    worst = {"score_rel": 0.0, "p_abs": 0.0}
+    for row, s, p, flag in zip(rows, result.scores, result.p_values, result.is_outlier):
+        assert row["method"] == method and "error" not in row, row
+        rel = abs(row["score"] - float(s)) / max(1.0, abs(float(s)))
+        assert rel <= 1e-4, (row, float(s))
+        lo, hi = sorted((row["score"], float(s)))
+        if not ((cal >= lo) & (cal <= hi)).any():
+            assert abs(row["p_value"] - float(p)) <= 1e-6, (row, float(p))
+            worst["p_abs"] = max(worst["p_abs"], abs(row["p_value"] - float(p)))
+        assert row["outlier"] == bool(flag), (row, float(s), result.threshold)
+        worst["score_rel"] = max(worst["score_rel"], rel)
+    return worst
+
+
+@pytest.fixture()
+def tampered(bundle: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "tampered"
+    shutil.copytree(bundle, copy)
+    graph = copy / "encoder.onnx"
+    graph.write_bytes(graph.read_bytes() + b"\0")
+    return copy

@@ -1,0 +1,62 @@
+"""embed/c: the C scorer, built with -Wall -Wextra -Werror and run under AddressSanitizer and UBSan."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import EMBED, METHODS, compare, need, without_png
+
+pytestmark = [pytest.mark.embed, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def scorer() -> Path:
+    need(shutil.which("gcc") is not None and shutil.which("make") is not None, "gcc and make are not installed")
+    proc = subprocess.run(["make", "-C", str(EMBED / "c"), "SANITIZE=1", f"PYTHON={sys.executable}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return EMBED / "c" / "build" / "edgevae-score-asan"
+
+
+def run(scorer: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1", "UBSAN_OPTIONS": "halt_on_error=1"}
+    return subprocess.run([str(scorer), *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_c_scores_agree_with_the_runtime(scorer: Path, bundle: Path, model, embed_inputs, method: str) -> None:  # type: ignore[no-untyped-def]
+    inputs = without_png(embed_inputs)
+    proc = run(scorer, "-m", str(bundle), "--method", method, *inputs)
+    assert proc.returncode == 0, proc.stderr
+    assert "Sanitizer" not in proc.stderr and "runtime error" not in proc.stderr, proc.stderr
+    compare(model, [json.loads(line) for line in proc.stdout.splitlines()], inputs, method)
+
+
+def test_c_default_method_is_the_bundles(scorer: Path, bundle: Path, model, embed_inputs) -> None:  # type: ignore[no-untyped-def]
+    proc = run(scorer, "-m", str(bundle), *list(without_png(embed_inputs))[:3])
+    assert proc.returncode == 0 and all(json.loads(r)["method"] == model.manifest.default_method
+                                        for r in proc.stdout.splitlines())
+
+
+def test_c_refuses_a_tampered_graph_and_reports_bad_inputs(scorer: Path, bundle: Path, tampered: Path,
+                                                            tmp_path: Path, embed_inputs) -> None:  # type: ignore[no-untyped-def]
+    proc = run(scorer, "-m", str(tampered), *list(embed_inputs)[:1])
+    assert proc.returncode == 1 and "does not match the manifest" in proc.stderr and proc.stdout == ""
+    big = tmp_path / "big.pgm"
+    big.write_bytes(b"P5 30 30 255\n" + bytes(900))
+    short = tmp_path / "short.f32"
+    np.zeros(5, "<f4").tofile(short)
+    good = list(without_png(embed_inputs))[0]
+    proc = run(scorer, "-m", str(bundle), str(big), good, str(short), str(tmp_path / "missing.pgm"))
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 2 and [("error" in r) for r in rows] == [True, False, True, True]
+    assert "the bundle takes 28x28" in rows[0]["error"] and "expected 784 float32" in rows[2]["error"]
+    assert "Sanitizer" not in proc.stderr

@@ -1,0 +1,46 @@
+"""embed/node: the Node.js scorer on onnxruntime-node (the npm package's CPU binary)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import EMBED, METHODS, compare, need
+
+pytestmark = [pytest.mark.embed, pytest.mark.slow]
+NODE = EMBED / "node"
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    exe = shutil.which("node")
+    need(exe is not None, "Node.js is not installed")
+    need((NODE / "node_modules" / "onnxruntime-node").is_dir(),
+         "embed/node has no node_modules: run `make embed-setup` (npm ci with ONNXRUNTIME_NODE_INSTALL=skip)")
+    return str(exe)
+
+
+def run(node: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([node, str(NODE / "score.mjs"), *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_node_scores_agree_with_the_runtime(node: str, bundle: Path, model, embed_inputs, method: str) -> None:  # type: ignore[no-untyped-def]
+    proc = run(node, "-m", str(bundle), "--method", method, *embed_inputs)
+    assert proc.returncode == 0, proc.stderr
+    compare(model, [json.loads(line) for line in proc.stdout.splitlines()], embed_inputs, method)
+
+
+def test_node_refuses_a_tampered_graph_and_reports_bad_inputs(node: str, bundle: Path, tampered: Path,
+                                                               tmp_path: Path, embed_inputs) -> None:  # type: ignore[no-untyped-def]
+    proc = run(node, "-m", str(tampered), *list(embed_inputs)[:1])
+    assert proc.returncode == 1 and "does not match the manifest" in proc.stderr and proc.stdout == ""
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG not really")
+    proc = run(node, "-m", str(bundle), str(bad), list(embed_inputs)[0])
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 2 and "error" in rows[0] and "score" in rows[1]

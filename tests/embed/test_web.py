@@ -1,0 +1,81 @@
+"""embed/web: the page on onnxruntime-web (WASM), driven in a real headless Chromium (Debian's package)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from .conftest import EMBED, METHODS, ROOT, compare, need
+
+pytestmark = [pytest.mark.embed, pytest.mark.slow]
+CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-headless-shell")) if p), None)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    need(CHROMIUM is not None, "no chromium: apt-get install chromium")
+    need((EMBED / "web" / "node_modules" / "onnxruntime-web").is_dir(), "embed/web has no node_modules: make embed-setup")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        need(False, "playwright is not installed: pip install -e '.[dev]'")
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield instance
+        instance.close()
+
+
+def served(bundle: Path) -> Any:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from serve_web import serve
+
+    server = serve(bundle, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def open_page(browser: Any, server: Any, method: str) -> Any:
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"http://127.0.0.1:{server.server_address[1]}/?demo&method={method}")
+    page.wait_for_selector("body[data-bundle=loaded], #status.error", timeout=60_000)
+    page.errors = errors
+    return page
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_page_scores_agree_with_the_runtime(browser: Any, bundle: Path, model, embed_inputs, method: str,  # type: ignore[no-untyped-def]
+                                            tmp_path: Path) -> None:
+    inputs = {k: v for k, v in embed_inputs.items() if not k.endswith(".f32")}  # the page decodes images only
+    server = served(bundle)
+    try:
+        page = open_page(browser, server, method)
+        page.set_input_files("#images", list(inputs))
+        page.wait_for_selector(f"body[data-scored='{len(inputs)}']", timeout=60_000)
+        rows = page.eval_on_selector_all("#results tbody tr", "rs => rs.map(r => ({...r.dataset}))")
+        by_name = {Path(k).name: k for k in inputs}
+        parsed = [{"item": by_name[r["item"]], "method": method, "score": float(r["score"]),
+                   "p_value": float(r["pValue"]), "outlier": r["outlier"] == "true"} for r in rows]
+        compare(model, parsed, inputs, method)
+        page.click("#generate")
+        page.wait_for_selector("body[data-generated='16']", timeout=60_000)
+        if method == "smooth_recon":
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        assert page.errors == []
+    finally:
+        server.shutdown()
+
+
+def test_page_refuses_a_tampered_graph(browser: Any, tampered: Path) -> None:
+    server = served(tampered)
+    try:
+        page = open_page(browser, server, "kl")
+        assert "bundle refused" in page.inner_text("#status") and "does not match the manifest" in page.inner_text("#status")
+    finally:
+        server.shutdown()
