@@ -62,6 +62,7 @@ def compare(model, rows: list[dict], arrays: dict[str, np.ndarray], method: str)
     from edgevae.runtime import uint8_to_unit
 
     images = [uint8_to_unit(a) if a.dtype == np.uint8 else a for a in arrays.values()]  # what the runtime makes of files
+    images = [np.moveaxis(a, -1, 0) if a.ndim == 3 and a.shape[-1] == 3 else a for a in images]  # HWC files -> CHW
     result = model.score(np.stack(images), method)
     cal = model.manifest.calibration[method].sorted_scores
     worst = {"score_rel": 0.0, "p_abs": 0.0}
@@ -85,3 +86,41 @@ def tampered(bundle: Path, tmp_path: Path) -> Path:
     graph = copy / "encoder.onnx"
     graph.write_bytes(graph.read_bytes() + b"\0")
     return copy
+
+
+@pytest.fixture(scope="session")
+def rgb_bundle(tmp_path_factory: pytest.TempPathFactory, test_digits) -> Path:  # type: ignore[no-untyped-def]
+    """A tiny RGB model (digits tinted in random colours, 28x28x3), trained a few epochs and exported."""
+    from edgevae.export import ExportConfig, export_bundle
+    from edgevae.training import DataSpec, ModelConfig, TrainConfig, train
+
+    folder = tmp_path_factory.mktemp("rgb")
+    rng = np.random.default_rng(0)
+    digits = test_digits[0][:400].astype(np.float32)
+    colours = rng.uniform(0.3, 1.0, (400, 1, 1, 3)).astype(np.float32)
+    np.save(folder / "rgb.npy", (digits[..., None] * colours).round().astype(np.uint8))  # (N, H, W, 3)
+    train(DataSpec(source=str(folder / "rgb.npy")), folder / "run", ModelConfig(channels=3, latent_dim=4, widths=(8, 16),
+                                                                             hidden=32), TrainConfig(epochs=3))
+    export_bundle(folder / "run", folder / "bundle", ExportConfig(elbo_samples=4, iwae_samples=8)).close()
+    return folder / "bundle"
+
+
+@pytest.fixture(scope="session")
+def rgb_inputs(tmp_path_factory: pytest.TempPathFactory, test_digits) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Colour images as PPM, PNG and raw float32 (CHW), with the arrays the runtime makes of them."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("rgb_inputs")
+    rng = np.random.default_rng(1)
+    arrays: dict[str, np.ndarray] = {}
+    for i in range(6):
+        rgb = (test_digits[0][500 + i][..., None] * rng.uniform(0, 1, (1, 1, 3))).round().astype(np.uint8)
+        if i == 5:
+            rgb[10:18, 10:18] = (255, 0, 0)  # a red block: unlike anything in training
+        for suffix in (".ppm", ".png"):
+            Image.fromarray(rgb).save(folder / f"c{i}{suffix}")
+            arrays[str(folder / f"c{i}{suffix}")] = rgb
+    x = (rng.uniform(0, 1, (3, 28, 28))).astype("<f4")
+    x.tofile(folder / "noise.f32")
+    arrays[str(folder / "noise.f32")] = x
+    return arrays

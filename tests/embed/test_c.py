@@ -60,3 +60,32 @@ def test_c_refuses_a_tampered_graph_and_reports_bad_inputs(scorer: Path, bundle:
     assert proc.returncode == 2 and [("error" in r) for r in rows] == [True, False, True, True]
     assert "the bundle takes 28x28" in rows[0]["error"] and "expected 784 float32" in rows[2]["error"]
     assert "Sanitizer" not in proc.stderr
+
+
+@pytest.mark.parametrize("method", ("kl", "smooth_recon", "elbo"))
+def test_c_scores_an_rgb_bundle_like_the_runtime(scorer: Path, rgb_bundle: Path, rgb_inputs, method: str) -> None:  # type: ignore[no-untyped-def]
+    from edgevae.runtime import load
+
+    inputs = without_png(rgb_inputs)
+    proc = run(scorer, "-m", str(rgb_bundle), "--method", method, *inputs)
+    assert proc.returncode == 0 and "Sanitizer" not in proc.stderr, proc.stderr
+    with load(rgb_bundle, ["CPUExecutionProvider"]) as model:
+        compare(model, [json.loads(line) for line in proc.stdout.splitlines()], inputs, method)
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_c_sha256_matches_hashlib_at_every_padding_length(tmp_path: Path, portable: bool) -> None:
+    """Both block paths (SHA extensions where the CPU has them, and portable C) against hashlib, 0..299 bytes."""
+    import hashlib
+
+    need(shutil.which("gcc") is not None, "gcc is not installed")
+    harness = tmp_path / "h.c"
+    harness.write_text('#include <stdio.h>\n#include "sha256.h"\nint main(void){unsigned char d[300];char o[65];'
+                       'for(int i=0;i<300;i++)d[i]=(unsigned char)(i*7+3);'
+                       'for(int n=0;n<300;n++){sha256_hex(d,(size_t)n,o);puts(o);}return 0;}\n')
+    flags = ["-DEDGEVAE_PORTABLE_SHA256"] if portable else []
+    subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", *flags, "-I", str(EMBED / "c" / "src"), "-o",
+                    str(tmp_path / "h"), str(harness), str(EMBED / "c" / "src" / "sha256.c")], check=True)
+    got = subprocess.run([str(tmp_path / "h")], capture_output=True, text=True, check=True).stdout.split()
+    data = bytes((i * 7 + 3) % 256 for i in range(300))
+    assert got == [hashlib.sha256(data[:n]).hexdigest() for n in range(300)]

@@ -44,3 +44,13 @@ def test_node_refuses_a_tampered_graph_and_reports_bad_inputs(node: str, bundle:
     proc = run(node, "-m", str(bundle), str(bad), list(embed_inputs)[0])
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert proc.returncode == 2 and "error" in rows[0] and "score" in rows[1]
+
+
+@pytest.mark.parametrize("method", ("kl", "smooth_recon", "elbo"))
+def test_node_scores_an_rgb_bundle_like_the_runtime(node: str, rgb_bundle: Path, rgb_inputs, method: str) -> None:  # type: ignore[no-untyped-def]
+    from edgevae.runtime import load
+
+    proc = run(node, "-m", str(rgb_bundle), "--method", method, *rgb_inputs)
+    assert proc.returncode == 0, proc.stderr
+    with load(rgb_bundle, ["CPUExecutionProvider"]) as model:
+        compare(model, [json.loads(line) for line in proc.stdout.splitlines()], rgb_inputs, method)

@@ -79,3 +79,22 @@ def test_page_refuses_a_tampered_graph(browser: Any, tampered: Path) -> None:
         assert "bundle refused" in page.inner_text("#status") and "does not match the manifest" in page.inner_text("#status")
     finally:
         server.shutdown()
+
+
+def test_page_scores_an_rgb_bundle_like_the_runtime(browser: Any, rgb_bundle: Path, rgb_inputs) -> None:  # type: ignore[no-untyped-def]
+    from edgevae.runtime import load
+
+    inputs = {k: v for k, v in rgb_inputs.items() if not k.endswith(".f32")}
+    server = served(rgb_bundle)
+    try:
+        page = open_page(browser, server, "smooth_recon")
+        page.set_input_files("#images", list(inputs))
+        page.wait_for_selector(f"body[data-scored='{len(inputs)}']", timeout=60_000)
+        rows = page.eval_on_selector_all("#results tbody tr", "rs => rs.map(r => ({...r.dataset}))")
+        by_name = {Path(k).name: k for k in inputs}
+        parsed = [{"item": by_name[r["item"]], "method": "smooth_recon", "score": float(r["score"]),
+                   "p_value": float(r["pValue"]), "outlier": r["outlier"] == "true"} for r in rows]
+        with load(rgb_bundle, ["CPUExecutionProvider"]) as model:
+            compare(model, parsed, inputs, "smooth_recon")
+    finally:
+        server.shutdown()

@@ -2,15 +2,19 @@
  * edgevae-score: score images with an edgevae bundle through onnxruntime's C API, printing the same jsonl rows
  * as `edgevae score --format jsonl`.
  *
- *   edgevae-score -m BUNDLE [--method kl|recon|rel_recon|smooth_recon|elbo] [--threshold X] [--threads N] FILE...
+ *   edgevae-score -m BUNDLE [--method kl|recon|rel_recon|smooth_recon|elbo] [--threshold X] [--threads N]
+ *                 [--repeat R] FILE...
  *
+ * --repeat R scores each input R more times and reports the median time of one score call on stderr (benchmarks).
  * FILE: binary PGM (P5) or PPM (P6) with 8-bit samples, of exactly the bundle's size (no resizing on a device),
  * or raw little-endian float32 (.f32, .raw): C*H*W values in [0, 1], channel-major (CHW).
  * Everything the scores need comes from the bundle: the input contract, the calibration (threshold, sorted scores,
  * tail) and the elbo noise file. Exit status: 0 ok; 1 bundle or setup error; 2 some inputs could not be scored.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -129,6 +133,33 @@ static int load_noise(bundle *b, const char *dir, const json *manifest, char *er
     return 1;
 }
 
+typedef struct {
+    bundle *b;
+    const char *dir;
+    const json *manifest;
+    const char *name;
+    int threads, needed;
+    unsigned char *data;
+    size_t len;
+    OrtSession *session;
+    char err[MSG];
+} graph_job;
+
+static OrtSession *session(bundle *b, const unsigned char *graph, size_t len, int threads, char *err);
+
+/* Thread bodies: read and verify one graph; make its session. */
+static void *read_graph(void *arg) {
+    graph_job *job = arg;
+    job->data = read_verified(job->dir, job->manifest, job->name, &job->len, job->err);
+    return NULL;
+}
+
+static void *make_session(void *arg) {
+    graph_job *job = arg;
+    job->session = session(job->b, job->data, job->len, job->threads, job->err);
+    return NULL;
+}
+
 static OrtSession *session(bundle *b, const unsigned char *graph, size_t len, int threads, char *err) {
     OrtSessionOptions *options = NULL;
     OrtSession *s = NULL;
@@ -142,7 +173,7 @@ static OrtSession *session(bundle *b, const unsigned char *graph, size_t len, in
 
 static int open_bundle(bundle *b, const char *dir, const char *method, int threads, char *err) {
     char path[4096], perr[256];
-    size_t len, enc_len, dec_len;
+    size_t len, enc_len;
     snprintf(path, sizeof path, "%s/edgevae.json", dir);
     unsigned char *text = read_file(path, &len);
     if (!text) { snprintf(err, MSG, "%s: not a bundle (no readable edgevae.json)", dir); return 0; }
@@ -165,14 +196,25 @@ static int open_bundle(bundle *b, const char *dir, const char *method, int threa
     b->bernoulli = strcmp(likelihood->string, "bernoulli") == 0;
     snprintf(b->method, sizeof b->method, "%s", method ? method : deflt->string);
     if (!load_calibration(b, m, err) || (strcmp(b->method, "elbo") == 0 && !load_noise(b, dir, m, err))) goto done;
-    unsigned char *enc = read_verified(dir, m, "encoder.onnx", &enc_len, err);
-    unsigned char *dec = enc ? read_verified(dir, m, "decoder.onnx", &dec_len, err) : NULL;
-    if (enc && dec && ort_ok(ORT->CreateEnv(ORT_LOGGING_LEVEL_ERROR, "edgevae", &b->env), err) &&
-        (b->encoder = session(b, enc, enc_len, threads, err)) && (b->decoder = session(b, dec, dec_len, threads, err)) &&
-        ort_ok(ORT->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &b->memory), err))
-        ok = 1;
+    /* A second thread reads and hashes the decoder while the environment is made, then makes the decoder's
+       session while this one reads, hashes and loads the encoder: hashing and session creation are most of a
+       cold start, and they overlap on two cores. */
+    graph_job dec = {b, dir, m, "decoder.onnx", threads, strcmp(b->method, "kl") != 0, NULL, 0, NULL, ""};
+    pthread_t worker;
+    int started = pthread_create(&worker, NULL, read_graph, &dec) == 0;
+    if (!started) read_graph(&dec);
+    ok = ort_ok(ORT->CreateEnv(ORT_LOGGING_LEVEL_ERROR, "edgevae", &b->env), err);
+    if (started) pthread_join(worker, NULL);
+    started = ok && dec.data && dec.needed && pthread_create(&worker, NULL, make_session, &dec) == 0;
+    if (ok && dec.data && dec.needed && !started) make_session(&dec);
+    unsigned char *enc = ok ? read_verified(dir, m, "encoder.onnx", &enc_len, err) : NULL;
+    ok = enc && (b->encoder = session(b, enc, enc_len, threads, err)) &&
+         ort_ok(ORT->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &b->memory), err);
+    if (started) pthread_join(worker, NULL);
+    b->decoder = dec.session;
+    if (ok && (!dec.data || (dec.needed && !dec.session))) { snprintf(err, MSG, "%s", dec.err); ok = 0; }
     free(enc);
-    free(dec);
+    free(dec.data);
 done:
     json_free(m);
     return ok;
@@ -339,6 +381,32 @@ static void close_bundle(bundle *b) {
     free(b->noise);
 }
 
+static double now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
+
+static int by_value(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median time (microseconds) of `repeat` score calls on one preprocessed image. */
+static double median_score_us(bundle *b, float *x, int repeat, char *err) {
+    double *times = malloc(sizeof(double) * (size_t)repeat), s, median;
+    for (int r = 0; times && r < repeat; r++) {
+        double started = now_us();
+        if (!score(b, x, &s, err)) { free(times); return NAN; }
+        times[r] = now_us() - started;
+    }
+    if (!times) return NAN;
+    qsort(times, (size_t)repeat, sizeof(double), by_value);
+    median = times[repeat / 2];
+    free(times);
+    return median;
+}
+
 static void print_string(const char *s) {
     putchar('"');
     for (; *s; s++) {
@@ -352,16 +420,18 @@ static void print_string(const char *s) {
 int main(int argc, char **argv) {
     const char *dir = NULL, *method = NULL;
     double threshold = NAN;
-    int threads = 1, first = argc;
+    int threads = 1, first = argc, repeat = 0;
     for (int i = 1; i < argc; i++) {
         if (i + 1 < argc && (strcmp(argv[i], "-m") == 0 || strcmp(argv[i], "--model") == 0)) dir = argv[++i];
         else if (i + 1 < argc && strcmp(argv[i], "--method") == 0) method = argv[++i];
         else if (i + 1 < argc && strcmp(argv[i], "--threshold") == 0) threshold = atof(argv[++i]);
         else if (i + 1 < argc && strcmp(argv[i], "--threads") == 0) threads = atoi(argv[++i]);
+        else if (i + 1 < argc && strcmp(argv[i], "--repeat") == 0) repeat = atoi(argv[++i]);
         else { first = i; break; }
     }
     if (!dir || first >= argc) {
-        fprintf(stderr, "usage: %s -m BUNDLE [--method M] [--threshold X] [--threads N] FILE...\n", argv[0]);
+        fprintf(stderr, "usage: %s -m BUNDLE [--method M] [--threshold X] [--threads N] [--repeat R] FILE...\n",
+                argv[0]);
         return 2;
     }
     char err[MSG] = "";
@@ -380,6 +450,8 @@ int main(int argc, char **argv) {
         err[0] = '\0';
         float *x = read_input(&b, argv[i], err);
         int ok = x && score(&b, x, &s, err);
+        if (ok && repeat > 0) fprintf(stderr, "timing: %s median %.1f us per score call over %d calls\n", argv[i],
+                                      median_score_us(&b, x, repeat, err), repeat);
         free(x);
         printf("{\"item\": ");
         print_string(argv[i]);

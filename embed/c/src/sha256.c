@@ -1,8 +1,15 @@
-/* SHA-256 (FIPS 180-4), written for edgevae's C scorer: enough to check a bundle's files against its manifest. */
+/* SHA-256 (FIPS 180-4), written for edgevae's C scorer: enough to check a bundle's files against its manifest.
+   Portable C; on x86-64 processors with the SHA extensions the full blocks go through them (a few times faster,
+   which matters for cold start: a bundle's graphs are megabytes). */
 #include "sha256.h"
 
 #include <stdio.h>
 #include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(EDGEVAE_PORTABLE_SHA256)
+#include <immintrin.h>
+#define HAVE_SHANI 1
+#endif
 
 static const uint32_t K[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
@@ -35,10 +42,46 @@ static void block(uint32_t h[8], const unsigned char *p) {
     h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += k;
 }
 
+#ifdef HAVE_SHANI
+/* Full blocks with the SHA-NI instructions: the state as (A, B, E, F) and (C, D, G, H), four rounds per group. */
+__attribute__((target("sha,sse4.1,ssse3"))) static void blocks_shani(uint32_t h[8], const unsigned char *p, size_t n) {
+    const __m128i order = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL); /* big-endian words */
+    __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[0]), 0xB1);      /* C D A B */
+    __m128i s1 = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[4]), 0x1B);       /* E F G H */
+    __m128i s0 = _mm_alignr_epi8(tmp, s1, 8);                                             /* A B E F */
+    s1 = _mm_blend_epi16(s1, tmp, 0xF0);                                                  /* C D G H */
+    for (; n > 0; n--, p += 64) {
+        __m128i abef = s0, cdgh = s1, w[16];
+        for (int i = 0; i < 16; i++) {
+            if (i < 4) w[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * i)), order);
+            else w[i] = _mm_sha256msg2_epu32(_mm_add_epi32(_mm_sha256msg1_epu32(w[i - 4], w[i - 3]),
+                                                           _mm_alignr_epi8(w[i - 1], w[i - 2], 4)), w[i - 1]);
+            __m128i msg = _mm_add_epi32(w[i], _mm_loadu_si128((const __m128i *)&K[4 * i]));
+            s1 = _mm_sha256rnds2_epu32(s1, s0, msg);
+            s0 = _mm_sha256rnds2_epu32(s0, s1, _mm_shuffle_epi32(msg, 0x0E));
+        }
+        s0 = _mm_add_epi32(s0, abef);
+        s1 = _mm_add_epi32(s1, cdgh);
+    }
+    tmp = _mm_shuffle_epi32(s0, 0x1B);                                                    /* F E B A */
+    s1 = _mm_shuffle_epi32(s1, 0xB1);                                                     /* D C H G */
+    _mm_storeu_si128((__m128i *)&h[0], _mm_blend_epi16(tmp, s1, 0xF0));                   /* D C B A */
+    _mm_storeu_si128((__m128i *)&h[4], _mm_alignr_epi8(s1, tmp, 8));                      /* H G F E */
+}
+#endif
+
+static void full_blocks(uint32_t h[8], const unsigned char *p, size_t n) {
+#ifdef HAVE_SHANI
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1")) { blocks_shani(h, p, n); return; }
+#endif
+    for (size_t i = 0; i < n; i++) block(h, p + 64 * i);
+}
+
 void sha256_hex(const unsigned char *data, size_t len, char out[65]) {
     uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
     size_t full = len / 64 * 64;
-    for (size_t i = 0; i < full; i += 64) block(h, data + i);
+    full_blocks(h, data, full / 64);
     unsigned char tail[128] = {0};
     size_t rest = len - full;
     memcpy(tail, data + full, rest);
@@ -46,6 +89,6 @@ void sha256_hex(const unsigned char *data, size_t len, char out[65]) {
     size_t tail_len = rest + 9 <= 64 ? 64 : 128;
     uint64_t bits = (uint64_t)len * 8;
     for (int i = 0; i < 8; i++) tail[tail_len - 1 - i] = (unsigned char)(bits >> (8 * i));
-    for (size_t i = 0; i < tail_len; i += 64) block(h, tail + i);
+    full_blocks(h, tail, tail_len / 64);
     for (int i = 0; i < 8; i++) snprintf(out + 8 * i, 9, "%08x", h[i]);
 }
