@@ -2,27 +2,31 @@
 // edgevae-score-node: score images with an edgevae bundle on onnxruntime-node, printing the same jsonl rows as
 // `edgevae score --format jsonl`.
 //
-//   node score.mjs -m BUNDLE [--method kl|recon|rel_recon|smooth_recon|elbo] [--threshold X] FILE...
+//   node score.mjs -m BUNDLE [--method kl|recon|rel_recon|smooth_recon|elbo] [--threshold X]
+//                  [--trusted-key KEY.pub ...] FILE...
 //
+// With trusted keys (--trusted-key, or EDGEVAE_TRUSTED_KEYS: paths separated by ':') the bundle loads only if one
+// of them signed it and nothing changed since, as in `edgevae score --trusted-key`.
 // FILE: PNG (decoded by pngjs), binary PGM/PPM with 8-bit samples, or raw little-endian float32 (.f32, .raw:
 // C*H*W values in [0, 1], channel-major), each of exactly the bundle's size. Exit status: 0 ok; 1 bundle error;
 // 2 some inputs could not be scored.
-import { createHash } from "node:crypto";
+import { createHash, createPublicKey, verify } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 
 import ort from "onnxruntime-node";
 import pngjs from "pngjs";
 
-import { BundleError, isOutlier, openBundle, preprocess, pValue, readPNM, scoreImage } from "../web/edgevae-core.js";
+import { BundleError, isOutlier, openBundle, preprocess, pValue, rawPublicKey, readPNM, scoreImage } from "../web/edgevae-core.js";
 
 function parseArgs(argv) {
-  const args = { bundle: null, method: null, threshold: null, files: [] };
+  const args = { bundle: null, method: null, threshold: null, keys: [], files: [] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if ((a === "-m" || a === "--model") && i + 1 < argv.length) args.bundle = argv[++i];
     else if (a === "--method" && i + 1 < argv.length) args.method = argv[++i];
     else if (a === "--threshold" && i + 1 < argv.length) args.threshold = Number(argv[++i]);
+    else if (a === "--trusted-key" && i + 1 < argv.length) args.keys.push(argv[++i]);
     else args.files.push(...argv.slice(i)), i = argv.length;
   }
   return args;
@@ -54,11 +58,22 @@ async function main() {
     process.stderr.write("usage: node score.mjs -m BUNDLE [--method M] [--threshold X] FILE...\n");
     return 2;
   }
+  const keyPaths = args.keys.length ? args.keys : (process.env.EDGEVAE_TRUSTED_KEYS || "").split(":").filter(Boolean);
   let bundle;
   try {
+    const trustedKeys = keyPaths.map((path) => {
+      try {
+        return rawPublicKey(readFileSync(path, "utf8"));
+      } catch (err) {
+        throw new BundleError(`${path}: cannot read the key file (${err.message})`);
+      }
+    });
+    const verifyEd25519 = async (raw, signature, payload) => verify(null, payload,
+      createPublicKey({ key: Buffer.concat([Buffer.from("302a300506032b6570032100", "hex"), Buffer.from(raw)]), format: "der", type: "spki" }),
+      signature);
     bundle = await openBundle(ort, async (name) => new Uint8Array(readFileSync(join(args.bundle, name))),
       async (bytes) => createHash("sha256").update(bytes).digest("hex"),
-      { method: args.method, sessionOptions: { intraOpNumThreads: 1, graphOptimizationLevel: "all" } });
+      { method: args.method, sessionOptions: { intraOpNumThreads: 1, graphOptimizationLevel: "all" }, trustedKeys, verifyEd25519 });
   } catch (err) {
     process.stderr.write(`error: ${args.bundle}: ${err.message}\n`);
     return 1;

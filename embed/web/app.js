@@ -2,7 +2,7 @@
 // reconstructions, generate from the prior. The scoring itself is edgevae-core.js, shared with the Node program.
 import * as ort from "./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs";
 
-import { METHODS, generate, isOutlier, openBundle, preprocess, pValue, readPNM, scoreImage } from "./edgevae-core.js";
+import { METHODS, generate, isOutlier, openBundle, preprocess, pValue, rawPublicKey, readPNM, scoreImage } from "./edgevae-core.js";
 
 ort.env.wasm.wasmPaths = new URL("./node_modules/onnxruntime-web/dist/", import.meta.url).href;
 ort.env.wasm.numThreads = 1; // no SharedArrayBuffer needed: the page works from any static server
@@ -10,6 +10,7 @@ ort.env.wasm.numThreads = 1; // no SharedArrayBuffer needed: the page works from
 const $ = (id) => document.getElementById(id);
 let source = null; // readFile(name) of the current bundle
 let bundle = null;
+let trustedKeys = []; // raw Ed25519 public keys: when any are set, only bundles they signed load
 
 async function sha256Hex(bytes) {
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
@@ -21,10 +22,16 @@ function setStatus(text, error = false) {
   $("status").className = error ? "error" : "";
 }
 
+async function verifyEd25519(raw, signature, payload) {
+  const key = await crypto.subtle.importKey("raw", raw, { name: "Ed25519" }, false, ["verify"]);
+  return crypto.subtle.verify({ name: "Ed25519" }, key, signature, payload);
+}
+
 async function open(readFile, method) {
   setStatus("loading…");
   try {
-    bundle = await openBundle(ort, readFile, sha256Hex, { method, sessionOptions: { executionProviders: ["wasm"] } });
+    bundle = await openBundle(ort, readFile, sha256Hex, { method, sessionOptions: { executionProviders: ["wasm"] },
+      trustedKeys, verifyEd25519 });
   } catch (err) {
     bundle = null;
     $("generate").disabled = true;
@@ -36,7 +43,7 @@ async function open(readFile, method) {
   $("method").replaceChildren(...calibrated.map((m) => new Option(m, m, false, m === bundle.method)));
   $("generate").disabled = false;
   const { channels, height, width } = bundle;
-  setStatus(`bundle loaded: ${channels}x${height}x${width}, method ${bundle.method}, threshold ` +
+  setStatus(`bundle loaded${trustedKeys.length ? " (signature verified)" : ""}: ${channels}x${height}x${width}, method ${bundle.method}, threshold ` +
     `${bundle.calibration.threshold.toPrecision(4)} (FPR ${bundle.manifest.calibration.fpr})`);
   document.body.dataset.bundle = "loaded";
 }
@@ -125,6 +132,16 @@ async function scoreFiles(files) {
 }
 
 $("load-demo").addEventListener("click", () => open(fetchBytes, null));
+$("trusted-key").addEventListener("change", async (e) => {
+  try {
+    trustedKeys = await Promise.all(Array.from(e.target.files, async (f) => rawPublicKey(await f.text())));
+    setStatus(`${trustedKeys.length} trusted key(s): only bundles they signed will load`);
+  } catch (err) {
+    trustedKeys = [];
+    setStatus(`trusted key refused: ${err.message}`, true);
+  }
+  document.body.dataset.keys = String(trustedKeys.length);
+});
 $("bundle-folder").addEventListener("change", (e) => open(folderReader(e.target.files), null));
 $("method").addEventListener("change", (e) => source && open(source, e.target.value));
 $("images").addEventListener("change", (e) => scoreFiles(e.target.files));

@@ -33,8 +33,62 @@ function calibrationOf(manifest, method) {
   return { threshold: cal.threshold, scores: Float64Array.from(cal.scores), tail: cal.tail || null };
 }
 
-// Opens a bundle: checks format and schema, verifies every file it uses, creates both sessions.
-export async function openBundle(ort, readFile, sha256Hex, { method = null, sessionOptions = {} } = {}) {
+// ------------------------------------------------------------------------------------------ signatures
+// What a signature covers (docs/bundle-format.md): this line and the manifest in RFC 8785 canonical JSON.
+const PAYLOAD_PREFIX = "edgevae-bundle-signature-v1\n";
+// DER prefix of an Ed25519 SubjectPublicKeyInfo; the 32 raw key bytes follow it.
+const ED25519_SPKI = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+
+// RFC 8785: keys sorted by UTF-16 code units (JavaScript's default sort), numbers and strings as JSON.stringify.
+export function canonicalJSON(value) {
+  if (Array.isArray(value)) return `[${value.map(canonicalJSON).join(",")}]`;
+  if (value !== null && typeof value === "object") {
+    return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${canonicalJSON(value[k])}`).join(",")}}`;
+  }
+  return JSON.stringify(value);
+}
+
+const fromBase64 = (text) => Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+
+// The raw 32 bytes of an Ed25519 public key in a PEM file (edgevae keygen's KEY.pub).
+export function rawPublicKey(pem) {
+  const body = pem.replace(/-----(BEGIN|END) PUBLIC KEY-----/g, "").replace(/\s+/g, "");
+  const der = fromBase64(body);
+  if (der.length !== 44 || ED25519_SPKI.some((b, i) => der[i] !== b)) throw new Error("not an Ed25519 public key (PEM)");
+  return der.slice(12);
+}
+
+export async function fingerprint(raw, sha256Hex) {
+  return `sha256:${(await sha256Hex(raw)).slice(0, 32)}`;
+}
+
+// Refuses the manifest unless one of the trusted raw keys signed it; `verify(raw, signature, payload)` is the
+// host's Ed25519 check. Messages match edgevae.runtime's.
+async function checkSignature(readFile, sha256Hex, verify, trusted, manifest) {
+  const names = await Promise.all(trusted.map((raw) => fingerprint(raw, sha256Hex)));
+  let signature;
+  try {
+    signature = JSON.parse(new TextDecoder().decode(await readFile("edgevae.sig")));
+  } catch {
+    throw new BundleError(`the bundle is not signed, and only bundles signed by a trusted key may load (trusted: ${names.join(", ")})`);
+  }
+  const index = names.indexOf(signature.key_fingerprint);
+  if (index < 0) throw new BundleError(`signed by ${signature.key_fingerprint}, which is not a trusted key (trusted: ${names.join(", ")}); refusing to load it`);
+  const payload = new TextEncoder().encode(PAYLOAD_PREFIX + canonicalJSON(manifest));
+  let valid = false;
+  try {
+    valid = await verify(trusted[index], fromBase64(signature.signature), payload);
+  } catch {
+    valid = false;
+  }
+  if (!valid) throw new BundleError(`the signature by ${signature.key_fingerprint} does not match the manifest: the bundle was altered after it was signed. Refusing to load it`);
+  for (const name of Object.keys(manifest.files || {})) await readVerified(readFile, sha256Hex, manifest, name);
+}
+
+// Opens a bundle: checks format and schema (and, given trusted keys, the signature and every listed file),
+// verifies every file it uses, creates both sessions.
+export async function openBundle(ort, readFile, sha256Hex, { method = null, sessionOptions = {}, trustedKeys = [],
+  verifyEd25519 = null } = {}) {
   let manifest;
   try {
     manifest = JSON.parse(new TextDecoder().decode(await readFile("edgevae.json")));
@@ -44,6 +98,7 @@ export async function openBundle(ort, readFile, sha256Hex, { method = null, sess
   if (manifest.format !== "edgevae-bundle" || manifest.schema_version !== 1) {
     throw new BundleError("not an edgevae manifest of schema version 1");
   }
+  if (trustedKeys.length > 0) await checkSignature(readFile, sha256Hex, verifyEd25519, trustedKeys, manifest);
   const chosen = method || manifest.scoring.default_method;
   if (!METHODS.includes(chosen)) throw new BundleError(`method ${chosen} is not implemented here (${METHODS.join(", ")})`);
   const bundle = {

@@ -124,3 +124,30 @@ def rgb_inputs(tmp_path_factory: pytest.TempPathFactory, test_digits) -> dict[st
     x.tofile(folder / "noise.f32")
     arrays[str(folder / "noise.f32")] = x
     return arrays
+
+
+@pytest.fixture(scope="session")
+def signed_bundles(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A signed copy of the session bundle, the owner's and a stranger's public keys, and an altered signed copy
+    (a threshold changed after signing). Needs the sign extra."""
+    pytest.importorskip("cryptography")
+    import json
+
+    from edgevae.runtime import generate_key, sign_bundle
+
+    folder = tmp_path_factory.mktemp("signed")
+    _, owner, _ = generate_key(folder / "owner")
+    _, stranger, _ = generate_key(folder / "stranger")
+    signed, altered = folder / "signed", folder / "altered"
+    shutil.copytree(bundle, signed)
+    sign_bundle(signed, folder / "owner")
+    shutil.copytree(signed, altered)
+    manifest = json.loads((altered / "edgevae.json").read_text())
+    for cal in manifest["calibration"]["methods"].values():
+        cal["threshold"] *= 10  # an attacker silences the outlier flag
+    (altered / "edgevae.json").write_text(json.dumps(manifest, indent=2))
+    return {"signed": signed, "altered": altered, "unsigned": bundle, "owner": owner, "stranger": stranger}
+
+
+# What each refusal says, in every program (the Python runtime's words).
+REFUSALS = {"unsigned": "is not signed", "stranger": "not a trusted key", "altered": "altered after it was signed"}

@@ -89,3 +89,46 @@ def test_c_sha256_matches_hashlib_at_every_padding_length(tmp_path: Path, portab
     got = subprocess.run([str(tmp_path / "h")], capture_output=True, text=True, check=True).stdout.split()
     data = bytes((i * 7 + 3) % 256 for i in range(300))
     assert got == [hashlib.sha256(data[:n]).hexdigest() for n in range(300)]
+
+
+def test_c_verifies_signed_bundles(scorer: Path, signed_bundles: dict[str, Path], embed_inputs) -> None:  # type: ignore[no-untyped-def]
+    from .conftest import REFUSALS
+
+    image = list(without_png(embed_inputs))[0]
+    owner, stranger = str(signed_bundles["owner"]), str(signed_bundles["stranger"])
+    proc = run(scorer, "-m", str(signed_bundles["signed"]), "--trusted-key", owner, image)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["score"] > 0, proc.stderr
+    cases = {"unsigned": (signed_bundles["unsigned"], owner), "stranger": (signed_bundles["signed"], stranger),
+             "altered": (signed_bundles["altered"], owner)}
+    for case, (folder, key) in cases.items():
+        proc = run(scorer, "-m", str(folder), "--trusted-key", key, image)
+        assert proc.returncode == 1 and REFUSALS[case] in proc.stderr and proc.stdout == "", (case, proc.stderr)
+        assert "Sanitizer" not in proc.stderr
+    env = {**os.environ, "EDGEVAE_TRUSTED_KEYS": stranger}
+    proc = subprocess.run([str(scorer), "-m", str(signed_bundles["signed"]), image], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 1 and REFUSALS["stranger"] in proc.stderr
+
+
+def test_c_canonical_json_matches_python(tmp_path: Path) -> None:
+    """The C canonical form of numbers, strings and nested objects is byte for byte the Python runtime's."""
+    from edgevae.runtime.signing import canonical_json
+
+    need(shutil.which("gcc") is not None, "gcc is not installed")
+    rng = np.random.default_rng(0)
+    numbers = np.concatenate([rng.standard_normal(400) * 10.0 ** rng.integers(-12, 25, 400), [0.0, -0.0, 1e21, 1e-7,
+                              1e-6, 5e-324, 1.7976931348623157e308, 123456789012345680000.0, 0.1, 100.0]]).tolist()
+    value = {"z": numbers, "a": {"s": "é \"q\" \\ \n\t\u0001", "b": [True, False, None, 3]}, "M": -2.5e-9}
+    source = tmp_path / "in.json"
+    source.write_text(json.dumps(value))
+    harness = tmp_path / "c.c"
+    harness.write_text('#include <stdio.h>\n#include <stdlib.h>\n#include "json.h"\n#include "signature.h"\n'
+                       'int main(int c, char **v){ (void)c; FILE *f = fopen(v[1], "rb"); static char t[1 << 20];'
+                       ' size_t n = fread(t, 1, sizeof t, f); fclose(f); char e[128]; json *j = json_parse(t, n, e, 128);'
+                       ' size_t len; char *out = canonical_json(j, &len); fwrite(out, 1, len, stdout); free(out);'
+                       ' json_free(j); return 0; }\n')
+    src = EMBED / "c" / "src"
+    subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-I", str(src), "-o", str(tmp_path / "c"), str(harness),
+                    str(src / "json.c"), str(src / "signature.c"), str(src / "sha256.c"), "-lcrypto", "-lm"], check=True)
+    got = subprocess.run([str(tmp_path / "c"), str(source)], capture_output=True, check=True).stdout
+    assert got == canonical_json(json.loads(source.read_text()))

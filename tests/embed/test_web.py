@@ -98,3 +98,23 @@ def test_page_scores_an_rgb_bundle_like_the_runtime(browser: Any, rgb_bundle: Pa
             compare(model, parsed, inputs, "smooth_recon")
     finally:
         server.shutdown()
+
+
+def test_page_verifies_signed_bundles(browser: Any, signed_bundles: dict[str, Path]) -> None:
+    from .conftest import REFUSALS
+
+    cases = {"signed": ("signed", "owner", "signature verified"), "unsigned": ("unsigned", "owner", REFUSALS["unsigned"]),
+             "stranger": ("signed", "stranger", REFUSALS["stranger"]), "altered": ("altered", "owner", REFUSALS["altered"])}
+    for case, (folder, key, expected) in cases.items():
+        server = served(signed_bundles[folder])
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+            page.set_input_files("#trusted-key", str(signed_bundles[key]))
+            page.wait_for_selector("body[data-keys='1']", timeout=30_000)
+            page.click("#load-demo")
+            page.wait_for_selector("body[data-bundle=loaded], #status.error", timeout=60_000)
+            assert expected in page.inner_text("#status"), (case, page.inner_text("#status"))
+            page.close()
+        finally:
+            server.shutdown()

@@ -3,8 +3,10 @@
  * as `edgevae score --format jsonl`.
  *
  *   edgevae-score -m BUNDLE [--method kl|recon|rel_recon|smooth_recon|elbo] [--threshold X] [--threads N]
- *                 [--repeat R] FILE...
+ *                 [--repeat R] [--trusted-key KEY.pub ...] FILE...
  *
+ * With trusted keys (--trusted-key, or EDGEVAE_TRUSTED_KEYS: paths separated by ':') the bundle loads only if one
+ * of them signed its manifest and every file the manifest lists is unaltered, as in `edgevae score --trusted-key`.
  * --repeat R scores each input R more times and reports the median time of one score call on stderr (benchmarks).
  * FILE: binary PGM (P5) or PPM (P6) with 8-bit samples, of exactly the bundle's size (no resizing on a device),
  * or raw little-endian float32 (.f32, .raw): C*H*W values in [0, 1], channel-major (CHW).
@@ -21,6 +23,9 @@
 #include "json.h"
 #include "onnxruntime/onnxruntime_c_api.h"
 #include "sha256.h"
+#include "signature.h"
+
+#define MAX_KEYS 8
 
 #define C_API_VERSION 29
 #define MSG 8192
@@ -171,7 +176,25 @@ static OrtSession *session(bundle *b, const unsigned char *graph, size_t len, in
     return ok ? s : NULL;
 }
 
-static int open_bundle(bundle *b, const char *dir, const char *method, int threads, char *err) {
+/* With trusted keys: the manifest's signature, then every file it lists (graphs of every variant, noise). */
+static int check_signed(const char *dir, const json *m, const trusted_key *keys, int n_keys, char *err) {
+    char path[4096];
+    size_t len;
+    snprintf(path, sizeof path, "%s/edgevae.sig", dir);
+    unsigned char *sig = read_file(path, &len);
+    int ok = verify_signature(m, (const char *)sig, sig ? len : 0, keys, n_keys, err, MSG);
+    free(sig);
+    const json *files = json_get(m, "files");
+    for (const json *f = files ? files->child : NULL; ok && f; f = f->next) {
+        unsigned char *data = read_verified(dir, m, f->key, &len, err);
+        ok = data != NULL;
+        free(data);
+    }
+    return ok;
+}
+
+static int open_bundle(bundle *b, const char *dir, const char *method, int threads, const trusted_key *keys, int n_keys,
+                       char *err) {
     char path[4096], perr[256];
     size_t len, enc_len;
     snprintf(path, sizeof path, "%s/edgevae.json", dir);
@@ -191,6 +214,7 @@ static int open_bundle(bundle *b, const char *dir, const char *method, int threa
         snprintf(err, MSG, "%s: not an edgevae manifest of schema version 1", path);
         goto done;
     }
+    if (n_keys > 0 && !check_signed(dir, m, keys, n_keys, err)) goto done;
     b->channels = (int)number(m, ch, 0); b->height = (int)number(m, h, 0); b->width = (int)number(m, w, 0);
     b->latent = (int)number(m, d, 0); b->sigma = number(m, sg, 1.0);
     b->bernoulli = strcmp(likelihood->string, "bernoulli") == 0;
@@ -420,25 +444,35 @@ static void print_string(const char *s) {
 int main(int argc, char **argv) {
     const char *dir = NULL, *method = NULL;
     double threshold = NAN;
-    int threads = 1, first = argc, repeat = 0;
+    int threads = 1, first = argc, repeat = 0, n_keys = 0;
+    const char *key_paths[MAX_KEYS];
     for (int i = 1; i < argc; i++) {
         if (i + 1 < argc && (strcmp(argv[i], "-m") == 0 || strcmp(argv[i], "--model") == 0)) dir = argv[++i];
         else if (i + 1 < argc && strcmp(argv[i], "--method") == 0) method = argv[++i];
         else if (i + 1 < argc && strcmp(argv[i], "--threshold") == 0) threshold = atof(argv[++i]);
         else if (i + 1 < argc && strcmp(argv[i], "--threads") == 0) threads = atoi(argv[++i]);
         else if (i + 1 < argc && strcmp(argv[i], "--repeat") == 0) repeat = atoi(argv[++i]);
+        else if (i + 1 < argc && strcmp(argv[i], "--trusted-key") == 0 && n_keys < MAX_KEYS) key_paths[n_keys++] = argv[++i];
         else { first = i; break; }
     }
     if (!dir || first >= argc) {
-        fprintf(stderr, "usage: %s -m BUNDLE [--method M] [--threshold X] [--threads N] [--repeat R] FILE...\n",
-                argv[0]);
+        fprintf(stderr, "usage: %s -m BUNDLE [--method M] [--threshold X] [--threads N] [--repeat R] "
+                "[--trusted-key KEY.pub] FILE...\n", argv[0]);
         return 2;
     }
-    char err[MSG] = "";
+    char err[MSG] = "", env_keys[4096] = "";
     bundle b = {0};
+    const char *from_env = getenv("EDGEVAE_TRUSTED_KEYS");
+    if (n_keys == 0 && from_env) { /* paths separated by ':' */
+        snprintf(env_keys, sizeof env_keys, "%s", from_env);
+        for (char *p = strtok(env_keys, ":"); p && n_keys < MAX_KEYS; p = strtok(NULL, ":")) key_paths[n_keys++] = p;
+    }
+    trusted_key keys[MAX_KEYS];
+    for (int k = 0; k < n_keys; k++)
+        if (!load_trusted_key(key_paths[k], &keys[k], err, MSG)) { fprintf(stderr, "error: %s\n", err); return 1; }
     ORT = OrtGetApiBase()->GetApi(C_API_VERSION);
     if (!ORT) { fprintf(stderr, "error: this onnxruntime library does not serve C API version %d\n", C_API_VERSION); return 1; }
-    if (!open_bundle(&b, dir, method, threads, err)) {
+    if (!open_bundle(&b, dir, method, threads, keys, n_keys, err)) {
         fprintf(stderr, "error: %s\n", err);
         close_bundle(&b);
         return 1;
