@@ -151,3 +151,19 @@ def signed_bundles(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 
 # What each refusal says, in every program (the Python runtime's words).
 REFUSALS = {"unsigned": "is not signed", "stranger": "not a trusted key", "altered": "altered after it was signed"}
+
+
+def check_signature_refusals(run, signed_bundles: dict[str, Path], image: str) -> None:  # type: ignore[no-untyped-def]
+    """``run(*args)`` (a program's command line) loads the signed bundle with its owner's key, and refuses, with
+    exit status 1, no rows and the runtime's words: an unsigned bundle, another signer, an altered manifest."""
+    import json
+
+    owner, stranger = str(signed_bundles["owner"]), str(signed_bundles["stranger"])
+    proc = run("-m", str(signed_bundles["signed"]), "--trusted-key", owner, image)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["score"] > 0, proc.stderr
+    cases = {"unsigned": (signed_bundles["unsigned"], owner), "stranger": (signed_bundles["signed"], stranger),
+             "altered": (signed_bundles["altered"], owner)}
+    for case, (folder, key) in cases.items():
+        proc = run("-m", str(folder), "--trusted-key", key, image)
+        assert proc.returncode == 1 and REFUSALS[case] in proc.stderr and proc.stdout == "", (case, proc.stderr)
+        assert "Sanitizer" not in proc.stderr
