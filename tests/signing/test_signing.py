@@ -207,6 +207,13 @@ def test_cli_keygen_sign_info_and_refusals(bundle: Path, tmp_path: Path, sample_
     r = runner.invoke(main, ["encode", normal, "-m", str(copy), "--trusted-key", str(tmp_path / "missing.pub"),
                              "-o", str(tmp_path / "z.npy")])
     assert r.exit_code == 1 and "cannot read the key file" in r.output
+    manifest = json.loads((copy / "edgevae.json").read_text())
+    manifest["calibration"]["methods"]["smooth_recon"]["threshold"] *= 10  # altered after signing
+    (copy / "edgevae.json").write_text(json.dumps(manifest))
+    r = runner.invoke(main, ["score", normal, "-m", str(copy), "--trusted-key", str(tmp_path / "k.pub")])
+    assert r.exit_code == 1 and "altered after it was signed" in r.output
+    r = runner.invoke(main, ["info", str(copy)])
+    assert r.exit_code == 0 and "altered after signing" in r.output
     r = runner.invoke(main, ["keygen", "-o", str(tmp_path / "k")])
     assert r.exit_code == 1 and "exists already" in r.output
 
