@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import functools
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,23 @@ def _runtime_options(func: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
+@contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    """Show the library's calibration warnings as ``warning: ...`` lines on stderr; others pass as they are."""
+    from edgevae.runtime.errors import CalibrationWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CalibrationWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, CalibrationWarning):
+                    click.echo(f"warning: {w.message}", err=True)
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
 def _given(**values: Any) -> dict[str, Any]:
     """The options the user gave (click passes None for the others): the config dataclasses apply the defaults."""
     return {k: v for k, v in values.items() if v is not None}
@@ -161,7 +179,9 @@ def main() -> None:
 @click.option("--channels", type=click.Choice([str(c) for c in options.CHANNELS]),
               help="Image channels (default: from the data).")
 @click.option("--size", default=None, help="Image size HxW or N (default: from the data; image files are resized).")
-@click.option("--val-fraction", type=float, show_default=str(options.VAL_FRACTION))
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), show_default="auto",
+              help=f"Share held out for validation and calibration; auto: {options.VAL_FRACTION:g}, raised to "
+                   f"{options.CALIBRATION_IMAGES} images up to {options.VAL_FRACTION_MAX:g} (a 1 % threshold needs them).")
 @click.option("--beta", type=float, show_default=str(options.BETA), help="KL weight after warm-up.")
 @click.option("--kl-warmup", type=click.IntRange(min=0), show_default=str(options.KL_WARMUP_EPOCHS),
               help="KL warm-up epochs.")
@@ -249,6 +269,9 @@ class _TrainingProgress:
                        f"  {info['seconds']:6.1f}s{mark}", err=True)
         elif event == "skipped":
             click.echo(f"skipped: {info['item']}", err=True)
+        elif event == "split":
+            click.echo(f"training on {info['n_train']} images; {info['n_val']} held out for validation and "
+                       f"calibration ({info['val_fraction']:.3g})", err=True)
 
     def _show(self, _item: Any) -> str:
         if not self.last:
@@ -287,8 +310,9 @@ def export(checkpoint: str, bundle_dir: str, quantize: str | None, precision: st
     with _errors():
         cfg = ExportConfig(**_given(**settings), variants=tuple(v for v in (quantize, precision) if v),
                            ort_format=ort_format)
-        model = export_bundle(checkpoint, bundle_dir, cfg, force=force, sign_key=sign_key,
-                              progress=lambda msg: click.echo(msg, err=True))
+        with _warnings_to_stderr():
+            model = export_bundle(checkpoint, bundle_dir, cfg, force=force, sign_key=sign_key,
+                                  progress=lambda msg: click.echo(msg, err=True))
     parity = model.manifest.raw["parity"]["max_abs_diff"]
     sizes = ", ".join(f"{name} {entry['bytes'] / 1e6:.2f} MB" for name, entry in model.manifest.files.items())
     click.echo(f"bundle: {bundle_dir}  (max parity diff {max(parity.values()):.2e}; {sizes})")
@@ -323,7 +347,7 @@ def score(paths: Sequence[str], runtime: _Runtime, method: str | None, fpr: floa
     method = method or model.manifest.default_method
     if fpr is not None and not 0.0 < fpr < 1.0:
         raise click.BadParameter(f"must be in (0, 1), got {fpr}", param_hint="--fpr")
-    with _errors():
+    with _errors(), _warnings_to_stderr():
         thr = model.threshold(method, fpr) if threshold is None else threshold
     counts = {"scored": 0, "outliers": 0, "failed": 0}
     live = sys.stderr.isatty()  # a running count on a terminal; nothing extra when piped or logged
@@ -542,6 +566,9 @@ def info(bundle: str, providers: str, trusted_key: tuple[str, ...], as_json: boo
                f"n_train={tr.get('n_train')}  epochs={tr.get('epochs')}  val -ELBO={tr.get('val_neg_elbo', 0):.2f}")
     click.echo(f"scoring       default {sp.default_method}; elbo K={sp.elbo_samples}, iwae K={sp.iwae_samples}, "
                f"smooth_recon sigma={sp.smooth_sigma:g} px; seed={sp.seed}")
+    if m.min_fpr is not None:
+        click.echo(f"calibration   {m.calibration_n} held-out images: the smallest false-positive rate they can "
+                   f"promise is 1/(n+1) = {m.min_fpr:.4g} (stored thresholds at {m.calibration_fpr:g})")
     for method, cal in m.calibration.items():
         tail = (f", tail shape {cal.tail.shape:+.2f} over the top {cal.tail.fraction:.0%}" if cal.tail is not None
                 else ", empirical quantile")

@@ -46,7 +46,12 @@ CHANNELS = (1, 3)
 EPOCHS = 150
 BATCH_SIZE = 64
 LEARNING_RATE = 2e-3
+# The validation/calibration split: by default ("auto") at least VAL_FRACTION of the images, and at least
+# CALIBRATION_IMAGES where that takes no more than VAL_FRACTION_MAX (a 1 % threshold needs about 100 images:
+# the smallest rate n calibration images can promise is 1 / (n + 1), docs/scoring.md).
 VAL_FRACTION = 0.1
+VAL_FRACTION_MAX = 0.25
+CALIBRATION_IMAGES = 100
 SEED = 0
 BETA = 1.0
 KL_WARMUP_EPOCHS = 0

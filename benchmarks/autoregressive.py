@@ -136,7 +136,7 @@ def fit(head: Head, cfg: ModelConfig, tc: TrainConfig, classes: tuple[int, ...] 
     """Train like edgevae's loop; returns the best model by validation negative ELBO, that figure and seconds."""
     started = time.perf_counter()
     images, _, _ = load_images(DataSpec(classes=classes), cfg.contract)
-    train_idx, val_idx = split_indices(images.shape[0], tc.val_fraction, tc.seed)
+    train_idx, val_idx = split_indices(images.shape[0], tc.split_fraction(images.shape[0]), tc.seed)
     x_train, x_val = _to_float(images[train_idx]), _to_float(images[val_idx])
     torch.manual_seed(tc.seed)
     model = HeadVAE(cfg, head)

@@ -35,6 +35,7 @@ from edgevae.options import (
 from edgevae.runtime.atomic import atomic_folder, write_synced
 from edgevae.runtime.bundle import check_graphs, load, sha256_hex
 from edgevae.runtime.calibration import MIN_CALIBRATION_IMAGES, calibrate
+from edgevae.runtime.scores import smallest_fpr, warn_if_unpromisable
 from edgevae.runtime.errors import CalibrationError
 from edgevae.runtime.manifest import (
     DECODER_FILE,
@@ -167,6 +168,7 @@ def export_bundle(
     report = check_parity(model, scorer, images, cfg.tolerance)
     say(f"calibrating thresholds at FPR {cfg.fpr:g} on {images.shape[0]} held-out images")
     calibration = _calibrate(scorer, images, cfg.fpr)
+    warn_if_unpromisable(cfg.fpr, images.shape[0], tail=any("tail" in c for c in calibration.values()))
     manifest = build_manifest(ck, cfg, scorer.spec, calibration, report, images.shape[0])
     files = BundleFiles({ENCODER_FILE: embed_manifest(graphs.encoder, manifest),
                          DECODER_FILE: embed_manifest(graphs.decoder, manifest)}, manifest)
@@ -292,6 +294,9 @@ def build_manifest(ck: Checkpoint, cfg: ExportConfig, spec: ScoringSpec, calibra
         "calibration": {
             "fpr": cfg.fpr,
             "n": n_calibration,
+            "min_fpr": smallest_fpr(n_calibration),
+            "min_fpr_rule": "1 / (n + 1): the k-th largest of n exchangeable normal scores is exceeded by a new normal "
+                            "score with probability at most k / (n + 1)",
             "source": "validation split of the training data (held out from gradient updates)",
             "methods": dict(calibration),
         },

@@ -13,6 +13,7 @@ from .errors import (
     ArrayInputError,
     BundleError,
     CalibrationError,
+    CalibrationWarning,
     EdgeVAEError,
     IDXFormatError,
     ImageReadError,
@@ -41,7 +42,7 @@ from .sessions import AUTO_PROVIDER_ORDER, available_providers, create_session, 
 from .signing import SIGNATURE_FILE, TRUSTED_KEYS_ENV, MissingExtraError, SigningKeyError, generate_key, sign_bundle
 
 __all__ = [
-    "AUTO_PROVIDER_ORDER", "ArrayInputError", "Batch", "BundleError", "CalibrationError", "EdgeVAEError", "GraphInfo", "GraphRunner",
+    "AUTO_PROVIDER_ORDER", "ArrayInputError", "Batch", "BundleError", "CalibrationError", "CalibrationWarning", "EdgeVAEError", "GraphInfo", "GraphRunner",
     "IDXFormatError", "ImageReadError", "MissingExtraError", "SIGNATURE_FILE", "SigningKeyError", "TRUSTED_KEYS_ENV",
     "generate_key", "sign_bundle", "ImageSizeError", "InputContract", "InputError", "PathError", "Manifest",
     "Model", "Posterior", "ProviderError", "Scorer", "ScoringSpec", "ThreadPlan",

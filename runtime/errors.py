@@ -39,5 +39,9 @@ class IDXFormatError(InputError):
     """An IDX file has a bad magic number, an unsupported type, or the wrong length."""
 
 
+class CalibrationWarning(UserWarning):
+    """A false-positive rate was asked for that the calibration images cannot honestly promise."""
+
+
 class CalibrationError(EdgeVAEError, ValueError):
     """Calibration is impossible: too few held-out images, or scores that are not finite."""

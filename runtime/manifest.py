@@ -144,6 +144,9 @@ class Manifest:
     files: Mapping[str, Mapping[str, Any]]
     raw: Mapping[str, Any] = field(repr=False)
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
+    # calibration images, and the smallest false-positive rate they can promise (None in bundles that predate it)
+    calibration_n: int | None = None
+    min_fpr: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.calibration_fpr < 1.0:
@@ -184,6 +187,8 @@ class Manifest:
                 files=dict(files),
                 raw=dict(data),
                 variants=dict(data.get("variants") or {}),
+                calibration_n=int(cal["n"]) if cal.get("n") is not None else None,
+                min_fpr=float(cal["min_fpr"]) if cal.get("min_fpr") is not None else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise BundleError(f"manifest is malformed: {type(exc).__name__}: {exc}") from exc

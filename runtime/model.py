@@ -30,6 +30,7 @@ from .scores import (
     relative_reconstruction_error,
     smoothed_relative_reconstruction_error,
     threshold_at_fpr,
+    warn_if_unpromisable,
 )
 
 F32 = NDArray[np.float32]
@@ -298,13 +299,17 @@ class Model(Scorer):
         )
 
     def threshold(self, method: str | None = None, fpr: float | None = None) -> float:
-        """Threshold of a method at a false-positive rate (default: the calibrated rate)."""
+        """Threshold of a method at a false-positive rate (default: the calibrated rate).
+
+        Warns (``CalibrationWarning``) when ``fpr`` is below 1 / (n + 1) for the n calibration scores.
+        """
         method = method or self.spec.default_method
         if method not in self.manifest.calibration:
             raise ValueError(f"method {method!r} is not calibrated in this bundle; calibrated: {', '.join(self.methods)}")
         cal = self.manifest.calibration[method]
         if fpr is None or fpr == self.manifest.calibration_fpr:
             return cal.threshold
+        warn_if_unpromisable(fpr, self.manifest.calibration_n or len(cal.scores), tail=cal.tail is not None)
         return threshold_at_fpr(cal.sorted_scores, fpr, cal.tail)
 
 

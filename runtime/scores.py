@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -14,6 +15,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgevae.options import LIKELIHOODS, SCORE_METHODS, SMOOTH_SIGMA
+
+from .errors import CalibrationWarning
 
 F32 = NDArray[np.float32]
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -224,6 +227,29 @@ def fit_tail(calibration_scores: Sequence[float] | NDArray[np.floating[Any]],
     if shape < 0.0 and excess[-1] >= -scale / shape:
         return None  # a bounded fit that ends below the largest score contradicts the data it was fitted to
     return TailFit(start=start, fraction=k / n, shape=shape, scale=scale)
+
+
+def smallest_fpr(n: int) -> float:
+    """The smallest false-positive rate ``n`` calibration images can promise: 1 / (n + 1).
+
+    For n exchangeable normal scores and one more normal image, the chance that the new score exceeds the k-th
+    largest calibration score is at most k / (n + 1) (the new score's rank among the n + 1 is uniform); the
+    largest calibration score (k = 1) is the highest threshold the data supports, so no threshold read off the
+    data promises less than 1 / (n + 1).
+    """
+    return 1.0 / (n + 1)
+
+
+def warn_if_unpromisable(fpr: float, n: int, tail: bool) -> None:
+    """Warn (``CalibrationWarning``) when ``fpr`` is below what ``n`` calibration images can promise."""
+    floor = smallest_fpr(n)
+    if fpr < floor:
+        how = ("the threshold there comes from the fitted tail model alone, an extrapolation that no finite-sample "
+               "argument covers" if tail else "the stored threshold is the largest calibration score, which flags about "
+               f"{floor:.2%} of normal images, not {fpr:g}")
+        warnings.warn(f"false-positive rate {fpr:g} is below what {n} calibration images can promise (1/(n+1) = "
+                      f"{floor:.4g}); {how}. Calibrate on at least {int(np.ceil(1 / fpr)) - 1} held-out normal images "
+                      "for it", CalibrationWarning, stacklevel=3)
 
 
 def threshold_at_fpr(calibration_scores: Sequence[float] | NDArray[np.floating[Any]], fpr: float,

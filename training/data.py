@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 from numpy.typing import NDArray
 
+from edgevae import options
 from edgevae.runtime.contract import InputContract
 from edgevae.runtime.errors import InputError
 from edgevae.runtime.inputs import expand_paths, is_array_path, is_idx_path, read_array_file, read_idx
@@ -187,6 +188,18 @@ def _idx_labels(spec: DataSpec) -> NDArray[Any] | None:
     path = Path(spec.source)
     guess = path.with_name(path.name.replace("images-idx3", "labels-idx1").replace("images", "labels"))
     return read_idx(guess) if guess != path and guess.exists() else None
+
+
+def auto_val_fraction(n: int) -> float:
+    """The default share of ``n`` images held out for validation and calibration.
+
+    At least ``VAL_FRACTION`` of them, raised to ``CALIBRATION_IMAGES`` images where that holds out no more than
+    ``VAL_FRACTION_MAX``: 400 images give 100 (a quarter), 4,000 give 400 (a tenth), 200 give 50 (a quarter).
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    held_out = min(max(options.VAL_FRACTION * n, options.CALIBRATION_IMAGES), options.VAL_FRACTION_MAX * n)
+    return held_out / n
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:

@@ -7,7 +7,7 @@ import math
 import os
 import pickle
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -19,7 +19,7 @@ from edgevae.runtime.atomic import atomic_path, write_atomic
 from edgevae.runtime.contract import uint8_to_unit
 from edgevae.runtime.errors import EdgeVAEError
 
-from .data import DataSpec, infer_contract, load_images, split_indices
+from .data import DataSpec, auto_val_fraction, infer_contract, load_images, split_indices
 from .model import VAE, ModelConfig
 from .objectives import elbo_terms
 
@@ -42,7 +42,9 @@ class TrainConfig:
             larger data set, fewer epochs reach the same number of optimizer steps.
         batch_size: minibatch size.
         lr: Adam learning rate, cosine-decayed to 10 % over the run.
-        val_fraction: share of the images held out for validation (best checkpoint, calibration).
+        val_fraction: share of the images held out for validation (best checkpoint) and calibration. None
+            (the default): :func:`~edgevae.training.data.auto_val_fraction`, which holds out enough images for a
+            1 % threshold on small data sets; the run's checkpoints store the share it resolved to.
         seed: seeds the split, the initial weights, the shuffling and the reparameterisation noise.
         beta: weight of the KL term once warm-up is over (1.0 is the true ELBO).
         kl_warmup_epochs: epochs over which the KL weight rises linearly from 0 to ``beta``.
@@ -56,7 +58,7 @@ class TrainConfig:
     epochs: int = options.EPOCHS
     batch_size: int = options.BATCH_SIZE
     lr: float = options.LEARNING_RATE
-    val_fraction: float = options.VAL_FRACTION
+    val_fraction: float | None = None
     seed: int = options.SEED
     beta: float = options.BETA
     kl_warmup_epochs: int = options.KL_WARMUP_EPOCHS
@@ -70,8 +72,8 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1) or None (auto), got {self.val_fraction}")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if self.kl_warmup_epochs < 0:
@@ -83,6 +85,10 @@ class TrainConfig:
         if not 0 <= self.augment_rotate <= options.AUGMENT_ROTATE_MAX:
             raise ValueError(f"augment_rotate must be in [0, {options.AUGMENT_ROTATE_MAX:g}] degrees, "
                              f"got {self.augment_rotate}")
+
+    def split_fraction(self, n: int) -> float:
+        """The share of ``n`` images this config holds out: ``val_fraction``, or the automatic rule when None."""
+        return self.val_fraction if self.val_fraction is not None else auto_val_fraction(n)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
@@ -169,7 +175,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 def held_out_images(data: DataSpec, model_config: ModelConfig, train_config: TrainConfig) -> np.ndarray:
     """Re-create the validation split of a run as float32 (N, C, H, W) (used by export for parity and calibration)."""
     images, _, _ = load_images(data, model_config.contract)
-    _, val_idx = split_indices(images.shape[0], train_config.val_fraction, train_config.seed)
+    _, val_idx = split_indices(images.shape[0], train_config.split_fraction(images.shape[0]), train_config.seed)
     return model_config.contract.prepare(images[val_idx])
 
 
@@ -304,7 +310,10 @@ def _restore(out: Path, data: DataSpec, model_config: ModelConfig | None, train_
     images, _, skipped = load_images(data, model_config.contract)
     for item in skipped:
         emit("skipped", {"item": item})
+    # resolved once and stored, so that export re-creates the same split
+    train_config = replace(train_config, val_fraction=train_config.split_fraction(images.shape[0]))
     train_idx, val_idx = split_indices(images.shape[0], train_config.val_fraction, train_config.seed)
+    emit("split", {"n_train": len(train_idx), "n_val": len(val_idx), "val_fraction": train_config.val_fraction})
     torch.manual_seed(train_config.seed)
     model = VAE(model_config)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_config.lr)

@@ -110,7 +110,9 @@ def test_c_canonical_json_matches_python(tmp_path: Path) -> None:
     need(shutil.which("gcc") is not None, "gcc is not installed")
     rng = np.random.default_rng(0)
     numbers = np.concatenate([rng.standard_normal(400) * 10.0 ** rng.integers(-12, 25, 400), [0.0, -0.0, 1e21, 1e-7,
-                              1e-6, 5e-324, 1.7976931348623157e308, 123456789012345680000.0, 0.1, 100.0]]).tolist()
+                              1e-6, 5e-324, 1.7976931348623157e308, 123456789012345680000.0, 0.1, 100.0],
+                              2.0 ** np.arange(-80, 80),  # at a power of two printf's rounding may not read back
+                              rng.random(300).astype(np.float32).astype(np.float64)]).tolist()
     value = {"z": numbers, "a": {"s": "é \"q\" \\ \n\t\u0001", "b": [True, False, None, 3]}, "M": -2.5e-9}
     source = tmp_path / "in.json"
     source.write_text(json.dumps(value))

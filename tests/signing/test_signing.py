@@ -167,7 +167,8 @@ def test_mutated_signed_manifest_never_loads(signed: Path, keys: dict[str, Path]
 def test_numbers_are_canonical_as_javascript_prints_them() -> None:
     cases = {0.0: "0", -0.0: "0", 1.0: "1", 1e21: "1e+21", 1e20: "100000000000000000000", 1e-7: "1e-7",
              1e-6: "0.000001", 123.456: "123.456", 5e-324: "5e-324", 1.7976931348623157e308: "1.7976931348623157e+308",
-             333333333.3333333: "333333333.3333333", -1.5e-9: "-1.5e-9", np.float64(0.1): "0.1"}
+             333333333.3333333: "333333333.3333333", -1.5e-9: "-1.5e-9", np.float64(0.1): "0.1",
+             2.0 ** -24: "5.960464477539063e-8"}
     for value, text in cases.items():
         assert ecmascript_number(float(value)) == text
     assert canonical_json({"b": [1, 2.5, True, None], "a": "é\n"}) == '{"a":"é\\n","b":[1,2.5,true,null]}'.encode()
@@ -177,7 +178,8 @@ def test_numbers_are_canonical_as_javascript_prints_them() -> None:
 def test_canonical_numbers_match_node(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     values = np.concatenate([rng.standard_normal(300) * 10.0 ** rng.integers(-12, 25, 300),
-                             rng.random(100), np.float32(rng.random(100)).astype(np.float64)]).tolist()
+                             rng.random(100), np.float32(rng.random(100)).astype(np.float64),
+                             2.0 ** np.arange(-80, 80)]).tolist()
     script = "const v = JSON.parse(require('fs').readFileSync(0, 'utf8')); console.log(JSON.stringify(v));"
     out = subprocess.run(["node", "-e", script], input=json.dumps(values), capture_output=True, text=True, check=True)
     assert out.stdout.strip() == canonical_json(values).decode()

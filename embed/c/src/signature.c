@@ -38,17 +38,38 @@ static void puts_(buffer *b, const char *s) { put(b, s, strlen(s)); }
 
 /* A double as ECMAScript's Number.prototype.toString prints it: the shortest digits that round-trip, placed by
    the ECMAScript rules (fixed notation for 1e-7 <= |x| < 1e21, else d.ddde+N). */
-static void put_number(buffer *b, double x) {
-    char text[40], digits[24], out[64];
-    if (x == 0) { puts_(b, "0"); return; }
-    for (int p = 1; p <= 17; p++) { /* glibc's printf rounds correctly: the first precision that round-trips */
-        snprintf(text, sizeof text, "%.*e", p - 1, fabs(x));
-        if (strtod(text, NULL) == fabs(x)) break;
+/* The shortest decimal digits that read back as |x| (as ECMAScript and Python's repr choose them): for each
+   precision p, printf's correctly rounded p digits m, or the neighbour m +- 1 when m itself does not round-trip
+   (x = 2^-24 prints 5.960464477539062e-08, which reads back as another double; 5.960464477539063e-08 does not).
+   Sets digits (no trailing zeros) and n with |x| = 0.digits * 10^n. */
+static void shortest_digits(double ax, char digits[24], int *n) {
+    for (int p = 1; p <= 17; p++) {
+        char text[40], candidate[48];
+        snprintf(text, sizeof text, "%.*e", p - 1, ax);
+        unsigned long long m = 0;
+        for (const char *c = text; *c != 'e'; c++) if (*c != '.') m = m * 10 + (unsigned long long)(*c - '0');
+        int scale = atoi(strchr(text, 'e') + 1) - (p - 1); /* |x| ~ m * 10^scale */
+        unsigned long long tries[3] = {m, m + 1, m - 1};
+        for (int t = 0; t < 3; t++) {
+            if (tries[t] == 0) continue;
+            snprintf(candidate, sizeof candidate, "%llue%d", tries[t], scale);
+            if (strtod(candidate, NULL) != ax && p < 17) continue;
+            int k = snprintf(digits, 24, "%llu", tries[t]);
+            *n = k + scale;
+            while (k > 1 && digits[k - 1] == '0') digits[--k] = '\0';
+            return;
+        }
     }
-    int k = 0, n = atoi(strchr(text, 'e') + 1) + 1, at; /* |x| = 0.digits * 10^n */
-    for (const char *c = text; *c != 'e' && k < 20; c++) if (*c != '.') digits[k++] = *c;
-    while (k > 1 && digits[k - 1] == '0') k--;
-    digits[k] = '\0';
+}
+
+/* A double as ECMAScript's Number.prototype.toString prints it: the shortest digits, placed by the ECMAScript
+   rules (fixed notation for 1e-7 <= |x| < 1e21, else d.ddde+N). */
+static void put_number(buffer *b, double x) {
+    char digits[24] = "0", out[64];
+    int n = 1, at;
+    if (x == 0) { puts_(b, "0"); return; }
+    shortest_digits(fabs(x), digits, &n);
+    int k = (int)strlen(digits);
     if (k <= n && n <= 21) { /* the digits, then n - k zeros */
         at = snprintf(out, sizeof out, "%s", digits);
         while (at < n) out[at++] = '0';
