@@ -150,3 +150,10 @@ def test_train_export_score_in_real_subprocesses(tmp_path: Path, sample_folder: 
     assert p.returncode == 1 and "--force" in p.stderr
     p = run("train", "--data", "no/such/folder", "-o", "run2")
     assert p.returncode == 2 and "Traceback" not in p.stderr
+
+
+def test_score_and_info_say_what_the_calibration_can_promise(runner: CliRunner, bundle: Path, sample_folder: Path) -> None:
+    r = runner.invoke(main, ["score", str(sample_folder / "normal"), "-m", str(bundle), "--fpr", "0.001"])
+    assert r.exit_code == 0 and "warning: false-positive rate 0.001 is below what 100 calibration images" in r.output
+    r = runner.invoke(main, ["info", str(bundle)])
+    assert r.exit_code == 0 and "smallest false-positive rate they can promise is 1/(n+1) = 0.0099" in r.output

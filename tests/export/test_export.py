@@ -121,7 +121,10 @@ def test_other_shapes_and_likelihoods_export(tmp_path: Path, channels: int, size
     cfg = ModelConfig(channels=channels, height=size, width=size, latent_dim=3, widths=(4, 8, 8), hidden=16,
                       likelihood=likelihood, refine=refine, activation=activation)
     train(DataSpec(source=str(tmp_path / "data.npy")), tmp_path / "run", cfg, TrainConfig(epochs=1, val_fraction=0.25))
-    m = export_bundle(tmp_path / "run", tmp_path / "bundle", ExportConfig(elbo_samples=2))
+    from edgevae.runtime import CalibrationWarning
+
+    with pytest.warns(CalibrationWarning, match="15 calibration images"):  # 60 images: too few for 1 %, and said
+        m = export_bundle(tmp_path / "run", tmp_path / "bundle", ExportConfig(elbo_samples=2))
     assert max(m.manifest.raw["parity"]["max_abs_diff"].values()) <= 1e-4
     out = load(tmp_path / "bundle")
     x = images[:3]
@@ -187,7 +190,7 @@ def test_smooth_sigma_is_stored_calibrated_and_used(tiny_run: Path, test_digits,
 
 def test_calibration_with_enough_images_stores_a_tail_model_that_the_runtime_uses(  # type: ignore[no-untyped-def]
         tiny_run: Path, bundle: Path, test_digits, tmp_path: Path) -> None:
-    from edgevae.runtime import TailFit, fit_tail, threshold_at_fpr
+    from edgevae.runtime import CalibrationWarning, TailFit, fit_tail, threshold_at_fpr
 
     images, labels = test_digits
     normal = images[labels <= 1]  # 200 held-out images of the run's classes: 40 in each tail fit
@@ -208,10 +211,32 @@ def test_calibration_with_enough_images_stores_a_tail_model_that_the_runtime_use
         assert TailFit.from_dict(raw["calibration"]["methods"][method]["tail"]) == cal.tail
         assert cal.tail.scale == pytest.approx(tail.scale, rel=1e-5)
         assert cal.threshold == pytest.approx(cal.tail.quantile(0.01)) == pytest.approx(threshold_at_fpr(scores, 0.01, tail))
-        assert m.threshold(method, 0.002) > cal.threshold  # other rates come from the same tail model
+        with pytest.warns(CalibrationWarning, match="fitted tail model alone"):  # 0.002 < 1/201: said so
+            assert m.threshold(method, 0.002) > cal.threshold  # other rates come from the same tail model
         result = m.score(normal, method)
         np.testing.assert_array_equal(result.p_values < 0.01, result.is_outlier)
     assert fitted >= 3
     # The tiny run's own validation split (auto: 100 of its 800 images) is too small for a tail fit: empirical quantile.
     small = json.loads((bundle / "edgevae.json").read_text())["calibration"]
     assert small["n"] == 100 and not any("tail" in c for c in small["methods"].values())
+
+
+def test_manifest_states_the_smallest_promisable_fpr_and_export_warns_below_it(tiny_run: Path, test_digits,  # type: ignore[no-untyped-def]
+                                                                               tmp_path: Path) -> None:
+    from edgevae.runtime import CalibrationWarning
+
+    normal = test_digits[0][test_digits[1] <= 1][:49]  # 49 calibration images: 1/(n+1) = 2 %
+    with pytest.warns(CalibrationWarning, match=r"below what 49 calibration images can promise \(1/\(n\+1\) = 0.02\)"):
+        m = export_bundle(tiny_run, tmp_path / "b", ExportConfig(elbo_samples=2, iwae_samples=4, fpr=0.01),
+                          calibration_images=normal)
+    raw = json.loads((tmp_path / "b" / "edgevae.json").read_text())
+    assert raw["calibration"]["min_fpr"] == pytest.approx(0.02) and m.manifest.min_fpr == pytest.approx(0.02)
+    assert m.manifest.calibration_n == 49
+    with pytest.warns(CalibrationWarning, match="0.005"):
+        m.threshold("kl", 0.005)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CalibrationWarning)
+        m.threshold("kl", 0.05)  # within what 49 images can promise: no warning
+    m.close()

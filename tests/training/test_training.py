@@ -225,3 +225,12 @@ def test_elbo_terms_is_the_training_and_evaluation_objective(tiny_run: Path) -> 
     torch.testing.assert_close(terms.loss(0.5), (terms.nll + 0.5 * kl).mean())
     figures = evaluate(model, x, seed=3)
     assert figures["neg_elbo"] == pytest.approx(float((terms.nll + terms.kl).mean()), rel=1e-5)
+
+
+def test_default_split_holds_out_enough_images_to_calibrate() -> None:
+    from edgevae.training.data import auto_val_fraction, split_indices
+
+    held = {n: len(split_indices(n, auto_val_fraction(n), 0)[1]) for n in (100, 200, 400, 600, 1000, 4000, 50_000)}
+    assert held == {100: 25, 200: 50, 400: 100, 600: 100, 1000: 100, 4000: 400, 50_000: 5000}
+    assert TrainConfig().val_fraction is None and TrainConfig().split_fraction(400) == 0.25
+    assert TrainConfig(val_fraction=0.3).split_fraction(400) == 0.3
