@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import functools
+import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ def _runtime_options(func: Callable[..., None]) -> Callable[..., None]:
         func(*args, runtime=_Runtime(bundle, providers, threads, strict_providers, variant, trusted_key), **kwargs)
 
     decorators = [
-        click.option("-m", "--model", "bundle", required=True, type=click.Path(file_okay=False),
+        click.option("-m", "--model", "bundle", required=True, type=click.Path(),
                      help="Bundle directory written by 'edgevae export'."),
         click.option("--providers", default="auto", show_default=True,
                      help="Execution providers: auto, or a comma-separated list (cpu, cuda, tensorrt, openvino, ...)."),
@@ -201,13 +202,10 @@ def train(source: str, classes: str | None, labels: str | None, run_dir: str, ch
     from edgevae.training.model import ModelConfig
 
     with _errors():
-        try:
-            class_list = tuple(int(c) for c in classes.split(",")) if classes else None
-            if settings["widths"] is not None:
-                settings["widths"] = tuple(int(w) for w in settings["widths"].split(","))
-            hw = _parse_size(size) if size else None
-        except ValueError as exc:
-            raise click.UsageError(f"--classes/--widths/--size: {exc}") from None
+        class_list = _parse_ints(classes, "--classes") if classes else None
+        if settings["widths"] is not None:
+            settings["widths"] = _parse_ints(settings["widths"], "--widths")
+        hw = _parse_size(size) if size else None
         spec = DataSpec(source=source, classes=class_list, labels=labels)
         contract = infer_contract(spec, int(channels) if channels else None, hw)
         model_cfg = ModelConfig(channels=contract.channels, height=contract.height, width=contract.width,
@@ -227,13 +225,21 @@ _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "v
                   "augment_rotate": "augment_rotate"}
 
 
+def _parse_ints(text: str, option: str) -> tuple[int, ...]:
+    """A comma-separated list of whole numbers; a usage error naming the option otherwise."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"must be whole numbers separated by commas, got {text!r}", param_hint=option) from None
+
+
 def _parse_size(text: str) -> tuple[int, int]:
+    """``N`` or ``HxW`` (whole numbers >= 8) as (H, W); a usage error otherwise."""
     parts = text.lower().split("x")
-    if len(parts) == 1:
-        return int(parts[0]), int(parts[0])
-    if len(parts) == 2:
-        return int(parts[0]), int(parts[1])
-    raise ValueError(f"size must be N or HxW, got {text!r}")
+    if len(parts) in (1, 2) and all(p.strip().isdigit() for p in parts) and all(int(p) >= 8 for p in parts):
+        return (int(parts[0]), int(parts[-1]))
+    raise click.BadParameter(f"must be N or HxW with whole numbers >= 8 (e.g. 28 or 64x48), got {text!r}",
+                             param_hint="--size")
 
 
 class _TrainingProgress:
@@ -327,15 +333,16 @@ def export(checkpoint: str, bundle_dir: str, quantize: str | None, precision: st
               help="Score method (default: the bundle's).")
 @click.option("--fpr", type=float, default=None, help="Flag outliers at this false-positive rate (calibrated).")
 @click.option("--threshold", type=float, default=None, help="Flag scores above this value (overrides --fpr).")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default=None,
+              help="Output format (default: from the -o extension, .csv or .jsonl; table otherwise).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write results here (default stdout).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--strict-size", is_flag=True, help="Refuse image files whose size differs from the model's (default: resize).")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Image-decoding threads; more help only for large images.")
 @click.option("--fail-on-outlier", is_flag=True, help="Exit with status 3 when any input is flagged.")
-def score(paths: Sequence[str], runtime: _Runtime, method: str | None, fpr: float | None, threshold: float | None, fmt: str, output: str | None,
-          batch_size: int, strict_size: bool, workers: int, fail_on_outlier: bool) -> None:
+def score(paths: Sequence[str], runtime: _Runtime, method: str | None, fpr: float | None, threshold: float | None,
+          fmt: str | None, output: str | None, batch_size: int, strict_size: bool, workers: int, fail_on_outlier: bool) -> None:
     """Score images as outliers: PATHS are image files, folders, globs, .npy/.npz arrays or IDX files.
 
     Prints one row per input: score (higher = more anomalous), p-value against the bundle's
@@ -343,6 +350,10 @@ def score(paths: Sequence[str], runtime: _Runtime, method: str | None, fpr: floa
     """
     from edgevae.runtime.inputs import iter_batches
 
+    _writable(output, "--output")
+    if threshold is not None and not math.isfinite(threshold):
+        raise click.BadParameter(f"must be a finite number, got {threshold}", param_hint="--threshold")
+    fmt = fmt or _FORMAT_BY_SUFFIX.get(os.path.splitext(output or "")[1].lower(), "table")
     model = runtime.load_streaming(paths, method or "default", workers)
     method = method or model.manifest.default_method
     if fpr is not None and not 0.0 < fpr < 1.0:
@@ -355,17 +366,21 @@ def score(paths: Sequence[str], runtime: _Runtime, method: str | None, fpr: floa
         writer = _ResultWriter(out, fmt, method, thr)
         for batch in iter_batches(paths, model.contract, batch_size=batch_size, workers=workers,
                                   strict_size=strict_size):
-            for name, err in batch.failures:
-                counts["failed"] += 1
-                click.echo(f"error: {err}", err=True)
-                writer.error(name, str(err))
+            result = None
             if batch.images is not None:
                 with _errors():
                     result = model.score(batch.images, method, threshold=thr)
-                for name, s, p, flag in zip(batch.names, result.scores, result.p_values, result.is_outlier):
-                    writer.row(name, float(s), float(p), bool(flag))
                 counts["scored"] += len(batch.names)
                 counts["outliers"] += int(result.is_outlier.sum())
+            for failed, i in batch.order:  # rows in input order, failures where they came
+                if failed:
+                    name, err = batch.failures[i]
+                    counts["failed"] += 1
+                    click.echo(f"error: {err}", err=True)
+                    writer.error(name, str(err))
+                elif result is not None:
+                    writer.row(batch.names[i], float(result.scores[i]), float(result.p_values[i]),
+                               bool(result.is_outlier[i]))
             if live:
                 click.echo(f"\r{counts['scored']} scored, {counts['outliers']} outlier(s), {counts['failed']} failed",
                            nl=False, err=True)
@@ -377,6 +392,22 @@ def score(paths: Sequence[str], runtime: _Runtime, method: str | None, fpr: floa
         sys.exit(EXIT_INPUT)
     if fail_on_outlier and counts["outliers"]:
         sys.exit(EXIT_OUTLIER)
+
+
+def _writable(path: str | None, option: str) -> None:
+    """A usage error, before any work is done, when ``path``'s folder does not exist or is not writable."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise click.BadParameter(f"cannot write {path}: the folder {folder} does not exist (create it first)",
+                                 param_hint=option)
+    if not os.access(folder, os.W_OK):
+        raise click.BadParameter(f"cannot write {path}: the folder {folder} is not writable", param_hint=option)
+
+
+# Output formats of `score` by the extension of -o, when --format is not given.
+_FORMAT_BY_SUFFIX = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 
 
 @contextmanager
@@ -434,6 +465,7 @@ def encode(paths: Sequence[str], runtime: _Runtime, output: str, batch_size: int
     suffix = os.path.splitext(output)[1].lower()
     if suffix not in (".npy", ".npz", ".jsonl"):
         raise click.BadParameter("must end in .npy, .npz or .jsonl", param_hint="--output")
+    _writable(output, "--output")
     model = runtime.load_streaming(paths, None, 1)
     names: list[str] = []
     mus, logvars, kls = [], [], []
@@ -493,6 +525,8 @@ def generate(runtime: _Runtime, count: int, seed: int, output: str, columns: int
     """Generate new images: decode t ~ N(0, I) and save them as a PNG grid."""
     from edgevae.runtime.grid import save_grid
 
+    _writable(output, "--output")
+    _writable(npy_path, "--npy")
     model = runtime.load()
     images = model.generate(count, seed=seed)
     with _errors():
@@ -515,6 +549,7 @@ def reconstruct(paths: Sequence[str], runtime: _Runtime, output: str, limit: int
     from edgevae.runtime.grid import save_grid
     from edgevae.runtime.inputs import iter_batches
 
+    _writable(output, "--output")
     model = runtime.load()
     images, failed = [], 0
     for batch in iter_batches(paths, model.contract, batch_size=limit):

@@ -45,6 +45,9 @@ def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
         BundleError: not a folder, no manifest, or a manifest that is malformed or of another schema.
     """
     path = Path(bundle)
+    if path.suffix == ".pt" or (path.is_dir() and (path / "best.pt").exists() and not (path / MANIFEST_FILE).exists()):
+        raise BundleError(f"{path}: a training run (checkpoint), not a bundle; export it first: "
+                          f"edgevae export {path} -o bundle/   and score with -m bundle/")
     if not path.is_dir():
         raise BundleError(f"{path}: not a bundle directory (expected a folder with {MANIFEST_FILE}, "
                           f"{ENCODER_FILE}, {DECODER_FILE}); create one with 'edgevae export'")

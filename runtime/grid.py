@@ -1,4 +1,4 @@
-"""Write images as a PNG grid (Pillow, imported lazily)."""
+"""Write images as a grid in an image file (Pillow, imported lazily)."""
 
 from __future__ import annotations
 
@@ -33,11 +33,24 @@ def make_grid(images: NDArray[Any], columns: int | None = None, pad: int = 2) ->
 
 
 def save_png(array: NDArray[np.uint8], path: str | os.PathLike[str]) -> None:
-    """Save a uint8 (H, W) or (H, W, 3) array as PNG, written to a temporary name and renamed into place."""
+    """Save a uint8 (H, W) or (H, W, 3) array, written to a temporary name and renamed into place.
+
+    The format follows the file's extension (PNG, JPEG, BMP, TIFF, WebP, ... as Pillow writes them); a name
+    without an extension Pillow knows gets PNG.
+
+    Raises:
+        OSError: the file cannot be written (the message names ``path``, never the temporary file).
+    """
     from PIL import Image
 
-    with atomic_path(path, suffix=".png") as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    Image.init()
+    image_format = Image.EXTENSION.get(suffix, "PNG")
+    try:
+        with atomic_path(path, suffix=suffix or ".png") as tmp:
+            Image.fromarray(array).save(tmp, format=image_format)
+    except OSError as exc:
+        raise OSError(f"{os.fspath(path)}: cannot write the image ({exc.strerror or exc})") from None
 
 
 def save_grid(images: NDArray[Any], path: str | os.PathLike[str], columns: int | None = None) -> None:

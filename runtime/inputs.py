@@ -105,11 +105,20 @@ def read_array_file(path: str | os.PathLike[str], key: str | None = None) -> NDA
 
 @dataclass
 class Batch:
-    """A batch of prepared images plus the items that failed, both in input order."""
+    """A batch of prepared images plus the items that failed, both in input order.
+
+    ``order`` interleaves the two as the inputs came: (False, i) is ``names[i]`` / ``images[i]``, (True, j) is
+    ``failures[j]``.
+    """
 
     names: list[str] = field(default_factory=list)
     images: NDArray[np.float32] | None = None
     failures: list[tuple[str, InputError]] = field(default_factory=list)
+    order: list[tuple[bool, int]] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        shape = None if self.images is None else self.images.shape
+        return f"Batch({len(self.names)} images {shape}, {len(self.failures)} failures)"
 
 
 @dataclass(frozen=True)
@@ -141,8 +150,13 @@ def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> Iterator[_Source]:
                     f"{text}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)}), arrays or IDX files"))
         elif not p.exists():
             yield _Source("error", text, PathError(f"{text}: no such file or folder (or a broken or looping symlink)"))
+        elif not p.is_file():
+            yield _Source("error", text, PathError(_NOT_REGULAR.format(text)))
         else:  # a file named on the command line is read as an image unless it is an array or IDX file
             yield _Source(_kind(text) or "image", text)
+
+
+_NOT_REGULAR = "{}: not a regular file (a FIFO, socket or device); skipped without reading it"
 
 
 def _walk(root: Path) -> Iterator[_Source]:
@@ -175,6 +189,8 @@ def _walk(root: Path) -> Iterator[_Source]:
                 continue
             elif entry.is_symlink() and not os.path.exists(full):
                 yield _Source("error", full, PathError(f"{full}: broken or looping symlink"))
+            elif not entry.is_file():  # never open a FIFO, socket or device: reading one can block forever
+                yield _Source("error", full, PathError(_NOT_REGULAR.format(full)))
             else:
                 yield _Source(kind, full)
         stack.extend(reversed(subfolders))
@@ -253,15 +269,16 @@ def _assemble(decoded: list[tuple[str, Any]], contract: InputContract) -> Batch:
     batch = Batch()
     rows: list[NDArray[Any]] = []
     for name, payload in decoded:
-        if isinstance(payload, InputError):
-            batch.failures.append((name, payload))
-            continue
-        if payload.dtype != np.uint8:
+        if payload is not None and not isinstance(payload, InputError) and payload.dtype != np.uint8:
             try:
                 payload = contract.prepare(payload[None])[0]
             except InputError as exc:
-                batch.failures.append((name, exc))
-                continue
+                payload = exc
+        if isinstance(payload, InputError):
+            batch.order.append((True, len(batch.failures)))
+            batch.failures.append((name, payload))
+            continue
+        batch.order.append((False, len(rows)))
         rows.append(payload)
         batch.names.append(name)
     if rows:

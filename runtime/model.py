@@ -7,6 +7,7 @@ a :class:`~edgevae.runtime.runner.GraphRunner`; :func:`edgevae.runtime.load` bui
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -284,9 +285,11 @@ class Model(Scorer):
 
         Raises:
             ArrayInputError: the images do not fit the input contract.
-            ValueError: unknown method or bad fpr.
+            ValueError: unknown method, bad fpr, or a threshold that is not a finite number.
         """
         method = method or self.spec.default_method
+        if threshold is not None and not math.isfinite(threshold):
+            raise ValueError(f"threshold must be a finite number, got {threshold!r}")
         scores = self.raw_scores(x, method)
         cal = self.manifest.calibration[method]
         thr = self.threshold(method, fpr) if threshold is None else float(threshold)

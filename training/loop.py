@@ -150,7 +150,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     try:
         raw = torch.load(p, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:  # corrupt, foreign or unsafe files
-        raise CheckpointError(f"{p}: not a readable checkpoint ({exc})") from exc
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{p}: not a readable checkpoint ({first_line}); pass the run folder or the best.pt / "
+                              "last.pt that 'edgevae train' wrote") from exc
     if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{p}: not an edgevae checkpoint")
     if raw.get("version") != CHECKPOINT_VERSION:

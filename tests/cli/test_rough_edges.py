@@ -1,0 +1,112 @@
+"""What a new user hit, each now a clear message with the documented exit status (never a traceback)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgevae.cli import main
+
+pytestmark = pytest.mark.cli
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def clean(result) -> bool:  # type: ignore[no-untyped-def]
+    return result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_outputs_in_missing_folders_are_usage_errors(runner: CliRunner, bundle: Path, sample_folder: Path,
+                                                     tmp_path: Path) -> None:
+    normal = str(sample_folder / "normal")
+    for args in (["score", normal, "-m", str(bundle), "-o", str(tmp_path / "no" / "x.jsonl")],
+                 ["encode", normal, "-m", str(bundle), "-o", str(tmp_path / "no" / "lat.npz")],
+                 ["generate", "-m", str(bundle), "-o", str(tmp_path / "no" / "g.png")],
+                 ["generate", "-m", str(bundle), "-o", str(tmp_path / "g.png"), "--npy", str(tmp_path / "no" / "g.npy")],
+                 ["reconstruct", normal, "-m", str(bundle), "-o", str(tmp_path / "no" / "r.png")]):
+        r = runner.invoke(main, args)
+        assert r.exit_code == 2 and clean(r), (args, r.output)
+        assert "does not exist (create it first)" in r.output and str(tmp_path / "no") in r.output
+
+
+def test_thresholds_must_be_finite(runner: CliRunner, bundle: Path, sample_folder: Path, model) -> None:  # type: ignore[no-untyped-def]
+    for value in ("nan", "inf", "1e400", "-inf"):
+        r = runner.invoke(main, ["score", str(sample_folder / "normal"), "-m", str(bundle), "--threshold", value])
+        assert r.exit_code == 2 and "must be a finite number" in r.output and clean(r), (value, r.output)
+    with pytest.raises(ValueError, match="finite"):
+        model.score(np.zeros((1, 28, 28), np.uint8), threshold=math.nan)
+
+
+def test_a_run_folder_or_checkpoint_given_as_bundle_says_to_export(runner: CliRunner, tiny_run: Path,
+                                                                   sample_folder: Path) -> None:
+    for target in (tiny_run, tiny_run / "best.pt"):
+        r = runner.invoke(main, ["score", str(sample_folder / "normal"), "-m", str(target)])
+        assert r.exit_code == 1 and "a training run (checkpoint), not a bundle" in r.output
+        assert f"edgevae export {target} -o bundle/" in r.output and clean(r)
+
+
+def test_export_of_a_non_checkpoint_names_what_to_pass(runner: CliRunner, sample_folder: Path, tmp_path: Path) -> None:
+    png = next((sample_folder / "normal").iterdir())
+    r = runner.invoke(main, ["export", str(png), "-o", str(tmp_path / "b")])
+    assert r.exit_code == 1 and "not a readable checkpoint" in r.output and "'edgevae train' wrote" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and clean(r)  # one line, not torch's weights_only essay
+
+
+@pytest.mark.parametrize("size", ["64x", "0", "4x4", "7x9", "x", "64x64x3"])
+def test_bad_sizes_and_lists_are_usage_errors_naming_the_option(runner: CliRunner, size: str, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    r = runner.invoke(main, ["train", "--size", size, "--epochs", "1", "-o", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "--size" in r.output and ">= 8" in r.output and clean(r), r.output
+    r = runner.invoke(main, ["train", "--classes", "3,a", "--epochs", "1", "-o", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "--classes" in r.output and "'3,a'" in r.output
+
+
+def test_score_format_follows_the_output_extension(runner: CliRunner, bundle: Path, sample_folder: Path,
+                                                   tmp_path: Path) -> None:
+    r = runner.invoke(main, ["score", str(sample_folder / "normal"), "-m", str(bundle), "-o", str(tmp_path / "s.csv")])
+    assert r.exit_code == 0 and (tmp_path / "s.csv").read_text().startswith("item,method,score,p_value,outlier,error")
+    r = runner.invoke(main, ["score", str(sample_folder / "normal"), "-m", str(bundle), "-o", str(tmp_path / "s.jsonl")])
+    assert r.exit_code == 0 and (tmp_path / "s.jsonl").read_text().startswith('{"item"')
+
+
+def test_generate_writes_the_format_its_extension_names(runner: CliRunner, bundle: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    for name, fmt in (("g.jpg", "JPEG"), ("g.png", "PNG"), ("g.bmp", "BMP")):
+        r = runner.invoke(main, ["generate", "-m", str(bundle), "-n", "4", "-o", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+        with Image.open(tmp_path / name) as img:
+            assert img.format == fmt
+
+
+def test_rows_keep_input_order_with_failures_in_place(runner: CliRunner, bundle: Path, sample_folder: Path,
+                                                       tmp_path: Path) -> None:
+    import json
+
+    good = sorted(str(p) for p in (sample_folder / "normal").iterdir())[:3]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    order = [good[0], str(bad), good[1], good[2]]
+    r = runner.invoke(main, ["score", *order, "-m", str(bundle), "--format", "jsonl"])
+    rows = [json.loads(line) for line in r.output.splitlines() if line.startswith("{")]
+    assert r.exit_code == 2 and [row["item"] for row in rows] == order and "error" in rows[1]
+
+
+def test_special_files_are_reported_and_never_opened(runner: CliRunner, bundle: Path, sample_folder: Path,
+                                                     tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    folder = tmp_path / "imgs"
+    shutil.copytree(sample_folder / "normal", folder)
+    os.mkfifo(folder / "pipe.png")  # reading it would block forever
+    for target in (folder, folder / "pipe.png"):
+        r = runner.invoke(main, ["score", str(target), "-m", str(bundle), "--format", "csv"])
+        assert r.exit_code == 2 and "not a regular file (a FIFO, socket or device)" in r.output
