@@ -10,11 +10,12 @@ least one input was flagged as an outlier (2 wins when both apply).
 from __future__ import annotations
 
 import csv
+import functools
 import json
+import math
 import os
 import sys
-import functools
-import math
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from edgevae.runtime import Model
 
 EXIT_ERROR, EXIT_INPUT, EXIT_OUTLIER = 1, 2, 3
+# Seconds between progress lines of `score` when stderr is not a terminal (logs, CI, pipes).
+PROGRESS_SECONDS = 10.0
 
 
 class InputProblem(click.ClickException):
@@ -361,7 +364,8 @@ def score(paths: Sequence[str], runtime: _Runtime, method: str | None, fpr: floa
     with _errors(), _warnings_to_stderr():
         thr = model.threshold(method, fpr) if threshold is None else threshold
     counts = {"scored": 0, "outliers": 0, "failed": 0}
-    live = sys.stderr.isatty()  # a running count on a terminal; nothing extra when piped or logged
+    live = sys.stderr.isatty()  # a running count on a terminal; when piped or logged, a line every PROGRESS_SECONDS
+    last_line = time.monotonic()
     with _output(output) as out:
         writer = _ResultWriter(out, fmt, method, thr)
         for batch in iter_batches(paths, model.contract, batch_size=batch_size, workers=workers,
@@ -381,9 +385,12 @@ def score(paths: Sequence[str], runtime: _Runtime, method: str | None, fpr: floa
                 elif result is not None:
                     writer.row(batch.names[i], float(result.scores[i]), float(result.p_values[i]),
                                bool(result.is_outlier[i]))
+            progress = f"{counts['scored']} scored, {counts['outliers']} outlier(s), {counts['failed']} failed"
             if live:
-                click.echo(f"\r{counts['scored']} scored, {counts['outliers']} outlier(s), {counts['failed']} failed",
-                           nl=False, err=True)
+                click.echo(f"\r{progress}", nl=False, err=True)
+            elif time.monotonic() - last_line >= PROGRESS_SECONDS:
+                click.echo(f"progress: {progress}", err=True)
+                last_line = time.monotonic()
         if live:
             click.echo("", err=True)
     click.echo(f"{counts['scored']} scored with {method} (threshold {thr:.4g}): {counts['outliers']} outlier(s), "

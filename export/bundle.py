@@ -324,7 +324,8 @@ def training_summary(ck: Checkpoint) -> dict[str, Any]:
         "val_neg_elbo": ck.best_val_neg_elbo,
         "val_recon": best.get("val_recon"),
         "val_kl": best.get("val_kl"),
-        "seconds": best.get("seconds"),
+        "seconds": history[-1].get("seconds") if history else None,  # the whole run
+        "seconds_to_best_epoch": best.get("seconds"),
         "train_config": asdict(ck.train_config),
     }
 

@@ -115,6 +115,11 @@ class InputContract:
     def to_nchw(self, array: NDArray[Any]) -> NDArray[Any]:
         """Reorder an array in any accepted layout to (N, C, H, W) without changing its dtype."""
         c, h, w = self.shape
+        if isinstance(array, (str, os.PathLike)) or (isinstance(array, (list, tuple)) and array
+                                                      and isinstance(array[0], (str, os.PathLike))):
+            raise ArrayInputError("this takes image arrays, not file paths; read files with "
+                                  "edgevae.runtime.iter_batches(paths, model.contract) (as `edgevae score` does) or "
+                                  "model.contract.read_image(path)")
         a = np.asarray(array)
         if a.ndim == 2:
             if c != 1:

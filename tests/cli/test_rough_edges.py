@@ -110,3 +110,20 @@ def test_special_files_are_reported_and_never_opened(runner: CliRunner, bundle: 
     for target in (folder, folder / "pipe.png"):
         r = runner.invoke(main, ["score", str(target), "-m", str(bundle), "--format", "csv"])
         assert r.exit_code == 2 and "not a regular file (a FIFO, socket or device)" in r.output
+
+
+def test_paths_passed_to_the_array_api_say_how_to_read_files(model) -> None:  # type: ignore[no-untyped-def]
+    from edgevae.runtime import ArrayInputError
+
+    for bad in ("file.png", ["a.png", "b.png"], Path("x.png")):
+        with pytest.raises(ArrayInputError, match="iter_batches"):
+            model.score(bad)
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(runner: CliRunner, bundle: Path, sample_folder: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgevae.cli as cli
+
+    monkeypatch.setattr(cli, "PROGRESS_SECONDS", 0.0)  # every batch, for the test
+    r = runner.invoke(main, ["score", str(sample_folder), "-m", str(bundle), "--batch-size", "4"])
+    assert r.exit_code == 0 and r.output.count("progress: ") >= 3
