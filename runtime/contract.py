@@ -30,7 +30,10 @@ from .errors import ArrayInputError, ImageReadError, ImageSizeError
 from .png import decode_png
 
 RESIZE_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Image files a folder walk takes (Pillow reads them all); a file named explicitly is read as an image whatever its
+# extension, unless it is an array or IDX file.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm", ".pbm", ".pnm",
+                    ".tga")
 MAX_IMAGE_PIXELS = 64_000_000
 # PNG files up to this size that already match the contract skip Pillow (runtime/png.py); larger ones
 # gain nothing from it, since Pillow's per-file overhead no longer dominates.

@@ -127,3 +127,20 @@ def test_progress_lines_when_stderr_is_not_a_terminal(runner: CliRunner, bundle:
     monkeypatch.setattr(cli, "PROGRESS_SECONDS", 0.0)  # every batch, for the test
     r = runner.invoke(main, ["score", str(sample_folder), "-m", str(bundle), "--batch-size", "4"])
     assert r.exit_code == 0 and r.output.count("progress: ") >= 3
+
+
+def test_folder_walks_take_webp_like_named_files(runner: CliRunner, bundle: Path, sample_folder: Path,
+                                                 tmp_path: Path) -> None:
+    import json
+
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    src = next((sample_folder / "normal").iterdir())
+    for suffix in (".webp", ".gif", ".pgm"):
+        Image.open(src).convert("L").save(folder / f"d{suffix}")
+    (folder / "notes.txt").write_text("not an image")  # skipped by the walk, as before
+    r = runner.invoke(main, ["score", str(folder), "-m", str(bundle), "--format", "jsonl"])
+    items = sorted(Path(json.loads(line)["item"]).name for line in r.output.splitlines() if line.startswith("{"))
+    assert r.exit_code == 0 and items == ["d.gif", "d.pgm", "d.webp"]
