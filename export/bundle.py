@@ -48,6 +48,7 @@ from edgevae.runtime.manifest import (
     ScoringSpec,
     check_score_settings,
     dumps,
+    embedded_manifest,
     noise_file,
 )
 from edgevae.runtime.model import Model, Scorer
@@ -331,12 +332,10 @@ def training_summary(ck: Checkpoint) -> dict[str, Any]:
 
 
 def embed_manifest(proto: onnx.ModelProto, manifest: Mapping[str, Any]) -> bytes:
-    """Serialize a graph with the manifest in its metadata_props, without ``files`` (a graph cannot hold its own
-    checksum) and ``variants`` (which describes other files)."""
-    embedded = {k: v for k, v in manifest.items() if k not in ("files", "variants")}
+    """Serialize a graph with the manifest (``embedded_manifest``) in its metadata_props."""
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, dumps(embedded)
+    entry.key, entry.value = METADATA_KEY, dumps(embedded_manifest(manifest))
     proto.producer_name, proto.producer_version = "edgevae", __version__
     data: bytes = proto.SerializeToString()
     return data

@@ -211,6 +211,12 @@ class Manifest:
         return cls.from_dict(data, require_files=require_files)
 
 
+def embedded_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """What a graph's ``metadata_props`` carry: the manifest without ``files`` (a graph cannot hold its own
+    checksum) and ``variants`` (which describes other files)."""
+    return {k: v for k, v in manifest.items() if k not in ("files", "variants")}
+
+
 def dumps(data: Mapping[str, Any]) -> str:
     """Serialise a manifest dictionary as stable, human-readable JSON (NaN/Inf are refused)."""
     _check_finite(data, "manifest")

@@ -126,3 +126,19 @@ def test_input_conv_nodes_on_hand_built_graphs() -> None:
     no_conv = graph([helper.make_node("Mul", ["x", "scale"], ["m"], name="pre"),
                      helper.make_node("Conv", ["m", "w1"], ["y"], name="conv1")])
     assert input_conv_nodes(no_conv, "x") == []
+
+
+def test_recalibrate_covers_every_variant(variant_bundle: Path, test_digits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import shutil
+
+    from edgevae.runtime.recalibrate import recalibrate
+
+    copy = tmp_path / "b"
+    shutil.copytree(variant_bundle, copy)
+    x, y = test_digits
+    raw = recalibrate(copy, x[y <= 1][:60])
+    assert set(raw["variants"]) == set(json.loads((variant_bundle / "edgevae.json").read_text())["variants"])
+    for name in [None, *raw["variants"]]:
+        with load(copy, ["CPUExecutionProvider"], variant=name) as model:
+            assert len(model.manifest.calibration["kl"].scores) == 60
