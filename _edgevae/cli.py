@@ -344,8 +344,11 @@ def export(checkpoint: str, bundle_dir: str, quantize: str | None, precision: st
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Image-decoding threads; more help only for large images.")
 @click.option("--fail-on-outlier", is_flag=True, help="Exit with status 3 when any input is flagged.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write an HTML report of the scored inputs (kept in memory: use it on a sample).")
 def score(paths: Sequence[str], runtime: _Runtime, method: str | None, fpr: float | None, threshold: float | None,
-          fmt: str | None, output: str | None, batch_size: int, strict_size: bool, workers: int, fail_on_outlier: bool) -> None:
+          fmt: str | None, output: str | None, batch_size: int, strict_size: bool, workers: int, fail_on_outlier: bool,
+          report_path: str | None) -> None:
     """Score images as outliers: PATHS are image files, folders, globs, .npy/.npz arrays or IDX files.
 
     Prints one row per input: score (higher = more anomalous), p-value against the bundle's
@@ -354,6 +357,7 @@ def score(paths: Sequence[str], runtime: _Runtime, method: str | None, fpr: floa
     from edgevae.runtime.inputs import iter_batches
 
     _writable(output, "--output")
+    _writable(report_path, "--report")
     if threshold is not None and not math.isfinite(threshold):
         raise click.BadParameter(f"must be a finite number, got {threshold}", param_hint="--threshold")
     fmt = fmt or _FORMAT_BY_SUFFIX.get(os.path.splitext(output or "")[1].lower(), "table")
@@ -364,6 +368,8 @@ def score(paths: Sequence[str], runtime: _Runtime, method: str | None, fpr: floa
     with _errors(), _warnings_to_stderr():
         thr = model.threshold(method, fpr) if threshold is None else threshold
     counts = {"scored": 0, "outliers": 0, "failed": 0}
+    kept: list[tuple[list[str], Any, Any]] = []  # for --report: (names, images, ScoreResult) per batch
+    failures: list[tuple[str, str]] = []
     live = sys.stderr.isatty()  # a running count on a terminal; when piped or logged, a line every PROGRESS_SECONDS
     last_line = time.monotonic()
     with _output(output) as out:
@@ -376,6 +382,9 @@ def score(paths: Sequence[str], runtime: _Runtime, method: str | None, fpr: floa
                     result = model.score(batch.images, method, threshold=thr)
                 counts["scored"] += len(batch.names)
                 counts["outliers"] += int(result.is_outlier.sum())
+                if report_path:
+                    kept.append((batch.names, batch.images, result))
+            failures += [(name, str(err)) for name, err in batch.failures] if report_path else []
             for failed, i in batch.order:  # rows in input order, failures where they came
                 if failed:
                     name, err = batch.failures[i]
@@ -395,6 +404,8 @@ def score(paths: Sequence[str], runtime: _Runtime, method: str | None, fpr: floa
             click.echo("", err=True)
     click.echo(f"{counts['scored']} scored with {method} (threshold {thr:.4g}): {counts['outliers']} outlier(s), "
                f"{counts['failed']} failed", err=True)
+    if report_path and kept:
+        _write_report(_kept_report(model, method, kept, failures), report_path, 12)
     if counts["failed"]:
         sys.exit(EXIT_INPUT)
     if fail_on_outlier and counts["outliers"]:
@@ -525,6 +536,91 @@ def _write_evaluation(out: IO[str], fmt: str, rows: list[dict[str, Any]]) -> Non
         out.write(f"{r['method']:<13} {r['auroc']:6.3f} {r['average_precision']:6.3f} {r['fpr_at_95_tpr']:9.3f} "
                   f"{r['threshold']:10.4g} {r['true_positives']:5d} {r['false_positives']:5d} {r['true_negatives']:5d} "
                   f"{r['false_negatives']:5d}\n")
+
+
+# ------------------------------------------------------------------------------------------- report
+@main.command()
+@click.argument("paths", nargs=-1)
+@_runtime_options
+@click.option("-o", "--output", default="report.html", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--method", type=click.Choice(options.SCORE_METHODS), default=None, help="Score method (default: the bundle's).")
+@click.option("--normal", "normal_paths", multiple=True, help="Inputs known to be normal (repeatable): with --anomalous, "
+              "the report includes the evaluation.")
+@click.option("--anomalous", "anomalous_paths", multiple=True, help="Inputs known to be anomalous (repeatable).")
+@click.option("--top", type=click.IntRange(1, 500), default=12, show_default=True, help="Most anomalous inputs shown.")
+def report(paths: Sequence[str], runtime: _Runtime, output: str, method: str | None, normal_paths: Sequence[str],
+           anomalous_paths: Sequence[str], top: int) -> None:
+    """Write one self-contained HTML report (images inline, no network): score distribution over the calibration,
+    threshold, flag rate, the most anomalous inputs beside their reconstructions and residuals, and the bundle.
+    Every input is kept in memory: report on a sample of a large set."""
+    if not (paths or normal_paths or anomalous_paths):
+        raise click.UsageError("give inputs: PATH... and/or --normal / --anomalous")
+    _writable(output, "--output")
+    model = runtime.load()
+    groups = [("", paths), ("normal", normal_paths), ("anomalous", anomalous_paths)]
+    data = _report_data(model, method or model.manifest.default_method, groups)
+    _write_report(data, output, top)
+    if data.failures:
+        sys.exit(EXIT_INPUT)
+
+
+def _report_data(model: Model, method: str, groups: Sequence[tuple[str, Sequence[str]]]) -> Any:
+    """Read and score every group of inputs (label, paths) into the report's data; failures are listed, not fatal."""
+    import numpy as np
+
+    from edgevae.runtime.evaluation import evaluate_scores
+    from edgevae.runtime.inputs import iter_batches
+    from edgevae.runtime.report import ReportData
+
+    names: list[str] = []
+    labels: list[str] = []
+    images: list[Any] = []
+    failures: list[tuple[str, str]] = []
+    for label, paths in groups:
+        for batch in iter_batches(list(paths), model.contract) if paths else []:
+            failures += [(name, str(err)) for name, err in batch.failures]
+            for name, err in batch.failures:
+                click.echo(f"error: {err}", err=True)
+            if batch.images is not None:
+                images.append(batch.images)
+                names += batch.names
+                labels += [label] * len(batch.names)
+    if not images:
+        raise InputProblem("no input could be read; nothing to report")
+    x = np.concatenate(images)
+    with _errors():
+        result = model.score(x, method)
+    lab = np.array(labels)
+    evaluation = None
+    if (lab == "normal").any() and (lab == "anomalous").any():
+        evaluation = evaluate_scores(method, result.scores[lab == "normal"], result.scores[lab == "anomalous"],
+                                     result.threshold)
+    return ReportData(model=model, method=method, names=names, images=x, scores=result.scores,
+                      p_values=result.p_values, flags=result.is_outlier, threshold=result.threshold,
+                      labels=labels if any(labels) else [], failures=failures, evaluation=evaluation)
+
+
+def _kept_report(model: Model, method: str, kept: list[tuple[list[str], Any, Any]],
+                 failures: list[tuple[str, str]]) -> Any:
+    """The report's data from the batches `score` kept: no input is read or scored twice."""
+    import numpy as np
+
+    from edgevae.runtime.report import ReportData
+
+    return ReportData(model=model, method=method, names=[n for names, _, _ in kept for n in names],
+                      images=np.concatenate([x for _, x, _ in kept]),
+                      scores=np.concatenate([r.scores for _, _, r in kept]),
+                      p_values=np.concatenate([r.p_values for _, _, r in kept]),
+                      flags=np.concatenate([r.is_outlier for _, _, r in kept]), threshold=kept[0][2].threshold,
+                      failures=failures)
+
+
+def _write_report(data: Any, output: str, top: int) -> None:
+    from edgevae.runtime.atomic import write_atomic
+    from edgevae.runtime.report import render
+
+    write_atomic(output, render(data, top=top))
+    click.echo(f"wrote {output}: {len(data.names)} input(s), {int(data.flags.sum())} flagged", err=True)
 
 
 # ------------------------------------------------------------------------------------------- calibrate

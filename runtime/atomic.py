@@ -12,6 +12,16 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Files get the permissions an ordinary open() would give them (0666 less the umask), not mkstemp's 0600.
+_FILE_MODE = 0o666 & ~_process_umask()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[str]:
     """Yield a temporary path in the target's folder; on success it is synced and renamed to ``path``.
@@ -22,6 +32,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
     folder = os.path.dirname(os.path.abspath(target))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=suffix, dir=folder)
     os.close(fd)
+    os.chmod(tmp, _FILE_MODE)
     try:
         yield tmp
         with open(tmp, "rb") as handle:

@@ -18,7 +18,7 @@ echo "== 3. write held-out test digits and obvious outliers as PNG files"
 
 echo "== 4. score them (torch-free runtime); higher score = more anomalous"
 echo "-- default method (smooth_recon: best on unusual digits, see docs/scoring.md)"
-"$edgevae" score "$out/samples" -m "$out/bundle" | tee "$out/scores.txt"
+"$edgevae" score "$out/samples" -m "$out/bundle" --report "$out/report.html" | tee "$out/scores.txt"
 echo "-- elbo (negative ELBO: also catches out-of-distribution images such as large bright blobs)"
 "$edgevae" score "$out/samples" -m "$out/bundle" --method elbo | tee "$out/scores_elbo.txt"
 
@@ -29,4 +29,4 @@ echo "== 5. generate new digits from the prior, and reconstructions"
 
 echo
 echo "outputs: $out/run (checkpoints, metrics.json), $out/bundle (the bundle), $out/scores.txt, $out/scores_elbo.txt,"
-echo "         $out/generated.png, $out/reconstructions.png"
+echo "         $out/generated.png, $out/reconstructions.png, $out/report.html (open it in a browser)"

@@ -100,3 +100,16 @@ def test_options_module_needs_no_numpy_and_names_each_choice_once() -> None:
     with pytest.raises(ValueError, match="unknown score method"):
         options.samples_for("nope", 1, 1)
     assert set(options.VARIANTS) == set(options.QUANTIZE_VARIANTS) | set(options.PRECISION_VARIANTS)
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    import stat
+
+    from edgevae.runtime.atomic import write_atomic
+
+    mask = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "out.txt", "x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(os.stat(tmp_path / "out.txt").st_mode) & 0o044 == 0o044  # readable by others, not 0600
