@@ -156,6 +156,10 @@ def main() -> None:
     Train on normal images, export a bundle (two ONNX graphs + manifest), then score, encode,
     reconstruct and generate anywhere with numpy + onnxruntime.
     """
+    # Very large images are refused with edgevae's own per-file message (runtime.contract.MAX_IMAGE_PIXELS);
+    # Pillow's warning about them would only repeat it as a Python warning. The command line owns its process,
+    # so it may silence that one warning (the library leaves its host application's filters alone).
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit", module=r"PIL\.")
 
 
 # ------------------------------------------------------------------------------------------- train

@@ -272,8 +272,8 @@ def _assemble(decoded: list[tuple[str, Any]], contract: InputContract) -> Batch:
         if payload is not None and not isinstance(payload, InputError) and payload.dtype != np.uint8:
             try:
                 payload = contract.prepare(payload[None])[0]
-            except InputError as exc:
-                payload = exc
+            except InputError as exc:  # name the file and row: "x.npy[12]: 1 image(s) contain NaN or Inf"
+                payload = type(exc)(f"{name}: {exc}")
         if isinstance(payload, InputError):
             batch.order.append((True, len(batch.failures)))
             batch.failures.append((name, payload))

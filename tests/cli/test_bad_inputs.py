@@ -52,6 +52,7 @@ def test_corpus_in_a_real_subprocess(bundle: Path, tmp_path: Path) -> None:
     )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
+    assert "Warning" not in proc.stderr  # e.g. Pillow's DecompressionBombWarning beside edgevae's own message
     rows = _by_name(proc.stdout)
     for name, message in EXPECTED_ERRORS.items():
         assert name in rows, f"{name} missing from output"

@@ -144,3 +144,30 @@ def test_folder_walks_take_webp_like_named_files(runner: CliRunner, bundle: Path
     r = runner.invoke(main, ["score", str(folder), "-m", str(bundle), "--format", "jsonl"])
     items = sorted(Path(json.loads(line)["item"]).name for line in r.output.splitlines() if line.startswith("{"))
     assert r.exit_code == 0 and items == ["d.gif", "d.pgm", "d.webp"]
+
+
+def test_bad_array_rows_are_named_by_file_and_row(runner: CliRunner, bundle: Path, tmp_path: Path) -> None:
+    x = np.random.default_rng(0).random((4, 28, 28)).astype(np.float32)
+    x[2, 5, 5] = np.nan
+    np.save(tmp_path / "rows.npy", x)
+    r = runner.invoke(main, ["score", str(tmp_path / "rows.npy"), "-m", str(bundle), "--format", "csv"])
+    assert r.exit_code == 2 and f"error: {tmp_path / 'rows.npy'}[2]: 1 image(s) contain NaN or Inf" in r.output
+
+
+def test_pillows_bomb_warning_does_not_leak_next_to_the_message(bundle: Path, tmp_path: Path) -> None:
+    import struct
+    import subprocess
+    import sys
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", 10_000, 10_000, 8, 0, 0, 0, 0)  # 100 M pixels: past Pillow's warning limit
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+                    + chunk(b"IEND", b""))
+    proc = subprocess.run([sys.executable, "-m", "edgevae.cli", "score", str(big), "-m", str(bundle)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "more than 64,000,000 pixels" in proc.stderr
+    assert "DecompressionBombWarning" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
