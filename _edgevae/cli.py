@@ -384,20 +384,10 @@ def score(paths: Sequence[str], runtime: _Runtime, method: str | None, fpr: floa
             if batch.images is not None:
                 with _errors():
                     result = model.score(batch.images, method, threshold=thr)
-                counts["scored"] += len(batch.names)
-                counts["outliers"] += int(result.is_outlier.sum())
                 if report_path:
                     kept.append((batch.names, batch.images, result))
             failures += [(name, str(err)) for name, err in batch.failures] if report_path else []
-            for failed, i in batch.order:  # rows in input order, failures where they came
-                if failed:
-                    name, err = batch.failures[i]
-                    counts["failed"] += 1
-                    click.echo(f"error: {err}", err=True)
-                    writer.error(name, str(err))
-                elif result is not None:
-                    writer.row(batch.names[i], float(result.scores[i]), float(result.p_values[i]),
-                               bool(result.is_outlier[i]))
+            _write_batch(writer, batch, result, counts)
             progress = f"{counts['scored']} scored, {counts['outliers']} outlier(s), {counts['failed']} failed"
             if live:
                 click.echo(f"\r{progress}", nl=False, err=True)
@@ -602,6 +592,21 @@ def _report_data(model: Model, method: str, groups: Sequence[tuple[str, Sequence
     return ReportData(model=model, method=method, names=names, images=x, scores=result.scores,
                       p_values=result.p_values, flags=result.is_outlier, threshold=result.threshold,
                       labels=labels if any(labels) else [], failures=failures, evaluation=evaluation)
+
+
+def _write_batch(writer: "_ResultWriter", batch: Any, result: Any, counts: dict[str, int]) -> None:
+    """One batch's rows in input order (failures where they came, reported on stderr too), and the counts."""
+    for failed, i in batch.order:
+        if failed:
+            name, err = batch.failures[i]
+            counts["failed"] += 1
+            click.echo(f"error: {err}", err=True)
+            writer.error(name, str(err))
+        elif result is not None:
+            writer.row(batch.names[i], float(result.scores[i]), float(result.p_values[i]), bool(result.is_outlier[i]))
+    if result is not None:
+        counts["scored"] += len(batch.names)
+        counts["outliers"] += int(result.is_outlier.sum())
 
 
 def _kept_report(model: Model, method: str, kept: list[tuple[list[str], Any, Any]],

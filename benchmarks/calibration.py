@@ -16,7 +16,6 @@ Writes benchmarks/results/calibration.json and the calibration section of docs/b
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -33,7 +32,7 @@ from edgevae.options import SCORE_METHODS
 from edgevae.training import DataSpec, ModelConfig, TrainConfig, embedded_split, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from doc_sections import benchmark_parser, write_section  # noqa: E402  (a sibling script module)
+from doc_sections import benchmark_parser, save_report  # noqa: E402  (a sibling script module)
 
 SPLITS = {"previous default (a tenth: 40 images)": 0.1, "auto (100 images)": None}
 
@@ -113,14 +112,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     print(f"{name}: digit {digit} seed {seed}: n_cal {row['n_calibration']}, FPR smooth_recon "
                           f"{row['fpr_at_threshold']['smooth_recon']:.2f}, AUROC {row['auroc']['smooth_recon']:.3f}",
                           flush=True)
-    report = {"date": time.strftime("%Y-%m-%d"), "smoke": args.smoke, "seeds": list(seeds), "digits": list(digits),
-              "machine": f"{platform.machine()}, {platform.python_version()}, {os.cpu_count()} cores",
-              "rows": rows, "summary": {name: summary(r) for name, r in rows.items()},
-              "methods_shown": ["smooth_recon", "elbo", "kl"], "seconds": time.perf_counter() - started}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    write_section("calibration", markdown(report), Path(args.markdown))
-    print(markdown(report))
+    report: dict[str, Any] = {"seeds": list(seeds), "digits": list(digits), "rows": rows,
+                              "summary": {name: summary(r) for name, r in rows.items()},
+                              "methods_shown": ["smooth_recon", "elbo", "kl"]}
+    report["seconds"] = time.perf_counter() - started  # markdown() reads it; save_report stamps it again
+    report.update(date=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()}, {platform.python_version()}, "
+                  f"{os.cpu_count()} cores")
+    save_report("calibration", report, markdown(report), args.json, args.markdown, started, args.smoke)
     return report
 
 

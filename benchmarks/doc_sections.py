@@ -4,7 +4,12 @@ docs/benchmarks.md while keeping the rest of the file."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,6 +21,18 @@ def benchmark_parser(doc: str, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / f"{name}.json"))
     parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
     return parser
+
+
+def save_report(name: str, report: dict[str, Any], section: str, json_path: str, markdown_path: str,
+                started: float, smoke: bool) -> None:
+    """Stamp ``report`` (date, machine, seconds since ``started``, smoke), write it as JSON and ``section`` into its
+    marked part of docs/benchmarks.md, and print the section."""
+    report.update(date=time.strftime("%Y-%m-%d"), smoke=smoke, seconds=time.perf_counter() - started,
+                  machine=f"{platform.machine()}, {platform.python_version()}, {os.cpu_count()} cores")
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps(report, indent=2))
+    write_section(name, section, Path(markdown_path))
+    print(section)
 
 
 def write_section(name: str, section: str, path: Path) -> None:

@@ -19,7 +19,6 @@ Writes benchmarks/results/embed.json and the embed section of docs/benchmarks.md
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -38,7 +37,7 @@ from edgevae.export import ExportConfig, export_bundle
 from edgevae.training import DataSpec, ModelConfig, TrainConfig, embedded_split, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from doc_sections import ROOT, benchmark_parser, write_section  # noqa: E402  (a sibling script module)
+from doc_sections import ROOT, benchmark_parser, save_report  # noqa: E402  (a sibling script module)
 
 EMBED = ROOT / "embed"
 
@@ -171,12 +170,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgevae-embed-bench-") as tmp:
         report = measure(Path(tmp), args.smoke)
-    report.update(date=time.strftime("%Y-%m-%d"), smoke=args.smoke, seconds=time.perf_counter() - started,
-                  machine=f"{platform.machine()}, {platform.python_version()}, {os.cpu_count()} cores")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    write_section("embed", markdown(report), Path(args.markdown))
-    print(markdown(report))
+    report.update(date=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()}, {platform.python_version()}, "
+                  f"{os.cpu_count()} cores")
+    save_report("embed", report, markdown(report), args.json, args.markdown, started, args.smoke)
     return report
 
 
