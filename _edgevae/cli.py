@@ -384,9 +384,10 @@ def score(paths: Sequence[str], runtime: _Runtime, method: str | None, fpr: floa
             if batch.images is not None:
                 with _errors():
                     result = model.score(batch.images, method, threshold=thr)
-                if report_path:
+            if report_path:
+                failures += [(name, str(err)) for name, err in batch.failures]
+                if result is not None:
                     kept.append((batch.names, batch.images, result))
-            failures += [(name, str(err)) for name, err in batch.failures] if report_path else []
             _write_batch(writer, batch, result, counts)
             progress = f"{counts['scored']} scored, {counts['outliers']} outlier(s), {counts['failed']} failed"
             if live:

@@ -16,8 +16,6 @@ Writes benchmarks/results/calibration.json and the calibration section of docs/b
 
 from __future__ import annotations
 
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -115,10 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {"seeds": list(seeds), "digits": list(digits), "rows": rows,
                               "summary": {name: summary(r) for name, r in rows.items()},
                               "methods_shown": ["smooth_recon", "elbo", "kl"]}
-    report["seconds"] = time.perf_counter() - started  # markdown() reads it; save_report stamps it again
-    report.update(date=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()}, {platform.python_version()}, "
-                  f"{os.cpu_count()} cores")
-    save_report("calibration", report, markdown(report), args.json, args.markdown, started, args.smoke)
+    save_report("calibration", report, markdown, args, started)
     return report
 
 

@@ -9,7 +9,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,15 +23,16 @@ def benchmark_parser(doc: str, name: str) -> argparse.ArgumentParser:
     return parser
 
 
-def save_report(name: str, report: dict[str, Any], section: str, json_path: str, markdown_path: str,
-                started: float, smoke: bool) -> None:
-    """Stamp ``report`` (date, machine, seconds since ``started``, smoke), write it as JSON and ``section`` into its
-    marked part of docs/benchmarks.md, and print the section."""
-    report.update(date=time.strftime("%Y-%m-%d"), smoke=smoke, seconds=time.perf_counter() - started,
+def save_report(name: str, report: dict[str, Any], markdown: Callable[[dict[str, Any]], str], args: argparse.Namespace,
+                started: float) -> None:
+    """Stamp ``report`` (date, machine, seconds since ``started``, smoke), write it as JSON to ``args.json`` and
+    ``markdown(report)`` into its marked part of ``args.markdown``, and print that section."""
+    report.update(date=time.strftime("%Y-%m-%d"), smoke=args.smoke, seconds=time.perf_counter() - started,
                   machine=f"{platform.machine()}, {platform.python_version()}, {os.cpu_count()} cores")
-    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(json_path).write_text(json.dumps(report, indent=2))
-    write_section(name, section, Path(markdown_path))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    section = markdown(report)
+    write_section(name, section, Path(args.markdown))
     print(section)
 
 

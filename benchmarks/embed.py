@@ -20,7 +20,6 @@ Writes benchmarks/results/embed.json and the embed section of docs/benchmarks.md
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -170,9 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgevae-embed-bench-") as tmp:
         report = measure(Path(tmp), args.smoke)
-    report.update(date=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()}, {platform.python_version()}, "
-                  f"{os.cpu_count()} cores")
-    save_report("embed", report, markdown(report), args.json, args.markdown, started, args.smoke)
+    save_report("embed", report, markdown, args, started)
     return report
 
 

@@ -119,7 +119,7 @@ class BundleFiles:
     """What a bundle folder will hold: the bytes of every file by name (graphs, noise) and the manifest (without
     ``files``)."""
 
-    graphs: dict[str, bytes]
+    data: dict[str, bytes]
     manifest: dict[str, Any]
 
 
@@ -177,7 +177,7 @@ def export_bundle(
         noise = scorer.noise(method)
         if noise is None:
             raise ExportError(f"{method} is listed as a Monte-Carlo method but draws no noise")
-        files.graphs[noise_file(method)] = noise.astype("<f4").tobytes()
+        files.data[noise_file(method)] = noise.astype("<f4").tobytes()
     build_variants(files, graphs, model, scorer, images, cfg, say)
     say("writing the bundle")
     write_bundle(target, files, force, sign_key)
@@ -208,7 +208,7 @@ def build_variants(files: BundleFiles, graphs: Graphs, model: VAE, scorer: Score
         ExportError: a variant ranks held-out images unlike the fp32 graphs.
     """
     files.manifest["variants"] = {}
-    builds: list[tuple[str, bytes, bytes]] = [("fp32", files.graphs[ENCODER_FILE], files.graphs[DECODER_FILE])]
+    builds: list[tuple[str, bytes, bytes]] = [("fp32", files.data[ENCODER_FILE], files.data[DECODER_FILE])]
     for name in cfg.variants:
         say(f"building the {name} variant")
         with torch.no_grad():
@@ -231,7 +231,7 @@ def build_variants(files: BundleFiles, graphs: Graphs, model: VAE, scorer: Score
             raise ExportError(f"the {name} variant ranks held-out images unlike fp32 (Spearman "
                               + ", ".join(f"{m} {r:.3f}" for m, r in weak.items())
                               + f" < {MIN_RANK_CORRELATION}); leave it out")
-        files.graphs[names["encoder"]], files.graphs[names["decoder"]] = enc_bytes, dec_bytes
+        files.data[names["encoder"]], files.data[names["decoder"]] = enc_bytes, dec_bytes
         files.manifest["variants"][name] = {**names, "format": ext, **report,
                                             "calibration": {"fpr": cfg.fpr,
                                                             "methods": _calibrate(variant, images, cfg.fpr)}}
@@ -248,7 +248,7 @@ def write_bundle(target: Path, files: BundleFiles, force: bool, sign_key: str | 
         with atomic_folder(target, replace=force) as tmp:
             manifest = dict(files.manifest)
             manifest["files"] = {}
-            for fname, data in files.graphs.items():
+            for fname, data in files.data.items():
                 write_synced(tmp / fname, data)
                 manifest["files"][fname] = {"sha256": sha256_hex(data), "bytes": len(data)}
             write_synced(tmp / MANIFEST_FILE, dumps(manifest))

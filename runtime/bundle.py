@@ -104,13 +104,14 @@ def read_verified(path: Path, manifest: Manifest, fname: str) -> bytes:
     return data
 
 
-def verify_files(path: Path, manifest: Manifest) -> None:
-    """Check the sha256 of every file the manifest lists (graphs of every variant).
+def verify_files(path: Path, manifest: Manifest, skip: Iterable[str] = ()) -> None:
+    """Check the sha256 of every file the manifest lists (graphs of every variant) but those in ``skip`` (which
+    the caller reads, and so checks, anyway).
 
     Raises:
         BundleError: a listed file is missing or differs from its checksum.
     """
-    for fname in manifest.files:
+    for fname in set(manifest.files) - set(skip):
         read_verified(path, manifest, fname)
 
 
@@ -182,10 +183,11 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
     path = Path(bundle)
     manifest = read_manifest(path)
     keys = all_key_paths(trusted_keys)
+    selected, names = select_variant(manifest, variant, path)
     if keys:  # the manifest object that was verified is the one used from here on: no re-read
         verify_signature(path, manifest.raw, keys)
-        verify_files(path, manifest)
-    manifest, names = select_variant(manifest, variant, path)
+        verify_files(path, manifest, skip=[*names, *_noise_files(manifest)])  # those are read and checked below
+    manifest = selected
     encoder, decoder = (read_verified(path, manifest, name) for name in names)
     try:
         runner = build_runner(encoder, decoder, providers, threads=threads, strict=strict, slice_workers=slice_workers)
@@ -193,6 +195,11 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
         raise BundleError(f"{path}: onnxruntime cannot load the graphs: {exc}") from exc
     check_graphs(runner, manifest.scoring)
     return Model(manifest, runner, path=path, variant=variant or "fp32", noise=read_noise(path, manifest))
+
+
+def _noise_files(manifest: Manifest) -> list[str]:
+    entries = manifest.raw.get("scoring", {}).get("noise_files") or {}
+    return [str(e.get("file")) for e in entries.values() if isinstance(e, dict)]
 
 
 def read_noise(path: Path, manifest: Manifest) -> dict[str, NDArray[np.float32]]:

@@ -269,7 +269,7 @@ def _assemble(decoded: list[tuple[str, Any]], contract: InputContract) -> Batch:
     batch = Batch()
     rows: list[NDArray[Any]] = []
     for name, payload in decoded:
-        if payload is not None and not isinstance(payload, InputError) and payload.dtype != np.uint8:
+        if not isinstance(payload, InputError) and payload.dtype != np.uint8:
             try:
                 payload = contract.prepare(payload[None])[0]
             except InputError as exc:  # name the file and row: "x.npy[12]: 1 image(s) contain NaN or Inf"

@@ -12,7 +12,7 @@ import datetime as _dt
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -87,8 +87,8 @@ def recalibrate(bundle: str | os.PathLike[str], images: NDArray[Any], fpr: float
         write_synced(tmp / MANIFEST_FILE, dumps(raw))
         if sign_key is not None:
             write_synced(tmp / SIGNATURE_FILE, sign_manifest(raw, sign_key).to_json())
-        keys: Iterable[KeySource] = [sign_key] if sign_key is not None else []
+        keys = [sign_key] if sign_key is not None else []
         for variant in [None, *raw["variants"]]:  # what was written loads, exactly as a device will load it
-            load(tmp, ["CPUExecutionProvider"], variant=variant, trusted_keys=list(keys), slice_workers=1).close()
+            load(tmp, ["CPUExecutionProvider"], variant=variant, trusted_keys=keys, slice_workers=1).close()
     return raw
 
