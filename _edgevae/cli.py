@@ -174,9 +174,12 @@ def main() -> None:
               help="Passes over the data; the default suits a few thousand images.")
 @click.option("--batch-size", type=click.IntRange(min=1), show_default=str(options.BATCH_SIZE))
 @click.option("--lr", type=float, show_default=str(options.LEARNING_RATE), help="Adam learning rate (cosine-decayed).")
-@click.option("--latent-dim", type=click.IntRange(min=1), show_default=str(options.LATENT_DIM))
-@click.option("--widths", show_default=",".join(map(str, options.WIDTHS)), help="Channels of the stride-2 conv stages.")
-@click.option("--hidden", type=click.IntRange(min=1), show_default=str(options.HIDDEN))
+@click.option("--latent-dim", type=click.IntRange(min=1), show_default="by the rule",
+              help=f"Latent size (the rule: {options.LATENT_DIM} for 1x28x28, doubling per 4x more values).")
+@click.option("--widths", show_default="by the rule",
+              help=f"Channels of the stride-2 conv stages (the rule: stages down to <= {options.BOTTLENECK_MAX}x"
+                   f"{options.BOTTLENECK_MAX}, {options.WIDTH_START} doubling up to {options.WIDTH_MAX}).")
+@click.option("--hidden", type=click.IntRange(min=1), show_default="by the rule")
 @click.option("--refine", type=click.IntRange(min=0), show_default=str(options.REFINE),
               help="Channels of a full-resolution 3x3 conv ending the decoder (0: none; about 2x decoder FLOPs).")
 @click.option("--likelihood", type=click.Choice(options.LIKELIHOODS), show_default=options.LIKELIHOOD)
@@ -199,12 +202,14 @@ def main() -> None:
 @click.option("--augment-rotate", type=click.FloatRange(0, options.AUGMENT_ROTATE_MAX),
               show_default=str(options.AUGMENT_ROTATE), help="Random rotation of training images, in degrees.")
 @click.option("--seed", type=int, show_default=str(options.SEED))
+@click.option("--plain", is_flag=True,
+              help="Train the plain-autoencoder limit (s = 0: no sampling, no KL term), to compare with the VAE.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt.")
 def train(source: str, classes: str | None, labels: str | None, run_dir: str, channels: str | None, size: str | None,
           resume: bool, **settings: Any) -> None:
     """Train a VAE on normal images; keeps the best checkpoint by validation ELBO."""
     _need_training("train")
-    from edgevae.training.data import DataSpec, infer_contract
+    from edgevae.training.data import DataSpec
     from edgevae.training.loop import TrainConfig, train as run_training
     from edgevae.training.model import ModelConfig
 
@@ -212,10 +217,10 @@ def train(source: str, classes: str | None, labels: str | None, run_dir: str, ch
         class_list = _parse_ints(classes, "--classes") if classes else None
         if settings["widths"] is not None:
             settings["widths"] = _parse_ints(settings["widths"], "--widths")
-        hw = _parse_size(size) if size else None
+        hw = _parse_size(size) if size else (None, None)
         spec = DataSpec(source=source, classes=class_list, labels=labels)
-        contract = infer_contract(spec, int(channels) if channels else None, hw)
-        model_cfg = ModelConfig(channels=contract.channels, height=contract.height, width=contract.width,
+        model_cfg = ModelConfig(channels=int(channels) if channels else None, height=hw[0], width=hw[1],
+                                variational=not settings.pop("plain"),
                                 **_given(**{k: settings[k] for k in _MODEL_OPTIONS}))
         train_cfg = TrainConfig(**_given(**{field: settings[option] for option, field in _TRAIN_OPTIONS.items()}))
         with _TrainingProgress() as progress:
@@ -282,6 +287,14 @@ class _TrainingProgress:
                        f"  {info['seconds']:6.1f}s{mark}", err=True)
         elif event == "skipped":
             click.echo(f"skipped: {info['item']}", err=True)
+        elif event == "model":
+            cfg = info["config"]
+            if info["source"]:
+                click.echo(f"input: {info['source']}", err=True)
+            rule = f" (by the architecture rule: {', '.join(info['from_rule'])})" if info["from_rule"] else ""
+            click.echo(f"model: {cfg['channels']}x{cfg['height']}x{cfg['width']}, stages "
+                       f"{','.join(map(str, cfg['widths']))}, latent {cfg['latent_dim']}, hidden {cfg['hidden']}"
+                       f"{'' if cfg['variational'] else ', plain autoencoder'}{rule}", err=True)
         elif event == "split":
             click.echo(f"training on {info['n_train']} images; {info['n_val']} held out for validation and "
                        f"calibration ({info['val_fraction']:.3g})", err=True)

@@ -8,10 +8,20 @@ cannot drift apart. Pure Python: the CLI imports it without numpy, torch or onnx
 from __future__ import annotations
 
 # ---------------------------------------------------------------------------------------------- scoring
-SCORE_METHODS = ("kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae")
+SCORE_METHODS = ("kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae", "local", "combined")
 # Methods that average over Monte-Carlo samples of q(t|x): they draw shared prior noise (see samples_for).
 MONTE_CARLO_METHODS = ("elbo", "iwae")
-DEFAULT_METHOD = "smooth_recon"
+DEFAULT_METHOD = "combined"
+# Methods that need the anomaly-map statistics a bundle stores (``scoring.map``): the map's own score and the
+# combined default, one of whose parts it is.
+MAP_METHODS = ("local", "combined")
+# The parts of ``combined``: a local score (small defects) and a global one (images unlike the normal kind),
+# joined through their p-values against the training images' scores; choices are the other methods.
+COMBINED_PARTS = ("local", "elbo")
+# ``local``: the mean of the top LOCAL_TOP_FRACTION of an image's anomaly-map pixels (at least one pixel).
+LOCAL_TOP_FRACTION = 0.01
+# Training images the map statistics and the combined score's reference distributions are measured on.
+REFERENCE_IMAGES = 1000
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
 # Width (standard deviation, pixels) of the Gaussian that smooths the residual in ``smooth_recon``: the
 # default and the largest allowed value (the lower bound is exclusive: sigma > 0).
@@ -39,6 +49,16 @@ LIKELIHOOD = "bernoulli"
 LATENT_DIM = 16
 WIDTHS = (32, 64)
 HIDDEN = 256
+# The architecture rule (edgevae.training.model.architecture_for): stride-2 stages until the feature map is at
+# most BOTTLENECK_MAX on its longer side (at least MIN_STAGES), WIDTH_START channels doubling per stage up to
+# WIDTH_MAX, and LATENT_DIM latent dimensions per 28x28 grayscale image's worth of values, doubling for every
+# fourfold growth up to LATENT_DIM_MAX. A 1x28x28 input gets exactly LATENT_DIM, WIDTHS and HIDDEN above.
+BOTTLENECK_MAX = 7
+MIN_STAGES = 2
+WIDTH_START = 32
+WIDTH_MAX = 128
+LATENT_DIM_MAX = 128
+REFERENCE_VALUES = 784
 REFINE = 0
 CHANNELS = (1, 3)
 

@@ -22,7 +22,9 @@ import torch
 from edgevae import __version__
 from edgevae.options import (
     CALIBRATION_FPR,
+    COMBINED_PARTS,
     DEFAULT_METHOD,
+    REFERENCE_IMAGES,
     ELBO_SAMPLES,
     IWAE_SAMPLES,
     MONTE_CARLO_METHODS,
@@ -34,7 +36,8 @@ from edgevae.options import (
 )
 from edgevae.runtime.atomic import atomic_folder, write_synced
 from edgevae.runtime.bundle import check_graphs, load, sha256_hex
-from edgevae.runtime.calibration import MIN_CALIBRATION_IMAGES, calibrate
+from edgevae.runtime.calibration import MIN_CALIBRATION_IMAGES, calibrate, fit_references
+from edgevae.runtime.maps import MAP_FILE, check_parts
 from edgevae.runtime.scores import smallest_fpr, warn_if_unpromisable
 from edgevae.runtime.errors import CalibrationError
 from edgevae.runtime.manifest import (
@@ -54,7 +57,7 @@ from edgevae.runtime.manifest import (
 from edgevae.runtime.model import Model, Scorer
 from edgevae.runtime.runner import build_runner
 from edgevae.runtime.signing import SIGNATURE_FILE, sign_manifest
-from edgevae.training.loop import Checkpoint, held_out_images, load_checkpoint
+from edgevae.training.loop import Checkpoint, load_checkpoint, split_images
 from edgevae.training.model import VAE
 
 from .graphs import ExportError, Graphs, export_graphs, quiet_exporter
@@ -76,6 +79,8 @@ class ExportConfig:
         smooth_sigma: width (pixels) of the Gaussian that smooths the residual in ``smooth_recon``; the
             default suits 28x28 images, larger images may want a proportionally larger value.
         default_method: the method ``score`` uses when none is named.
+        combined_parts: the scores the ``combined`` method joins through their p-values (a local and a global
+            one by default).
         opset: ONNX opset of the graphs.
         tolerance: largest allowed max-abs difference between onnxruntime and PyTorch outputs.
         variants: edge variants to add: ``int8`` (static QDQ quantization), ``fp16``.
@@ -89,6 +94,7 @@ class ExportConfig:
     score_seed: int = SCORE_SEED
     smooth_sigma: float = SMOOTH_SIGMA
     default_method: str = DEFAULT_METHOD
+    combined_parts: tuple[str, ...] = COMBINED_PARTS
     opset: int = OPSET
     tolerance: float = PARITY_TOLERANCE
     variants: tuple[str, ...] = ()
@@ -106,6 +112,8 @@ class ExportConfig:
         if unknown:
             raise ValueError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
         check_score_settings(self.default_method, self.elbo_samples, self.iwae_samples, self.smooth_sigma)
+        object.__setattr__(self, "combined_parts", tuple(self.combined_parts))
+        check_parts(self.combined_parts)
 
     def scoring_spec(self, contract: Any, latent_dim: int, likelihood: str) -> ScoringSpec:
         """The score settings of a bundle with this contract, latent size and likelihood."""
@@ -129,6 +137,7 @@ def export_bundle(
     config: ExportConfig | None = None,
     *,
     calibration_images: np.ndarray | None = None,
+    reference_images: np.ndarray | None = None,
     force: bool = False,
     progress: Say | None = None,
     sign_key: str | os.PathLike[str] | None = None,
@@ -141,6 +150,9 @@ def export_bundle(
         config: export settings.
         calibration_images: held-out normal images for parity and calibration (default: the run's
             validation split, re-created from the checkpoint's data source).
+        reference_images: normal images, other than the calibration images, on which the anomaly-map statistics
+            and the combined score's references are measured (default: up to ``REFERENCE_IMAGES`` of the run's
+            training split).
         force: replace an existing bundle folder.
         progress: called with a short message per step.
         sign_key: an Ed25519 private key file (``edgevae keygen``): the bundle is signed before it is moved
@@ -157,20 +169,22 @@ def export_bundle(
         raise ExportError(f"{target} already exists; choose another folder or pass --force to replace it")
     model = ck.model.eval()
     mc = ck.model_config
-    images = (held_out_images(ck.data, mc, ck.train_config) if calibration_images is None
-              else mc.contract.prepare(calibration_images))
-    if images.shape[0] < MIN_CALIBRATION_IMAGES:
-        raise ExportError(f"calibration needs at least {MIN_CALIBRATION_IMAGES} held-out images, got {images.shape[0]}")
+    references, images = _export_images(ck, calibration_images, reference_images)
     say("exporting encoder.onnx and decoder.onnx")
     graphs = export_graphs(model, images, cfg.opset)
-    say(f"checking parity with PyTorch at batch sizes {' and '.join(map(str, PARITY_BATCH_SIZES))}")
     scorer = _scorer(cfg.scoring_spec(mc.contract, mc.latent_dim, mc.likelihood), graphs.encoder.SerializeToString(),
                      graphs.decoder.SerializeToString())
+    say(f"measuring anomaly-map statistics and the combined score's references on {references.shape[0]} training images")
+    try:
+        scorer = fit_references(scorer, references, cfg.combined_parts)
+    except CalibrationError as exc:
+        raise ExportError(str(exc)) from exc
+    say(f"checking parity with PyTorch at batch sizes {' and '.join(map(str, PARITY_BATCH_SIZES))}")
     report = check_parity(model, scorer, images, cfg.tolerance)
     say(f"calibrating thresholds at FPR {cfg.fpr:g} on {images.shape[0]} held-out images")
     calibration = _calibrate(scorer, images, cfg.fpr)
     warn_if_unpromisable(cfg.fpr, images.shape[0], tail=any("tail" in c for c in calibration.values()))
-    manifest = build_manifest(ck, cfg, scorer.spec, calibration, report, images.shape[0])
+    manifest = build_manifest(ck, cfg, scorer, calibration, report, images.shape[0])
     files = BundleFiles({ENCODER_FILE: embed_manifest(graphs.encoder, manifest),
                          DECODER_FILE: embed_manifest(graphs.decoder, manifest)}, manifest)
     for method in MONTE_CARLO_METHODS:  # the shared noise, for readers that cannot reproduce numpy's generator
@@ -178,6 +192,8 @@ def export_bundle(
         if noise is None:
             raise ExportError(f"{method} is listed as a Monte-Carlo method but draws no noise")
         files.data[noise_file(method)] = noise.astype("<f4").tobytes()
+    if scorer.maps is not None:
+        files.data[MAP_FILE] = scorer.maps.to_bytes()
     build_variants(files, graphs, model, scorer, images, cfg, say)
     say("writing the bundle")
     write_bundle(target, files, force, sign_key)
@@ -185,11 +201,27 @@ def export_bundle(
     return load(target, ["CPUExecutionProvider"], trusted_keys=[] if sign_key is None else [sign_key])
 
 
-def _scorer(spec: ScoringSpec, encoder: bytes, decoder: bytes) -> Scorer:
-    """An uncalibrated scorer over serialized graphs, on the CPU provider (what export checks against)."""
+def _export_images(ck: Checkpoint, calibration_images: np.ndarray | None,
+                   reference_images: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(reference, calibration) images as float32 (N, C, H, W): the given ones, else the run's splits."""
+    contract = ck.model_config.contract
+    if calibration_images is None or reference_images is None:
+        train, val = split_images(ck.data, ck.model_config, ck.train_config, max_train=REFERENCE_IMAGES)
+        calibration_images = val if calibration_images is None else calibration_images
+        reference_images = train if reference_images is None else reference_images
+    images = contract.prepare(calibration_images)
+    if images.shape[0] < MIN_CALIBRATION_IMAGES:
+        raise ExportError(f"calibration needs at least {MIN_CALIBRATION_IMAGES} held-out images, got {images.shape[0]}")
+    return contract.prepare(reference_images), images
+
+
+def _scorer(spec: ScoringSpec, encoder: bytes, decoder: bytes, like: Scorer | None = None) -> Scorer:
+    """An uncalibrated scorer over serialized graphs, on the CPU provider (what export checks against), with the
+    map statistics and references of ``like`` when given."""
     runner = build_runner(encoder, decoder, ["CPUExecutionProvider"], slice_workers=1)
     check_graphs(runner, spec)
-    return Scorer(spec, runner)
+    scorer = Scorer(spec, runner)
+    return scorer.with_maps(like.maps, like.combination) if like is not None and like.maps is not None else scorer
 
 
 def _calibrate(scorer: Scorer, images: np.ndarray, fpr: float) -> dict[str, Any]:
@@ -224,7 +256,7 @@ def build_variants(files: BundleFiles, graphs: Graphs, model: VAE, scorer: Score
         ext = "ort" if name.endswith("ort") else "onnx"
         stem = name.replace("-ort", "") if name != "ort" else "fp32"
         names = {"encoder": f"encoder.{stem}.{ext}", "decoder": f"decoder.{stem}.{ext}"}
-        variant = _scorer(scorer.spec, enc_bytes, dec_bytes)
+        variant = _scorer(scorer.spec, enc_bytes, dec_bytes, like=scorer)
         report = compare(scorer, variant, images)
         weak = {m: r for m, r in report["rank_correlation"].items() if not r >= MIN_RANK_CORRELATION}
         if weak:
@@ -268,10 +300,15 @@ def _versions() -> dict[str, str]:
             "onnxscript": onnxscript.__version__, "onnxruntime": ort.__version__}
 
 
-def build_manifest(ck: Checkpoint, cfg: ExportConfig, spec: ScoringSpec, calibration: Mapping[str, Any],
+def build_manifest(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer, calibration: Mapping[str, Any],
                    parity: ParityReport, n_calibration: int) -> dict[str, Any]:
     """The manifest of a bundle, without ``files`` and ``variants``."""
-    mc = ck.model_config
+    mc, spec = ck.model_config, scorer.spec
+    scoring = spec.to_dict()
+    if scorer.maps is not None:
+        scoring["map"] = scorer.maps.manifest_entry()
+    if scorer.combination is not None:
+        scoring["combined"] = scorer.combination.manifest_entry()
     c, h, w = spec.contract.shape
     mean_name, param_name = spec.decoder_outputs
     param_shape: list[Any] = ["N", c, h, w] if spec.likelihood == "bernoulli" else ["N", 1]
@@ -291,7 +328,7 @@ def build_manifest(ck: Checkpoint, cfg: ExportConfig, spec: ScoringSpec, calibra
             "decoder": {"file": DECODER_FILE, "inputs": {"t": ["N", spec.latent_dim]},
                         "outputs": {mean_name: ["N", c, h, w], param_name: param_shape}},
         },
-        "scoring": spec.to_dict(),
+        "scoring": scoring,
         "calibration": {
             "fpr": cfg.fpr,
             "n": n_calibration,

@@ -63,10 +63,12 @@ def _record(diffs: dict[str, float], key: str, ref: np.ndarray, got: np.ndarray)
 def score_parity(model: VAE, scorer: Scorer, images: np.ndarray) -> dict[str, float]:
     """Max relative difference between runtime scores and the PyTorch twins, per method."""
     out: dict[str, float] = {}
+    noise = {m: torch.from_numpy(n.copy()) for m in SCORE_METHODS if (n := scorer.noise(m)) is not None}
     for method in SCORE_METHODS:
-        noise = scorer.noise(method)
-        eps = None if noise is None else torch.from_numpy(noise.copy())
-        ref = torch_score(model, torch.from_numpy(images), method, eps, scorer.spec.smooth_sigma).numpy().astype(np.float64)
+        if (method == "local" and scorer.maps is None) or (method == "combined" and scorer.combination is None):
+            continue  # a scorer made before the map statistics are measured
+        ref = torch_score(model, torch.from_numpy(images), method, noise.get(method), scorer.spec.smooth_sigma,
+                          scorer.maps, scorer.combination, noise).numpy().astype(np.float64)
         got = scorer.raw_scores(images, method).astype(np.float64)
         out[method] = float(np.max(np.abs(ref - got) / np.maximum(1.0, np.abs(ref))))
     return out

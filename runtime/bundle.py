@@ -23,6 +23,7 @@ from .manifest import (
     Manifest,
     ScoringSpec,
 )
+from .maps import Combination, MapStats
 from .model import Model
 from .runner import GraphRunner, build_runner
 from .scores import MethodCalibration
@@ -186,7 +187,8 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
     selected, names = select_variant(manifest, variant, path)
     if keys:  # the manifest object that was verified is the one used from here on: no re-read
         verify_signature(path, manifest.raw, keys)
-        verify_files(path, manifest, skip=[*names, *_noise_files(manifest)])  # those are read and checked below
+        # those are read and checked below
+        verify_files(path, manifest, skip=[*names, *_noise_files(manifest), *_map_files(manifest)])
     manifest = selected
     encoder, decoder = (read_verified(path, manifest, name) for name in names)
     try:
@@ -194,7 +196,40 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
     except _ORT_LOAD_ERRORS as exc:
         raise BundleError(f"{path}: onnxruntime cannot load the graphs: {exc}") from exc
     check_graphs(runner, manifest.scoring)
-    return Model(manifest, runner, path=path, variant=variant or "fp32", noise=read_noise(path, manifest))
+    maps, combination = read_maps(path, manifest)
+    return Model(manifest, runner, path=path, variant=variant or "fp32", noise=read_noise(path, manifest), maps=maps,
+                 combination=combination)
+
+
+def _map_files(manifest: Manifest) -> list[str]:
+    entry = manifest.raw.get("scoring", {}).get("map")
+    return [str(entry.get("file"))] if isinstance(entry, dict) else []
+
+
+def read_maps(path: Path, manifest: Manifest) -> tuple[MapStats | None, Combination | None]:
+    """The anomaly-map statistics (``scoring.map``, checked against their sha256 and shape) and the combined
+    score's parts and references (``scoring.combined``); None for what a bundle predates.
+
+    Raises:
+        BundleError: a listed file is missing, altered, of another shape, or an entry is malformed.
+    """
+    scoring = manifest.raw.get("scoring", {})
+    entry, combined = scoring.get("map"), scoring.get("combined")
+    maps = combination = None
+    c, h, w = manifest.contract.shape
+    try:
+        if entry is not None:
+            shape = [int(v) for v in entry["shape"]]
+            data = read_verified(path, manifest, str(entry["file"]))
+            if shape != [2, h, w] or len(data) != 4 * 2 * h * w:
+                raise BundleError(f"{path}: {entry['file']} holds {len(data)} bytes for shape {shape}, but the input "
+                                  f"contract needs float32 (2, {h}, {w})")
+            maps = MapStats.from_bytes(data, shape, float(entry["sigma"]), int(entry["top_k"]))
+        if combined is not None:
+            combination = Combination.from_manifest(combined)
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        raise BundleError(f"{path}: scoring.map or scoring.combined is malformed: {exc!r}") from exc
+    return maps, combination
 
 
 def _noise_files(manifest: Manifest) -> list[str]:

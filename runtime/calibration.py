@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 from edgevae.options import SCORE_METHODS
 
 from .errors import CalibrationError
+from .maps import Combination, MapStats, Reference, residual_magnitude
 from .model import Scorer
 from .scores import fit_tail, threshold_at_fpr
 
@@ -33,7 +34,8 @@ def calibrate(scorer: Scorer, images: NDArray[Any], fpr: float,
               methods: Sequence[str] = SCORE_METHODS) -> dict[str, Any]:
     """The manifest's ``calibration.methods``: per method the threshold at ``fpr``, the sorted held-out scores
     (at most ``MAX_CALIBRATION_SCORES`` quantiles) and, with enough images, a generalised Pareto model of their
-    upper tail (``scores.fit_tail``).
+    upper tail (``scores.fit_tail``). Methods the scorer cannot compute (``local`` and ``combined`` without map
+    statistics) are left out.
 
     Raises:
         CalibrationError: fewer than ``MIN_CALIBRATION_IMAGES`` images, or scores that are not finite.
@@ -42,7 +44,7 @@ def calibrate(scorer: Scorer, images: NDArray[Any], fpr: float,
         raise CalibrationError(f"calibration needs at least {MIN_CALIBRATION_IMAGES} held-out images, "
                                f"got {images.shape[0]}")
     calibration: dict[str, Any] = {}
-    for method in methods:
+    for method in (m for m in methods if m in scorer.computable_methods):
         scores = scores_in_batches(scorer, images, method)
         if not np.isfinite(scores).all():
             raise CalibrationError(f"{method} scores of held-out images are not finite; the model is unusable")
@@ -55,6 +57,33 @@ def calibrate(scorer: Scorer, images: NDArray[Any], fpr: float,
         if tail is not None:
             calibration[method]["tail"] = tail.to_dict()
     return calibration
+
+
+def fit_references(scorer: Scorer, images: NDArray[Any], parts: Sequence[str]) -> Scorer:
+    """A scorer like ``scorer`` with anomaly-map statistics and the combined score's references measured on
+    ``images`` (normal training images, never the calibration images: the calibrated threshold of ``local`` and
+    ``combined`` then comes from images the references did not see).
+
+    Raises:
+        CalibrationError: fewer than ``MIN_CALIBRATION_IMAGES`` images, or scores that are not finite.
+    """
+    if images.shape[0] < MIN_CALIBRATION_IMAGES:
+        raise CalibrationError(f"anomaly-map statistics need at least {MIN_CALIBRATION_IMAGES} training images, "
+                               f"got {images.shape[0]}")
+    sigma = scorer.spec.smooth_sigma
+    batches = (images[i:i + CALIBRATION_BATCH] for i in range(0, images.shape[0], CALIBRATION_BATCH))
+    try:
+        stats = MapStats.fit([residual_magnitude(xb, scorer.reconstruct(xb), sigma) for xb in batches], sigma)
+    except ValueError as exc:
+        raise CalibrationError(f"anomaly-map statistics of the training images are unusable: {exc}") from exc
+    with_maps = scorer.with_maps(stats)
+    references: dict[str, Reference] = {}
+    for part in parts:
+        scores = scores_in_batches(with_maps, images, part)
+        if not np.isfinite(scores).all():
+            raise CalibrationError(f"{part} scores of training images are not finite; the model is unusable")
+        references[part] = Reference.fit(scores)
+    return scorer.with_maps(stats, Combination(tuple(parts), references))
 
 
 def auroc(labels: NDArray[Any], scores: NDArray[Any]) -> float:

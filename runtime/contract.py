@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ArrayInputError, ImageReadError, ImageSizeError
+from .errors import ArrayInputError, ImageChannelError, ImageReadError, ImageSizeError
 from .png import decode_png
 
 RESIZE_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box")
@@ -188,17 +188,23 @@ class InputContract:
         return out
 
     # ------------------------------------------------------------------ files
-    def read_image(self, path: str | os.PathLike[str], *, strict_size: bool = False) -> NDArray[np.uint8]:
+    def read_image(self, path: str | os.PathLike[str], *, strict_size: bool = False, strict_channels: bool = False,
+                   notes: list[str] | None = None) -> NDArray[np.uint8]:
         """Decode one image file into uint8 (C, H, W) following the contract's conversion rules.
 
         Args:
             path: the image file.
             strict_size: refuse images whose size differs from the contract instead of resizing them.
+            strict_channels: refuse images whose channel count differs (grayscale for an RGB model, colour for a
+                grayscale one) instead of converting them.
+            notes: when given, a conversion of the channel count is appended to it as a sentence (the image is
+                still converted), so a caller can report it per item.
 
         Raises:
             ImageReadError: the file cannot be read or decoded as an image, or has more than
                 ``MAX_IMAGE_PIXELS`` pixels (a decompression bomb).
             ImageSizeError: ``strict_size`` and the image has another size.
+            ImageChannelError: ``strict_channels`` and the image has another channel count.
         """
         try:
             from PIL import Image, UnidentifiedImageError
@@ -220,14 +226,15 @@ class InputContract:
                                          f"{MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?)")
                 if strict_size and img.size != (self.width, self.height):
                     raise ImageSizeError(f"{name}: image is {img.width}x{img.height} (width x height), the model "
-                                         f"takes {self.width}x{self.height}; drop --strict-size to resize it")
+                                         f"takes {self.width}x{self.height}; drop --strict to resize it")
+                self._check_channels(name, mode_channels(img.mode), strict_channels, notes)
                 img.load()
                 img = _to_mode(img, self.pil_mode)
                 if img.size != (self.width, self.height):
                     resample = getattr(Image.Resampling, self.resize.upper())
                     img = img.resize((self.width, self.height), resample=resample)
                 arr = np.asarray(img, dtype=np.uint8)
-        except (ImageReadError, ImageSizeError):
+        except (ImageReadError, ImageSizeError, ImageChannelError):
             raise
         except UnidentifiedImageError as exc:
             raise ImageReadError(f"{name}: not a readable image (Pillow cannot identify it)") from exc
@@ -247,6 +254,25 @@ class InputContract:
             arr = np.moveaxis(arr, -1, 0)
         return np.ascontiguousarray(arr)
 
+    def _check_channels(self, name: str, channels: int, strict: bool, notes: list[str] | None) -> None:
+        if channels == self.channels:
+            return
+        what = (f"{_KIND[channels]} image ({channels} channel{'s' if channels > 1 else ''}) for a model that takes "
+                f"{self.channels} ({_KIND[self.channels]})")
+        if strict:
+            raise ImageChannelError(f"{name}: {what}; drop --strict to convert it with Image.convert('{self.pil_mode}')")
+        if notes is not None:
+            notes.append(f"{what}: converted with Image.convert('{self.pil_mode}')")
+
+
+
+def mode_channels(mode: str) -> int:
+    """Colour channels of a Pillow image mode, alpha aside: 1 for grayscale and bilevel modes, else 3."""
+    return 1 if mode in _GRAY_MODES else 3
+
+
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
+_KIND = {1: "grayscale", 3: "colour"}
 
 
 def _read_small_file(name: str) -> bytes | None:

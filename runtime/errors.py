@@ -27,6 +27,10 @@ class ImageSizeError(InputError):
     """An image file's size differs from the contract's and resizing was refused (strict size)."""
 
 
+class ImageChannelError(InputError):
+    """An image file's channel count differs from the model's and conversions were refused (``--strict``)."""
+
+
 class PathError(InputError):
     """A path does not exist, a pattern matches nothing, or a folder holds no inputs."""
 

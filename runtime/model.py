@@ -18,6 +18,7 @@ from edgevae.options import SCORE_METHODS
 
 from .contract import InputContract
 from .errors import ArrayInputError
+from .maps import Combination, MapStats, residual_magnitude
 from .manifest import DECODER_INPUT, ENCODER_INPUT, ENCODER_OUTPUTS, Manifest, ScoringSpec
 from .runner import GraphInfo, GraphRunner
 from .scores import (
@@ -38,7 +39,7 @@ F32 = NDArray[np.float32]
 # Largest number of latent codes sent to the decoder in one call by the Monte-Carlo scores.
 DECODE_CHUNK = 4096
 # Scores that decode one code per image (the posterior mean), computed per slice in one pass.
-ONE_PASS_METHODS = ("recon", "rel_recon", "smooth_recon")
+ONE_PASS_METHODS = ("recon", "rel_recon", "smooth_recon", "local")
 
 
 class Posterior(NamedTuple):
@@ -61,12 +62,18 @@ class Scorer:
         runner: the encoder and decoder sessions.
         noise: the shared prior noise (K, D) of Monte-Carlo methods as a bundle stores it; methods not given
             draw it from ``spec.seed`` (the same values: export writes what the seed gives).
+        maps: the per-pixel statistics of anomaly maps (``anomaly_map``, the ``local`` score); None in bundles
+            made before them.
+        combination: the parts and reference scores of the ``combined`` score; None in bundles made before it.
     """
 
-    def __init__(self, spec: ScoringSpec, runner: GraphRunner, noise: Mapping[str, F32] | None = None) -> None:
+    def __init__(self, spec: ScoringSpec, runner: GraphRunner, noise: Mapping[str, F32] | None = None,
+                 maps: MapStats | None = None, combination: Combination | None = None) -> None:
         self.spec = spec
         self.runner = runner
         self._noise = dict(noise or {})
+        self.maps = maps
+        self.combination = combination
         self.contract: InputContract = spec.contract
         self.latent_dim = spec.latent_dim
         self.likelihood = spec.likelihood
@@ -152,6 +159,36 @@ class Scorer:
         t = np.random.default_rng(seed).standard_normal((n, self.latent_dim), dtype=np.float32)
         return self.decode(t)
 
+    @property
+    def computable_methods(self) -> tuple[str, ...]:
+        """Score methods this scorer can compute: all, less ``local`` and ``combined`` without the statistics."""
+        missing = (() if self.maps is not None else ("local",)) + (() if self.combination is not None else ("combined",))
+        return tuple(m for m in SCORE_METHODS if m not in missing)
+
+    # --------------------------------------------------------------- maps
+    def with_maps(self, maps: MapStats, combination: Combination | None = None) -> "Scorer":
+        """A scorer over the same sessions with these map statistics and combined-score references."""
+        return Scorer(self.spec, self.runner, self._noise, maps, combination)
+
+    def _map_stats(self) -> MapStats:
+        if self.maps is None:
+            raise ValueError("this bundle stores no anomaly-map statistics (it predates them); re-export it with this "
+                             "edgevae for anomaly maps and the local and combined scores")
+        return self.maps
+
+    def anomaly_map(self, x: NDArray[Any]) -> F32:
+        """Per-pixel anomaly maps (N, H, W): each image's smoothed residual against its reconstruction,
+        standardised by what normal training images show at that pixel (``edgevae.runtime.maps``).
+
+        Raises:
+            ArrayInputError: the images do not fit the input contract.
+            ValueError: the bundle stores no map statistics.
+        """
+        stats = self._map_stats()
+        xb = self.prepare(x)
+        mean = self.decode(self._encode(xb).mu)
+        return stats.standardise(residual_magnitude(xb, mean, stats.sigma))
+
     # --------------------------------------------------------------- scores
     def noise(self, method: str, samples: int | None = None) -> F32 | None:
         """The shared prior noise (K, D) of a Monte-Carlo method (``samples`` overrides K); None for the others."""
@@ -169,7 +206,8 @@ class Scorer:
         (squared error of the decoded posterior mean), ``rel_recon`` (that error divided by the energy of
         the image and of its reconstruction), ``smooth_recon`` (``rel_recon`` of the residual after a
         Gaussian blur of ``spec.smooth_sigma`` pixels), ``iwae`` (importance-weighted estimate of -log p(x),
-        nats). The Monte-Carlo methods use the spec's K and seed unless ``samples`` overrides K; the noise is
+        nats), ``local`` (mean of the top of the anomaly map), ``combined`` (-log of the smaller p-value of
+        its parts, by default ``local`` and ``elbo``). The Monte-Carlo methods use the spec's K and seed unless ``samples`` overrides K; the noise is
         shared by all images, so scores are deterministic and independent of batching.
 
         Raises:
@@ -181,6 +219,10 @@ class Scorer:
             raise ValueError(f"unknown score method {method!r}; choose one of {', '.join(SCORE_METHODS)}")
         if samples is not None and (not isinstance(samples, int) or samples < 1):
             raise ValueError(f"samples must be a positive integer, got {samples!r}")
+        if method == "local":
+            self._map_stats()
+        if method == "combined":
+            return self._combined(x, samples)
         xb = self.prepare(x)
         eps = self.noise(method, samples)
         if method in ONE_PASS_METHODS or (eps is not None and method == "elbo" and eps.shape[0] == 1):
@@ -216,7 +258,19 @@ class Scorer:
             return reconstruction_error(xb, mean)
         if method == "rel_recon":
             return relative_reconstruction_error(xb, mean)
+        if method == "local":
+            stats = self._map_stats()
+            return stats.local_score(stats.standardise(residual_magnitude(xb, mean, stats.sigma)))
         return smoothed_relative_reconstruction_error(xb, mean, self.spec.smooth_sigma)
+
+    def _combined(self, x: NDArray[Any], samples: int | None) -> F32:
+        if self.combination is None:
+            raise ValueError("this bundle stores no reference scores for the combined score (it predates it); "
+                             "re-export it with this edgevae, or pass another method")
+        xb = self.prepare(x)
+        parts = {part: self.raw_scores(xb, part, samples=samples if self.spec.samples(part) else None)
+                 for part in self.combination.parts}
+        return self.combination.statistic(parts)
 
     def _monte_carlo(self, xb: F32, posterior: Posterior, eps: F32, importance: bool = True) -> tuple[F32, F32]:
         """For t_k = mu + std * eps_k: log p(x|t_k) and (if ``importance``) log p(t_k) - log q(t_k|x), (K, N) each.
@@ -256,8 +310,9 @@ class Model(Scorer):
     """
 
     def __init__(self, manifest: Manifest, runner: GraphRunner, *, path: Path | None = None,
-                 variant: str = "fp32", noise: Mapping[str, F32] | None = None) -> None:
-        super().__init__(manifest.scoring, runner, noise)
+                 variant: str = "fp32", noise: Mapping[str, F32] | None = None, maps: MapStats | None = None,
+                 combination: Combination | None = None) -> None:
+        super().__init__(manifest.scoring, runner, noise, maps, combination)
         self.manifest = manifest
         self.path = path
         self.variant = variant

@@ -11,6 +11,7 @@ drawn at random (seed 0) are the test split and the other 400 the training pool.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgevae import options
-from edgevae.runtime.contract import InputContract
+from edgevae.runtime.contract import InputContract, mode_channels
 from edgevae.runtime.errors import InputError
 from edgevae.runtime.inputs import expand_paths, is_array_path, is_idx_path, read_array_file, read_idx
 
@@ -88,11 +89,33 @@ def embedded_split(split: str) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
     return images[keep], labels[keep]
 
 
+@dataclass(frozen=True)
+class SourceShape:
+    """The image shape a data source implies, and how it was found (``note``, one sentence for the console)."""
+
+    channels: int
+    height: int
+    width: int
+    note: str
+
+
 def infer_contract(spec: DataSpec, channels: int | None = None, size: tuple[int, int] | None = None) -> InputContract:
     """The input contract a source implies; ``channels``/``size`` (H, W) override it (image folders resize)."""
+    shape = source_shape(spec)
+    h, w = size if size is not None else (shape.height, shape.width)
+    return InputContract(channels=channels or shape.channels, height=h, width=w)
+
+
+def source_shape(spec: DataSpec) -> SourceShape:
+    """Channels and size of a source's images. Image folders: every file's header is read (not decoded); the
+    majority channel count and the most common size win, and the note says how many files differ.
+
+    Raises:
+        InputError: no images, or an array of an unusable shape.
+    """
     if spec.source == EMBEDDED:
-        c, h, w = 1, 28, 28
-    elif is_array_path(spec.source) or is_idx_path(spec.source):
+        return SourceShape(1, 28, 28, "the embedded digits (1x28x28)")
+    if is_array_path(spec.source) or is_idx_path(spec.source):
         arr = read_idx(spec.source) if is_idx_path(spec.source) else read_array_file(spec.source)
         if arr.ndim == 3:
             c, h, w = 1, arr.shape[1], arr.shape[2]
@@ -102,18 +125,38 @@ def infer_contract(spec: DataSpec, channels: int | None = None, size: tuple[int,
         else:
             raise InputError(f"{spec.source}: expected (N, H, W), (N, C, H, W) or (N, H, W, C) images, "
                              f"got shape {arr.shape}")
-    else:
-        first = next((s for s in expand_paths([spec.source]) if s.kind == "image"), None)
-        if first is None:
-            raise InputError(f"{spec.source}: found no image files to train on")
-        from PIL import Image
+        return SourceShape(c, h, w, f"array of shape {tuple(arr.shape)}")
+    return _folder_shape(spec.source)
 
-        with Image.open(first.path) as img:
-            c = 1 if img.mode in ("1", "L", "I", "I;16", "F", "LA") else 3
-            w, h = img.size
-    if size is not None:
-        h, w = size
-    return InputContract(channels=channels or c, height=h, width=w)
+
+def _folder_shape(source: str) -> SourceShape:
+    from PIL import Image, UnidentifiedImageError
+
+    channels: Counter[int] = Counter()
+    sizes: Counter[tuple[int, int]] = Counter()
+    unreadable = 0
+    for item in expand_paths([source]):
+        if item.kind != "image":
+            continue
+        try:
+            with Image.open(item.path) as img:
+                channels[mode_channels(img.mode)] += 1
+                sizes[(img.height, img.width)] += 1
+        except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError):
+            unreadable += 1
+    if not channels:
+        raise InputError(f"{source}: found no readable image files to train on ({unreadable} unreadable)")
+    c = channels.most_common(1)[0][0]
+    (h, w), n = sizes.most_common(1)[0], sum(channels.values())
+    kinds = {1: "grayscale", 3: "colour"}
+    note = f"{c}x{h}x{w} from the headers of {n} image files (the majority channel count and the most common size)"
+    if len(channels) > 1:
+        note += f"; {n - channels[c]} {kinds[4 - c]} files are converted to {kinds[c]}"
+    if len(sizes) > 1:
+        note += f"; {n - sizes[(h, w)]} files of other sizes are resized"
+    if unreadable:
+        note += f"; {unreadable} unreadable files are skipped"
+    return SourceShape(c, h, w, note)
 
 
 def load_images(spec: DataSpec, contract: InputContract) -> tuple[NDArray[Any], NDArray[np.int64] | None, list[str]]:

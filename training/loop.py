@@ -16,11 +16,11 @@ import torch
 
 from edgevae import __version__, options
 from edgevae.runtime.atomic import atomic_path, write_atomic
-from edgevae.runtime.contract import uint8_to_unit
+from edgevae.runtime.contract import InputContract, uint8_to_unit
 from edgevae.runtime.errors import EdgeVAEError
 
-from .data import DataSpec, auto_val_fraction, infer_contract, load_images, split_indices
-from .model import VAE, ModelConfig
+from .data import DataSpec, auto_val_fraction, load_images, source_shape, split_indices
+from .model import RULE_FIELDS, SHAPE_FIELDS, VAE, ModelConfig
 from .objectives import elbo_terms
 
 CHECKPOINT_FORMAT = "edgevae-checkpoint"
@@ -176,9 +176,19 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 def held_out_images(data: DataSpec, model_config: ModelConfig, train_config: TrainConfig) -> np.ndarray:
     """Re-create the validation split of a run as float32 (N, C, H, W) (used by export for parity and calibration)."""
+    return split_images(data, model_config, train_config)[1]
+
+
+def split_images(data: DataSpec, model_config: ModelConfig, train_config: TrainConfig,
+                 max_train: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Re-create a run's (training, validation) splits as float32 (N, C, H, W); at most ``max_train`` training
+    images, a seeded choice (export measures the anomaly-map statistics on them)."""
     images, _, _ = load_images(data, model_config.contract)
-    _, val_idx = split_indices(images.shape[0], train_config.split_fraction(images.shape[0]), train_config.seed)
-    return model_config.contract.prepare(images[val_idx])
+    train_idx, val_idx = split_indices(images.shape[0], train_config.split_fraction(images.shape[0]), train_config.seed)
+    if max_train is not None and train_idx.size > max_train:
+        train_idx = np.sort(np.random.default_rng(train_config.seed).choice(train_idx, max_train, replace=False))
+    prepare = model_config.contract.prepare
+    return prepare(images[train_idx]), prepare(images[val_idx])
 
 
 def augment(x: torch.Tensor, shift: int, rotate: float, gen: torch.Generator) -> torch.Tensor:
@@ -285,9 +295,11 @@ def train(
         if not math.isfinite(val["neg_elbo"]):
             raise ValueError(f"training diverged at epoch {epoch + 1} (validation negative ELBO {val['neg_elbo']}); "
                              "lower --lr")
-        improved = val["neg_elbo"] < run.best
+        # a plain autoencoder is chosen by what it minimises; its "ELBO" (s = exp(-10)) is a valid but loose bound
+        criterion = val["neg_elbo"] if run.model_config.variational else val["recon"]
+        improved = criterion < run.best
         if improved:
-            run.best, run.best_epoch = val["neg_elbo"], epoch + 1
+            run.best, run.best_epoch = criterion, epoch + 1
         _save(run, epoch + 1, improved)
         emit("epoch_end", {**record, "best": improved})
     seconds = time.perf_counter() - started
@@ -307,8 +319,9 @@ def _restore(out: Path, data: DataSpec, model_config: ModelConfig | None, train_
         ck = load_checkpoint(out / LAST)
         model_config, train_config, data, state = ck.model_config, ck.train_config, ck.data, ck.raw
     train_config = train_config or TrainConfig()
-    if model_config is None:
-        model_config = ModelConfig(**{**ModelConfig().to_dict(), **_shape_of(infer_contract(data))})
+    model_config = model_config or ModelConfig()
+    if not model_config.is_resolved:
+        model_config = _resolve(model_config, data, emit)
     images, _, skipped = load_images(data, model_config.contract)
     for item in skipped:
         emit("skipped", {"item": item})
@@ -390,5 +403,15 @@ def _save(run: _Run, epoch: int, improved: bool) -> None:
     }, indent=2))
 
 
-def _shape_of(contract: Any) -> dict[str, int]:
-    return {"channels": contract.channels, "height": contract.height, "width": contract.width}
+def _resolve(model_config: ModelConfig, data: DataSpec, emit: Progress) -> ModelConfig:
+    """Fill the fields a config leaves unset from the data and the architecture rule, and say what was inferred."""
+    unset = model_config.unset()
+    shape = source_shape(data)
+    contract = InputContract(model_config.channels or shape.channels, model_config.height or shape.height,
+                             model_config.width or shape.width)
+    resolved = model_config.resolved(contract)
+    from_data = [f for f in SHAPE_FIELDS if f in unset]
+    from_rule = [f for f in RULE_FIELDS if f in unset]
+    emit("model", {"config": resolved.to_dict(), "from_data": from_data, "from_rule": from_rule,
+                   "source": shape.note if from_data else None})
+    return resolved

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from edgevae.options import SCORE_METHODS, SMOOTH_SIGMA
 
 if TYPE_CHECKING:
+    from edgevae.runtime.maps import Combination, MapStats
+
     from .model import VAE
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -47,10 +49,12 @@ class ELBOTerms(NamedTuple):
     kl: torch.Tensor
     mu: torch.Tensor
     logvar: torch.Tensor
+    variational: bool = True
 
     def loss(self, beta: float = 1.0) -> torch.Tensor:
-        """Mean over the batch of -log p(x|t) + beta * KL (beta = 1: the negative ELBO)."""
-        return (self.nll + beta * self.kl).mean()
+        """Mean over the batch of -log p(x|t) + beta * KL (beta = 1: the negative ELBO); a plain autoencoder
+        (``variational`` False) minimises -log p(x|t) alone."""
+        return (self.nll + beta * self.kl).mean() if self.variational else self.nll.mean()
 
 
 def elbo_terms(model: LatentVariableModel, x: torch.Tensor, gen: torch.Generator) -> ELBOTerms:
@@ -59,7 +63,8 @@ def elbo_terms(model: LatentVariableModel, x: torch.Tensor, gen: torch.Generator
     mu, logvar, kl = model.encode(x)  # (N, D), (N, D), (N,)
     eps = torch.randn(mu.shape, generator=gen)
     t = mu + torch.exp(0.5 * logvar) * eps
-    return ELBOTerms(nll=-model.log_likelihood(x, t), kl=kl, mu=mu, logvar=logvar)
+    return ELBOTerms(nll=-model.log_likelihood(x, t), kl=kl, mu=mu, logvar=logvar,
+                     variational=bool(getattr(model, "variational", True)))
 
 
 def reconstruction_error(x: torch.Tensor, x_mean: torch.Tensor) -> torch.Tensor:
@@ -73,17 +78,35 @@ def relative_reconstruction_error(x: torch.Tensor, x_mean: torch.Tensor) -> torc
     return (xf - mf).pow(2).sum(1) / (xf.pow(2).sum(1) + mf.pow(2).sum(1) + 1.0)
 
 
-def smoothed_relative_reconstruction_error(x: torch.Tensor, x_mean: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``relative_reconstruction_error`` of the residual after a Gaussian blur (depthwise conv2d, zero padding)."""
+def smoothed_residual(x: torch.Tensor, x_mean: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The residual x - x_mean after a Gaussian blur per channel (conv2d, zero padding): (N, C, H, W)."""
     n, c, h, w = x.shape
     radius = int(math.ceil(4.0 * sigma))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     g = torch.exp(-0.5 * (offsets / sigma) ** 2)
     g = (g / g.sum()).to(x.dtype)
     kernel = (g[:, None] * g[None, :])[None, None]  # (1, 1, k, k): separable Gaussian
-    r = F.conv2d((x - x_mean).reshape(n * c, 1, h, w), kernel, padding=radius)
+    return F.conv2d((x - x_mean).reshape(n * c, 1, h, w), kernel, padding=radius).reshape(n, c, h, w)
+
+
+def smoothed_relative_reconstruction_error(x: torch.Tensor, x_mean: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``relative_reconstruction_error`` of the residual after a Gaussian blur (depthwise conv2d, zero padding)."""
+    n = x.shape[0]
+    r = smoothed_residual(x, x_mean, sigma)
     xf, mf = x.reshape(n, -1), x_mean.reshape(n, -1)
     return r.reshape(n, -1).pow(2).sum(1) / (xf.pow(2).sum(1) + mf.pow(2).sum(1) + 1.0)
+
+
+def anomaly_map(x: torch.Tensor, x_mean: torch.Tensor, maps: "MapStats") -> torch.Tensor:
+    """Per-pixel anomaly maps (N, H, W): the smoothed residual's magnitude over channels, standardised by the
+    normal images' per-pixel mean and spread (``edgevae.runtime.maps``)."""
+    magnitude = smoothed_residual(x, x_mean, maps.sigma).pow(2).sum(dim=1).sqrt()  # (N, H, W)
+    return (magnitude - torch.from_numpy(maps.mean)) / torch.from_numpy(maps.spread)
+
+
+def local_score(maps_nhw: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of each map's k largest values (N,)."""
+    return maps_nhw.reshape(maps_nhw.shape[0], -1).topk(k, dim=1).values.mean(dim=1)
 
 
 def iwae_nll(model: "VAE", x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -111,8 +134,18 @@ def negative_elbo(model: LatentVariableModel, x: torch.Tensor, eps: torch.Tensor
 
 @torch.no_grad()
 def score(model: "VAE", x: torch.Tensor, method: str, eps: torch.Tensor | None = None,
-          smooth_sigma: float = SMOOTH_SIGMA) -> torch.Tensor:
-    """Outlier score per image (N,) with the runtime's definitions; ``eps`` (K, D) for elbo and iwae."""
+          smooth_sigma: float = SMOOTH_SIGMA, maps: "MapStats | None" = None,
+          combination: "Combination | None" = None, noise: "dict[str, torch.Tensor] | None" = None) -> torch.Tensor:
+    """Outlier score per image (N,) with the runtime's definitions; ``eps`` (K, D) for elbo and iwae.
+
+    ``local`` needs the map statistics ``maps``; ``combined`` also needs ``combination`` and, for Monte-Carlo
+    parts, their noise by method in ``noise``.
+    """
+    if method == "combined":
+        if combination is None:
+            raise ValueError("the combined score needs its parts' reference scores (combination)")
+        parts = {p: score(model, x, p, (noise or {}).get(p), smooth_sigma, maps).numpy() for p in combination.parts}
+        return torch.from_numpy(combination.statistic(parts))
     mu, logvar, kl = model.encode(x)
     if method == "kl":
         return kl
@@ -122,6 +155,10 @@ def score(model: "VAE", x: torch.Tensor, method: str, eps: torch.Tensor | None =
         return relative_reconstruction_error(x, model.decode(mu)[0])
     if method == "smooth_recon":
         return smoothed_relative_reconstruction_error(x, model.decode(mu)[0], smooth_sigma)
+    if method == "local":
+        if maps is None:
+            raise ValueError("the local score needs the map statistics (maps)")
+        return local_score(anomaly_map(x, model.decode(mu)[0], maps), maps.top_k)
     if method == "iwae":
         if eps is None:
             raise ValueError("the iwae score needs the shared noise eps (K, D)")

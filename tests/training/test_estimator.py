@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgevae import options
+
 pytestmark = [pytest.mark.training, pytest.mark.export, pytest.mark.slow]
 
 
@@ -36,7 +38,7 @@ def test_params_clone_and_unfitted(fitted) -> None:  # type: ignore[no-untyped-d
     from edgevae.estimator import NotFittedError
 
     params = fitted.get_params()
-    assert params["epochs"] == 3 and params["method"] == "smooth_recon"
+    assert params["epochs"] == 3 and params["method"] == options.DEFAULT_METHOD
     copy = clone(fitted)
     assert copy.get_params() == params and not hasattr(copy, "model_")
     with pytest.raises(NotFittedError, match="not fitted"):

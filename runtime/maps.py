@@ -1,0 +1,213 @@
+"""Per-pixel anomaly maps, the local score built on them, and the combined score (numpy only).
+
+The map of an image is its residual against its reconstruction (the decoded posterior mean), smoothed with a
+Gaussian per channel, taken as a magnitude over channels, and standardised pixel by pixel by the mean and spread
+that normal training images' residuals have there. A bundle stores the two (H, W) arrays in a file of its own
+(``scoring.map`` in the manifest, covered by its checksums), so a program in any language reads the same numbers.
+
+``local`` is the mean of the top share of an image's map values: a small defect lifts a few pixels far above
+what normal images show there, which a whole-image average dilutes. ``combined`` joins a local and a global
+score through their p-values against the training images' scores of each part: its statistic is
+``-log(min_i p_i)``, and the bundle calibrates a threshold on that statistic as on any other score, so the
+combined flag keeps the stated false-positive rate as a whole.
+
+Every function here has a PyTorch twin in ``edgevae.training.objectives``; tests check they agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edgevae.options import COMBINED_PARTS, LOCAL_TOP_FRACTION, MAP_METHODS, SCORE_METHODS
+
+from .scores import TailFit, fit_tail, p_values, smoothing_matrix
+
+F32 = NDArray[np.float32]
+# Name of the map statistics file in a bundle: float32 little-endian, row-major (2, H, W): mean, then spread.
+MAP_FILE = "map_stats.f32"
+# The spread of each pixel is floored at this share of the mean spread over the image, so pixels where normal
+# residuals are nearly constant (an always-dark border) do not turn sensor noise into huge map values.
+SPREAD_FLOOR = 0.25
+# Reference scores a combined part keeps (evenly spaced quantiles of the training images' scores).
+MAX_REFERENCE_SCORES = 512
+# p-values below this are clipped before the logarithm of the combined statistic (finite in float32).
+MIN_P = 1e-30
+
+
+def residual_magnitude(x: F32, x_mean: F32, sigma: float) -> F32:
+    """The smoothed residual's magnitude (N, H, W): sqrt(sum over channels of (G_sigma * (x - x_mean))^2).
+
+    The Gaussian G (``scores.smoothing_matrix``; zero beyond the edges) keeps residuals that form blobs and
+    strokes and damps the thin, sign-alternating ones a slightly shifted edge leaves.
+    """
+    n, c, h, w = x.shape
+    r = smoothing_matrix(h, sigma) @ (x - x_mean).reshape(n * c, h, w) @ smoothing_matrix(w, sigma).T
+    out: F32 = np.sqrt(np.square(r).reshape(n, c, h, w).sum(axis=1, dtype=np.float32)).astype(np.float32)
+    return out
+
+
+def top_k(height: int, width: int, fraction: float = LOCAL_TOP_FRACTION) -> int:
+    """Pixels the local score averages: ``fraction`` of the image, at least one."""
+    return max(1, int(round(fraction * height * width)))
+
+
+@dataclass(frozen=True)
+class MapStats:
+    """Per-pixel standardisation of residual magnitudes, measured on normal training images.
+
+    Attributes:
+        mean: (H, W) mean residual magnitude of normal images.
+        spread: (H, W) their standard deviation, floored (``SPREAD_FLOOR``); always > 0.
+        sigma: the smoothing width (pixels) the magnitudes were measured with.
+        top_k: pixels the ``local`` score averages.
+    """
+
+    mean: F32
+    spread: F32
+    sigma: float
+    top_k: int
+
+    def __post_init__(self) -> None:
+        if self.mean.ndim != 2 or self.mean.shape != self.spread.shape:
+            raise ValueError(f"map mean and spread must be two (H, W) arrays of one shape, got {self.mean.shape} "
+                             f"and {self.spread.shape}")
+        if not (np.isfinite(self.mean).all() and np.isfinite(self.spread).all() and (self.spread > 0).all()):
+            raise ValueError("map statistics must be finite with a positive spread")
+        if not 1 <= self.top_k <= self.mean.size:
+            raise ValueError(f"top_k must be in 1..{self.mean.size}, got {self.top_k}")
+        if not (self.sigma > 0 and math.isfinite(self.sigma)):
+            raise ValueError(f"sigma must be a positive number, got {self.sigma}")
+
+    @classmethod
+    def fit(cls, magnitudes: Sequence[F32], sigma: float, fraction: float = LOCAL_TOP_FRACTION) -> "MapStats":
+        """Statistics of residual magnitudes (batches of (n, H, W)) of normal images."""
+        total, squares, n = None, None, 0
+        for batch in magnitudes:
+            b = batch.astype(np.float64)
+            total = b.sum(axis=0) if total is None else total + b.sum(axis=0)
+            squares = np.square(b).sum(axis=0) if squares is None else squares + np.square(b).sum(axis=0)
+            n += b.shape[0]
+        if total is None or squares is None or n < 2:
+            raise ValueError(f"map statistics need at least 2 images, got {n}")
+        mean = total / n
+        std = np.sqrt(np.maximum(squares / n - np.square(mean), 0.0) * n / (n - 1))
+        spread = np.maximum(std, SPREAD_FLOOR * max(float(std.mean()), 1e-6))
+        h, w = mean.shape
+        return cls(mean.astype(np.float32), spread.astype(np.float32), sigma, top_k(h, w, fraction))
+
+    def to_bytes(self) -> bytes:
+        """The bundle file: float32 little-endian (2, H, W), mean then spread."""
+        return np.stack([self.mean, self.spread]).astype("<f4").tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, shape: Sequence[int], sigma: float, k: int) -> "MapStats":
+        arr = np.frombuffer(data, dtype="<f4").reshape(tuple(shape)).astype(np.float32)
+        return cls(arr[0].copy(), arr[1].copy(), sigma, k)
+
+    def standardise(self, magnitude: F32) -> F32:
+        """Anomaly maps (N, H, W): (magnitude - mean) / spread, per pixel."""
+        out: F32 = ((magnitude - self.mean) / self.spread).astype(np.float32)
+        return out
+
+    def local_score(self, maps: F32) -> F32:
+        """Mean of each map's ``top_k`` largest values (N,)."""
+        flat = maps.reshape(maps.shape[0], -1)
+        top = np.partition(flat, flat.shape[1] - self.top_k, axis=1)[:, flat.shape[1] - self.top_k:]
+        out: F32 = top.mean(axis=1, dtype=np.float32)
+        return out
+
+    def manifest_entry(self) -> dict[str, Any]:
+        """The manifest's ``scoring.map`` section (the arrays are in ``MAP_FILE``)."""
+        h, w = self.mean.shape
+        return {"file": MAP_FILE, "shape": [2, h, w], "dtype": "float32", "byte_order": "little",
+                "layout": "row-major (2, H, W): per-pixel mean, then spread", "sigma": self.sigma, "top_k": self.top_k,
+                "definition": "map = (sqrt(sum_c (G_sigma * (x - x_mean))_c^2) - mean) / spread with x_mean the decoded "
+                              "posterior mean and G_sigma a Gaussian (radius ceil(4 sigma), zero beyond the edges); "
+                              "local = mean of the top_k largest map values"}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A part's scores on normal training images, which turn its scores into p-values inside ``combined``."""
+
+    scores: NDArray[np.float64]
+    tail: TailFit | None
+
+    @classmethod
+    def fit(cls, scores: NDArray[Any]) -> "Reference":
+        s = np.sort(np.asarray(scores, dtype=np.float64))
+        if s.size < 2 or not np.isfinite(s).all():
+            raise ValueError("a reference needs at least 2 finite scores")
+        tail = fit_tail(s)
+        kept = s if s.size <= MAX_REFERENCE_SCORES else np.quantile(s, np.linspace(0, 1, MAX_REFERENCE_SCORES))
+        return cls(kept.astype(np.float32).astype(np.float64), tail)
+
+    def p_values(self, scores: NDArray[Any]) -> NDArray[np.float64]:
+        return p_values(scores, self.scores, self.tail)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"scores": [float(v) for v in self.scores]}
+        if self.tail is not None:
+            out["tail"] = self.tail.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Reference":
+        tail = data.get("tail")
+        return cls(np.sort(np.asarray(data["scores"], dtype=np.float64)),
+                   TailFit.from_dict(tail) if tail is not None else None)
+
+
+@dataclass(frozen=True)
+class Combination:
+    """How ``combined`` joins its parts: their names and each one's reference distribution."""
+
+    parts: tuple[str, ...]
+    references: Mapping[str, Reference]
+
+    def __post_init__(self) -> None:
+        check_parts(self.parts)
+        missing = [p for p in self.parts if p not in self.references]
+        if missing:
+            raise ValueError(f"combined score has no reference scores for {missing}")
+
+    def statistic(self, part_scores: Mapping[str, NDArray[Any]]) -> F32:
+        """-log(min over parts of the part's p-value), per image (N,)."""
+        p = np.min(np.stack([self.references[part].p_values(part_scores[part]) for part in self.parts]), axis=0)
+        out: F32 = (-np.log(np.maximum(p, MIN_P))).astype(np.float32)
+        return out
+
+    def manifest_entry(self) -> dict[str, Any]:
+        return {"parts": list(self.parts), "references": {p: self.references[p].to_dict() for p in self.parts},
+                "statistic": "-ln(min over parts of p_part), p_part from the part's reference scores as calibration "
+                             "p-values are computed (empirical, with the tail model above its start)",
+                "reference_source": "training split (never the calibration images)"}
+
+    @classmethod
+    def from_manifest(cls, data: Mapping[str, Any]) -> "Combination":
+        parts = tuple(str(p) for p in data["parts"])
+        return cls(parts, {p: Reference.from_dict(data["references"][p]) for p in parts})
+
+
+def check_parts(parts: Sequence[str]) -> None:
+    """Validate the parts of ``combined``: two or more distinct score methods other than ``combined`` itself.
+
+    Raises:
+        ValueError: with the allowed methods.
+    """
+    allowed = [m for m in SCORE_METHODS if m != "combined"]
+    if len(parts) < 2 or len(set(parts)) != len(parts) or any(p not in allowed for p in parts):
+        raise ValueError(f"combined needs two or more distinct parts from {', '.join(allowed)}; got {list(parts)} "
+                         f"(default: {','.join(COMBINED_PARTS)})")
+
+
+def needs_maps(method: str) -> bool:
+    return method in MAP_METHODS
+
+
+__all__: Sequence[str] = ("Combination", "MapStats", "Reference", "residual_magnitude", "top_k", "MAP_FILE")
