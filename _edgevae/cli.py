@@ -14,6 +14,7 @@ import functools
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -357,15 +358,19 @@ def export(checkpoint: str, bundle_dir: str, quantize: str | None, precision: st
               help="Output format (default: from the -o extension, .csv or .jsonl; table otherwise).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write results here (default stdout).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--strict-size", is_flag=True, help="Refuse image files whose size differs from the model's (default: resize).")
+@click.option("--strict", "--strict-size", "strict", is_flag=True,
+              help="Refuse image files whose size or channel count differs from the model's (default: resize or "
+                   "convert, with a warning per item for the channels).")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Image-decoding threads; more help only for large images.")
+@click.option("--maps", "maps_dir", type=click.Path(file_okay=False), default=None,
+              help="Write one PNG per input into this folder: image | reconstruction | anomaly map.")
 @click.option("--fail-on-outlier", is_flag=True, help="Exit with status 3 when any input is flagged.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Also write an HTML report of the scored inputs (kept in memory: use it on a sample).")
 def score(paths: Sequence[str], runtime: _Runtime, method: str | None, fpr: float | None, threshold: float | None,
-          fmt: str | None, output: str | None, batch_size: int, strict_size: bool, workers: int, fail_on_outlier: bool,
-          report_path: str | None) -> None:
+          fmt: str | None, output: str | None, batch_size: int, strict: bool, workers: int, fail_on_outlier: bool,
+          report_path: str | None, maps_dir: str | None) -> None:
     """Score images as outliers: PATHS are image files, folders, globs, .npy/.npz arrays or IDX files.
 
     Prints one row per input: score (higher = more anomalous), p-value against the bundle's
@@ -392,11 +397,13 @@ def score(paths: Sequence[str], runtime: _Runtime, method: str | None, fpr: floa
     with _output(output) as out:
         writer = _ResultWriter(out, fmt, method, thr)
         for batch in iter_batches(paths, model.contract, batch_size=batch_size, workers=workers,
-                                  strict_size=strict_size):
+                                  strict_size=strict, strict_channels=strict):
             result = None
             if batch.images is not None:
                 with _errors():
                     result = model.score(batch.images, method, threshold=thr)
+                    if maps_dir is not None:
+                        _write_maps(model, batch, result, maps_dir, counts["scored"] + counts["failed"])
             if report_path:
                 failures += [(name, str(err)) for name, err in batch.failures]
                 if result is not None:
@@ -418,6 +425,22 @@ def score(paths: Sequence[str], runtime: _Runtime, method: str | None, fpr: floa
         sys.exit(EXIT_INPUT)
     if fail_on_outlier and counts["outliers"]:
         sys.exit(EXIT_OUTLIER)
+
+
+def _write_maps(model: Model, batch: Any, result: Any, folder: str, first: int) -> None:
+    """One PNG per scored image of a batch: image | reconstruction | anomaly map; the name carries the input's
+    position, its name, the flag and the score."""
+    from edgevae.runtime.grid import map_panel, save_png
+
+    maps, recon = model.map_and_reconstruction(batch.images)
+    os.makedirs(folder, exist_ok=True)
+    positions = {j: first + k for k, (failed, j) in enumerate(batch.order) if not failed}
+    for i, name in enumerate(batch.names):
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.splitext(os.path.basename(name))[0])[:60]
+        flag = "OUTLIER" if result.is_outlier[i] else "normal"
+        position = positions[i]
+        save_png(map_panel(batch.images[i], recon[i], maps[i]),
+                 os.path.join(folder, f"{position:06d}_{stem}_{flag}_score{float(result.scores[i]):.4g}.png"))
 
 
 def _writable(path: str | None, option: str) -> None:
@@ -453,23 +476,24 @@ class _ResultWriter:
         self.out, self.fmt, self.method = out, fmt, method
         if fmt == "csv":
             self.csv = csv.writer(out)
-            self.csv.writerow(["item", "method", "score", "p_value", "outlier", "error"])
+            self.csv.writerow(["item", "method", "score", "p_value", "outlier", "error", "warning"])
         elif fmt == "table":
             out.write(f"{'score(' + method + ')':>14}  {'p_value':>8}  {'outlier':<7}  item\n")
 
-    def row(self, name: str, s: float, p: float, flag: bool) -> None:
+    def row(self, name: str, s: float, p: float, flag: bool, warning: str = "") -> None:
         if self.fmt == "csv":
-            self.csv.writerow([name, self.method, f"{s:.6g}", f"{p:.6g}", int(flag), ""])
+            self.csv.writerow([name, self.method, f"{s:.6g}", f"{p:.6g}", int(flag), "", warning])
         elif self.fmt == "jsonl":
+            extra = {"warning": warning} if warning else {}
             self.out.write(json.dumps({"item": name, "method": self.method, "score": s, "p_value": p,
-                                       "outlier": flag}) + "\n")
+                                       "outlier": flag, **extra}) + "\n")
         else:
             # p-values above the calibration's tail can be far below 1e-4: show them with 3 significant digits
             self.out.write(f"{s:14.4f}  {p:8.3g}  {'OUTLIER' if flag else '-':<7}  {name}\n")
 
     def error(self, name: str, message: str) -> None:
         if self.fmt == "csv":
-            self.csv.writerow([name, self.method, "", "", "", message])
+            self.csv.writerow([name, self.method, "", "", "", message, ""])
         elif self.fmt == "jsonl":
             self.out.write(json.dumps({"item": name, "method": self.method, "error": message}) + "\n")
 
@@ -617,7 +641,11 @@ def _write_batch(writer: "_ResultWriter", batch: Any, result: Any, counts: dict[
             click.echo(f"error: {err}", err=True)
             writer.error(name, str(err))
         elif result is not None:
-            writer.row(batch.names[i], float(result.scores[i]), float(result.p_values[i]), bool(result.is_outlier[i]))
+            warning = batch.warnings[i] if batch.warnings else ""
+            if warning:
+                click.echo(f"warning: {batch.names[i]}: {warning}", err=True)
+            writer.row(batch.names[i], float(result.scores[i]), float(result.p_values[i]), bool(result.is_outlier[i]),
+                       warning)
     if result is not None:
         counts["scored"] += len(batch.names)
         counts["outliers"] += int(result.is_outlier.sum())
@@ -693,7 +721,8 @@ def calibrate(bundle: str, paths: Sequence[str], fpr: float | None, sign_key: st
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Output file: .npy (mu), .npz (items, mu, logvar, kl) or .jsonl.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--strict-size", is_flag=True, help="Refuse image files whose size differs from the model's (default: resize).")
+@click.option("--strict", "--strict-size", "strict_size", is_flag=True,
+              help="Refuse image files whose size or channel count differs from the model's (default: convert).")
 def encode(paths: Sequence[str], runtime: _Runtime, output: str, batch_size: int, strict_size: bool) -> None:
     """Encode images to latent codes (posterior means and log-variances)."""
     import numpy as np
@@ -708,7 +737,8 @@ def encode(paths: Sequence[str], runtime: _Runtime, output: str, batch_size: int
     names: list[str] = []
     mus, logvars, kls = [], [], []
     failed = 0
-    for batch in iter_batches(paths, model.contract, batch_size=batch_size, strict_size=strict_size):
+    for batch in iter_batches(paths, model.contract, batch_size=batch_size, strict_size=strict_size,
+                              strict_channels=strict_size):
         for _, err in batch.failures:
             failed += 1
             click.echo(f"error: {err}", err=True)

@@ -56,3 +56,31 @@ def save_png(array: NDArray[np.uint8], path: str | os.PathLike[str]) -> None:
 def save_grid(images: NDArray[Any], path: str | os.PathLike[str], columns: int | None = None) -> None:
     """Save (N, C, H, W) images in [0, 1] as one PNG grid."""
     save_png(make_grid(images, columns), path)
+
+
+# Map values (standard deviations above normal at that pixel) shown at full heat in a map panel; 0 and below
+# are not coloured.
+MAP_DISPLAY_MAX = 8.0
+
+
+def heat_colours(values: NDArray[Any]) -> NDArray[np.float32]:
+    """A black-red-yellow-white ramp for values in [0, 1]: (..., 3) float32 in [0, 1]."""
+    v = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0)[..., None]
+    out: NDArray[np.float32] = np.clip(np.concatenate([3 * v, 3 * v - 1, 3 * v - 2], axis=-1), 0.0, 1.0)
+    return out
+
+
+def map_panel(image: NDArray[Any], reconstruction: NDArray[Any], anomaly_map: NDArray[Any],
+              scale: int | None = None) -> NDArray[np.uint8]:
+    """One image's panel, (H', 3 W' + gaps, 3) uint8: the image | its reconstruction | the anomaly map as a heat
+    map over the image in gray. ``scale`` enlarges each pixel (default: to about 128 pixels high)."""
+    c, h, w = image.shape
+    k = scale or max(1, 128 // max(h, w))
+    rgb = lambda a: np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a  # noqa: E731  (C, H, W) -> (3, H, W)
+    gray = np.asarray(image, dtype=np.float32).mean(axis=0)
+    heat = np.clip(np.asarray(anomaly_map, dtype=np.float32) / MAP_DISPLAY_MAX, 0.0, 1.0)
+    alpha = np.minimum(1.0, 2.0 * heat)[None]
+    overlay = (1 - alpha) * (0.6 * gray[None]) + alpha * np.moveaxis(heat_colours(heat), -1, 0)
+    panels = [rgb(np.asarray(image, dtype=np.float32)), rgb(np.asarray(reconstruction, dtype=np.float32)), overlay]
+    grid = make_grid(np.stack(panels), columns=3, pad=1)
+    return np.repeat(np.repeat(grid, k, axis=0), k, axis=1)

@@ -113,6 +113,8 @@ class Batch:
 
     names: list[str] = field(default_factory=list)
     images: NDArray[np.float32] | None = None
+    # per image, what was converted to fit the model ("" when nothing): a channel count that differed
+    warnings: list[str] = field(default_factory=list)
     failures: list[tuple[str, InputError]] = field(default_factory=list)
     order: list[tuple[bool, int]] = field(default_factory=list)
 
@@ -208,10 +210,13 @@ def _array_items(source: _Source, contract: InputContract) -> Iterator[tuple[str
 
 
 def iter_batches(paths: Sequence[str | os.PathLike[str]], contract: InputContract, batch_size: int = 256,
-                 workers: int | None = None, *, strict_size: bool = False) -> Iterator[Batch]:
+                 workers: int | None = None, *, strict_size: bool = False,
+                 strict_channels: bool = False) -> Iterator[Batch]:
     """Stream prepared batches from paths; image files are decoded by ``workers`` threads (default 1).
 
     Items keep their input order. Memory stays bounded by about two batches, whatever the number of files.
+    Image files of another size are resized and of another channel count converted (``Batch.warnings`` says so
+    per image) unless ``strict_size`` / ``strict_channels`` turn them into failures.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -229,14 +234,17 @@ def iter_batches(paths: Sequence[str | os.PathLike[str]], contract: InputContrac
             else:
                 yield from _array_items(source, contract)
 
-    def decode(item: tuple[str, Any]) -> tuple[str, Any]:
+    def decode(item: tuple[str, Any]) -> tuple[str, Any, str]:
         name, payload = item
         if isinstance(payload, str):
+            notes: list[str] = []
             try:
-                return name, contract.read_image(payload, strict_size=strict_size)
+                image = contract.read_image(payload, strict_size=strict_size, strict_channels=strict_channels,
+                                            notes=notes)
+                return name, image, "; ".join(notes)
             except InputError as exc:
-                return name, exc
-        return name, payload
+                return name, exc, ""
+        return name, payload, ""
 
     def chunks(it: Iterable[tuple[str, Any]]) -> Iterator[list[tuple[str, Any]]]:
         chunk: list[tuple[str, Any]] = []
@@ -248,7 +256,7 @@ def iter_batches(paths: Sequence[str | os.PathLike[str]], contract: InputContrac
         if chunk:
             yield chunk
 
-    def decode_slice(part: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    def decode_slice(part: list[tuple[str, Any]]) -> list[tuple[str, Any, str]]:
         return [decode(item) for item in part]
 
     # Each batch is split into one slice per worker (a task per file costs more than decoding a small PNG);
@@ -265,10 +273,10 @@ def iter_batches(paths: Sequence[str | os.PathLike[str]], contract: InputContrac
             yield _assemble([d for f in pending for d in f.result()], contract)
 
 
-def _assemble(decoded: list[tuple[str, Any]], contract: InputContract) -> Batch:
+def _assemble(decoded: list[tuple[str, Any, str]], contract: InputContract) -> Batch:
     batch = Batch()
     rows: list[NDArray[Any]] = []
-    for name, payload in decoded:
+    for name, payload, note in decoded:
         if not isinstance(payload, InputError) and payload.dtype != np.uint8:
             try:
                 payload = contract.prepare(payload[None])[0]
@@ -281,6 +289,7 @@ def _assemble(decoded: list[tuple[str, Any]], contract: InputContract) -> Batch:
         batch.order.append((False, len(rows)))
         rows.append(payload)
         batch.names.append(name)
+        batch.warnings.append(note)
     if rows:
         if all(row.dtype == np.uint8 for row in rows):
             batch.images = uint8_to_unit(np.stack(rows))

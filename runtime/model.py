@@ -184,10 +184,14 @@ class Scorer:
             ArrayInputError: the images do not fit the input contract.
             ValueError: the bundle stores no map statistics.
         """
+        return self.map_and_reconstruction(x)[0]
+
+    def map_and_reconstruction(self, x: NDArray[Any]) -> tuple[F32, F32]:
+        """``anomaly_map`` and the reconstructions it compares with: (N, H, W) and (N, C, H, W)."""
         stats = self._map_stats()
         xb = self.prepare(x)
         mean = self.decode(self._encode(xb).mu)
-        return stats.standardise(residual_magnitude(xb, mean, stats.sigma))
+        return stats.standardise(residual_magnitude(xb, mean, stats.sigma)), mean
 
     # --------------------------------------------------------------- scores
     def noise(self, method: str, samples: int | None = None) -> F32 | None:
