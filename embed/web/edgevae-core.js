@@ -1,10 +1,11 @@
 // edgevae's scorer in JavaScript, shared by the Node.js program (onnxruntime-node) and the web page
 // (onnxruntime-web): open a bundle, verify it, apply its input contract, compute the scores and p-values exactly as
-// edgevae.runtime does. Everything comes from the bundle: contract, calibration, the elbo noise file.
+// edgevae.runtime does. Everything comes from the bundle: contract, calibration, the elbo noise file, the
+// anomaly-map statistics and the combined score's parts and references.
 // `ort` is the onnxruntime module of the host; `readFile(name)` returns a bundle file's bytes (Uint8Array);
 // `sha256Hex(bytes)` returns a promise of the lower-case hex digest.
 
-export const METHODS = ["kl", "recon", "rel_recon", "smooth_recon", "elbo"];
+export const METHODS = ["kl", "recon", "rel_recon", "smooth_recon", "elbo", "local", "combined"];
 
 export class BundleError extends Error {}
 
@@ -31,6 +32,34 @@ function calibrationOf(manifest, method) {
     throw new BundleError(`the bundle does not calibrate method ${method}`);
   }
   return { threshold: cal.threshold, scores: Float64Array.from(cal.scores), tail: cal.tail || null };
+}
+
+// The combined score's parts, each with its reference scores (sorted) and tail, from scoring.combined.
+function combinedParts(manifest) {
+  const combined = manifest.scoring.combined;
+  if (!combined || !Array.isArray(combined.parts) || combined.parts.length < 2) {
+    throw new BundleError("the bundle stores no parts for the combined score (it predates them); re-export it");
+  }
+  return combined.parts.map((name) => {
+    const ref = combined.references && combined.references[name];
+    if (!ref || !Array.isArray(ref.scores) || ref.scores.length < 2 || name === "combined") {
+      throw new BundleError(`the combined part ${name} has no reference scores`);
+    }
+    return { name, scores: Float64Array.from(ref.scores), tail: ref.tail || null };
+  });
+}
+
+// The anomaly-map statistics (scoring.map): per-pixel mean and spread, float32 (2, H, W).
+async function mapStats(readFile, sha256Hex, manifest) {
+  const entry = manifest.scoring.map;
+  if (!entry) throw new BundleError("the bundle stores no anomaly-map statistics (it predates them); re-export it");
+  const bytes = await readVerified(readFile, sha256Hex, manifest, entry.file);
+  const n = manifest.input.height * manifest.input.width;
+  if (bytes.byteLength !== 8 * n || !(entry.top_k >= 1 && entry.top_k <= n)) {
+    throw new BundleError(`${entry.file} does not hold float32 (2, ${manifest.input.height}, ${manifest.input.width})`);
+  }
+  const values = new Float32Array(bytes.slice().buffer, 0, 2 * n);
+  return { mean: values.subarray(0, n), spread: values.subarray(n), sigma: entry.sigma, topK: entry.top_k };
 }
 
 // ------------------------------------------------------------------------------------------ signatures
@@ -108,7 +137,10 @@ export async function openBundle(ort, readFile, sha256Hex, { method = null, sess
     channels: manifest.input.channels, height: manifest.input.height, width: manifest.input.width,
     latent: manifest.latent_dim, bernoulli: manifest.likelihood === "bernoulli",
     sigma: manifest.scoring.smooth_sigma ?? 1.0, calibration: calibrationOf(manifest, chosen), noise: null, ort,
+    parts: chosen === "combined" ? combinedParts(manifest) : [], map: null,
   };
+  const uses = (m) => chosen === m || bundle.parts.some((p) => p.name === m);
+  if (uses("local")) bundle.map = await mapStats(readFile, sha256Hex, manifest);
   const noiseEntry = manifest.scoring.noise_files && manifest.scoring.noise_files.elbo;
   if (noiseEntry) {
     const bytes = await readVerified(readFile, sha256Hex, manifest, noiseEntry.file);
@@ -116,7 +148,7 @@ export async function openBundle(ort, readFile, sha256Hex, { method = null, sess
     if (d !== bundle.latent || bytes.byteLength !== 4 * k * d) throw new BundleError(`${noiseEntry.file} is not float32 (${k}, ${d})`);
     bundle.noise = new Float32Array(bytes.slice().buffer, 0, k * d); // little-endian, as on every host here
     bundle.elboSamples = k;
-  } else if (chosen === "elbo") {
+  } else if (uses("elbo")) {
     throw new BundleError("the bundle carries no elbo noise file (exported before edgevae stored it); re-export it");
   }
   const encoder = await readVerified(readFile, sha256Hex, manifest, "encoder.onnx");
@@ -153,12 +185,13 @@ async function decode(bundle, t, count) {
   return { mean: out.x_mean.data, param: (bundle.bernoulli ? out.x_logits : out.x_logvar).data };
 }
 
-function smoothedEnergy(bundle, x, mean) {
-  const { height: h, width: w, sigma } = bundle, radius = Math.ceil(4 * sigma), g = [];
-  let sum = 0, total = 0, energy = 1;
+// Per pixel, the sum over channels of the Gaussian-smoothed residual (x - mean) squared: Float64Array (H*W).
+function smoothedSquare(bundle, x, mean, sigma) {
+  const { height: h, width: w } = bundle, radius = Math.ceil(4 * sigma), g = [];
+  let sum = 0;
   for (let k = -radius; k <= radius; k++) { g.push(Math.exp(-0.5 * (k / sigma) ** 2)); sum += g[g.length - 1]; }
   for (let k = 0; k < g.length; k++) g[k] = Math.fround(g[k] / sum); // the runtime's float32 kernel
-  const r = new Float64Array(h * w), t = new Float64Array(h * w);
+  const r = new Float64Array(h * w), t = new Float64Array(h * w), sq = new Float64Array(h * w);
   for (let c = 0; c < bundle.channels; c++) {
     for (let i = 0; i < h * w; i++) r[i] = x[c * h * w + i] - mean[c * h * w + i];
     for (let y = 0; y < h; y++) for (let i = 0; i < w; i++) { // rows, then columns; zero beyond the edges
@@ -169,11 +202,33 @@ function smoothedEnergy(bundle, x, mean) {
     for (let col = 0; col < w; col++) for (let i = 0; i < h; i++) {
       let s = 0;
       for (let k = -radius; k <= radius; k++) if (i + k >= 0 && i + k < h) s += g[k + radius] * t[(i + k) * w + col];
-      total += s * s;
+      sq[i * w + col] += s * s;
     }
   }
+  return sq;
+}
+
+function smoothedEnergy(bundle, x, mean) {
+  const sq = smoothedSquare(bundle, x, mean, bundle.sigma);
+  let total = 0, energy = 1;
+  for (let i = 0; i < sq.length; i++) total += sq[i];
   for (let i = 0; i < x.length; i++) energy += x[i] * x[i] + mean[i] * mean[i];
   return total / energy;
+}
+
+// The anomaly map of an image against its reconstruction: the smoothed residual's magnitude, standardised per
+// pixel by the bundle's statistics (Float64Array, H*W; standard deviations above normal at each pixel).
+export function anomalyMap(bundle, x, mean) {
+  const { mean: mu, spread, sigma } = bundle.map, sq = smoothedSquare(bundle, x, mean, sigma);
+  for (let i = 0; i < sq.length; i++) sq[i] = (Math.fround(Math.sqrt(sq[i])) - mu[i]) / spread[i];
+  return sq;
+}
+
+function localScore(bundle, x, mean) {
+  const values = anomalyMap(bundle, x, mean).sort((a, b) => b - a);
+  let total = 0;
+  for (let i = 0; i < bundle.map.topK; i++) total += values[i];
+  return total / bundle.map.topK;
 }
 
 function logLikelihood(bundle, x, mean, param, offset, paramOffset) {
@@ -187,12 +242,10 @@ function logLikelihood(bundle, x, mean, param, offset, paramOffset) {
   return -0.5 * sq * Math.exp(-v) - 0.5 * x.length * (v + Math.log(2 * Math.PI));
 }
 
-// The bundle's score of one preprocessed image, and its reconstruction (the decoded posterior mean) when the
-// method decodes it. Scores are rounded to float32, as in the Python runtime.
-export async function scoreImage(bundle, x) {
-  const { mu, logvar, kl } = await encode(bundle, x);
-  if (bundle.method === "kl") return { score: Math.fround(kl), reconstruction: null };
-  if (bundle.method === "elbo") {
+// One method's score (not combined) from the encoder's outputs, and the reconstruction when it decodes one.
+async function methodScore(bundle, method, x, { mu, logvar, kl }) {
+  if (method === "kl") return { score: Math.fround(kl), reconstruction: null };
+  if (method === "elbo") {
     const k = bundle.elboSamples, d = bundle.latent, t = new Float32Array(k * d);
     for (let s = 0; s < k; s++) {
       for (let j = 0; j < d; j++) t[s * d + j] = mu[j] + Math.fround(Math.exp(Math.fround(0.5 * logvar[j]))) * bundle.noise[s * d + j];
@@ -205,13 +258,28 @@ export async function scoreImage(bundle, x) {
   const { mean } = await decode(bundle, Float32Array.from(mu), 1);
   let sq = 0, energy = 1;
   for (let i = 0; i < x.length; i++) { sq += (x[i] - mean[i]) ** 2; energy += x[i] * x[i] + mean[i] * mean[i]; }
-  const score = bundle.method === "recon" ? sq : bundle.method === "rel_recon" ? sq / energy : smoothedEnergy(bundle, x, mean);
+  const score = method === "recon" ? sq : method === "rel_recon" ? sq / energy
+    : method === "local" ? localScore(bundle, x, mean) : smoothedEnergy(bundle, x, mean);
   return { score: Math.fround(score), reconstruction: mean };
 }
 
-// The runtime's p-value: empirical (1 + #{calibration >= s}) / (n + 1), or the fitted tail above its start.
-export function pValue(bundle, s) {
-  const { scores, tail } = bundle.calibration;
+// The bundle's score of one preprocessed image, and its reconstruction (the decoded posterior mean) when the
+// method decodes it. Scores are rounded to float32, as in the Python runtime. combined: -ln of the smallest
+// p-value of its parts against their reference scores.
+export async function scoreImage(bundle, x) {
+  const encoded = await encode(bundle, x);
+  if (bundle.method !== "combined") return methodScore(bundle, bundle.method, x, encoded);
+  let pMin = 1, reconstruction = null;
+  for (const part of bundle.parts) {
+    const result = await methodScore(bundle, part.name, x, encoded);
+    reconstruction = reconstruction || result.reconstruction;
+    pMin = Math.min(pMin, pValueOf(part, result.score));
+  }
+  return { score: Math.fround(-Math.log(Math.max(pMin, 1e-30))), reconstruction };
+}
+
+// The runtime's p-value: empirical (1 + #{scores >= s}) / (n + 1), or the fitted tail above its start.
+function pValueOf({ scores, tail }, s) {
   if (tail && s > tail.start) {
     const z = Math.max(s - tail.start, 0) / tail.scale;
     if (Math.abs(tail.shape) < 1e-9) return tail.fraction * Math.exp(-z);
@@ -221,6 +289,11 @@ export function pValue(bundle, s) {
   let lo = 0, hi = scores.length;
   while (lo < hi) { const mid = (lo + hi) >> 1; if (scores[mid] < s) lo = mid + 1; else hi = mid; }
   return (1 + (scores.length - lo)) / (scores.length + 1);
+}
+
+// A score's p-value against the bundle's calibration of its method.
+export function pValue(bundle, s) {
+  return pValueOf(bundle.calibration, s);
 }
 
 // The outlier flag, compared in float32 as numpy compares a float32 score with the threshold.

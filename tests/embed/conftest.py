@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 EMBED = ROOT / "embed"
-METHODS = ("kl", "recon", "rel_recon", "smooth_recon", "elbo")
+METHODS = ("kl", "recon", "rel_recon", "smooth_recon", "elbo", "local", "combined")
 
 
 def need(tool_ok: bool, reason: str) -> None:

@@ -2,7 +2,7 @@
  * edgevae-score: score images with an edgevae bundle through onnxruntime's C API, printing the same jsonl rows
  * as `edgevae score --format jsonl`.
  *
- *   edgevae-score -m BUNDLE [--method kl|recon|rel_recon|smooth_recon|elbo] [--threshold X] [--threads N]
+ *   edgevae-score -m BUNDLE [--method kl|recon|rel_recon|smooth_recon|elbo|local|combined] [--threshold X] [--threads N]
  *                 [--repeat R] [--trusted-key KEY.pub ...] FILE...
  *
  * With trusted keys (--trusted-key, or EDGEVAE_TRUSTED_KEYS: paths separated by ':') the bundle loads only if one
@@ -11,7 +11,7 @@
  * FILE: binary PGM (P5) or PPM (P6) with 8-bit samples, of exactly the bundle's size (no resizing on a device),
  * or raw little-endian float32 (.f32, .raw): C*H*W values in [0, 1], channel-major (CHW).
  * Everything the scores need comes from the bundle: the input contract, the calibration (threshold, sorted scores,
- * tail) and the elbo noise file. Exit status: 0 ok; 1 bundle or setup error; 2 some inputs could not be scored.
+ * tail), the elbo noise file, the anomaly-map statistics (local) and the combined score's parts and references. Exit status: 0 ok; 1 bundle or setup error; 2 some inputs could not be scored.
  */
 #include <math.h>
 #include <pthread.h>
@@ -35,16 +35,29 @@ typedef struct {
     int present;
 } tail_fit;
 
+/* Sorted scores of normal images with an optional tail model: what turns a score into a p-value. */
+typedef struct {
+    double *scores;
+    size_t n;
+    tail_fit tail;
+} reference;
+
+#define MAX_PARTS 4
+
 typedef struct {
     int channels, height, width, latent, elbo_k;
     int bernoulli;             /* 1: decoder gives x_logits; 0: x_logvar (Gaussian) */
     double sigma;              /* smooth_recon */
     char method[32];
     double threshold;
-    double *cal;               /* sorted calibration scores of the method */
-    size_t n_cal;
-    tail_fit tail;
+    reference cal;             /* the method's calibration */
     float *noise;              /* (elbo_k, latent) */
+    float *map;                /* anomaly-map statistics (2, H, W): per-pixel mean, then spread */
+    double map_sigma;
+    int top_k;
+    int n_parts;               /* combined: its parts and their references */
+    char parts[MAX_PARTS][32];
+    reference part_ref[MAX_PARTS];
     const OrtApi *ort;
     OrtEnv *env;
     OrtSession *encoder, *decoder;
@@ -97,24 +110,79 @@ static double number(const json *root, const char *const *keys, double fallback)
     return v && v->type == JSON_NUMBER ? v->number : fallback;
 }
 
+/* {"scores": [sorted...], "tail": {...}?} -> reference; 0 with a message when malformed. */
+static int load_reference(const json *obj, reference *r, const char *what, char *err) {
+    const json *scores = json_get(obj, "scores"), *tail = json_get(obj, "tail");
+    if (!scores || scores->type != JSON_ARRAY || scores->count < 2) {
+        snprintf(err, MSG, "%s has no sorted scores", what);
+        return 0;
+    }
+    r->scores = malloc(scores->count * sizeof(double));
+    if (!r->scores) { snprintf(err, MSG, "out of memory"); return 0; }
+    for (const json *s = scores->child; s; s = s->next) r->scores[r->n++] = s->number;
+    for (size_t i = 1; i < r->n; i++)
+        if (r->scores[i] < r->scores[i - 1]) { snprintf(err, MSG, "%s: scores are not sorted", what); return 0; }
+    if (tail && tail->type == JSON_OBJECT) {
+        const char *k[][2] = {{"start", NULL}, {"fraction", NULL}, {"shape", NULL}, {"scale", NULL}};
+        r->tail = (tail_fit){number(tail, k[0], NAN), number(tail, k[1], NAN), number(tail, k[2], NAN),
+                             number(tail, k[3], NAN), 1};
+    }
+    return 1;
+}
+
 static int load_calibration(bundle *b, const json *manifest, char *err) {
     const char *keys[] = {"calibration", "methods", b->method, NULL};
-    const json *cal = json_path(manifest, keys), *scores = json_get(cal, "scores"), *tail = json_get(cal, "tail");
-    if (!cal || !scores || scores->type != JSON_ARRAY || scores->count < 2 || !json_get(cal, "threshold")) {
+    const json *cal = json_path(manifest, keys);
+    if (!cal || !json_get(cal, "threshold")) {
         snprintf(err, MSG, "the bundle does not calibrate method %s", b->method);
         return 0;
     }
     b->threshold = json_get(cal, "threshold")->number;
-    b->cal = malloc(scores->count * sizeof(double));
-    if (!b->cal) { snprintf(err, MSG, "out of memory"); return 0; }
-    for (const json *s = scores->child; s; s = s->next) b->cal[b->n_cal++] = s->number;
-    for (size_t i = 1; i < b->n_cal; i++)
-        if (b->cal[i] < b->cal[i - 1]) { snprintf(err, MSG, "calibration scores are not sorted"); return 0; }
-    if (tail && tail->type == JSON_OBJECT) {
-        const char *k[][2] = {{"start", NULL}, {"fraction", NULL}, {"shape", NULL}, {"scale", NULL}};
-        b->tail = (tail_fit){number(tail, k[0], NAN), number(tail, k[1], NAN), number(tail, k[2], NAN),
-                             number(tail, k[3], NAN), 1};
+    return load_reference(cal, &b->cal, "the calibration", err);
+}
+
+static int uses(const bundle *b, const char *method) {
+    if (strcmp(b->method, method) == 0) return 1;
+    for (int i = 0; i < b->n_parts; i++) if (strcmp(b->parts[i], method) == 0) return 1;
+    return 0;
+}
+
+/* The combined score's parts and references (scoring.combined) and the map statistics (scoring.map). */
+static int load_combined(bundle *b, const json *manifest, char *err) {
+    const char *keys[] = {"scoring", "combined", NULL};
+    const json *combined = json_path(manifest, keys), *parts = json_get(combined, "parts"),
+               *refs = json_get(combined, "references");
+    if (!parts || parts->type != JSON_ARRAY || parts->count < 2 || parts->count > MAX_PARTS || !refs) {
+        snprintf(err, MSG, "the bundle stores no parts for the combined score (it predates them); re-export it");
+        return 0;
     }
+    for (const json *p = parts->child; p; p = p->next, b->n_parts++) {
+        if (p->type != JSON_STRING || strcmp(p->string, "combined") == 0) { snprintf(err, MSG, "bad combined part"); return 0; }
+        snprintf(b->parts[b->n_parts], sizeof b->parts[0], "%s", p->string);
+        if (!load_reference(json_get(refs, p->string), &b->part_ref[b->n_parts], "a combined part's reference", err))
+            return 0;
+    }
+    return 1;
+}
+
+static int load_map(bundle *b, const char *dir, const json *manifest, char *err) {
+    const char *keys[] = {"scoring", "map", NULL}, *sg[] = {"sigma", NULL}, *tk[] = {"top_k", NULL};
+    const json *entry = json_path(manifest, keys), *file = json_get(entry, "file");
+    if (!file || file->type != JSON_STRING) {
+        snprintf(err, MSG, "the bundle stores no anomaly-map statistics (it predates them); re-export it");
+        return 0;
+    }
+    b->map_sigma = number(entry, sg, 1.0);
+    b->top_k = (int)number(entry, tk, 0);
+    size_t len;
+    unsigned char *data = read_verified(dir, manifest, file->string, &len, err);
+    if (!data) return 0;
+    if (len != (size_t)2 * b->height * b->width * 4 || b->top_k < 1 || b->top_k > b->height * b->width) {
+        snprintf(err, MSG, "%s does not hold float32 (2, %d, %d) with a valid top_k", file->string, b->height, b->width);
+        free(data);
+        return 0;
+    }
+    b->map = (float *)data;
     return 1;
 }
 
@@ -221,7 +289,9 @@ static int open_bundle(bundle *b, const char *dir, const char *method, int threa
     b->latent = (int)number(m, d, 0); b->sigma = number(m, sg, 1.0);
     b->bernoulli = strcmp(likelihood->string, "bernoulli") == 0;
     snprintf(b->method, sizeof b->method, "%s", method ? method : deflt->string);
-    if (!load_calibration(b, m, err) || (strcmp(b->method, "elbo") == 0 && !load_noise(b, dir, m, err))) goto done;
+    if (!load_calibration(b, m, err) || (strcmp(b->method, "combined") == 0 && !load_combined(b, m, err)) ||
+        (uses(b, "elbo") && !load_noise(b, dir, m, err)) || (uses(b, "local") && !load_map(b, dir, m, err)))
+        goto done;
     /* A second thread reads and hashes the decoder while the environment is made, then makes the decoder's
        session while this one reads, hashes and loads the encoder: hashing and session creation are most of a
        cold start, and they overlap on two cores. */
@@ -322,21 +392,48 @@ static void smooth_axis(const double *in, double *out, int n, int stride, const 
     }
 }
 
-static double smoothed_energy(const bundle *b, const float *x, const float *mean) {
-    int h = b->height, w = b->width, radius = (int)ceil(4.0 * b->sigma);
-    double *g = malloc(sizeof(double) * (size_t)(2 * radius + 1)), total = 0, sum = 0, energy = 0;
+/* sq[i] = sum over channels of the Gaussian-smoothed residual (x - mean) squared, per pixel (H*W). */
+static void smoothed_square(const bundle *b, const float *x, const float *mean, double sigma, double *sq) {
+    int h = b->height, w = b->width, radius = (int)ceil(4.0 * sigma);
+    double *g = malloc(sizeof(double) * (size_t)(2 * radius + 1)), sum = 0;
     double *r = malloc(sizeof(double) * (size_t)(h * w)), *t = malloc(sizeof(double) * (size_t)(h * w));
-    for (int k = -radius; k <= radius; k++) sum += g[k + radius] = exp(-0.5 * (k / b->sigma) * (k / b->sigma));
+    for (int k = -radius; k <= radius; k++) sum += g[k + radius] = exp(-0.5 * (k / sigma) * (k / sigma));
     for (int k = 0; k <= 2 * radius; k++) g[k] = (double)(float)(g[k] / sum); /* the runtime's float32 kernel */
+    for (int i = 0; i < h * w; i++) sq[i] = 0;
     for (int c = 0; c < b->channels; c++) {
         for (int i = 0; i < h * w; i++) r[i] = (double)x[c * h * w + i] - mean[c * h * w + i];
         for (int row = 0; row < h; row++) smooth_axis(r + row * w, t + row * w, w, 1, g, radius);
         for (int col = 0; col < w; col++) smooth_axis(t + col, r + col, h, w, g, radius);
-        for (int i = 0; i < h * w; i++) total += r[i] * r[i];
+        for (int i = 0; i < h * w; i++) sq[i] += r[i] * r[i];
     }
-    for (int i = 0; i < b->channels * h * w; i++) energy += (double)x[i] * x[i] + (double)mean[i] * mean[i];
     free(g); free(r); free(t);
+}
+
+static double smoothed_energy(const bundle *b, const float *x, const float *mean) {
+    int n = b->height * b->width;
+    double *sq = malloc(sizeof(double) * (size_t)n), total = 0, energy = 0;
+    smoothed_square(b, x, mean, b->sigma, sq);
+    for (int i = 0; i < n; i++) total += sq[i];
+    for (int i = 0; i < b->channels * n; i++) energy += (double)x[i] * x[i] + (double)mean[i] * mean[i];
+    free(sq);
     return total / (energy + 1.0);
+}
+
+static int descending(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x < y) - (x > y);
+}
+
+/* local: the anomaly map (smoothed residual magnitude, standardised per pixel), then the mean of its top_k. */
+static double local_score(const bundle *b, const float *x, const float *mean) {
+    int n = b->height * b->width;
+    double *m = malloc(sizeof(double) * (size_t)n), total = 0;
+    smoothed_square(b, x, mean, b->map_sigma, m);
+    for (int i = 0; i < n; i++) m[i] = ((double)(float)sqrt(m[i]) - b->map[i]) / b->map[n + i];
+    qsort(m, (size_t)n, sizeof(double), descending);
+    for (int i = 0; i < b->top_k; i++) total += m[i];
+    free(m);
+    return total / b->top_k;
 }
 
 static double log_likelihood(const bundle *b, const float *x, const float *mean, const float *param) {
@@ -350,52 +447,71 @@ static double log_likelihood(const bundle *b, const float *x, const float *mean,
     return -0.5 * sq * exp(-(double)param[0]) - 0.5 * (double)count * ((double)param[0] + log(2.0 * M_PI));
 }
 
-/* The score of one image (1, C, H, W). */
-static int score(bundle *b, float *x, double *out, char *err) {
-    const char *enc_out[] = {"mu", "logvar", "kl"}, *dec_out[] = {"x_mean", b->bernoulli ? "x_logits" : "x_logvar"};
-    int64_t shape[4] = {1, b->channels, b->height, b->width};
-    float *enc[3] = {NULL, NULL, NULL}, *dec[2] = {NULL, NULL}, *t = NULL;
+/* The score of one method (not combined) for one image, given its encoder outputs. */
+static int method_score(bundle *b, const char *method, float *x, float **enc, double *out, char *err) {
+    const char *dec_out[] = {"x_mean", b->bernoulli ? "x_logits" : "x_logvar"};
+    float *dec[2] = {NULL, NULL}, *t = NULL;
     size_t count = (size_t)b->channels * b->height * b->width;
-    int elbo = strcmp(b->method, "elbo") == 0, ok = run(b, b->encoder, "x", x, shape, 4, enc_out, 3, enc, err);
-    if (ok && strcmp(b->method, "kl") == 0) *out = enc[2][0];
-    else if (ok) {
-        int64_t k = elbo ? b->elbo_k : 1, tshape[2] = {k, b->latent};
-        t = malloc(sizeof(float) * (size_t)(k * b->latent));
-        for (int64_t s = 0; t && s < k; s++)
-            for (int j = 0; j < b->latent; j++)
-                t[s * b->latent + j] = elbo ? enc[0][j] + expf(0.5f * enc[1][j]) * b->noise[s * b->latent + j] : enc[0][j];
-        ok = t && run(b, b->decoder, "t", t, tshape, 2, dec_out, 2, dec, err);
-        double sq = 0, energy = 1, ll = 0;
-        for (size_t i = 0; ok && i < count; i++) {
-            sq += ((double)x[i] - dec[0][i]) * ((double)x[i] - dec[0][i]);
-            energy += (double)x[i] * x[i] + (double)dec[0][i] * dec[0][i];
-        }
-        for (int64_t s = 0; ok && elbo && s < k; s++)
-            ll += log_likelihood(b, x, dec[0] + s * count, dec[1] + (b->bernoulli ? s * count : (size_t)s));
-        if (!ok) {}
-        else if (elbo) *out = enc[2][0] - ll / (double)k;
-        else if (strcmp(b->method, "recon") == 0) *out = sq;
-        else if (strcmp(b->method, "rel_recon") == 0) *out = sq / energy;
-        else if (strcmp(b->method, "smooth_recon") == 0) *out = smoothed_energy(b, x, dec[0]);
-        else { snprintf(err, MSG, "method %s is not implemented here (kl, recon, rel_recon, smooth_recon, elbo)", b->method); ok = 0; }
+    int elbo = strcmp(method, "elbo") == 0, ok = 1;
+    if (strcmp(method, "kl") == 0) { *out = (float)enc[2][0]; return 1; }
+    int64_t k = elbo ? b->elbo_k : 1, tshape[2] = {k, b->latent};
+    t = malloc(sizeof(float) * (size_t)(k * b->latent));
+    for (int64_t s = 0; t && s < k; s++)
+        for (int j = 0; j < b->latent; j++)
+            t[s * b->latent + j] = elbo ? enc[0][j] + expf(0.5f * enc[1][j]) * b->noise[s * b->latent + j] : enc[0][j];
+    ok = t && run(b, b->decoder, "t", t, tshape, 2, dec_out, 2, dec, err);
+    double sq = 0, energy = 1, ll = 0;
+    for (size_t i = 0; ok && i < count; i++) {
+        sq += ((double)x[i] - dec[0][i]) * ((double)x[i] - dec[0][i]);
+        energy += (double)x[i] * x[i] + (double)dec[0][i] * dec[0][i];
     }
-    for (int i = 0; i < 3; i++) free(enc[i]);
+    for (int64_t s = 0; ok && elbo && s < k; s++)
+        ll += log_likelihood(b, x, dec[0] + s * count, dec[1] + (b->bernoulli ? s * count : (size_t)s));
+    if (!ok) {}
+    else if (elbo) *out = enc[2][0] - ll / (double)k;
+    else if (strcmp(method, "recon") == 0) *out = sq;
+    else if (strcmp(method, "rel_recon") == 0) *out = sq / energy;
+    else if (strcmp(method, "smooth_recon") == 0) *out = smoothed_energy(b, x, dec[0]);
+    else if (strcmp(method, "local") == 0) *out = local_score(b, x, dec[0]);
+    else {
+        snprintf(err, MSG, "method %s is not implemented here (kl, recon, rel_recon, smooth_recon, elbo, local, combined)",
+                 method);
+        ok = 0;
+    }
     free(dec[0]); free(dec[1]); free(t);
     if (ok) *out = (float)*out; /* scores are float32, as in the Python runtime */
     return ok;
 }
 
-/* The runtime's p-value: empirical (1 + #{calibration >= s}) / (n + 1), or the fitted tail above its start. */
-static double p_value(const bundle *b, double s) {
-    if (b->tail.present && s > b->tail.start) {
-        double z = fmax(s - b->tail.start, 0.0) / b->tail.scale;
-        if (fabs(b->tail.shape) < 1e-9) return b->tail.fraction * exp(-z);
-        double base = fmax(1.0 + b->tail.shape * z, 0.0);
-        return base > 0.0 ? b->tail.fraction * pow(base, -1.0 / b->tail.shape) : 0.0;
+static double p_value(const reference *r, double s);
+
+/* The score of one image (1, C, H, W); combined: -ln of the smallest p-value of its parts. */
+static int score(bundle *b, float *x, double *out, char *err) {
+    const char *enc_out[] = {"mu", "logvar", "kl"};
+    int64_t shape[4] = {1, b->channels, b->height, b->width};
+    float *enc[3] = {NULL, NULL, NULL};
+    int ok = run(b, b->encoder, "x", x, shape, 4, enc_out, 3, enc, err);
+    if (ok && strcmp(b->method, "combined") == 0) {
+        double p_min = 1.0, part;
+        for (int i = 0; ok && i < b->n_parts; i++)
+            if ((ok = method_score(b, b->parts[i], x, enc, &part, err))) p_min = fmin(p_min, p_value(&b->part_ref[i], part));
+        if (ok) *out = (float)-log(fmax(p_min, 1e-30));
+    } else if (ok) ok = method_score(b, b->method, x, enc, out, err);
+    for (int i = 0; i < 3; i++) free(enc[i]);
+    return ok;
+}
+
+/* The runtime's p-value: empirical (1 + #{scores >= s}) / (n + 1), or the fitted tail above its start. */
+static double p_value(const reference *r, double s) {
+    if (r->tail.present && s > r->tail.start) {
+        double z = fmax(s - r->tail.start, 0.0) / r->tail.scale;
+        if (fabs(r->tail.shape) < 1e-9) return r->tail.fraction * exp(-z);
+        double base = fmax(1.0 + r->tail.shape * z, 0.0);
+        return base > 0.0 ? r->tail.fraction * pow(base, -1.0 / r->tail.shape) : 0.0;
     }
-    size_t lo = 0, hi = b->n_cal; /* first index with cal >= s */
-    while (lo < hi) { size_t mid = (lo + hi) / 2; if (b->cal[mid] < s) lo = mid + 1; else hi = mid; }
-    return (1.0 + (double)(b->n_cal - lo)) / ((double)b->n_cal + 1.0);
+    size_t lo = 0, hi = r->n; /* first index with scores >= s */
+    while (lo < hi) { size_t mid = (lo + hi) / 2; if (r->scores[mid] < s) lo = mid + 1; else hi = mid; }
+    return (1.0 + (double)(r->n - lo)) / ((double)r->n + 1.0);
 }
 
 static void close_bundle(bundle *b) {
@@ -403,8 +519,10 @@ static void close_bundle(bundle *b) {
     if (b->decoder) ORT->ReleaseSession(b->decoder);
     if (b->memory) ORT->ReleaseMemoryInfo(b->memory);
     if (b->env) ORT->ReleaseEnv(b->env);
-    free(b->cal);
+    free(b->cal.scores);
+    for (int i = 0; i < MAX_PARTS; i++) free(b->part_ref[i].scores);
     free(b->noise);
+    free(b->map);
 }
 
 static double now_us(void) {
@@ -492,7 +610,7 @@ int main(int argc, char **argv) {
         printf("{\"item\": ");
         print_string(argv[i]);
         printf(", \"method\": \"%s\", ", b.method);
-        if (ok) printf("\"score\": %.9g, \"p_value\": %.17g, \"outlier\": %s}\n", s, p_value(&b, s),
+        if (ok) printf("\"score\": %.9g, \"p_value\": %.17g, \"outlier\": %s}\n", s, p_value(&b.cal, s),
                        (float)s > (float)thr ? "true" : "false");
         else { printf("\"error\": "); print_string(err); printf("}\n"); fprintf(stderr, "error: %s\n", err); failed++; }
     }
