@@ -147,7 +147,7 @@ def _folder_shape(source: str) -> SourceShape:
     if not channels:
         raise InputError(f"{source}: found no readable image files to train on ({unreadable} unreadable)")
     c = channels.most_common(1)[0][0]
-    (h, w), n = sizes.most_common(1)[0], sum(channels.values())
+    (h, w), n = sizes.most_common(1)[0][0], sum(channels.values())
     kinds = {1: "grayscale", 3: "colour"}
     note = f"{c}x{h}x{w} from the headers of {n} image files (the majority channel count and the most common size)"
     if len(channels) > 1:

@@ -75,3 +75,32 @@ def test_strict_size_refuses_other_sizes(bundle: Path) -> None:
     assert result.exit_code == 2
     rows = _by_name(result.stdout)
     assert "56x70" in str(rows["good_large_resized.png"]["error"]) and "score" in rows["good_digit.png"]
+
+
+def test_channel_mismatch_is_reported_per_item_and_refused_with_strict(bundle: Path, tmp_path: Path) -> None:
+    """A colour file scored by the grayscale bundle is converted with a warning per item (stderr line, csv column,
+    jsonl field); --strict refuses it and still scores the rest."""
+    import csv
+
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from edgevae.cli import main
+
+    colour = tmp_path / "colour.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28, 3), dtype=np.uint8)).save(colour)
+    good = CORPUS / "good_digit.png"
+    out_csv = tmp_path / "rows.csv"
+    result = CliRunner().invoke(main, ["score", str(colour), str(good), "-m", str(bundle), "-o", str(out_csv)])
+    assert result.exit_code == 0, result.output
+    assert "warning: " in result.stderr and "colour image (3 channels) for a model that takes 1" in result.stderr
+    rows = {Path(r["item"]).name: r for r in csv.DictReader(out_csv.open())}
+    assert "converted with Image.convert('L')" in rows["colour.png"]["warning"] and rows["good_digit.png"]["warning"] == ""
+    result = CliRunner().invoke(main, ["score", str(colour), str(good), "-m", str(bundle), "--format", "jsonl"])
+    by_name = _by_name(result.stdout)
+    assert "warning" in by_name["colour.png"] and "warning" not in by_name["good_digit.png"]
+    result = CliRunner().invoke(main, ["score", str(colour), str(good), "-m", str(bundle), "--strict", "--format", "jsonl"])
+    assert result.exit_code == 2
+    by_name = _by_name(result.stdout)
+    assert "drop --strict to convert" in str(by_name["colour.png"]["error"]) and "score" in by_name["good_digit.png"]
