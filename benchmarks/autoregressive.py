@@ -87,6 +87,7 @@ class HeadVAE(nn.Module):
 
     def __init__(self, cfg: ModelConfig, head: Head) -> None:
         super().__init__()
+        cfg = cfg.resolved() if not cfg.is_resolved else cfg
         self.head = head
         self.encoder = Encoder(cfg)
         if not head.kernel:
@@ -213,10 +214,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = benchmark_parser(__doc__ or "", "autoregressive").parse_args(argv)
     torch.set_num_threads(2)
     if args.smoke:
-        cfg = ModelConfig(latent_dim=4, widths=(8, 16), hidden=32)
+        cfg = ModelConfig(latent_dim=4, widths=(8, 16), hidden=32).resolved()
         all_tc, oc_tc, digits = TrainConfig(epochs=1), TrainConfig(epochs=1, val_fraction=0.25), (3,)
     else:
-        cfg = ModelConfig()
+        cfg = ModelConfig().resolved()
         all_tc, oc_tc, digits = TrainConfig(epochs=60), TrainConfig(val_fraction=0.25), (3, 8)
     started = time.perf_counter()
     test_u8, test_y = embedded_split("test")

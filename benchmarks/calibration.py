@@ -37,7 +37,7 @@ SPLITS = {"previous default (a tenth: 40 images)": 0.1, "auto (100 images)": Non
 
 def one_model(digit: int, seed: int, val_fraction: float | None, smoke: bool, work: Path) -> dict[str, Any]:
     """Train, export and measure one one-class model."""
-    model_cfg = ModelConfig(latent_dim=4, widths=(8, 16), hidden=32) if smoke else ModelConfig()
+    model_cfg = ModelConfig(latent_dim=4, widths=(8, 16), hidden=32).resolved() if smoke else ModelConfig().resolved()
     train_cfg = TrainConfig(seed=seed, val_fraction=val_fraction, **({"epochs": 3} if smoke else {}))
     run = work / f"run_{digit}_{seed}_{val_fraction}"
     started = time.perf_counter()

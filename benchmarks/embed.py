@@ -105,7 +105,7 @@ def build_c() -> Path:
 
 
 def measure(work: Path, smoke: bool) -> dict[str, Any]:
-    cfg = ModelConfig(latent_dim=4, widths=(8, 16), hidden=32) if smoke else ModelConfig()
+    cfg = ModelConfig(latent_dim=4, widths=(8, 16), hidden=32).resolved() if smoke else ModelConfig().resolved()
     train(DataSpec(classes=(0, 1)), work / "run", cfg, TrainConfig(epochs=1 if smoke else 3))
     bundle = work / "bundle"
     export_bundle(work / "run", bundle, ExportConfig(elbo_samples=4, iwae_samples=8)).close()

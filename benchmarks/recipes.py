@@ -31,10 +31,10 @@ def recipes(smoke: bool) -> dict[str, tuple[Any, Any]]:
     from edgevae.training import ModelConfig, TrainConfig
 
     if smoke:
-        tiny = ModelConfig(latent_dim=4, widths=(8, 16), hidden=32)
+        tiny = ModelConfig(latent_dim=4, widths=(8, 16), hidden=32).resolved()
         return {"tiny": (tiny, TrainConfig(epochs=1, augment_shift=0)),
                 "tiny, shift 1 px": (tiny, TrainConfig(epochs=1, augment_shift=1))}
-    base = ModelConfig()
+    base = ModelConfig().resolved()
     return {
         "30 epochs, batch 128 (first default)": (base, TrainConfig(epochs=30, batch_size=128, augment_shift=0)),
         "60 epochs, batch 64": (base, TrainConfig(epochs=60, batch_size=64, augment_shift=0)),
@@ -42,9 +42,9 @@ def recipes(smoke: bool) -> dict[str, tuple[Any, Any]]:
         "150 epochs, batch 64, shift 1 px (default)": (base, TrainConfig(epochs=150, batch_size=64, augment_shift=1)),
         "150 epochs, batch 64, shift 2 px": (base, TrainConfig(epochs=150, batch_size=64, augment_shift=2)),
         "latent 32, hidden 512, 60 epochs, batch 64, shift 1 px": (
-            ModelConfig(latent_dim=32, hidden=512), TrainConfig(epochs=60, batch_size=64, augment_shift=1)),
+            ModelConfig(latent_dim=32, hidden=512).resolved(), TrainConfig(epochs=60, batch_size=64, augment_shift=1)),
         "refine 32 (full-resolution decoder conv), 150 epochs, batch 64, shift 1 px": (
-            ModelConfig(refine=32), TrainConfig(epochs=150, batch_size=64, augment_shift=1)),
+            ModelConfig(refine=32).resolved(), TrainConfig(epochs=150, batch_size=64, augment_shift=1)),
     }
 
 

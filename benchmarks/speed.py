@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "date": time.strftime("%Y-%m-%d"), "smoke": args.smoke, "threads": THREADS}
     with tempfile.TemporaryDirectory(prefix="edgevae-speed-") as tmp:
         work = Path(tmp)
-        cfg = ModelConfig()
+        cfg = ModelConfig().resolved()
         train(DataSpec(), work / "run", cfg, TrainConfig(epochs=1 if args.smoke else 3))
         variants = ("int8", "fp16")
         export_bundle(work / "run", work / "bundle", ExportConfig(elbo_samples=1, iwae_samples=8, variants=variants))
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["variants"] = var
 
         # the same with ReLU between layers: ReLU folds into int8 convolutions, SiLU becomes QLinearSigmoid + Mul
-        relu_cfg = ModelConfig(activation="relu")
+        relu_cfg = ModelConfig(activation="relu").resolved()
         train(DataSpec(), work / "run_relu", relu_cfg, TrainConfig(epochs=1 if args.smoke else 3))
         export_bundle(work / "run_relu", work / "bundle_relu", ExportConfig(elbo_samples=1, iwae_samples=8,
                                                                             variants=("int8",)))

@@ -36,8 +36,8 @@ from edgevae.options import (
 )
 from edgevae.runtime.atomic import atomic_folder, write_synced
 from edgevae.runtime.bundle import check_graphs, load, sha256_hex
-from edgevae.runtime.calibration import MIN_CALIBRATION_IMAGES, calibrate, fit_references
-from edgevae.runtime.maps import MAP_FILE, check_parts
+from edgevae.runtime.calibration import MIN_CALIBRATION_IMAGES, calibrate, fit_map_stats
+from edgevae.runtime.maps import MAP_FILE, Combination, check_parts
 from edgevae.runtime.scores import smallest_fpr, warn_if_unpromisable
 from edgevae.runtime.errors import CalibrationError
 from edgevae.runtime.manifest import (
@@ -119,7 +119,8 @@ class ExportConfig:
         """The score settings of a bundle with this contract, latent size and likelihood."""
         return ScoringSpec(contract=contract, latent_dim=latent_dim, likelihood=likelihood,
                            default_method=self.default_method, elbo_samples=self.elbo_samples,
-                           iwae_samples=self.iwae_samples, seed=self.score_seed, smooth_sigma=self.smooth_sigma)
+                           iwae_samples=self.iwae_samples, seed=self.score_seed, smooth_sigma=self.smooth_sigma,
+                           combined_parts=self.combined_parts)
 
 
 @dataclass
@@ -151,8 +152,7 @@ def export_bundle(
         calibration_images: held-out normal images for parity and calibration (default: the run's
             validation split, re-created from the checkpoint's data source).
         reference_images: normal images, other than the calibration images, on which the anomaly-map statistics
-            and the combined score's references are measured (default: up to ``REFERENCE_IMAGES`` of the run's
-            training split).
+            are measured (default: up to ``REFERENCE_IMAGES`` of the run's training split).
         force: replace an existing bundle folder.
         progress: called with a short message per step.
         sign_key: an Ed25519 private key file (``edgevae keygen``): the bundle is signed before it is moved
@@ -174,15 +174,18 @@ def export_bundle(
     graphs = export_graphs(model, images, cfg.opset)
     scorer = _scorer(cfg.scoring_spec(mc.contract, mc.latent_dim, mc.likelihood), graphs.encoder.SerializeToString(),
                      graphs.decoder.SerializeToString())
-    say(f"measuring anomaly-map statistics and the combined score's references on {references.shape[0]} training images")
+    say(f"measuring anomaly-map statistics on {references.shape[0]} training images")
     try:
-        scorer = fit_references(scorer, references, cfg.combined_parts)
+        scorer = fit_map_stats(scorer, references)
     except CalibrationError as exc:
         raise ExportError(str(exc)) from exc
-    say(f"checking parity with PyTorch at batch sizes {' and '.join(map(str, PARITY_BATCH_SIZES))}")
-    report = check_parity(model, scorer, images, cfg.tolerance)
     say(f"calibrating thresholds at FPR {cfg.fpr:g} on {images.shape[0]} held-out images")
     calibration = _calibrate(scorer, images, cfg.fpr)
+    if "combined" in calibration and scorer.maps is not None:
+        scorer = scorer.with_maps(scorer.maps, Combination.from_manifest(cfg.combined_parts,
+                                                                         calibration["combined"]["references"]))
+    say(f"checking parity with PyTorch at batch sizes {' and '.join(map(str, PARITY_BATCH_SIZES))}")
+    report = check_parity(model, scorer, images, cfg.tolerance)
     warn_if_unpromisable(cfg.fpr, images.shape[0], tail=any("tail" in c for c in calibration.values()))
     manifest = build_manifest(ck, cfg, scorer, calibration, report, images.shape[0])
     files = BundleFiles({ENCODER_FILE: embed_manifest(graphs.encoder, manifest),
@@ -307,8 +310,6 @@ def build_manifest(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer, calibratio
     scoring = spec.to_dict()
     if scorer.maps is not None:
         scoring["map"] = scorer.maps.manifest_entry()
-    if scorer.combination is not None:
-        scoring["combined"] = scorer.combination.manifest_entry()
     c, h, w = spec.contract.shape
     mean_name, param_name = spec.decoder_outputs
     param_shape: list[Any] = ["N", c, h, w] if spec.likelihood == "bernoulli" else ["N", 1]

@@ -196,7 +196,7 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
     except _ORT_LOAD_ERRORS as exc:
         raise BundleError(f"{path}: onnxruntime cannot load the graphs: {exc}") from exc
     check_graphs(runner, manifest.scoring)
-    maps, combination = read_maps(path, manifest)
+    maps, combination = read_maps(path, manifest, variant)
     return Model(manifest, runner, path=path, variant=variant or "fp32", noise=read_noise(path, manifest), maps=maps,
                  combination=combination)
 
@@ -206,15 +206,18 @@ def _map_files(manifest: Manifest) -> list[str]:
     return [str(entry.get("file"))] if isinstance(entry, dict) else []
 
 
-def read_maps(path: Path, manifest: Manifest) -> tuple[MapStats | None, Combination | None]:
+def read_maps(path: Path, manifest: Manifest, variant: str | None = None) -> tuple[MapStats | None, Combination | None]:
     """The anomaly-map statistics (``scoring.map``, checked against their sha256 and shape) and the combined
-    score's parts and references (``scoring.combined``); None for what a bundle predates.
+    score's parts (``scoring.combined``) with the references of the variant's calibration; None for what a
+    bundle predates.
 
     Raises:
         BundleError: a listed file is missing, altered, of another shape, or an entry is malformed.
     """
-    scoring = manifest.raw.get("scoring", {})
-    entry, combined = scoring.get("map"), scoring.get("combined")
+    entry = manifest.raw.get("scoring", {}).get("map")
+    raw_cal = (manifest.raw["calibration"] if variant in (None, "fp32")
+               else manifest.raw["variants"][variant]["calibration"])
+    combined = raw_cal.get("methods", {}).get("combined")
     maps = combination = None
     c, h, w = manifest.contract.shape
     try:
@@ -226,9 +229,9 @@ def read_maps(path: Path, manifest: Manifest) -> tuple[MapStats | None, Combinat
                                   f"contract needs float32 (2, {h}, {w})")
             maps = MapStats.from_bytes(data, shape, float(entry["sigma"]), int(entry["top_k"]))
         if combined is not None:
-            combination = Combination.from_manifest(combined)
+            combination = Combination.from_manifest(manifest.scoring.combined_parts, combined["references"])
     except (KeyError, TypeError, IndexError, ValueError) as exc:
-        raise BundleError(f"{path}: scoring.map or scoring.combined is malformed: {exc!r}") from exc
+        raise BundleError(f"{path}: scoring.map or calibration.methods.combined is malformed: {exc!r}") from exc
     return maps, combination
 
 

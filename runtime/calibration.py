@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from edgevae.options import SCORE_METHODS
 
 from .errors import CalibrationError
-from .maps import Combination, MapStats, Reference, residual_magnitude
+from .maps import MapStats, fit_combination, residual_magnitude
 from .model import Scorer
 from .scores import fit_tail, threshold_at_fpr
 
@@ -34,8 +34,9 @@ def calibrate(scorer: Scorer, images: NDArray[Any], fpr: float,
               methods: Sequence[str] = SCORE_METHODS) -> dict[str, Any]:
     """The manifest's ``calibration.methods``: per method the threshold at ``fpr``, the sorted held-out scores
     (at most ``MAX_CALIBRATION_SCORES`` quantiles) and, with enough images, a generalised Pareto model of their
-    upper tail (``scores.fit_tail``). Methods the scorer cannot compute (``local`` and ``combined`` without map
-    statistics) are left out.
+    upper tail (``scores.fit_tail``). ``combined`` also gets its parts' ``references`` (their scores on these
+    images), and its threshold comes from leave-one-out statistics (``maps.fit_combination``). Methods the scorer
+    cannot compute (``local`` and ``combined`` without map statistics) are left out.
 
     Raises:
         CalibrationError: fewer than ``MIN_CALIBRATION_IMAGES`` images, or scores that are not finite.
@@ -43,29 +44,41 @@ def calibrate(scorer: Scorer, images: NDArray[Any], fpr: float,
     if images.shape[0] < MIN_CALIBRATION_IMAGES:
         raise CalibrationError(f"calibration needs at least {MIN_CALIBRATION_IMAGES} held-out images, "
                                f"got {images.shape[0]}")
-    calibration: dict[str, Any] = {}
-    for method in (m for m in methods if m in scorer.computable_methods):
-        scores = scores_in_batches(scorer, images, method)
-        if not np.isfinite(scores).all():
+    parts = scorer.spec.combined_parts
+    computable = set(scorer.computable_methods)
+    want_combined = "combined" in methods and all(p in computable for p in parts)
+    scores: dict[str, NDArray[np.float64]] = {}
+    for method in dict.fromkeys([m for m in methods if m in computable and m != "combined"]
+                                + (list(parts) if want_combined else [])):
+        scores[method] = scores_in_batches(scorer, images, method)
+        if not np.isfinite(scores[method]).all():
             raise CalibrationError(f"{method} scores of held-out images are not finite; the model is unusable")
-        kept = np.sort(scores)
-        if kept.size > MAX_CALIBRATION_SCORES:
-            kept = np.quantile(kept, np.linspace(0, 1, MAX_CALIBRATION_SCORES))
-        tail = fit_tail(scores)
-        calibration[method] = {"threshold": threshold_at_fpr(scores, fpr, tail),
-                               "scores": [float(np.float32(s)) for s in kept]}
-        if tail is not None:
-            calibration[method]["tail"] = tail.to_dict()
-    return calibration
+    calibration = {m: _calibrated(scores[m], fpr) for m in methods if m in scores}
+    if want_combined:
+        combination, loo = fit_combination(parts, {p: scores[p] for p in parts})
+        calibration["combined"] = {**_calibrated(loo.astype(np.float64), fpr),
+                                   "references": combination.references_entry(),
+                                   "rule": "leave-one-out: each calibration image's parts against the other images"}
+    return {m: calibration[m] for m in SCORE_METHODS if m in calibration}
 
 
-def fit_references(scorer: Scorer, images: NDArray[Any], parts: Sequence[str]) -> Scorer:
-    """A scorer like ``scorer`` with anomaly-map statistics and the combined score's references measured on
-    ``images`` (normal training images, never the calibration images: the calibrated threshold of ``local`` and
-    ``combined`` then comes from images the references did not see).
+def _calibrated(scores: NDArray[np.float64], fpr: float) -> dict[str, Any]:
+    kept = np.sort(scores)
+    if kept.size > MAX_CALIBRATION_SCORES:
+        kept = np.quantile(kept, np.linspace(0, 1, MAX_CALIBRATION_SCORES))
+    tail = fit_tail(scores)
+    entry: dict[str, Any] = {"threshold": threshold_at_fpr(scores, fpr, tail), "scores": [float(np.float32(s)) for s in kept]}
+    if tail is not None:
+        entry["tail"] = tail.to_dict()
+    return entry
+
+
+def fit_map_stats(scorer: Scorer, images: NDArray[Any]) -> Scorer:
+    """A scorer like ``scorer`` with anomaly-map statistics measured on ``images`` (normal training images, never
+    the calibration images: thresholds of the map-based scores then come from images the statistics did not see).
 
     Raises:
-        CalibrationError: fewer than ``MIN_CALIBRATION_IMAGES`` images, or scores that are not finite.
+        CalibrationError: fewer than ``MIN_CALIBRATION_IMAGES`` images, or unusable statistics.
     """
     if images.shape[0] < MIN_CALIBRATION_IMAGES:
         raise CalibrationError(f"anomaly-map statistics need at least {MIN_CALIBRATION_IMAGES} training images, "
@@ -76,14 +89,7 @@ def fit_references(scorer: Scorer, images: NDArray[Any], parts: Sequence[str]) -
         stats = MapStats.fit([residual_magnitude(xb, scorer.reconstruct(xb), sigma) for xb in batches], sigma)
     except ValueError as exc:
         raise CalibrationError(f"anomaly-map statistics of the training images are unusable: {exc}") from exc
-    with_maps = scorer.with_maps(stats)
-    references: dict[str, Reference] = {}
-    for part in parts:
-        scores = scores_in_batches(with_maps, images, part)
-        if not np.isfinite(scores).all():
-            raise CalibrationError(f"{part} scores of training images are not finite; the model is unusable")
-        references[part] = Reference.fit(scores)
-    return scorer.with_maps(stats, Combination(tuple(parts), references))
+    return scorer.with_maps(stats)
 
 
 def auroc(labels: NDArray[Any], scores: NDArray[Any]) -> float:

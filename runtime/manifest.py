@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from edgevae.options import (
+    COMBINED_PARTS,
     DEFAULT_METHOD,
     ELBO_SAMPLES,
     ELBO_SAMPLES_MAX,
@@ -24,6 +25,7 @@ from edgevae.options import (
 
 from .contract import InputContract
 from .errors import BundleError
+from .maps import STATISTIC, check_parts
 from .scores import MethodCalibration
 
 FORMAT_NAME = "edgevae-bundle"
@@ -75,7 +77,8 @@ class ScoringSpec:
         default_method: the method used when none is named.
         elbo_samples, iwae_samples: Monte-Carlo samples K of the ``elbo`` and ``iwae`` scores.
         seed: seed of the noise shared by every image in the Monte-Carlo scores.
-        smooth_sigma: Gaussian width (pixels) of ``smooth_recon``.
+        smooth_sigma: Gaussian width (pixels) of ``smooth_recon`` and of the anomaly maps.
+        combined_parts: the methods ``combined`` joins through their p-values.
     """
 
     contract: InputContract
@@ -86,8 +89,11 @@ class ScoringSpec:
     iwae_samples: int = IWAE_SAMPLES
     seed: int = SCORE_SEED
     smooth_sigma: float = SMOOTH_SIGMA
+    combined_parts: tuple[str, ...] = COMBINED_PARTS
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "combined_parts", tuple(self.combined_parts))
+        check_parts(self.combined_parts)
         if self.latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
         if self.likelihood not in LIKELIHOODS:
@@ -116,6 +122,7 @@ class ScoringSpec:
             "noise_files": {m: {"file": noise_file(m), "shape": [self.samples(m), self.latent_dim], "dtype": "float32",
                                 "byte_order": "little", "layout": "row-major (K, latent_dim)"}
                             for m in MONTE_CARLO_METHODS},
+            "combined": {"parts": list(self.combined_parts), "statistic": STATISTIC},
         }
 
     @classmethod
@@ -131,6 +138,7 @@ class ScoringSpec:
             iwae_samples=int(scoring.get("iwae_samples", IWAE_SAMPLES)),
             seed=int(scoring["seed"]),
             smooth_sigma=float(scoring.get("smooth_sigma", SMOOTH_SIGMA)),
+            combined_parts=tuple(str(p) for p in (scoring.get("combined") or {}).get("parts", COMBINED_PARTS)),
         )
 
 

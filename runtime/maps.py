@@ -7,9 +7,10 @@ that normal training images' residuals have there. A bundle stores the two (H, W
 
 ``local`` is the mean of the top share of an image's map values: a small defect lifts a few pixels far above
 what normal images show there, which a whole-image average dilutes. ``combined`` joins a local and a global
-score through their p-values against the training images' scores of each part: its statistic is
-``-log(min_i p_i)``, and the bundle calibrates a threshold on that statistic as on any other score, so the
-combined flag keeps the stated false-positive rate as a whole.
+score through their calibrated p-values (each part's scores on the held-out calibration images, with their
+tail model): its statistic is ``-log(min_i p_i)``. Its threshold is calibrated on the same images with
+leave-one-out p-values (each calibration image's parts are compared with the other images' scores only, as a
+new image's are compared with all of them), so the combined flag keeps the stated false-positive rate as a whole.
 
 Every function here has a PyTorch twin in ``edgevae.training.objectives``; tests check they agree.
 """
@@ -35,8 +36,8 @@ MAP_FILE = "map_stats.f32"
 SPREAD_FLOOR = 0.25
 # Reference scores a combined part keeps (evenly spaced quantiles of the training images' scores).
 MAX_REFERENCE_SCORES = 512
-# p-values below this are clipped before the logarithm of the combined statistic (finite in float32).
-MIN_P = 1e-30
+# p-values below this are clipped before the logarithm of the combined statistic (-ln gives at most 690).
+MIN_P = 1e-300
 
 
 def residual_magnitude(x: F32, x_mean: F32, sigma: float) -> F32:
@@ -133,7 +134,7 @@ class MapStats:
 
 @dataclass(frozen=True)
 class Reference:
-    """A part's scores on normal training images, which turn its scores into p-values inside ``combined``."""
+    """A part's scores on normal held-out images (and their tail model), which turn its scores into p-values."""
 
     scores: NDArray[np.float64]
     tail: TailFit | None
@@ -182,16 +183,37 @@ class Combination:
         out: F32 = (-np.log(np.maximum(p, MIN_P))).astype(np.float32)
         return out
 
-    def manifest_entry(self) -> dict[str, Any]:
-        return {"parts": list(self.parts), "references": {p: self.references[p].to_dict() for p in self.parts},
-                "statistic": "-ln(min over parts of p_part), p_part from the part's reference scores as calibration "
-                             "p-values are computed (empirical, with the tail model above its start)",
-                "reference_source": "training split (never the calibration images)"}
+    def references_entry(self) -> dict[str, Any]:
+        """The ``references`` of the manifest's ``calibration.methods.combined``."""
+        return {p: self.references[p].to_dict() for p in self.parts}
 
     @classmethod
-    def from_manifest(cls, data: Mapping[str, Any]) -> "Combination":
-        parts = tuple(str(p) for p in data["parts"])
-        return cls(parts, {p: Reference.from_dict(data["references"][p]) for p in parts})
+    def from_manifest(cls, parts: Sequence[str], references: Mapping[str, Any]) -> "Combination":
+        return cls(tuple(parts), {p: Reference.from_dict(references[p]) for p in parts})
+
+
+STATISTIC = ("-ln(min over parts of p_part); p_part as calibration p-values are computed (empirical (1 + #>=) / (n + 1), "
+             "the tail model above its start) against calibration.methods.combined.references[part]")
+
+
+def fit_combination(parts: Sequence[str], part_scores: Mapping[str, NDArray[Any]]) -> tuple[Combination, F32]:
+    """The combination whose references are the parts' scores on held-out normal images, and those images'
+    leave-one-out combined statistics (image j's parts against the other images' scores), from which its
+    threshold is calibrated.
+
+    Raises:
+        ValueError: fewer than 3 images, or scores that are not finite.
+    """
+    n = len(next(iter(part_scores.values())))
+    if n < 3:
+        raise ValueError(f"the combined score needs at least 3 calibration images, got {n}")
+    combination = Combination(tuple(parts), {p: Reference.fit(part_scores[p]) for p in parts})
+    loo = np.empty(n, dtype=np.float64)
+    for j in range(n):
+        p = min(float(Reference.fit(np.delete(np.asarray(part_scores[part], np.float64), j)).p_values(
+            np.asarray([part_scores[part][j]]))[0]) for part in parts)
+        loo[j] = -math.log(max(p, MIN_P))
+    return combination, loo.astype(np.float32)
 
 
 def check_parts(parts: Sequence[str]) -> None:
@@ -210,4 +232,5 @@ def needs_maps(method: str) -> bool:
     return method in MAP_METHODS
 
 
-__all__: Sequence[str] = ("Combination", "MapStats", "Reference", "residual_magnitude", "top_k", "MAP_FILE")
+__all__: Sequence[str] = ("Combination", "MapStats", "Reference", "fit_combination", "residual_magnitude", "top_k",
+                          "MAP_FILE")

@@ -162,7 +162,8 @@ class Scorer:
     @property
     def computable_methods(self) -> tuple[str, ...]:
         """Score methods this scorer can compute: all, less ``local`` and ``combined`` without the statistics."""
-        missing = (() if self.maps is not None else ("local",)) + (() if self.combination is not None else ("combined",))
+        missing = ((() if self.maps is not None else ("local",))
+                   + (() if self.combination is not None else ("combined",)))
         return tuple(m for m in SCORE_METHODS if m not in missing)
 
     # --------------------------------------------------------------- maps

@@ -17,10 +17,9 @@ echo "== 3. write held-out test digits and obvious outliers as PNG files"
 "$edgevae" samples -o "$out/samples" --per-class 2
 
 echo "== 4. score them (torch-free runtime); higher score = more anomalous"
-echo "-- default method (smooth_recon: best on unusual digits, see docs/scoring.md)"
-"$edgevae" score "$out/samples" -m "$out/bundle" --report "$out/report.html" | tee "$out/scores.txt"
-echo "-- elbo (negative ELBO: also catches out-of-distribution images such as large bright blobs)"
-"$edgevae" score "$out/samples" -m "$out/bundle" --method elbo | tee "$out/scores_elbo.txt"
+echo "-- default method (combined: a local score on the anomaly map and the negative ELBO, joined through their"
+echo "   p-values, so it flags unusual digits and images that are not digits at all; see docs/scoring.md)"
+"$edgevae" score "$out/samples" -m "$out/bundle" --report "$out/report.html" --maps "$out/maps" | tee "$out/scores.txt"
 
 echo "== 5. generate new digits from the prior, and reconstructions"
 "$edgevae" generate -m "$out/bundle" -n 64 --seed 0 -o "$out/generated.png"
@@ -28,5 +27,6 @@ echo "== 5. generate new digits from the prior, and reconstructions"
 "$edgevae" info "$out/bundle"
 
 echo
-echo "outputs: $out/run (checkpoints, metrics.json), $out/bundle (the bundle), $out/scores.txt, $out/scores_elbo.txt,"
-echo "         $out/generated.png, $out/reconstructions.png, $out/report.html (open it in a browser)"
+echo "outputs: $out/run (checkpoints, metrics.json), $out/bundle (the bundle), $out/scores.txt, $out/maps/ (one"
+echo "         image | reconstruction | anomaly map per input), $out/generated.png, $out/reconstructions.png,"
+echo "         $out/report.html (open it in a browser)"

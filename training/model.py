@@ -160,6 +160,7 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        cfg = cfg if cfg.is_resolved else cfg.resolved()
         layers: list[nn.Module] = []
         c_in = cfg.channels
         act = ACTIVATIONS[cfg.encoder_activation or cfg.activation]
@@ -191,6 +192,7 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        cfg = cfg if cfg.is_resolved else cfg.resolved()
         sizes = cfg.feature_sizes()
         self.start = (cfg.widths[-1],) + sizes[-1]
         self.fc = nn.Sequential(

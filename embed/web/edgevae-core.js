@@ -34,14 +34,15 @@ function calibrationOf(manifest, method) {
   return { threshold: cal.threshold, scores: Float64Array.from(cal.scores), tail: cal.tail || null };
 }
 
-// The combined score's parts, each with its reference scores (sorted) and tail, from scoring.combined.
+// The combined score's parts (scoring.combined.parts), each with its reference scores (sorted) and tail from the
+// combined method's calibration.
 function combinedParts(manifest) {
-  const combined = manifest.scoring.combined;
-  if (!combined || !Array.isArray(combined.parts) || combined.parts.length < 2) {
+  const combined = manifest.scoring.combined, cal = manifest.calibration.methods.combined;
+  if (!combined || !Array.isArray(combined.parts) || combined.parts.length < 2 || !cal || !cal.references) {
     throw new BundleError("the bundle stores no parts for the combined score (it predates them); re-export it");
   }
   return combined.parts.map((name) => {
-    const ref = combined.references && combined.references[name];
+    const ref = cal.references[name];
     if (!ref || !Array.isArray(ref.scores) || ref.scores.length < 2 || name === "combined") {
       throw new BundleError(`the combined part ${name} has no reference scores`);
     }
@@ -275,7 +276,7 @@ export async function scoreImage(bundle, x) {
     reconstruction = reconstruction || result.reconstruction;
     pMin = Math.min(pMin, pValueOf(part, result.score));
   }
-  return { score: Math.fround(-Math.log(Math.max(pMin, 1e-30))), reconstruction };
+  return { score: Math.fround(-Math.log(Math.max(pMin, 1e-300))), reconstruction };
 }
 
 // The runtime's p-value: empirical (1 + #{scores >= s}) / (n + 1), or the fitted tail above its start.

@@ -52,13 +52,15 @@ def test_in_graph_kl_equals_closed_form(model, test_digits) -> None:  # type: ig
     np.testing.assert_allclose(kl, closed, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae"])
+@pytest.mark.parametrize("method", ["kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae", "local", "combined"])
 def test_every_score_matches_pytorch(tiny_run: Path, model, test_digits, method: str) -> None:  # type: ignore[no-untyped-def]
     torch_model = load_checkpoint(tiny_run).model
     x = model.prepare(test_digits[0][::37])
     k = model.spec.iwae_samples if method == "iwae" else model.spec.elbo_samples
     eps = torch.from_numpy(prior_noise(k, 4, model.spec.seed).copy())
-    ref = score(torch_model, torch.from_numpy(x), method, eps).numpy()
+    noise = {"elbo": torch.from_numpy(prior_noise(model.spec.elbo_samples, 4, model.spec.seed).copy())}
+    ref = score(torch_model, torch.from_numpy(x), method, eps, model.spec.smooth_sigma, model.maps, model.combination,
+                noise).numpy()
     np.testing.assert_allclose(model.raw_scores(x, method), ref, rtol=1e-4, atol=1e-3)
 
 

@@ -23,6 +23,7 @@ def test_bundle_stores_map_statistics_under_its_checksums(bundle: Path, model) -
     np.testing.assert_array_equal(raw[1], model.maps.spread)
     assert (raw[1] > 0).all() and entry["top_k"] == 8  # 1 % of 784 pixels
     assert manifest["scoring"]["combined"]["parts"] == list(COMBINED_PARTS)
+    assert set(manifest["calibration"]["methods"]["combined"]["references"]) == set(COMBINED_PARTS)
     assert manifest["scoring"]["default_method"] == DEFAULT_METHOD == "combined"
 
 
@@ -76,8 +77,21 @@ def test_combined_is_minus_log_of_the_smaller_part_p_value(model, test_digits) -
     parts = {p: model.raw_scores(x, p) for p in comb.parts}
     p_min = np.min([comb.references[p].p_values(parts[p]) for p in comb.parts], axis=0)
     np.testing.assert_allclose(model.raw_scores(x, "combined"), -np.log(p_min), rtol=1e-6)
-    # references come from the training split, never from the calibration images
-    assert model.manifest.raw["scoring"]["combined"]["reference_source"].startswith("training split")
+    # the references are the parts' calibration scores: a part's p-value inside combined is its calibrated one
+    for p in comb.parts:
+        np.testing.assert_allclose(comb.references[p].p_values(parts[p]), model.score(x, p).p_values, rtol=1e-9)
+
+
+def test_leave_one_out_statistics_match_a_direct_recomputation() -> None:
+    from edgevae.runtime.maps import Reference, fit_combination
+
+    rng = np.random.default_rng(0)
+    scores = {"local": rng.gamma(2.0, size=60), "elbo": rng.normal(100, 5, size=60)}
+    combination, loo = fit_combination(("local", "elbo"), scores)
+    j = 17
+    direct = min(Reference.fit(np.delete(scores[p], j)).p_values(np.array([scores[p][j]]))[0] for p in scores)
+    assert loo[j] == pytest.approx(-np.log(direct), rel=1e-6)
+    assert combination.references["elbo"].scores.size == 60
 
 
 def test_combined_flags_what_either_part_flags_far_out(model, test_digits) -> None:  # type: ignore[no-untyped-def]
@@ -106,8 +120,7 @@ def test_old_bundle_without_maps_scores_the_other_methods(bundle: Path, tmp_path
     copy = tmp_path / "old"
     shutil.copytree(bundle, copy)
     manifest = json.loads((copy / "edgevae.json").read_text())
-    for key in ("map", "combined"):
-        del manifest["scoring"][key]
+    del manifest["scoring"]["map"]
     for key in ("local", "combined"):
         del manifest["calibration"]["methods"][key]
     del manifest["files"]["map_stats.f32"]

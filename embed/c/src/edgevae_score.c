@@ -147,11 +147,11 @@ static int uses(const bundle *b, const char *method) {
     return 0;
 }
 
-/* The combined score's parts and references (scoring.combined) and the map statistics (scoring.map). */
+/* The combined score's parts (scoring.combined.parts) and their references (its calibration's references). */
 static int load_combined(bundle *b, const json *manifest, char *err) {
-    const char *keys[] = {"scoring", "combined", NULL};
-    const json *combined = json_path(manifest, keys), *parts = json_get(combined, "parts"),
-               *refs = json_get(combined, "references");
+    const char *keys[] = {"scoring", "combined", "parts", NULL}, *ref_keys[] = {"calibration", "methods", "combined",
+                                                                                "references", NULL};
+    const json *parts = json_path(manifest, keys), *refs = json_path(manifest, ref_keys);
     if (!parts || parts->type != JSON_ARRAY || parts->count < 2 || parts->count > MAX_PARTS || !refs) {
         snprintf(err, MSG, "the bundle stores no parts for the combined score (it predates them); re-export it");
         return 0;
@@ -495,7 +495,7 @@ static int score(bundle *b, float *x, double *out, char *err) {
         double p_min = 1.0, part;
         for (int i = 0; ok && i < b->n_parts; i++)
             if ((ok = method_score(b, b->parts[i], x, enc, &part, err))) p_min = fmin(p_min, p_value(&b->part_ref[i], part));
-        if (ok) *out = (float)-log(fmax(p_min, 1e-30));
+        if (ok) *out = (float)-log(fmax(p_min, 1e-300));
     } else if (ok) ok = method_score(b, b->method, x, enc, out, err);
     for (int i = 0; i < 3; i++) free(enc[i]);
     return ok;
