@@ -259,6 +259,10 @@ class Scorer:
             return elbo
         mu = encoder.run(self._encoder_outputs[:1], {ENCODER_INPUT: xb})[0]
         mean = decoder.run(self._decoder_outputs[:1], {DECODER_INPUT: mu})[0]
+        return self._from_reconstruction(xb, mean, method)
+
+    def _from_reconstruction(self, xb: F32, mean: F32, method: str) -> F32:
+        """A score that compares images with their reconstructions (the decoded posterior means)."""
         if method == "recon":
             return reconstruction_error(xb, mean)
         if method == "rel_recon":
@@ -273,8 +277,20 @@ class Scorer:
             raise ValueError("this bundle stores no reference scores for the combined score (it predates it); "
                              "re-export it with this edgevae, or pass another method")
         xb = self.prepare(x)
-        parts = {part: self.raw_scores(xb, part, samples=samples if self.spec.samples(part) else None)
-                 for part in self.combination.parts}
+        # the parts that compare images with their reconstructions share one encoder and decoder pass
+        shared = [p for p in self.combination.parts if p in ONE_PASS_METHODS]
+        parts: dict[str, F32] = {}
+        if shared:
+            def one_pass(part: F32, in_slice: bool) -> list[F32]:
+                encoder, decoder = self.runner.sessions(in_slice)
+                mu = encoder.run(self._encoder_outputs[:1], {ENCODER_INPUT: part})[0]
+                mean = decoder.run(self._decoder_outputs[:1], {DECODER_INPUT: mu})[0]
+                return [self._from_reconstruction(part, mean, p) for p in shared]
+
+            parts.update(zip(shared, self.runner.map_slices(one_pass, xb)))
+        for part in self.combination.parts:
+            if part not in parts:
+                parts[part] = self.raw_scores(xb, part, samples=samples if self.spec.samples(part) else None)
         return self.combination.statistic(parts)
 
     def _monte_carlo(self, xb: F32, posterior: Posterior, eps: F32, importance: bool = True) -> tuple[F32, F32]:

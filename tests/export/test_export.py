@@ -200,7 +200,7 @@ def test_calibration_with_enough_images_stores_a_tail_model_that_the_runtime_use
                       calibration_images=normal)
     raw = json.loads((tmp_path / "b" / "edgevae.json").read_text())
     fitted = 0
-    for method in m.methods:
+    for method in (x for x in m.methods if x != "combined"):  # combined: leave-one-out statistics (test_maps)
         cal = m.manifest.calibration[method]
         scores = m.raw_scores(m.prepare(normal), method)
         tail = fit_tail(scores.astype(np.float64))
