@@ -320,7 +320,9 @@ class _TrainingProgress:
               show_default=options.DEFAULT_METHOD, help="Default score method of the bundle.")
 @click.option("--smooth-sigma", type=click.FloatRange(0, options.SMOOTH_SIGMA_MAX, min_open=True),
               show_default=str(options.SMOOTH_SIGMA),
-              help="Gaussian width (pixels) of the smooth_recon score; scale it with the image size.")
+              help="Gaussian width (pixels) of the smooth_recon score and the anomaly maps.")
+@click.option("--combine", "combined_parts", show_default=",".join(options.COMBINED_PARTS),
+              help="The methods the combined score joins through their p-values, comma-separated.")
 @click.option("--quantize", type=click.Choice(options.QUANTIZE_VARIANTS),
               help="Add a static QDQ variant, calibrated on training images.")
 @click.option("--precision", type=click.Choice(options.PRECISION_VARIANTS), help="Add a lower-precision float variant.")
@@ -335,6 +337,8 @@ def export(checkpoint: str, bundle_dir: str, quantize: str | None, precision: st
     from edgevae.export import ExportConfig, export_bundle
 
     with _errors():
+        if settings["combined_parts"] is not None:
+            settings["combined_parts"] = tuple(p.strip() for p in settings["combined_parts"].split(","))
         cfg = ExportConfig(**_given(**settings), variants=tuple(v for v in (quantize, precision) if v),
                            ort_format=ort_format)
         with _warnings_to_stderr():
