@@ -401,6 +401,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      if task.name in (("inspection",) if smoke else ("inspection", "texture_grass")) else None)
             report["tasks"][task.name] = {**evaluate(task, model, use_pyod, plain), "cost": cost}
             print(json.dumps(report["tasks"][task.name]["auroc"], indent=None)[:2000], flush=True)
+            Path(args.json).with_suffix(".partial.json").write_text(json.dumps(report, indent=1))
         for split in range(1 if smoke else args.splits):
             task = faces(split)
             model, cost = edgevae_model(task, work, [], epochs)

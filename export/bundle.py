@@ -172,8 +172,40 @@ def export_bundle(
     references, images = _export_images(ck, calibration_images, reference_images)
     say("exporting encoder.onnx and decoder.onnx")
     graphs = export_graphs(model, images, cfg.opset)
-    scorer = _scorer(cfg.scoring_spec(mc.contract, mc.latent_dim, mc.likelihood), graphs.encoder.SerializeToString(),
+    scorer = _scorer(cfg.scoring_spec(mc.contract, int(mc.latent_dim or 0), mc.likelihood), graphs.encoder.SerializeToString(),
                      graphs.decoder.SerializeToString())
+    scorer, calibration = _measure(scorer, references, images, cfg, say)
+    say(f"checking parity with PyTorch at batch sizes {' and '.join(map(str, PARITY_BATCH_SIZES))}")
+    report = check_parity(model, scorer, images, cfg.tolerance)
+    warn_if_unpromisable(cfg.fpr, images.shape[0], tail=any("tail" in c for c in calibration.values()))
+    manifest = build_manifest(ck, cfg, scorer, calibration, report, images.shape[0])
+    files = BundleFiles({ENCODER_FILE: embed_manifest(graphs.encoder, manifest),
+                         DECODER_FILE: embed_manifest(graphs.decoder, manifest), **_data_files(scorer)}, manifest)
+    build_variants(files, graphs, model, scorer, images, cfg, say)
+    say("writing the bundle")
+    write_bundle(target, files, force, sign_key)
+    say(f"wrote {target}" + (" (signed)" if sign_key is not None else ""))
+    return load(target, ["CPUExecutionProvider"], trusted_keys=[] if sign_key is None else [sign_key])
+
+
+def _data_files(scorer: Scorer) -> dict[str, bytes]:
+    """The files beside the graphs: the shared Monte-Carlo noise (for readers that cannot reproduce numpy's
+    generator) and the anomaly-map statistics."""
+    files: dict[str, bytes] = {}
+    for method in MONTE_CARLO_METHODS:
+        noise = scorer.noise(method)
+        if noise is None:
+            raise ExportError(f"{method} is listed as a Monte-Carlo method but draws no noise")
+        files[noise_file(method)] = noise.astype("<f4").tobytes()
+    if scorer.maps is not None:
+        files[MAP_FILE] = scorer.maps.to_bytes()
+    return files
+
+
+def _measure(scorer: Scorer, references: np.ndarray, images: np.ndarray, cfg: ExportConfig,
+             say: Say) -> tuple[Scorer, dict[str, Any]]:
+    """Map statistics on the reference (training) images, then the calibration on the held-out ones; the scorer
+    that carries both."""
     say(f"measuring anomaly-map statistics on {references.shape[0]} training images")
     try:
         scorer = fit_map_stats(scorer, references)
@@ -184,24 +216,7 @@ def export_bundle(
     if "combined" in calibration and scorer.maps is not None:
         scorer = scorer.with_maps(scorer.maps, Combination.from_manifest(cfg.combined_parts,
                                                                          calibration["combined"]["references"]))
-    say(f"checking parity with PyTorch at batch sizes {' and '.join(map(str, PARITY_BATCH_SIZES))}")
-    report = check_parity(model, scorer, images, cfg.tolerance)
-    warn_if_unpromisable(cfg.fpr, images.shape[0], tail=any("tail" in c for c in calibration.values()))
-    manifest = build_manifest(ck, cfg, scorer, calibration, report, images.shape[0])
-    files = BundleFiles({ENCODER_FILE: embed_manifest(graphs.encoder, manifest),
-                         DECODER_FILE: embed_manifest(graphs.decoder, manifest)}, manifest)
-    for method in MONTE_CARLO_METHODS:  # the shared noise, for readers that cannot reproduce numpy's generator
-        noise = scorer.noise(method)
-        if noise is None:
-            raise ExportError(f"{method} is listed as a Monte-Carlo method but draws no noise")
-        files.data[noise_file(method)] = noise.astype("<f4").tobytes()
-    if scorer.maps is not None:
-        files.data[MAP_FILE] = scorer.maps.to_bytes()
-    build_variants(files, graphs, model, scorer, images, cfg, say)
-    say("writing the bundle")
-    write_bundle(target, files, force, sign_key)
-    say(f"wrote {target}" + (" (signed)" if sign_key is not None else ""))
-    return load(target, ["CPUExecutionProvider"], trusted_keys=[] if sign_key is None else [sign_key])
+    return scorer, calibration
 
 
 def _export_images(ck: Checkpoint, calibration_images: np.ndarray | None,

@@ -195,10 +195,8 @@ class InputContract:
         Args:
             path: the image file.
             strict_size: refuse images whose size differs from the contract instead of resizing them.
-            strict_channels: refuse images whose channel count differs (grayscale for an RGB model, colour for a
-                grayscale one) instead of converting them.
-            notes: when given, a conversion of the channel count is appended to it as a sentence (the image is
-                still converted), so a caller can report it per item.
+            strict_channels: refuse images of another channel count instead of converting them.
+            notes: when given, a conversion of the channel count is appended to it as a sentence.
 
         Raises:
             ImageReadError: the file cannot be read or decoded as an image, or has more than
@@ -211,14 +209,9 @@ class InputContract:
         except ImportError as exc:  # pragma: no cover - Pillow is a base dependency
             raise ImageReadError("reading image files needs Pillow: pip install pillow") from exc
         name = os.fspath(path)
-        source: Any = name
-        if name[-4:].lower() == ".png":
-            data = _read_small_file(name)
-            if data is not None:  # read once: the plain-PNG reader, else Pillow, works on these bytes
-                fast = decode_png(data, self.channels, (self.height, self.width))
-                if fast is not None:
-                    return fast
-                source = io.BytesIO(data)
+        source = self._plain_png(name)
+        if isinstance(source, np.ndarray):
+            return source
         try:
             with Image.open(source) as img:
                 if img.width * img.height > MAX_IMAGE_PIXELS:
@@ -253,6 +246,17 @@ class InputContract:
         else:
             arr = np.moveaxis(arr, -1, 0)
         return np.ascontiguousarray(arr)
+
+    def _plain_png(self, name: str) -> Any:
+        """A small plain PNG of the contract's mode and size, decoded (uint8 (C, H, W)); otherwise what Pillow
+        should open: the file's bytes already read (a BytesIO), or its name."""
+        if name[-4:].lower() != ".png":
+            return name
+        data = _read_small_file(name)
+        if data is None:
+            return name
+        fast = decode_png(data, self.channels, (self.height, self.width))  # read once: this reader, else Pillow
+        return fast if fast is not None else io.BytesIO(data)
 
     def _check_channels(self, name: str, channels: int, strict: bool, notes: list[str] | None) -> None:
         if channels == self.channels:

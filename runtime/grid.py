@@ -76,11 +76,16 @@ def map_panel(image: NDArray[Any], reconstruction: NDArray[Any], anomaly_map: ND
     map over the image in gray. ``scale`` enlarges each pixel (default: to about 128 pixels high)."""
     c, h, w = image.shape
     k = scale or max(1, 128 // max(h, w))
-    rgb = lambda a: np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a  # noqa: E731  (C, H, W) -> (3, H, W)
     gray = np.asarray(image, dtype=np.float32).mean(axis=0)
     heat = np.clip(np.asarray(anomaly_map, dtype=np.float32) / MAP_DISPLAY_MAX, 0.0, 1.0)
     alpha = np.minimum(1.0, 2.0 * heat)[None]
     overlay = (1 - alpha) * (0.6 * gray[None]) + alpha * np.moveaxis(heat_colours(heat), -1, 0)
-    panels = [rgb(np.asarray(image, dtype=np.float32)), rgb(np.asarray(reconstruction, dtype=np.float32)), overlay]
+    panels = [_rgb(np.asarray(image, dtype=np.float32)), _rgb(np.asarray(reconstruction, dtype=np.float32)), overlay]
     grid = make_grid(np.stack(panels), columns=3, pad=1)
     return np.repeat(np.repeat(grid, k, axis=0), k, axis=1)
+
+
+def _rgb(image: NDArray[np.float32]) -> NDArray[np.float32]:
+    """(C, H, W) -> (3, H, W): a grayscale image repeated over three channels."""
+    out: NDArray[np.float32] = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image
+    return out

@@ -235,16 +235,7 @@ def iter_batches(paths: Sequence[str | os.PathLike[str]], contract: InputContrac
                 yield from _array_items(source, contract)
 
     def decode(item: tuple[str, Any]) -> tuple[str, Any, str]:
-        name, payload = item
-        if isinstance(payload, str):
-            notes: list[str] = []
-            try:
-                image = contract.read_image(payload, strict_size=strict_size, strict_channels=strict_channels,
-                                            notes=notes)
-                return name, image, "; ".join(notes)
-            except InputError as exc:
-                return name, exc, ""
-        return name, payload, ""
+        return _decode(item, contract, strict_size, strict_channels)
 
     def chunks(it: Iterable[tuple[str, Any]]) -> Iterator[list[tuple[str, Any]]]:
         chunk: list[tuple[str, Any]] = []
@@ -271,6 +262,20 @@ def iter_batches(paths: Sequence[str | os.PathLike[str]], contract: InputContrac
             pending = submitted
         if pending is not None:
             yield _assemble([d for f in pending for d in f.result()], contract)
+
+
+def _decode(item: tuple[str, Any], contract: InputContract, strict_size: bool,
+            strict_channels: bool) -> tuple[str, Any, str]:
+    """(name, uint8 image | array row | InputError, what was converted) for one item."""
+    name, payload = item
+    if isinstance(payload, str):
+        notes: list[str] = []
+        try:
+            image = contract.read_image(payload, strict_size=strict_size, strict_channels=strict_channels, notes=notes)
+            return name, image, "; ".join(notes)
+        except InputError as exc:
+            return name, exc, ""
+    return name, payload, ""
 
 
 def _assemble(decoded: list[tuple[str, Any, str]], contract: InputContract) -> Batch:

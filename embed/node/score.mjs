@@ -2,7 +2,7 @@
 // edgevae-score-node: score images with an edgevae bundle on onnxruntime-node, printing the same jsonl rows as
 // `edgevae score --format jsonl`.
 //
-//   node score.mjs -m BUNDLE [--method kl|recon|rel_recon|smooth_recon|elbo] [--threshold X]
+//   node score.mjs -m BUNDLE [--method kl|recon|rel_recon|smooth_recon|elbo|local|combined] [--threshold X]
 //                  [--trusted-key KEY.pub ...] FILE...
 //
 // With trusted keys (--trusted-key, or EDGEVAE_TRUSTED_KEYS: paths separated by ':') the bundle loads only if one
