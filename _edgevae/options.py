@@ -18,6 +18,9 @@ MAP_METHODS = ("local", "combined")
 # The parts of ``combined``: a local score (small defects) and a global one (images unlike the normal kind),
 # joined through their p-values against the training images' scores; choices are the other methods.
 COMBINED_PARTS = ("local", "smooth_recon", "elbo")
+# Monte-Carlo samples of the elbo part inside ``combined`` (the first rows of the elbo noise): one sample ranks
+# images as well there as sixteen (docs/scoring.md) at an eighth of the decoder passes.
+COMBINED_ELBO_SAMPLES = 1
 # ``local``: the mean of the top LOCAL_TOP_FRACTION of an image's anomaly-map pixels (at least one pixel).
 LOCAL_TOP_FRACTION = 0.01
 # Training images the map statistics and the combined score's reference distributions are measured on.

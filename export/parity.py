@@ -73,8 +73,7 @@ def score_parity(model: VAE, scorer: Scorer, images: np.ndarray) -> dict[str, fl
             # Its parts are compared with PyTorch above. The statistic is a step function of them at the
             # references, which are these very images' scores, so float32 rounding can move a part across its
             # own reference value: the statistic is checked against its parts as the runtime computes them.
-            parts = {p: scorer.raw_scores(images, p) for p in scorer.combination.parts}
-            ref = scorer.combination.statistic(parts).astype(np.float64)
+            ref = scorer.combination.statistic(scorer.combined_parts(images)).astype(np.float64)
         else:
             ref = torch_score(model, torch.from_numpy(images), method, noise.get(method), scorer.spec.smooth_sigma,
                               scorer.maps, scorer.combination, noise).numpy().astype(np.float64)

@@ -48,18 +48,24 @@ def calibrate(scorer: Scorer, images: NDArray[Any], fpr: float,
     computable = set(scorer.computable_methods)
     want_combined = "combined" in methods and all(p in computable for p in parts)
     scores: dict[str, NDArray[np.float64]] = {}
-    for method in dict.fromkeys([m for m in methods if m in computable and m != "combined"]
-                                + (list(parts) if want_combined else [])):
-        scores[method] = scores_in_batches(scorer, images, method)
-        if not np.isfinite(scores[method]).all():
-            raise CalibrationError(f"{method} scores of held-out images are not finite; the model is unusable")
+    for method in [m for m in methods if m in computable and m != "combined"]:
+        scores[method] = _finite(scores_in_batches(scorer, images, method), method)
     calibration = {m: _calibrated(scores[m], fpr) for m in methods if m in scores}
     if want_combined:
-        combination, loo = fit_combination(parts, {p: scores[p] for p in parts})
+        batches = [scorer.combined_parts(images[i:i + CALIBRATION_BATCH])
+                   for i in range(0, images.shape[0], CALIBRATION_BATCH)]
+        part_scores = {p: _finite(np.concatenate([b[p] for b in batches]).astype(np.float64), p) for p in parts}
+        combination, loo = fit_combination(parts, part_scores)
         calibration["combined"] = {**_calibrated(loo.astype(np.float64), fpr),
                                    "references": combination.references_entry(),
                                    "rule": "leave-one-out: each calibration image's parts against the other images"}
     return {m: calibration[m] for m in SCORE_METHODS if m in calibration}
+
+
+def _finite(scores: NDArray[np.float64], method: str) -> NDArray[np.float64]:
+    if not np.isfinite(scores).all():
+        raise CalibrationError(f"{method} scores of held-out images are not finite; the model is unusable")
+    return scores
 
 
 def _calibrated(scores: NDArray[np.float64], fpr: float) -> dict[str, Any]:

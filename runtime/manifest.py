@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from edgevae.options import (
+    COMBINED_ELBO_SAMPLES,
     COMBINED_PARTS,
     DEFAULT_METHOD,
     ELBO_SAMPLES,
@@ -79,6 +80,8 @@ class ScoringSpec:
         seed: seed of the noise shared by every image in the Monte-Carlo scores.
         smooth_sigma: Gaussian width (pixels) of ``smooth_recon`` and of the anomaly maps.
         combined_parts: the methods ``combined`` joins through their p-values.
+        combined_elbo_samples: K of an ``elbo`` part inside ``combined`` (at most ``elbo_samples``: the first rows
+            of the elbo noise).
     """
 
     contract: InputContract
@@ -90,8 +93,11 @@ class ScoringSpec:
     seed: int = SCORE_SEED
     smooth_sigma: float = SMOOTH_SIGMA
     combined_parts: tuple[str, ...] = COMBINED_PARTS
+    combined_elbo_samples: int = COMBINED_ELBO_SAMPLES
 
     def __post_init__(self) -> None:
+        if not 1 <= self.combined_elbo_samples <= ELBO_SAMPLES_MAX:
+            raise ValueError(f"combined_elbo_samples must be in 1..{ELBO_SAMPLES_MAX}, got {self.combined_elbo_samples}")
         object.__setattr__(self, "combined_parts", tuple(self.combined_parts))
         check_parts(self.combined_parts)
         if self.latent_dim < 1:
@@ -103,6 +109,11 @@ class ScoringSpec:
     @property
     def decoder_outputs(self) -> tuple[str, str]:
         return decoder_outputs(self.likelihood)
+
+    @property
+    def part_elbo_samples(self) -> int:
+        """K of the elbo part inside ``combined``."""
+        return min(self.combined_elbo_samples, self.elbo_samples)
 
     def samples(self, method: str) -> int:
         """Monte-Carlo samples K that ``method`` draws (0 for the methods that draw none)."""
@@ -122,7 +133,8 @@ class ScoringSpec:
             "noise_files": {m: {"file": noise_file(m), "shape": [self.samples(m), self.latent_dim], "dtype": "float32",
                                 "byte_order": "little", "layout": "row-major (K, latent_dim)"}
                             for m in MONTE_CARLO_METHODS},
-            "combined": {"parts": list(self.combined_parts), "statistic": STATISTIC},
+            "combined": {"parts": list(self.combined_parts), "elbo_samples": self.part_elbo_samples,
+                         "statistic": STATISTIC},
         }
 
     @classmethod
@@ -139,6 +151,7 @@ class ScoringSpec:
             seed=int(scoring["seed"]),
             smooth_sigma=float(scoring.get("smooth_sigma", SMOOTH_SIGMA)),
             combined_parts=tuple(str(p) for p in (scoring.get("combined") or {}).get("parts", COMBINED_PARTS)),
+            combined_elbo_samples=int((scoring.get("combined") or {}).get("elbo_samples", COMBINED_ELBO_SAMPLES)),
         )
 
 

@@ -276,9 +276,14 @@ class Scorer:
         if self.combination is None:
             raise ValueError("this bundle stores no reference scores for the combined score (it predates it); "
                              "re-export it with this edgevae, or pass another method")
+        return self.combination.statistic(self.combined_parts(x, samples))
+
+    def combined_parts(self, x: NDArray[Any], samples: int | None = None) -> dict[str, F32]:
+        """The raw scores of the parts of ``combined`` (``spec.combined_parts``), as it computes them: the parts
+        that compare images with their reconstructions share one encoder and decoder pass, and an ``elbo`` part
+        draws ``spec.part_elbo_samples`` samples (``samples`` overrides)."""
         xb = self.prepare(x)
-        # the parts that compare images with their reconstructions share one encoder and decoder pass
-        shared = [p for p in self.combination.parts if p in ONE_PASS_METHODS]
+        shared = [p for p in self.spec.combined_parts if p in ONE_PASS_METHODS]
         parts: dict[str, F32] = {}
         if shared:
             def one_pass(part: F32, in_slice: bool) -> list[F32]:
@@ -288,10 +293,11 @@ class Scorer:
                 return [self._from_reconstruction(part, mean, p) for p in shared]
 
             parts.update(zip(shared, self.runner.map_slices(one_pass, xb)))
-        for part in self.combination.parts:
+        for part in self.spec.combined_parts:
             if part not in parts:
-                parts[part] = self.raw_scores(xb, part, samples=samples if self.spec.samples(part) else None)
-        return self.combination.statistic(parts)
+                k = samples or (self.spec.part_elbo_samples if part == "elbo" else None)
+                parts[part] = self.raw_scores(xb, part, samples=k if self.spec.samples(part) else None)
+        return parts
 
     def _monte_carlo(self, xb: F32, posterior: Posterior, eps: F32, importance: bool = True) -> tuple[F32, F32]:
         """For t_k = mu + std * eps_k: log p(x|t_k) and (if ``importance``) log p(t_k) - log q(t_k|x), (K, N) each.

@@ -139,6 +139,7 @@ export async function openBundle(ort, readFile, sha256Hex, { method = null, sess
     latent: manifest.latent_dim, bernoulli: manifest.likelihood === "bernoulli",
     sigma: manifest.scoring.smooth_sigma ?? 1.0, calibration: calibrationOf(manifest, chosen), noise: null, ort,
     parts: chosen === "combined" ? combinedParts(manifest) : [], map: null,
+    partElboSamples: (manifest.scoring.combined && manifest.scoring.combined.elbo_samples) || 1,
   };
   const uses = (m) => chosen === m || bundle.parts.some((p) => p.name === m);
   if (uses("local")) bundle.map = await mapStats(readFile, sha256Hex, manifest);
@@ -244,10 +245,10 @@ function logLikelihood(bundle, x, mean, param, offset, paramOffset) {
 }
 
 // One method's score (not combined) from the encoder's outputs, and the reconstruction when it decodes one.
-async function methodScore(bundle, method, x, { mu, logvar, kl }) {
+async function methodScore(bundle, method, x, { mu, logvar, kl }, elboSamples) {
   if (method === "kl") return { score: Math.fround(kl), reconstruction: null };
-  if (method === "elbo") {
-    const k = bundle.elboSamples, d = bundle.latent, t = new Float32Array(k * d);
+  if (method === "elbo") { // the first elboSamples rows of the bundle's noise
+    const k = Math.min(elboSamples, bundle.elboSamples), d = bundle.latent, t = new Float32Array(k * d);
     for (let s = 0; s < k; s++) {
       for (let j = 0; j < d; j++) t[s * d + j] = mu[j] + Math.fround(Math.exp(Math.fround(0.5 * logvar[j]))) * bundle.noise[s * d + j];
     }
@@ -269,10 +270,10 @@ async function methodScore(bundle, method, x, { mu, logvar, kl }) {
 // p-value of its parts against their reference scores.
 export async function scoreImage(bundle, x) {
   const encoded = await encode(bundle, x);
-  if (bundle.method !== "combined") return methodScore(bundle, bundle.method, x, encoded);
+  if (bundle.method !== "combined") return methodScore(bundle, bundle.method, x, encoded, bundle.elboSamples);
   let pMin = 1, reconstruction = null;
   for (const part of bundle.parts) {
-    const result = await methodScore(bundle, part.name, x, encoded);
+    const result = await methodScore(bundle, part.name, x, encoded, bundle.partElboSamples);
     reconstruction = reconstruction || result.reconstruction;
     pMin = Math.min(pMin, pValueOf(part, result.score));
   }

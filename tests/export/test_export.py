@@ -58,7 +58,7 @@ def test_every_score_matches_pytorch(tiny_run: Path, model, test_digits, method:
     x = model.prepare(test_digits[0][::37])
     k = model.spec.iwae_samples if method == "iwae" else model.spec.elbo_samples
     eps = torch.from_numpy(prior_noise(k, 4, model.spec.seed).copy())
-    noise = {"elbo": torch.from_numpy(prior_noise(model.spec.elbo_samples, 4, model.spec.seed).copy())}
+    noise = {"elbo": torch.from_numpy(prior_noise(model.spec.part_elbo_samples, 4, model.spec.seed).copy())}
     ref = score(torch_model, torch.from_numpy(x), method, eps, model.spec.smooth_sigma, model.maps, model.combination,
                 noise).numpy()
     np.testing.assert_allclose(model.raw_scores(x, method), ref, rtol=1e-4, atol=1e-3)

@@ -55,7 +55,8 @@ typedef struct {
     float *map;                /* anomaly-map statistics (2, H, W): per-pixel mean, then spread */
     double map_sigma;
     int top_k;
-    int n_parts;               /* combined: its parts and their references */
+    int n_parts;               /* combined: its parts and their references, and K of its elbo part */
+    int part_elbo_k;
     char parts[MAX_PARTS][32];
     reference part_ref[MAX_PARTS];
     const OrtApi *ort;
@@ -156,6 +157,8 @@ static int load_combined(bundle *b, const json *manifest, char *err) {
         snprintf(err, MSG, "the bundle stores no parts for the combined score (it predates them); re-export it");
         return 0;
     }
+    const char *k_keys[] = {"scoring", "combined", "elbo_samples", NULL};
+    b->part_elbo_k = (int)number(manifest, k_keys, 1);
     for (const json *p = parts->child; p; p = p->next, b->n_parts++) {
         if (p->type != JSON_STRING || strcmp(p->string, "combined") == 0) { snprintf(err, MSG, "bad combined part"); return 0; }
         snprintf(b->parts[b->n_parts], sizeof b->parts[0], "%s", p->string);
@@ -447,14 +450,15 @@ static double log_likelihood(const bundle *b, const float *x, const float *mean,
     return -0.5 * sq * exp(-(double)param[0]) - 0.5 * (double)count * ((double)param[0] + log(2.0 * M_PI));
 }
 
-/* The score of one method (not combined) for one image, given its encoder outputs. */
-static int method_score(bundle *b, const char *method, float *x, float **enc, double *out, char *err) {
+/* The score of one method (not combined) for one image, given its encoder outputs; elbo draws the first elbo_k
+   rows of the noise. */
+static int method_score(bundle *b, const char *method, float *x, float **enc, int elbo_k, double *out, char *err) {
     const char *dec_out[] = {"x_mean", b->bernoulli ? "x_logits" : "x_logvar"};
     float *dec[2] = {NULL, NULL}, *t = NULL;
     size_t count = (size_t)b->channels * b->height * b->width;
     int elbo = strcmp(method, "elbo") == 0, ok = 1;
     if (strcmp(method, "kl") == 0) { *out = (float)enc[2][0]; return 1; }
-    int64_t k = elbo ? b->elbo_k : 1, tshape[2] = {k, b->latent};
+    int64_t k = elbo ? (elbo_k < b->elbo_k ? elbo_k : b->elbo_k) : 1, tshape[2] = {k, b->latent};
     t = malloc(sizeof(float) * (size_t)(k * b->latent));
     for (int64_t s = 0; t && s < k; s++)
         for (int j = 0; j < b->latent; j++)
@@ -494,9 +498,10 @@ static int score(bundle *b, float *x, double *out, char *err) {
     if (ok && strcmp(b->method, "combined") == 0) {
         double p_min = 1.0, part;
         for (int i = 0; ok && i < b->n_parts; i++)
-            if ((ok = method_score(b, b->parts[i], x, enc, &part, err))) p_min = fmin(p_min, p_value(&b->part_ref[i], part));
+            if ((ok = method_score(b, b->parts[i], x, enc, b->part_elbo_k, &part, err)))
+                p_min = fmin(p_min, p_value(&b->part_ref[i], part));
         if (ok) *out = (float)-log(fmax(p_min, 1e-300));
-    } else if (ok) ok = method_score(b, b->method, x, enc, out, err);
+    } else if (ok) ok = method_score(b, b->method, x, enc, b->elbo_k, out, err);
     for (int i = 0; i < 3; i++) free(enc[i]);
     return ok;
 }
