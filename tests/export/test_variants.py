@@ -33,7 +33,8 @@ def test_manifest_lists_every_variant_with_checksums(variant_bundle: Path) -> No
     sizes = {k: v["bytes"] for k, v in raw["files"].items()}
     fp32 = sizes["encoder.onnx"] + sizes["decoder.onnx"]
     int8 = sizes["encoder.int8.onnx"] + sizes["decoder.int8.onnx"]
-    assert int8 < 0.6 * fp32  # tiny models keep more fixed overhead than the default one (0.28x)
+    # tiny models keep more fixed overhead than the default one: each graph embeds the manifest, calibration included
+    assert int8 < 0.7 * fp32
 
 
 def test_int8_keeps_the_input_convolution_in_float(variant_bundle: Path) -> None:
