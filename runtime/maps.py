@@ -149,7 +149,13 @@ class Reference:
         return cls(kept.astype(np.float32).astype(np.float64), tail)
 
     def p_values(self, scores: NDArray[Any]) -> NDArray[np.float64]:
-        return p_values(scores, self.scores, self.tail)
+        """p-values as calibration computes them, except that a bounded tail (shape < 0) is read as exponential
+        (shape 0): past a bounded fit's end a p-value would be exactly 0, and one normal image a little beyond
+        it would tie with the most extreme anomalies inside ``combined``."""
+        tail = self.tail
+        if tail is not None and tail.shape < 0:
+            tail = TailFit(tail.start, tail.fraction, 0.0, tail.scale)
+        return p_values(scores, self.scores, tail)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"scores": [float(v) for v in self.scores]}
@@ -193,7 +199,8 @@ class Combination:
 
 
 STATISTIC = ("-ln(min over parts of p_part); p_part as calibration p-values are computed (empirical (1 + #>=) / (n + 1), "
-             "the tail model above its start) against calibration.methods.combined.references[part]")
+             "the tail model above its start, a bounded tail (shape < 0) read with shape 0) against "
+             "calibration.methods.combined.references[part]")
 
 
 def fit_combination(parts: Sequence[str], part_scores: Mapping[str, NDArray[Any]]) -> tuple[Combination, F32]:

@@ -46,7 +46,9 @@ function combinedParts(manifest) {
     if (!ref || !Array.isArray(ref.scores) || ref.scores.length < 2 || name === "combined") {
       throw new BundleError(`the combined part ${name} has no reference scores`);
     }
-    return { name, scores: Float64Array.from(ref.scores), tail: ref.tail || null };
+    // a bounded tail (shape < 0) is read as exponential here, as edgevae.runtime.maps.Reference does
+    const tail = ref.tail ? { ...ref.tail, shape: Math.max(ref.tail.shape, 0) } : null;
+    return { name, scores: Float64Array.from(ref.scores), tail };
   });
 }
 

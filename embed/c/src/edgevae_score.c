@@ -40,6 +40,7 @@ typedef struct {
     double *scores;
     size_t n;
     tail_fit tail;
+    int unbounded;             /* a combined part: read a bounded tail as exponential */
 } reference;
 
 #define MAX_PARTS 4
@@ -164,6 +165,7 @@ static int load_combined(bundle *b, const json *manifest, char *err) {
         snprintf(b->parts[b->n_parts], sizeof b->parts[0], "%s", p->string);
         if (!load_reference(json_get(refs, p->string), &b->part_ref[b->n_parts], "a combined part's reference", err))
             return 0;
+        b->part_ref[b->n_parts].unbounded = 1;
     }
     return 1;
 }
@@ -506,13 +508,15 @@ static int score(bundle *b, float *x, double *out, char *err) {
     return ok;
 }
 
-/* The runtime's p-value: empirical (1 + #{scores >= s}) / (n + 1), or the fitted tail above its start. */
+/* The runtime's p-value: empirical (1 + #{scores >= s}) / (n + 1), or the fitted tail above its start. A
+   combined part's reference reads a bounded tail (shape < 0) with shape 0 (unbounded set). */
 static double p_value(const reference *r, double s) {
     if (r->tail.present && s > r->tail.start) {
-        double z = fmax(s - r->tail.start, 0.0) / r->tail.scale;
-        if (fabs(r->tail.shape) < 1e-9) return r->tail.fraction * exp(-z);
-        double base = fmax(1.0 + r->tail.shape * z, 0.0);
-        return base > 0.0 ? r->tail.fraction * pow(base, -1.0 / r->tail.shape) : 0.0;
+        double z = fmax(s - r->tail.start, 0.0) / r->tail.scale, shape = r->unbounded ? fmax(r->tail.shape, 0.0)
+                                                                                       : r->tail.shape;
+        if (fabs(shape) < 1e-9) return r->tail.fraction * exp(-z);
+        double base = fmax(1.0 + shape * z, 0.0);
+        return base > 0.0 ? r->tail.fraction * pow(base, -1.0 / shape) : 0.0;
     }
     size_t lo = 0, hi = r->n; /* first index with scores >= s */
     while (lo < hi) { size_t mid = (lo + hi) / 2; if (r->scores[mid] < s) lo = mid + 1; else hi = mid; }
