@@ -873,6 +873,11 @@ def info(bundle: str, providers: str, trusted_key: tuple[str, ...], as_json: boo
                f"n_train={tr.get('n_train')}  epochs={tr.get('epochs')}  val -ELBO={tr.get('val_neg_elbo', 0):.2f}")
     click.echo(f"scoring       default {sp.default_method}; elbo K={sp.elbo_samples}, iwae K={sp.iwae_samples}, "
                f"smooth_recon sigma={sp.smooth_sigma:g} px; seed={sp.seed}")
+    map_entry = m.raw.get("scoring", {}).get("map")
+    if map_entry:
+        click.echo(f"maps          {map_entry['file']}: residual smoothed {map_entry['sigma']:g} px, standardised per pixel; "
+                   f"local = mean of the top {map_entry['top_k']} of {c.height * c.width} pixels; combined = "
+                   f"{' + '.join(sp.combined_parts)} (elbo part K={sp.part_elbo_samples})")
     if m.min_fpr is not None:
         click.echo(f"calibration   {m.calibration_n} held-out images: the smallest false-positive rate they can "
                    f"promise is 1/(n+1) = {m.min_fpr:.4g} (stored thresholds at {m.calibration_fpr:g})")
