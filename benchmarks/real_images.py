@@ -407,6 +407,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report["faces"].append({**evaluate(task, model, use_pyod, None), "cost": cost})
         report["large"] = large_input(work, 64 if smoke else 256, 48 if smoke else 120, 1 if smoke else 5)
     save_report("real_images", report, markdown, args, started)
+    Path(args.json).with_suffix(".partial.json").unlink(missing_ok=True)
     return report
 
 
