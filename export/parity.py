@@ -23,6 +23,8 @@ PARITY_BATCH_SIZES = (1, 7)
 SCORE_RTOL = 1e-4
 # Held-out images whose scores are compared.
 SCORE_PARITY_IMAGES = 64
+# Largest number of decoded values in one PyTorch call of the score comparison (bounds export's memory).
+TORCH_VALUES = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,14 @@ def score_parity(model: VAE, scorer: Scorer, images: np.ndarray) -> dict[str, fl
             # own reference value: the statistic is checked against its parts as the runtime computes them.
             ref = scorer.combination.statistic(scorer.combined_parts(images)).astype(np.float64)
         else:
-            ref = torch_score(model, torch.from_numpy(images), method, noise.get(method), scorer.spec.smooth_sigma,
-                              scorer.maps, scorer.combination, noise).numpy().astype(np.float64)
+            # Monte-Carlo methods decode K codes per image in one call: chunk the images so that a call holds at
+            # most TORCH_VALUES decoded values (K = 256 at 3x64x64 for 64 images would need gigabytes)
+            k = max(1, scorer.spec.samples(method))
+            step = max(1, TORCH_VALUES // (k * images[0].size))
+            ref = np.concatenate([torch_score(model, torch.from_numpy(images[i:i + step]), method, noise.get(method),
+                                              scorer.spec.smooth_sigma, scorer.maps, scorer.combination,
+                                              noise).numpy().astype(np.float64)
+                                  for i in range(0, images.shape[0], step)])
         got = scorer.raw_scores(images, method).astype(np.float64)
         out[method] = float(np.max(np.abs(ref - got) / np.maximum(1.0, np.abs(ref))))
     return out

@@ -36,8 +36,10 @@ from .scores import (
 )
 
 F32 = NDArray[np.float32]
-# Largest number of latent codes sent to the decoder in one call by the Monte-Carlo scores.
+# Largest number of latent codes sent to the decoder in one call by the Monte-Carlo scores, and of decoded values
+# (codes x C x H x W) per call: the second bounds memory for large images (2**22 float32 values are 16 MB an array).
 DECODE_CHUNK = 4096
+DECODE_VALUES = 1 << 22
 # Scores that decode one code per image (the posterior mean), computed per slice in one pass.
 ONE_PASS_METHODS = ("recon", "rel_recon", "smooth_recon", "local")
 
@@ -309,7 +311,7 @@ class Scorer:
         std = np.exp(np.float32(0.5) * logvar)
         ll = np.empty((k, n), dtype=np.float32)
         log_w_prior = np.empty((k if importance else 0, n), dtype=np.float32)
-        per_chunk = max(1, DECODE_CHUNK // max(n, 1))
+        per_chunk = max(1, min(DECODE_CHUNK, DECODE_VALUES // xb[0].size) // max(n, 1))
         for start in range(0, k, per_chunk):
             e = eps[start:start + per_chunk]  # (k', D)
             reps = e.shape[0]
