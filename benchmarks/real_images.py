@@ -429,7 +429,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = ["## Real images (photographs shipped with scikit-image)", "",
              f"Measured by `python benchmarks/real_images.py` on {report['machine']}, {report['date']}; total "
              f"{report['seconds'] / 60:.1f} min. Raw results: `benchmarks/results/real_images.json`."
-             + (" **Smoke run: tiny sizes, figures mean nothing.**" if report["smoke"] else ""), "",
+             + (" **Smoke run: tiny sizes, figures mean nothing.**" if report["smoke"] else "")
+             + (f" {report['note']}" if report.get("note") else ""), "",
              "Every edgevae model is trained and exported by the command line at its defaults (the architecture "
              "rule, 150 epochs, `combined` as the default score). AUROC per anomaly kind (the best of a row in "
              "bold); `plain_*` is the plain autoencoder (`--plain`, s = 0, no KL term) trained on the same images.", ""]
@@ -455,7 +456,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("| min – max | " + " | ".join(f"{min(values[c]):.3f}–{max(values[c]):.3f}" for c in cols) + " |")
         lines.append(f"\n{len(report['faces'])} random splits.")
         lines.append("")
-    large = report["large"]
+    large = report.get("large")
+    if not large:
+        return "\n".join(lines)
     lines += [f"### A {large['size']}x{large['size']} RGB model", "",
               f"{large['images']} crops, {large['epochs']} epochs: training {large['train_seconds']:.0f} s (peak "
               f"{large['train_peak_mb']:.0f} MB), export {large['export_seconds']:.0f} s (peak "
