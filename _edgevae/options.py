@@ -12,11 +12,8 @@ SCORE_METHODS = ("kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae", "lo
 # Methods that average over Monte-Carlo samples of q(t|x): they draw shared prior noise (see samples_for).
 MONTE_CARLO_METHODS = ("elbo", "iwae")
 DEFAULT_METHOD = "combined"
-# Methods that need the anomaly-map statistics a bundle stores (``scoring.map``): the map's own score and the
-# combined default, one of whose parts it is.
-MAP_METHODS = ("local", "combined")
 # The parts of ``combined``: a local score (small defects) and a global one (images unlike the normal kind),
-# joined through their p-values against the training images' scores; choices are the other methods.
+# joined through their calibrated p-values (docs/scoring.md); choices are the other methods.
 COMBINED_PARTS = ("local", "smooth_recon", "elbo")
 # Monte-Carlo samples of the elbo part inside ``combined`` (the first rows of the elbo noise): one sample ranks
 # images as well there as sixteen (docs/scoring.md) at an eighth of the decoder passes.

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from edgevae.options import COMBINED_PARTS, LOCAL_TOP_FRACTION, MAP_METHODS, SCORE_METHODS
+from edgevae.options import COMBINED_PARTS, LOCAL_TOP_FRACTION, SCORE_METHODS
 
 from .scores import TailFit, fit_tail, p_values, smoothing_matrix
 
@@ -233,10 +233,6 @@ def check_parts(parts: Sequence[str]) -> None:
     if len(parts) < 2 or len(set(parts)) != len(parts) or any(p not in allowed for p in parts):
         raise ValueError(f"combined needs two or more distinct parts from {', '.join(allowed)}; got {list(parts)} "
                          f"(default: {','.join(COMBINED_PARTS)})")
-
-
-def needs_maps(method: str) -> bool:
-    return method in MAP_METHODS
 
 
 __all__: Sequence[str] = ("Combination", "MapStats", "Reference", "fit_combination", "residual_magnitude", "top_k",

@@ -259,9 +259,14 @@ class Scorer:
             mean, param = decoder.run(self._decoder_outputs, {DECODER_INPUT: t})
             elbo: F32 = np.subtract(kl, log_likelihood(xb, self.likelihood, mean, param), dtype=np.float32)
             return elbo
+        return self._from_reconstruction(xb, self._reconstruct_in(xb, in_slice), method)
+
+    def _reconstruct_in(self, xb: F32, in_slice: bool) -> F32:
+        """The decoded posterior means of prepared images, on the sessions of a slice or the shared ones."""
+        encoder, decoder = self.runner.sessions(in_slice)
         mu = encoder.run(self._encoder_outputs[:1], {ENCODER_INPUT: xb})[0]
-        mean = decoder.run(self._decoder_outputs[:1], {DECODER_INPUT: mu})[0]
-        return self._from_reconstruction(xb, mean, method)
+        mean: F32 = decoder.run(self._decoder_outputs[:1], {DECODER_INPUT: mu})[0]
+        return mean
 
     def _from_reconstruction(self, xb: F32, mean: F32, method: str) -> F32:
         """A score that compares images with their reconstructions (the decoded posterior means)."""
@@ -289,9 +294,7 @@ class Scorer:
         parts: dict[str, F32] = {}
         if shared:
             def one_pass(part: F32, in_slice: bool) -> list[F32]:
-                encoder, decoder = self.runner.sessions(in_slice)
-                mu = encoder.run(self._encoder_outputs[:1], {ENCODER_INPUT: part})[0]
-                mean = decoder.run(self._decoder_outputs[:1], {DECODER_INPUT: mu})[0]
+                mean = self._reconstruct_in(part, in_slice)
                 return [self._from_reconstruction(part, mean, p) for p in shared]
 
             parts.update(zip(shared, self.runner.map_slices(one_pass, xb)))
