@@ -206,9 +206,15 @@ def main() -> None:
 @click.option("--plain", is_flag=True,
               help="Train the plain-autoencoder limit (s = 0: no sampling, no KL term), to compare with the VAE.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt.")
+@click.option("--device", type=click.Choice(options.DEVICES), default=options.DEVICE, show_default=True,
+              help="auto: a CUDA GPU when PyTorch sees one (one per process under torchrun), else the CPU.")
 def train(source: str, classes: str | None, labels: str | None, run_dir: str, channels: str | None, size: str | None,
-          resume: bool, **settings: Any) -> None:
-    """Train a VAE on normal images; keeps the best checkpoint by validation ELBO."""
+          resume: bool, device: str, **settings: Any) -> None:
+    """Train a VAE on normal images; keeps the best checkpoint by validation ELBO.
+
+    Started by torchrun (torchrun --nproc-per-node N -m edgevae train ...), it trains on N processes with
+    DistributedDataParallel; --batch-size is then the global batch, split evenly over the processes.
+    """
     _need_training("train")
     from edgevae.training.data import DataSpec
     from edgevae.training.loop import TrainConfig, train as run_training
@@ -225,7 +231,10 @@ def train(source: str, classes: str | None, labels: str | None, run_dir: str, ch
                                 **_given(**{k: settings[k] for k in _MODEL_OPTIONS}))
         train_cfg = TrainConfig(**_given(**{field: settings[option] for option, field in _TRAIN_OPTIONS.items()}))
         with _TrainingProgress() as progress:
-            result = run_training(spec, run_dir, model_cfg, train_cfg, resume=resume, progress=progress)
+            result = run_training(spec, run_dir, model_cfg, train_cfg, resume=resume, progress=progress,
+                                  device=device)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return
     click.echo(f"best validation negative ELBO {result.best_val_neg_elbo:.2f} nats/image at epoch "
                f"{result.best_epoch}; {result.seconds:.1f} s")
     click.echo(f"checkpoint: {result.best_checkpoint}   metrics: {result.run_dir / 'metrics.json'}")
@@ -297,8 +306,9 @@ class _TrainingProgress:
                        f"{','.join(map(str, cfg['widths']))}, latent {cfg['latent_dim']}, hidden {cfg['hidden']}"
                        f"{'' if cfg['variational'] else ', plain autoencoder'}{rule}", err=True)
         elif event == "split":
-            click.echo(f"training on {info['n_train']} images; {info['n_val']} held out for validation and "
-                       f"calibration ({info['val_fraction']:.3g})", err=True)
+            where = f" on {info['processes']} processes" if info.get("processes", 1) > 1 else ""
+            click.echo(f"training on {info['n_train']} images{where} ({info.get('device', 'cpu')}); {info['n_val']} "
+                       f"held out for validation and calibration ({info['val_fraction']:.3g})", err=True)
 
     def _show(self, _item: Any) -> str:
         if not self.last:

@@ -78,6 +78,11 @@ KL_WARMUP_EPOCHS = 0
 AUGMENT_SHIFT = 1
 AUGMENT_SHIFT_MAX = 8
 AUGMENT_ROTATE = 0.0
+# Distributed training (torchrun): where to train, and how long a collective waits for a silent process before
+# the run ends with an error (a process that exits is noticed at once; this bounds a process that hangs).
+DEVICES = ("auto", "cpu", "cuda")
+DEVICE = "auto"
+DISTRIBUTED_TIMEOUT_SECONDS = 600
 AUGMENT_ROTATE_MAX = 45.0
 
 

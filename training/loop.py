@@ -21,7 +21,8 @@ from edgevae.runtime.errors import EdgeVAEError
 
 from .data import DataSpec, auto_val_fraction, load_images, source_shape, split_indices
 from .model import RULE_FIELDS, SHAPE_FIELDS, VAE, ModelConfig
-from .objectives import elbo_terms
+from . import distributed
+from .objectives import ELBOTerms, elbo_terms
 
 CHECKPOINT_FORMAT = "edgevae-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -191,24 +192,51 @@ def split_images(data: DataSpec, model_config: ModelConfig, train_config: TrainC
     return prepare(images[train_idx]), prepare(images[val_idx])
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """One batch's random augmentation: a rotation angle (radians) and whole-pixel shifts per image (None: off).
+
+    Drawn for a whole global batch; a process of a distributed run keeps its rows (``rows``), so every process
+    sees the draws a single process would.
+    """
+
+    angle: torch.Tensor | None
+    dx: torch.Tensor | None
+    dy: torch.Tensor | None
+    shift: int
+
+    @classmethod
+    def draw(cls, n: int, shift: int, rotate: float, gen: torch.Generator) -> "Augmentation":
+        angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(rotate) if rotate else None
+        dx = torch.randint(-shift, shift + 1, (n,), generator=gen) if shift else None
+        dy = torch.randint(-shift, shift + 1, (n,), generator=gen) if shift else None
+        return cls(angle, dx, dy, shift)
+
+    def rows(self, positions: torch.Tensor) -> "Augmentation":
+        pick = (lambda v: None if v is None else v[positions])  # noqa: E731
+        return Augmentation(pick(self.angle), pick(self.dx), pick(self.dy), self.shift)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate (bilinear) then translate (exact) each image of ``x`` (N, C, H, W), zero fill."""
+        n, c, h, w = x.shape  # (N, C, H, W)
+        if self.angle is not None:
+            cos, sin, zero = torch.cos(self.angle), torch.sin(self.angle), torch.zeros(n)
+            theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (N, 2, 3)
+            grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+            x = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if self.dx is not None and self.dy is not None:
+            s = self.shift
+            padded = torch.nn.functional.pad(x, (s, s, s, s))  # (N, C, H + 2s, W + 2s)
+            rows = torch.arange(h)[None, :] + s - self.dy[:, None]  # (N, H): source row of each output row
+            cols = torch.arange(w)[None, :] + s - self.dx[:, None]  # (N, W)
+            picked = padded[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
+            x = picked.permute(0, 3, 1, 2).contiguous()
+        return x
+
+
 def augment(x: torch.Tensor, shift: int, rotate: float, gen: torch.Generator) -> torch.Tensor:
     """Random per-image rotation (degrees, bilinear) then translation by whole pixels (exact), zero fill."""
-    n, c, h, w = x.shape  # (N, C, H, W)
-    if rotate:
-        angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(rotate)
-        cos, sin, zero = torch.cos(angle), torch.sin(angle), torch.zeros(n)
-        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (N, 2, 3)
-        grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-        x = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    if shift:
-        dx = torch.randint(-shift, shift + 1, (n,), generator=gen)
-        dy = torch.randint(-shift, shift + 1, (n,), generator=gen)
-        padded = torch.nn.functional.pad(x, (shift, shift, shift, shift))  # (N, C, H + 2s, W + 2s)
-        rows = torch.arange(h)[None, :] + shift - dy[:, None]  # (N, H): source row of each output row
-        cols = torch.arange(w)[None, :] + shift - dx[:, None]  # (N, W)
-        picked = padded[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
-        x = picked.permute(0, 3, 1, 2).contiguous()
-    return x
+    return Augmentation.draw(x.shape[0], shift, rotate, gen).apply(x)
 
 
 def _to_float(images: np.ndarray) -> torch.Tensor:
@@ -217,18 +245,40 @@ def _to_float(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
 
 
-def evaluate(model: VAE, x: torch.Tensor, seed: int, batch_size: int = 500) -> dict[str, float]:
-    """Negative ELBO, reconstruction and KL in nats per image, one fixed noise draw per image."""
+def evaluate(model: VAE, x: torch.Tensor, seed: int, batch_size: int = 500,
+             ranks: distributed.Ranks | None = None) -> dict[str, float]:
+    """Negative ELBO, reconstruction and KL in nats per image, one fixed noise draw per image.
+
+    With ``ranks`` of a distributed run each process evaluates every W-th image (with the noise one process
+    would draw for it) and the sums are all-reduced: every process returns the figures of all of ``x``.
+    """
+    ranks = ranks or distributed.Ranks(device=next(model.parameters()).device)
     gen = torch.Generator().manual_seed(seed)
     totals = {"neg_elbo": 0.0, "recon": 0.0, "kl": 0.0}
     model.eval()
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
-            terms = elbo_terms(model, x[start:start + batch_size], gen)
-            totals["recon"] += float(terms.nll.sum())
-            totals["kl"] += float(terms.kl.sum())
-            totals["neg_elbo"] += float((terms.nll + terms.kl).sum())
+            xb = x[start:start + batch_size]
+            eps = torch.randn((xb.shape[0], model.config.latent_dim), generator=gen)  # (B, D): as one process draws
+            mine = torch.arange(ranks.rank, xb.shape[0], ranks.world)
+            terms = elbo_terms(model, xb[mine].to(ranks.device), None, eps=eps[mine])
+            nll, kl = terms.nll.double(), terms.kl.double()  # float64 sums: the same figure however it is split
+            totals["recon"] += float(nll.sum())
+            totals["kl"] += float(kl.sum())
+            totals["neg_elbo"] += float((nll + kl).sum())
+    totals = distributed.all_reduce_sums(totals, ranks)
     return {k: v / x.shape[0] for k, v in totals.items()}
+
+
+class _ELBOStep(torch.nn.Module):
+    """One training step's forward pass as a module, so that DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> ELBOTerms:
+        return elbo_terms(self.model, x, None, eps=eps)
 
 
 @dataclass
@@ -242,8 +292,10 @@ class _Run:
     x_train: torch.Tensor
     x_val: torch.Tensor
     model: VAE
+    step: torch.nn.Module  # the forward pass of a training step; wrapped in DistributedDataParallel when distributed
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
+    ranks: distributed.Ranks
     start_epoch: int = 0
     best: float = math.inf
     best_epoch: int = -1
@@ -262,54 +314,73 @@ def train(
     *,
     resume: bool = False,
     progress: Progress | None = None,
+    device: str = options.DEVICE,
 ) -> TrainResult:
     """Train a VAE by maximising the ELBO; keep the best checkpoint by validation negative ELBO.
 
     Writes ``best.pt`` (best validation), ``last.pt`` (end of the latest epoch, for ``resume``) and
     ``metrics.json`` into ``run_dir``, each atomically.
 
+    Started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), the process joins the process group and
+    trains its share of each global batch with DistributedDataParallel (:mod:`edgevae.training.distributed`);
+    only rank 0 writes files and reports progress, and the checkpoints are the same as a single process's.
+
     Args:
         data: the training source.
-        run_dir: output folder (created).
+        run_dir: output folder (created); shared by all processes of a distributed run.
         model_config: architecture; by default inferred from the data (channels, size) with default widths.
-        train_config: optimisation settings.
+        train_config: optimisation settings; ``batch_size`` is the global batch.
         resume: continue from ``run_dir/last.pt`` (its configs win over the arguments).
-        progress: called with ("epoch_start" | "batch" | "epoch_end" | "skipped" | "done", info).
+        progress: called with ("model" | "split" | "epoch_start" | "batch" | "epoch_end" | "skipped" | "done",
+            info); only on rank 0.
+        device: ``auto`` (CUDA when available, else the CPU), ``cpu`` or ``cuda``.
 
     Raises:
         InputError: the data cannot be loaded.
         CheckpointError: nothing to resume, or an unreadable ``last.pt``.
+        DistributedError: the process group cannot be formed, or another process was lost.
         ValueError: bad configuration, or training diverged.
     """
     started = time.perf_counter()
-    emit = progress or (lambda event, info: None)
-    run = _restore(Path(run_dir), data, model_config, train_config, resume, emit)
-    for epoch in range(run.start_epoch, run.train_config.epochs):
-        emit("epoch_start", {"epoch": epoch + 1, "epochs": run.train_config.epochs, "steps": run.steps_per_epoch})
-        sums = _train_epoch(run, epoch, emit)
-        val = evaluate(run.model, run.x_val, seed=run.train_config.seed)
-        record = {"epoch": epoch + 1, **{f"train_{k}": v / run.x_train.shape[0] for k, v in sums.items()},
-                  **{f"val_{k}": v for k, v in val.items()}, "lr": run.optimizer.param_groups[0]["lr"],
-                  "seconds": time.perf_counter() - started}
-        run.history.append(record)
-        if not math.isfinite(val["neg_elbo"]):
-            raise ValueError(f"training diverged at epoch {epoch + 1} (validation negative ELBO {val['neg_elbo']}); "
-                             "lower --lr")
-        # a plain autoencoder is chosen by what it minimises; its "ELBO" (s = exp(-10)) is a valid but loose bound
-        criterion = val["neg_elbo"] if run.model_config.variational else val["recon"]
-        improved = criterion < run.best
-        if improved:
-            run.best, run.best_epoch = criterion, epoch + 1
-        _save(run, epoch + 1, improved)
-        emit("epoch_end", {**record, "best": improved})
+    ranks = distributed.setup(device)
+    emit = (progress or (lambda event, info: None)) if ranks.is_main else (lambda event, info: None)
+    try:
+        run = _restore(Path(run_dir), data, model_config, train_config, resume, emit, ranks)
+        for epoch in range(run.start_epoch, run.train_config.epochs):
+            _run_epoch(run, epoch, emit, started)
+    finally:
+        distributed.teardown(ranks)
     seconds = time.perf_counter() - started
     emit("done", {"best_epoch": run.best_epoch, "best_val_neg_elbo": run.best, "seconds": seconds})
     return TrainResult(run_dir=run.out, best_checkpoint=run.out / BEST, best_epoch=run.best_epoch,
                        best_val_neg_elbo=run.best, history=run.history, seconds=seconds)
 
 
+def _run_epoch(run: _Run, epoch: int, emit: Progress, started: float) -> None:
+    """Train one epoch, validate, keep the record and write the checkpoints (rank 0)."""
+    emit("epoch_start", {"epoch": epoch + 1, "epochs": run.train_config.epochs, "steps": run.steps_per_epoch})
+    sums = _train_epoch(run, epoch, emit)
+    val = evaluate(run.model, run.x_val, seed=run.train_config.seed, ranks=run.ranks)
+    record = {"epoch": epoch + 1, **{f"train_{k}": v / run.x_train.shape[0] for k, v in sums.items()},
+              **{f"val_{k}": v for k, v in val.items()}, "lr": run.optimizer.param_groups[0]["lr"],
+              "seconds": time.perf_counter() - started}
+    run.history.append(record)
+    if not math.isfinite(val["neg_elbo"]):
+        raise ValueError(f"training diverged at epoch {epoch + 1} (validation negative ELBO {val['neg_elbo']}); "
+                         "lower --lr")
+    # a plain autoencoder is chosen by what it minimises; its "ELBO" (s = exp(-10)) is a valid but loose bound
+    criterion = val["neg_elbo"] if run.model_config.variational else val["recon"]
+    improved = criterion < run.best
+    if improved:
+        run.best, run.best_epoch = criterion, epoch + 1
+    if run.ranks.is_main:
+        _save(run, epoch + 1, improved)
+    distributed.barrier(run.ranks)  # the checkpoint of this epoch is complete before any process goes on
+    emit("epoch_end", {**record, "best": improved})
+
+
 def _restore(out: Path, data: DataSpec, model_config: ModelConfig | None, train_config: TrainConfig | None,
-             resume: bool, emit: Progress) -> _Run:
+             resume: bool, emit: Progress, ranks: distributed.Ranks) -> _Run:
     """Load the data and build the model and optimizer: fresh, or as ``out/last.pt`` left them."""
     out.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] | None = None
@@ -319,6 +390,7 @@ def _restore(out: Path, data: DataSpec, model_config: ModelConfig | None, train_
         ck = load_checkpoint(out / LAST)
         model_config, train_config, data, state = ck.model_config, ck.train_config, ck.data, ck.raw
     train_config = train_config or TrainConfig()
+    distributed.check_batch_size(train_config.batch_size, ranks)
     model_config = model_config or ModelConfig()
     if not model_config.is_resolved:
         model_config = _resolve(model_config, data, emit)
@@ -328,14 +400,20 @@ def _restore(out: Path, data: DataSpec, model_config: ModelConfig | None, train_
     # resolved once and stored, so that export re-creates the same split
     train_config = replace(train_config, val_fraction=train_config.split_fraction(images.shape[0]))
     train_idx, val_idx = split_indices(images.shape[0], train_config.val_fraction, train_config.seed)
-    emit("split", {"n_train": len(train_idx), "n_val": len(val_idx), "val_fraction": train_config.val_fraction})
+    emit("split", {"n_train": len(train_idx), "n_val": len(val_idx), "val_fraction": train_config.val_fraction,
+                   "processes": ranks.world, "device": str(ranks.device)})
     torch.manual_seed(train_config.seed)
-    model = VAE(model_config)
+    model = VAE(model_config).to(ranks.device)
+    step: torch.nn.Module = _ELBOStep(model)
+    if ranks.distributed:  # every process starts from rank 0's weights (the same seed gives them anyway)
+        step = torch.nn.parallel.DistributedDataParallel(
+            step, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None,
+            gradient_as_bucket_view=True)  # gradients live in the all-reduce buffers: no copy per step
     optimizer = torch.optim.Adam(model.parameters(), lr=train_config.lr)
     total_steps = math.ceil(len(train_idx) / train_config.batch_size) * train_config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_lr_factor(step, total_steps))
     run = _Run(out, data, model_config, train_config, _to_float(images[train_idx]), _to_float(images[val_idx]),
-               model, optimizer, scheduler)
+               model, step, optimizer, scheduler, ranks)
     if state is not None:
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
@@ -346,31 +424,51 @@ def _restore(out: Path, data: DataSpec, model_config: ModelConfig | None, train_
 
 
 def _train_epoch(run: _Run, epoch: int, emit: Progress) -> dict[str, float]:
-    """One pass over the shuffled training split; returns the sums of loss, reconstruction and KL over images."""
-    tc = run.train_config
+    """One pass over the shuffled training split; returns the sums of loss, reconstruction and KL over images
+    (of all processes).
+
+    The epoch's generator draws the order, then per global batch the augmentation and the reparameterisation
+    noise of all its images; a process of a distributed run keeps the rows of its images (module docstring of
+    :mod:`edgevae.training.distributed`).
+    """
+    tc, ranks, n = run.train_config, run.ranks, run.x_train.shape[0]
     run.model.train()
     gen = epoch_generator(tc.seed, epoch)
-    order = torch.randperm(run.x_train.shape[0], generator=gen)
+    torch.randperm(n, generator=gen)  # the single-process order; drawn here too so the stream stays the same
+    shard = distributed.epoch_shard(n, _order_seed(tc.seed), epoch, ranks)
     steps = run.steps_per_epoch
     sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
     for step in range(steps):
-        xb = run.x_train[order[step * tc.batch_size:(step + 1) * tc.batch_size]]  # (B, C, H, W)
+        rows, positions, size = distributed.step_rows(step, tc.batch_size, n, ranks)
+        xb = run.x_train[shard[rows]]  # (B / W, C, H, W)
         if tc.augment_shift or tc.augment_rotate:
-            xb = augment(xb, tc.augment_shift, tc.augment_rotate, gen)
+            xb = Augmentation.draw(size, tc.augment_shift, tc.augment_rotate, gen).rows(positions).apply(xb)
+        eps = torch.randn((size, run.model_config.latent_dim), generator=gen)[positions]  # (B / W, D)
+        weight = ranks.world / size  # DDP averages the processes' gradients: this makes it the global batch mean
+        if positions.numel() == 0:  # a short last batch left this process nothing: it joins the all-reduce
+            xb, eps, weight = run.x_train[shard[:1]], torch.zeros((1, eps.shape[1])), 0.0  # with zero weight
         warm = tc.kl_warmup_epochs
         beta = tc.beta * (min(1.0, (epoch + step / steps) / warm) if warm else 1.0)
-        terms = elbo_terms(run.model, xb, gen)
-        loss = terms.loss(beta)
+        terms = run.step(xb.to(ranks.device), eps)
+        loss = terms.loss_sum(beta) * weight
         run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with distributed.lost_peer(ranks):
+            loss.backward()  # under DDP this all-reduces the gradients
         run.optimizer.step()
         run.scheduler.step()
-        figures = {"loss": float(loss.detach()), "recon": float(terms.nll.detach().mean()),
-                   "kl": float(terms.kl.detach().mean())}
-        for key, value in figures.items():
-            sums[key] += value * xb.shape[0]
-        emit("batch", figures)
-    return sums
+        kept = 1.0 if weight else 0.0
+        part = {"loss": kept * float(terms.loss_sum(beta).detach()), "recon": kept * float(terms.nll.detach().sum()),
+                "kl": kept * float(terms.kl.detach().sum())}
+        for key, value in part.items():
+            sums[key] += value
+        emit("batch", {k: v / max(1, xb.shape[0]) for k, v in part.items()})
+    return distributed.all_reduce_sums(sums, ranks)
+
+
+def _order_seed(seed: int) -> int:
+    """The DistributedSampler seed whose epoch-e permutation is the single-process order of epoch e
+    (``epoch_generator``: seed * 1_000_003 + epoch)."""
+    return seed * 1_000_003
 
 
 def _save(run: _Run, epoch: int, improved: bool) -> None:

@@ -56,12 +56,21 @@ class ELBOTerms(NamedTuple):
         (``variational`` False) minimises -log p(x|t) alone."""
         return (self.nll + beta * self.kl).mean() if self.variational else self.nll.mean()
 
+    def loss_sum(self, beta: float = 1.0) -> torch.Tensor:
+        """The sum over the batch of what ``loss`` averages (a share of a global batch split over processes)."""
+        return (self.nll + beta * self.kl).sum() if self.variational else self.nll.sum()
 
-def elbo_terms(model: LatentVariableModel, x: torch.Tensor, gen: torch.Generator) -> ELBOTerms:
+
+def elbo_terms(model: LatentVariableModel, x: torch.Tensor, gen: torch.Generator | None,
+               eps: torch.Tensor | None = None) -> ELBOTerms:
     """The ELBO of a batch with the reparameterisation trick: t = mu + exp(logvar / 2) * eps, eps ~ N(0, I) drawn
-    from ``gen``, one sample per image. Training and evaluation both use it."""
+    from ``gen`` (or given as ``eps`` (N, D)), one sample per image. Training and evaluation both use it."""
     mu, logvar, kl = model.encode(x)  # (N, D), (N, D), (N,)
-    eps = torch.randn(mu.shape, generator=gen)
+    if eps is None:
+        if gen is None:
+            raise ValueError("elbo_terms needs a generator or the noise eps")
+        eps = torch.randn(mu.shape, generator=gen)
+    eps = eps.to(mu.device)
     t = mu + torch.exp(0.5 * logvar) * eps
     return ELBOTerms(nll=-model.log_likelihood(x, t), kl=kl, mu=mu, logvar=logvar,
                      variational=bool(getattr(model, "variational", True)))
