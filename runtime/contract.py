@@ -204,14 +204,33 @@ class InputContract:
             ImageSizeError: ``strict_size`` and the image has another size.
             ImageChannelError: ``strict_channels`` and the image has another channel count.
         """
-        try:
-            from PIL import Image, UnidentifiedImageError
-        except ImportError as exc:  # pragma: no cover - Pillow is a base dependency
-            raise ImageReadError("reading image files needs Pillow: pip install pillow") from exc
         name = os.fspath(path)
         source = self._plain_png(name)
         if isinstance(source, np.ndarray):
             return source
+        return self._decode(source, name, strict_size, strict_channels, notes)
+
+    def decode_image(self, data: bytes, name: str = "<bytes>", *, strict_size: bool = False,
+                     strict_channels: bool = False, notes: list[str] | None = None) -> NDArray[np.uint8]:
+        """Decode an encoded image held in memory (PNG, JPEG, ... file contents) like :meth:`read_image`.
+
+        ``name`` is what error messages call the image (a path or a row id). Raises what ``read_image`` raises.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ImageReadError(f"{name}: expected the bytes of an encoded image, got {type(data).__name__}")
+        raw = bytes(data)
+        fast = decode_png(raw, self.channels, (self.height, self.width)) if raw[:8] == _PNG_SIGNATURE else None
+        if fast is not None:
+            return fast
+        return self._decode(io.BytesIO(raw), name, strict_size, strict_channels, notes)
+
+    def _decode(self, source: Any, name: str, strict_size: bool, strict_channels: bool,
+                notes: list[str] | None) -> NDArray[np.uint8]:
+        """Pillow's decode of a file name or file object into uint8 (C, H, W), with the contract's rules."""
+        try:
+            from PIL import Image, UnidentifiedImageError
+        except ImportError as exc:  # pragma: no cover - Pillow is a base dependency
+            raise ImageReadError("reading image files needs Pillow: pip install pillow") from exc
         try:
             with Image.open(source) as img:
                 if img.width * img.height > MAX_IMAGE_PIXELS:
@@ -275,6 +294,7 @@ def mode_channels(mode: str) -> int:
     return 1 if mode in _GRAY_MODES else 3
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
 _KIND = {1: "grayscale", 3: "colour"}
 

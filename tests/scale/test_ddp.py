@@ -19,7 +19,7 @@ from edgevae.training.data import DataSpec, embedded_split  # noqa: E402
 from edgevae.training.loop import TrainConfig, evaluate, held_out_images, load_checkpoint, train  # noqa: E402
 from edgevae.training.model import ModelConfig  # noqa: E402
 
-pytestmark = [pytest.mark.training, pytest.mark.slow]
+pytestmark = [pytest.mark.scale, pytest.mark.training, pytest.mark.slow]
 
 # 401 images, a quarter held out: 301 training images in global batches of 60, so the last batch holds one
 # image and the second process has none in that step (the padding the sampler adds must not count).
