@@ -55,3 +55,28 @@ def sample_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("samples")
     write_samples(folder, per_class=1)
     return folder
+
+
+def _need_engine(module: str, java: bool = False) -> None:
+    """Skip when ``module`` (or, with ``java``, a Java runtime) is missing; fail instead where the scale tier is
+    required (CI sets EDGEVAE_REQUIRE_SCALE=1)."""
+    import importlib.util
+    import os
+    import shutil
+
+    missing = []
+    if importlib.util.find_spec(module) is None:
+        missing.append(f"{module} is not installed (pip install 'edgevae[scale]')")
+    if java and shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        missing.append("pyspark needs a Java 17+ runtime (java is not on PATH)")
+    if not missing:
+        return
+    if os.environ.get("EDGEVAE_REQUIRE_SCALE") == "1":
+        pytest.fail(f"the scale tier is required here but {'; '.join(missing)}")
+    pytest.skip("; ".join(missing))
+
+
+@pytest.fixture
+def need_engine():  # type: ignore[no-untyped-def]
+    """``need_engine("ray")`` / ``need_engine("pyspark", java=True)``: skip or fail as the scale tier says."""
+    return _need_engine

@@ -16,8 +16,6 @@ import pytest
 from edgevae.runtime import iter_batches, load
 from edgevae.runtime.batch import COLUMNS, BatchScorer
 
-from .conftest import need_engine
-
 pytestmark = [pytest.mark.scale, pytest.mark.runtime, pytest.mark.slow]
 
 BAD_INPUTS = Path(__file__).parents[1] / "data" / "bad_inputs"
@@ -105,8 +103,8 @@ def test_batch_scorer_matches_the_runtime_for_paths_bytes_and_arrays(bundle: Pat
     assert pickle.loads(pickle.dumps(scorer)) == scorer  # small to ship: settings only
 
 
-def test_ray_data_with_two_workers_matches_the_runtime(bundle: Path, images: Path,
-                                                       expected: dict[str, tuple[Any, ...]]) -> None:
+def test_ray_data_with_two_workers_matches_the_runtime(bundle: Path, images: Path, expected: dict[str, tuple[Any, ...]],
+                                                       need_engine: Any) -> None:
     need_engine("ray")
     import ray
 
@@ -129,7 +127,7 @@ def test_ray_data_with_two_workers_matches_the_runtime(bundle: Path, images: Pat
 
 
 def test_spark_with_two_workers_matches_the_runtime(bundle: Path, images: Path, expected: dict[str, tuple[Any, ...]],
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+                                                    monkeypatch: pytest.MonkeyPatch, need_engine: Any) -> None:
     need_engine("pyspark", java=True)
     from pyspark.sql import SparkSession
 
