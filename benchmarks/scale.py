@@ -3,7 +3,8 @@ torchrun/DDP training on 1 and 2 processes; writes benchmarks/results/scale.json
 
 Scoring: N PNG files of digits (the default 100,000) are scored with the bundle's default method by
 - the plain loop: one process, ``BatchScorer.score_items`` over batches of paths, one onnxruntime thread;
-- Ray Data: ``read_files`` + ``score_dataset`` on an actor pool of 1 and of 2 actors (``ray.init(num_cpus=2)``);
+- Ray Data: ``from_paths`` + ``score_dataset`` on an actor pool of 1 and of 2 actors (``ray.init(num_cpus=2)``),
+  and ``read_files`` (Ray reads the bytes) with 2 actors;
 - Spark: ``binaryFile`` + ``score_dataframe`` on ``local[1]`` and ``local[2]``, written to Spark's ``noop`` sink.
 Engine start-up (``ray.init``, the Spark session) is measured apart; the job times include reading the files.
 The engine overhead per image is (1 / engine rate with 1 worker) - (1 / plain-loop rate).
@@ -120,23 +121,25 @@ def _ray(bundle: Path, folder: Path, n: int) -> dict[str, Any]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    from edgevae.runtime.ray_data import read_files, score_dataset
+    from edgevae.runtime.ray_data import from_paths, read_files, score_dataset
 
     init_s, _ = _timed(lambda: ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                                         configure_logging=False))
     out: dict[str, Any] = {"init_s": init_s, "workers": {}}
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
-        for workers in (1, 2):
+        files = _files(folder)
+        for workers, source in ((1, "paths"), (2, "paths"), (2, "bytes")):
             def job() -> Any:
-                return score_dataset(read_files(str(folder), blocks=max(8, n // 2000)), bundle, workers=workers,
-                                     batch_size=256).materialize()
+                ds = from_paths(files) if source == "paths" else read_files(str(folder), blocks=max(8, n // 2000))
+                return score_dataset(ds, bundle, workers=workers, batch_size=256).materialize()
 
             seconds, scored = _timed(job)
             assert scored.count() == n
             failed = int(scored.select_columns(["error"]).to_pandas()["error"].notna().sum())
             assert failed == 0, f"{failed} files failed on Ray"
-            out["workers"][str(workers)] = {"seconds": seconds, "images_per_s": n / seconds}
+            key = str(workers) if source == "paths" else f"{workers}, read_binary_files"
+            out["workers"][key] = {"seconds": seconds, "images_per_s": n / seconds}
     finally:
         ray.shutdown()
     return out
@@ -222,12 +225,16 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     for engine, label in (("ray", "Ray Data (actor pool)"), ("spark", "Spark (`mapInPandas`)")):
         e = r[engine]
-        for w in ("1", "2"):
+        for w in e["workers"]:
             rate = e["workers"][w]["images_per_s"]
             start = e.get("init_s", e["workers"][w].get("session_s", 0.0))
             speedup = f"{e['speedup_2_vs_1']:.2f}x" if w == "2" else ""
             overhead = f"{e['overhead_us_per_image']:.0f} µs" if w == "1" else ""
-            lines.append(f"| {label} | {w} | {rate:,.0f} | {rate / plain:.2f}x | {speedup} | {overhead} | {start:.1f} s |")
+            source = {"ray": " from paths (`from_paths`)", "spark": " from bytes (`binaryFile`)"}[engine]
+            if w.endswith("read_binary_files"):
+                w, source = w.split(",")[0], " from bytes (`read_files`)"
+            lines.append(f"| {label}{source} | {w} | {rate:,.0f} | {rate / plain:.2f}x | {speedup} | {overhead} "
+                         f"| {start:.1f} s |")
     d = r["ddp"]
     lines += [
         "",

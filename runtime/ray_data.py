@@ -1,8 +1,8 @@
 """Batch scoring on Ray Data: a bundle scores a ``ray.data.Dataset`` on a pool of actors.
 
     >>> import ray
-    >>> from edgevae.runtime.ray_data import read_files, score_dataset
-    >>> ds = read_files("s3://frames/")                                       # columns: bytes, path
+    >>> from edgevae.runtime.ray_data import from_paths, read_files, score_dataset
+    >>> ds = from_paths(paths)                  # files every node can read; or read_files("s3://frames/") for bytes
     >>> scored = score_dataset(ds, "/shared/bundle", workers=8)               # + score, p_value, is_outlier, ...
     >>> scored.write_parquet("s3://scores/")
 
@@ -78,16 +78,36 @@ def score_dataset(ds: Any, bundle: str | os.PathLike[str], *, workers: int = 2, 
                           compute=ray_data.ActorPoolStrategy(size=workers), num_cpus=1)
 
 
-def read_files(paths: str | list[str], *, blocks: int | None = None) -> Any:
-    """A Ray ``Dataset`` of image files as encoded bytes (columns ``bytes`` and ``path``), decoded later by the
-    scoring actors, so an unreadable file is a row with an error rather than a failed job.
+def from_paths(paths: list[str], *, blocks: int | None = None) -> Any:
+    """A Ray ``Dataset`` of image file paths (column ``path``) in ``blocks`` blocks (default: one per 2,000
+    paths, at least 8); the scoring actors read the files themselves.
 
-    The read tasks reserve no CPU (``num_cpus=0``): reading bytes waits on storage, and the scoring actors hold
-    the CPUs. With reads that reserved one, actors holding every CPU of a node would leave them none, and the job
-    would wait forever.
+    The fastest way to score files every node can read (a local disk, NFS, a mounted bucket): reading runs in
+    parallel in the actors, with no read tasks besides (benchmarks/scale.py measures both ways).
     """
     ray_data = _ray_data()
-    return ray_data.read_binary_files(paths, include_paths=True, num_cpus=0, override_num_blocks=blocks)
+    paths = [os.fspath(p) for p in paths]
+    blocks = blocks or max(8, len(paths) // 2000)
+    return ray_data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, min(len(paths), blocks)))
+
+
+def read_files(paths: str | list[str], *, blocks: int | None = None, concurrency: int | None = None) -> Any:
+    """A Ray ``Dataset`` of image files as encoded bytes (columns ``bytes`` and ``path``) read by Ray's
+    ``read_binary_files`` (any filesystem pyarrow knows: s3://, gs://, ...), decoded later by the scoring actors,
+    so an unreadable file is a row with an error rather than a failed job.
+
+    The read tasks reserve no CPU (``num_cpus=0``): with reads that reserved one, actors holding every CPU of a
+    node would leave them none, and the job would wait forever. They are capped at ``concurrency`` tasks at a
+    time (default: the cluster's CPU count); uncapped, Ray starts a process per block and they crowd the
+    actors out.
+    """
+    ray_data = _ray_data()
+    import ray
+
+    cpus: Any = ray.cluster_resources  # untyped in Ray
+    concurrency = concurrency or max(1, int(cpus().get("CPU", 1)))
+    return ray_data.read_binary_files(paths, include_paths=True, num_cpus=0, concurrency=concurrency,
+                                      override_num_blocks=blocks)
 
 
 def from_arrays(images: NDArray[Any], *, blocks: int | None = None) -> Any:
@@ -111,4 +131,4 @@ def _ray_data() -> Any:
     return ray.data
 
 
-__all__ = ["IMAGE_COLUMNS", "RayScorer", "from_arrays", "read_files", "score_dataset"]
+__all__ = ["IMAGE_COLUMNS", "RayScorer", "from_arrays", "from_paths", "read_files", "score_dataset"]

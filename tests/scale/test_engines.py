@@ -131,7 +131,7 @@ def test_spark_with_two_workers_matches_the_runtime(bundle: Path, images: Path, 
     need_engine("pyspark", java=True)
     from pyspark.sql import SparkSession
 
-    from edgevae.runtime.spark import score_dataframe
+    from edgevae.runtime.spark import score_dataframe, ship_bundle
 
     monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)  # the workers' Python: the one edgevae is installed in
     spark = (SparkSession.builder.master("local[2]").appName("edgevae-test")
@@ -142,7 +142,9 @@ def test_spark_with_two_workers_matches_the_runtime(bundle: Path, images: Path, 
         assert "content" not in table.columns
         # Spark's file sources skip empty files: the zero-byte file has no row (a DataFrame of paths has one)
         _same(_rows(table), {k: v for k, v in expected.items() if not k.endswith("zero_bytes.png")})
+        # a DataFrame of paths, with the bundle shipped to the executors instead of read from shared storage
         paths = spark.createDataFrame([(f,) for f in _files(images)], "path string").repartition(2)
-        _same(_rows(score_dataframe(paths, bundle).toPandas()), expected)
+        name = ship_bundle(spark, bundle)
+        _same(_rows(score_dataframe(paths, name, shipped=True).toPandas()), expected)
     finally:
         spark.stop()
