@@ -24,11 +24,12 @@ single-process run to within rounding, not bit for bit (tests/scale/test_ddp.py 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -166,16 +167,6 @@ def all_reduce_sums(sums: Mapping[str, float], ranks: Ranks) -> dict[str, float]
     return {k: float(v) for k, v in zip(keys, values.tolist())}
 
 
-def broadcast_flag(flag: bool, ranks: Ranks) -> bool:
-    """Rank 0's value of ``flag`` on every process."""
-    if not ranks.distributed:
-        return flag
-    value = torch.tensor([1 if flag else 0], dtype=torch.int64)
-    with lost_peer(ranks):
-        dist.broadcast(value, src=0)
-    return bool(value.item())
-
-
 def barrier(ranks: Ranks) -> None:
     """Wait until every process reaches this point."""
     if ranks.distributed:
@@ -183,21 +174,16 @@ def barrier(ranks: Ranks) -> None:
             dist.barrier()
 
 
-class lost_peer:  # noqa: N801 - used as a context manager, named for what it catches
+@contextlib.contextmanager
+def lost_peer(ranks: Ranks) -> Iterator[None]:
     """Turn a collective that failed because another process died or timed out into a ``DistributedError``."""
-
-    def __init__(self, ranks: Ranks) -> None:
-        self.ranks = ranks
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if isinstance(exc, (dist.DistBackendError, dist.DistNetworkError)):
-            raise DistributedError(
-                f"{self.ranks.label()}: lost contact with the other training processes ({_first_line(exc)}); "
-                "another process probably failed first: see its error in torchrun's output. The run can continue "
-                "from its last completed epoch with --resume") from exc
+    try:
+        yield
+    except (dist.DistBackendError, dist.DistNetworkError) as exc:
+        raise DistributedError(
+            f"{ranks.label()}: lost contact with the other training processes ({_first_line(exc)}); another "
+            "process probably failed first: see its error in torchrun's output. The run can continue from its last "
+            "completed epoch with --resume") from exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -19,11 +19,13 @@ def test_scale_benchmark_smoke(tmp_path: Path, benchmark_script, need_engine) ->
     report = json.loads(out_json.read_text())
     assert report["images"] == 2000 and report["plain_loop"]["images_per_s"] > 0
     for engine in ("ray", "spark"):
-        assert set(report[engine]["workers"]) == {"1", "2"}
+        assert {"1", "2"} <= set(report[engine]["workers"])
         assert report[engine]["speedup_2_vs_1"] > 0
-    runs = report["ddp"]["runs"]
-    assert len(runs) == 3
-    # the same seed and global batch: every run follows the same validation curve (to rounding)
-    curves = [r["val_neg_elbo"] for r in runs.values()]
-    assert all(c == pytest.approx(curves[0], abs=1e-3) for c in curves)
+    assert set(report["ddp"]) == {"64", "256"}
+    for per_batch in report["ddp"].values():
+        runs = per_batch["runs"]
+        assert len(runs) == 3
+        # the same seed and global batch: every run follows the same validation curve (to rounding)
+        curves = [r["val_neg_elbo"] for r in runs.values()]
+        assert all(c == pytest.approx(curves[0], abs=1e-3) for c in curves)
     assert "<!-- scale:start -->" in out_md.read_text()
