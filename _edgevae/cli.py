@@ -185,9 +185,11 @@ def main() -> None:
               help="Channels of a full-resolution 3x3 conv ending the decoder (0: none; about 2x decoder FLOPs).")
 @click.option("--likelihood", type=click.Choice(options.LIKELIHOODS), show_default=options.LIKELIHOOD)
 @click.option("--activation", type=click.Choice(options.ACTIVATIONS), show_default=options.ACTIVATION,
-              help="Between layers; relu folds into int8 convolutions (faster --quantize int8 variants).")
-@click.option("--encoder-activation", type=click.Choice(options.ACTIVATIONS),
-              help="The encoder's activation if it should differ (relu: faster int8 encoder, SiLU decoder).")
+              help="Between the decoder's layers (the encoder has its own, --encoder-activation); relu folds into "
+                   "int8 convolutions.")
+@click.option("--encoder-activation", type=click.Choice(options.ACTIVATIONS), show_default=options.ENCODER_ACTIVATION,
+              help="The encoder's own activation (relu: a faster int8 encoder; silu with --activation silu: the "
+                   "all-SiLU model of earlier versions).")
 @click.option("--channels", type=click.Choice([str(c) for c in options.CHANNELS]),
               help="Image channels (default: from the data).")
 @click.option("--size", default=None, help="Image size HxW or N (default: from the data; image files are resized).")

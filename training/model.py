@@ -65,9 +65,9 @@ class ModelConfig:
             (0: none; the last transposed convolution then outputs the image directly).
         activation: ``silu`` or ``relu`` between layers. ReLU folds into int8 convolutions, so an int8
             variant of a ReLU model runs faster; SiLU reaches a better held-out ELBO (docs/benchmarks.md).
-        encoder_activation: the encoder's activation when it should differ from ``activation`` (None: the
-            same). ``relu`` here with a SiLU decoder gives the int8 encoder most of the ReLU model's speed for a
-            smaller loss of ELBO (docs/benchmarks.md).
+        encoder_activation: the encoder's activation (None: as ``activation``). The default, ``relu`` with a
+            SiLU decoder, gives the int8 encoder most of an all-ReLU model's speed for a smaller loss of ELBO;
+            ``silu`` gives the all-SiLU model of earlier versions (docs/benchmarks.md).
         likelihood: ``bernoulli`` (pixels in [0, 1]), ``gaussian`` (unit variance) or ``gaussian_learned``
             (one learned variance for all pixels).
         variational: False trains the plain-autoencoder limit: s = 0 (no sampling; the encoder's log-variance is
@@ -84,7 +84,7 @@ class ModelConfig:
     likelihood: str = options.LIKELIHOOD
     refine: int = options.REFINE
     activation: str = options.ACTIVATION
-    encoder_activation: str | None = None
+    encoder_activation: str | None = options.ENCODER_ACTIVATION
     variational: bool = True
 
     def __post_init__(self) -> None:
@@ -151,8 +151,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+        """Read a stored config. One stored before ``encoder_activation`` existed had its encoder use
+        ``activation``: it is read as None (not today's default), so old checkpoints keep their architecture."""
         widths = data.get("widths")
-        return cls(**{**data, "widths": tuple(widths) if widths is not None else None})
+        return cls(**{"encoder_activation": None, **data, "widths": tuple(widths) if widths is not None else None})
 
 
 class Encoder(nn.Module):

@@ -136,11 +136,11 @@ def test_train_export_score_in_real_subprocesses(tmp_path: Path, sample_folder: 
         return subprocess.run(exe + list(args), capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
 
     p = run("train", "--classes", "4", "--epochs", "2", "--latent-dim", "3", "--widths", "4,8", "--hidden", "16",
-            "--encoder-activation", "relu", "-o", "run")
+            "-o", "run")
     assert p.returncode == 0, p.stderr
     assert "best validation negative ELBO" in p.stdout and (tmp_path / "run" / "best.pt").exists()
     stored = json.loads((tmp_path / "run" / "metrics.json").read_text())["model_config"]
-    assert (stored["activation"], stored["encoder_activation"]) == ("silu", "relu")
+    assert (stored["activation"], stored["encoder_activation"]) == ("silu", "relu")  # the default
     p = run("export", "run", "-o", "bundle", "--elbo-samples", "2")
     assert p.returncode == 0, p.stderr
     p = run("score", str(sample_folder), "-m", "bundle", "--format", "csv")

@@ -38,17 +38,21 @@ def test_activation_is_configurable() -> None:
     assert not any(isinstance(layer, torch.nn.SiLU) for layer in relu.modules())
     with pytest.raises(ValueError, match="activation"):
         ModelConfig(activation="tanh")
-    mixed = VAE(ModelConfig(latent_dim=3, widths=(4, 8), hidden=16, encoder_activation="relu"))
+    mixed = VAE(ModelConfig(latent_dim=3, widths=(4, 8), hidden=16))  # the default: ReLU encoder, SiLU decoder
     assert {type(m) for m in mixed.encoder.modules()} >= {torch.nn.ReLU} and not any(
         isinstance(m, torch.nn.SiLU) for m in mixed.encoder.modules())
     assert any(isinstance(m, torch.nn.SiLU) for m in mixed.decoder.modules()) and not any(
         isinstance(m, torch.nn.ReLU) for m in mixed.decoder.modules())
+    all_silu = VAE(ModelConfig(latent_dim=3, widths=(4, 8), hidden=16, encoder_activation="silu"))
+    assert not any(isinstance(m, torch.nn.ReLU) for m in all_silu.modules())
     with pytest.raises(ValueError, match="encoder_activation"):
         ModelConfig(encoder_activation="gelu")
     # configs stored before the field existed still load
     old = ModelConfig().to_dict()
     del old["encoder_activation"]
     assert ModelConfig.from_dict(old).encoder_activation is None
+    old_model = VAE(ModelConfig.from_dict({**ModelConfig().resolved().to_dict(), "encoder_activation": None}))
+    assert not any(isinstance(m, torch.nn.ReLU) for m in old_model.modules())  # stored None: SiLU as before
 
 
 def test_model_config_validates() -> None:
