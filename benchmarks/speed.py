@@ -129,6 +129,184 @@ def int8_formats(encoder: Path, x: np.ndarray, reps: int) -> dict[str, dict[str,
     return out
 
 
+# What a user without edgevae's runtime would write: load the checkpoint in PyTorch, decode PNG files with Pillow in
+# batches of 256, score them with the same formulas (edgevae.training.objectives), print one line per file.
+PLAIN_TORCH_SCRIPT = """
+import sys, os
+import numpy as np, torch
+from PIL import Image
+from edgevae.training.loop import load_checkpoint
+from edgevae.training.objectives import score
+model = load_checkpoint(sys.argv[1]).model.eval()
+target, method = sys.argv[2], sys.argv[3]
+files = sorted(os.path.join(target, f) for f in os.listdir(target)) if os.path.isdir(target) else [target]
+out = []
+with torch.no_grad():
+    for s in range(0, len(files), 256):
+        batch = np.stack([np.asarray(Image.open(f).convert("L")) for f in files[s:s + 256]])
+        x = torch.from_numpy(batch[:, None].astype(np.float32) / 255)
+        out += [f"{f},{v:.6g}" for f, v in zip(files[s:s + 256], score(model, x, method).tolist())]
+print("\\n".join(out))
+"""
+
+
+def batch1_overhead(bundle: Path, x1: np.ndarray, rounds: int, reps: int) -> dict[str, dict[str, float]]:
+    """What ``Model.raw_scores`` adds to the graph runs it makes, per call at batch 1, for every method.
+
+    One process, one-thread sessions for both sides (``load(..., threads=1)`` and raw onnxruntime sessions of the
+    same graphs), measured in alternating blocks of ``reps`` calls, ``rounds`` times; the median per-call time of
+    each side and their difference. The raw side replays the graph calls of the method (the encoder; the decoder
+    on the posterior mean for the one-pass scores; on K codes for the Monte-Carlo ones; both for ``combined``)
+    and none of the numpy score math, so the difference is the runtime's whole cost beyond the graphs.
+    """
+    import onnxruntime as ort
+
+    from edgevae.runtime import load
+    from edgevae.runtime.manifest import DECODER_INPUT, ENCODER_INPUT
+
+    model = load(bundle, ["CPUExecutionProvider"], threads=1)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    enc = ort.InferenceSession(str(bundle / "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(str(bundle / "decoder.onnx"), opts, providers=["CPUExecutionProvider"])
+    spec = model.spec
+
+    def graphs(method: str) -> Callable[[], Any]:
+        codes = {"elbo": spec.elbo_samples, "iwae": spec.iwae_samples}.get(method)
+        if method == "combined" and "elbo" in spec.combined_parts:
+            codes = spec.combined_elbo_samples
+
+        def run() -> Any:
+            mu = enc.run(None, {ENCODER_INPUT: x1})[0]
+            if method == "kl":
+                return mu
+            if method in ("recon", "rel_recon", "smooth_recon", "local", "combined"):
+                dec.run(None, {DECODER_INPUT: mu})
+            if codes:
+                dec.run(None, {DECODER_INPUT: np.repeat(mu, codes, axis=0)})
+            return mu
+        return run
+
+    out: dict[str, dict[str, float]] = {}
+    for method in model.methods:
+        sides = {"runtime": (lambda m=method: model.raw_scores(x1, m)), "graphs": graphs(method)}
+        per_call: dict[str, list[float]] = {k: [] for k in sides}
+        for _ in range(rounds):
+            for name, fn in sides.items():
+                fn()
+                start = time.perf_counter()
+                for _ in range(reps):
+                    fn()
+                per_call[name].append((time.perf_counter() - start) / reps * 1e6)
+        runtime_us, graphs_us = (statistics.median(per_call[k]) for k in ("runtime", "graphs"))
+        out[method] = {"runtime_us": runtime_us, "graphs_us": graphs_us, "overhead_us": runtime_us - graphs_us}
+    model.close()
+    return out
+
+
+def decoder_layouts(cfg: Any, work: Path, rounds: int, reps: int) -> dict[str, Any]:
+    """The decoder's transposed convolutions against two other layouts, through onnxruntime at batch 256 with
+    one thread, timed in alternating blocks (the same weights where the layout allows):
+
+    - ``transposed``: the shipped decoder (ConvTranspose 3x3, stride 2);
+    - ``sub-pixel (exact)``: each transposed convolution rewritten as a 2x2 convolution to its four output phases
+      followed by DepthToSpace, which computes the same function (the maximum difference is reported);
+    - ``nearest + 3x3 conv``: nearest-neighbour upsampling then a 3x3 convolution (another architecture, which
+      would need training; timed with untrained weights, as speed does not depend on them).
+
+    Also the share of decoder time per operator type of the first two (onnxruntime's profiler).
+    """
+    import copy
+    import json as _json
+
+    import onnxruntime as ort
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from edgevae.training.model import VAE
+
+    class SubPixel(nn.Module):
+        def __init__(self, t: nn.ConvTranspose2d) -> None:
+            super().__init__()
+            w = t.weight.detach()  # (c_in, c_out, 3, 3)
+            c_out = w.shape[1]
+            kernel = torch.zeros(c_out * 4, w.shape[0], 2, 2)
+            # output row 2m reads input row m with kernel row 1; row 2m+1 reads m (kernel row 2) and m+1 (row 0)
+            taps = {0: [(0, 1)], 1: [(0, 2), (1, 0)]}
+            for a in (0, 1):
+                for b in (0, 1):
+                    for r, kr in taps[a]:
+                        for c, kc in taps[b]:
+                            kernel[torch.arange(c_out) * 4 + a * 2 + b, :, r, c] = w[:, :, kr, kc].T
+            self.conv = nn.Conv2d(w.shape[0], c_out * 4, 2)
+            self.conv.weight.data, self.conv.bias.data = kernel, t.bias.detach().repeat_interleave(4)
+            self.extra = t.output_padding
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h, w = x.shape[-2:]
+            y = F.pixel_shuffle(self.conv(F.pad(x, (0, 1, 0, 1))), 2)  # (N, C, 2h, 2w)
+            return y[..., :2 * h - 1 + self.extra[0], :2 * w - 1 + self.extra[1]]
+
+    def relayout(decoder: nn.Module, swap: Callable[[nn.ConvTranspose2d], list[nn.Module]]) -> nn.Module:
+        d = copy.deepcopy(decoder)
+        d.deconv = nn.Sequential(*[m for layer in d.deconv for m in (
+            swap(layer) if isinstance(layer, nn.ConvTranspose2d) else [layer])])
+        return d.eval()
+
+    class Logits(nn.Module):
+        def __init__(self, d: nn.Module) -> None:
+            super().__init__()
+            self.d = d
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.d(t)[1]
+
+    torch.manual_seed(0)
+    base = VAE(cfg).decoder.eval()
+    layouts = {"transposed": base,
+               "sub-pixel (exact)": relayout(base, lambda t: [SubPixel(t)]),
+               "nearest + 3x3 conv": relayout(base, lambda t: [nn.Upsample(scale_factor=2, mode="nearest"),
+                                                              nn.Conv2d(t.in_channels, t.out_channels, 3, padding=1)])}
+    t = torch.randn(256, cfg.latent_dim)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    sessions = {}
+    for name, d in layouts.items():
+        path = work / f"decoder_{len(sessions)}.onnx"
+        torch.onnx.export(Logits(d), (t,), str(path), dynamo=True, input_names=["t"], output_names=["logits"],
+                          dynamic_shapes=({0: torch.export.Dim("n", min=1, max=4096)},))
+        sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {"t": t.numpy()}
+    ref = sessions["transposed"].run(None, feed)[0]
+    out: dict[str, Any] = {"sub_pixel_max_abs_diff": float(np.abs(sessions["sub-pixel (exact)"].run(None, feed)[0] - ref).max()),
+                           "rates": {n: [] for n in sessions}}
+    for _ in range(rounds):
+        for name, sess in sessions.items():
+            sess.run(None, feed)
+            start = time.perf_counter()
+            for _ in range(reps):
+                sess.run(None, feed)
+            out["rates"][name].append(256 * reps / (time.perf_counter() - start))
+    out["images_per_s"] = {n: statistics.median(r) for n, r in out["rates"].items()}
+    out["op_share"] = {}
+    for name in ("transposed", "sub-pixel (exact)"):
+        popts = ort.SessionOptions()
+        popts.intra_op_num_threads, popts.enable_profiling = 1, True
+        popts.profile_file_prefix = str(work / "profile")
+        sess = ort.InferenceSession(str(work / f"decoder_{list(sessions).index(name)}.onnx"), popts,
+                                    providers=["CPUExecutionProvider"])
+        for _ in range(reps):
+            sess.run(None, feed)
+        totals: dict[str, float] = {}
+        for event in _json.loads(Path(sess.end_profiling()).read_text()):
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                op = event["args"]["op_name"]
+                totals[op] = totals.get(op, 0.0) + event["dur"]
+        out["op_share"][name] = {k: v / sum(totals.values()) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = benchmark_parser(__doc__ or "", "speed").parse_args(argv)
     n_files, n_stream, reps1, reps256 = (200, 2000, 20, 3) if args.smoke else (10_000, 100_000, 300, 20)
@@ -237,13 +415,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 var_relu[v]["check_auroc"] = m.manifest.variants[v]["check_auroc"]
         report["variants_relu"] = var_relu
         report["int8_formats"] = int8_formats(work / "bundle" / "encoder.onnx", x256, reps256)
+        report["batch1_overhead"] = batch1_overhead(work / "bundle", x1, 3 if args.smoke else 9, 20 if args.smoke else 300)
+        report["decoder_layouts"] = decoder_layouts(cfg, work, 2 if args.smoke else 7, 2 if args.smoke else 10)
 
         # FLOPs and fraction of peak
         fl = encoder_flops(cfg)
         peak, how = peak_gflops()
         achieved = fl * paths["onnxruntime (raw)"]["kl"]["batch256_per_s"] / 1e9
+        runtime_gflops = fl * paths["edgevae.runtime"]["kl"]["batch256_per_s"] / 1e9
         report["flops"] = {"encoder_flops_per_image": fl, "peak_gflops": peak, "peak_rule": how,
-                           "achieved_gflops_batch256": achieved, "fraction_of_peak": achieved / peak}
+                           "achieved_gflops_batch256": achieved, "fraction_of_peak": achieved / peak,
+                           "runtime_gflops_batch256": runtime_gflops, "runtime_fraction_of_peak": runtime_gflops / peak}
 
         # files: edgevae score vs Pillow decode bound vs PyTorch
         folder = work / "png"
@@ -276,17 +458,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         arr.append(np.asarray(im.convert("L")))
                 score(torch_model, torch.from_numpy(np.stack(arr)[:, None].astype(np.float32) / 255), "kl")
 
+        script = work / "torch_score.py"
+        script.write_text(PLAIN_TORCH_SCRIPT)
+
+        def torch_script(target: str, method: str) -> list[str]:
+            return [sys.executable, str(script), str(work / "run" / "best.pt"), target, method]
+
+        def run_cmd(cmd: list[str]) -> Callable[[], None]:
+            return lambda: subprocess.run(cmd, check=True, capture_output=True) and None
+
         report["n_files"] = n_files
         report["files"] = {k: n_files / statistics.median(timed(fn, 3 if not args.smoke else 1, warmup=1))
                            for k, fn in (("edgevae score --method kl (CLI, end to end)", cli_score("kl")),
-                                         ("edgevae score --method smooth_recon (CLI, default method)", cli_score("smooth_recon")),
+                                         ("edgevae score --method smooth_recon (CLI, end to end)", cli_score("smooth_recon")),
+                                         ("edgevae score, the default method (CLI, end to end)", cli_score("combined")),
+                                         ("plain PyTorch script, kl (new process, end to end)",
+                                          run_cmd(torch_script(str(folder), "kl"))),
+                                         ("plain PyTorch script, smooth_recon (new process, end to end)",
+                                          run_cmd(torch_script(str(folder), "smooth_recon"))),
                                          ("Pillow decode only (bound)", pillow_bound),
-                                         ("Pillow decode + PyTorch eager", torch_files))}
+                                         ("Pillow decode + PyTorch eager (in process)", torch_files))}
 
         # cold start
         one_png = files[0]
         cold = {
             "edgevae score (one image)": [exe, "score", one_png, "-m", str(work / "bundle"), "--method", "kl"],
+            "plain PyTorch script (one image)": torch_script(one_png, "kl"),
             'python -c "import torch"': [sys.executable, "-c", "import torch"],
             'python -c "import onnxruntime"': [sys.executable, "-c", "import onnxruntime"],
         }
@@ -323,7 +520,8 @@ def markdown(r: dict[str, Any]) -> str:
     lines = ["## Speed and memory", "",
              f"Measured by `python benchmarks/speed.py` on {r['machine']}, {r['date']}"
              + (" (smoke sizes: not meaningful)" if r["smoke"] else "") + ". Raw results: `benchmarks/results/speed.json`. "
-             "Default architecture (1x28x28, widths 32,64, hidden 256, latent 16), fp32, CPU execution provider, "
+             "Default architecture (1x28x28, widths 32,64, hidden 256, latent 16, ReLU encoder, SiLU decoder), fp32, CPU "
+             "execution provider, "
              f"{r['threads']} threads everywhere. Shared machine: expect noise of 10-20 %.", "",
              "| path | raw ORT p50 / p99 (µs) | edgevae p50 / p99 (µs) | added per call (µs, p50) | PyTorch p50 (µs) | "
              "raw ORT batch 256 (img/s) | edgevae batch 256 (img/s) | edgevae / raw | PyTorch batch 256 (img/s) | "
@@ -337,9 +535,10 @@ def markdown(r: dict[str, Any]) -> str:
             f"{pt[p]['p50_us'] / api[p]['p50_us']:.2f} |")
     f = r["files"]
     bound = f["Pillow decode only (bound)"]
-    lines += ["", f"Scoring {r.get('n_files', 10_000):,} PNG files end to end (28x28 grayscale; the CLI is a new process "
-              "each time, so its times include start-up; the Pillow and PyTorch loops run in the benchmark's process "
-              "and use the `kl` method):", "",
+    lines += ["", f"Scoring {r.get('n_files', 10_000):,} PNG files end to end (28x28 grayscale; the CLI and the plain PyTorch "
+              "script (`PLAIN_TORCH_SCRIPT`: load the checkpoint, decode with Pillow, score in batches of 256) are new "
+              "processes each time, so their times include start-up; the last two loops run in the benchmark's "
+              "process and use the `kl` method):", "",
               "| pipeline | images/s | fraction of decode bound |", "|---|---|---|"]
     lines += [f"| {k} | {v:.0f} | {v / bound:.2f} |" for k, v in f.items()]
     lines += ["", "Cold start (wall, median of 5):", "", "| command | seconds |", "|---|---|"]
@@ -349,9 +548,11 @@ def markdown(r: dict[str, Any]) -> str:
               f"before {s['rss_before_mb']:.0f} MB; " + ", ".join(f"after {int(k):,}: {v:.0f} MB"
                                                                    for k, v in s["rss_mb_at"].items()) + "."]
     fl = r["flops"]
+    runtime_share = (f"; through edgevae.runtime {fl['runtime_gflops_batch256']:.1f} GFLOP/s = "
+                     f"{fl['runtime_fraction_of_peak'] * 100:.1f} %" if "runtime_gflops_batch256" in fl else "")
     lines += ["", f"Encoder: {fl['encoder_flops_per_image'] / 1e6:.2f} MFLOP per image; at batch 256 raw onnxruntime "
               f"achieves {fl['achieved_gflops_batch256']:.1f} GFLOP/s = {fl['fraction_of_peak'] * 100:.1f} % of the nominal "
-              f"FP32 peak {fl['peak_gflops']:.0f} GFLOP/s ({fl['peak_rule']}).", "",
+              f"FP32 peak {fl['peak_gflops']:.0f} GFLOP/s ({fl['peak_rule']}){runtime_share}.", "",
               "Edge variants (encoder `kl` path, batch 256; with all cores and with one onnxruntime thread, as "
               "`edgevae score` runs it beside its decode thread):", "",
               f"| variant | img/s, {r['threads']} threads | vs fp32 | img/s, 1 thread | vs fp32 | bundle graphs (MB) | vs fp32 |",
@@ -380,6 +581,22 @@ def markdown(r: dict[str, Any]) -> str:
                   "left in float32):", "",
                   "| graph | " + " | ".join(f"img/s, {c} | vs fp32" for c in cols) + " |", "|---" * (1 + 2 * len(cols)) + "|"]
         lines += [f"| {k} | " + " | ".join(f"{v[c]:.0f} | {v[c] / q['fp32'][c]:.2f}" for c in cols) + " |" for k, v in q.items()]
+    b1 = r.get("batch1_overhead")
+    if b1:
+        lines += ["", "Batch-1 overhead: `Model.raw_scores` of one image against the graph runs it makes, both on "
+                  "one-thread sessions in one process, alternating blocks (`batch1_overhead`):", "",
+                  "| method | edgevae.runtime (µs) | its graph runs alone (µs) | added by the runtime (µs) |",
+                  "|---|---|---|---|"]
+        lines += [f"| {m} | {v['runtime_us']:.0f} | {v['graphs_us']:.0f} | {v['overhead_us']:.0f} |" for m, v in b1.items()]
+    dl = r.get("decoder_layouts")
+    if dl:
+        base = dl["images_per_s"]["transposed"]
+        lines += ["", "Decoder layouts (the decoder graph alone, batch 256, one onnxruntime thread, alternating blocks; "
+                  f"the exact sub-pixel rewrite differs from the transposed graph by at most {dl['sub_pixel_max_abs_diff']:.1e}):",
+                  "", "| decoder layout | img/s | vs transposed | time by operator |", "|---|---|---|---|"]
+        for name, rate in dl["images_per_s"].items():
+            share = ", ".join(f"{k} {v * 100:.0f} %" for k, v in dl["op_share"].get(name, {}).items() if v >= 0.01)
+            lines.append(f"| {name} | {rate:.0f} | {rate / base:.2f} | {share} |")
     return "\n".join(lines) + "\n"
 
 

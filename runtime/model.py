@@ -292,12 +292,26 @@ class Scorer:
         xb = self.prepare(x)
         shared = [p for p in self.spec.combined_parts if p in ONE_PASS_METHODS]
         parts: dict[str, F32] = {}
+        k_elbo = samples or self.spec.part_elbo_samples
+        # a one-sample elbo part joins the shared pass: one encoder run, and its code decoded beside the means
+        eps = self.noise("elbo", 1) if shared and "elbo" in self.spec.combined_parts and k_elbo == 1 else None
         if shared:
             def one_pass(part: F32, in_slice: bool) -> list[F32]:
-                mean = self._reconstruct_in(part, in_slice)
-                return [self._from_reconstruction(part, mean, p) for p in shared]
+                if eps is None or 2 * part.size > DECODE_VALUES:  # large images: two smaller decoder calls
+                    mean = self._reconstruct_in(part, in_slice)
+                    scores = [self._from_reconstruction(part, mean, p) for p in shared]
+                    return scores + ([] if eps is None else [self._one_pass_score(part, "elbo", eps, in_slice)])
+                encoder, decoder = self.runner.sessions(in_slice)
+                mu, logvar, kl = encoder.run(self._encoder_outputs, {ENCODER_INPUT: part})
+                t = mu + np.exp(np.float32(0.5) * logvar) * eps[0]
+                means, params = decoder.run(self._decoder_outputs, {DECODER_INPUT: np.concatenate([mu, t])})
+                n = part.shape[0]
+                elbo: F32 = np.subtract(kl, log_likelihood(part, self.likelihood, means[n:], params[n:]),
+                                        dtype=np.float32)
+                return [self._from_reconstruction(part, means[:n], p) for p in shared] + [elbo]
 
-            parts.update(zip(shared, self.runner.map_slices(one_pass, xb)))
+            names = shared + (["elbo"] if eps is not None else [])
+            parts.update(zip(names, self.runner.map_slices(one_pass, xb)))
         for part in self.spec.combined_parts:
             if part not in parts:
                 k = samples or (self.spec.part_elbo_samples if part == "elbo" else None)
