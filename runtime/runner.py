@@ -88,7 +88,11 @@ class GraphRunner:
         return {"encoder": GraphInfo.of(self.encoder), "decoder": GraphInfo.of(self.decoder)}
 
     def run_encoder(self, names: list[str], feed: str, x: F32) -> list[F32]:
-        return self.map_slices(lambda part, in_slice: self.sessions(in_slice)[0].run(names, {feed: part}), x)
+        """The encoder alone, in one call on the session with ``threads`` intra-op threads: for the encoder,
+        onnxruntime's own threads beat concurrent one-thread slices (docs/benchmarks.md, the speed issue's
+        table)."""
+        out: list[F32] = self.encoder.run(names, {feed: x})
+        return out
 
     def run_decoder(self, names: list[str], feed: str, t: F32) -> list[F32]:
         return self.map_slices(lambda part, in_slice: self.sessions(in_slice)[1].run(names, {feed: part}), t)
