@@ -255,11 +255,14 @@ class Scorer:
         encoder, decoder = self.runner.sessions(in_slice)
         if method == "elbo" and eps is not None:  # no sample axis: the cheapest Monte-Carlo score on a device
             mu, logvar, kl = encoder.run(self._encoder_outputs, {ENCODER_INPUT: xb})
-            t = mu + np.exp(np.float32(0.5) * logvar) * eps[0]
-            mean, param = decoder.run(self._decoder_outputs, {DECODER_INPUT: t})
-            elbo: F32 = np.subtract(kl, log_likelihood(xb, self.likelihood, mean, param), dtype=np.float32)
-            return elbo
+            mean, param = decoder.run(self._decoder_outputs, {DECODER_INPUT: _one_sample_code(mu, logvar, eps)})
+            return self._one_sample_elbo(xb, kl, mean, param)
         return self._from_reconstruction(xb, self._reconstruct_in(xb, in_slice), method)
+
+    def _one_sample_elbo(self, xb: F32, kl: F32, mean: F32, param: F32) -> F32:
+        """KL - log p(x|t) for one decoded code t per image."""
+        elbo: F32 = np.subtract(kl, log_likelihood(xb, self.likelihood, mean, param), dtype=np.float32)
+        return elbo
 
     def _reconstruct_in(self, xb: F32, in_slice: bool) -> F32:
         """The decoded posterior means of prepared images, on the sessions of a slice or the shared ones."""
@@ -303,12 +306,11 @@ class Scorer:
                     return scores + ([] if eps is None else [self._one_pass_score(part, "elbo", eps, in_slice)])
                 encoder, decoder = self.runner.sessions(in_slice)
                 mu, logvar, kl = encoder.run(self._encoder_outputs, {ENCODER_INPUT: part})
-                t = mu + np.exp(np.float32(0.5) * logvar) * eps[0]
-                means, params = decoder.run(self._decoder_outputs, {DECODER_INPUT: np.concatenate([mu, t])})
+                codes = np.concatenate([mu, _one_sample_code(mu, logvar, eps)])
+                means, params = decoder.run(self._decoder_outputs, {DECODER_INPUT: codes})
                 n = part.shape[0]
-                elbo: F32 = np.subtract(kl, log_likelihood(part, self.likelihood, means[n:], params[n:]),
-                                        dtype=np.float32)
-                return [self._from_reconstruction(part, means[:n], p) for p in shared] + [elbo]
+                return ([self._from_reconstruction(part, means[:n], p) for p in shared]
+                        + [self._one_sample_elbo(part, kl, means[n:], params[n:])])
 
             names = shared + (["elbo"] if eps is not None else [])
             parts.update(zip(names, self.runner.map_slices(one_pass, xb)))
@@ -340,6 +342,12 @@ class Scorer:
                 log_w_prior[start:start + reps] = log_prior_over_posterior(
                     np.broadcast_to(e[:, None, :], t.shape), t, np.broadcast_to(logvar[None], t.shape))
         return ll, log_w_prior
+
+
+def _one_sample_code(mu: F32, logvar: F32, eps: F32) -> F32:
+    """t = mu + exp(logvar / 2) * eps_1: the code of the first noise row, per image (N, D)."""
+    t: F32 = mu + np.exp(np.float32(0.5) * logvar) * eps[0]
+    return t
 
 
 class Model(Scorer):

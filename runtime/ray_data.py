@@ -102,10 +102,7 @@ def read_files(paths: str | list[str], *, blocks: int | None = None, concurrency
     actors out.
     """
     ray_data = _ray_data()
-    import ray
-
-    cpus: Any = ray.cluster_resources  # untyped in Ray
-    concurrency = concurrency or max(1, int(cpus().get("CPU", 1)))
+    concurrency = concurrency or _cluster_cpus()
     return ray_data.read_binary_files(paths, include_paths=True, num_cpus=0, concurrency=concurrency,
                                       override_num_blocks=blocks)
 
@@ -115,12 +112,16 @@ def from_arrays(images: NDArray[Any], *, blocks: int | None = None) -> Any:
     image), column ``data``; ``ray.data.from_numpy`` of one array makes a single block, which one actor would
     score alone."""
     ray_data = _ray_data()
+    images = np.asarray(images)
+    blocks = blocks or 8 * _cluster_cpus()
+    return ray_data.from_numpy(np.array_split(images, max(1, min(images.shape[0], blocks))))
+
+
+def _cluster_cpus() -> int:
     import ray
 
-    cpus: Any = ray.cluster_resources  # untyped in Ray
-    images = np.asarray(images)
-    blocks = blocks or 8 * int(cpus().get("CPU", 1))
-    return ray_data.from_numpy(np.array_split(images, max(1, min(images.shape[0], blocks))))
+    resources: Any = ray.cluster_resources  # untyped in Ray
+    return max(1, int(resources().get("CPU", 1)))
 
 
 def _ray_data() -> Any:

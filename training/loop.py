@@ -450,14 +450,15 @@ def _train_epoch(run: _Run, epoch: int, emit: Progress) -> dict[str, float]:
         warm = tc.kl_warmup_epochs
         beta = tc.beta * (min(1.0, (epoch + step / steps) / warm) if warm else 1.0)
         terms = run.step(xb.to(ranks.device), eps)
-        loss = terms.loss_sum(beta) * weight
+        total = terms.loss_sum(beta)
+        loss = total * weight
         run.optimizer.zero_grad(set_to_none=True)
         with distributed.lost_peer(ranks):
             loss.backward()  # under DDP this all-reduces the gradients
         run.optimizer.step()
         run.scheduler.step()
         kept = 1.0 if weight else 0.0
-        part = {"loss": kept * float(terms.loss_sum(beta).detach()), "recon": kept * float(terms.nll.detach().sum()),
+        part = {"loss": kept * float(total.detach()), "recon": kept * float(terms.nll.detach().sum()),
                 "kl": kept * float(terms.kl.detach().sum())}
         for key, value in part.items():
             sums[key] += value
