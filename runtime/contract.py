@@ -163,7 +163,11 @@ class InputContract:
         Raises:
             ArrayInputError: wrong dtype, rank, shape, or non-finite / out-of-range values.
         """
-        a = self.to_nchw(array)
+        if (type(array) is np.ndarray and array.dtype == np.float32 and array.ndim == 4  # the common case, at once
+                and array.shape[1:] == self.shape and array.flags.c_contiguous):
+            a: NDArray[Any] = array
+        else:
+            a = self.to_nchw(array)
         if a.dtype == np.uint8:
             return np.ascontiguousarray(uint8_to_unit(a))
         if a.dtype == np.bool_:

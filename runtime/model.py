@@ -29,8 +29,10 @@ from .scores import (
     p_values,
     prior_noise,
     reconstruction_error,
+    image_energy,
     relative_reconstruction_error,
     smoothed_relative_reconstruction_error,
+    smoothed_residual,
     threshold_at_fpr,
     warn_if_unpromisable,
 )
@@ -273,14 +275,30 @@ class Scorer:
 
     def _from_reconstruction(self, xb: F32, mean: F32, method: str) -> F32:
         """A score that compares images with their reconstructions (the decoded posterior means)."""
-        if method == "recon":
-            return reconstruction_error(xb, mean)
-        if method == "rel_recon":
-            return relative_reconstruction_error(xb, mean)
-        if method == "local":
-            stats = self._map_stats()
-            return stats.local_score(stats.standardise(residual_magnitude(xb, mean, stats.sigma)))
-        return smoothed_relative_reconstruction_error(xb, mean, self.spec.smooth_sigma)
+        return self._from_reconstructions(xb, mean, (method,))[0]
+
+    def _from_reconstructions(self, xb: F32, mean: F32, methods: Sequence[str]) -> list[F32]:
+        """Several such scores at once: ``smooth_recon`` and ``local`` share the smoothed residual, and
+        ``rel_recon`` and ``smooth_recon`` the images' energy."""
+        sigma = self.spec.smooth_sigma
+        residual = energy = None
+        if "smooth_recon" in methods and "local" in methods and self._map_stats().sigma == sigma:
+            residual = smoothed_residual(xb, mean, sigma)
+        if "smooth_recon" in methods and "rel_recon" in methods:
+            energy = image_energy(xb, mean)
+        out = []
+        for method in methods:
+            if method == "recon":
+                out.append(reconstruction_error(xb, mean))
+            elif method == "rel_recon":
+                out.append(relative_reconstruction_error(xb, mean, energy=energy))
+            elif method == "local":
+                stats = self._map_stats()
+                magnitude = residual_magnitude(xb, mean, stats.sigma, residual=residual)
+                out.append(stats.local_score(stats.standardise(magnitude)))
+            else:
+                out.append(smoothed_relative_reconstruction_error(xb, mean, sigma, residual=residual, energy=energy))
+        return out
 
     def _combined(self, x: NDArray[Any], samples: int | None) -> F32:
         if self.combination is None:
@@ -301,15 +319,14 @@ class Scorer:
         if shared:
             def one_pass(part: F32, in_slice: bool) -> list[F32]:
                 if eps is None or 2 * part.size > DECODE_VALUES:  # large images: two smaller decoder calls
-                    mean = self._reconstruct_in(part, in_slice)
-                    scores = [self._from_reconstruction(part, mean, p) for p in shared]
+                    scores = self._from_reconstructions(part, self._reconstruct_in(part, in_slice), shared)
                     return scores + ([] if eps is None else [self._one_pass_score(part, "elbo", eps, in_slice)])
                 encoder, decoder = self.runner.sessions(in_slice)
                 mu, logvar, kl = encoder.run(self._encoder_outputs, {ENCODER_INPUT: part})
                 codes = np.concatenate([mu, _one_sample_code(mu, logvar, eps)])
                 means, params = decoder.run(self._decoder_outputs, {DECODER_INPUT: codes})
                 n = part.shape[0]
-                return ([self._from_reconstruction(part, means[:n], p) for p in shared]
+                return (self._from_reconstructions(part, means[:n], shared)
                         + [self._one_sample_elbo(part, kl, means[n:], params[n:])])
 
             names = shared + (["elbo"] if eps is not None else [])
@@ -336,11 +353,9 @@ class Scorer:
             reps = e.shape[0]
             t = mu[None] + std[None] * e[:, None, :]  # (k', N, D)
             mean, param = self.runner.run_decoder(self._decoder_outputs, DECODER_INPUT, t.reshape(-1, self.latent_dim))
-            x_rep = xb if reps == 1 else np.broadcast_to(xb[None], (reps,) + xb.shape).reshape((-1,) + xb.shape[1:])
-            ll[start:start + reps] = log_likelihood(x_rep, self.likelihood, mean, param).reshape(reps, n)
+            ll[start:start + reps] = log_likelihood(xb, self.likelihood, mean, param).reshape(reps, n)
             if importance:
-                log_w_prior[start:start + reps] = log_prior_over_posterior(
-                    np.broadcast_to(e[:, None, :], t.shape), t, np.broadcast_to(logvar[None], t.shape))
+                log_w_prior[start:start + reps] = log_prior_over_posterior(e[:, None, :], t, logvar)
         return ll, log_w_prior
 
 
@@ -405,7 +420,7 @@ class Model(Scorer):
         return ScoreResult(
             method=method,
             scores=scores,
-            p_values=p_values(scores, cal.sorted_scores, cal.tail),
+            p_values=p_values(scores, cal.sorted_scores, cal.tail, presorted=True),
             is_outlier=scores > thr,
             threshold=thr,
         )

@@ -144,3 +144,17 @@ def test_recalibrate_covers_every_variant(variant_bundle: Path, test_digits, tmp
     for name in [None, *raw["variants"]]:
         with load(copy, ["CPUExecutionProvider"], variant=name) as model:
             assert len(model.manifest.calibration["kl"].scores) == 60
+
+
+def test_int8_encoder_runs_in_slices_with_the_same_codes(variant_bundle: Path, test_digits) -> None:  # type: ignore[no-untyped-def]
+    """int8 graphs run the encoder alone in concurrent slices (faster for them); float graphs in one call.
+    Either way every row is what one call on the whole batch gives."""
+    x = test_digits[0][:200]  # 200 // 32 >= 3: three slices
+    for variant, in_slices in (("int8", True), ("int8-ort", True), ("fp32", False), ("fp16", False)):
+        sliced = load(variant_bundle, ["CPUExecutionProvider"], variant=variant, slice_workers=3)
+        single = load(variant_bundle, ["CPUExecutionProvider"], variant=variant, slice_workers=1)
+        assert sliced.runner.encoder_in_slices is in_slices
+        a, b = sliced.encode(x), single.encode(x)
+        for got, want in zip(a, b):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(sliced.score(x, "kl").is_outlier, single.score(x, "kl").is_outlier)

@@ -148,3 +148,34 @@ def test_score_maps_writes_one_panel_per_input(bundle: Path, sample_folder: Path
     assert len(files) == 6 and all(("_OUTLIER_" in f.name or "_normal_" in f.name) and "score" in f.name for f in files)
     with Image.open(files[0]) as img:
         assert img.mode == "RGB" and img.width > 3 * 28 and img.height >= 28
+
+
+def test_combined_statistic_is_the_smallest_part_p_value(model) -> None:  # type: ignore[no-untyped-def]
+    """The statistic reads every part at once; it equals -ln(min_i p_i) with each part's own p-values, for
+    scores below, inside and far beyond each part's tail, one image at a time or in a batch."""
+    from edgevae.runtime.maps import MIN_P
+
+    combination = model.combination
+    rng = np.random.default_rng(0)
+    parts = {}
+    for part in combination.parts:
+        ref = combination.references[part]
+        probes = [ref.scores.min() - 1.0, ref.scores.max(), 5 * abs(ref.scores.max()) + 1.0]
+        if ref.tail is not None:
+            probes.append(ref.tail.start)
+        parts[part] = np.concatenate([rng.choice(ref.scores, 60) + rng.normal(0, ref.scores.std() * 0.5, 60),
+                                      probes + [probes[0]] * (4 - len(probes))]).astype(np.float32)
+    want = -np.log(np.maximum(np.min([combination.references[p].p_values(parts[p]) for p in combination.parts], axis=0),
+                              MIN_P))
+    got = combination.statistic(parts)
+    np.testing.assert_array_equal(got, want.astype(np.float32))
+    for i in (0, 60, 62):
+        assert combination.statistic({p: v[i:i + 1] for p, v in parts.items()})[0] == got[i]
+
+
+def test_reference_keeps_its_scores_sorted() -> None:
+    from edgevae.runtime.maps import Reference
+
+    ref = Reference(np.array([3.0, 1.0, 2.0]), None)
+    assert ref.scores.tolist() == [1.0, 2.0, 3.0]
+    assert ref.p_values(np.array([2.0])).tolist() == [0.75]  # (1 + #{>= 2}) / (3 + 1)

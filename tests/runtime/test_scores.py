@@ -174,3 +174,42 @@ def test_smoothing_damps_edge_residuals_more_than_blobs() -> None:
     smooth = smoothed_relative_reconstruction_error(x, mean)
     assert rel[0] >= rel[1]  # the plain error ranks the shifted stroke at least as anomalous
     assert smooth[0] < smooth[1]  # the smoothed error does not
+
+
+def test_softplus_is_logaddexp_to_float32_rounding() -> None:
+    from edgevae.runtime.scores import softplus
+
+    v = np.concatenate([np.random.default_rng(0).normal(0, 30, 20_000),
+                        [0.0, 1e-8, -1e-8, 88.0, -88.0, 100.0, -100.0, 1e30, -1e30]]).astype(np.float32)
+    got, want = softplus(v), np.logaddexp(np.float32(0.0), v)
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=4e-7, atol=1e-37)
+
+
+def test_row_dots_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numpy's dot kernel (short rows) and the multiply-and-sum fallback (long rows, or numpy < 2) agree, and
+    both broadcast (R, N, M) against (N, M)."""
+    from edgevae.runtime import scores
+
+    rng = np.random.default_rng(1)
+    a, b = rng.random((5, 784), dtype=np.float32), rng.random((3, 5, 784), dtype=np.float32)
+    fast = scores.row_dots(a, b)
+    monkeypatch.setattr(scores, "ROW_DOT_MAX", 0)
+    slow = scores.row_dots(a, b)
+    assert fast.shape == slow.shape == (3, 5) and fast.dtype == slow.dtype == np.float32
+    np.testing.assert_allclose(fast, slow, rtol=1e-5)
+    np.testing.assert_allclose(slow, np.einsum("nm,rnm->rn", a.astype(np.float64), b.astype(np.float64)), rtol=1e-5)
+
+
+def test_log_likelihood_of_several_codes_per_image_is_per_block() -> None:
+    """R decoded codes per image in R blocks of N rows give what N rows at a time give."""
+    rng = np.random.default_rng(2)
+    x = rng.random((4, 1, 6, 6), dtype=np.float32)
+    logits = rng.normal(size=(3 * 4, 1, 6, 6)).astype(np.float32)
+    means = rng.random((3 * 4, 1, 6, 6), dtype=np.float32)
+    logvar = rng.normal(size=(3 * 4, 1)).astype(np.float32)
+    for likelihood, mean, param in (("bernoulli", means, logits), ("gaussian", means, logvar)):
+        whole = log_likelihood(x, likelihood, mean, param)
+        blocks = np.concatenate([log_likelihood(x, likelihood, mean[r * 4:(r + 1) * 4], param[r * 4:(r + 1) * 4])
+                                 for r in range(3)])
+        np.testing.assert_allclose(whole, blocks, rtol=1e-6)
