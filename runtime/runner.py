@@ -23,6 +23,8 @@ from .sessions import Providers, create_session, resolve_providers
 F32 = NDArray[np.float32]
 # Smallest slice of a batch a worker gets: batches under twice this run in one call.
 MIN_SLICE = 32
+# Slices per worker a large batch is cut into (see GraphRunner.map_slices).
+SLICES_PER_WORKER = 4
 
 
 @dataclass(frozen=True)
@@ -111,17 +113,37 @@ class GraphRunner:
         return self.map_slices(lambda part, in_slice: self.sessions(in_slice)[1].run(names, {feed: part}), t)
 
     def map_slices(self, work: Callable[[F32, bool], list[F32]], x: F32) -> list[F32]:
-        """``work(x, False)``, or for a large batch ``work(slice, True)`` on concurrent slices, concatenated."""
+        """``work(x, False)``, or for a large batch ``work(slice, True)`` on concurrent slices, concatenated.
+
+        A large batch is cut into up to ``SLICES_PER_WORKER`` slices per worker, which the workers (the calling
+        thread and the pool's) take in turn: a worker slowed down by another thread on its core (an image
+        decoding thread, another process) takes fewer slices, instead of the others waiting for its one.
+        """
         n = x.shape[0]
-        parts = min(self._slice_workers, n // MIN_SLICE)
-        if parts <= 1:
+        pieces = min(self._slice_workers * SLICES_PER_WORKER, n // MIN_SLICE)
+        workers = min(self._slice_workers, pieces)
+        if workers <= 1:
             return work(x, False)
         pool = self._slice_pool()
-        bounds = [n * i // parts for i in range(parts + 1)]
-        futures = [pool.submit(work, x[a:b], True) for a, b in zip(bounds[1:-1], bounds[2:])]
-        first = work(x[:bounds[1]], True)
-        rest = [f.result() for f in futures]
-        return [np.concatenate([first[i]] + [r[i] for r in rest]) for i in range(len(first))]
+        bounds = [n * i // pieces for i in range(pieces + 1)]
+        results: list[list[F32] | None] = [None] * pieces
+        turns = iter(range(pieces))
+        lock = threading.Lock()
+
+        def take_turns() -> None:
+            while True:
+                with lock:
+                    i = next(turns, None)
+                if i is None:
+                    return
+                results[i] = work(x[bounds[i]:bounds[i + 1]], True)
+
+        helpers = [pool.submit(take_turns) for _ in range(workers - 1)]
+        take_turns()
+        for h in helpers:
+            h.result()
+        done = [r for r in results if r is not None]
+        return [np.concatenate([r[i] for r in done]) for i in range(len(done[0]))]
 
     def _slice_pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:
