@@ -192,9 +192,7 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
     manifest = selected
     encoder, decoder = (read_verified(path, manifest, name) for name in names)
     try:
-        # int8 graphs (the int8 and int8-ort variants) run the encoder in slices: runner.GraphRunner.run_encoder
-        runner = build_runner(encoder, decoder, providers, threads=threads, strict=strict, slice_workers=slice_workers,
-                              encoder_in_slices=(variant or "").startswith("int8"))
+        runner = build_runner(encoder, decoder, providers, threads=threads, strict=strict, slice_workers=slice_workers)
     except _ORT_LOAD_ERRORS as exc:
         raise BundleError(f"{path}: onnxruntime cannot load the graphs: {exc}") from exc
     check_graphs(runner, manifest.scoring)
