@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -348,12 +349,18 @@ def train(
         run = _restore(Path(run_dir), data, model_config, train_config, resume, emit, ranks)
         for epoch in range(run.start_epoch, run.train_config.epochs):
             _run_epoch(run, epoch, emit, started)
+        out, best_epoch, best, history = run.out, run.best_epoch, run.best, run.history
+        if ranks.distributed:
+            # DistributedDataParallel's reducer holds the process group's work objects: it goes first, while the
+            # group is alive (a gloo group destroyed under it aborted a process at exit, once in several runs)
+            del run
+            gc.collect()
     finally:
         distributed.teardown(ranks)
     seconds = time.perf_counter() - started
-    emit("done", {"best_epoch": run.best_epoch, "best_val_neg_elbo": run.best, "seconds": seconds})
-    return TrainResult(run_dir=run.out, best_checkpoint=run.out / BEST, best_epoch=run.best_epoch,
-                       best_val_neg_elbo=run.best, history=run.history, seconds=seconds)
+    emit("done", {"best_epoch": best_epoch, "best_val_neg_elbo": best, "seconds": seconds})
+    return TrainResult(run_dir=out, best_checkpoint=out / BEST, best_epoch=best_epoch, best_val_neg_elbo=best,
+                       history=history, seconds=seconds)
 
 
 def _run_epoch(run: _Run, epoch: int, emit: Progress, started: float) -> None:
