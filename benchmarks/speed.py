@@ -72,6 +72,35 @@ def encoder_flops(cfg: Any) -> int:
     return flops
 
 
+def op_shares(path: Path, feed: dict[str, np.ndarray], threads: int, reps: int, prefix: Path) -> dict[str, float]:
+    """Share of a graph's run time per operator type (onnxruntime's profiler, ``reps`` runs on ``threads``
+    intra-op threads), largest first."""
+    import json as _json
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.enable_profiling = threads, 1, True
+    opts.profile_file_prefix = str(prefix)
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    for _ in range(reps):
+        session.run(None, feed)
+    totals: dict[str, float] = {}
+    for event in _json.loads(Path(session.end_profiling()).read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            totals[op] = totals.get(op, 0.0) + event["dur"]
+    return {k: v / sum(totals.values()) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def int8_profile(bundle: Path, x: np.ndarray, reps: int) -> dict[str, dict[str, dict[str, float]]]:
+    """What the int8 encoder spends its time on against the fp32 one: share per operator type at batch 256, on
+    one thread and on every core (one call: onnxruntime's own threads)."""
+    graphs = {"fp32": bundle / "encoder.onnx", "int8": bundle / "encoder.int8.onnx"}
+    return {name: {f"{t} thread(s)": op_shares(path, {"x": x}, t, reps, bundle.parent / f"profile_{name}_{t}")
+                   for t in sorted({1, THREADS})} for name, path in graphs.items()}
+
+
 def decoder_flops(cfg: Any) -> int:
     """Multiply-adds x 2 of the decoder's linear layers and transposed convolutions for one image."""
     sizes = cfg.feature_sizes()
@@ -386,7 +415,6 @@ def decoder_layouts(cfg: Any, work: Path, rounds: int, reps: int) -> dict[str, A
     Also the share of decoder time per operator type of the exact layouts (onnxruntime's profiler).
     """
     import copy
-    import json as _json
 
     import onnxruntime as ort
     import torch
@@ -476,21 +504,9 @@ def decoder_layouts(cfg: Any, work: Path, rounds: int, reps: int) -> dict[str, A
                 sess.run(None, feed)
             out["rates"][name].append(256 * reps / (time.perf_counter() - start))
     out["images_per_s"] = {n: statistics.median(r) for n, r in out["rates"].items()}
-    out["op_share"] = {}
-    for name in ("transposed", "sub-pixel (exact)", "matrix product + Col2Im (exact)"):
-        popts = ort.SessionOptions()
-        popts.intra_op_num_threads, popts.enable_profiling = 1, True
-        popts.profile_file_prefix = str(work / "profile")
-        sess = ort.InferenceSession(str(work / f"decoder_{list(sessions).index(name)}.onnx"), popts,
-                                    providers=["CPUExecutionProvider"])
-        for _ in range(reps):
-            sess.run(None, feed)
-        totals: dict[str, float] = {}
-        for event in _json.loads(Path(sess.end_profiling()).read_text()):
-            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-                op = event["args"]["op_name"]
-                totals[op] = totals.get(op, 0.0) + event["dur"]
-        out["op_share"][name] = {k: v / sum(totals.values()) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+    out["op_share"] = {name: op_shares(work / f"decoder_{list(sessions).index(name)}.onnx", feed, 1, reps,
+                                       work / "profile")
+                       for name in ("transposed", "sub-pixel (exact)", "matrix product + Col2Im (exact)")}
     return out
 
 
@@ -607,6 +623,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                                             variants=("int8",)))
         report["variants_relu"] = encoder_rates(work / "bundle_relu", ("fp32", "int8"))
         report["int8_formats"] = int8_formats(work / "bundle" / "encoder.onnx", x256, reps256)
+        report["int8_profile"] = int8_profile(work / "bundle", x256, reps256)
         report["batch1_overhead"] = batch1_overhead(work / "bundle", x1, 3 if args.smoke else 9, 20 if args.smoke else 300)
         report["decoder_layouts"] = decoder_layouts(cfg, work, 2 if args.smoke else 7, 2 if args.smoke else 10)
 
@@ -787,6 +804,12 @@ def markdown(r: dict[str, Any]) -> str:
                   f"{v[one] / r32[one]:.2f} |" for k, v in vr.items()]
         lines += ["", f"ReLU fp32 against SiLU fp32: {r32['encoder_batch256_per_s'] / v32['encoder_batch256_per_s']:.2f}x "
                   f"({r['threads']} threads), {r32[one] / v32[one]:.2f}x (1 thread)."]
+    ip = r.get("int8_profile")
+    if ip:
+        lines += ["", "Where the encoder's time goes at batch 256 (share per operator type, onnxruntime's profiler, one "
+                  "call per batch; `int8_profile`):", "", "| graph | threads | time by operator |", "|---|---|---|"]
+        lines += [f"| {g} | {t} | " + ", ".join(f"{k} {v * 100:.0f} %" for k, v in shares.items() if v >= 0.01) + " |"
+                  for g, by_threads in ip.items() for t, shares in by_threads.items()]
     q = r.get("int8_formats")
     if q:
         cols = list(q["fp32"])
