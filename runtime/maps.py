@@ -147,12 +147,18 @@ class Reference:
 
     scores: NDArray[np.float64]
     tail: TailFit | None
+    # the tail as p-values read it (see p_values), made once
+    read_tail: TailFit | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         s = np.asarray(self.scores, dtype=np.float64)
         if s.size > 1 and (s[1:] < s[:-1]).any():
             s = np.sort(s)
         object.__setattr__(self, "scores", s)  # ascending: p-values search it without checking again
+        tail = self.tail
+        if tail is not None and tail.shape < 0:
+            tail = TailFit(tail.start, tail.fraction, 0.0, tail.scale)
+        object.__setattr__(self, "read_tail", tail)
 
     @classmethod
     def fit(cls, scores: NDArray[Any]) -> "Reference":
@@ -167,10 +173,7 @@ class Reference:
         """p-values as calibration computes them, except that a bounded tail (shape < 0) is read as exponential
         (shape 0): past a bounded fit's end a p-value would be exactly 0, and one normal image a little beyond
         it would tie with the most extreme anomalies inside ``combined``."""
-        tail = self.tail
-        if tail is not None and tail.shape < 0:
-            tail = TailFit(tail.start, tail.fraction, 0.0, tail.scale)
-        return p_values(scores, self.scores, tail, presorted=True)
+        return p_values(scores, self.scores, self.read_tail, presorted=True)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"scores": [float(v) for v in self.scores]}
@@ -201,11 +204,9 @@ class Combination:
             raise ValueError(f"combined score has no reference scores for {missing}")
         rows = []
         for part in self.parts:
-            tail = self.references[part].tail
-            if tail is None:  # never used: its start is +inf, so no score is in its tail
-                rows.append((math.inf, 1.0, 1.0, 0.0))
-            else:  # a bounded tail is read as exponential (Reference.p_values)
-                rows.append((tail.start, tail.scale, tail.fraction, max(tail.shape, 0.0)))
+            tail = self.references[part].read_tail
+            # no tail: its start is +inf, so no score is in it and the other values are never used
+            rows.append((math.inf, 1.0, 1.0, 0.0) if tail is None else (tail.start, tail.scale, tail.fraction, tail.shape))
         start, scale, fraction, shape = (np.asarray(col, dtype=np.float64)[:, None] for col in zip(*rows))
         exponential = np.abs(shape) < 1e-9
         object.__setattr__(self, "_tails", {

@@ -23,13 +23,13 @@ from .manifest import DECODER_INPUT, ENCODER_INPUT, ENCODER_OUTPUTS, Manifest, S
 from .runner import GraphInfo, GraphRunner
 from .scores import (
     ScoreResult,
+    image_energy,
     log_likelihood,
     log_prior_over_posterior,
     logmeanexp,
     p_values,
     prior_noise,
     reconstruction_error,
-    image_energy,
     relative_reconstruction_error,
     smoothed_relative_reconstruction_error,
     smoothed_residual,

@@ -94,10 +94,14 @@ class GraphRunner:
         as one call on onnxruntime's own threads, and faster beside other work (a neighbour taking a quarter of
         a core: 46,400 against 39,500 images/s); for int8 graphs, whose quantize and dequantize steps
         parallelise poorly inside onnxruntime, it is about 1.4x faster (docs/benchmarks.md, the speed issue)."""
-        return self.map_slices(lambda part, in_slice: self.sessions(in_slice)[0].run(names, {feed: part}), x)
+        return self._run_graph(0, names, feed, x)
 
     def run_decoder(self, names: list[str], feed: str, t: F32) -> list[F32]:
-        return self.map_slices(lambda part, in_slice: self.sessions(in_slice)[1].run(names, {feed: part}), t)
+        return self._run_graph(1, names, feed, t)
+
+    def _run_graph(self, graph: int, names: list[str], feed: str, x: F32) -> list[F32]:
+        """Graph 0 (encoder) or 1 (decoder) on ``x``, in slices when the batch is large."""
+        return self.map_slices(lambda part, in_slice: self.sessions(in_slice)[graph].run(names, {feed: part}), x)
 
     def map_slices(self, work: Callable[[F32, bool], list[F32]], x: F32) -> list[F32]:
         """``work(x, False)``, or for a large batch ``work(slice, True)`` on concurrent slices, concatenated.
@@ -113,7 +117,7 @@ class GraphRunner:
             return work(x, False)
         pool = self._slice_pool()
         bounds = [n * i // pieces for i in range(pieces + 1)]
-        results: list[list[F32] | None] = [None] * pieces
+        results: list[list[F32]] = [[] for _ in range(pieces)]
         turns = iter(range(pieces))
         lock = threading.Lock()
 
@@ -129,8 +133,7 @@ class GraphRunner:
         take_turns()
         for h in helpers:
             h.result()
-        done = [r for r in results if r is not None]
-        return [np.concatenate([r[i] for r in done]) for i in range(len(done[0]))]
+        return [np.concatenate([r[i] for r in results]) for i in range(len(results[0]))]
 
     def _slice_pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:
