@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgevae import options
+from edgevae.runtime import options
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -30,7 +30,7 @@ class OutlierVAE:
     """An edgevae VAE as a scikit-learn-style outlier detector.
 
     Args:
-        method: the score method (``edgevae.options.SCORE_METHODS``).
+        method: the score method (``edgevae.runtime.options.SCORE_METHODS``).
         fpr: the false-positive rate of the threshold, calibrated on the held-out split of the training images
             (ignored when ``contamination`` is set).
         contamination: scikit-learn's meaning: the share of the *training* images expected to be outliers; the

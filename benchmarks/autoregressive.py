@@ -41,7 +41,7 @@ from torch import nn
 from edgevae.runtime.scores import prior_noise
 from edgevae.training import DataSpec, ModelConfig, TrainConfig
 from edgevae.training.data import embedded_split, load_images, split_indices
-from edgevae.training.loop import _to_float, augment, cosine_lr_factor, epoch_generator
+from edgevae.training.loop import Augmentation, _to_float, cosine_lr_factor, epoch_generator
 from edgevae.training.model import Decoder, Encoder
 from edgevae.training.objectives import elbo_terms, negative_elbo
 
@@ -152,13 +152,13 @@ def fit(head: Head, cfg: ModelConfig, tc: TrainConfig, classes: tuple[int, ...] 
         order = torch.randperm(x_train.shape[0], generator=gen)
         for step in range(steps):
             xb = x_train[order[step * tc.batch_size:(step + 1) * tc.batch_size]]
-            xb = augment(xb, tc.augment_shift, tc.augment_rotate, gen)
+            xb = Augmentation.draw(xb.shape[0], tc.augment_shift, tc.augment_rotate, gen).apply(xb)
             terms = elbo_terms(model, xb, gen)
             if head.free_bits:
                 per_dim = (0.5 * (terms.mu.square() + terms.logvar.exp() - 1 - terms.logvar)).mean(0)  # (D,)
                 loss = per_dim.clamp(min=head.free_bits).sum() + terms.nll.mean()
             else:
-                loss = terms.loss()
+                loss = terms.loss_sum() / xb.shape[0]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -26,7 +26,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from edgevae.export import ExportConfig, export_bundle
-from edgevae.options import SCORE_METHODS
+from edgevae.runtime.options import SCORE_METHODS
 from edgevae.training import DataSpec, ModelConfig, TrainConfig, embedded_split, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

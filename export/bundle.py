@@ -20,47 +20,42 @@ import onnxruntime as ort
 import torch
 
 from edgevae import __version__
-from edgevae.options import (
+from edgevae.runtime.options import (
     CALIBRATION_FPR,
     COMBINED_PARTS,
     DEFAULT_METHOD,
     REFERENCE_IMAGES,
     ELBO_SAMPLES,
     IWAE_SAMPLES,
-    MONTE_CARLO_METHODS,
     OPSET,
     OPSET_RANGE,
     SCORE_SEED,
     SMOOTH_SIGMA,
     VARIANTS,
 )
-from edgevae.runtime.atomic import atomic_folder, write_synced
-from edgevae.runtime.bundle import check_graphs, load, sha256_hex
-from edgevae.runtime.calibration import MIN_CALIBRATION_IMAGES, calibrate, fit_map_stats
-from edgevae.runtime.maps import MAP_FILE, Combination, check_parts
-from edgevae.runtime.scores import smallest_fpr, warn_if_unpromisable
-from edgevae.runtime.errors import CalibrationError
+from edgevae.runtime.bundle import check_graphs, load
+from edgevae.runtime.calibration import MIN_CALIBRATION_IMAGES, calibration_section, fit_map_stats
+from edgevae.runtime.errors import CalibrationError, ExportError
 from edgevae.runtime.manifest import (
     DECODER_FILE,
     ENCODER_FILE,
     ENCODER_INPUT,
     FORMAT_NAME,
-    MANIFEST_FILE,
-    METADATA_KEY,
     SCHEMA_VERSION,
+    Calibration,
     ScoringSpec,
     check_score_settings,
-    dumps,
-    embedded_manifest,
-    noise_file,
 )
+from edgevae.runtime.maps import MAP_FILE, check_parts
+from edgevae.runtime.methods import MONTE_CARLO_METHODS, noise_file
 from edgevae.runtime.model import Model, Scorer
 from edgevae.runtime.runner import build_runner
-from edgevae.runtime.signing import SIGNATURE_FILE, sign_manifest
+from edgevae.runtime.scores import warn_if_unpromisable
+from edgevae.runtime.writer import graph_with_manifest, write_bundle
 from edgevae.training.loop import Checkpoint, load_checkpoint, split_images
 from edgevae.training.model import VAE
 
-from .graphs import ExportError, Graphs, export_graphs, quiet_exporter
+from .graphs import Graphs, export_graphs, quiet_exporter
 from .parity import PARITY_BATCH_SIZES, PARITY_TOLERANCE, ParityReport, check_parity
 from .variants import MIN_RANK_CORRELATION, compare, make_variant, to_ort_format
 
@@ -69,7 +64,7 @@ Say = Callable[[str], None]
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """Export settings; defaults and allowed values come from ``edgevae.options``.
+    """Export settings; defaults and allowed values come from ``edgevae.runtime.options``.
 
     Args:
         fpr: target false-positive rate of the stored thresholds.
@@ -123,15 +118,6 @@ class ExportConfig:
                            combined_parts=self.combined_parts)
 
 
-@dataclass
-class BundleFiles:
-    """What a bundle folder will hold: the bytes of every file by name (graphs, noise) and the manifest (without
-    ``files``)."""
-
-    data: dict[str, bytes]
-    manifest: dict[str, Any]
-
-
 def export_bundle(
     checkpoint: str | os.PathLike[str] | Checkpoint,
     bundle_dir: str | os.PathLike[str],
@@ -177,13 +163,15 @@ def export_bundle(
     scorer, calibration = _measure(scorer, references, images, cfg, say)
     say(f"checking parity with PyTorch at batch sizes {' and '.join(map(str, PARITY_BATCH_SIZES))}")
     report = check_parity(model, scorer, images, cfg.tolerance)
-    warn_if_unpromisable(cfg.fpr, images.shape[0], tail=any("tail" in c for c in calibration.values()))
-    manifest = build_manifest(ck, cfg, scorer, calibration, report, images.shape[0])
-    files = BundleFiles({ENCODER_FILE: embed_manifest(graphs.encoder, manifest),
-                         DECODER_FILE: embed_manifest(graphs.decoder, manifest), **_data_files(scorer)}, manifest)
-    build_variants(files, graphs, model, scorer, images, cfg, say)
+    warn_if_unpromisable(cfg.fpr, images.shape[0], tail=any(c.tail is not None for c in calibration.methods.values()))
+    manifest = build_manifest(ck, cfg, scorer, calibration, report)
+    files = {ENCODER_FILE: serialize(graphs.encoder), DECODER_FILE: serialize(graphs.decoder), **_data_files(scorer)}
+    manifest["variants"] = build_variants(files, manifest, graphs, model, scorer, images, cfg, say)
     say("writing the bundle")
-    write_bundle(target, files, force, sign_key)
+    try:
+        write_bundle(target, files, manifest, replace=force, sign_key=sign_key)
+    except FileExistsError as exc:
+        raise ExportError(f"{exc}; pass --force to replace it") from exc
     say(f"wrote {target}" + (" (signed)" if sign_key is not None else ""))
     return load(target, ["CPUExecutionProvider"], trusted_keys=[] if sign_key is None else [sign_key])
 
@@ -203,7 +191,7 @@ def _data_files(scorer: Scorer) -> dict[str, bytes]:
 
 
 def _measure(scorer: Scorer, references: np.ndarray, images: np.ndarray, cfg: ExportConfig,
-             say: Say) -> tuple[Scorer, dict[str, Any]]:
+             say: Say) -> tuple[Scorer, Calibration]:
     """Map statistics on the reference (training) images, then the calibration on the held-out ones; the scorer
     that carries both."""
     say(f"measuring anomaly-map statistics on {references.shape[0]} training images")
@@ -213,9 +201,9 @@ def _measure(scorer: Scorer, references: np.ndarray, images: np.ndarray, cfg: Ex
         raise ExportError(str(exc)) from exc
     say(f"calibrating thresholds at FPR {cfg.fpr:g} on {images.shape[0]} held-out images")
     calibration = _calibrate(scorer, images, cfg.fpr)
-    if "combined" in calibration and scorer.maps is not None:
-        scorer = scorer.with_maps(scorer.maps, Combination.from_manifest(cfg.combined_parts,
-                                                                         calibration["combined"]["references"]))
+    combination = calibration.combination(cfg.combined_parts)
+    if combination is not None and scorer.maps is not None:
+        scorer = scorer.with_maps(scorer.maps, combination)
     return scorer, calibration
 
 
@@ -242,33 +230,37 @@ def _scorer(spec: ScoringSpec, encoder: bytes, decoder: bytes, like: Scorer | No
     return scorer.with_maps(like.maps, like.combination) if like is not None and like.maps is not None else scorer
 
 
-def _calibrate(scorer: Scorer, images: np.ndarray, fpr: float) -> dict[str, Any]:
+CALIBRATION_SOURCE = "validation split of the training data (held out from gradient updates)"
+
+
+def _calibrate(scorer: Scorer, images: np.ndarray, fpr: float) -> Calibration:
     try:
-        return calibrate(scorer, images, fpr)
+        return calibration_section(scorer, images, fpr, source=CALIBRATION_SOURCE)
     except CalibrationError as exc:
         raise ExportError(str(exc)) from exc
 
 
-def build_variants(files: BundleFiles, graphs: Graphs, model: VAE, scorer: Scorer, images: np.ndarray,
-                   cfg: ExportConfig, say: Say) -> None:
+def build_variants(files: dict[str, bytes], manifest: dict[str, Any], graphs: Graphs, model: VAE, scorer: Scorer,
+                   images: np.ndarray, cfg: ExportConfig, say: Say) -> dict[str, Any]:
     """Add the configured edge variants (and ORT-format copies) to ``files``, each checked against fp32 and
-    calibrated on its own.
+    calibrated on its own; returns the manifest's ``variants`` section.
 
     Raises:
         ExportError: a variant ranks held-out images unlike the fp32 graphs.
     """
-    files.manifest["variants"] = {}
-    builds: list[tuple[str, bytes, bytes]] = [("fp32", files.data[ENCODER_FILE], files.data[DECODER_FILE])]
+    variants: dict[str, Any] = {}
+    builds: list[tuple[str, bytes, bytes]] = [("fp32", files[ENCODER_FILE], files[DECODER_FILE])]
     for name in cfg.variants:
         say(f"building the {name} variant")
         with torch.no_grad():
             latents = model.encode(torch.from_numpy(images))[0].numpy()  # (N, D), as PyTorch computes them
         with quiet_exporter():
             v_enc, v_dec = make_variant(name, graphs.encoder, graphs.decoder, images, latents)
-        builds.append((name, embed_manifest(v_enc, files.manifest), embed_manifest(v_dec, files.manifest)))
-    if cfg.ort_format:
+        builds.append((name, serialize(v_enc), serialize(v_dec)))
+    if cfg.ort_format:  # an ORT file keeps the metadata of the ONNX graph it is converted from
         say("converting graphs to the ORT format")
-        builds += [(("ort" if n == "fp32" else f"{n}-ort"), to_ort_format(e), to_ort_format(d)) for n, e, d in builds]
+        builds += [(("ort" if n == "fp32" else f"{n}-ort"), to_ort_format(graph_with_manifest(e, manifest)),
+                    to_ort_format(graph_with_manifest(d, manifest))) for n, e, d in builds]
     for name, enc_bytes, dec_bytes in builds[1:]:
         say(f"validating and calibrating the {name} variant")
         ext = "ort" if name.endswith("ort") else "onnx"
@@ -282,34 +274,10 @@ def build_variants(files: BundleFiles, graphs: Graphs, model: VAE, scorer: Score
             raise ExportError(f"the {name} variant ranks held-out images unlike fp32 (Spearman "
                               + ", ".join(f"{m} {r:.3f}" for m, r in weak.items())
                               + f" < {MIN_RANK_CORRELATION}); leave it out")
-        files.data[names["encoder"]], files.data[names["decoder"]] = enc_bytes, dec_bytes
-        files.manifest["variants"][name] = {**names, "format": ext, **report,
-                                            "calibration": {"fpr": cfg.fpr,
-                                                            "methods": _calibrate(variant, images, cfg.fpr)}}
-
-
-def write_bundle(target: Path, files: BundleFiles, force: bool, sign_key: str | os.PathLike[str] | None = None) -> None:
-    """Write graphs and manifest (with their checksums) and, given a key, the signature to a temporary folder, load
-    every variant back exactly as a device will, and rename the folder into place.
-
-    Raises:
-        ExportError: ``target`` appeared meanwhile and ``force`` is not set.
-    """
-    try:
-        with atomic_folder(target, replace=force) as tmp:
-            manifest = dict(files.manifest)
-            manifest["files"] = {}
-            for fname, data in files.data.items():
-                write_synced(tmp / fname, data)
-                manifest["files"][fname] = {"sha256": sha256_hex(data), "bytes": len(data)}
-            write_synced(tmp / MANIFEST_FILE, dumps(manifest))
-            if sign_key is not None:
-                write_synced(tmp / SIGNATURE_FILE, sign_manifest(manifest, sign_key).to_json())
-            keys = [sign_key] if sign_key is not None else []
-            for variant in [None, *manifest["variants"]]:
-                load(tmp, ["CPUExecutionProvider"], variant=variant, slice_workers=1, trusted_keys=keys).close()
-    except FileExistsError as exc:
-        raise ExportError(f"{exc}; pass --force to replace it") from exc
+        files[names["encoder"]], files[names["decoder"]] = enc_bytes, dec_bytes
+        variants[name] = {**names, "format": ext, **report,
+                          "calibration": _calibrate(variant, images, cfg.fpr).to_dict()}
+    return variants
 
 
 def _versions() -> dict[str, str]:
@@ -319,8 +287,8 @@ def _versions() -> dict[str, str]:
             "onnxscript": onnxscript.__version__, "onnxruntime": ort.__version__}
 
 
-def build_manifest(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer, calibration: Mapping[str, Any],
-                   parity: ParityReport, n_calibration: int) -> dict[str, Any]:
+def build_manifest(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer, calibration: Calibration,
+                   parity: ParityReport) -> dict[str, Any]:
     """The manifest of a bundle, without ``files`` and ``variants``."""
     mc, spec = ck.model_config, scorer.spec
     scoring = spec.to_dict()
@@ -346,15 +314,7 @@ def build_manifest(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer, calibratio
                         "outputs": {mean_name: ["N", c, h, w], param_name: param_shape}},
         },
         "scoring": scoring,
-        "calibration": {
-            "fpr": cfg.fpr,
-            "n": n_calibration,
-            "min_fpr": smallest_fpr(n_calibration),
-            "min_fpr_rule": "1 / (n + 1): the k-th largest of n exchangeable normal scores is exceeded by a new normal "
-                            "score with probability at most k / (n + 1)",
-            "source": "validation split of the training data (held out from gradient updates)",
-            "methods": dict(calibration),
-        },
+        "calibration": calibration.to_dict(),
         "parity": {
             "tolerance": cfg.tolerance,
             "batch_sizes": list(PARITY_BATCH_SIZES),
@@ -385,11 +345,8 @@ def training_summary(ck: Checkpoint) -> dict[str, Any]:
     }
 
 
-def embed_manifest(proto: onnx.ModelProto, manifest: Mapping[str, Any]) -> bytes:
-    """Serialize a graph with the manifest (``embedded_manifest``) in its metadata_props."""
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, dumps(embedded_manifest(manifest))
+def serialize(proto: onnx.ModelProto) -> bytes:
+    """A graph's bytes, edgevae named as its producer (the bundle writer embeds the manifest)."""
     proto.producer_name, proto.producer_version = "edgevae", __version__
     data: bytes = proto.SerializeToString()
     return data

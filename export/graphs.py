@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import torch
 
-from edgevae.runtime.errors import EdgeVAEError
+from edgevae.runtime.errors import ExportError
 from edgevae.runtime.manifest import DECODER_INPUT, ENCODER_INPUT, ENCODER_OUTPUTS, decoder_outputs
 from edgevae.training.model import VAE
 
@@ -21,8 +21,6 @@ from edgevae.training.model import VAE
 MAX_BATCH = 1 << 20
 
 
-class ExportError(EdgeVAEError, RuntimeError):
-    """Export failed (parity outside tolerance, invalid graph, unusable target folder)."""
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from edgevae.options import SCORE_METHODS
+from edgevae.runtime.methods import METHODS, SCORE_METHODS
 from edgevae.runtime.manifest import DECODER_INPUT, ENCODER_INPUT, ENCODER_OUTPUTS
 from edgevae.runtime.model import Scorer
 from edgevae.training.model import VAE
 from edgevae.training.objectives import score as torch_score
 
-from .graphs import ExportError
+from edgevae.runtime.errors import ExportError
 
 PARITY_TOLERANCE = 1e-4
 PARITY_BATCH_SIZES = (1, 7)
@@ -71,7 +71,7 @@ def score_parity(model: VAE, scorer: Scorer, images: np.ndarray) -> dict[str, fl
     out: dict[str, float] = {}
     noise = {m: torch.from_numpy(n.copy()) for m in SCORE_METHODS if (n := scorer.noise(m)) is not None}
     for method in scorer.computable_methods:
-        if method == "combined" and scorer.combination is not None:
+        if METHODS[method].kind == "combination" and scorer.combination is not None:
             # Its parts are compared with PyTorch above. The statistic is a step function of them at the
             # references, which are these very images' scores, so float32 rounding can move a part across its
             # own reference value: the statistic is checked against its parts as the runtime computes them.

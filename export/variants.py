@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from edgevae.options import SCORE_METHODS, VARIANTS
+from edgevae.runtime.options import SCORE_METHODS, VARIANTS
 from edgevae.runtime.calibration import auroc, scores_in_batches
 from edgevae.runtime.manifest import DECODER_INPUT, ENCODER_INPUT
 from edgevae.runtime.model import Scorer

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from edgevae.options import SCORE_METHODS
+from .options import SCORE_METHODS
 
 from .bundle import load
 from .errors import ArrayInputError, InputError

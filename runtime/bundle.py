@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
-import onnxruntime as ort
 from numpy.typing import NDArray
 
 from .errors import BundleError
@@ -19,101 +16,41 @@ from .manifest import (
     ENCODER_FILE,
     ENCODER_INPUT,
     ENCODER_OUTPUTS,
-    MANIFEST_FILE,
     Manifest,
     ScoringSpec,
 )
 from .maps import Combination, MapStats
 from .model import Model
 from .runner import GraphRunner, build_runner
-from .scores import MethodCalibration
-from .sessions import Providers
+from .files import read_manifest, read_verified, sha256_hex, verify_files
+from .sessions import Providers, onnxruntime
 from .signing import KeySource, all_key_paths, verify_signature
 
-# onnxruntime's errors for a graph it cannot load.
-_ORT_LOAD_ERRORS = (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
-                    ort.capi.onnxruntime_pybind11_state.InvalidProtobuf)
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
-
-def read_manifest(bundle: str | os.PathLike[str]) -> Manifest:
-    """Read and validate a bundle's manifest without creating sessions.
-
-    Raises:
-        BundleError: not a folder, no manifest, or a manifest that is malformed or of another schema.
-    """
-    path = Path(bundle)
-    if path.suffix == ".pt" or (path.is_dir() and (path / "best.pt").exists() and not (path / MANIFEST_FILE).exists()):
-        raise BundleError(f"{path}: a training run (checkpoint), not a bundle; export it first: "
-                          f"edgevae export {path} -o bundle/   and score with -m bundle/")
-    if not path.is_dir():
-        raise BundleError(f"{path}: not a bundle directory (expected a folder with {MANIFEST_FILE}, "
-                          f"{ENCODER_FILE}, {DECODER_FILE}); create one with 'edgevae export'")
-    manifest_path = path / MANIFEST_FILE
-    try:
-        text = manifest_path.read_bytes()
-    except FileNotFoundError as exc:
-        raise BundleError(f"{path}: {MANIFEST_FILE} is missing; this folder is not a complete bundle") from exc
-    except OSError as exc:
-        raise BundleError(f"{manifest_path}: cannot read ({exc})") from exc
-    return Manifest.from_json(text)
+def _ort_load_errors() -> tuple[type[BaseException], ...]:
+    """onnxruntime's errors for a graph it cannot load."""
+    state = onnxruntime().capi.onnxruntime_pybind11_state
+    return (state.Fail, state.InvalidGraph, state.InvalidProtobuf)
 
 
 def select_variant(manifest: Manifest, variant: str | None, path: Path) -> tuple[Manifest, list[str]]:
     """The manifest with the variant's calibration in force, and the variant's (encoder, decoder) files.
 
     Raises:
-        BundleError: the bundle has no such variant, or its entry is malformed.
+        BundleError: the bundle has no such variant.
     """
     if variant in (None, "fp32"):
         return manifest, [ENCODER_FILE, DECODER_FILE]
-    if variant not in manifest.variants:
-        available = ", ".join(["fp32", *manifest.variants])
-        raise BundleError(f"{path}: no variant {variant!r} in this bundle; available: {available}. "
-                          "Add variants at export (--quantize int8, --precision fp16, --ort-format)")
+    try:
+        selected = manifest.with_variant(variant)
+    except BundleError as exc:
+        raise BundleError(f"{path}: {exc}") from exc
     spec = manifest.variants[variant]
-    try:
-        names = [str(spec["encoder"]), str(spec["decoder"])]
-        calibration = {m: MethodCalibration.from_dict(c) for m, c in spec["calibration"]["methods"].items()}
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise BundleError(f"{path}: variant {variant!r} is malformed in the manifest: {exc!r}") from exc
-    return replace(manifest, calibration=calibration), names
-
-
-def read_verified(path: Path, manifest: Manifest, fname: str) -> bytes:
-    """A file of the bundle, after checking its sha256 against the manifest.
-
-    Raises:
-        BundleError: no checksum in the manifest, the file is missing, or its content differs.
-    """
-    if fname not in manifest.files or not isinstance(manifest.files[fname], dict):
-        raise BundleError(f"{path}: the manifest has no checksum for {fname}; refusing to load it")
-    try:
-        data = (path / fname).read_bytes()
-    except FileNotFoundError as exc:
-        raise BundleError(f"{path}: {fname} is missing; re-export the bundle") from exc
-    digest = sha256_hex(data)
-    expected = manifest.files[fname]["sha256"]
-    if digest != expected:
-        raise BundleError(
-            f"{path / fname}: sha256 {digest[:16]}... does not match the manifest's {str(expected)[:16]}...; "
-            "the graph was modified or corrupted. Refusing to load it; re-export or re-copy the bundle"
-        )
-    return data
-
-
-def verify_files(path: Path, manifest: Manifest, skip: Iterable[str] = ()) -> None:
-    """Check the sha256 of every file the manifest lists (graphs of every variant) but those in ``skip`` (which
-    the caller reads, and so checks, anyway).
-
-    Raises:
-        BundleError: a listed file is missing or differs from its checksum.
-    """
-    for fname in set(manifest.files) - set(skip):
-        read_verified(path, manifest, fname)
+    return selected, [spec.encoder, spec.decoder]
 
 
 def check_graphs(runner: GraphRunner, spec: ScoringSpec) -> None:
@@ -153,7 +90,7 @@ def _check_graph(session: ort.InferenceSession, name: str, inputs: list[str], ou
 
 def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threads: int | None = None,
          strict: bool = False, variant: str | None = None, slice_workers: int | None = None,
-         trusted_keys: Iterable[KeySource] | None = None) -> Model:
+         trusted_keys: Iterable[KeySource] | None = None, manifest: Manifest | None = None) -> Model:
     """Load a bundle directory, verifying it before any graph runs.
 
     Checks the manifest's format and schema version, the sha256 of each graph, and that the graphs'
@@ -173,6 +110,8 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
             only if it is signed by one of them and every file it lists is unaltered since. None: the keys named
             by the ``EDGEVAE_TRUSTED_KEYS`` environment variable (paths separated by ``os.pathsep``), if set;
             an empty list: no signature check.
+        manifest: the bundle's manifest when the caller has read it already (``read_manifest``): it is not read
+            again, and it is the one that is verified and used.
 
     Raises:
         BundleError: missing files, checksum mismatch, unsupported schema, graphs that disagree; with trusted
@@ -182,62 +121,46 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
         ValueError: bad ``threads`` or ``slice_workers``.
     """
     path = Path(bundle)
-    manifest = read_manifest(path)
+    manifest = manifest if manifest is not None else read_manifest(path)
     keys = all_key_paths(trusted_keys)
     selected, names = select_variant(manifest, variant, path)
     if keys:  # the manifest object that was verified is the one used from here on: no re-read
         verify_signature(path, manifest.raw, keys)
         # those are read and checked below
-        verify_files(path, manifest, skip=[*names, *_noise_files(manifest), *_map_files(manifest)])
+        verify_files(path, manifest, skip=[*names, *manifest.data_files()])
     manifest = selected
     encoder, decoder = (read_verified(path, manifest, name) for name in names)
     try:
         runner = build_runner(encoder, decoder, providers, threads=threads, strict=strict, slice_workers=slice_workers)
-    except _ORT_LOAD_ERRORS as exc:
+    except _ort_load_errors() as exc:
         raise BundleError(f"{path}: onnxruntime cannot load the graphs: {exc}") from exc
     check_graphs(runner, manifest.scoring)
-    maps, combination = read_maps(path, manifest, variant)
+    maps, combination = read_maps(path, manifest)
     return Model(manifest, runner, path=path, variant=variant or "fp32", noise=read_noise(path, manifest), maps=maps,
                  combination=combination)
 
 
-def _map_files(manifest: Manifest) -> list[str]:
-    entry = manifest.raw.get("scoring", {}).get("map")
-    return [str(entry.get("file"))] if isinstance(entry, dict) else []
-
-
-def read_maps(path: Path, manifest: Manifest, variant: str | None = None) -> tuple[MapStats | None, Combination | None]:
+def read_maps(path: Path, manifest: Manifest) -> tuple[MapStats | None, Combination | None]:
     """The anomaly-map statistics (``scoring.map``, checked against their sha256 and shape) and the combined
-    score's parts (``scoring.combined``) with the references of the variant's calibration; None for what a
-    bundle predates.
+    score's parts with the references of the calibration in force; None for what a bundle predates.
 
     Raises:
         BundleError: a listed file is missing, altered, of another shape, or an entry is malformed.
     """
-    entry = manifest.raw.get("scoring", {}).get("map")
-    raw_cal = (manifest.raw["calibration"] if variant in (None, "fp32")
-               else manifest.raw["variants"][variant]["calibration"])
-    combined = raw_cal.get("methods", {}).get("combined")
-    maps = combination = None
+    entry = manifest.map
+    maps = None
     c, h, w = manifest.contract.shape
     try:
         if entry is not None:
-            shape = [int(v) for v in entry["shape"]]
-            data = read_verified(path, manifest, str(entry["file"]))
-            if shape != [2, h, w] or len(data) != 4 * 2 * h * w:
-                raise BundleError(f"{path}: {entry['file']} holds {len(data)} bytes for shape {shape}, but the input "
-                                  f"contract needs float32 (2, {h}, {w})")
-            maps = MapStats.from_bytes(data, shape, float(entry["sigma"]), int(entry["top_k"]))
-        if combined is not None:
-            combination = Combination.from_manifest(manifest.scoring.combined_parts, combined["references"])
+            data = read_verified(path, manifest, entry.file)
+            if entry.shape != (2, h, w) or len(data) != 4 * 2 * h * w:
+                raise BundleError(f"{path}: {entry.file} holds {len(data)} bytes for shape {list(entry.shape)}, but "
+                                  f"the input contract needs float32 (2, {h}, {w})")
+            maps = MapStats.from_bytes(data, entry.shape, entry.sigma, entry.top_k)
+        combination = manifest.combination
     except (KeyError, TypeError, IndexError, ValueError) as exc:
         raise BundleError(f"{path}: scoring.map or calibration.methods.combined is malformed: {exc!r}") from exc
     return maps, combination
-
-
-def _noise_files(manifest: Manifest) -> list[str]:
-    entries = manifest.raw.get("scoring", {}).get("noise_files") or {}
-    return [str(e.get("file")) for e in entries.values() if isinstance(e, dict)]
 
 
 def read_noise(path: Path, manifest: Manifest) -> dict[str, NDArray[np.float32]]:
@@ -247,19 +170,14 @@ def read_noise(path: Path, manifest: Manifest) -> dict[str, NDArray[np.float32]]
     Raises:
         BundleError: a listed file is missing, altered, or of another shape.
     """
-    entries = manifest.raw.get("scoring", {}).get("noise_files") or {}
     noise: dict[str, NDArray[np.float32]] = {}
-    for method, entry in entries.items():
-        try:
-            shape = (int(entry["shape"][0]), int(entry["shape"][1]))
-            data = read_verified(path, manifest, str(entry["file"]))
-        except (KeyError, TypeError, IndexError, ValueError) as exc:
-            raise BundleError(f"{path}: scoring.noise_files.{method} is malformed: {exc!r}") from exc
+    for method, entry in manifest.noise.items():
+        data = read_verified(path, manifest, entry.file)
         expected = (manifest.scoring.samples(method), manifest.scoring.latent_dim)
-        if shape != expected or len(data) != 4 * shape[0] * shape[1]:
-            raise BundleError(f"{path}: {entry['file']} holds {len(data)} bytes for shape {shape}, but the manifest's "
-                              f"scoring needs float32 {expected}")
-        noise[method] = np.frombuffer(data, dtype="<f4").reshape(shape).astype(np.float32)
+        if entry.shape != expected or len(data) != 4 * entry.shape[0] * entry.shape[1]:
+            raise BundleError(f"{path}: {entry.file} holds {len(data)} bytes for shape {entry.shape}, but the "
+                              f"manifest's scoring needs float32 {expected}")
+        noise[method] = np.frombuffer(data, dtype="<f4").reshape(entry.shape).astype(np.float32)
     return noise
 
 

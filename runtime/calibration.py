@@ -8,12 +8,12 @@ from typing import Any, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from edgevae.options import SCORE_METHODS
-
 from .errors import CalibrationError
+from .manifest import Calibration
+from .methods import METHODS, SCORE_METHODS
 from .maps import MapStats, fit_combination, residual_magnitude
 from .model import Scorer
-from .scores import fit_tail, threshold_at_fpr
+from .scores import fit_tail, smallest_fpr, threshold_at_fpr
 
 # Largest number of sorted scores a method's calibration keeps (as evenly spaced quantiles beyond that).
 MAX_CALIBRATION_SCORES = 5000
@@ -46,20 +46,37 @@ def calibrate(scorer: Scorer, images: NDArray[Any], fpr: float,
                                f"got {images.shape[0]}")
     parts = scorer.spec.combined_parts
     computable = set(scorer.computable_methods)
-    want_combined = "combined" in methods and all(p in computable for p in parts)
+    combinations = [m for m in methods if METHODS[m].kind == "combination" and all(p in computable for p in parts)]
     scores: dict[str, NDArray[np.float64]] = {}
-    for method in [m for m in methods if m in computable and m != "combined"]:
+    for method in [m for m in methods if m in computable and METHODS[m].kind != "combination"]:
         scores[method] = _finite(scores_in_batches(scorer, images, method), method)
     calibration = {m: _calibrated(scores[m], fpr) for m in methods if m in scores}
-    if want_combined:
+    for name in combinations:
         batches = [scorer.combined_parts(images[i:i + CALIBRATION_BATCH])
                    for i in range(0, images.shape[0], CALIBRATION_BATCH)]
         part_scores = {p: _finite(np.concatenate([b[p] for b in batches]).astype(np.float64), p) for p in parts}
         combination, loo = fit_combination(parts, part_scores)
-        calibration["combined"] = {**_calibrated(loo.astype(np.float64), fpr),
+        calibration[name] = {**_calibrated(loo.astype(np.float64), fpr),
                                    "references": combination.references_entry(),
                                    "rule": "leave-one-out: each calibration image's parts against the other images"}
     return {m: calibration[m] for m in SCORE_METHODS if m in calibration}
+
+
+MIN_FPR_RULE = ("1 / (n + 1): the k-th largest of n exchangeable normal scores is exceeded by a new normal score "
+                "with probability at most k / (n + 1)")
+
+
+def calibration_section(scorer: Scorer, images: NDArray[Any], fpr: float, *, source: str) -> Calibration:
+    """A whole calibration section (what export and ``edgevae calibrate`` both store): :func:`calibrate` on
+    ``images``, their number, the smallest rate they can promise and where they came from.
+
+    Raises:
+        CalibrationError: as :func:`calibrate`.
+    """
+    n = int(images.shape[0])
+    methods = calibrate(scorer, images, fpr)
+    return Calibration.from_dict({"fpr": fpr, "n": n, "min_fpr": smallest_fpr(n), "min_fpr_rule": MIN_FPR_RULE,
+                                  "source": source, "methods": methods})
 
 
 def _finite(scores: NDArray[np.float64], method: str) -> NDArray[np.float64]:

@@ -49,3 +49,23 @@ class CalibrationWarning(UserWarning):
 
 class CalibrationError(EdgeVAEError, ValueError):
     """Calibration is impossible: too few held-out images, or scores that are not finite."""
+
+
+class MissingExtraError(EdgeVAEError):
+    """An optional dependency that the requested feature needs is not installed."""
+
+
+class SigningKeyError(EdgeVAEError, ValueError):
+    """A key file is missing, unreadable, or not an Ed25519 key."""
+
+
+class CheckpointError(EdgeVAEError, ValueError):
+    """A checkpoint is unreadable, not edgevae's, or of an unsupported version; or there is nothing to resume."""
+
+
+class DistributedError(EdgeVAEError, RuntimeError):
+    """The process group cannot be formed or a process was lost during training."""
+
+
+class ExportError(EdgeVAEError, RuntimeError):
+    """Export failed (parity outside tolerance, invalid graph, unusable target folder)."""

@@ -1,13 +1,27 @@
-"""The bundle manifest (``edgevae.json``): versioned JSON describing graphs, input contract and calibration."""
+"""The bundle manifest (``edgevae.json``): one typed schema, read and written by the same code.
+
+Every section a program acts on is a typed, self-validating object here: the input contract and score settings
+(:class:`ScoringSpec`, with the per-method entries non-Python readers compute from), the anomaly-map file
+(:class:`MapEntry`), the Monte-Carlo noise files (:class:`NoiseEntry`), the calibration (:class:`Calibration`,
+with the combined score's references), the edge variants (:class:`Variant`) and the files with their checksums.
+:meth:`Manifest.to_dict` writes what :meth:`Manifest.from_dict` reads; informational sections (producer,
+parity, model, training, history) ride along unchanged in ``raw``. A new graph is one more entry in ``files`` and
+``graphs``.
+"""
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from edgevae.options import (
+from .contract import InputContract
+from .errors import BundleError
+from .maps import STATISTIC, Combination, Reference, check_parts
+from .methods import METHODS, MONTE_CARLO_METHODS, SCORE_METHODS, noise_file, samples_for
+from .options import (
     COMBINED_ELBO_SAMPLES,
     COMBINED_PARTS,
     DEFAULT_METHOD,
@@ -16,17 +30,10 @@ from edgevae.options import (
     IWAE_SAMPLES,
     IWAE_SAMPLES_MAX,
     LIKELIHOODS,
-    MONTE_CARLO_METHODS,
-    SCORE_METHODS,
     SCORE_SEED,
     SMOOTH_SIGMA,
     SMOOTH_SIGMA_MAX,
-    samples_for,
 )
-
-from .contract import InputContract
-from .errors import BundleError
-from .maps import STATISTIC, check_parts
 from .scores import MethodCalibration
 
 FORMAT_NAME = "edgevae-bundle"
@@ -40,11 +47,6 @@ ENCODER_OUTPUTS = ("mu", "logvar", "kl")
 DECODER_INPUT = "t"
 
 
-def noise_file(method: str) -> str:
-    """Name of the file holding a Monte-Carlo method's shared prior noise in a bundle."""
-    return f"noise.{method}.f32"
-
-
 def decoder_outputs(likelihood: str) -> tuple[str, str]:
     """Output names of the decoder graph for a likelihood: the mean and the likelihood's parameter."""
     return ("x_mean", "x_logits") if likelihood == "bernoulli" else ("x_mean", "x_logvar")
@@ -54,9 +56,9 @@ def check_score_settings(default_method: str, elbo_samples: int, iwae_samples: i
     """Validate the score settings a bundle stores.
 
     Raises:
-        ValueError: a setting outside what ``edgevae.options`` allows, with the allowed range.
+        ValueError: a setting outside what ``edgevae.runtime.options`` allows, with the allowed range.
     """
-    if default_method not in SCORE_METHODS:
+    if default_method not in METHODS:
         raise ValueError(f"default method must be one of {', '.join(SCORE_METHODS)}; got {default_method!r}")
     if not 1 <= elbo_samples <= ELBO_SAMPLES_MAX:
         raise ValueError(f"elbo_samples must be in 1..{ELBO_SAMPLES_MAX}, got {elbo_samples}")
@@ -119,11 +121,32 @@ class ScoringSpec:
         """Monte-Carlo samples K that ``method`` draws (0 for the methods that draw none)."""
         return samples_for(method, self.elbo_samples, self.iwae_samples)
 
+    def part_samples(self, part: str) -> int:
+        """K of a part inside ``combined``: the elbo part draws ``part_elbo_samples``, others their own K."""
+        return self.part_elbo_samples if part == "elbo" else self.samples(part)
+
+    def method_entries(self) -> dict[str, dict[str, Any]]:
+        """Per method, what a reader in another language needs to compute it (``scoring.method_specs``): its kind,
+        the graphs it runs, its samples K and noise file, whether it reads the map file, and its parts."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, m in METHODS.items():
+            entry: dict[str, Any] = {"kind": m.kind, "graphs": list(m.graphs), "samples": self.samples(name),
+                                     "noise": noise_file(name) if m.draws_noise else None, "map": m.needs_maps}
+            if m.kind == "combination":
+                entry["parts"] = list(self.combined_parts)
+                entry["part_samples"] = {p: self.part_samples(p) for p in self.combined_parts}
+                entry["map"] = any(METHODS[p].needs_maps for p in self.combined_parts)
+                entry["graphs"] = sorted({g for p in self.combined_parts for g in METHODS[p].graphs},
+                                         key=["encoder", "decoder"].index)
+            out[name] = entry
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        """The manifest's ``scoring`` section."""
+        """The manifest's ``scoring`` section (without ``map``, which :class:`Manifest` adds)."""
         return {
             "default_method": self.default_method,
             "methods": list(SCORE_METHODS),
+            "method_specs": self.method_entries(),
             "elbo_samples": self.elbo_samples,
             "iwae_samples": self.iwae_samples,
             "smooth_sigma": self.smooth_sigma,
@@ -156,22 +179,140 @@ class ScoringSpec:
 
 
 @dataclass(frozen=True)
+class NoiseEntry:
+    """A Monte-Carlo method's shared prior noise file: float32 little-endian, row-major (K, latent_dim)."""
+
+    file: str
+    shape: tuple[int, int]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "NoiseEntry":
+        return cls(str(data["file"]), (int(data["shape"][0]), int(data["shape"][1])))
+
+
+@dataclass(frozen=True)
+class MapEntry:
+    """``scoring.map``: the anomaly-map statistics file, float32 little-endian (2, H, W), and how maps use it."""
+
+    file: str
+    shape: tuple[int, int, int]
+    sigma: float
+    top_k: int
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "MapEntry":
+        shape = tuple(int(v) for v in data["shape"])
+        if len(shape) != 3:
+            raise ValueError(f"scoring.map.shape must be [2, H, W], got {list(shape)}")
+        return cls(str(data["file"]), (shape[0], shape[1], shape[2]), float(data["sigma"]), int(data["top_k"]),
+                   dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.raw, "file": self.file, "shape": list(self.shape), "sigma": self.sigma, "top_k": self.top_k}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A calibration section (``calibration``, or a variant's): per method the threshold, scores and tail; the
+    combined score's part references; how many images and the smallest rate they can promise."""
+
+    fpr: float
+    methods: Mapping[str, MethodCalibration]
+    n: int | None = None
+    min_fpr: float | None = None
+    # the combined score's parts' reference scores (calibration.methods.combined.references), when calibrated
+    references: Mapping[str, Reference] | None = field(default=None, compare=False)
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fpr < 1.0:
+            raise ValueError(f"calibration fpr must be in (0, 1), got {self.fpr}")
+        unknown = set(self.methods) - set(SCORE_METHODS)
+        if unknown:
+            raise BundleError(f"manifest calibrates unknown score methods {sorted(unknown)}; known: {SCORE_METHODS}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Calibration":
+        methods = data["methods"]
+        combined = methods.get("combined") or {}
+        refs = combined.get("references")
+        return cls(fpr=float(data["fpr"]), methods={m: MethodCalibration.from_dict(c) for m, c in methods.items()},
+                   n=int(data["n"]) if data.get("n") is not None else None,
+                   min_fpr=float(data["min_fpr"]) if data.get("min_fpr") is not None else None,
+                   references={p: Reference.from_dict(r) for p, r in refs.items()} if refs is not None else None,
+                   raw=dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {**self.raw, "fpr": self.fpr}
+        if self.n is not None:
+            out["n"], out["min_fpr"] = self.n, self.min_fpr
+        methods: dict[str, Any] = {}
+        for name in SCORE_METHODS:
+            if name in self.methods:
+                entry = self.methods[name].to_dict()
+                if name == "combined" and self.references is not None:
+                    old = (self.raw.get("methods") or {}).get("combined") or {}
+                    entry.update({k: v for k, v in old.items() if k not in entry})
+                    entry["references"] = {p: r.to_dict() for p, r in self.references.items()}
+                methods[name] = entry
+        out["methods"] = methods
+        return out
+
+    def combination(self, parts: tuple[str, ...]) -> Combination | None:
+        """The combined score's parts and references, or None when ``combined`` is not calibrated."""
+        if self.references is None:
+            return None
+        return Combination(parts, {p: self.references[p] for p in parts})
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An edge variant: its two graph files, their format and a calibration of their own."""
+
+    name: str
+    encoder: str
+    decoder: str
+    calibration: Calibration
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, name: str, data: Mapping[str, Any]) -> "Variant":
+        return cls(name, str(data["encoder"]), str(data["decoder"]), Calibration.from_dict(data["calibration"]),
+                   dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.raw, "encoder": self.encoder, "decoder": self.decoder, "calibration": self.calibration.to_dict()}
+
+    def __getitem__(self, key: str) -> Any:
+        """The raw entry's fields (``variant["check_auroc"]``), for readers of the report figures."""
+        return self.to_dict()[key]
+
+
+@dataclass(frozen=True)
 class Manifest:
-    """Parsed and validated ``edgevae.json``. ``raw`` keeps every field, including informational ones."""
+    """Parsed and validated ``edgevae.json``. ``raw`` keeps every field, including informational ones;
+    :meth:`to_dict` gives the dictionary to write, the typed sections over ``raw``."""
 
     scoring: ScoringSpec
     calibration_fpr: float
     calibration: Mapping[str, MethodCalibration]
     files: Mapping[str, Mapping[str, Any]]
     raw: Mapping[str, Any] = field(repr=False)
-    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
+    variants: Mapping[str, Variant] = field(default_factory=dict, repr=False)
     # calibration images, and the smallest false-positive rate they can promise (None in bundles that predate it)
     calibration_n: int | None = None
     min_fpr: float | None = None
+    calibration_section: Calibration | None = field(default=None, repr=False)
+    map: MapEntry | None = None
+    noise: Mapping[str, NoiseEntry] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.calibration_fpr < 1.0:
             raise ValueError(f"calibration fpr must be in (0, 1), got {self.calibration_fpr}")
+        if self.calibration_section is None:
+            object.__setattr__(self, "calibration_section", Calibration(self.calibration_fpr, self.calibration,
+                                                                        self.calibration_n, self.min_fpr))
 
     @property
     def contract(self) -> InputContract:
@@ -180,6 +321,55 @@ class Manifest:
     @property
     def default_method(self) -> str:
         return self.scoring.default_method
+
+    @property
+    def combination(self) -> Combination | None:
+        """The combined score's parts and references in the calibration in force."""
+        section = self.calibration_section
+        return section.combination(self.scoring.combined_parts) if section is not None else None
+
+    def data_files(self) -> list[str]:
+        """The files beside the graphs that loading reads: noise and map statistics."""
+        return [e.file for e in self.noise.values()] + ([self.map.file] if self.map is not None else [])
+
+    def with_variant(self, name: str) -> "Manifest":
+        """The manifest with a variant's calibration in force.
+
+        Raises:
+            BundleError: no such variant.
+        """
+        if name not in self.variants:
+            available = ", ".join(["fp32", *self.variants])
+            raise BundleError(f"no variant {name!r} in this bundle; available: {available}. "
+                              "Add variants at export (--quantize int8, --precision fp16, --ort-format)")
+        cal = self.variants[name].calibration
+        return replace(self, calibration=cal.methods, calibration_section=cal)
+
+    def with_calibration(self, calibration: Calibration, variants: Mapping[str, Calibration]) -> "Manifest":
+        """The manifest with a new calibration (and new calibrations for its variants), the old one kept in
+        ``calibration_history``."""
+        raw = dict(self.raw)
+        previous = {**raw["calibration"], "replaced": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        raw["calibration_history"] = [*raw.get("calibration_history", []), previous]
+        new_variants = {n: replace(v, calibration=variants[n]) for n, v in self.variants.items()}
+        return replace(self, raw=raw, calibration_fpr=calibration.fpr, calibration=calibration.methods,
+                       calibration_n=calibration.n, min_fpr=calibration.min_fpr, calibration_section=calibration,
+                       variants=new_variants)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as JSON-ready data: ``raw`` with every typed section written by its own ``to_dict``."""
+        out = dict(self.raw)
+        scoring = {**(out.get("scoring") or {}), **self.scoring.to_dict()}
+        if self.map is not None:
+            scoring["map"] = self.map.to_dict()
+        out.update(input=self.contract.to_dict(), latent_dim=self.scoring.latent_dim,
+                   likelihood=self.scoring.likelihood, scoring=scoring, files={k: dict(v) for k, v in self.files.items()})
+        section = self.calibration_section
+        if section is not None:
+            out["calibration"] = section.to_dict()
+        if self.variants or "variants" in out:
+            out["variants"] = {n: v.to_dict() for n, v in self.variants.items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, require_files: bool = True) -> "Manifest":
@@ -199,29 +389,40 @@ class Manifest:
                 f"{SCHEMA_VERSION}); re-export the bundle with this edgevae or upgrade edgevae"
             )
         try:
-            cal = data["calibration"]
-            files = data["files"] if require_files else data.get("files", {})
-            manifest = cls(
-                scoring=ScoringSpec.from_manifest(data),
-                calibration_fpr=float(cal["fpr"]),
-                calibration={m: MethodCalibration.from_dict(c) for m, c in cal["methods"].items()},
-                files=dict(files),
-                raw=dict(data),
-                variants=dict(data.get("variants") or {}),
-                calibration_n=int(cal["n"]) if cal.get("n") is not None else None,
-                min_fpr=float(cal["min_fpr"]) if cal.get("min_fpr") is not None else None,
-            )
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            manifest = cls._parse(data, require_files)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, IndexError) as exc:
+            if isinstance(exc, BundleError):
+                raise
             raise BundleError(f"manifest is malformed: {type(exc).__name__}: {exc}") from exc
-        unknown = set(manifest.calibration) - set(SCORE_METHODS)
-        if unknown:
-            raise BundleError(f"manifest calibrates unknown score methods {sorted(unknown)}; known: {SCORE_METHODS}")
         if require_files:
             for name in (ENCODER_FILE, DECODER_FILE):
                 entry = manifest.files.get(name)
                 if not isinstance(entry, Mapping) or not isinstance(entry.get("sha256"), str):
                     raise BundleError(f"manifest has no sha256 for {name} under 'files'")
         return manifest
+
+    @classmethod
+    def _parse(cls, data: Mapping[str, Any], require_files: bool) -> "Manifest":
+        cal = Calibration.from_dict(data["calibration"])
+        scoring = data["scoring"]
+        noise = {m: NoiseEntry.from_dict(e) for m, e in (scoring.get("noise_files") or {}).items()}
+        for m in noise:
+            if m not in MONTE_CARLO_METHODS:
+                raise ValueError(f"scoring.noise_files names {m!r}, which draws no noise")
+        map_entry = scoring.get("map")
+        return cls(
+            scoring=ScoringSpec.from_manifest(data),
+            calibration_fpr=cal.fpr,
+            calibration=cal.methods,
+            files=dict(data["files"] if require_files else data.get("files", {})),
+            raw=dict(data),
+            variants={n: Variant.from_dict(n, v) for n, v in (data.get("variants") or {}).items()},
+            calibration_n=cal.n,
+            min_fpr=cal.min_fpr,
+            calibration_section=cal,
+            map=MapEntry.from_dict(map_entry) if map_entry is not None else None,
+            noise=noise,
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes, *, require_files: bool = True) -> "Manifest":

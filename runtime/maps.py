@@ -24,9 +24,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from edgevae.options import COMBINED_PARTS, LOCAL_TOP_FRACTION, SCORE_METHODS
-
-from .scores import TailFit, fit_tail, p_values, smoothed_residual
+from .methods import PART_METHODS
+from .options import COMBINED_PARTS, LOCAL_TOP_FRACTION
+from .scores import Residuals, TailFit, fit_tail, p_values, smoothed_residual
 
 F32 = NDArray[np.float32]
 # Name of the map statistics file in a bundle: float32 little-endian, row-major (2, H, W): mean, then spread.
@@ -56,6 +56,20 @@ def residual_magnitude(x: F32, x_mean: F32, sigma: float, *, residual: F32 | Non
         out = out.reshape(n, h, w)
     np.sqrt(out, out=out)
     return out
+
+
+def residual_local(r: Residuals) -> F32:
+    """The registry's ``local``: the mean of the top of each image's anomaly map (N,); the smoothed residual is
+    shared with ``smooth_recon`` where both use one width.
+
+    Raises:
+        ValueError: no map statistics.
+    """
+    stats = r.maps
+    if stats is None:
+        raise ValueError("the local score needs the anomaly-map statistics of a bundle")
+    residual = r.smoothed if stats.sigma == r.sigma else None
+    return stats.local_score(stats.standardise(residual_magnitude(r.x, r.mean, stats.sigma, residual=residual)))
 
 
 def top_k(height: int, width: int, fraction: float = LOCAL_TOP_FRACTION) -> int:
@@ -194,49 +208,18 @@ class Combination:
 
     parts: tuple[str, ...]
     references: Mapping[str, Reference]
-    # the parts' tail models as (P, 1) columns, made once: the statistic reads every part's p-values in one pass
-    _tails: dict[str, NDArray[np.float64]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_parts(self.parts)
         missing = [p for p in self.parts if p not in self.references]
         if missing:
             raise ValueError(f"combined score has no reference scores for {missing}")
-        rows = []
-        for part in self.parts:
-            tail = self.references[part].read_tail
-            # no tail: its start is +inf, so no score is in it and the other values are never used
-            rows.append((math.inf, 1.0, 1.0, 0.0) if tail is None else (tail.start, tail.scale, tail.fraction, tail.shape))
-        start, scale, fraction, shape = (np.asarray(col, dtype=np.float64)[:, None] for col in zip(*rows))
-        exponential = np.abs(shape) < 1e-9
-        object.__setattr__(self, "_tails", {
-            "start": start, "scale": scale, "fraction": fraction, "shape": shape, "exponential": exponential,
-            "exponent": np.where(exponential, 0.0, -1.0 / np.where(exponential, 1.0, shape)),
-            "count": np.asarray([self.references[p].scores.size for p in self.parts], dtype=np.float64)[:, None]})
 
     def statistic(self, part_scores: Mapping[str, NDArray[Any]]) -> F32:
-        """-log(min over parts of the part's p-value), per image (N,).
-
-        Each part's p-value is :meth:`Reference.p_values`; the parts are read together (one array operation for
-        all of them rather than one per part), which is what a single image's score costs.
-        """
-        first = np.asarray(part_scores[self.parts[0]])
-        s = np.empty((len(self.parts), first.size), dtype=np.float64)
-        at_least = np.empty_like(s)
-        for i, part in enumerate(self.parts):
-            s[i] = part_scores[part]
-            at_least[i] = self.references[part].scores.searchsorted(s[i], side="left")
-        t = self._tails
-        # empirical: (1 + #{reference >= s}) / (n + 1), each part against its own sorted reference scores
-        p = (1.0 + (t["count"] - at_least)) / (t["count"] + 1.0)
-        in_tail = s > t["start"]
-        if in_tail.any():  # the generalised Pareto survival function above a part's tail start (TailFit.survival)
-            z = np.maximum(s - t["start"], 0.0) / t["scale"]
-            with np.errstate(over="ignore"):
-                survival = t["fraction"] * np.where(t["exponential"], np.exp(-z),
-                                                    np.power(1.0 + t["shape"] * z, t["exponent"]))
-            p = np.where(in_tail, survival, p)
-        out: F32 = (-np.log(np.maximum(p.min(axis=0), MIN_P))).astype(np.float32)
+        """-log(min over parts of the part's p-value), per image (N,); each part's p-value is
+        :meth:`Reference.p_values`, the one p-value rule of :func:`edgevae.runtime.scores.p_values`."""
+        p = np.minimum.reduce([self.references[part].p_values(part_scores[part]) for part in self.parts])
+        out: F32 = (-np.log(np.maximum(p, MIN_P))).astype(np.float32)
         return out
 
     def references_entry(self) -> dict[str, Any]:
@@ -279,9 +262,8 @@ def check_parts(parts: Sequence[str]) -> None:
     Raises:
         ValueError: with the allowed methods.
     """
-    allowed = [m for m in SCORE_METHODS if m != "combined"]
-    if len(parts) < 2 or len(set(parts)) != len(parts) or any(p not in allowed for p in parts):
-        raise ValueError(f"combined needs two or more distinct parts from {', '.join(allowed)}; got {list(parts)} "
+    if len(parts) < 2 or len(set(parts)) != len(parts) or any(p not in PART_METHODS for p in parts):
+        raise ValueError(f"combined needs two or more distinct parts from {', '.join(PART_METHODS)}; got {list(parts)} "
                          f"(default: {','.join(COMBINED_PARTS)})")
 
 

@@ -14,25 +14,20 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from edgevae.options import SCORE_METHODS
-
 from .contract import InputContract
 from .errors import ArrayInputError
 from .maps import Combination, MapStats, residual_magnitude
+from .methods import METHODS, RECONSTRUCTION_METHODS, SCORE_METHODS, method as registry_method
 from .manifest import DECODER_INPUT, ENCODER_INPUT, ENCODER_OUTPUTS, Manifest, ScoringSpec
 from .runner import GraphInfo, GraphRunner
 from .scores import (
+    Residuals,
     ScoreResult,
-    image_energy,
     log_likelihood,
     log_prior_over_posterior,
     logmeanexp,
     p_values,
     prior_noise,
-    reconstruction_error,
-    relative_reconstruction_error,
-    smoothed_relative_reconstruction_error,
-    smoothed_residual,
     threshold_at_fpr,
     warn_if_unpromisable,
 )
@@ -42,8 +37,6 @@ F32 = NDArray[np.float32]
 # (codes x C x H x W) per call: the second bounds memory for large images (2**22 float32 values are 16 MB an array).
 DECODE_CHUNK = 4096
 DECODE_VALUES = 1 << 22
-# Scores that decode one code per image (the posterior mean), computed per slice in one pass.
-ONE_PASS_METHODS = ("recon", "rel_recon", "smooth_recon", "local")
 
 
 class Posterior(NamedTuple):
@@ -165,10 +158,10 @@ class Scorer:
 
     @property
     def computable_methods(self) -> tuple[str, ...]:
-        """Score methods this scorer can compute: all, less ``local`` and ``combined`` without the statistics."""
-        missing = ((() if self.maps is not None else ("local",))
-                   + (() if self.combination is not None else ("combined",)))
-        return tuple(m for m in SCORE_METHODS if m not in missing)
+        """Score methods this scorer can compute: all, less those that need map statistics or a combination's
+        references the bundle does not store."""
+        return tuple(name for name, m in METHODS.items()
+                     if not (m.needs_maps and self.maps is None) and not (m.kind == "combination" and self.combination is None))
 
     # --------------------------------------------------------------- maps
     def with_maps(self, maps: MapStats, combination: Combination | None = None) -> "Scorer":
@@ -224,26 +217,26 @@ class Scorer:
             ValueError: unknown method or bad ``samples``.
         """
         method = method or self.spec.default_method
-        if method not in SCORE_METHODS:
-            raise ValueError(f"unknown score method {method!r}; choose one of {', '.join(SCORE_METHODS)}")
+        spec = registry_method(method)
         if samples is not None and (not isinstance(samples, int) or samples < 1):
             raise ValueError(f"samples must be a positive integer, got {samples!r}")
-        if method == "local":
+        if spec.needs_maps:
             self._map_stats()
-        if method == "combined":
+        if spec.kind == "combination":
             return self._combined(x, samples)
         xb = self.prepare(x)
         eps = self.noise(method, samples)
-        if method in ONE_PASS_METHODS or (eps is not None and method == "elbo" and eps.shape[0] == 1):
+        one_sample = eps is not None and not spec.importance and eps.shape[0] == 1
+        if spec.kind == "reconstruction" or one_sample:
             # Per image one encoder and one decoder pass: each slice of a large batch runs both graphs and
             # the score math in one worker, so no stage waits for the slowest slice of the one before and
             # the numpy part runs on every core as well.
             return self.runner.map_slices(lambda part, in_slice: [self._one_pass_score(part, method, eps, in_slice)],
                                           xb)[0]
         posterior = self._encode(xb)
-        if eps is None:  # kl, which the encoder graph computes
+        if eps is None:  # kind encoder: kl, which the encoder graph computes
             return posterior.kl
-        if method == "elbo":
+        if not spec.importance:  # the Monte-Carlo ELBO
             ll, _ = self._monte_carlo(xb, posterior, eps, importance=False)
             # the mean over the K samples, as add.reduce + divide (what ndarray.mean does, without its overhead)
             mean_ll = np.add.reduce(ll, axis=0, dtype=np.float32) / np.float32(ll.shape[0])
@@ -255,7 +248,7 @@ class Scorer:
     def _one_pass_score(self, xb: F32, method: str, eps: F32 | None, in_slice: bool) -> F32:
         """Scores that decode one code per image: the reconstruction errors and the one-sample ELBO."""
         encoder, decoder = self.runner.sessions(in_slice)
-        if method == "elbo" and eps is not None:  # no sample axis: the cheapest Monte-Carlo score on a device
+        if eps is not None:  # the one-sample ELBO, no sample axis: the cheapest Monte-Carlo score on a device
             mu, logvar, kl = encoder.run(self._encoder_outputs, {ENCODER_INPUT: xb})
             mean, param = decoder.run(self._decoder_outputs, {DECODER_INPUT: _one_sample_code(mu, logvar, eps)})
             return self._one_sample_elbo(xb, kl, mean, param)
@@ -278,27 +271,12 @@ class Scorer:
         return self._from_reconstructions(xb, mean, (method,))[0]
 
     def _from_reconstructions(self, xb: F32, mean: F32, methods: Sequence[str]) -> list[F32]:
-        """Several such scores at once: ``smooth_recon`` and ``local`` share the smoothed residual, and
-        ``rel_recon`` and ``smooth_recon`` the images' energy."""
-        sigma = self.spec.smooth_sigma
-        residual = energy = None
-        if "smooth_recon" in methods and "local" in methods and self._map_stats().sigma == sigma:
-            residual = smoothed_residual(xb, mean, sigma)
-        if "smooth_recon" in methods and "rel_recon" in methods:
-            energy = image_energy(xb, mean)
-        out = []
-        for method in methods:
-            if method == "recon":
-                out.append(reconstruction_error(xb, mean))
-            elif method == "rel_recon":
-                out.append(relative_reconstruction_error(xb, mean, energy=energy))
-            elif method == "local":
-                stats = self._map_stats()
-                magnitude = residual_magnitude(xb, mean, stats.sigma, residual=residual)
-                out.append(stats.local_score(stats.standardise(magnitude)))
-            else:
-                out.append(smoothed_relative_reconstruction_error(xb, mean, sigma, residual=residual, energy=energy))
-        return out
+        """Several such scores at once, each the registry's function of one shared :class:`Residuals` (what two
+        methods both need is computed once)."""
+        if any(METHODS[m].needs_maps for m in methods):
+            self._map_stats()
+        shared = Residuals(xb, mean, self.spec.smooth_sigma, self.maps)
+        return [METHODS[m].resolve()(shared) for m in methods]
 
     def _combined(self, x: NDArray[Any], samples: int | None) -> F32:
         if self.combination is None:
@@ -308,19 +286,21 @@ class Scorer:
 
     def combined_parts(self, x: NDArray[Any], samples: int | None = None) -> dict[str, F32]:
         """The raw scores of the parts of ``combined`` (``spec.combined_parts``), as it computes them: the parts
-        that compare images with their reconstructions share one encoder and decoder pass, and an ``elbo`` part
-        draws ``spec.part_elbo_samples`` samples (``samples`` overrides)."""
+        that compare images with their reconstructions share one encoder and decoder pass, and a Monte-Carlo part
+        draws ``spec.part_samples(part)`` samples (``samples`` overrides); a one-sample ELBO part joins the shared
+        pass, its code decoded beside the means."""
         xb = self.prepare(x)
-        shared = [p for p in self.spec.combined_parts if p in ONE_PASS_METHODS]
+        shared = [p for p in self.spec.combined_parts if p in RECONSTRUCTION_METHODS]
+        joining = [p for p in self.spec.combined_parts if METHODS[p].draws_noise and not METHODS[p].importance
+                   and (samples or self.spec.part_samples(p)) == 1]
+        one = joining[0] if shared and joining else None
+        eps = self.noise(one, 1) if one is not None else None
         parts: dict[str, F32] = {}
-        k_elbo = samples or self.spec.part_elbo_samples
-        # a one-sample elbo part joins the shared pass: one encoder run, and its code decoded beside the means
-        eps = self.noise("elbo", 1) if shared and "elbo" in self.spec.combined_parts and k_elbo == 1 else None
         if shared:
             def one_pass(part: F32, in_slice: bool) -> list[F32]:
                 if eps is None or 2 * part.size > DECODE_VALUES:  # large images: two smaller decoder calls
                     scores = self._from_reconstructions(part, self._reconstruct_in(part, in_slice), shared)
-                    return scores + ([] if eps is None else [self._one_pass_score(part, "elbo", eps, in_slice)])
+                    return scores + ([] if one is None else [self._one_pass_score(part, one, eps, in_slice)])
                 encoder, decoder = self.runner.sessions(in_slice)
                 mu, logvar, kl = encoder.run(self._encoder_outputs, {ENCODER_INPUT: part})
                 codes = np.concatenate([mu, _one_sample_code(mu, logvar, eps)])
@@ -329,12 +309,12 @@ class Scorer:
                 return (self._from_reconstructions(part, means[:n], shared)
                         + [self._one_sample_elbo(part, kl, means[n:], params[n:])])
 
-            names = shared + (["elbo"] if eps is not None else [])
+            names = shared + ([one] if one is not None else [])
             parts.update(zip(names, self.runner.map_slices(one_pass, xb)))
         for part in self.spec.combined_parts:
             if part not in parts:
-                k = samples or (self.spec.part_elbo_samples if part == "elbo" else None)
-                parts[part] = self.raw_scores(xb, part, samples=k if self.spec.samples(part) else None)
+                k = samples or self.spec.part_samples(part)
+                parts[part] = self.raw_scores(xb, part, samples=k or None)
         return parts
 
     def _monte_carlo(self, xb: F32, posterior: Posterior, eps: F32, importance: bool = True) -> tuple[F32, F32]:
@@ -352,7 +332,7 @@ class Scorer:
             e = eps[start:start + per_chunk]  # (k', D)
             reps = e.shape[0]
             t = mu[None] + std[None] * e[:, None, :]  # (k', N, D)
-            mean, param = self.runner.run_decoder(self._decoder_outputs, DECODER_INPUT, t.reshape(-1, self.latent_dim))
+            mean, param = self.decode_params(t.reshape(-1, self.latent_dim))
             ll[start:start + reps] = log_likelihood(xb, self.likelihood, mean, param).reshape(reps, n)
             if importance:
                 log_w_prior[start:start + reps] = log_prior_over_posterior(e[:, None, :], t, logvar)

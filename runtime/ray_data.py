@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .batch import BatchScorer
-from .signing import MissingExtraError
+from .errors import MissingExtraError
 
 # Columns holding the images, in the order they are looked for: read_binary_files' encoded bytes, read_images'
 # decoded arrays, from_numpy's arrays, then file paths to read on the worker.

@@ -44,6 +44,35 @@ class ReportData:
     failures: list[tuple[str, str]] = field(default_factory=list)
     evaluation: Evaluation | None = None
 
+    @classmethod
+    def score(cls, model: Model, method: str, names: list[str], images: NDArray[Any], labels: Sequence[str] = (),
+              failures: Sequence[tuple[str, str]] = ()) -> "ReportData":
+        """Score ``images`` with ``method`` into a report; with labels ("normal" / "anomalous" per input, "" for
+        unlabelled) of both kinds the report includes the evaluation."""
+        from .evaluation import evaluate_scores
+
+        result = model.score(images, method)
+        lab = np.array(list(labels))
+        evaluation = None
+        if lab.size and (lab == "normal").any() and (lab == "anomalous").any():
+            evaluation = evaluate_scores(method, result.scores[lab == "normal"], result.scores[lab == "anomalous"],
+                                         result.threshold)
+        return cls(model=model, method=method, names=names, images=images.astype(np.float32, copy=False),
+                   scores=result.scores, p_values=result.p_values, flags=result.is_outlier,
+                   threshold=result.threshold, labels=list(labels) if any(labels) else [], failures=list(failures),
+                   evaluation=evaluation)
+
+    @classmethod
+    def from_batches(cls, model: Model, method: str, batches: Sequence[tuple[list[str], Any, Any]],
+                     failures: Sequence[tuple[str, str]] = ()) -> "ReportData":
+        """A report of batches already scored: (names, images, ScoreResult) each; nothing is scored again."""
+        return cls(model=model, method=method, names=[n for names, _, _ in batches for n in names],
+                   images=np.concatenate([x for _, x, _ in batches]),
+                   scores=np.concatenate([r.scores for _, _, r in batches]),
+                   p_values=np.concatenate([r.p_values for _, _, r in batches]),
+                   flags=np.concatenate([r.is_outlier for _, _, r in batches]), threshold=batches[0][2].threshold,
+                   failures=list(failures))
+
 
 def _png_uri(array: NDArray[np.uint8]) -> str:
     from PIL import Image
@@ -196,3 +225,10 @@ def render(data: ReportData, top: int = TOP_N, normal: int = NORMAL_N) -> str:
     body += ["<h2>Bundle</h2>", _bundle_summary(data.model)]
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>edgevae report</title>"
             f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def write_report(data: ReportData, path: str, top: int = TOP_N) -> None:
+    """Render the report and write it atomically."""
+    from .atomic import write_atomic
+
+    write_atomic(path, render(data, top=top))

@@ -12,13 +12,15 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import onnxruntime as ort
 from numpy.typing import NDArray
 
 from .sessions import Providers, create_session, resolve_providers
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 F32 = NDArray[np.float32]
 # Smallest slice of a batch a worker gets: batches under twice this run in one call.

@@ -9,14 +9,17 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
-from edgevae.options import LIKELIHOODS, SCORE_METHODS, SMOOTH_SIGMA
+from .options import LIKELIHOODS, SMOOTH_SIGMA
 
 from .errors import CalibrationWarning
+
+if TYPE_CHECKING:
+    from .maps import MapStats
 
 F32 = NDArray[np.float32]
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -161,6 +164,52 @@ def smoothed_relative_reconstruction_error(x: F32, x_mean: F32, sigma: float = S
     r = (smoothed_residual(x, x_mean, sigma) if residual is None else residual).reshape(x.shape[0], -1)
     out: F32 = row_dots(r, r) / (image_energy(x, x_mean) if energy is None else energy)
     return out
+
+
+class Residuals:
+    """Images, their reconstructions (the decoded posterior means) and what the reconstruction scores share,
+    each computed once on first use: the images' energy (``rel_recon`` and ``smooth_recon``) and the smoothed
+    residual (``smooth_recon`` and ``local``, when the map statistics use the same width).
+
+    Args:
+        x: images (N, C, H, W) in [0, 1].
+        mean: their reconstructions (N, C, H, W).
+        sigma: the ``smooth_recon`` blur width (pixels).
+        maps: the anomaly-map statistics, for ``local``; None where a bundle has none.
+    """
+
+    def __init__(self, x: F32, mean: F32, sigma: float, maps: "MapStats | None" = None) -> None:
+        self.x, self.mean, self.sigma, self.maps = x, mean, sigma, maps
+        self._energy: F32 | None = None
+        self._smoothed: F32 | None = None
+
+    @property
+    def energy(self) -> F32:
+        if self._energy is None:
+            self._energy = image_energy(self.x, self.mean)
+        return self._energy
+
+    @property
+    def smoothed(self) -> F32:
+        """``smoothed_residual`` at ``sigma`` as (N * C, H, W)."""
+        if self._smoothed is None:
+            self._smoothed = smoothed_residual(self.x, self.mean, self.sigma)
+        return self._smoothed
+
+
+def residual_recon(r: Residuals) -> F32:
+    """The registry's ``recon``: ``reconstruction_error``."""
+    return reconstruction_error(r.x, r.mean)
+
+
+def residual_rel_recon(r: Residuals) -> F32:
+    """The registry's ``rel_recon``: ``relative_reconstruction_error``."""
+    return relative_reconstruction_error(r.x, r.mean, energy=r.energy)
+
+
+def residual_smooth_recon(r: Residuals) -> F32:
+    """The registry's ``smooth_recon``: ``smoothed_relative_reconstruction_error``."""
+    return smoothed_relative_reconstruction_error(r.x, r.mean, r.sigma, residual=r.smoothed, energy=r.energy)
 
 
 def log_prior_over_posterior(eps: F32, t: F32, logvar: F32) -> F32:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
-import onnxruntime as ort
+from types import ModuleType
+from typing import TYPE_CHECKING, Sequence
 
 from .errors import ProviderError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 # Preferred order for providers="auto": accelerators first, CPU always last.
 AUTO_PROVIDER_ORDER = (
@@ -33,9 +35,16 @@ _ALIASES = {
 Providers = str | Sequence[str] | None
 
 
+def onnxruntime() -> ModuleType:
+    """The onnxruntime module, imported on first use: the numpy-only parts of the runtime never load it."""
+    import onnxruntime as module
+
+    return module
+
+
 def available_providers() -> list[str]:
     """Execution providers this onnxruntime build offers."""
-    return list(ort.get_available_providers())
+    return list(onnxruntime().get_available_providers())
 
 
 def resolve_providers(providers: Providers) -> list[str]:
@@ -91,13 +100,14 @@ def create_session(
     if threads is not None and (not isinstance(threads, int) or threads < 0):
         raise ValueError(f"threads must be a non-negative integer (0 = onnxruntime default), got {threads!r}")
     requested = resolve_providers(providers)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    ort_module = onnxruntime()
+    options = ort_module.SessionOptions()
+    options.graph_optimization_level = ort_module.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model, sess_options=options, providers=requested)
+    session: ort.InferenceSession = ort_module.InferenceSession(model, sess_options=options, providers=requested)
     got = session.get_providers()
     if strict:
         wanted = requested[:1] if providers in (None, "auto") else requested

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .atomic import atomic_open, write_atomic
-from .errors import BundleError, EdgeVAEError
+from .errors import BundleError, MissingExtraError, SigningKeyError
+from .files import read_manifest, verify_files
 
 SIGNATURE_FILE = "edgevae.sig"
 SIGNATURE_FORMAT = "edgevae-signature"
@@ -35,12 +36,8 @@ TRUSTED_KEYS_ENV = "EDGEVAE_TRUSTED_KEYS"
 KeySource = str | os.PathLike[str]
 
 
-class MissingExtraError(EdgeVAEError):
-    """An optional dependency that the requested feature needs is not installed."""
 
 
-class SigningKeyError(EdgeVAEError, ValueError):
-    """A key file is missing, unreadable, or not an Ed25519 key."""
 
 
 @dataclass(frozen=True)
@@ -265,7 +262,6 @@ def sign_bundle(bundle: KeySource, key_path: KeySource) -> Signature:
         BundleError: the bundle does not load.
         SigningKeyError: the key file is not an Ed25519 private key.
     """
-    from .bundle import read_manifest, verify_files
 
     path = Path(bundle)
     manifest = read_manifest(path)

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any, Iterator
 
 from .batch import BatchScorer
-from .signing import MissingExtraError
+from .errors import MissingExtraError
 
 # Columns holding the images, in the order they are looked for: binaryFile's encoded bytes, then paths.
 IMAGE_COLUMNS = ("content", "path")

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 from numpy.typing import NDArray
 
-from edgevae import options
+from edgevae.runtime import options
 from edgevae.runtime.contract import InputContract, mode_channels
 from edgevae.runtime.errors import InputError
 from edgevae.runtime.inputs import expand_paths, is_array_path, is_idx_path, read_array_file, read_idx

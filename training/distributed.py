@@ -34,11 +34,9 @@ from typing import Iterator, Mapping
 import torch
 import torch.distributed as dist
 
-from edgevae import options
-from edgevae.runtime.errors import EdgeVAEError
+from edgevae.runtime import options
+from edgevae.runtime.errors import DistributedError
 
-class DistributedError(EdgeVAEError, RuntimeError):
-    """The process group cannot be formed or a process was lost during training."""
 
 
 @dataclass(frozen=True)

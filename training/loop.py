@@ -15,10 +15,11 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from edgevae import __version__, options
+from edgevae import __version__
+from edgevae.runtime import options
 from edgevae.runtime.atomic import atomic_path, write_atomic
 from edgevae.runtime.contract import InputContract, uint8_to_unit
-from edgevae.runtime.errors import EdgeVAEError
+from edgevae.runtime.errors import CheckpointError
 
 from .data import DataSpec, auto_val_fraction, load_images, source_shape, split_indices
 from .model import RULE_FIELDS, SHAPE_FIELDS, VAE, ModelConfig
@@ -36,7 +37,7 @@ Progress = Callable[[str, Mapping[str, Any]], None]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings; defaults and allowed ranges come from ``edgevae.options``.
+    """Optimisation settings; defaults and allowed ranges come from ``edgevae.runtime.options``.
 
     Args:
         epochs: passes over the training split. The defaults (epochs of batch 64 with 1-pixel shifts) are the
@@ -120,8 +121,6 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-class CheckpointError(EdgeVAEError, ValueError):
-    """A checkpoint is unreadable, not edgevae's, or of an unsupported version; or there is nothing to resume."""
 
 
 @dataclass
@@ -176,11 +175,6 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     )
 
 
-def held_out_images(data: DataSpec, model_config: ModelConfig, train_config: TrainConfig) -> np.ndarray:
-    """Re-create the validation split of a run as float32 (N, C, H, W) (used by export for parity and calibration)."""
-    return split_images(data, model_config, train_config)[1]
-
-
 def split_images(data: DataSpec, model_config: ModelConfig, train_config: TrainConfig,
                  max_train: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Re-create a run's (training, validation) splits as float32 (N, C, H, W); at most ``max_train`` training
@@ -233,11 +227,6 @@ class Augmentation:
             picked = padded[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
             x = picked.permute(0, 3, 1, 2).contiguous()
         return x
-
-
-def augment(x: torch.Tensor, shift: int, rotate: float, gen: torch.Generator) -> torch.Tensor:
-    """Random per-image rotation (degrees, bilinear) then translation by whole pixels (exact), zero fill."""
-    return Augmentation.draw(x.shape[0], shift, rotate, gen).apply(x)
 
 
 def _to_float(images: np.ndarray) -> torch.Tensor:

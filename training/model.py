@@ -9,12 +9,12 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from edgevae import options
+from edgevae.runtime import options
 from edgevae.runtime.contract import InputContract
 
 from .objectives import kl_divergence, log_likelihood
 
-# Activation between layers, by ModelConfig.activation (and encoder_activation); names from edgevae.options.
+# Activation between layers, by ModelConfig.activation (and encoder_activation); names from edgevae.runtime.options.
 ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU}
 
 
@@ -232,7 +232,7 @@ class Decoder(nn.Module):
 
 
 class VAE(nn.Module):
-    """Encoder + decoder with the reparameterisation trick t = mu + exp(logvar / 2) * eps."""
+    """Encoder q(t|x) and decoder p(x|t); the ELBO and its reparameterisation live in ``objectives``."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -245,10 +245,6 @@ class VAE(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.encoder(x)
 
-    @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return mu + torch.exp(0.5 * logvar) * eps
-
     def decode(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.decoder(t)
 
@@ -256,8 +252,3 @@ class VAE(nn.Module):
         """log p(x|t) per image (N,) for codes t (N, D)."""
         mean, param = self.decode(t)
         return log_likelihood(x, self.config.likelihood, mean, param)
-
-    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        mu, logvar, kl = self.encode(x)
-        mean, param = self.decode(self.reparameterize(mu, logvar, eps))
-        return mu, logvar, kl, mean, param

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from edgevae.options import SCORE_METHODS, SMOOTH_SIGMA
+from edgevae.runtime.methods import method as registry_method
+from edgevae.runtime.options import SMOOTH_SIGMA
 
 if TYPE_CHECKING:
     from edgevae.runtime.maps import Combination, MapStats
-
-    from .model import VAE
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -34,12 +33,24 @@ def log_likelihood(x: torch.Tensor, likelihood: str, x_mean: torch.Tensor, x_par
     return -0.5 * sq * torch.exp(-logvar) - 0.5 * pixels * (logvar + _LOG_2PI)
 
 
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The reparameterisation trick: t = mu + exp(logvar / 2) * eps, a draw of q(t|x) that gradients pass through.
+    ``eps`` broadcasts against ``mu`` (e.g. (K, 1, D) noise shared by every image against (N, D) means)."""
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
 class LatentVariableModel(Protocol):
     """What the ELBO needs of a model: q(t|x) and log p(x|t). ``VAE`` is one; design experiments add others."""
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
     def log_likelihood(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
+
+
+class Autoencoder(LatentVariableModel, Protocol):
+    """What the reconstruction scores need as well: the decoder's mean image and likelihood parameter."""
+
+    def decode(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class ELBOTerms(NamedTuple):
@@ -51,13 +62,10 @@ class ELBOTerms(NamedTuple):
     logvar: torch.Tensor
     variational: bool = True
 
-    def loss(self, beta: float = 1.0) -> torch.Tensor:
-        """Mean over the batch of -log p(x|t) + beta * KL (beta = 1: the negative ELBO); a plain autoencoder
-        (``variational`` False) minimises -log p(x|t) alone."""
-        return (self.nll + beta * self.kl).mean() if self.variational else self.nll.mean()
-
     def loss_sum(self, beta: float = 1.0) -> torch.Tensor:
-        """The sum over the batch of what ``loss`` averages (a share of a global batch split over processes)."""
+        """Sum over the batch of -log p(x|t) + beta * KL (beta = 1: the negative ELBO); a plain autoencoder
+        (``variational`` False) minimises -log p(x|t) alone. A sum, not a mean: a process of a distributed run
+        holds a share of the global batch, and the loop divides by the global batch size."""
         return (self.nll + beta * self.kl).sum() if self.variational else self.nll.sum()
 
 
@@ -71,7 +79,7 @@ def elbo_terms(model: LatentVariableModel, x: torch.Tensor, gen: torch.Generator
             raise ValueError("elbo_terms needs a generator or the noise eps")
         eps = torch.randn(mu.shape, generator=gen)
     eps = eps.to(mu.device)
-    t = mu + torch.exp(0.5 * logvar) * eps
+    t = reparameterize(mu, logvar, eps)
     return ELBOTerms(nll=-model.log_likelihood(x, t), kl=kl, mu=mu, logvar=logvar,
                      variational=bool(getattr(model, "variational", True)))
 
@@ -118,15 +126,14 @@ def local_score(maps_nhw: torch.Tensor, k: int) -> torch.Tensor:
     return maps_nhw.reshape(maps_nhw.shape[0], -1).topk(k, dim=1).values.mean(dim=1)
 
 
-def iwae_nll(model: "VAE", x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+def iwae_nll(model: LatentVariableModel, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """Importance-weighted estimate of -log p(x) per image (N,) with shared noise ``eps`` (K, D)."""
     mu, logvar, _ = model.encode(x)
     k, n = eps.shape[0], x.shape[0]
     e = eps[:, None, :].expand(k, n, eps.shape[1])
-    t = mu[None] + torch.exp(0.5 * logvar)[None] * e  # (K, N, D)
-    mean, param = model.decode(t.reshape(k * n, -1))
+    t = reparameterize(mu[None], logvar[None], e)  # (K, N, D)
     x_rep = x.unsqueeze(0).expand((k,) + x.shape).reshape((k * n,) + x.shape[1:])
-    ll = log_likelihood(x_rep, model.config.likelihood, mean, param).reshape(k, n)
+    ll = model.log_likelihood(x_rep, t.reshape(k * n, -1)).reshape(k, n)
     log_w = ll + (0.5 * (e.pow(2) - t.pow(2) + logvar[None])).sum(-1)
     return -(torch.logsumexp(log_w, dim=0) - math.log(k))
 
@@ -135,45 +142,47 @@ def negative_elbo(model: LatentVariableModel, x: torch.Tensor, eps: torch.Tensor
     """Monte-Carlo negative ELBO per image (N,) with shared noise ``eps`` (K, D), as the runtime computes it."""
     mu, logvar, kl = model.encode(x)
     k, n = eps.shape[0], x.shape[0]
-    t = (mu[None] + torch.exp(0.5 * logvar)[None] * eps[:, None, :]).reshape(k * n, -1)  # (K*N, D)
+    t = reparameterize(mu[None], logvar[None], eps[:, None, :]).reshape(k * n, -1)  # (K*N, D)
     x_rep = x.unsqueeze(0).expand((k,) + x.shape).reshape((k * n,) + x.shape[1:])
     ll = model.log_likelihood(x_rep, t).reshape(k, n)
     return kl - ll.mean(dim=0)
 
 
+def _local(x: torch.Tensor, x_mean: torch.Tensor, smooth_sigma: float, maps: "MapStats | None") -> torch.Tensor:
+    if maps is None:
+        raise ValueError("the local score needs the map statistics (maps)")
+    return local_score(anomaly_map(x, x_mean, maps), maps.top_k)
+
+
+# The PyTorch twins of the registry's reconstruction methods (edgevae.runtime.methods): f(x, x_mean, sigma, maps).
+RECONSTRUCTION_TWINS: dict[str, Callable[[torch.Tensor, torch.Tensor, float, "MapStats | None"], torch.Tensor]] = {
+    "recon": lambda x, m, sigma, maps: reconstruction_error(x, m),
+    "rel_recon": lambda x, m, sigma, maps: relative_reconstruction_error(x, m),
+    "smooth_recon": lambda x, m, sigma, maps: smoothed_relative_reconstruction_error(x, m, sigma),
+    "local": _local,
+}
+
+
 @torch.no_grad()
-def score(model: "VAE", x: torch.Tensor, method: str, eps: torch.Tensor | None = None,
+def score(model: Autoencoder, x: torch.Tensor, method: str, eps: torch.Tensor | None = None,
           smooth_sigma: float = SMOOTH_SIGMA, maps: "MapStats | None" = None,
           combination: "Combination | None" = None, noise: "dict[str, torch.Tensor] | None" = None) -> torch.Tensor:
-    """Outlier score per image (N,) with the runtime's definitions; ``eps`` (K, D) for elbo and iwae.
+    """Outlier score per image (N,) with the runtime's definitions; ``eps`` (K, D) for the Monte-Carlo methods.
 
     ``local`` needs the map statistics ``maps``; ``combined`` also needs ``combination`` and, for Monte-Carlo
-    parts, their noise by method in ``noise``.
+    parts, their noise by method in ``noise``. What each method is comes from the registry.
     """
-    if method == "combined":
+    spec = registry_method(method)
+    if spec.kind == "combination":
         if combination is None:
-            raise ValueError("the combined score needs its parts' reference scores (combination)")
+            raise ValueError(f"the {method} score needs its parts' reference scores (combination)")
         parts = {p: score(model, x, p, (noise or {}).get(p), smooth_sigma, maps).numpy() for p in combination.parts}
         return torch.from_numpy(combination.statistic(parts))
+    if spec.kind == "monte_carlo":
+        if eps is None:
+            raise ValueError(f"the {method} score needs the shared noise eps (K, D)")
+        return iwae_nll(model, x, eps) if spec.importance else negative_elbo(model, x, eps)
     mu, logvar, kl = model.encode(x)
-    if method == "kl":
+    if spec.kind == "encoder":
         return kl
-    if method == "recon":
-        return reconstruction_error(x, model.decode(mu)[0])
-    if method == "rel_recon":
-        return relative_reconstruction_error(x, model.decode(mu)[0])
-    if method == "smooth_recon":
-        return smoothed_relative_reconstruction_error(x, model.decode(mu)[0], smooth_sigma)
-    if method == "local":
-        if maps is None:
-            raise ValueError("the local score needs the map statistics (maps)")
-        return local_score(anomaly_map(x, model.decode(mu)[0], maps), maps.top_k)
-    if method == "iwae":
-        if eps is None:
-            raise ValueError("the iwae score needs the shared noise eps (K, D)")
-        return iwae_nll(model, x, eps)
-    if method == "elbo":
-        if eps is None:
-            raise ValueError("the elbo score needs the shared noise eps (K, D)")
-        return negative_elbo(model, x, eps)
-    raise ValueError(f"unknown score method {method!r}; choose one of {', '.join(SCORE_METHODS)}")
+    return RECONSTRUCTION_TWINS[method](x, model.decode(mu)[0], smooth_sigma, maps)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgevae.options import SCORE_METHODS
+from edgevae.runtime.options import SCORE_METHODS
 
 pytestmark = [pytest.mark.export, pytest.mark.slow]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgevae.options import COMBINED_PARTS, DEFAULT_METHOD
+from edgevae.runtime.options import COMBINED_PARTS, DEFAULT_METHOD
 
 pytestmark = pytest.mark.runtime
 

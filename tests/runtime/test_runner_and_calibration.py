@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgevae import options
+from edgevae.runtime import options
 from edgevae.runtime import CalibrationError, load, thread_plan
 from edgevae.runtime.atomic import atomic_folder, atomic_open
 from edgevae.runtime.calibration import auroc, calibrate
@@ -92,7 +92,7 @@ def test_atomic_open_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> No
 
 
 def test_options_module_needs_no_numpy_and_names_each_choice_once() -> None:
-    code = ("import sys, edgevae.options, edgevae.cli; "
+    code = ("import sys, edgevae.runtime.options, edgevae.cli; "
             "assert 'numpy' not in sys.modules and 'onnxruntime' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
     assert options.samples_for("elbo", 3, 7) == 3 and options.samples_for("iwae", 3, 7) == 7

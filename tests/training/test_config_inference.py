@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgevae import options
+from edgevae.runtime import options
 
 pytestmark = pytest.mark.training
 torch = pytest.importorskip("torch")

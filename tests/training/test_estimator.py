@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgevae import options
+from edgevae.runtime import options
 
 pytestmark = [pytest.mark.training, pytest.mark.export, pytest.mark.slow]
 

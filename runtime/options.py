@@ -2,21 +2,24 @@
 
 The config dataclasses (``ModelConfig``, ``TrainConfig``, ``ExportConfig``, ``ScoringSpec``) take their
 defaults and allowed values from here, and the command line shows them in its help from here, so the two
-cannot drift apart. Pure Python: the CLI imports it without numpy, torch or onnxruntime.
+cannot drift apart. The score methods themselves are the registry's (``edgevae.runtime.methods``), named here
+for the callers that read every choice from one module. Pure Python: the CLI imports it without numpy, torch or
+onnxruntime; it lives in the runtime so that the runtime never imports upward.
 """
 
 from __future__ import annotations
 
+from .methods import MONTE_CARLO_METHODS as MONTE_CARLO_METHODS
+from .methods import SCORE_METHODS as SCORE_METHODS
+from .methods import samples_for as samples_for
+
 # ---------------------------------------------------------------------------------------------- scoring
-SCORE_METHODS = ("kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae", "local", "combined")
-# Methods that average over Monte-Carlo samples of q(t|x): they draw shared prior noise (see samples_for).
-MONTE_CARLO_METHODS = ("elbo", "iwae")
 DEFAULT_METHOD = "combined"
-# The parts of ``combined``: a local score (small defects) and a global one (images unlike the normal kind),
-# joined through their calibrated p-values (docs/scoring.md); choices are the other methods.
+# The parts of ``combined``: a local score (small defects) and two global ones (unusual members of the normal
+# kind, images of another kind), joined through their calibrated p-values (docs/scoring.md).
 COMBINED_PARTS = ("local", "smooth_recon", "elbo")
-# Monte-Carlo samples of the elbo part inside ``combined`` (the first rows of the elbo noise): one sample ranks
-# images as well there as sixteen (docs/scoring.md) at an eighth of the decoder passes.
+# Monte-Carlo samples of the elbo part inside ``combined`` (the first rows of the elbo noise): inside the
+# combination one sample ranks images about as well as sixteen (docs/scoring.md) for far fewer decoder passes.
 COMBINED_ELBO_SAMPLES = 1
 # ``local``: the mean of the top LOCAL_TOP_FRACTION of an image's anomaly-map pixels (at least one pixel).
 LOCAL_TOP_FRACTION = 0.01
@@ -89,17 +92,3 @@ DEVICE = "auto"
 DISTRIBUTED_TIMEOUT_SECONDS = 600
 AUGMENT_ROTATE_MAX = 45.0
 
-
-def samples_for(method: str, elbo_samples: int, iwae_samples: int) -> int:
-    """Monte-Carlo samples K a score method draws: ``elbo_samples`` for elbo, ``iwae_samples`` for iwae, else 0.
-
-    Raises:
-        ValueError: unknown method.
-    """
-    if method not in SCORE_METHODS:
-        raise ValueError(f"unknown score method {method!r}; choose one of {', '.join(SCORE_METHODS)}")
-    if method == "elbo":
-        return elbo_samples
-    if method == "iwae":
-        return iwae_samples
-    return 0
