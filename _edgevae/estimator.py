@@ -97,17 +97,17 @@ class OutlierVAE:
             raise ImportError("OutlierVAE.fit needs the training extra: pip install 'edgevae[train]'") from None
         work = Path(self.work_dir) if self.work_dir is not None else Path(tempfile.mkdtemp(prefix="edgevae-fit-"))
         self._owns_work = self.work_dir is None
-        data = work / "train.npy"
-        np.save(data, np.asarray(X))
+        images = np.asarray(X)
         model_cfg = {"latent_dim": self.latent_dim} if self.latent_dim is not None else {}
         given = {k: v for k, v in {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}.items() if v}
-        spec = DataSpec(source=str(data))
-        from edgevae.training.data import infer_contract
+        from edgevae.training.data import IN_MEMORY, infer_contract
 
-        contract = infer_contract(spec)
+        spec = DataSpec(source=IN_MEMORY)
+        contract = infer_contract(spec, images=images)
+        # trained from the array itself: no copy on disk, and the run keeps its held-out images for export
         result = train(spec, work / "run", ModelConfig(channels=contract.channels, height=contract.height,
                                                          width=contract.width, **model_cfg),
-                       TrainConfig(seed=self.seed, **given))
+                       TrainConfig(seed=self.seed, **given), images=images)
         export_bundle(result.best_checkpoint, work / "bundle", ExportConfig(fpr=self.fpr, default_method=self.method),
                       force=True).close()
         self.model_ = load(work / "bundle", ["CPUExecutionProvider"], trusted_keys=[])

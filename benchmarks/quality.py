@@ -36,7 +36,7 @@ from edgevae import __version__
 from edgevae.export import ExportConfig, export_bundle
 from edgevae.runtime import SCORE_METHODS, Model, fit_tail, load, p_values, threshold_at_fpr
 from edgevae.runtime.scores import SMOOTH_SIGMA, smoothed_relative_reconstruction_error
-from edgevae.training import DataSpec, ModelConfig, TrainConfig, held_out_images, load_checkpoint, train
+from edgevae.training import DataSpec, ModelConfig, TrainConfig, load_checkpoint, run_holdout, train
 from edgevae.training.data import embedded_split, split_indices
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -252,7 +252,7 @@ def all_digits(recipe: dict[str, Any], work: Path) -> dict[str, Any]:
         "ood": {},
     }
     ck = load_checkpoint(result.best_checkpoint)
-    val_scores = score_all(model, held_out_images(ck.data, ck.model_config, ck.train_config))
+    val_scores = score_all(model, ck.model_config.contract.prepare(run_holdout(ck).calibration))
     out["calibration_redraws"] = calibration_redraws(val_scores, scores)
     from edgevae.training.samples import synthetic_outliers
 

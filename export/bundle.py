@@ -24,7 +24,6 @@ from edgevae.runtime.options import (
     CALIBRATION_FPR,
     COMBINED_PARTS,
     DEFAULT_METHOD,
-    REFERENCE_IMAGES,
     ELBO_SAMPLES,
     IWAE_SAMPLES,
     OPSET,
@@ -35,7 +34,7 @@ from edgevae.runtime.options import (
 )
 from edgevae.runtime.bundle import check_graphs, load
 from edgevae.runtime.calibration import MIN_CALIBRATION_IMAGES, calibration_section, fit_map_stats
-from edgevae.runtime.errors import CalibrationError, ExportError
+from edgevae.runtime.errors import CalibrationError, CheckpointError, ExportError
 from edgevae.runtime.manifest import (
     DECODER_FILE,
     ENCODER_FILE,
@@ -52,7 +51,7 @@ from edgevae.runtime.model import Model, Scorer
 from edgevae.runtime.runner import build_runner
 from edgevae.runtime.scores import warn_if_unpromisable
 from edgevae.runtime.writer import graph_with_manifest, write_bundle
-from edgevae.training.loop import Checkpoint, load_checkpoint, split_images
+from edgevae.training.loop import Checkpoint, load_checkpoint, run_holdout
 from edgevae.training.model import VAE
 
 from .graphs import Graphs, export_graphs, quiet_exporter
@@ -135,10 +134,10 @@ def export_bundle(
         checkpoint: a checkpoint file or run folder (``best.pt`` is used), or a loaded Checkpoint.
         bundle_dir: target folder; it must not exist unless ``force``.
         config: export settings.
-        calibration_images: held-out normal images for parity and calibration (default: the run's
-            validation split, re-created from the checkpoint's data source).
+        calibration_images: held-out normal images for parity and calibration (default: the run's validation
+            split, which the run folder keeps in ``holdout.npz``).
         reference_images: normal images, other than the calibration images, on which the anomaly-map statistics
-            are measured (default: up to ``REFERENCE_IMAGES`` of the run's training split).
+            are measured (default: up to ``REFERENCE_IMAGES`` of the run's training split, kept beside it).
         force: replace an existing bundle folder.
         progress: called with a short message per step.
         sign_key: an Ed25519 private key file (``edgevae keygen``): the bundle is signed before it is moved
@@ -209,12 +208,16 @@ def _measure(scorer: Scorer, references: np.ndarray, images: np.ndarray, cfg: Ex
 
 def _export_images(ck: Checkpoint, calibration_images: np.ndarray | None,
                    reference_images: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """(reference, calibration) images as float32 (N, C, H, W): the given ones, else the run's splits."""
+    """(reference, calibration) images as float32 (N, C, H, W): the given ones, else those the run kept
+    (``holdout.npz``; export never reads the training source of a run that kept them)."""
     contract = ck.model_config.contract
     if calibration_images is None or reference_images is None:
-        train, val = split_images(ck.data, ck.model_config, ck.train_config, max_train=REFERENCE_IMAGES)
-        calibration_images = val if calibration_images is None else calibration_images
-        reference_images = train if reference_images is None else reference_images
+        try:
+            holdout = run_holdout(ck)
+        except CheckpointError as exc:
+            raise ExportError(str(exc)) from exc
+        calibration_images = holdout.calibration if calibration_images is None else calibration_images
+        reference_images = holdout.reference if reference_images is None else reference_images
     images = contract.prepare(calibration_images)
     if images.shape[0] < MIN_CALIBRATION_IMAGES:
         raise ExportError(f"calibration needs at least {MIN_CALIBRATION_IMAGES} held-out images, got {images.shape[0]}")

@@ -68,7 +68,14 @@ _HOMES: dict[str, str] = {
     **dict.fromkeys(("SIGNATURE_FILE", "TRUSTED_KEYS_ENV", "generate_key", "sign_bundle"), "signing"),
 }
 
-__all__ = sorted(_HOMES)
+__all__ = ["AUTO_PROVIDER_ORDER", "ArrayInputError", "Batch", "BundleError", "CalibrationError",
+    "CalibrationWarning", "EdgeVAEError", "GraphInfo", "GraphRunner", "IDXFormatError", "ImageReadError",
+    "ImageSizeError", "InputContract", "InputError", "METHODS", "Manifest", "MissingExtraError", "Model",
+    "PathError", "Posterior", "ProviderError", "SCHEMA_VERSION", "SCORE_METHODS", "SIGNATURE_FILE", "ScoreMethod",
+    "ScoreResult", "Scorer", "ScoringSpec", "SigningKeyError", "TRUSTED_KEYS_ENV", "TailFit", "ThreadPlan",
+    "available_providers", "build_runner", "create_session", "fit_tail", "generate_key", "iter_batches",
+    "kl_divergence", "load", "log_likelihood", "p_values", "read_array_file", "read_idx", "read_manifest",
+    "resolve_providers", "sign_bundle", "thread_plan", "threshold_at_fpr", "uint8_to_unit"]
 
 
 def __getattr__(name: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 from typing import TYPE_CHECKING, Sequence
 
@@ -37,9 +38,7 @@ Providers = str | Sequence[str] | None
 
 def onnxruntime() -> ModuleType:
     """The onnxruntime module, imported on first use: the numpy-only parts of the runtime never load it."""
-    import onnxruntime as module
-
-    return module
+    return importlib.import_module("onnxruntime")
 
 
 def available_providers() -> list[str]:

@@ -1,6 +1,6 @@
 """edgevae's training side (PyTorch): the VAE, data sources, the ELBO loop and checkpoints.
 
-Submodules import torch; ``edgevae.training.data`` needs numpy only.
+Submodules import torch; ``edgevae.training.data`` and ``holdout`` need numpy only.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ _EXPORTS = {
     "DataSpec": "data", "embedded_split": "data", "load_images": "data",
     "VAE": "model", "ModelConfig": "model",
     "TrainConfig": "loop", "TrainResult": "loop", "train": "loop", "load_checkpoint": "loop",
-    "held_out_images": "loop", "Checkpoint": "loop", "CheckpointError": "loop",
+    "run_holdout": "loop", "Holdout": "holdout", "Checkpoint": "loop", "IN_MEMORY": "data",
     "kl_divergence": "objectives", "log_likelihood": "objectives", "negative_elbo": "objectives",
     "score": "objectives", "write_samples": "samples",
 }

@@ -26,6 +26,8 @@ from edgevae.runtime.errors import InputError
 from edgevae.runtime.inputs import expand_paths, is_array_path, is_idx_path, read_array_file, read_idx
 
 EMBEDDED = "embedded"
+# The source of a run trained on an array given to ``train(images=...)``: nothing to read again.
+IN_MEMORY = "<array>"
 
 
 @dataclass(frozen=True)
@@ -99,34 +101,44 @@ class SourceShape:
     note: str
 
 
-def infer_contract(spec: DataSpec, channels: int | None = None, size: tuple[int, int] | None = None) -> InputContract:
-    """The input contract a source implies; ``channels``/``size`` (H, W) override it (image folders resize)."""
-    shape = source_shape(spec)
+def infer_contract(spec: DataSpec, channels: int | None = None, size: tuple[int, int] | None = None,
+                   images: NDArray[Any] | None = None) -> InputContract:
+    """The input contract a source (or an in-memory array) implies; ``channels``/``size`` (H, W) override it."""
+    shape = source_shape(spec, images)
     h, w = size if size is not None else (shape.height, shape.width)
     return InputContract(channels=channels or shape.channels, height=h, width=w)
 
 
-def source_shape(spec: DataSpec) -> SourceShape:
-    """Channels and size of a source's images. Image folders: every file's header is read (not decoded); the
-    majority channel count and the most common size win, and the note says how many files differ.
+def source_shape(spec: DataSpec, images: NDArray[Any] | None = None) -> SourceShape:
+    """Channels and size of a source's images (or of ``images``, an in-memory array). Image folders: every file's
+    header is read (not decoded); the majority channel count and the most common size win, and the note says how
+    many files differ.
 
     Raises:
         InputError: no images, or an array of an unusable shape.
     """
+    if images is not None:
+        return _array_shape(np.asarray(images), "the given array")
+    if spec.source == IN_MEMORY:
+        raise InputError("this run was trained on an in-memory array; pass the images again (train(..., images=X))")
     if spec.source == EMBEDDED:
         return SourceShape(1, 28, 28, "the embedded digits (1x28x28)")
     if is_array_path(spec.source) or is_idx_path(spec.source):
         arr = read_idx(spec.source) if is_idx_path(spec.source) else read_array_file(spec.source)
-        if arr.ndim == 3:
-            c, h, w = 1, arr.shape[1], arr.shape[2]
-        elif arr.ndim == 4:
-            c, h, w = (arr.shape[1], arr.shape[2], arr.shape[3]) if arr.shape[1] in (1, 3) else (
-                arr.shape[3], arr.shape[1], arr.shape[2])
-        else:
-            raise InputError(f"{spec.source}: expected (N, H, W), (N, C, H, W) or (N, H, W, C) images, "
-                             f"got shape {arr.shape}")
-        return SourceShape(c, h, w, f"array of shape {tuple(arr.shape)}")
+        return _array_shape(arr, spec.source)
     return _folder_shape(spec.source)
+
+
+def _array_shape(arr: NDArray[Any], source: str) -> SourceShape:
+    """The shape of (N, H, W), (N, C, H, W) or (N, H, W, C) images in an array."""
+    if arr.ndim == 3:
+        c, h, w = 1, arr.shape[1], arr.shape[2]
+    elif arr.ndim == 4:
+        c, h, w = (arr.shape[1], arr.shape[2], arr.shape[3]) if arr.shape[1] in (1, 3) else (
+            arr.shape[3], arr.shape[1], arr.shape[2])
+    else:
+        raise InputError(f"{source}: expected (N, H, W), (N, C, H, W) or (N, H, W, C) images, got shape {arr.shape}")
+    return SourceShape(c, h, w, f"array of shape {tuple(arr.shape)}")
 
 
 def _folder_shape(source: str) -> SourceShape:
@@ -170,6 +182,9 @@ def load_images(spec: DataSpec, contract: InputContract) -> tuple[NDArray[Any], 
     """
     skipped: list[str] = []
     labels: NDArray[Any] | None
+    if spec.source == IN_MEMORY:
+        raise InputError("this run was trained on an in-memory array, which edgevae cannot read again; its held-out "
+                         "images are in the run folder (holdout.npz)")
     if spec.source == EMBEDDED:
         images, labels = embedded_split(spec.split)
         images = contract.to_nchw(images)

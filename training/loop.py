@@ -19,9 +19,10 @@ from edgevae import __version__
 from edgevae.runtime import options
 from edgevae.runtime.atomic import atomic_path, write_atomic
 from edgevae.runtime.contract import InputContract, uint8_to_unit
-from edgevae.runtime.errors import CheckpointError
+from edgevae.runtime.errors import CheckpointError, InputError
 
-from .data import DataSpec, auto_val_fraction, load_images, source_shape, split_indices
+from .data import IN_MEMORY, DataSpec, auto_val_fraction, load_images, source_shape, split_indices
+from .holdout import Holdout, fingerprint, reference_indices
 from .model import RULE_FIELDS, SHAPE_FIELDS, VAE, ModelConfig
 from . import distributed
 from .objectives import ELBOTerms, elbo_terms
@@ -135,6 +136,7 @@ class Checkpoint:
     best_val_neg_elbo: float
     history: list[dict[str, float]]
     raw: dict[str, Any]
+    path: Path | None = None  # the checkpoint file it was loaded from
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
@@ -172,19 +174,42 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         best_val_neg_elbo=float(raw["best_val_neg_elbo"]),
         history=json.loads(raw["history"]),
         raw=raw,
+        path=p,
     )
 
 
-def split_images(data: DataSpec, model_config: ModelConfig, train_config: TrainConfig,
-                 max_train: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Re-create a run's (training, validation) splits as float32 (N, C, H, W); at most ``max_train`` training
-    images, a seeded choice (export measures the anomaly-map statistics on them)."""
-    images, _, _ = load_images(data, model_config.contract)
+def run_holdout(ck: Checkpoint) -> Holdout:
+    """A run's held-out images: the ones the run kept (``holdout.npz``), else — for runs from before it kept them —
+    its splits re-created from the source, whose fingerprint must match the one the checkpoint recorded.
+
+    Raises:
+        CheckpointError: the run kept no images and its source cannot be read or has changed since training.
+    """
+    if ck.path is not None:
+        try:
+            kept = Holdout.read(ck.path.parent)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from exc
+        if kept is not None:
+            return kept
+    where = ck.path.parent if ck.path is not None else "this run"
+    try:
+        images, _, _ = load_images(ck.data, ck.model_config.contract)
+    except InputError as exc:
+        raise CheckpointError(f"{where} keeps no held-out images (it predates holdout.npz), and its training source "
+                              f"cannot be read: {exc}. Restore the data, pass calibration and reference images to "
+                              "export, or train again") from exc
+    recorded = ck.raw.get("source_fingerprint")
+    if recorded is not None and recorded != fingerprint(images):
+        raise CheckpointError(f"the training source {ck.data.source} changed since {where} was trained (its "
+                              "fingerprint differs); export needs the same held-out images: restore the data or train "
+                              "again")
+    return _holdout(images, ck.train_config)
+
+
+def _holdout(images: np.ndarray, train_config: TrainConfig) -> Holdout:
     train_idx, val_idx = split_indices(images.shape[0], train_config.split_fraction(images.shape[0]), train_config.seed)
-    if max_train is not None and train_idx.size > max_train:
-        train_idx = np.sort(np.random.default_rng(train_config.seed).choice(train_idx, max_train, replace=False))
-    prepare = model_config.contract.prepare
-    return prepare(images[train_idx]), prepare(images[val_idx])
+    return Holdout(images[val_idx], images[reference_indices(train_idx, train_config.seed)], fingerprint(images))
 
 
 @dataclass(frozen=True)
@@ -290,6 +315,7 @@ class _Run:
     best: float = math.inf
     best_epoch: int = -1
     history: list[dict[str, float]] = field(default_factory=list)
+    source_fingerprint: str = ""
 
     @property
     def steps_per_epoch(self) -> int:
@@ -305,6 +331,7 @@ def train(
     resume: bool = False,
     progress: Progress | None = None,
     device: str = options.DEVICE,
+    images: np.ndarray | None = None,
 ) -> TrainResult:
     """Train a VAE by maximising the ELBO; keep the best checkpoint by validation negative ELBO.
 
@@ -324,6 +351,9 @@ def train(
         progress: called with ("model" | "split" | "epoch_start" | "batch" | "epoch_end" | "skipped" | "done",
             info); only on rank 0.
         device: ``auto`` (CUDA when available, else the CPU), ``cpu`` or ``cuda``.
+        images: train on this array (uint8 or [0, 1] floats, any layout the contract accepts) instead of reading
+            ``data``; ``data`` then only records the run's options (``DataSpec(source=IN_MEMORY)``). The run keeps
+            its held-out images (``holdout.npz``), so it exports without the array.
 
     Raises:
         InputError: the data cannot be loaded.
@@ -335,7 +365,7 @@ def train(
     ranks = distributed.setup(device)
     emit = (progress or (lambda event, info: None)) if ranks.is_main else (lambda event, info: None)
     try:
-        run = _restore(Path(run_dir), data, model_config, train_config, resume, emit, ranks)
+        run = _restore(Path(run_dir), data, model_config, train_config, resume, emit, ranks, images)
         for epoch in range(run.start_epoch, run.train_config.epochs):
             _run_epoch(run, epoch, emit, started)
         out, best_epoch, best, history = run.out, run.best_epoch, run.best, run.history
@@ -376,7 +406,7 @@ def _run_epoch(run: _Run, epoch: int, emit: Progress, started: float) -> None:
 
 
 def _restore(out: Path, data: DataSpec, model_config: ModelConfig | None, train_config: TrainConfig | None,
-             resume: bool, emit: Progress, ranks: distributed.Ranks) -> _Run:
+             resume: bool, emit: Progress, ranks: distributed.Ranks, given: np.ndarray | None = None) -> _Run:
     """Load the data and build the model and optimizer: fresh, or as ``out/last.pt`` left them."""
     out.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] | None = None
@@ -388,11 +418,11 @@ def _restore(out: Path, data: DataSpec, model_config: ModelConfig | None, train_
     train_config = train_config or TrainConfig()
     distributed.check_batch_size(train_config.batch_size, ranks)
     model_config = model_config or ModelConfig()
+    if given is not None:
+        data = replace(data, source=IN_MEMORY)
     if not model_config.is_resolved:
-        model_config = _resolve(model_config, data, emit)
-    images, _, skipped = load_images(data, model_config.contract)
-    for item in skipped:
-        emit("skipped", {"item": item})
+        model_config = _resolve(model_config, data, emit, given)
+    images = _images(data, model_config, given, emit)
     # resolved once and stored, so that export re-creates the same split
     train_config = replace(train_config, val_fraction=train_config.split_fraction(images.shape[0]))
     train_idx, val_idx = split_indices(images.shape[0], train_config.val_fraction, train_config.seed)
@@ -410,6 +440,10 @@ def _restore(out: Path, data: DataSpec, model_config: ModelConfig | None, train_
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_lr_factor(step, total_steps))
     run = _Run(out, data, model_config, train_config, _to_float(images[train_idx]), _to_float(images[val_idx]),
                model, step, optimizer, scheduler, ranks)
+    holdout = _holdout(images, train_config)
+    run.source_fingerprint = holdout.source_fingerprint
+    if ranks.is_main:
+        holdout.save(out)  # what export needs, so that it never reads the training source
     if state is not None:
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
@@ -486,6 +520,7 @@ def _save(run: _Run, epoch: int, improved: bool) -> None:
         "best_epoch": run.best_epoch,
         "best_val_neg_elbo": run.best,
         "history": json.dumps(run.history),
+        "source_fingerprint": run.source_fingerprint,
     }
     for name in ([BEST] if improved else []) + [LAST]:
         with atomic_path(run.out / name) as tmp:
@@ -498,10 +533,20 @@ def _save(run: _Run, epoch: int, improved: bool) -> None:
     }, indent=2))
 
 
-def _resolve(model_config: ModelConfig, data: DataSpec, emit: Progress) -> ModelConfig:
+def _images(data: DataSpec, model_config: ModelConfig, given: np.ndarray | None, emit: Progress) -> np.ndarray:
+    """The training images (N, C, H, W): the given array, or the source's readable images (each skipped one said)."""
+    if given is not None:
+        return model_config.contract.to_nchw(np.asarray(given))
+    images, _, skipped = load_images(data, model_config.contract)
+    for item in skipped:
+        emit("skipped", {"item": item})
+    return images
+
+
+def _resolve(model_config: ModelConfig, data: DataSpec, emit: Progress, given: np.ndarray | None = None) -> ModelConfig:
     """Fill the fields a config leaves unset from the data and the architecture rule, and say what was inferred."""
     unset = model_config.unset()
-    shape = source_shape(data)
+    shape = source_shape(data, given)
     contract = InputContract(model_config.channels or shape.channels, model_config.height or shape.height,
                              model_config.width or shape.width)
     resolved = model_config.resolved(contract)

@@ -125,7 +125,7 @@ def batch_size_option(func: Callable[..., None]) -> Callable[..., None]:
     return click.option("--batch-size", type=click.IntRange(min=1), default=BATCH_SIZE, show_default=True)(func)
 
 
-def method_choice() -> click.Choice:
+def method_choice() -> "click.Choice[str]":
     """The score methods of the registry, for ``--method``."""
     from edgevae.runtime.methods import SCORE_METHODS
 

@@ -58,19 +58,6 @@ def encode(paths: Sequence[str], runtime: Runtime, output: str, batch_size: int,
     inputs.exit_if_failed()
 
 
-def save_numpy(output: str, array: Any = None, **arrays: Any) -> None:
-    """Save one array as .npy, or named arrays as .npz, atomically."""
-    import numpy as np
-
-    from edgevae.runtime.atomic import atomic_open
-
-    with atomic_open(output, "wb", suffix=os.path.splitext(output)[1]) as handle:
-        if array is not None:
-            np.save(handle, array)
-        else:
-            np.savez(handle, **arrays)
-
-
 @click.command()
 @runtime_options
 @click.option("-n", "--count", type=click.IntRange(min=1, max=10000), default=64, show_default=True)

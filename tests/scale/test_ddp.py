@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edgevae.training.data import DataSpec, embedded_split  # noqa: E402
-from edgevae.training.loop import TrainConfig, evaluate, held_out_images, load_checkpoint, train  # noqa: E402
+from edgevae.training.loop import TrainConfig, evaluate, load_checkpoint, run_holdout, train  # noqa: E402
 from edgevae.training.model import ModelConfig  # noqa: E402
 
 pytestmark = [pytest.mark.scale, pytest.mark.training, pytest.mark.slow]
@@ -90,7 +90,7 @@ def test_ddp_checkpoint_is_an_ordinary_checkpoint_and_exports(ddp_run: Path, tmp
 
 def test_ddp_validation_elbo_equals_a_one_process_recomputation(ddp_run: Path) -> None:
     ck = load_checkpoint(ddp_run / "best.pt")
-    x_val = torch.from_numpy(held_out_images(ck.data, ck.model_config, ck.train_config))
+    x_val = torch.from_numpy(ck.model_config.contract.prepare(run_holdout(ck).calibration))
     assert x_val.shape[0] == 100
     again = evaluate(ck.model, x_val, seed=ck.train_config.seed)["neg_elbo"]
     assert abs(again - ck.best_val_neg_elbo) < 1e-4
