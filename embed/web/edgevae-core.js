@@ -99,21 +99,27 @@ export async function fingerprint(raw, sha256Hex) {
 async function checkSignature(readFile, sha256Hex, verify, trusted, manifest) {
   const names = await Promise.all(trusted.map((raw) => fingerprint(raw, sha256Hex)));
   let signature;
+  let text;
   try {
-    signature = JSON.parse(new TextDecoder().decode(await readFile("edgevae.sig")));
-  } catch {
-    throw new BundleError(`the bundle is not signed, and only bundles signed by a trusted key may load (trusted: ${names.join(", ")})`);
+    text = new TextDecoder().decode(await readFile("edgevae.sig"));
+  } catch (error) {
+    throw new BundleError(`the bundle is not signed (${error.message}), and only bundles signed by a trusted key may load (trusted: ${names.join(", ")})`);
+  }
+  try {
+    signature = JSON.parse(text);
+  } catch (error) {
+    throw new BundleError(`edgevae.sig is not valid JSON (${error.message}); refusing to load the bundle`);
   }
   const index = names.indexOf(signature.key_fingerprint);
   if (index < 0) throw new BundleError(`signed by ${signature.key_fingerprint}, which is not a trusted key (trusted: ${names.join(", ")}); refusing to load it`);
   const payload = new TextEncoder().encode(PAYLOAD_PREFIX + canonicalJSON(manifest));
-  let valid = false;
+  let valid = false, reason = "";
   try {
     valid = await verify(trusted[index], fromBase64(signature.signature), payload);
-  } catch {
-    valid = false;
+  } catch (error) { // a malformed signature or key fails verification; the reason goes into the message
+    reason = ` (${error.message})`;
   }
-  if (!valid) throw new BundleError(`the signature by ${signature.key_fingerprint} does not match the manifest: the bundle was altered after it was signed. Refusing to load it`);
+  if (!valid) throw new BundleError(`the signature by ${signature.key_fingerprint} does not match the manifest${reason}: the bundle was altered after it was signed. Refusing to load it`);
   for (const name of Object.keys(manifest.files || {})) { // the fp32 graphs are read and checked when opened
     if (name !== "encoder.onnx" && name !== "decoder.onnx") await readVerified(readFile, sha256Hex, manifest, name);
   }
@@ -305,10 +311,19 @@ export function isOutlier(bundle, s, threshold = null) {
   return Math.fround(s) > Math.fround(threshold ?? bundle.calibration.threshold);
 }
 
-// Decodes n codes t ~ N(0, I) (Box-Muller on Math.random): images (n, C, H, W) in [0, 1].
-export async function generate(bundle, n) {
+// Decodes n codes t ~ N(0, I) drawn from a seeded generator (mulberry32 uniforms, Box-Muller): the same seed gives
+// the same images on every run. (Not numpy's generator: the Python runtime's images for a seed differ.)
+export async function generate(bundle, n, seed = 0) {
+  let state = seed >>> 0;
+  const uniform = () => { // mulberry32: a 32-bit state, uniform in [0, 1)
+    state = (state + 0x6D2B79F5) >>> 0;
+    let z = state;
+    z = Math.imul(z ^ (z >>> 15), z | 1);
+    z ^= z + Math.imul(z ^ (z >>> 7), z | 61);
+    return ((z ^ (z >>> 14)) >>> 0) / 4294967296;
+  };
   const t = new Float32Array(n * bundle.latent);
-  for (let i = 0; i < t.length; i++) t[i] = Math.sqrt(-2 * Math.log(1 - Math.random())) * Math.cos(2 * Math.PI * Math.random());
+  for (let i = 0; i < t.length; i++) t[i] = Math.sqrt(-2 * Math.log(1 - uniform())) * Math.cos(2 * Math.PI * uniform());
   return (await decode(bundle, t, n)).mean;
 }
 

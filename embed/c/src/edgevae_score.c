@@ -473,16 +473,17 @@ static int method_score(bundle *b, const char *method, float *x, float **enc, in
     }
     for (int64_t s = 0; ok && elbo && s < k; s++)
         ll += log_likelihood(b, x, dec[0] + s * count, dec[1] + (b->bernoulli ? s * count : (size_t)s));
-    if (!ok) {}
-    else if (elbo) *out = enc[2][0] - ll / (double)k;
-    else if (strcmp(method, "recon") == 0) *out = sq;
-    else if (strcmp(method, "rel_recon") == 0) *out = sq / energy;
-    else if (strcmp(method, "smooth_recon") == 0) *out = smoothed_energy(b, x, dec[0]);
-    else if (strcmp(method, "local") == 0) *out = local_score(b, x, dec[0]);
-    else {
-        snprintf(err, MSG, "method %s is not implemented here (kl, recon, rel_recon, smooth_recon, elbo, local, combined)",
-                 method);
-        ok = 0;
+    if (ok) { /* else the decoder call failed and err says why */
+        if (elbo) *out = enc[2][0] - ll / (double)k;
+        else if (strcmp(method, "recon") == 0) *out = sq;
+        else if (strcmp(method, "rel_recon") == 0) *out = sq / energy;
+        else if (strcmp(method, "smooth_recon") == 0) *out = smoothed_energy(b, x, dec[0]);
+        else if (strcmp(method, "local") == 0) *out = local_score(b, x, dec[0]);
+        else {
+            snprintf(err, MSG, "method %s is not implemented here (kl, recon, rel_recon, smooth_recon, elbo, local, "
+                     "combined)", method);
+            ok = 0;
+        }
     }
     free(dec[0]); free(dec[1]); free(t);
     if (ok) *out = (float)*out; /* scores are float32, as in the Python runtime */
