@@ -208,9 +208,10 @@ class Scorer:
         (squared error of the decoded posterior mean), ``rel_recon`` (that error divided by the energy of
         the image and of its reconstruction), ``smooth_recon`` (``rel_recon`` of the residual after a
         Gaussian blur of ``spec.smooth_sigma`` pixels), ``iwae`` (importance-weighted estimate of -log p(x),
-        nats), ``local`` (mean of the top of the anomaly map), ``combined`` (-log of the smaller p-value of
-        its parts, by default ``local`` and ``elbo``). The Monte-Carlo methods use the spec's K and seed unless ``samples`` overrides K; the noise is
-        shared by all images, so scores are deterministic and independent of batching.
+        nats), ``local`` (mean of the top of the anomaly map), ``combined`` (-log of the smallest p-value of
+        its parts, ``spec.combined_parts``); the registry (``edgevae.runtime.methods``) says what each runs. The
+        Monte-Carlo methods use the spec's K and seed unless ``samples`` overrides K; the noise is shared by all
+        images, so scores are deterministic and independent of batching.
 
         Raises:
             ArrayInputError: the images do not fit the input contract.

@@ -27,7 +27,7 @@ from .signing import SIGNATURE_FILE, KeySource
 from .writer import bundle_files, write_bundle
 
 
-def _calibrated(bundle: Path, variant: str | None, images: NDArray[Any], fpr: float, source: str) -> Calibration:
+def _variant_calibration(bundle: Path, variant: str | None, images: NDArray[Any], fpr: float, source: str) -> Calibration:
     with load(bundle, ["CPUExecutionProvider"], variant=variant, trusted_keys=[], slice_workers=1) as model:
         return calibration_section(model, images, fpr, source=source)
 
@@ -37,9 +37,9 @@ def recalibrated_manifest(bundle: Path, images: NDArray[Any], fpr: float | None 
     manifest = read_manifest(bundle)
     rate = fpr if fpr is not None else manifest.calibration_fpr
     source = f"{int(images.shape[0])} held-out normal images given to 'edgevae calibrate'"
-    main = _calibrated(bundle, None, images, rate, source)
+    main = _variant_calibration(bundle, None, images, rate, source)
     warn_if_unpromisable(rate, images.shape[0], tail=any(c.tail is not None for c in main.methods.values()))
-    variants = {name: _calibrated(bundle, name, images, rate, source) for name in manifest.variants}
+    variants = {name: _variant_calibration(bundle, name, images, rate, source) for name in manifest.variants}
     return manifest.with_calibration(main, variants)
 
 

@@ -92,10 +92,9 @@ class GraphRunner:
         return {"encoder": GraphInfo.of(self.encoder), "decoder": GraphInfo.of(self.decoder)}
 
     def run_encoder(self, names: list[str], feed: str, x: F32) -> list[F32]:
-        """The encoder alone, in slices like the decoder. For the fp32 encoder on two quiet cores this is as fast
-        as one call on onnxruntime's own threads, and faster beside other work (a neighbour taking a quarter of
-        a core: 46,400 against 39,500 images/s); for int8 graphs, whose quantize and dequantize steps
-        parallelise poorly inside onnxruntime, it is about 1.4x faster (docs/benchmarks.md, the speed issue)."""
+        """The encoder alone, in slices like the decoder: slices on one-thread sessions keep pace with one call on
+        onnxruntime's own threads on quiet cores, hold up better beside other work, and help int8 graphs most,
+        whose quantize and dequantize steps parallelise poorly inside onnxruntime (figures: docs/benchmarks.md)."""
         return self._run_graph(0, names, feed, x)
 
     def run_decoder(self, names: list[str], feed: str, t: F32) -> list[F32]:

@@ -62,8 +62,8 @@ def log_likelihood(x: F32, likelihood: str, x_mean: F32, x_param: F32) -> F32:
 def softplus(v: F32) -> F32:
     """log(1 + e^v) elementwise, stably: max(v, 0) + log1p(e^-|v|).
 
-    The same function as ``np.logaddexp(0, v)``, written with ufuncs numpy vectorises (exp, log1p): about 6x
-    faster than logaddexp, which numpy evaluates one element at a time (docs/benchmarks.md, batch-1 overhead).
+    The same function as ``np.logaddexp(0, v)``, written with ufuncs numpy vectorises (exp, log1p), which is
+    several times faster than logaddexp, evaluated one element at a time (docs/benchmarks.md, batch-1 overhead).
     """
     out = np.abs(v)
     np.negative(out, out=out)
