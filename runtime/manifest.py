@@ -131,7 +131,8 @@ class ScoringSpec:
         out: dict[str, dict[str, Any]] = {}
         for name, m in METHODS.items():
             entry: dict[str, Any] = {"kind": m.kind, "graphs": list(m.graphs), "samples": self.samples(name),
-                                     "noise": noise_file(name) if m.draws_noise else None, "map": m.needs_maps}
+                                     "noise": noise_file(name) if m.draws_noise else None, "map": m.needs_maps,
+                                     "importance": m.importance}
             if m.kind == "combination":
                 entry["parts"] = list(self.combined_parts)
                 entry["part_samples"] = {p: self.part_samples(p) for p in self.combined_parts}

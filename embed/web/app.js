@@ -2,7 +2,7 @@
 // reconstructions, generate from the prior. The scoring itself is edgevae-core.js, shared with the Node program.
 import * as ort from "./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs";
 
-import { METHODS, generate, isOutlier, openBundle, preprocess, pValue, rawPublicKey, readPNM, scoreImage } from "./edgevae-core.js";
+import { generate, implemented, isOutlier, openBundle, preprocess, pValue, rawPublicKey, readPNM, scoreImage } from "./edgevae-core.js";
 
 ort.env.wasm.wasmPaths = new URL("./node_modules/onnxruntime-web/dist/", import.meta.url).href;
 ort.env.wasm.numThreads = 1; // no SharedArrayBuffer needed: the page works from any static server
@@ -39,7 +39,7 @@ async function open(readFile, method) {
     return;
   }
   source = readFile;
-  const calibrated = METHODS.filter((m) => bundle.manifest.calibration.methods[m]);
+  const calibrated = Object.keys(bundle.specs).filter((m) => implemented(bundle.specs, m) && bundle.manifest.calibration.methods[m]);
   $("method").replaceChildren(...calibrated.map((m) => new Option(m, m, false, m === bundle.method)));
   $("generate").disabled = false;
   const { channels, height, width } = bundle;

@@ -1,11 +1,41 @@
 // edgevae's scorer in JavaScript, shared by the Node.js program (onnxruntime-node) and the web page
 // (onnxruntime-web): open a bundle, verify it, apply its input contract, compute the scores and p-values exactly as
-// edgevae.runtime does. Everything comes from the bundle: contract, calibration, the elbo noise file, the
-// anomaly-map statistics and the combined score's parts and references.
+// edgevae.runtime does. Everything comes from the bundle: contract, calibration, what each method needs
+// (scoring.method_specs: its kind, graphs, samples, noise file, map, parts), the anomaly-map statistics and the
+// combined score's references. The only per-method code here is the maths of the reconstruction scores.
 // `ort` is the onnxruntime module of the host; `readFile(name)` returns a bundle file's bytes (Uint8Array);
 // `sha256Hex(bytes)` returns a promise of the lower-case hex digest.
 
-export const METHODS = ["kl", "recon", "rel_recon", "smooth_recon", "elbo", "local", "combined"];
+// The reconstruction scores' maths (the twins of the registry's numpy functions): f(bundle, x, mean, sq, energy).
+const RECONSTRUCTION = {
+  recon: (bundle, x, mean, sq) => sq,
+  rel_recon: (bundle, x, mean, sq, energy) => sq / energy,
+  smooth_recon: (bundle, x, mean) => smoothedEnergy(bundle, x, mean),
+  local: (bundle, x, mean) => localScore(bundle, x, mean),
+};
+
+// What each method needs, from the bundle (scoring.method_specs); bundles exported before it carried them get the
+// same entries from their older fields.
+export function methodSpecs(manifest) {
+  const scoring = manifest.scoring;
+  if (scoring.method_specs) return scoring.method_specs;
+  const noise = scoring.noise_files || {}, combined = scoring.combined || {};
+  const both = ["encoder", "decoder"], specs = { kl: { kind: "encoder", graphs: ["encoder"], samples: 0, noise: null, map: false } };
+  for (const m of ["recon", "rel_recon", "smooth_recon", "local"]) specs[m] = { kind: "reconstruction", graphs: both, samples: 0, noise: null, map: m === "local" };
+  for (const m of ["elbo", "iwae"]) specs[m] = { kind: "monte_carlo", graphs: both, samples: noise[m] ? noise[m].shape[0] : 0, noise: noise[m] ? noise[m].file : null, map: false, importance: m === "iwae" };
+  if (combined.parts) specs.combined = { kind: "combination", graphs: both, parts: combined.parts, part_samples: { elbo: combined.elbo_samples || 1 }, map: combined.parts.includes("local") };
+  return specs;
+}
+
+// Whether this program computes a method of the bundle (the importance-weighted iwae is left to Python).
+export function implemented(specs, name) {
+  const spec = specs[name];
+  if (!spec) return false;
+  if (spec.kind === "reconstruction") return name in RECONSTRUCTION;
+  if (spec.kind === "monte_carlo") return !spec.importance;
+  if (spec.kind === "combination") return spec.parts.every((p) => specs[p] && specs[p].kind !== "combination" && implemented(specs, p));
+  return spec.kind === "encoder";
+}
 
 export class BundleError extends Error {}
 
@@ -34,16 +64,15 @@ function calibrationOf(manifest, method) {
   return { threshold: cal.threshold, scores: Float64Array.from(cal.scores), tail: cal.tail || null };
 }
 
-// The combined score's parts (scoring.combined.parts), each with its reference scores (sorted) and tail from the
-// combined method's calibration.
-function combinedParts(manifest) {
-  const combined = manifest.scoring.combined, cal = manifest.calibration.methods.combined;
-  if (!combined || !Array.isArray(combined.parts) || combined.parts.length < 2 || !cal || !cal.references) {
-    throw new BundleError("the bundle stores no parts for the combined score (it predates them); re-export it");
+// A combination's parts, each with its reference scores (sorted) and tail from the combination's calibration.
+function combinationParts(manifest, name, spec) {
+  const cal = manifest.calibration.methods[name];
+  if (!Array.isArray(spec.parts) || spec.parts.length < 2 || !cal || !cal.references) {
+    throw new BundleError(`the bundle stores no parts for the ${name} score (it predates them); re-export it`);
   }
-  return combined.parts.map((name) => {
+  return spec.parts.map((name) => {
     const ref = cal.references[name];
-    if (!ref || !Array.isArray(ref.scores) || ref.scores.length < 2 || name === "combined") {
+    if (!ref || !Array.isArray(ref.scores) || ref.scores.length < 2) {
       throw new BundleError(`the combined part ${name} has no reference scores`);
     }
     // a bounded tail (shape < 0) is read as exponential here, as edgevae.runtime.maps.Reference does
@@ -139,33 +168,36 @@ export async function openBundle(ort, readFile, sha256Hex, { method = null, sess
     throw new BundleError("not an edgevae manifest of schema version 1");
   }
   if (trustedKeys.length > 0) await checkSignature(readFile, sha256Hex, verifyEd25519, trustedKeys, manifest);
-  const chosen = method || manifest.scoring.default_method;
-  if (!METHODS.includes(chosen)) throw new BundleError(`method ${chosen} is not implemented here (${METHODS.join(", ")})`);
+  const specs = methodSpecs(manifest), chosen = method || manifest.scoring.default_method;
+  if (!implemented(specs, chosen)) {
+    const here = Object.keys(specs).filter((m) => implemented(specs, m));
+    throw new BundleError(`method ${chosen} is not implemented here (${here.join(", ")})`);
+  }
+  const spec = specs[chosen];
   const bundle = {
-    manifest, method: chosen,
+    manifest, method: chosen, specs,
     channels: manifest.input.channels, height: manifest.input.height, width: manifest.input.width,
     latent: manifest.latent_dim, bernoulli: manifest.likelihood === "bernoulli",
-    sigma: manifest.scoring.smooth_sigma ?? 1.0, calibration: calibrationOf(manifest, chosen), noise: null, ort,
-    parts: chosen === "combined" ? combinedParts(manifest) : [], map: null,
-    partElboSamples: (manifest.scoring.combined && manifest.scoring.combined.elbo_samples) || 1,
+    sigma: manifest.scoring.smooth_sigma ?? 1.0, calibration: calibrationOf(manifest, chosen), noise: {}, ort,
+    parts: spec.kind === "combination" ? combinationParts(manifest, chosen, spec) : [], map: null,
   };
-  const uses = (m) => chosen === m || bundle.parts.some((p) => p.name === m);
-  if (uses("local")) bundle.map = await mapStats(readFile, sha256Hex, manifest);
-  const noiseEntry = manifest.scoring.noise_files && manifest.scoring.noise_files.elbo;
-  if (noiseEntry) {
-    const bytes = await readVerified(readFile, sha256Hex, manifest, noiseEntry.file);
-    const [k, d] = noiseEntry.shape;
-    if (d !== bundle.latent || bytes.byteLength !== 4 * k * d) throw new BundleError(`${noiseEntry.file} is not float32 (${k}, ${d})`);
-    bundle.noise = new Float32Array(bytes.slice().buffer, 0, k * d); // little-endian, as on every host here
-    bundle.elboSamples = k;
-  } else if (uses("elbo")) {
-    throw new BundleError("the bundle carries no elbo noise file (exported before edgevae stored it); re-export it");
+  if ([chosen, ...bundle.parts.map((p) => p.name)].some((m) => specs[m].map)) bundle.map = await mapStats(readFile, sha256Hex, manifest);
+  for (const name of [chosen, ...bundle.parts.map((p) => p.name)]) {
+    if (specs[name].kind === "monte_carlo") bundle.noise[name] = await noiseOf(readFile, sha256Hex, manifest, name, specs[name], bundle.latent);
   }
-  const encoder = await readVerified(readFile, sha256Hex, manifest, "encoder.onnx");
-  const decoder = await readVerified(readFile, sha256Hex, manifest, "decoder.onnx");
-  bundle.encoder = await ort.InferenceSession.create(encoder, sessionOptions);
-  bundle.decoder = await ort.InferenceSession.create(decoder, sessionOptions);
+  // both graphs whatever the method: the page also generates and shows reconstructions
+  bundle.encoder = await ort.InferenceSession.create(await readVerified(readFile, sha256Hex, manifest, "encoder.onnx"), sessionOptions);
+  bundle.decoder = await ort.InferenceSession.create(await readVerified(readFile, sha256Hex, manifest, "decoder.onnx"), sessionOptions);
   return bundle;
+}
+
+// A Monte-Carlo method's shared noise (its spec's file, float32 (K, D)).
+async function noiseOf(readFile, sha256Hex, manifest, name, spec, latent) {
+  if (!spec.noise) throw new BundleError(`the bundle carries no ${name} noise file (exported before edgevae stored it); re-export it`);
+  const bytes = await readVerified(readFile, sha256Hex, manifest, spec.noise);
+  const k = spec.samples;
+  if (bytes.byteLength !== 4 * k * latent) throw new BundleError(`${spec.noise} is not float32 (${k}, ${latent})`);
+  return new Float32Array(bytes.slice().buffer, 0, k * latent); // little-endian, as on every host here
 }
 
 // 8-bit pixels (RGBA, RGB or gray, `stride` bytes a pixel) of the bundle's size -> float32 CHW in [0, 1].
@@ -252,13 +284,14 @@ function logLikelihood(bundle, x, mean, param, offset, paramOffset) {
   return -0.5 * sq * Math.exp(-v) - 0.5 * x.length * (v + Math.log(2 * Math.PI));
 }
 
-// One method's score (not combined) from the encoder's outputs, and the reconstruction when it decodes one.
-async function methodScore(bundle, method, x, { mu, logvar, kl }, elboSamples) {
-  if (method === "kl") return { score: Math.fround(kl), reconstruction: null };
-  if (method === "elbo") { // the first elboSamples rows of the bundle's noise
-    const k = Math.min(elboSamples, bundle.elboSamples), d = bundle.latent, t = new Float32Array(k * d);
+// One method's score (not a combination) from the encoder's outputs, and the reconstruction when it decodes one.
+async function methodScore(bundle, method, x, { mu, logvar, kl }, samples) {
+  const spec = bundle.specs[method];
+  if (spec.kind === "encoder") return { score: Math.fround(kl), reconstruction: null };
+  if (spec.kind === "monte_carlo") { // the first `samples` rows of the method's noise
+    const k = Math.min(samples, spec.samples), d = bundle.latent, t = new Float32Array(k * d), noise = bundle.noise[method];
     for (let s = 0; s < k; s++) {
-      for (let j = 0; j < d; j++) t[s * d + j] = mu[j] + Math.fround(Math.exp(Math.fround(0.5 * logvar[j]))) * bundle.noise[s * d + j];
+      for (let j = 0; j < d; j++) t[s * d + j] = mu[j] + Math.fround(Math.exp(Math.fround(0.5 * logvar[j]))) * noise[s * d + j];
     }
     const { mean, param } = await decode(bundle, t, k);
     let ll = 0;
@@ -268,20 +301,18 @@ async function methodScore(bundle, method, x, { mu, logvar, kl }, elboSamples) {
   const { mean } = await decode(bundle, Float32Array.from(mu), 1);
   let sq = 0, energy = 1;
   for (let i = 0; i < x.length; i++) { sq += (x[i] - mean[i]) ** 2; energy += x[i] * x[i] + mean[i] * mean[i]; }
-  const score = method === "recon" ? sq : method === "rel_recon" ? sq / energy
-    : method === "local" ? localScore(bundle, x, mean) : smoothedEnergy(bundle, x, mean);
-  return { score: Math.fround(score), reconstruction: mean };
+  return { score: Math.fround(RECONSTRUCTION[method](bundle, x, mean, sq, energy)), reconstruction: mean };
 }
 
 // The bundle's score of one preprocessed image, and its reconstruction (the decoded posterior mean) when the
 // method decodes it. Scores are rounded to float32, as in the Python runtime. combined: -ln of the smallest
 // p-value of its parts against their reference scores.
 export async function scoreImage(bundle, x) {
-  const encoded = await encode(bundle, x);
-  if (bundle.method !== "combined") return methodScore(bundle, bundle.method, x, encoded, bundle.elboSamples);
+  const encoded = await encode(bundle, x), spec = bundle.specs[bundle.method];
+  if (spec.kind !== "combination") return methodScore(bundle, bundle.method, x, encoded, spec.samples);
   let pMin = 1, reconstruction = null;
   for (const part of bundle.parts) {
-    const result = await methodScore(bundle, part.name, x, encoded, bundle.partElboSamples);
+    const result = await methodScore(bundle, part.name, x, encoded, spec.part_samples[part.name] ?? bundle.specs[part.name].samples);
     reconstruction = reconstruction || result.reconstruction;
     pMin = Math.min(pMin, pValueOf(part, result.score));
   }

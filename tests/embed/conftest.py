@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -55,15 +56,20 @@ def without_png(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v for k, v in arrays.items() if not k.endswith(".png")}
 
 
+def as_images(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """What the runtime makes of the input files: float32 in [0, 1], channels first."""
+    from edgevae.runtime import uint8_to_unit
+
+    images = [uint8_to_unit(a) if a.dtype == np.uint8 else a for a in arrays.values()]
+    images = [np.moveaxis(a, -1, 0) if a.ndim == 3 and a.shape[-1] == 3 else a for a in images]  # HWC files -> CHW
+    return np.stack(images)
+
+
 def compare(model, rows: list[dict], arrays: dict[str, np.ndarray], method: str) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Assert the programs' rows agree with the runtime: scores within 1e-4 relative, p-values within 1e-6 (unless a
     calibration score lies between the two scores), flags equal. Returns the largest differences seen."""
     assert [r["item"] for r in rows] == list(arrays), "one row per input, in order"
-    from edgevae.runtime import uint8_to_unit
-
-    images = [uint8_to_unit(a) if a.dtype == np.uint8 else a for a in arrays.values()]  # what the runtime makes of files
-    images = [np.moveaxis(a, -1, 0) if a.ndim == 3 and a.shape[-1] == 3 else a for a in images]  # HWC files -> CHW
-    result = model.score(np.stack(images), method)
+    result = model.score(as_images(arrays), method)
     cal = model.manifest.calibration[method].sorted_scores
     worst = {"score_rel": 0.0, "p_abs": 0.0}
     for row, s, p, flag in zip(rows, result.scores, result.p_values, result.is_outlier):
@@ -167,3 +173,50 @@ def check_signature_refusals(run, signed_bundles: dict[str, Path], image: str) -
         proc = run("-m", str(folder), "--trusted-key", key, image)
         assert proc.returncode == 1 and REFUSALS[case] in proc.stderr and proc.stdout == "", (case, proc.stderr)
         assert "Sanitizer" not in proc.stderr
+
+
+@pytest.fixture()
+def legacy_bundle(bundle: Path, tmp_path: Path) -> Path:
+    """The bundle as exported before ``scoring.method_specs``: the programs derive the same entries from the
+    older fields."""
+    copy = tmp_path / "legacy"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "edgevae.json").read_text())
+    del manifest["scoring"]["method_specs"]
+    (copy / "edgevae.json").write_text(json.dumps(manifest, indent=2))
+    return copy
+
+
+@pytest.fixture()
+def respecified(bundle: Path, tmp_path: Path) -> Path:
+    """The bundle with its combined score's elbo part told to draw 3 samples (scoring.method_specs only): a program
+    that reads the specs scores it as the runtime does with 3 samples, one that re-types defaults does not."""
+    copy = tmp_path / "respecified"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "edgevae.json").read_text())
+    manifest["scoring"]["method_specs"]["combined"]["part_samples"]["elbo"] = 3
+    (copy / "edgevae.json").write_text(json.dumps(manifest, indent=2))
+    return copy
+
+
+def combined_with_samples(model, arrays: dict[str, np.ndarray], k: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The runtime's combined scores with ``k`` samples in its Monte-Carlo parts."""
+    return np.asarray(model.combination.statistic(model.combined_parts(as_images(arrays), samples=k)))
+
+
+def check_specs_are_read(run, model, bundle: Path, legacy: Path, respecified: Path, arrays: dict[str, np.ndarray]) -> None:  # type: ignore[no-untyped-def]
+    """A program scores a bundle without method specs as before, refuses iwae at load, and follows the specs."""
+    import json
+
+    for method in ("combined", "elbo", "kl"):
+        proc = run("-m", str(legacy), "--method", method, *arrays)
+        assert proc.returncode == 0, proc.stderr
+        compare(model, [json.loads(line) for line in proc.stdout.splitlines()], arrays, method)
+    proc = run("-m", str(bundle), "--method", "iwae", *arrays)
+    assert proc.returncode == 1 and "not implemented here" in proc.stderr and proc.stdout == "", proc.stderr
+    proc = run("-m", str(respecified), "--method", "combined", *arrays)
+    assert proc.returncode == 0, proc.stderr
+    got = np.array([json.loads(line)["score"] for line in proc.stdout.splitlines()])
+    three, one = combined_with_samples(model, arrays, 3), combined_with_samples(model, arrays, 1)
+    assert not np.allclose(three, one, rtol=1e-4), "the test needs inputs whose score depends on the samples"
+    np.testing.assert_allclose(got, three, rtol=1e-4)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import EMBED, METHODS, compare, need, without_png
+from .conftest import EMBED, METHODS, check_specs_are_read, compare, need, without_png
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 
@@ -127,3 +127,8 @@ def test_c_canonical_json_matches_python(tmp_path: Path) -> None:
                     str(src / "json.c"), str(src / "signature.c"), str(src / "sha256.c"), "-lcrypto", "-lm"], check=True)
     got = subprocess.run([str(tmp_path / "c"), str(source)], capture_output=True, check=True).stdout
     assert got == canonical_json(json.loads(source.read_text()))
+
+
+def test_c_reads_what_each_method_needs_from_the_bundle(scorer: Path, bundle: Path, model, embed_inputs,  # type: ignore[no-untyped-def]
+        legacy_bundle: Path, respecified: Path) -> None:
+    check_specs_are_read(lambda *a: run(scorer, *a), model, bundle, legacy_bundle, respecified, without_png(embed_inputs))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import EMBED, METHODS, compare, need
+from .conftest import EMBED, METHODS, check_specs_are_read, compare, need
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 NODE = EMBED / "node"
@@ -63,3 +63,8 @@ def test_node_verifies_signed_bundles(node: str, signed_bundles: dict[str, Path]
     check_signature_refusals(lambda *args: run(node, *args), signed_bundles, image)
     proc = run(node, "-m", str(signed_bundles["altered"]), image)  # no keys: the checksums alone cannot tell
     assert proc.returncode == 0
+
+
+def test_node_reads_what_each_method_needs_from_the_bundle(node: str, bundle: Path, model, embed_inputs,  # type: ignore[no-untyped-def]
+        legacy_bundle: Path, respecified: Path) -> None:
+    check_specs_are_read(lambda *a: run(node, *a), model, bundle, legacy_bundle, respecified, embed_inputs)

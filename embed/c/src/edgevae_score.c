@@ -11,7 +11,10 @@
  * FILE: binary PGM (P5) or PPM (P6) with 8-bit samples, of exactly the bundle's size (no resizing on a device),
  * or raw little-endian float32 (.f32, .raw): C*H*W values in [0, 1], channel-major (CHW).
  * Everything the scores need comes from the bundle: the input contract, the calibration (threshold, sorted scores,
- * tail), the elbo noise file, the anomaly-map statistics (local) and the combined score's parts and references. Exit status: 0 ok; 1 bundle or setup error; 2 some inputs could not be scored.
+ * tail), what each method needs (scoring.method_specs: kind, graphs, samples, noise file, map, parts), the noise
+ * files, the anomaly-map statistics and the combined score's references. The only per-method code here is the
+ * maths of the reconstruction scores (RECONSTRUCTION). Exit status: 0 ok; 1 bundle or setup error; 2 some inputs
+ * could not be scored.
  */
 #include <math.h>
 #include <pthread.h>
@@ -45,21 +48,30 @@ typedef struct {
 
 #define MAX_PARTS 4
 
+/* What a method needs, from the bundle's scoring.method_specs (or, for older bundles, their older fields). */
 typedef struct {
-    int channels, height, width, latent, elbo_k;
+    char name[32], kind[16];   /* kind: encoder, reconstruction, monte_carlo or combination */
+    int decoder, samples, map, importance;
+    char noise_file[128];
+    float *noise;              /* a Monte-Carlo method's shared noise (samples, latent) */
+    int n_parts;               /* a combination: its parts, the samples each draws in it, their references */
+    char parts[MAX_PARTS][32];
+    int part_samples[MAX_PARTS];
+} method_spec;
+
+typedef struct {
+    int channels, height, width, latent;
     int bernoulli;             /* 1: decoder gives x_logits; 0: x_logvar (Gaussian) */
     double sigma;              /* smooth_recon */
     char method[32];
+    method_spec spec;          /* the chosen method */
+    method_spec part[MAX_PARTS]; /* a combination's parts */
+    reference part_ref[MAX_PARTS];
     double threshold;
     reference cal;             /* the method's calibration */
-    float *noise;              /* (elbo_k, latent) */
     float *map;                /* anomaly-map statistics (2, H, W): per-pixel mean, then spread */
     double map_sigma;
     int top_k;
-    int n_parts;               /* combined: its parts and their references, and K of its elbo part */
-    int part_elbo_k;
-    char parts[MAX_PARTS][32];
-    reference part_ref[MAX_PARTS];
     const OrtApi *ort;
     OrtEnv *env;
     OrtSession *encoder, *decoder;
@@ -143,29 +155,89 @@ static int load_calibration(bundle *b, const json *manifest, char *err) {
     return load_reference(cal, &b->cal, "the calibration", err);
 }
 
-static int uses(const bundle *b, const char *method) {
-    if (strcmp(b->method, method) == 0) return 1;
-    for (int i = 0; i < b->n_parts; i++) if (strcmp(b->parts[i], method) == 0) return 1;
-    return 0;
+static int legacy_spec(const json *m, const char *name, method_spec *spec, char *err);
+
+/* A method's entry of scoring.method_specs; bundles from before it get the same entry from their older fields. */
+static int load_spec(const json *m, const char *name, method_spec *spec, char *err) {
+    const char *keys[] = {"scoring", "method_specs", name, NULL};
+    const json *entry = json_path(m, keys), *v;
+    memset(spec, 0, sizeof *spec);
+    snprintf(spec->name, sizeof spec->name, "%s", name);
+    if (!entry) return legacy_spec(m, name, spec, err);
+    if (!(v = json_get(entry, "kind")) || v->type != JSON_STRING) { snprintf(err, MSG, "method %s has no kind", name); return 0; }
+    snprintf(spec->kind, sizeof spec->kind, "%s", v->string);
+    const json *graphs = json_get(entry, "graphs");
+    for (const json *g = graphs ? graphs->child : NULL; g; g = g->next)
+        if (g->type == JSON_STRING && strcmp(g->string, "decoder") == 0) spec->decoder = 1;
+    spec->samples = (v = json_get(entry, "samples")) && v->type == JSON_NUMBER ? (int)v->number : 0;
+    spec->map = (v = json_get(entry, "map")) && v->type == JSON_BOOL && v->number != 0;
+    spec->importance = (v = json_get(entry, "importance")) && v->type == JSON_BOOL && v->number != 0;
+    if ((v = json_get(entry, "noise")) && v->type == JSON_STRING) snprintf(spec->noise_file, sizeof spec->noise_file, "%s", v->string);
+    const json *parts = json_get(entry, "parts"), *ks = json_get(entry, "part_samples");
+    for (const json *p = parts ? parts->child : NULL; p; p = p->next) {
+        if (p->type != JSON_STRING || spec->n_parts == MAX_PARTS) { snprintf(err, MSG, "method %s has bad parts", name); return 0; }
+        snprintf(spec->parts[spec->n_parts], sizeof spec->parts[0], "%s", p->string);
+        const json *k = json_get(ks, p->string);
+        spec->part_samples[spec->n_parts++] = k && k->type == JSON_NUMBER ? (int)k->number : -1; /* -1: the part's own */
+    }
+    return 1;
 }
 
-/* The combined score's parts (scoring.combined.parts) and their references (its calibration's references). */
-static int load_combined(bundle *b, const json *manifest, char *err) {
-    const char *keys[] = {"scoring", "combined", "parts", NULL}, *ref_keys[] = {"calibration", "methods", "combined",
-                                                                                "references", NULL};
-    const json *parts = json_path(manifest, keys), *refs = json_path(manifest, ref_keys);
-    if (!parts || parts->type != JSON_ARRAY || parts->count < 2 || parts->count > MAX_PARTS || !refs) {
-        snprintf(err, MSG, "the bundle stores no parts for the combined score (it predates them); re-export it");
+/* The entries of bundles exported before scoring.method_specs, from the fields they carry. */
+static int legacy_spec(const json *m, const char *name, method_spec *spec, char *err) {
+    const char *nk[] = {"scoring", "noise_files", name, NULL}, *ck[] = {"scoring", "combined", NULL};
+    const json *noise = json_path(m, nk), *combined = json_path(m, ck);
+    static const char *const recon[] = {"recon", "rel_recon", "smooth_recon", "local"};
+    spec->decoder = strcmp(name, "kl") != 0;
+    if (strcmp(name, "kl") == 0) snprintf(spec->kind, sizeof spec->kind, "encoder");
+    for (int i = 0; i < 4; i++) if (strcmp(name, recon[i]) == 0) snprintf(spec->kind, sizeof spec->kind, "reconstruction");
+    spec->map = strcmp(name, "local") == 0;
+    if (strcmp(name, "elbo") == 0 || strcmp(name, "iwae") == 0) {
+        snprintf(spec->kind, sizeof spec->kind, "monte_carlo");
+        spec->importance = strcmp(name, "iwae") == 0;
+        const json *file = json_get(noise, "file"), *shape = json_get(noise, "shape");
+        if (file && file->type == JSON_STRING) snprintf(spec->noise_file, sizeof spec->noise_file, "%s", file->string);
+        if (shape && shape->child) spec->samples = (int)shape->child->number;
+    }
+    if (strcmp(name, "combined") == 0 && combined) {
+        const char *ek[] = {"elbo_samples", NULL};
+        snprintf(spec->kind, sizeof spec->kind, "combination");
+        const json *parts = json_get(combined, "parts");
+        for (const json *p = parts ? parts->child : NULL; p && spec->n_parts < MAX_PARTS; p = p->next) {
+            int i = spec->n_parts++;
+            snprintf(spec->parts[i], sizeof spec->parts[0], "%s", p->type == JSON_STRING ? p->string : "");
+            spec->part_samples[i] = strcmp(spec->parts[i], "elbo") == 0 ? (int)number(combined, ek, 1) : -1;
+        }
+    }
+    if (!spec->kind[0]) { snprintf(err, MSG, "the bundle does not describe method %s", name); return 0; }
+    return 1;
+}
+
+/* Whether this program computes a method: the importance-weighted Monte-Carlo score (iwae) is left to Python. */
+static int implemented(const method_spec *spec) {
+    if (strcmp(spec->kind, "monte_carlo") == 0) return !spec->importance;
+    return strcmp(spec->kind, "encoder") == 0 || strcmp(spec->kind, "reconstruction") == 0 ||
+           strcmp(spec->kind, "combination") == 0;
+}
+
+/* A combination's parts: their entries and their references (the combination's calibration's references). */
+static int load_parts(bundle *b, const json *manifest, char *err) {
+    const char *ref_keys[] = {"calibration", "methods", b->method, "references", NULL};
+    const json *refs = json_path(manifest, ref_keys);
+    if (b->spec.n_parts < 2 || !refs) {
+        snprintf(err, MSG, "the bundle stores no parts for the %s score (it predates them); re-export it", b->method);
         return 0;
     }
-    const char *k_keys[] = {"scoring", "combined", "elbo_samples", NULL};
-    b->part_elbo_k = (int)number(manifest, k_keys, 1);
-    for (const json *p = parts->child; p; p = p->next, b->n_parts++) {
-        if (p->type != JSON_STRING || strcmp(p->string, "combined") == 0) { snprintf(err, MSG, "bad combined part"); return 0; }
-        snprintf(b->parts[b->n_parts], sizeof b->parts[0], "%s", p->string);
-        if (!load_reference(json_get(refs, p->string), &b->part_ref[b->n_parts], "a combined part's reference", err))
+    for (int i = 0; i < b->spec.n_parts; i++) {
+        method_spec *part = &b->part[i];
+        if (!load_spec(manifest, b->spec.parts[i], part, err)) return 0;
+        if (strcmp(part->kind, "combination") == 0 || !implemented(part)) {
+            snprintf(err, MSG, "the combined part %s is not computed here", part->name);
             return 0;
-        b->part_ref[b->n_parts].unbounded = 1;
+        }
+        if (b->spec.part_samples[i] < 0) b->spec.part_samples[i] = part->samples;
+        if (!load_reference(json_get(refs, part->name), &b->part_ref[i], "a combined part's reference", err)) return 0;
+        b->part_ref[i].unbounded = 1;
     }
     return 1;
 }
@@ -191,24 +263,43 @@ static int load_map(bundle *b, const char *dir, const json *manifest, char *err)
     return 1;
 }
 
-static int load_noise(bundle *b, const char *dir, const json *manifest, char *err) {
-    const char *keys[] = {"scoring", "noise_files", "elbo", NULL};
-    const json *entry = json_path(manifest, keys), *file = json_get(entry, "file"), *shape = json_get(entry, "shape");
-    if (!file || file->type != JSON_STRING || !shape || shape->count != 2) {
-        snprintf(err, MSG, "the bundle carries no elbo noise file (exported before edgevae stored it); re-export it");
+/* A Monte-Carlo method's shared noise: its entry's file, float32 (samples, latent). */
+static int load_noise(bundle *b, const char *dir, const json *manifest, method_spec *spec, char *err) {
+    if (!spec->noise_file[0] || spec->samples < 1) {
+        snprintf(err, MSG, "the bundle carries no %s noise file (exported before edgevae stored it); re-export it",
+                 spec->name);
         return 0;
     }
-    b->elbo_k = (int)shape->child->number;
     size_t len;
-    unsigned char *data = read_verified(dir, manifest, file->string, &len, err);
+    unsigned char *data = read_verified(dir, manifest, spec->noise_file, &len, err);
     if (!data) return 0;
-    if ((int)shape->child->next->number != b->latent || len != (size_t)b->elbo_k * (size_t)b->latent * 4) {
-        snprintf(err, MSG, "%s does not hold float32 (%d, %d)", file->string, b->elbo_k, b->latent);
+    if (len != (size_t)spec->samples * (size_t)b->latent * 4) {
+        snprintf(err, MSG, "%s does not hold float32 (%d, %d)", spec->noise_file, spec->samples, b->latent);
         free(data);
         return 0;
     }
-    b->noise = (float *)data; /* little-endian float32, as on every device this targets */
+    spec->noise = (float *)data; /* little-endian float32, as on every device this targets */
     return 1;
+}
+
+/* The chosen method's entry, its parts, and the files they read (noise, map statistics). */
+static int load_method(bundle *b, const char *dir, const json *m, char *err) {
+    if (!load_spec(m, b->method, &b->spec, err)) return 0;
+    if (!implemented(&b->spec)) {
+        snprintf(err, MSG, "method %s is not implemented here (kl, recon, rel_recon, smooth_recon, elbo, local, combined)",
+                 b->method);
+        return 0;
+    }
+    int combination = strcmp(b->spec.kind, "combination") == 0, map = b->spec.map;
+    if (!load_calibration(b, m, err) || (combination && !load_parts(b, m, err))) return 0;
+    method_spec *used[MAX_PARTS + 1] = {&b->spec};
+    int n = 1;
+    for (int i = 0; combination && i < b->spec.n_parts; i++) used[n++] = &b->part[i];
+    for (int i = 0; i < n; i++) {
+        map |= used[i]->map;
+        if (strcmp(used[i]->kind, "monte_carlo") == 0 && !load_noise(b, dir, m, used[i], err)) return 0;
+    }
+    return !map || load_map(b, dir, m, err);
 }
 
 typedef struct {
@@ -294,13 +385,13 @@ static int open_bundle(bundle *b, const char *dir, const char *method, int threa
     b->latent = (int)number(m, d, 0); b->sigma = number(m, sg, 1.0);
     b->bernoulli = strcmp(likelihood->string, "bernoulli") == 0;
     snprintf(b->method, sizeof b->method, "%s", method ? method : deflt->string);
-    if (!load_calibration(b, m, err) || (strcmp(b->method, "combined") == 0 && !load_combined(b, m, err)) ||
-        (uses(b, "elbo") && !load_noise(b, dir, m, err)) || (uses(b, "local") && !load_map(b, dir, m, err)))
-        goto done;
+    if (!load_method(b, dir, m, err)) goto done;
     /* A second thread reads and hashes the decoder while the environment is made, then makes the decoder's
        session while this one reads, hashes and loads the encoder: hashing and session creation are most of a
        cold start, and they overlap on two cores. */
-    graph_job dec = {b, dir, m, "decoder.onnx", threads, strcmp(b->method, "kl") != 0, NULL, 0, NULL, ""};
+    int decoder = b->spec.decoder;
+    for (int i = 0; i < b->spec.n_parts; i++) decoder |= b->part[i].decoder;
+    graph_job dec = {b, dir, m, "decoder.onnx", threads, decoder, NULL, 0, NULL, ""};
     pthread_t worker;
     int started = pthread_create(&worker, NULL, read_graph, &dec) == 0;
     if (!started) read_graph(&dec);
@@ -452,38 +543,59 @@ static double log_likelihood(const bundle *b, const float *x, const float *mean,
     return -0.5 * sq * exp(-(double)param[0]) - 0.5 * (double)count * ((double)param[0] + log(2.0 * M_PI));
 }
 
-/* The score of one method (not combined) for one image, given its encoder outputs; elbo draws the first elbo_k
-   rows of the noise. */
-static int method_score(bundle *b, const char *method, float *x, float **enc, int elbo_k, double *out, char *err) {
+typedef double (*reconstruction_score)(bundle *b, const float *x, const float *mean, double sq, double energy);
+static double recon_score(bundle *b, const float *x, const float *mean, double sq, double energy) {
+    (void)b; (void)x; (void)mean; (void)energy;
+    return sq;
+}
+static double rel_recon_score(bundle *b, const float *x, const float *mean, double sq, double energy) {
+    (void)b; (void)x; (void)mean;
+    return sq / energy;
+}
+static double smooth_recon_score(bundle *b, const float *x, const float *mean, double sq, double energy) {
+    (void)sq; (void)energy;
+    return smoothed_energy(b, x, mean);
+}
+static double local_method_score(bundle *b, const float *x, const float *mean, double sq, double energy) {
+    (void)sq; (void)energy;
+    return local_score(b, x, mean);
+}
+/* The reconstruction scores' maths: the twins of the registry's numpy functions. */
+static const struct { const char *name; reconstruction_score score; } RECONSTRUCTION[] = {
+    {"recon", recon_score}, {"rel_recon", rel_recon_score}, {"smooth_recon", smooth_recon_score},
+    {"local", local_method_score},
+};
+
+/* The score of one method (not a combination) for one image, given its encoder outputs; a Monte-Carlo method draws
+   the first `samples` rows of its noise. */
+static int method_score(bundle *b, const method_spec *spec, float *x, float **enc, int samples, double *out, char *err) {
     const char *dec_out[] = {"x_mean", b->bernoulli ? "x_logits" : "x_logvar"};
     float *dec[2] = {NULL, NULL}, *t = NULL;
     size_t count = (size_t)b->channels * b->height * b->width;
-    int elbo = strcmp(method, "elbo") == 0, ok = 1;
-    if (strcmp(method, "kl") == 0) { *out = (float)enc[2][0]; return 1; }
-    int64_t k = elbo ? (elbo_k < b->elbo_k ? elbo_k : b->elbo_k) : 1, tshape[2] = {k, b->latent};
+    int mc = strcmp(spec->kind, "monte_carlo") == 0, ok = 1;
+    if (strcmp(spec->kind, "encoder") == 0) { *out = (float)enc[2][0]; return 1; }
+    int64_t k = mc ? (samples < spec->samples ? samples : spec->samples) : 1, tshape[2] = {k, b->latent};
     t = malloc(sizeof(float) * (size_t)(k * b->latent));
     for (int64_t s = 0; t && s < k; s++)
         for (int j = 0; j < b->latent; j++)
-            t[s * b->latent + j] = elbo ? enc[0][j] + expf(0.5f * enc[1][j]) * b->noise[s * b->latent + j] : enc[0][j];
+            t[s * b->latent + j] = mc ? enc[0][j] + expf(0.5f * enc[1][j]) * spec->noise[s * b->latent + j] : enc[0][j];
     ok = t && run(b, b->decoder, "t", t, tshape, 2, dec_out, 2, dec, err);
     double sq = 0, energy = 1, ll = 0;
     for (size_t i = 0; ok && i < count; i++) {
         sq += ((double)x[i] - dec[0][i]) * ((double)x[i] - dec[0][i]);
         energy += (double)x[i] * x[i] + (double)dec[0][i] * dec[0][i];
     }
-    for (int64_t s = 0; ok && elbo && s < k; s++)
+    for (int64_t s = 0; ok && mc && s < k; s++)
         ll += log_likelihood(b, x, dec[0] + s * count, dec[1] + (b->bernoulli ? s * count : (size_t)s));
-    if (ok) { /* else the decoder call failed and err says why */
-        if (elbo) *out = enc[2][0] - ll / (double)k;
-        else if (strcmp(method, "recon") == 0) *out = sq;
-        else if (strcmp(method, "rel_recon") == 0) *out = sq / energy;
-        else if (strcmp(method, "smooth_recon") == 0) *out = smoothed_energy(b, x, dec[0]);
-        else if (strcmp(method, "local") == 0) *out = local_score(b, x, dec[0]);
-        else {
-            snprintf(err, MSG, "method %s is not implemented here (kl, recon, rel_recon, smooth_recon, elbo, local, "
-                     "combined)", method);
-            ok = 0;
-        }
+    if (ok && mc) *out = enc[2][0] - ll / (double)k;
+    else if (ok) { /* else the decoder call failed and err says why */
+        ok = 0;
+        for (size_t i = 0; i < sizeof RECONSTRUCTION / sizeof RECONSTRUCTION[0]; i++)
+            if (strcmp(spec->name, RECONSTRUCTION[i].name) == 0) {
+                *out = RECONSTRUCTION[i].score(b, x, dec[0], sq, energy);
+                ok = 1;
+            }
+        if (!ok) snprintf(err, MSG, "method %s is not implemented here", spec->name);
     }
     free(dec[0]); free(dec[1]); free(t);
     if (ok) *out = (float)*out; /* scores are float32, as in the Python runtime */
@@ -498,13 +610,13 @@ static int score(bundle *b, float *x, double *out, char *err) {
     int64_t shape[4] = {1, b->channels, b->height, b->width};
     float *enc[3] = {NULL, NULL, NULL};
     int ok = run(b, b->encoder, "x", x, shape, 4, enc_out, 3, enc, err);
-    if (ok && strcmp(b->method, "combined") == 0) {
+    if (ok && strcmp(b->spec.kind, "combination") == 0) {
         double p_min = 1.0, part;
-        for (int i = 0; ok && i < b->n_parts; i++)
-            if ((ok = method_score(b, b->parts[i], x, enc, b->part_elbo_k, &part, err)))
+        for (int i = 0; ok && i < b->spec.n_parts; i++)
+            if ((ok = method_score(b, &b->part[i], x, enc, b->spec.part_samples[i], &part, err)))
                 p_min = fmin(p_min, p_value(&b->part_ref[i], part));
         if (ok) *out = (float)-log(fmax(p_min, 1e-300));
-    } else if (ok) ok = method_score(b, b->method, x, enc, b->elbo_k, out, err);
+    } else if (ok) ok = method_score(b, &b->spec, x, enc, b->spec.samples, out, err);
     for (int i = 0; i < 3; i++) free(enc[i]);
     return ok;
 }
@@ -530,8 +642,8 @@ static void close_bundle(bundle *b) {
     if (b->memory) ORT->ReleaseMemoryInfo(b->memory);
     if (b->env) ORT->ReleaseEnv(b->env);
     free(b->cal.scores);
-    for (int i = 0; i < MAX_PARTS; i++) free(b->part_ref[i].scores);
-    free(b->noise);
+    for (int i = 0; i < MAX_PARTS; i++) { free(b->part_ref[i].scores); free(b->part[i].noise); }
+    free(b->spec.noise);
     free(b->map);
 }
 
