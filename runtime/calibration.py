@@ -13,7 +13,7 @@ from .manifest import Calibration
 from .methods import METHODS, SCORE_METHODS
 from .maps import MapStats, fit_combination, residual_magnitude
 from .model import Scorer
-from .scores import fit_tail, smallest_fpr, threshold_at_fpr
+from .scores import smallest_fpr, tail_model, threshold_at_fpr
 
 # Largest number of sorted scores a method's calibration keeps (as evenly spaced quantiles beyond that).
 MAX_CALIBRATION_SCORES = 5000
@@ -34,7 +34,7 @@ def calibrate(scorer: Scorer, images: NDArray[Any], fpr: float,
               methods: Sequence[str] = SCORE_METHODS) -> dict[str, Any]:
     """The manifest's ``calibration.methods``: per method the threshold at ``fpr``, the sorted held-out scores
     (at most ``MAX_CALIBRATION_SCORES`` quantiles) and, with enough images, a generalised Pareto model of their
-    upper tail (``scores.fit_tail``). ``combined`` also gets its parts' ``references`` (their scores on these
+    upper tail (``scores.tail_model``). ``combined`` also gets its parts' ``references`` (their scores on these
     images), and its threshold comes from leave-one-out statistics (``maps.fit_combination``). Methods the scorer
     cannot compute (``local`` and ``combined`` without map statistics) are left out.
 
@@ -86,14 +86,16 @@ def _finite(scores: NDArray[np.float64], method: str) -> NDArray[np.float64]:
 
 
 def _calibrated(scores: NDArray[np.float64], fpr: float) -> dict[str, Any]:
+    """One method's entry: its sorted scores as stored (float32 values, at most ``MAX_CALIBRATION_SCORES``
+    quantiles), the tail model of all its scores, and the threshold read off exactly what is stored, so that a
+    program's p-value is below ``fpr`` exactly when its score is above the stored threshold."""
     kept = np.sort(scores)
     if kept.size > MAX_CALIBRATION_SCORES:
         kept = np.quantile(kept, np.linspace(0, 1, MAX_CALIBRATION_SCORES))
-    tail = fit_tail(scores)
-    entry: dict[str, Any] = {"threshold": threshold_at_fpr(scores, fpr, tail), "scores": [float(np.float32(s)) for s in kept]}
-    if tail is not None:
-        entry["tail"] = tail.to_dict()
-    return entry
+    stored = kept.astype(np.float32).astype(np.float64)
+    tail = tail_model(scores)
+    return {"threshold": threshold_at_fpr(stored, fpr, tail), "scores": [float(v) for v in stored],
+            "tail": tail.to_dict()}
 
 
 def fit_map_stats(scorer: Scorer, images: NDArray[Any]) -> Scorer:

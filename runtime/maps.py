@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from .methods import PART_METHODS
 from .options import COMBINED_PARTS, LOCAL_TOP_FRACTION
-from .scores import Residuals, TailFit, fit_tail, p_values, smoothed_residual
+from .scores import Residuals, SurvivalCurve, TailFit, log_p_values, p_values, smoothed_residual, survival_curve, tail_model
 
 F32 = NDArray[np.float32]
 # Name of the map statistics file in a bundle: float32 little-endian, row-major (2, H, W): mean, then spread.
@@ -36,8 +36,8 @@ MAP_FILE = "map_stats.f32"
 SPREAD_FLOOR = 0.25
 # Reference scores a combined part keeps (evenly spaced quantiles of the training images' scores).
 MAX_REFERENCE_SCORES = 512
-# p-values below this are clipped before the logarithm of the combined statistic (-ln gives at most 690).
-MIN_P = 1e-300
+# The combined statistic's ceiling: only a part past a bounded tail's end (log p = -inf) reaches it.
+MAX_STATISTIC = 1e30
 
 
 def residual_magnitude(x: F32, x_mean: F32, sigma: float, *, residual: F32 | None = None) -> F32:
@@ -161,8 +161,9 @@ class Reference:
 
     scores: NDArray[np.float64]
     tail: TailFit | None
-    # the tail as p-values read it (see p_values), made once
+    # the tail as p-values read it (see p_values) and the scores' survival curve, made once
     read_tail: TailFit | None = field(init=False, repr=False, compare=False)
+    curve: SurvivalCurve = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         s = np.asarray(self.scores, dtype=np.float64)
@@ -173,21 +174,26 @@ class Reference:
         if tail is not None and tail.shape < 0:
             tail = TailFit(tail.start, tail.fraction, 0.0, tail.scale)
         object.__setattr__(self, "read_tail", tail)
+        object.__setattr__(self, "curve", survival_curve(s))
 
     @classmethod
     def fit(cls, scores: NDArray[Any]) -> "Reference":
         s = np.sort(np.asarray(scores, dtype=np.float64))
         if s.size < 2 or not np.isfinite(s).all():
             raise ValueError("a reference needs at least 2 finite scores")
-        tail = fit_tail(s)
+        tail = tail_model(s)
         kept = s if s.size <= MAX_REFERENCE_SCORES else np.quantile(s, np.linspace(0, 1, MAX_REFERENCE_SCORES))
         return cls(kept.astype(np.float32).astype(np.float64), tail)
 
     def p_values(self, scores: NDArray[Any]) -> NDArray[np.float64]:
-        """p-values as calibration computes them, except that a bounded tail (shape < 0) is read as exponential
-        (shape 0): past a bounded fit's end a p-value would be exactly 0, and one normal image a little beyond
-        it would tie with the most extreme anomalies inside ``combined``."""
-        return p_values(scores, self.scores, self.read_tail, presorted=True)
+        """p-values as calibration computes them (``scores.p_values``). A bounded tail (shape < 0), which bundles
+        from before ``tail_model`` may hold, is read as exponential (shape 0): past a bounded fit's end a p-value
+        would be exactly 0, and one normal image a little beyond it would tie with the most extreme anomalies."""
+        return p_values(scores, self.scores, self.read_tail, curve=self.curve)
+
+    def log_p_values(self, scores: NDArray[Any]) -> NDArray[np.float64]:
+        """The natural log of :meth:`p_values`, without underflow far beyond the references."""
+        return log_p_values(scores, self.scores, self.read_tail, curve=self.curve)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"scores": [float(v) for v in self.scores]}
@@ -217,9 +223,10 @@ class Combination:
 
     def statistic(self, part_scores: Mapping[str, NDArray[Any]]) -> F32:
         """-log(min over parts of the part's p-value), per image (N,); each part's p-value is
-        :meth:`Reference.p_values`, the one p-value rule of :func:`edgevae.runtime.scores.p_values`."""
-        p = np.minimum.reduce([self.references[part].p_values(part_scores[part]) for part in self.parts])
-        out: F32 = (-np.log(np.maximum(p, MIN_P))).astype(np.float32)
+        :meth:`Reference.p_values`, the one p-value rule of :func:`edgevae.runtime.scores.log_p_values`, read in
+        log space: far beyond the references the statistic keeps growing instead of stopping at a floor."""
+        log_p = np.minimum.reduce([self.references[part].log_p_values(part_scores[part]) for part in self.parts])
+        out: F32 = np.minimum(-log_p, MAX_STATISTIC).astype(np.float32)
         return out
 
     def references_entry(self) -> dict[str, Any]:
@@ -231,9 +238,10 @@ class Combination:
         return cls(tuple(parts), {p: Reference.from_dict(references[p]) for p in parts})
 
 
-STATISTIC = ("-ln(min over parts of p_part); p_part as calibration p-values are computed (empirical (1 + #>=) / (n + 1), "
-             "the tail model above its start, a bounded tail (shape < 0) read with shape 0) against "
-             "calibration.methods.combined.references[part]")
+STATISTIC = ("-ln(min over parts of p_part); p_part as calibration p-values are computed (the interpolated empirical "
+             "survival curve: (1 + #{scores >= v}) / (n + 1) at each reference score v, linear between, 1 below the smallest; "
+             "the tail model above its start, capped at the curve's value there, a bounded tail (shape < 0) read with shape "
+             "0) against calibration.methods.combined.references[part]")
 
 
 def fit_combination(parts: Sequence[str], part_scores: Mapping[str, NDArray[Any]]) -> tuple[Combination, F32]:
@@ -250,9 +258,9 @@ def fit_combination(parts: Sequence[str], part_scores: Mapping[str, NDArray[Any]
     combination = Combination(tuple(parts), {p: Reference.fit(part_scores[p]) for p in parts})
     loo = np.empty(n, dtype=np.float64)
     for j in range(n):
-        p = min(float(Reference.fit(np.delete(np.asarray(part_scores[part], np.float64), j)).p_values(
+        log_p = min(float(Reference.fit(np.delete(np.asarray(part_scores[part], np.float64), j)).log_p_values(
             np.asarray([part_scores[part][j]]))[0]) for part in parts)
-        loo[j] = -math.log(max(p, MIN_P))
+        loo[j] = min(-log_p, MAX_STATISTIC)
     return combination, loo.astype(np.float32)
 
 

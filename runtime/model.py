@@ -401,7 +401,7 @@ class Model(Scorer):
         return ScoreResult(
             method=method,
             scores=scores,
-            p_values=p_values(scores, cal.sorted_scores, cal.tail, presorted=True),
+            p_values=cal.p_values(scores),
             is_outlier=scores > thr,
             threshold=thr,
         )

@@ -9,7 +9,7 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -281,6 +281,18 @@ class TailFit:
             out = self.fraction * np.power(base, -1.0 / self.shape)
         return np.where(base > 0.0, out, 0.0)
 
+    def log_survival(self, scores: NDArray[np.float64]) -> NDArray[np.float64]:
+        """log P(score > s) under the model, for scores at or above ``start``; it never underflows (-inf only past
+        a bounded tail's end), so scores far beyond the calibration keep distinct values."""
+        z = np.maximum(np.asarray(scores, dtype=np.float64) - self.start, 0.0) / self.scale
+        if abs(self.shape) < 1e-9:
+            out: NDArray[np.float64] = math.log(self.fraction) - z
+            return out
+        base = 1.0 + self.shape * z
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = math.log(self.fraction) - np.log(np.maximum(base, 0.0)) / self.shape
+        return np.where(base > 0.0, out, -np.inf)
+
     def quantile(self, fpr: float) -> float:
         """The score exceeded with probability ``fpr`` (which must be below ``fraction``)."""
         if not 0.0 < fpr < self.fraction:
@@ -358,44 +370,129 @@ def warn_if_unpromisable(fpr: float, n: int, tail: bool) -> None:
                       "for it", CalibrationWarning, stacklevel=3)
 
 
+def exponential_tail(sorted_scores: NDArray[np.float64]) -> TailFit:
+    """An exponential tail beyond the largest of n calibration scores, for calibrations too small (or too odd) for a
+    generalised Pareto fit: survival 1 / (n + 1) at the largest score, as the empirical curve ends there, falling
+    with the mean excess of the top ``TAIL_FRACTION`` of the scores over the score below them as its scale."""
+    n = sorted_scores.size
+    m = max(1, min(n - 1, int(round(TAIL_FRACTION * n))))
+    scale = float(np.mean(sorted_scores[n - m:] - sorted_scores[n - m - 1]))
+    if not (math.isfinite(scale) and scale > 0.0):  # the top scores are all equal: anything above them is far out
+        scale = 1e-3 * max(1.0, abs(float(sorted_scores[-1])))
+    return TailFit(start=float(sorted_scores[-1]), fraction=1.0 / (n + 1), shape=0.0, scale=scale)
+
+
+def tail_model(calibration_scores: Sequence[float] | NDArray[np.floating[Any]]) -> TailFit:
+    """The tail every calibration stores: the generalised Pareto fit (``fit_tail``) where the scores allow one, a
+    bounded fit read as exponential (shape 0; past a bounded fit's end every p-value would be 0 and tie), else
+    ``exponential_tail``. With it p-values keep falling beyond the calibration range, so no two different
+    scores there share a p-value and no threshold is out of reach.
+
+    Raises:
+        ValueError: fewer than 2 scores, or scores that are not finite.
+    """
+    s = np.sort(np.asarray(calibration_scores, dtype=np.float64))
+    if s.size < 2 or not np.isfinite(s).all():
+        raise ValueError("a tail model needs at least 2 finite scores")
+    fit = fit_tail(s)
+    if fit is None:
+        return exponential_tail(s)
+    return fit if fit.shape >= 0.0 else TailFit(fit.start, fit.fraction, 0.0, fit.scale)
+
+
+class SurvivalCurve(NamedTuple):
+    """Knots of the interpolated empirical survival function (``survival_curve``) and its value beyond them."""
+
+    values: NDArray[np.float64]
+    survival: NDArray[np.float64]
+    end: float
+
+
+def survival_curve(sorted_scores: NDArray[np.float64]) -> SurvivalCurve:
+    """The knots of the interpolated empirical survival function of n sorted calibration scores: each distinct
+    value v and (1 + #{scores >= v}) / (n + 1), the conformal p-value of a score v among n exchangeable normal
+    ones (what edgevae's p-values were before they were interpolated). Between knots the p-value is linear in the
+    score; beyond the largest it is 1 / (n + 1) (or the tail model's)."""
+    values, first = np.unique(sorted_scores, return_index=True)
+    n = sorted_scores.size
+    return SurvivalCurve(values, (n + 1.0 - first) / (n + 1.0), 1.0 / (n + 1.0))
+
+
 def threshold_at_fpr(calibration_scores: Sequence[float] | NDArray[np.floating[Any]], fpr: float,
                      tail: TailFit | None = None) -> float:
-    """Score threshold at which a share ``fpr`` of normal images is expected above it.
+    """Score threshold at which a share ``fpr`` of normal images is expected above it: the score whose p-value
+    (``p_values``) is ``fpr``, so that p < fpr exactly when the score is above the threshold.
 
-    With a ``tail`` model and ``fpr`` below its fraction, the threshold is the model's quantile; otherwise it
-    is the smallest calibration score with at most ``fpr`` of the calibration scores strictly above it.
+    Where the p-values reach ``fpr`` only above the ``tail`` model's start, the threshold is the model's quantile
+    (or its start, for rates at or above its fraction); otherwise it is read off the interpolated empirical
+    survival curve (``survival_curve``); without a tail and below the curve's end (1 / (n + 1)) it is the largest
+    calibration score.
     """
     if not 0.0 < fpr < 1.0:
         raise ValueError(f"fpr must be strictly between 0 and 1, got {fpr!r}")
-    if tail is not None and fpr < tail.fraction:
-        return tail.quantile(fpr)
-    scores = np.asarray(calibration_scores, dtype=np.float64)  # np.quantile needs no sorted input
+    scores = np.sort(np.asarray(calibration_scores, dtype=np.float64))
     if scores.size == 0:
         raise ValueError("calibration has no scores")
-    return float(np.quantile(scores, 1.0 - fpr, method="higher"))
+    curve = survival_curve(scores)
+    values, survival = curve.values, curve.survival
+    if tail is not None and _at_start(tail, curve) >= fpr:  # the threshold is in the tail
+        return tail.quantile(fpr) if fpr < tail.fraction else tail.start
+    if fpr >= survival[0]:
+        return float(values[0])
+    if fpr <= survival[-1]:
+        return float(values[-1])
+    threshold = float(np.interp(fpr, survival[::-1], values[::-1]))
+    if math.isfinite(threshold):
+        return threshold
+    return float(values[max(0, int(np.searchsorted(-survival, -fpr, side="right")) - 1)])  # subnormal knot spacing
+
+
+def log_p_values(scores: NDArray[np.floating[Any]], calibration_scores: NDArray[np.floating[Any]],
+                 tail: TailFit | None = None, *, presorted: bool = False,
+                 curve: SurvivalCurve | None = None) -> NDArray[np.float64]:
+    """The natural log of the p-values: the share of normal images expected to score higher; small means unusual.
+    The one p-value rule of edgevae (``p_values`` is its exponential; the combined score, C and JavaScript read
+    scores the same way).
+
+    Up to the tail model's start (or without one) they follow the interpolated empirical survival curve of the
+    calibration scores (``survival_curve``: (1 + #{scores >= v}) / (n + 1) at each calibration score v, linear
+    between, 1 below the smallest and 1 / (n + 1) beyond the largest);
+    above it they are the model's survival function, capped at the curve's value at the start (ties there can
+    leave the curve below the model's fraction), so they keep falling past the largest calibration score (in log
+    space without underflow) and agree with ``threshold_at_fpr``. ``presorted`` promises ascending
+    ``calibration_scores``; ``curve`` passes their ``survival_curve`` when a caller keeps it.
+    """
+    if curve is None:
+        cal = np.asarray(calibration_scores, dtype=np.float64)
+        if not presorted and cal.size > 1 and (cal[1:] < cal[:-1]).any():
+            cal = np.sort(cal)
+        curve = survival_curve(cal)
+    values, survival, end = curve
+    s = np.asarray(scores, dtype=np.float64)
+    out: NDArray[np.float64] = np.interp(s, values, survival, left=1.0, right=end)
+    if not np.isfinite(out.sum()):  # knots a subnormal distance apart overflow the slope: the knot's own value
+        bad = ~np.isfinite(out) & ~np.isnan(s)
+        out[bad] = survival[np.clip(values.searchsorted(s[bad], side="right") - 1, 0, values.size - 1)]
+    out = np.log(out)
+    if tail is not None:
+        in_tail = s > tail.start
+        if in_tail.any():  # capped at the curve's value at the start, so p never rises with the score
+            cap = math.log(_at_start(tail, curve))
+            out = np.where(in_tail, np.minimum(tail.log_survival(s), cap), out)
+    return out
 
 
 def p_values(scores: NDArray[np.floating[Any]], calibration_scores: NDArray[np.floating[Any]],
-             tail: TailFit | None = None, *, presorted: bool = False) -> NDArray[np.float64]:
-    """p-values: the share of normal images expected to score at least as high; small means unusual.
-
-    Below the tail model's start (or without one) they are empirical, (1 + #{calibration >= s}) / (n + 1);
-    above it they are the model's survival function, so they keep falling past the largest calibration score
-    and agree with ``threshold_at_fpr``: p < fpr exactly when the score is above the threshold.
-    ``presorted`` promises that ``calibration_scores`` are in ascending order (the check is skipped).
-    """
-    cal = np.asarray(calibration_scores, dtype=np.float64)
-    if not presorted and cal.size > 1 and (cal[1:] < cal[:-1]).any():
-        cal = np.sort(cal)
-    n = cal.size
-    s = np.asarray(scores, dtype=np.float64)
-    at_least = n - cal.searchsorted(s, side="left")
-    out: NDArray[np.float64] = np.asarray((1.0 + at_least) / (n + 1.0), dtype=np.float64)
-    if tail is not None:
-        in_tail = s > tail.start
-        if in_tail.any():
-            out = np.where(in_tail, tail.survival(s), out)
+             tail: TailFit | None = None, *, presorted: bool = False,
+             curve: SurvivalCurve | None = None) -> NDArray[np.float64]:
+    """p-values (``log_p_values`` has the rule); below about 1e-308 they underflow to 0, their logs do not."""
+    out: NDArray[np.float64] = np.exp(log_p_values(scores, calibration_scores, tail, presorted=presorted, curve=curve))
     return out
+
+
+def _at_start(tail: TailFit, curve: SurvivalCurve) -> float:
+    """The empirical curve's p-value at the tail's start: the most a score above the start can get."""
+    return float(np.interp(tail.start, curve.values, curve.survival, left=1.0, right=curve.end))
 
 
 @dataclass(frozen=True)
@@ -405,8 +502,9 @@ class MethodCalibration:
     threshold: float
     scores: tuple[float, ...]
     tail: TailFit | None = None
-    # the scores as a sorted float64 array, made once: every scored batch needs them for its p-values
+    # the scores as a sorted float64 array and their survival curve, made once: every scored batch needs them
     sorted_scores: NDArray[np.float64] = field(init=False, repr=False, compare=False)
+    curve: SurvivalCurve = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.scores) < 2:
@@ -418,6 +516,15 @@ class MethodCalibration:
         ordered = np.sort(np.asarray(self.scores, dtype=np.float64))
         ordered.flags.writeable = False
         object.__setattr__(self, "sorted_scores", ordered)
+        object.__setattr__(self, "curve", survival_curve(ordered))
+
+    def p_values(self, scores: NDArray[Any]) -> NDArray[np.float64]:
+        """:func:`p_values` against this calibration."""
+        return p_values(scores, self.sorted_scores, self.tail, curve=self.curve)
+
+    def log_p_values(self, scores: NDArray[Any]) -> NDArray[np.float64]:
+        """:func:`log_p_values` against this calibration."""
+        return log_p_values(scores, self.sorted_scores, self.tail, curve=self.curve)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "MethodCalibration":

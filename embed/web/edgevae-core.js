@@ -310,29 +310,57 @@ async function methodScore(bundle, method, x, { mu, logvar, kl }, samples) {
 export async function scoreImage(bundle, x) {
   const encoded = await encode(bundle, x), spec = bundle.specs[bundle.method];
   if (spec.kind !== "combination") return methodScore(bundle, bundle.method, x, encoded, spec.samples);
-  let pMin = 1, reconstruction = null;
+  let logPMin = 0, reconstruction = null;
   for (const part of bundle.parts) {
     const result = await methodScore(bundle, part.name, x, encoded, spec.part_samples[part.name] ?? bundle.specs[part.name].samples);
     reconstruction = reconstruction || result.reconstruction;
-    pMin = Math.min(pMin, pValueOf(part, result.score));
+    logPMin = Math.min(logPMin, logPValueOf(part, result.score));
   }
-  return { score: Math.fround(-Math.log(Math.max(pMin, 1e-300))), reconstruction };
+  // -ln of the smallest p-value, read in log space: no floor far beyond the references
+  return { score: Math.fround(Math.min(-logPMin, 1e30)), reconstruction };
 }
 
-// The runtime's p-value: empirical (1 + #{scores >= s}) / (n + 1), or the fitted tail above its start.
-function pValueOf({ scores, tail }, s) {
-  if (tail && s > tail.start) {
-    const z = Math.max(s - tail.start, 0) / tail.scale;
-    if (Math.abs(tail.shape) < 1e-9) return tail.fraction * Math.exp(-z);
-    const base = Math.max(1 + tail.shape * z, 0);
-    return base > 0 ? tail.fraction * Math.pow(base, -1 / tail.shape) : 0;
-  }
+// First index with scores[i] >= s (scores.length when none).
+function lowerBound(scores, s) {
   let lo = 0, hi = scores.length;
   while (lo < hi) { const mid = (lo + hi) >> 1; if (scores[mid] < s) lo = mid + 1; else hi = mid; }
-  return (1 + (scores.length - lo)) / (scores.length + 1);
+  return lo;
 }
 
-// A score's p-value against the bundle's calibration of its method.
+// The interpolated empirical survival curve: (1 + #{scores >= v}) / (n + 1) at each calibration score v, linear
+// between, 1 below the smallest and 1 / (n + 1) beyond the largest (edgevae.runtime.scores.survival_curve).
+function curve(scores, s) {
+  const n1 = scores.length + 1;
+  if (s < scores[0]) return 1;
+  if (s > scores[scores.length - 1]) return 1 / n1;
+  const hi = lowerBound(scores, s);
+  if (scores[hi] === s) return (n1 - hi) / n1;
+  const lo = lowerBound(scores, scores[hi - 1]); // the left knot's first index
+  const left = (n1 - lo) / n1, right = (n1 - hi) / n1;
+  const v = left + (s - scores[lo]) / (scores[hi] - scores[lo]) * (right - left);
+  return Number.isFinite(v) ? v : left; // knots a subnormal distance apart
+}
+
+// The natural log of the runtime's p-value (edgevae.runtime.scores.log_p_values): the curve, or above the tail's
+// start the tail model capped at the curve's value there; in log space it never underflows.
+function logPValueOf({ scores, tail }, s) {
+  if (tail && s > tail.start) {
+    const z = Math.max(s - tail.start, 0) / tail.scale;
+    let lp;
+    if (Math.abs(tail.shape) < 1e-9) lp = Math.log(tail.fraction) - z;
+    else {
+      const base = 1 + tail.shape * z;
+      lp = base > 0 ? Math.log(tail.fraction) - Math.log(base) / tail.shape : -Infinity;
+    }
+    return Math.min(lp, Math.log(curve(scores, tail.start)));
+  }
+  return Math.log(curve(scores, s));
+}
+
+function pValueOf(reference, s) {
+  return Math.exp(logPValueOf(reference, s));
+}
+
 export function pValue(bundle, s) {
   return pValueOf(bundle.calibration, s);
 }

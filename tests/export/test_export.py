@@ -193,6 +193,7 @@ def test_smooth_sigma_is_stored_calibrated_and_used(tiny_run: Path, test_digits,
 def test_calibration_with_enough_images_stores_a_tail_model_that_the_runtime_uses(  # type: ignore[no-untyped-def]
         tiny_run: Path, bundle: Path, test_digits, tmp_path: Path) -> None:
     from edgevae.runtime import CalibrationWarning, TailFit, fit_tail, threshold_at_fpr
+    from edgevae.runtime.scores import tail_model
 
     images, labels = test_digits
     normal = images[labels <= 1]  # 200 held-out images of the run's classes: 40 in each tail fit
@@ -202,25 +203,22 @@ def test_calibration_with_enough_images_stores_a_tail_model_that_the_runtime_use
     fitted = 0
     for method in (x for x in m.methods if x != "combined"):  # combined: leave-one-out statistics (test_maps)
         cal = m.manifest.calibration[method]
-        scores = m.raw_scores(m.prepare(normal), method)
-        tail = fit_tail(scores.astype(np.float64))
-        if tail is None:  # a declined fit (e.g. bounded below the largest score): the empirical quantile
-            assert cal.tail is None and "tail" not in raw["calibration"]["methods"][method]
-            assert cal.threshold == pytest.approx(threshold_at_fpr(scores, 0.01))
-            continue
-        fitted += 1
-        assert cal.tail is not None
-        assert TailFit.from_dict(raw["calibration"]["methods"][method]["tail"]) == cal.tail
-        assert cal.tail.scale == pytest.approx(tail.scale, rel=1e-5)
-        assert cal.threshold == pytest.approx(cal.tail.quantile(0.01)) == pytest.approx(threshold_at_fpr(scores, 0.01, tail))
+        scores = m.raw_scores(m.prepare(normal), method).astype(np.float64)
+        assert cal.tail is not None and TailFit.from_dict(raw["calibration"]["methods"][method]["tail"]) == cal.tail
+        assert cal.tail == tail_model(scores)  # every calibration stores one: a fit, or an exponential past the top
+        assert cal.threshold == pytest.approx(threshold_at_fpr(cal.sorted_scores, 0.01, cal.tail))
+        fitted += fit_tail(scores) is not None
         with pytest.warns(CalibrationWarning, match="fitted tail model alone"):  # 0.002 < 1/201: said so
             assert m.threshold(method, 0.002) > cal.threshold  # other rates come from the same tail model
         result = m.score(normal, method)
         np.testing.assert_array_equal(result.p_values < 0.01, result.is_outlier)
     assert fitted >= 3
-    # The tiny run's own validation split (auto: 100 of its 800 images) is too small for a tail fit: empirical quantile.
+    # The tiny run's own validation split (auto: 100 of its 800 images) is too small for a Pareto fit: every method
+    # gets the exponential tail beyond its largest score, which starts there at 1 / (n + 1).
     small = json.loads((bundle / "edgevae.json").read_text())["calibration"]
-    assert small["n"] == 100 and not any("tail" in c for c in small["methods"].values())
+    assert small["n"] == 100
+    for entry in (c for name, c in small["methods"].items() if name != "combined"):
+        assert entry["tail"]["start"] == max(entry["scores"]) and entry["tail"]["fraction"] == pytest.approx(1 / 101)
 
 
 def test_manifest_states_the_smallest_promisable_fpr_and_export_warns_below_it(tiny_run: Path, test_digits,  # type: ignore[no-untyped-def]

@@ -151,10 +151,8 @@ def test_score_maps_writes_one_panel_per_input(bundle: Path, sample_folder: Path
 
 
 def test_combined_statistic_is_the_smallest_part_p_value(model) -> None:  # type: ignore[no-untyped-def]
-    """The statistic reads every part at once; it equals -ln(min_i p_i) with each part's own p-values, for
-    scores below, inside and far beyond each part's tail, one image at a time or in a batch."""
-    from edgevae.runtime.maps import MIN_P
-
+    """The statistic reads every part at once; it equals -ln(min_i p_i) with each part's own p-values (read in log
+    space: no floor), for scores below, inside and far beyond each part's tail, one image at a time or in a batch."""
     combination = model.combination
     rng = np.random.default_rng(0)
     parts = {}
@@ -165,8 +163,9 @@ def test_combined_statistic_is_the_smallest_part_p_value(model) -> None:  # type
             probes.append(ref.tail.start)
         parts[part] = np.concatenate([rng.choice(ref.scores, 60) + rng.normal(0, ref.scores.std() * 0.5, 60),
                                       probes + [probes[0]] * (4 - len(probes))]).astype(np.float32)
-    want = -np.log(np.maximum(np.min([combination.references[p].p_values(parts[p]) for p in combination.parts], axis=0),
-                              MIN_P))
+    want = -np.min([combination.references[p].log_p_values(parts[p]) for p in combination.parts], axis=0)
+    np.testing.assert_allclose(np.exp(-want), np.min([combination.references[p].p_values(parts[p])
+                                                      for p in combination.parts], axis=0), rtol=1e-12)
     got = combination.statistic(parts)
     np.testing.assert_array_equal(got, want.astype(np.float32))
     for i in (0, 60, 62):

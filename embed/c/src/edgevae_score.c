@@ -602,7 +602,7 @@ static int method_score(bundle *b, const method_spec *spec, float *x, float **en
     return ok;
 }
 
-static double p_value(const reference *r, double s);
+static double log_p_value(const reference *r, double s);
 
 /* The score of one image (1, C, H, W); combined: -ln of the smallest p-value of its parts. */
 static int score(bundle *b, float *x, double *out, char *err) {
@@ -611,30 +611,55 @@ static int score(bundle *b, float *x, double *out, char *err) {
     float *enc[3] = {NULL, NULL, NULL};
     int ok = run(b, b->encoder, "x", x, shape, 4, enc_out, 3, enc, err);
     if (ok && strcmp(b->spec.kind, "combination") == 0) {
-        double p_min = 1.0, part;
+        double log_p_min = 0.0, part;
         for (int i = 0; ok && i < b->spec.n_parts; i++)
             if ((ok = method_score(b, &b->part[i], x, enc, b->spec.part_samples[i], &part, err)))
-                p_min = fmin(p_min, p_value(&b->part_ref[i], part));
-        if (ok) *out = (float)-log(fmax(p_min, 1e-300));
+                log_p_min = fmin(log_p_min, log_p_value(&b->part_ref[i], part));
+        if (ok) *out = (float)fmin(-log_p_min, 1e30); /* -ln of the smallest p-value, read in log space */
     } else if (ok) ok = method_score(b, &b->spec, x, enc, b->spec.samples, out, err);
     for (int i = 0; i < 3; i++) free(enc[i]);
     return ok;
 }
 
-/* The runtime's p-value: empirical (1 + #{scores >= s}) / (n + 1), or the fitted tail above its start. A
-   combined part's reference reads a bounded tail (shape < 0) with shape 0 (unbounded set). */
-static double p_value(const reference *r, double s) {
+/* First index with scores[i] >= s (n when none). */
+static size_t lower_bound(const reference *r, double s) {
+    size_t lo = 0, hi = r->n;
+    while (lo < hi) { size_t mid = (lo + hi) / 2; if (r->scores[mid] < s) lo = mid + 1; else hi = mid; }
+    return lo;
+}
+
+/* The interpolated empirical survival curve: (1 + #{scores >= v}) / (n + 1) at each calibration score v, linear
+   between, 1 below the smallest and 1 / (n + 1) beyond the largest (edgevae.runtime.scores.survival_curve). */
+static double curve(const reference *r, double s) {
+    double n1 = (double)r->n + 1.0;
+    if (s < r->scores[0]) return 1.0;
+    if (s > r->scores[r->n - 1]) return 1.0 / n1;
+    size_t hi = lower_bound(r, s);
+    if (r->scores[hi] == s) return (n1 - (double)hi) / n1;
+    size_t lo = lower_bound(r, r->scores[hi - 1]); /* the left knot's first index */
+    double left = (n1 - (double)lo) / n1, right = (n1 - (double)hi) / n1;
+    double v = left + (s - r->scores[lo]) / (r->scores[hi] - r->scores[lo]) * (right - left);
+    return isfinite(v) ? v : left; /* knots a subnormal distance apart */
+}
+
+/* The natural log of the runtime's p-value (edgevae.runtime.scores.log_p_values): the curve, or above the tail's
+   start the tail model capped at the curve's value there; in log space it never underflows. A combined part's
+   reference reads a bounded tail (shape < 0) with shape 0 (unbounded set). */
+static double log_p_value(const reference *r, double s) {
     if (r->tail.present && s > r->tail.start) {
         double z = fmax(s - r->tail.start, 0.0) / r->tail.scale, shape = r->unbounded ? fmax(r->tail.shape, 0.0)
-                                                                                       : r->tail.shape;
-        if (fabs(shape) < 1e-9) return r->tail.fraction * exp(-z);
-        double base = fmax(1.0 + shape * z, 0.0);
-        return base > 0.0 ? r->tail.fraction * pow(base, -1.0 / shape) : 0.0;
+                                                                                       : r->tail.shape, lp;
+        if (fabs(shape) < 1e-9) lp = log(r->tail.fraction) - z;
+        else {
+            double base = 1.0 + shape * z;
+            lp = base > 0.0 ? log(r->tail.fraction) - log(base) / shape : -INFINITY;
+        }
+        return fmin(lp, log(curve(r, r->tail.start)));
     }
-    size_t lo = 0, hi = r->n; /* first index with scores >= s */
-    while (lo < hi) { size_t mid = (lo + hi) / 2; if (r->scores[mid] < s) lo = mid + 1; else hi = mid; }
-    return (1.0 + (double)(r->n - lo)) / ((double)r->n + 1.0);
+    return log(curve(r, s));
 }
+
+static double p_value(const reference *r, double s) { return exp(log_p_value(r, s)); }
 
 static void close_bundle(bundle *b) {
     if (b->encoder) ORT->ReleaseSession(b->encoder);
