@@ -486,7 +486,7 @@ def decoder_layouts(cfg: Any, work: Path, rounds: int, reps: int) -> dict[str, A
     sessions = {}
     for name, d in layouts.items():
         path = work / f"decoder_{len(sessions)}.onnx"
-        torch.onnx.export(Logits(d), (t,), str(path), dynamo=True, input_names=["t"], output_names=["logits"],
+        torch.onnx.export(Logits(d).eval(), (t,), str(path), dynamo=True, input_names=["t"], output_names=["logits"],
                           dynamic_shapes=({0: torch.export.Dim("n", min=1, max=4096)},))
         sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     feed = {"t": t.numpy()}

@@ -133,11 +133,11 @@ def histogram_svg(calibration: NDArray[np.floating[Any]], scores: NDArray[np.flo
     parts.append(f'<polyline points="{steps}" fill="none" stroke="#4a5563" stroke-width="1.5"/>')
     tx = pad + plot_w * (threshold - lo) / (hi - lo)
     parts.append(f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="5" y2="{10 + plot_h}" stroke="#b3261e" stroke-width="2"/>')
-    parts.append(f'<text x="{tx + 4:.1f}" y="20" fill="#b3261e" font-size="12">threshold {threshold:.4g}</text>')
+    parts.append(f'<text x="{tx + 4:.1f}" y="20" fill="#b3261e" font-size="12">threshold {_number(threshold, ".4g")}</text>')
     parts.append(f'<line x1="{pad}" x2="{pad + plot_w}" y1="{10 + plot_h}" y2="{10 + plot_h}" stroke="#333"/>')
     for value in np.linspace(lo, hi, 5):
         x = pad + plot_w * (value - lo) / (hi - lo)
-        parts.append(f'<text x="{x:.1f}" y="{height - 20}" font-size="11" text-anchor="middle">{value:.3g}</text>')
+        parts.append(f'<text x="{x:.1f}" y="{height - 20}" font-size="11" text-anchor="middle">{_number(value, ".3g")}</text>')
     parts.append(f'<text x="{pad}" y="{height - 4}" font-size="11" fill="#4a5563">— calibration (held-out normal)</text>'
                  f'<text x="{pad + 220}" y="{height - 4}" font-size="11" fill="#2f6fde">■ inputs</text>')
     return "".join(parts) + "</svg>"
@@ -151,7 +151,7 @@ def _gallery(data: ReportData, indices: Sequence[int], reconstructions: NDArray[
             f'<tr class="{css}{" flagged" if data.flags[i] else ""}" data-item="{html.escape(data.names[i])}" '
             f'data-score="{float(data.scores[i])!r}" data-outlier="{str(bool(data.flags[i])).lower()}">'
             f'<td>{rank}</td><td><img alt="image, reconstruction, residual" src="{_triptych(data.images[i], reconstructions[i])}"></td>'
-            f'<td class="num">{float(data.scores[i]):.5g}</td><td class="num">{float(data.p_values[i]):.3g}</td>'
+            f'<td class="num">{_number(data.scores[i], ".5g")}</td><td class="num">{_number(data.p_values[i], ".3g")}</td>'
             f'<td>{"OUTLIER" if data.flags[i] else "–"}</td><td>{html.escape(label)}</td>'
             f'<td class="path">{html.escape(data.names[i])}</td></tr>')
     head = ("<tr><th>#</th><th>image | reconstruction | residual</th><th>score</th><th>p-value</th><th>flag</th>"
@@ -169,6 +169,16 @@ def _evaluation_table(e: Evaluation) -> str:
             f"<table id='evaluation'>{rows}</table>")
 
 
+def _classes(classes: Any) -> str:
+    """The training classes as the report says them: "all classes" where the run kept every image."""
+    return "all classes" if classes is None else f"class{'es' if len(classes) != 1 else ''} {', '.join(map(str, classes))}"
+
+
+def _number(value: float, spec: str) -> str:
+    """A number formatted with ``spec``, without a negative zero."""
+    return format(float(value) + 0.0, spec)
+
+
 def _bundle_summary(model: Model) -> str:
     m, raw = model.manifest, model.manifest.raw
     c = m.contract
@@ -177,7 +187,7 @@ def _bundle_summary(model: Model) -> str:
              ("likelihood", m.scoring.likelihood), ("default method", m.scoring.default_method),
              ("calibration", f"{m.calibration_n} held-out images at FPR {m.calibration_fpr:g}"
                              + (f" (smallest it can promise: {m.min_fpr:.3g})" if m.min_fpr else "")),
-             ("trained on", f"{training.get('data', {}).get('source')}, classes {training.get('data', {}).get('classes')}, "
+             ("trained on", f"{training.get('data', {}).get('source')}, {_classes(training.get('data', {}).get('classes'))}, "
                             f"{training.get('n_train')} images, {training.get('epochs')} epochs"),
              ("producer", f"edgevae {raw.get('producer', {}).get('edgevae')}, created {raw.get('created')}")]
     return "<table id='bundle'>" + "".join(f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in items) + "</table>"

@@ -415,7 +415,8 @@ def survival_curve(sorted_scores: NDArray[np.float64]) -> SurvivalCurve:
     score; beyond the largest it is 1 / (n + 1) (or the tail model's)."""
     values, first = np.unique(sorted_scores, return_index=True)
     n = sorted_scores.size
-    return SurvivalCurve(values, (n + 1.0 - first) / (n + 1.0), 1.0 / (n + 1.0))
+    survival: NDArray[np.float64] = ((n + 1.0 - first) / (n + 1.0)).astype(np.float64)
+    return SurvivalCurve(values.astype(np.float64), survival, 1.0 / (n + 1.0))
 
 
 def threshold_at_fpr(calibration_scores: Sequence[float] | NDArray[np.floating[Any]], fpr: float,

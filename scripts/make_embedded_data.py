@@ -1,5 +1,5 @@
 """Convert the 5,000 MNIST digits (CSV, one row per image: 784 pixels then the label) into
-edgevae's embedded default dataset, ``training/data/mnist_5k.npz``: uint8 images (5000, 28, 28),
+edgevae's embedded default dataset, ``training/embedded/mnist_5k.npz``: uint8 images (5000, 28, 28),
 uint8 labels (5000,) and the fixed train/test split, a bool mask ``test`` (5000,) marking 100 images of
 each digit drawn at random (seed 0). A random draw, not the last 100 of each digit: the file's order is
 not random (its last 100 digits of each class lie measurably farther from the rest), and a test split
@@ -7,7 +7,7 @@ that differs from the training pool would make calibrated thresholds miss on it.
 
 MNIST: Yann LeCun, Corinna Cortes, Christopher J.C. Burges; CC BY-SA 3.0.
 
-Usage: python scripts/make_embedded_data.py ../shared/data/mnist_5k.csv.gz training/data/mnist_5k.npz
+Usage: python scripts/make_embedded_data.py ../shared/data/mnist_5k.csv.gz training/embedded/mnist_5k.npz
 """
 
 from __future__ import annotations

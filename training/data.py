@@ -70,7 +70,7 @@ class DataSpec:
 
 
 def _embedded() -> dict[str, NDArray[Any]]:
-    ref = resources.files("edgevae.training") / "data" / "mnist_5k.npz"
+    ref = resources.files("edgevae.training.embedded") / "mnist_5k.npz"
     with resources.as_file(ref) as path, np.load(path, allow_pickle=False) as npz:
         return {key: npz[key] for key in ("images", "labels", "test")}
 

@@ -1,4 +1,6 @@
-"""Demo images: held-out digits from the embedded test split plus obvious synthetic outliers, as PNG files.
+"""Demo images: held-out digits from the embedded test split plus synthetic outliers, as PNG files. Five of the
+outliers are plainly not digits; the sixth (``rotated_digit_blend``, two digits in one image) is a hard case that still
+looks like handwriting.
 
 numpy + Pillow only, so ``edgevae samples`` works where torch is not installed.
 """
@@ -17,7 +19,7 @@ from .data import embedded_split
 
 
 def synthetic_outliers(digits: NDArray[np.uint8], rng: np.random.Generator) -> dict[str, NDArray[np.uint8]]:
-    """28x28 uint8 images that are plainly not handwritten digits."""
+    """28x28 uint8 outliers: five plainly not handwritten digits, and one blend of two digits (a hard case)."""
     h, w = digits.shape[1:]
     yy, xx = np.mgrid[0:h, 0:w]
     return {

@@ -69,3 +69,46 @@ def test_calibrate_command_and_signatures(bundle: Path, sample_folder: Path, tmp
     assert r.exit_code == 0, r.output
     with load(copy, ["CPUExecutionProvider"], trusted_keys=[public]) as model:
         assert model.manifest.calibration_fpr == 0.05 and len(model.manifest.raw["calibration_history"]) == 2
+
+
+@pytest.mark.parametrize("n", [100, 150])
+def test_recalibrating_on_a_small_set_keeps_what_the_default_flagged(bundle: Path, test_digits, tmp_path: Path,
+                                                                    n: int) -> None:
+    """The default (combined) keeps its global part after a recalibration on few images: its threshold is within
+    reach of every part, so the images that are plainly not digits, which it flagged before, are still flagged
+    (other digits and blends of two digits, near the boundary, move with the threshold: benchmarks/recalibration.py measures them on real
+    models), and no two of the inputs beyond the calibration range tie."""
+    import warnings
+
+    from edgevae.runtime import CalibrationWarning
+    from edgevae.training.samples import synthetic_outliers
+
+    x, y = test_digits
+    rng = np.random.default_rng(0)
+    kinds = {"other digits": x[y >= 2][:300],
+             **{k: np.stack(v) for k, v in _synthetic(synthetic_outliers, x[y >= 2], rng).items()}}
+    with load(bundle, ["CPUExecutionProvider"]) as model:
+        before = {k: model.score(v).is_outlier for k, v in kinds.items()}
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        recalibrate(copy, x[y <= 1][:n])
+    with load(copy, ["CPUExecutionProvider"]) as model:
+        assert model.manifest.calibration_n == n
+        for kind, images in kinds.items():
+            after = model.score(images).is_outlier
+            if kind not in ("other digits", "rotated_digit_blend") and before[kind].sum() >= 5:  # near the boundary
+                assert (after & before[kind]).sum() >= 0.9 * before[kind].sum(), kind
+        distinct = np.unique(np.concatenate(list(kinds.values())), axis=0)  # checkerboards etc. repeat exactly
+        beyond = model.score(distinct)
+        far = beyond.scores > model.manifest.calibration["combined"].sorted_scores[-1]
+        assert far.sum() >= 10 and np.unique(beyond.scores[far]).size == far.sum()  # no ties beyond the range
+
+
+def _synthetic(make, digits: np.ndarray, rng: np.random.Generator) -> dict[str, list[np.ndarray]]:  # type: ignore[no-untyped-def]
+    out: dict[str, list[np.ndarray]] = {}
+    for _ in range(20):
+        for name, image in make(digits[rng.choice(digits.shape[0], 3, replace=False)], rng).items():
+            out.setdefault(name, []).append(image)
+    return out
