@@ -35,7 +35,7 @@ try:  # scikit-learn is optional: with it, OutlierVAE is one of its estimators
     _BASES: tuple[type, ...] = (OutlierMixin, BaseEstimator)
 except ImportError:  # pragma: no cover - the dev extra installs scikit-learn
     _BASES = ()
-    _SklearnNotFitted = None  # type: ignore[assignment,misc]
+    _SklearnNotFitted = None
 
 # Fewest samples a fit accepts: the calibration of a bundle needs at least 10 normal inputs.
 MIN_SAMPLES = 10
@@ -108,7 +108,7 @@ class OutlierVAE(*(_BASES or (_Params,))):  # type: ignore[misc]
         self.verbose = verbose
 
     def __sklearn_tags__(self) -> Any:
-        tags = super().__sklearn_tags__()  # type: ignore[misc]
+        tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = True  # images
         tags.non_deterministic = False
         return tags

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -151,7 +152,7 @@ def _gallery(data: ReportData, indices: Sequence[int], reconstructions: NDArray[
             f'<tr class="{css}{" flagged" if data.flags[i] else ""}" data-item="{html.escape(data.names[i])}" '
             f'data-score="{float(data.scores[i])!r}" data-outlier="{str(bool(data.flags[i])).lower()}">'
             f'<td>{rank}</td><td><img alt="image, reconstruction, residual" src="{_triptych(data.images[i], reconstructions[i])}"></td>'
-            f'<td class="num">{_number(data.scores[i], ".5g")}</td><td class="num">{_number(data.p_values[i], ".3g")}</td>'
+            f'<td class="num">{_number(data.scores[i], ".5g")}</td><td class="num">{_p_text(data, i)}</td>'
             f'<td>{"OUTLIER" if data.flags[i] else "–"}</td><td>{html.escape(label)}</td>'
             f'<td class="path">{html.escape(data.names[i])}</td></tr>')
     head = ("<tr><th>#</th><th>image | reconstruction | residual</th><th>score</th><th>p-value</th><th>flag</th>"
@@ -177,6 +178,17 @@ def _classes(classes: Any) -> str:
 def _number(value: float, spec: str) -> str:
     """A number formatted with ``spec``, without a negative zero."""
     return format(float(value) + 0.0, spec)
+
+
+def _p_text(data: ReportData, i: int) -> str:
+    """An input's p-value with three significant digits; below what a float holds (far beyond the calibration),
+    read from its logarithm, so that distinct far-out inputs keep distinct p-values on the page."""
+    p = float(data.p_values[i])
+    if p > 1e-300:
+        return _number(p, ".3g")
+    log10 = float(data.model.manifest.calibration[data.method].log_p_values(data.scores[i:i + 1])[0]) / math.log(10)
+    exponent = math.floor(log10)
+    return f"{10 ** (log10 - exponent):.2f}e{exponent}"
 
 
 def _bundle_summary(model: Model) -> str:

@@ -384,8 +384,8 @@ def exponential_tail(sorted_scores: NDArray[np.float64]) -> TailFit:
 
 def tail_model(calibration_scores: Sequence[float] | NDArray[np.floating[Any]]) -> TailFit:
     """The tail every calibration stores: the generalised Pareto fit (``fit_tail``) where the scores allow one, a
-    bounded fit read as exponential (shape 0; past a bounded fit's end every p-value would be 0 and tie), else
-    ``exponential_tail``. With it p-values keep falling beyond the calibration range, so no two different
+    bounded fit read as exponential (shape 0; past a bounded fit's end every p-value would be 0 and tie), else an
+    exponential over the top fifth (``exponential_top``), else ``exponential_tail`` past the largest score. With it p-values keep falling beyond the calibration range, so no two different
     scores there share a p-value and no threshold is out of reach.
 
     Raises:
@@ -395,9 +395,30 @@ def tail_model(calibration_scores: Sequence[float] | NDArray[np.floating[Any]]) 
     if s.size < 2 or not np.isfinite(s).all():
         raise ValueError("a tail model needs at least 2 finite scores")
     fit = fit_tail(s)
-    if fit is None:
-        return exponential_tail(s)
-    return fit if fit.shape >= 0.0 else TailFit(fit.start, fit.fraction, 0.0, fit.scale)
+    if fit is not None:
+        return fit if fit.shape >= 0.0 else TailFit(fit.start, fit.fraction, 0.0, fit.scale)
+    top = exponential_top(s)
+    return top if top is not None else exponential_tail(s)
+
+
+# Fewest scores in the top fifth for an exponential tail fitted to them (below: ``exponential_tail`` at the maximum).
+MIN_EXPONENTIAL_TAIL_SCORES = 10
+
+
+def exponential_top(sorted_scores: NDArray[np.float64], fraction: float = TAIL_FRACTION) -> TailFit | None:
+    """An exponential tail (a generalised Pareto tail with its shape fixed at 0) over the top ``fraction`` of the
+    scores, for calibrations too small to estimate a shape (n < 200): its one parameter, the mean excess over the
+    score below the top, rests on a fifth of the images instead of on the single largest one. None with fewer than
+    ``MIN_EXPONENTIAL_TAIL_SCORES`` scores in the top, or no spread there."""
+    n = sorted_scores.size
+    k = int(round(n * fraction))
+    if k < MIN_EXPONENTIAL_TAIL_SCORES or k >= n:
+        return None
+    start = float(sorted_scores[n - k - 1])
+    scale = float(np.mean(sorted_scores[n - k:] - start))
+    if not (math.isfinite(scale) and scale > 0.0):
+        return None
+    return TailFit(start=start, fraction=k / n, shape=0.0, scale=scale)
 
 
 class SurvivalCurve(NamedTuple):

@@ -55,3 +55,18 @@ def test_score_report_option_reuses_the_scores(bundle: Path, sample_folder: Path
     assert r.exit_code == 0 and out.exists() and "most anomalous" in out.read_text().lower()
     r = CliRunner().invoke(main, ["report", "-m", str(bundle)])
     assert r.exit_code == 2 and "give inputs" in r.output
+
+
+def test_far_out_inputs_keep_distinct_p_values_on_the_page(model) -> None:  # type: ignore[no-untyped-def]
+    import re
+
+    import numpy as np
+
+    from edgevae.runtime.report import ReportData, render
+
+    rng = np.random.default_rng(0)
+    far = rng.integers(0, 256, size=(8, 28, 28), dtype=np.uint8)  # noise: far beyond every calibration score
+    data = ReportData.score(model, "elbo", [f"noise{i}" for i in range(8)], model.prepare(far))
+    page = render(data, top=8)
+    shown = re.findall(r'<td class="num">[^<]*</td><td class="num">([^<]*)</td>', page)
+    assert len(shown) == 8 and len(set(shown)) == 8 and "-0" not in shown, shown
