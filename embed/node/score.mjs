@@ -5,13 +5,16 @@
 //   node score.mjs -m BUNDLE [--method kl|recon|rel_recon|smooth_recon|elbo|local|combined] [--threshold X]
 //                  [--trusted-key KEY.pub ...] FILE...
 //
+// A bad option value or an unknown option is a usage error (exit 2); a directory, named pipe or device among the
+// FILEs is a per-item error (it is never read from, so it cannot hang the program).
+//
 // With trusted keys (--trusted-key, or EDGEVAE_TRUSTED_KEYS: paths separated by ':') the bundle loads only if one
 // of them signed it and nothing changed since, as in `edgevae score --trusted-key`.
 // FILE: PNG (decoded by pngjs), binary PGM/PPM with 8-bit samples, or raw little-endian float32 (.f32, .raw:
 // C*H*W values in [0, 1], channel-major), each of exactly the bundle's size. Exit status: 0 ok; 1 bundle error;
 // 2 some inputs could not be scored.
 import { createHash, createPublicKey, verify } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { closeSync, constants, fstatSync, openSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 
 import ort from "onnxruntime-node";
@@ -19,21 +22,44 @@ import pngjs from "pngjs";
 
 import { BundleError, isOutlier, openBundle, preprocess, pValue, rawPublicKey, readPNM, scoreImage } from "../web/edgevae-core.js";
 
+class UsageError extends Error {}
+
+const USAGE = "usage: node score.mjs -m BUNDLE [--method M] [--threshold X] [--trusted-key KEY.pub ...] FILE...";
+
+// Options as edgevae's command line takes them; a bad value or an unknown option is a usage error (exit 2).
 function parseArgs(argv) {
   const args = { bundle: null, method: null, threshold: null, keys: [], files: [] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if ((a === "-m" || a === "--model") && i + 1 < argv.length) args.bundle = argv[++i];
     else if (a === "--method" && i + 1 < argv.length) args.method = argv[++i];
-    else if (a === "--threshold" && i + 1 < argv.length) args.threshold = Number(argv[++i]);
-    else if (a === "--trusted-key" && i + 1 < argv.length) args.keys.push(argv[++i]);
+    else if (a === "--threshold" && i + 1 < argv.length) {
+      const text = argv[++i], value = Number(text);
+      if (text.trim() === "" || !Number.isFinite(value)) throw new UsageError(`invalid value for '--threshold': ${text} is not a finite number`);
+      args.threshold = value;
+    } else if (a === "--trusted-key" && i + 1 < argv.length) args.keys.push(argv[++i]);
+    else if (a.startsWith("--")) throw new UsageError(`no such option: ${a} (or it needs a value)`);
     else args.files.push(...argv.slice(i)), i = argv.length;
   }
   return args;
 }
 
+// A whole regular file: a directory, a named pipe, a socket or a device is refused without reading from it
+// (opened non-blocking, so a pipe with no writer cannot hang the program).
+function readRegularFile(path) {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    const stat = fstatSync(fd);
+    if (stat.isDirectory()) throw new Error("a directory, not a file");
+    if (!stat.isFile()) throw new Error("not a regular file (a pipe, socket or device)");
+    return new Uint8Array(readFileSync(fd));
+  } finally {
+    closeSync(fd);
+  }
+}
+
 function readInput(bundle, path) {
-  const bytes = new Uint8Array(readFileSync(path));
+  const bytes = readRegularFile(path);
   const lower = path.toLowerCase();
   if (lower.endsWith(".f32") || lower.endsWith(".raw")) {
     const count = bundle.channels * bundle.height * bundle.width;
@@ -53,9 +79,16 @@ function readInput(bundle, path) {
 }
 
 async function main() {
-  const args = parseArgs(process.argv.slice(2));
+  let args;
+  try {
+    args = parseArgs(process.argv.slice(2));
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    process.stderr.write(`error: ${err.message}\n${USAGE}\n`);
+    return 2;
+  }
   if (!args.bundle || args.files.length === 0) {
-    process.stderr.write("usage: node score.mjs -m BUNDLE [--method M] [--threshold X] FILE...\n");
+    process.stderr.write(`${USAGE}\n`);
     return 2;
   }
   const keyPaths = args.keys.length ? args.keys : (process.env.EDGEVAE_TRUSTED_KEYS || "").split(":").filter(Boolean);

@@ -171,3 +171,33 @@ def test_pillows_bomb_warning_does_not_leak_next_to_the_message(bundle: Path, tm
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "more than 64,000,000 pixels" in proc.stderr
     assert "DecompressionBombWarning" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
+
+
+def test_report_says_all_classes_and_never_minus_zero() -> None:
+    from edgevae.runtime.report import _classes, _number
+
+    assert _classes(None) == "all classes" and _classes([3]) == "class 3" and _classes([0, 1]) == "classes 0, 1"
+    assert _number(-0.0, ".3g") == "0" and _number(-1e-9, ".3g") == "-1e-09"
+
+
+def test_every_folder_of_the_package_is_listed_for_setuptools() -> None:
+    """A folder setuptools would install as data without listing it is what made every install print a warning."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    tool = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(tool["packages"])
+    for package, folder in tool["package-dir"].items():
+        for sub in (root / folder).rglob("*"):
+            if sub.is_dir() and sub.name != "__pycache__" and any(p.is_file() for p in sub.iterdir()):
+                name = package + "." + ".".join(sub.relative_to(root / folder).parts)
+                mapped = any(name == p or (root / tool["package-dir"].get(p, "")).resolve() == sub.resolve()
+                             for p in listed)
+                assert mapped, f"{sub} is not in [tool.setuptools] packages"
+
+
+def test_docs_name_the_estimators_real_default() -> None:
+    from edgevae.runtime import options
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "python-api.md").read_text()
+    assert f'OutlierVAE(method="{options.DEFAULT_METHOD}"' in text

@@ -220,3 +220,28 @@ def check_specs_are_read(run, model, bundle: Path, legacy: Path, respecified: Pa
     three, one = combined_with_samples(model, arrays, 3), combined_with_samples(model, arrays, 1)
     assert not np.allclose(three, one, rtol=1e-4), "the test needs inputs whose score depends on the samples"
     np.testing.assert_allclose(got, three, rtol=1e-4)
+
+
+def check_hostile_inputs(run, bundle: Path, good: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Files a device meets from cameras and shares: a header with no samples, a named pipe with no writer, a
+    directory: one error row each, never a score and never a hang; the good inputs around them are still scored.
+    Bad option values are usage errors (exit 2) with the option named."""
+    import os
+
+    header_only = tmp_path / "header.pgm"
+    header_only.write_bytes(b"P5 28 28 255")
+    pipe = tmp_path / "pipe.pgm"
+    os.mkfifo(pipe)
+    folder = tmp_path / "folder.pgm"
+    folder.mkdir()
+    proc = run("-m", str(bundle), good, str(header_only), str(pipe), str(folder), good)  # a hang fails by timeout
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 2 and [("error" in r) for r in rows] == [False, True, True, True, False], proc.stderr
+    assert "truncated" in rows[1]["error"] or "not a binary PGM" in rows[1]["error"]
+    assert "not a regular file" in rows[2]["error"] and "directory" in rows[3]["error"]
+    assert "Sanitizer" not in proc.stderr and "runtime error" not in proc.stderr, proc.stderr
+    for option, value in (("--threshold", "abc"), ("--threshold", "nan")):
+        proc = run("-m", str(bundle), option, value, good)
+        assert proc.returncode == 2 and f"invalid value for '{option}'" in proc.stderr and proc.stdout == "", proc.stderr
+    proc = run("-m", str(bundle), "--no-such-option", "1", good)
+    assert proc.returncode == 2 and "no such option" in proc.stderr

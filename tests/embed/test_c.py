@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import EMBED, METHODS, check_specs_are_read, compare, need, without_png
+from .conftest import EMBED, METHODS, check_hostile_inputs, check_specs_are_read, compare, need, without_png
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 
@@ -132,3 +132,9 @@ def test_c_canonical_json_matches_python(tmp_path: Path) -> None:
 def test_c_reads_what_each_method_needs_from_the_bundle(scorer: Path, bundle: Path, model, embed_inputs,  # type: ignore[no-untyped-def]
         legacy_bundle: Path, respecified: Path) -> None:
     check_specs_are_read(lambda *a: run(scorer, *a), model, bundle, legacy_bundle, respecified, without_png(embed_inputs))
+
+
+def test_c_survives_hostile_files_and_refuses_bad_options(scorer: Path, bundle: Path, embed_inputs,  # type: ignore[no-untyped-def]
+        tmp_path: Path) -> None:
+    good = next(k for k in embed_inputs if k.endswith(".pgm"))
+    check_hostile_inputs(lambda *a: run(scorer, *a), bundle, good, tmp_path)

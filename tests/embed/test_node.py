@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import EMBED, METHODS, check_specs_are_read, compare, need
+from .conftest import EMBED, METHODS, check_hostile_inputs, check_specs_are_read, compare, need
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 NODE = EMBED / "node"
@@ -68,3 +68,9 @@ def test_node_verifies_signed_bundles(node: str, signed_bundles: dict[str, Path]
 def test_node_reads_what_each_method_needs_from_the_bundle(node: str, bundle: Path, model, embed_inputs,  # type: ignore[no-untyped-def]
         legacy_bundle: Path, respecified: Path) -> None:
     check_specs_are_read(lambda *a: run(node, *a), model, bundle, legacy_bundle, respecified, embed_inputs)
+
+
+def test_node_survives_hostile_files_and_refuses_bad_options(node: str, bundle: Path, embed_inputs,  # type: ignore[no-untyped-def]
+        tmp_path: Path) -> None:
+    good = next(k for k in embed_inputs if k.endswith(".pgm"))
+    check_hostile_inputs(lambda *a: run(node, *a), bundle, good, tmp_path)

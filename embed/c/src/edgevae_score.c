@@ -16,12 +16,17 @@
  * maths of the reconstruction scores (RECONSTRUCTION). Exit status: 0 ok; 1 bundle or setup error; 2 some inputs
  * could not be scored.
  */
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <time.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "json.h"
 #include "onnxruntime/onnxruntime_c_api.h"
@@ -87,16 +92,32 @@ static int ort_ok(OrtStatus *status, char *err) {
     return 0;
 }
 
-static unsigned char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
+/* Files larger than this are refused (a bundle's graphs and an input image are far smaller). */
+#define MAX_FILE_BYTES ((size_t)1 << 30)
+
+/* Reads a whole regular file (NUL-terminated; *len excludes the NUL). A directory, a named pipe, a socket or a
+   device is refused without reading from it (opened non-blocking, so a pipe with no writer cannot hang the
+   program), as is a file above MAX_FILE_BYTES. On failure *why (when given) says why. */
+static unsigned char *read_file(const char *path, size_t *len, const char **why) {
+    const char *reason = "cannot open it";
     unsigned char *data = NULL;
-    long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
-    if (size >= 0 && fseek(f, 0, SEEK_SET) == 0 && (data = malloc((size_t)size + 1))) {
-        if (fread(data, 1, (size_t)size, f) != (size_t)size) { free(data); data = NULL; }
-        else { data[size] = 0; *len = (size_t)size; }
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) reason = errno == ENOENT ? "no such file" : "cannot open it";
+    else if (fstat(fd, &st) != 0) reason = "cannot read its status";
+    else if (S_ISDIR(st.st_mode)) reason = "a directory, not a file";
+    else if (!S_ISREG(st.st_mode)) reason = "not a regular file (a pipe, socket or device)";
+    else if ((unsigned long long)st.st_size > MAX_FILE_BYTES) reason = "larger than 1 GiB";
+    else if (!(data = malloc((size_t)st.st_size + 1))) reason = "out of memory";
+    else {
+        size_t got = 0;
+        ssize_t n = 1;
+        while (got < (size_t)st.st_size && (n = read(fd, data + got, (size_t)st.st_size - got)) > 0) got += (size_t)n;
+        if (got != (size_t)st.st_size) { free(data); data = NULL; reason = "cannot read it"; }
+        else { data[got] = 0; *len = got; }
     }
-    fclose(f);
+    if (fd >= 0) close(fd);
+    if (!data && why) *why = reason;
     return data;
 }
 
@@ -107,8 +128,9 @@ static unsigned char *read_verified(const char *dir, const json *manifest, const
     char path[4096], digest[65];
     if (!expected || expected->type != JSON_STRING) { snprintf(err, MSG, "the manifest has no sha256 for %s", name); return NULL; }
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    unsigned char *data = read_file(path, len);
-    if (!data) { snprintf(err, MSG, "%s is missing or unreadable; re-export the bundle", path); return NULL; }
+    const char *why = "";
+    unsigned char *data = read_file(path, len, &why);
+    if (!data) { snprintf(err, MSG, "%s: %s; re-export the bundle", path, why); return NULL; }
     sha256_hex(data, *len, digest);
     if (strcmp(digest, expected->string) != 0) {
         snprintf(err, MSG, "%s: sha256 %.16s... does not match the manifest's %.16s...; refusing to load it", path, digest,
@@ -346,7 +368,7 @@ static int check_signed(const char *dir, const json *m, const trusted_key *keys,
     char path[4096];
     size_t len;
     snprintf(path, sizeof path, "%s/edgevae.sig", dir);
-    unsigned char *sig = read_file(path, &len);
+    unsigned char *sig = read_file(path, &len, NULL);
     int ok = verify_signature(m, (const char *)sig, sig ? len : 0, keys, n_keys, err, MSG);
     free(sig);
     const json *files = json_get(m, "files");
@@ -364,8 +386,9 @@ static int open_bundle(bundle *b, const char *dir, const char *method, int threa
     char path[4096], perr[256];
     size_t len, enc_len;
     snprintf(path, sizeof path, "%s/edgevae.json", dir);
-    unsigned char *text = read_file(path, &len);
-    if (!text) { snprintf(err, MSG, "%s: not a bundle (no readable edgevae.json)", dir); return 0; }
+    const char *why = "";
+    unsigned char *text = read_file(path, &len, &why);
+    if (!text) { snprintf(err, MSG, "%s: not a bundle (edgevae.json: %s)", dir, why); return 0; }
     json *m = json_parse((const char *)text, len, perr, sizeof perr);
     free(text);
     if (!m) { snprintf(err, MSG, "%s: the manifest is not valid JSON (%s)", path, perr); return 0; }
@@ -441,8 +464,9 @@ static int run(bundle *b, OrtSession *s, const char *input, float *data, const i
 /* 8-bit PGM/PPM or raw float32 -> float32 CHW in [0, 1]. Returns NULL with a message in err. */
 static float *read_input(const bundle *b, const char *path, char *err) {
     size_t len, pixels = (size_t)b->height * (size_t)b->width, count = pixels * (size_t)b->channels;
-    unsigned char *data = read_file(path, &len);
-    if (!data) { snprintf(err, MSG, "%s: cannot read the file", path); return NULL; }
+    const char *why = "";
+    unsigned char *data = read_file(path, &len, &why);
+    if (!data) { snprintf(err, MSG, "%s: %s", path, why); return NULL; }
     float *x = malloc(count * sizeof(float));
     const char *dot = strrchr(path, '.');
     if (!x) snprintf(err, MSG, "out of memory");
@@ -462,7 +486,10 @@ static float *read_input(const bundle *b, const char *path, char *err) {
         else if (w != b->width || h != b->height)
             snprintf(err, MSG, "%s: %dx%d, but the bundle takes %dx%d images (resize before scoring)", path, w, h,
                      b->width, b->height);
-        else if (len - (size_t)used - 1 < pixels * (kind == 6 ? 3 : 1)) snprintf(err, MSG, "%s: truncated", path);
+        else if (used < 0 || (size_t)used >= len || !isspace(data[used]) ||
+                 len - (size_t)used - 1 < pixels * (kind == 6 ? 3 : 1)) /* one whitespace byte, then the samples */
+            snprintf(err, MSG, "%s: truncated (the header is not followed by %zu bytes of samples)", path,
+                     pixels * (kind == 6 ? 3 : 1));
         else {
             const unsigned char *p = data + used + 1; /* one whitespace byte ends the header */
             for (size_t i = 0; i < pixels; i++) {
@@ -708,6 +735,30 @@ static void print_string(const char *s) {
     putchar('"');
 }
 
+/* A whole number in [low, high], or a usage error naming the option (exit 2, as Python's click does). */
+static long parse_long(const char *option, const char *text, long low, long high) {
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || end == text || *end != '\0' || v < low || v > high) {
+        fprintf(stderr, "error: invalid value for '%s': %s is not a whole number in %ld..%ld\n", option, text, low, high);
+        exit(2);
+    }
+    return v;
+}
+
+/* A finite number, or a usage error naming the option (exit 2). */
+static double parse_double(const char *option, const char *text) {
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (errno || end == text || *end != '\0' || !isfinite(v)) {
+        fprintf(stderr, "error: invalid value for '%s': %s is not a finite number\n", option, text);
+        exit(2);
+    }
+    return v;
+}
+
 int main(int argc, char **argv) {
     const char *dir = NULL, *method = NULL;
     double threshold = NAN;
@@ -716,11 +767,16 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (i + 1 < argc && (strcmp(argv[i], "-m") == 0 || strcmp(argv[i], "--model") == 0)) dir = argv[++i];
         else if (i + 1 < argc && strcmp(argv[i], "--method") == 0) method = argv[++i];
-        else if (i + 1 < argc && strcmp(argv[i], "--threshold") == 0) threshold = atof(argv[++i]);
-        else if (i + 1 < argc && strcmp(argv[i], "--threads") == 0) threads = atoi(argv[++i]);
-        else if (i + 1 < argc && strcmp(argv[i], "--repeat") == 0) repeat = atoi(argv[++i]);
-        else if (i + 1 < argc && strcmp(argv[i], "--trusted-key") == 0 && n_keys < MAX_KEYS) key_paths[n_keys++] = argv[++i];
-        else { first = i; break; }
+        else if (i + 1 < argc && strcmp(argv[i], "--threshold") == 0) threshold = parse_double("--threshold", argv[++i]);
+        else if (i + 1 < argc && strcmp(argv[i], "--threads") == 0) threads = (int)parse_long("--threads", argv[++i], 1, 256);
+        else if (i + 1 < argc && strcmp(argv[i], "--repeat") == 0) repeat = (int)parse_long("--repeat", argv[++i], 0, 1000000);
+        else if (i + 1 < argc && strcmp(argv[i], "--trusted-key") == 0) {
+            if (n_keys == MAX_KEYS) { fprintf(stderr, "error: at most %d --trusted-key options\n", MAX_KEYS); return 2; }
+            key_paths[n_keys++] = argv[++i];
+        } else if (argv[i][0] == '-' && argv[i][1] == '-') {
+            fprintf(stderr, "error: no such option: %s (or it needs a value)\n", argv[i]);
+            return 2;
+        } else { first = i; break; }
     }
     if (!dir || first >= argc) {
         fprintf(stderr, "usage: %s -m BUNDLE [--method M] [--threshold X] [--threads N] [--repeat R] "
