@@ -31,10 +31,11 @@ embed/%/node_modules/.package-lock.json: embed/%/package-lock.json
 	@if command -v npm >/dev/null; then cd embed/$* && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: the embed tests of embed/$* will be skipped"; fi
 
-# The browser page with a bundle beside it, on 127.0.0.1:8000 (BUNDLE defaults to the demo's).
+# The browser page with a bundle beside it, on 127.0.0.1:8000 (BUNDLE defaults to the demo's); the server is
+# Python's standard library alone, so it needs no environment beyond the page's npm packages.
 BUNDLE ?= demo/bundle
-serve-web: $(STAMP) embed-setup
-	$(BIN)/python scripts/serve_web.py $(BUNDLE)
+serve-web: embed-setup
+	python3 scripts/serve_web.py $(BUNDLE)
 
 # Ten one-class models + baselines + the all-digit model; writes docs/benchmarks.md (about 16 min here).
 bench-quality: $(STAMP)
