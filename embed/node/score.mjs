@@ -58,6 +58,16 @@ function readRegularFile(path) {
   }
 }
 
+const KIND = { 1: "grayscale", 3: "colour" };
+
+// What edgevae.runtime says when a file's channel count differs from the model's (the row's "warning" field).
+function channelWarning(bundle, channels) {
+  if (channels === bundle.channels) return "";
+  return `${KIND[channels]} image (${channels} channel${channels > 1 ? "s" : ""}) for a model that takes ` +
+    `${bundle.channels} (${KIND[bundle.channels]}): converted with Image.convert('${bundle.channels === 1 ? "L" : "RGB"}')`;
+}
+
+// An input file as the model's float32 CHW array, and the conversion warning ("" when none).
 function readInput(bundle, path) {
   const bytes = readRegularFile(path);
   const lower = path.toLowerCase();
@@ -68,14 +78,15 @@ function readInput(bundle, path) {
     }
     const x = new Float32Array(bytes.slice().buffer);
     if (x.some((v) => !(v >= 0 && v <= 1))) throw new Error("values outside [0, 1]");
-    return x;
+    return { x, warning: "" };
   }
   if (lower.endsWith(".png")) {
     const png = pngjs.PNG.sync.read(Buffer.from(bytes));
-    return preprocess(bundle, png.data, png.width, png.height, 4);
+    const channels = png.colorType === 0 || png.colorType === 4 ? 1 : 3; // grey (with alpha) is one channel to Pillow
+    return { x: preprocess(bundle, png.data, png.width, png.height, 4), warning: channelWarning(bundle, channels) };
   }
   const { pixels, width, height, stride } = readPNM(bytes);
-  return preprocess(bundle, pixels, width, height, stride);
+  return { x: preprocess(bundle, pixels, width, height, stride), warning: channelWarning(bundle, stride === 3 ? 3 : 1) };
 }
 
 async function main() {
@@ -114,9 +125,11 @@ async function main() {
   let failed = 0;
   for (const path of args.files) {
     try {
-      const { score } = await scoreImage(bundle, readInput(bundle, path));
+      const { x, warning } = readInput(bundle, path);
+      const { score } = await scoreImage(bundle, x);
+      if (warning) process.stderr.write(`warning: ${path}: ${warning}\n`);
       process.stdout.write(JSON.stringify({ item: path, method: bundle.method, score, p_value: pValue(bundle, score),
-        outlier: isOutlier(bundle, score, args.threshold) }) + "\n");
+        outlier: isOutlier(bundle, score, args.threshold), ...(warning ? { warning } : {}) }) + "\n");
     } catch (err) {
       if (err instanceof BundleError) throw err;
       failed++;

@@ -245,3 +245,23 @@ def check_hostile_inputs(run, bundle: Path, good: str, tmp_path: Path) -> None: 
         assert proc.returncode == 2 and f"invalid value for '{option}'" in proc.stderr and proc.stdout == "", proc.stderr
     proc = run("-m", str(bundle), "--no-such-option", "1", good)
     assert proc.returncode == 2 and "no such option" in proc.stderr
+
+
+def check_channel_warnings(run, bundle: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A colour file scored by a grayscale bundle: the program's row carries the same "warning" as the Python
+    command line's (and a file of the bundle's own channel count carries none)."""
+    from click.testing import CliRunner
+
+    from edgevae.cli import main
+
+    rng = np.random.default_rng(0)
+    grey, colour = tmp_path / "grey.pgm", tmp_path / "colour.ppm"
+    grey.write_bytes(b"P5 28 28 255\n" + rng.integers(0, 256, 784, dtype=np.uint8).tobytes())
+    colour.write_bytes(b"P6 28 28 255\n" + rng.integers(0, 256, 3 * 784, dtype=np.uint8).tobytes())
+    proc = run("-m", str(bundle), str(grey), str(colour))
+    assert proc.returncode == 0, proc.stderr
+    got = [json.loads(line) for line in proc.stdout.splitlines()]
+    result = CliRunner().invoke(main, ["score", str(grey), str(colour), "-m", str(bundle), "--format", "jsonl"])
+    want = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r.get("warning") for r in got] == [r.get("warning") for r in want]
+    assert "warning" not in got[0] and "converted with Image.convert('L')" in got[1]["warning"]

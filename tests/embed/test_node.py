@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import EMBED, METHODS, check_hostile_inputs, check_specs_are_read, compare, need
+from .conftest import EMBED, METHODS, check_channel_warnings, check_hostile_inputs, check_specs_are_read, compare, need
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 NODE = EMBED / "node"
@@ -74,3 +74,7 @@ def test_node_survives_hostile_files_and_refuses_bad_options(node: str, bundle: 
         tmp_path: Path) -> None:
     good = next(k for k in embed_inputs if k.endswith(".pgm"))
     check_hostile_inputs(lambda *a: run(node, *a), bundle, good, tmp_path)
+
+
+def test_node_rows_carry_the_channel_warning_python_gives(node: str, bundle: Path, tmp_path: Path) -> None:
+    check_channel_warnings(lambda *a: run(node, *a), bundle, tmp_path)

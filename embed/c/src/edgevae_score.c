@@ -462,7 +462,16 @@ static int run(bundle *b, OrtSession *s, const char *input, float *data, const i
 }
 
 /* 8-bit PGM/PPM or raw float32 -> float32 CHW in [0, 1]. Returns NULL with a message in err. */
-static float *read_input(const bundle *b, const char *path, char *err) {
+/* What edgevae.runtime says when a file's channel count differs from the model's (the row's "warning" field). */
+static void channel_warning(const bundle *b, int channels, char *warning) {
+    static const char *kind[4] = {"", "grayscale", "", "colour"};
+    if (channels == b->channels) return;
+    snprintf(warning, MSG, "%s image (%d channel%s) for a model that takes %d (%s): converted with Image.convert('%s')",
+             kind[channels], channels, channels > 1 ? "s" : "", b->channels, kind[b->channels],
+             b->channels == 1 ? "L" : "RGB");
+}
+
+static float *read_input(const bundle *b, const char *path, char *err, char *warning) {
     size_t len, pixels = (size_t)b->height * (size_t)b->width, count = pixels * (size_t)b->channels;
     const char *why = "";
     unsigned char *data = read_file(path, &len, &why);
@@ -491,6 +500,7 @@ static float *read_input(const bundle *b, const char *path, char *err) {
             snprintf(err, MSG, "%s: truncated (the header is not followed by %zu bytes of samples)", path,
                      pixels * (kind == 6 ? 3 : 1));
         else {
+            channel_warning(b, kind == 6 ? 3 : 1, warning);
             const unsigned char *p = data + used + 1; /* one whitespace byte ends the header */
             for (size_t i = 0; i < pixels; i++) {
                 unsigned r = p[kind == 6 ? 3 * i : i], g = p[kind == 6 ? 3 * i + 1 : i], bl = p[kind == 6 ? 3 * i + 2 : i];
@@ -800,7 +810,7 @@ int main(int argc, char **argv) {
                 "[--trusted-key KEY.pub] FILE...\n", argv[0]);
         return 2;
     }
-    char err[MSG] = "", env_keys[4096] = "";
+    char err[MSG] = "", warning[MSG] = "", env_keys[4096] = "";
     bundle b = {0};
     const char *from_env = getenv("EDGEVAE_TRUSTED_KEYS");
     if (n_keys == 0 && from_env) { /* paths separated by ':' */
@@ -821,8 +831,8 @@ int main(int argc, char **argv) {
     int failed = 0;
     for (int i = first; i < argc; i++) {
         double s = 0;
-        err[0] = '\0';
-        float *x = read_input(&b, argv[i], err);
+        err[0] = warning[0] = '\0';
+        float *x = read_input(&b, argv[i], err, warning);
         int ok = x && score(&b, x, &s, err);
         if (ok && repeat > 0) fprintf(stderr, "timing: %s median %.1f us per score call over %d calls\n", argv[i],
                                       median_score_us(&b, x, repeat, err), repeat);
@@ -830,8 +840,12 @@ int main(int argc, char **argv) {
         printf("{\"item\": ");
         print_string(argv[i]);
         printf(", \"method\": \"%s\", ", b.method);
-        if (ok) printf("\"score\": %.9g, \"p_value\": %.17g, \"outlier\": %s}\n", s, p_value(&b.cal, s),
-                       (float)s > (float)thr ? "true" : "false");
+        if (ok) {
+            printf("\"score\": %.9g, \"p_value\": %.17g, \"outlier\": %s", s, p_value(&b.cal, s),
+                   (float)s > (float)thr ? "true" : "false");
+            if (warning[0]) { printf(", \"warning\": "); print_string(warning); fprintf(stderr, "warning: %s: %s\n", argv[i], warning); }
+            printf("}\n");
+        }
         else { printf("\"error\": "); print_string(err); printf("}\n"); fprintf(stderr, "error: %s\n", err); failed++; }
     }
     close_bundle(&b);
