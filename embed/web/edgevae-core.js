@@ -386,14 +386,67 @@ export async function generate(bundle, n, seed = 0) {
   return (await decode(bundle, t, n)).mean;
 }
 
-// A binary PGM (P5) or PPM (P6) file with 8-bit samples -> { pixels, width, height, stride }.
+// A PGM or PPM file, read as Pillow reads it (the decoding contract in docs/embedding.md; embed/c/src/inputs.c is
+// the C twin): binary P5/P6 and plain P2/P3, '#' comments to the end of the line anywhere in the header, tokens of
+// at most 10 characters, one whitespace byte after maxval before binary samples, samples of maxval other than 255
+// rescaled to 8 bits with round-half-to-even of v / maxval * 255. 16-bit files (maxval > 255) are refused.
+// -> { pixels (8-bit samples), width, height, stride (samples per pixel) }.
+const isSpace = (c) => c === 32 || (c >= 9 && c <= 13);
+
+function readToken(bytes, state) {
+  let token = "";
+  while (state.pos < bytes.length) {
+    const c = bytes[state.pos++];
+    if (isSpace(c)) { if (token === "") continue; break; }
+    if (c === 35) { // '#': to the end of the line
+      while (state.pos < bytes.length && bytes[state.pos] !== 10 && bytes[state.pos] !== 13) state.pos++;
+      if (state.pos < bytes.length) state.pos++;
+      continue;
+    }
+    if (token.length === 10) throw new Error("the header holds something other than a whole number");
+    token += String.fromCharCode(c);
+  }
+  return token;
+}
+
+function tokenNumber(token) {
+  return /^[0-9]{1,10}$/.test(token) ? Number(token) : -1;
+}
+
+function rescale(v, maxval) { // Python's round (half to even) of v / maxval * 255, at most 255
+  if (maxval === 255) return Math.min(v, 255);
+  const t = v / maxval * 255, r = Math.round(t);
+  return Math.min(255, Math.abs(t % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r);
+}
+
 export function readPNM(bytes) {
-  const header = new TextDecoder("latin1").decode(bytes.subarray(0, 64));
-  const m = /^P([56])\s+(\d+)\s+(\d+)\s+(\d+)\s/.exec(header);
-  if (!m) throw new Error("not a binary PGM (P5) or PPM (P6) file");
-  if (Number(m[4]) !== 255) throw new Error(`${m[4]}-level samples; only 8-bit (maxval 255) files are read`);
-  const stride = m[1] === "6" ? 3 : 1, width = Number(m[2]), height = Number(m[3]);
-  const pixels = bytes.subarray(m[0].length);
-  if (pixels.length < width * height * stride) throw new Error("truncated");
+  if (bytes.length < 3 || bytes[0] !== 80 || ![50, 51, 53, 54].includes(bytes[1]) || !isSpace(bytes[2])) {
+    throw new Error("not a PGM or PPM file (P2, P3, P5 or P6)");
+  }
+  const kind = bytes[1] - 48, state = { pos: 3 }, fields = [];
+  for (let f = 0; f < 3; f++) {
+    const token = readToken(bytes, state);
+    if (token === "") throw new Error("the header ends before its width, height and maxval");
+    const v = tokenNumber(token);
+    if (v < 0) throw new Error("the header holds something other than a whole number");
+    fields.push(v);
+  }
+  const [width, height, maxval] = fields;
+  if (maxval < 1 || maxval > 65535) throw new Error("maxval must be in 1..65535");
+  if (maxval > 255) throw new Error(`16-bit samples (maxval ${maxval}) are not read here: convert the file to 8 bits (edgevae's Python runtime reads it)`);
+  const stride = kind === 3 || kind === 6 ? 3 : 1, count = width * height * stride, pixels = new Uint8Array(count);
+  if (kind >= 5) {
+    if (bytes.length - state.pos < count) throw new Error(`truncated (the header is not followed by ${count} bytes of samples)`);
+    for (let i = 0; i < count; i++) pixels[i] = rescale(bytes[state.pos + i], maxval);
+  } else {
+    for (let i = 0; i < count; i++) {
+      const token = readToken(bytes, state);
+      if (token === "") throw new Error("truncated (fewer samples than width x height)");
+      const v = tokenNumber(token);
+      if (v < 0) throw new Error("a sample that is not a whole number");
+      if (v > maxval) throw new Error("a sample above maxval");
+      pixels[i] = rescale(v, maxval);
+    }
+  }
   return { pixels, width, height, stride };
 }

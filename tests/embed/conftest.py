@@ -265,3 +265,43 @@ def check_channel_warnings(run, bundle: Path, tmp_path: Path) -> None:  # type: 
     want = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r.get("warning") for r in got] == [r.get("warning") for r in want]
     assert "warning" not in got[0] and "converted with Image.convert('L')" in got[1]["warning"]
+
+
+def netpbm_variants(tmp_path: Path, digit: np.ndarray) -> list[Path]:
+    """One digit written as the Netpbm variants Pillow reads: comments in the header, maxval other than 255 (binary
+    and plain), plain grey and colour, comments between plain samples."""
+    h, w = digit.shape
+    files = {}
+    files["comment.pgm"] = b"P5\n# a camera's comment\n" + f"{w} # width\n{h}\n255\n".encode() + digit.tobytes()
+    scaled = np.rint(digit.astype(np.float64) * 100 / 255).astype(np.uint8)  # maxval 100: Pillow rescales to 8 bits
+    files["maxval100.pgm"] = f"P5 {w} {h} 100\n".encode() + scaled.tobytes()
+    files["plain.pgm"] = (f"P2\n{w} {h}\n255\n".encode()
+                          + "\n".join(" ".join(str(v) for v in row) for row in digit).encode() + b"\n")
+    files["plain7.pgm"] = (f"P2 {w} {h} 7\n# seven levels\n".encode()
+                           + "\n".join(" ".join(str(v * 7 // 255) for v in row) for row in digit).encode())
+    rgb = np.stack([digit, 255 - digit, digit // 2], axis=-1)
+    files["plain.ppm"] = (f"P3 {w} {h} 255\n".encode()
+                          + "\n".join(" ".join(str(v) for v in px) for px in rgb.reshape(-1, 3)).encode())
+    files["maxval31.ppm"] = f"P6 {w} {h} 31\n".encode() + (rgb.astype(np.uint16) * 31 // 255).astype(np.uint8).tobytes()
+    out = []
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        out.append(tmp_path / name)
+    return out
+
+
+def check_netpbm_variants(run, bundle: Path, tmp_path: Path, digit: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    """The program decodes each Netpbm variant as Pillow does: its scores agree with `edgevae score`'s."""
+    from click.testing import CliRunner
+
+    from edgevae.cli import main
+
+    files = [str(f) for f in netpbm_variants(tmp_path, digit)]
+    proc = run("-m", str(bundle), "--method", "smooth_recon", *files)
+    assert proc.returncode == 0, proc.stderr
+    got = {r["item"]: r["score"] for r in map(json.loads, proc.stdout.splitlines())}
+    result = CliRunner().invoke(main, ["score", *files, "-m", str(bundle), "--method", "smooth_recon", "--format", "jsonl"])
+    want = {r["item"]: r["score"] for r in map(json.loads, result.stdout.splitlines())}
+    assert set(got) == set(want) == set(files), (got, want)
+    for item in files:
+        assert abs(got[item] - want[item]) <= 1e-4 * max(1.0, abs(want[item])), (item, got[item], want[item])

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import EMBED, METHODS, check_channel_warnings, check_hostile_inputs, check_specs_are_read, compare, need, without_png
+from .conftest import EMBED, METHODS, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_specs_are_read, compare, need, without_png
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 
@@ -142,3 +142,7 @@ def test_c_survives_hostile_files_and_refuses_bad_options(scorer: Path, bundle: 
 
 def test_c_rows_carry_the_channel_warning_python_gives(scorer: Path, bundle: Path, tmp_path: Path) -> None:
     check_channel_warnings(lambda *a: run(scorer, *a), bundle, tmp_path)
+
+
+def test_c_reads_netpbm_variants_as_pillow_does(scorer: Path, bundle: Path, tmp_path: Path, test_digits) -> None:  # type: ignore[no-untyped-def]
+    check_netpbm_variants(lambda *a: run(scorer, *a), bundle, tmp_path, test_digits[0][0])

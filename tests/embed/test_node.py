@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import EMBED, METHODS, check_channel_warnings, check_hostile_inputs, check_specs_are_read, compare, need
+from .conftest import EMBED, METHODS, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_specs_are_read, compare, need
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 NODE = EMBED / "node"
@@ -78,3 +78,7 @@ def test_node_survives_hostile_files_and_refuses_bad_options(node: str, bundle: 
 
 def test_node_rows_carry_the_channel_warning_python_gives(node: str, bundle: Path, tmp_path: Path) -> None:
     check_channel_warnings(lambda *a: run(node, *a), bundle, tmp_path)
+
+
+def test_node_reads_netpbm_variants_as_pillow_does(node: str, bundle: Path, tmp_path: Path, test_digits) -> None:  # type: ignore[no-untyped-def]
+    check_netpbm_variants(lambda *a: run(node, *a), bundle, tmp_path, test_digits[0][0])

@@ -16,7 +16,6 @@
  * maths of the reconstruction scores (RECONSTRUCTION). Exit status: 0 ok; 1 bundle or setup error; 2 some inputs
  * could not be scored.
  */
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -28,6 +27,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "inputs.h"
 #include "json.h"
 #include "onnxruntime/onnxruntime_c_api.h"
 #include "sha256.h"
@@ -461,7 +461,6 @@ static int run(bundle *b, OrtSession *s, const char *input, float *data, const i
     return ok;
 }
 
-/* 8-bit PGM/PPM or raw float32 -> float32 CHW in [0, 1]. Returns NULL with a message in err. */
 /* What edgevae.runtime says when a file's channel count differs from the model's (the row's "warning" field). */
 static void channel_warning(const bundle *b, int channels, char *warning) {
     static const char *kind[4] = {"", "grayscale", "", "colour"};
@@ -471,45 +470,21 @@ static void channel_warning(const bundle *b, int channels, char *warning) {
              b->channels == 1 ? "L" : "RGB");
 }
 
+/* An input file (PGM/PPM, or raw float32 by its .f32/.raw name) as float32 CHW in [0, 1] (decode_input).
+   Returns NULL with a message in err. */
 static float *read_input(const bundle *b, const char *path, char *err, char *warning) {
-    size_t len, pixels = (size_t)b->height * (size_t)b->width, count = pixels * (size_t)b->channels;
-    const char *why = "";
+    size_t len, count = (size_t)b->height * (size_t)b->width * (size_t)b->channels;
+    const char *why = "", *dot = strrchr(path, '.');
     unsigned char *data = read_file(path, &len, &why);
     if (!data) { snprintf(err, MSG, "%s: %s", path, why); return NULL; }
     float *x = malloc(count * sizeof(float));
-    const char *dot = strrchr(path, '.');
+    input_shape shape = {b->channels, b->height, b->width};
+    int raw = dot && (strcmp(dot, ".f32") == 0 || strcmp(dot, ".raw") == 0), channels = b->channels;
+    char why_not[MSG] = "";
     if (!x) snprintf(err, MSG, "out of memory");
-    else if (dot && (strcmp(dot, ".f32") == 0 || strcmp(dot, ".raw") == 0)) {
-        if (len != count * sizeof(float)) snprintf(err, MSG, "%s: %zu bytes, expected %zu float32 values (%dx%dx%d)",
-                                                   path, len, count, b->channels, b->height, b->width);
-        else {
-            memcpy(x, data, len);
-            for (size_t i = 0; i < count && err[0] == '\0'; i++)
-                if (!(x[i] >= 0.0f && x[i] <= 1.0f)) snprintf(err, MSG, "%s: value %g outside [0, 1]", path, x[i]);
-        }
-    } else {
-        int kind = 0, w = 0, h = 0, maxval = 0, used = 0;
-        if (sscanf((const char *)data, "P%d %d %d %d%n", &kind, &w, &h, &maxval, &used) != 4 || (kind != 5 && kind != 6))
-            snprintf(err, MSG, "%s: not a binary PGM (P5) or PPM (P6) file", path);
-        else if (maxval != 255) snprintf(err, MSG, "%s: %d-level samples; only 8-bit (maxval 255) files are read", path, maxval);
-        else if (w != b->width || h != b->height)
-            snprintf(err, MSG, "%s: %dx%d, but the bundle takes %dx%d images (resize before scoring)", path, w, h,
-                     b->width, b->height);
-        else if (used < 0 || (size_t)used >= len || !isspace(data[used]) ||
-                 len - (size_t)used - 1 < pixels * (kind == 6 ? 3 : 1)) /* one whitespace byte, then the samples */
-            snprintf(err, MSG, "%s: truncated (the header is not followed by %zu bytes of samples)", path,
-                     pixels * (kind == 6 ? 3 : 1));
-        else {
-            channel_warning(b, kind == 6 ? 3 : 1, warning);
-            const unsigned char *p = data + used + 1; /* one whitespace byte ends the header */
-            for (size_t i = 0; i < pixels; i++) {
-                unsigned r = p[kind == 6 ? 3 * i : i], g = p[kind == 6 ? 3 * i + 1 : i], bl = p[kind == 6 ? 3 * i + 2 : i];
-                if (b->channels == 1) /* Pillow's convert("L"): ITU-R 601-2 luma in 16-bit fixed point */
-                    x[i] = (float)((r * 19595 + g * 38470 + bl * 7471 + 0x8000) >> 16) / 255.0f;
-                else { x[i] = (float)r / 255.0f; x[pixels + i] = (float)g / 255.0f; x[2 * pixels + i] = (float)bl / 255.0f; }
-            }
-        }
-    }
+    else if (!decode_input(&shape, data, len, raw, x, &channels, why_not, sizeof why_not))
+        snprintf(err, MSG, "%s: %s", path, why_not);
+    else channel_warning(b, channels, warning);
     free(data);
     if (err[0] != '\0') { free(x); return NULL; }
     return x;
