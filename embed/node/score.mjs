@@ -10,7 +10,7 @@
 //
 // With trusted keys (--trusted-key, or EDGEVAE_TRUSTED_KEYS: paths separated by ':') the bundle loads only if one
 // of them signed it and nothing changed since, as in `edgevae score --trusted-key`.
-// FILE: PNG (decoded by pngjs), binary PGM/PPM with 8-bit samples, or raw little-endian float32 (.f32, .raw:
+// FILE: PNG (any colour type and depth, decoded as Pillow does), PGM/PPM (P2, P3, P5, P6), or raw little-endian float32 (.f32, .raw:
 // C*H*W values in [0, 1], channel-major), each of exactly the bundle's size. Exit status: 0 ok; 1 bundle error;
 // 2 some inputs could not be scored.
 import { createHash, createPublicKey, verify } from "node:crypto";
@@ -18,9 +18,8 @@ import { closeSync, constants, fstatSync, openSync, readFileSync } from "node:fs
 import { join } from "node:path";
 
 import ort from "onnxruntime-node";
-import pngjs from "pngjs";
 
-import { BundleError, isOutlier, openBundle, preprocess, pValue, rawPublicKey, readPNM, scoreImage } from "../web/edgevae-core.js";
+import { BundleError, decodePNG, isOutlier, openBundle, preprocess, pValue, rawPublicKey, readPNM, scoreImage } from "../web/edgevae-core.js";
 
 class UsageError extends Error {}
 
@@ -68,7 +67,7 @@ function channelWarning(bundle, channels) {
 }
 
 // An input file as the model's float32 CHW array, and the conversion warning ("" when none).
-function readInput(bundle, path) {
+async function readInput(bundle, path) {
   const bytes = readRegularFile(path);
   const lower = path.toLowerCase();
   if (lower.endsWith(".f32") || lower.endsWith(".raw")) {
@@ -80,10 +79,9 @@ function readInput(bundle, path) {
     if (x.some((v) => !(v >= 0 && v <= 1))) throw new Error("values outside [0, 1]");
     return { x, warning: "" };
   }
-  if (lower.endsWith(".png")) {
-    const png = pngjs.PNG.sync.read(Buffer.from(bytes));
-    const channels = png.colorType === 0 || png.colorType === 4 ? 1 : 3; // grey (with alpha) is one channel to Pillow
-    return { x: preprocess(bundle, png.data, png.width, png.height, 4), warning: channelWarning(bundle, channels) };
+  if (lower.endsWith(".png")) { // decoded as Pillow does (edgevae-core.js, decodePNG)
+    const { pixels, width, height, stride, channels } = await decodePNG(bytes);
+    return { x: preprocess(bundle, pixels, width, height, stride), warning: channelWarning(bundle, channels) };
   }
   const { pixels, width, height, stride } = readPNM(bytes);
   return { x: preprocess(bundle, pixels, width, height, stride), warning: channelWarning(bundle, stride === 3 ? 3 : 1) };
@@ -125,7 +123,7 @@ async function main() {
   let failed = 0;
   for (const path of args.files) {
     try {
-      const { x, warning } = readInput(bundle, path);
+      const { x, warning } = await readInput(bundle, path);
       const { score } = await scoreImage(bundle, x);
       if (warning) process.stderr.write(`warning: ${path}: ${warning}\n`);
       process.stdout.write(JSON.stringify({ item: path, method: bundle.method, score, p_value: pValue(bundle, score),

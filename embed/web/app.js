@@ -2,7 +2,7 @@
 // reconstructions, generate from the prior. The scoring itself is edgevae-core.js, shared with the Node program.
 import * as ort from "./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs";
 
-import { generate, implemented, isOutlier, openBundle, preprocess, pValue, rawPublicKey, readPNM, scoreImage } from "./edgevae-core.js";
+import { decodePNG, generate, implemented, isOutlier, openBundle, preprocess, pValue, rawPublicKey, readPNM, scoreImage } from "./edgevae-core.js";
 
 ort.env.wasm.wasmPaths = new URL("./node_modules/onnxruntime-web/dist/", import.meta.url).href;
 ort.env.wasm.numThreads = 1; // no SharedArrayBuffer needed: the page works from any static server
@@ -69,7 +69,11 @@ async function decodeImage(file) {
     const { pixels, width, height, stride } = readPNM(bytes);
     return preprocess(bundle, pixels, width, height, stride);
   }
-  // no colour management, so pixel values reach the model as they are in the file (as Pillow reads them)
+  if (/\.png$/i.test(file.name)) { // decoded as Pillow does, not by the browser (which premultiplies alpha)
+    const { pixels, width, height, stride } = await decodePNG(bytes);
+    return preprocess(bundle, pixels, width, height, stride);
+  }
+  // other formats: no colour management, so pixel values reach the model as they are in the file
   const bitmap = await createImageBitmap(file, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
   const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
   const context = canvas.getContext("2d");

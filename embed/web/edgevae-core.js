@@ -450,3 +450,134 @@ export function readPNM(bytes) {
   }
   return { pixels, width, height, stride };
 }
+
+// ---------------------------------------------------------------------------------------------- PNG
+// A PNG file as edgevae's Python runtime reads it (Pillow, then its conversion to L or RGB; the decoding contract in
+// docs/embedding.md), without the browser's image decoder, which premultiplies alpha and so zeroes the colour of
+// transparent pixels: every colour type, bit depths 1-16, Adam7 interlacing, palettes and tRNS; CRCs checked.
+//   grey 1/2/4/8 bit -> 0/255, v*85, v*17, v;  grey 16 bit -> round-half-even(v / 65535 * 255);
+//   RGB(A) 16 bit -> the high byte of each sample (Pillow's RGB;16B);  alpha and tRNS are ignored (Pillow's
+//   convert to L or RGB keeps the stored colour);  a palette image becomes the palette's RGB (through RGBA when it
+//   has tRNS, which changes nothing here).
+// -> { pixels (8-bit samples), width, height, stride (1 grey or 3 RGB), channels (1 or 3, Pillow's mode's) }.
+const CRC_TABLE = (() => {
+  const table = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    table[n] = c >>> 0;
+  }
+  return table;
+})();
+
+function crc32(bytes, start, end) {
+  let c = 0xffffffff;
+  for (let i = start; i < end; i++) c = CRC_TABLE[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+async function inflate(data) {
+  const stream = new Blob([data]).stream().pipeThrough(new DecompressionStream("deflate"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+const SAMPLES = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 }; // samples per pixel by colour type
+
+function pngChunks(bytes) {
+  const sig = [137, 80, 78, 71, 13, 10, 26, 10];
+  if (bytes.length < 8 || sig.some((b, i) => bytes[i] !== b)) throw new Error("not a PNG file");
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength), out = { idat: [] };
+  let pos = 8;
+  while (pos + 12 <= bytes.length) {
+    const length = view.getUint32(pos), type = String.fromCharCode(...bytes.subarray(pos + 4, pos + 8));
+    const end = pos + 8 + length;
+    if (length > 0x7fffffff || end + 4 > bytes.length) throw new Error("truncated PNG chunk");
+    if (crc32(bytes, pos + 4, end) !== view.getUint32(end)) throw new Error(`broken PNG file (${type} checksum)`);
+    const body = bytes.subarray(pos + 8, end);
+    if (type === "IHDR") {
+      if (length !== 13) throw new Error("broken PNG header");
+      const h = new DataView(body.buffer, body.byteOffset, 13);
+      Object.assign(out, { width: h.getUint32(0), height: h.getUint32(4), depth: body[8], colour: body[9], interlace: body[12] });
+    } else if (type === "PLTE") out.palette = body;
+    else if (type === "IDAT") out.idat.push(body);
+    else if (type === "IEND") return out;
+    pos = end + 4;
+  }
+  throw new Error("truncated PNG file (no IEND)");
+}
+
+function unfilter(data, offset, width, height, bpp, bytesPerRow) {
+  // rows of the (sub)image: one filter byte each, then bytesPerRow bytes; returns the raw rows and the next offset
+  const rows = new Uint8Array(height * bytesPerRow);
+  for (let y = 0; y < height; y++) {
+    if (offset + 1 + bytesPerRow > data.length) throw new Error("truncated PNG image data");
+    const filter = data[offset], row = y * bytesPerRow, prev = row - bytesPerRow;
+    for (let i = 0; i < bytesPerRow; i++) {
+      const a = i >= bpp ? rows[row + i - bpp] : 0, b = y > 0 ? rows[prev + i] : 0;
+      const c = i >= bpp && y > 0 ? rows[prev + i - bpp] : 0, v = data[offset + 1 + i];
+      let p;
+      if (filter === 0) p = v;
+      else if (filter === 1) p = v + a;
+      else if (filter === 2) p = v + b;
+      else if (filter === 3) p = v + ((a + b) >> 1);
+      else if (filter === 4) {
+        const pa = Math.abs(b - c), pb = Math.abs(a - c), pc = Math.abs(a + b - 2 * c);
+        p = v + (pa <= pb && pa <= pc ? a : pb <= pc ? b : c);
+      } else throw new Error(`broken PNG file (filter ${filter})`);
+      rows[row + i] = p & 0xff;
+    }
+    offset += 1 + bytesPerRow;
+  }
+  return [rows, offset];
+}
+
+function sampleAt(rows, rowStart, index, depth) { // the index-th sample of a row, as an integer of `depth` bits
+  if (depth === 8) return rows[rowStart + index];
+  if (depth === 16) return (rows[rowStart + 2 * index] << 8) | rows[rowStart + 2 * index + 1];
+  const bit = index * depth, byte = rows[rowStart + (bit >> 3)];
+  return (byte >> (8 - depth - (bit & 7))) & ((1 << depth) - 1);
+}
+
+function to8bit(v, depth, colour) { // Pillow's 8-bit value of one sample
+  if (depth === 16) return colour === 0 ? rescale16(v) : v >> 8;
+  if (colour === 3) return v; // a palette index
+  return depth === 8 ? v : depth === 4 ? v * 17 : depth === 2 ? v * 85 : v * 255;
+}
+
+function rescale16(v) { // edgevae's rint(v / 65535 * 255), half to even
+  const t = v / 65535 * 255, r = Math.round(t);
+  return Math.abs(t % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+export async function decodePNG(bytes, maxPixels = 1 << 26) {
+  const png = pngChunks(bytes), { width, height, depth, colour } = png;
+  if (!(colour in SAMPLES) || ![1, 2, 4, 8, 16].includes(depth) || !width || !height) throw new Error("unsupported PNG header");
+  if (width * height > maxPixels) throw new Error(`${width}x${height} is too large to decode`);
+  if (colour === 3 && !png.palette) throw new Error("broken PNG file (no palette)");
+  const samples = SAMPLES[colour], bpp = Math.max(1, (samples * depth) >> 3);
+  const data = await inflate(new Uint8Array(await new Blob(png.idat).arrayBuffer()));
+  const grey = colour === 0 || colour === 4, stride = grey ? 1 : 3, pixels = new Uint8Array(width * height * stride);
+  const passes = png.interlace ? [[0, 0, 8, 8], [4, 0, 8, 8], [0, 4, 4, 8], [2, 0, 4, 4], [0, 2, 2, 4], [1, 0, 2, 2], [0, 1, 1, 2]]
+    : [[0, 0, 1, 1]];
+  let offset = 0;
+  for (const [x0, y0, dx, dy] of passes) {
+    const w = Math.ceil((width - x0) / dx), h = Math.ceil((height - y0) / dy);
+    if (w <= 0 || h <= 0) continue;
+    const bytesPerRow = Math.ceil((w * samples * depth) / 8);
+    let rows;
+    [rows, offset] = unfilter(data, offset, w, h, bpp, bytesPerRow);
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        const target = ((y0 + y * dy) * width + x0 + x * dx) * stride, first = x * samples;
+        if (colour === 3) {
+          const index = sampleAt(rows, y * bytesPerRow, first, depth);
+          if (3 * index + 2 >= png.palette.length) throw new Error("broken PNG file (palette index out of range)");
+          for (let c = 0; c < 3; c++) pixels[target + c] = png.palette[3 * index + c];
+        } else {
+          for (let c = 0; c < stride; c++) pixels[target + c] = to8bit(sampleAt(rows, y * bytesPerRow, first + c, depth), depth, colour);
+        }
+      }
+    }
+  }
+  return { pixels, width, height, stride, channels: stride };
+}

@@ -305,3 +305,92 @@ def check_netpbm_variants(run, bundle: Path, tmp_path: Path, digit: np.ndarray) 
     assert set(got) == set(want) == set(files), (got, want)
     for item in files:
         assert abs(got[item] - want[item]) <= 1e-4 * max(1.0, abs(want[item])), (item, got[item], want[item])
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def interlaced_png(rgb: np.ndarray) -> bytes:
+    """An Adam7-interlaced 8-bit RGB PNG (Pillow writes none), with a different row filter per row."""
+    import struct
+    import zlib
+
+    h, w, _ = rgb.shape
+    raw = bytearray()
+    for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)):
+        sub = rgb[y0::dy, x0::dx]
+        if sub.size == 0:
+            continue
+        prev = np.zeros(sub.shape[1] * 3, np.int32)
+        for y, row in enumerate(sub.reshape(sub.shape[0], -1).astype(np.int32)):
+            filt = y % 3  # none, sub, up
+            left = np.concatenate([np.zeros(3, np.int32), row[:-3]])
+            out = row if filt == 0 else (row - left) if filt == 1 else (row - prev)
+            raw += bytes([filt]) + (out % 256).astype(np.uint8).tobytes()
+            prev = row
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 1)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(bytes(raw)))
+            + _png_chunk(b"IEND", b""))
+
+
+def png_variants(tmp_path: Path, digit: np.ndarray) -> list[Path]:
+    """One digit as the PNG kinds a camera or an editor writes: alpha (transparent and partial), palettes (with a
+    transparent entry, and of 4 and 2 bits), 16-bit grey and colour, grey of 1 bit, grey with alpha, interlaced."""
+    from PIL import Image
+
+    h, w = digit.shape
+    rgb = np.stack([digit, 255 - digit, (digit.astype(np.int32) * 3 % 256).astype(np.uint8)], axis=-1)
+    alpha = np.where(digit > 128, 255, 0).astype(np.uint8)
+    out = []
+
+    def save(name: str, image: Image.Image, **kw: object) -> None:
+        image.save(tmp_path / name, **kw)
+        out.append(tmp_path / name)
+
+    save("rgba_transparent.png", Image.fromarray(np.dstack([rgb, alpha])))
+    save("rgba_partial.png", Image.fromarray(np.dstack([rgb, (digit // 2 + 40).astype(np.uint8)])))
+    save("grey_alpha.png", Image.merge("LA", [Image.fromarray(digit), Image.fromarray(alpha)]))
+    pal = Image.fromarray(rgb, "RGB").quantize(16)
+    save("palette_transparent.png", pal, transparency=3)
+    save("palette_4bit.png", pal, bits=4)
+    save("palette_2bit.png", Image.fromarray((digit // 64).astype(np.uint8)).convert("P"), bits=2)
+    save("grey16.png", Image.fromarray((digit.astype(np.uint16) * 257 + np.arange(w, dtype=np.uint16))))
+    save("grey_1bit.png", Image.fromarray(digit > 100).convert("1"))
+    (tmp_path / "rgb16.png").write_bytes(_rgb16_png(rgb))
+    out.append(tmp_path / "rgb16.png")
+    (tmp_path / "interlaced.png").write_bytes(interlaced_png(rgb))
+    out.append(tmp_path / "interlaced.png")
+    return out
+
+
+def _rgb16_png(rgb: np.ndarray) -> bytes:
+    import struct
+    import zlib
+
+    h, w, _ = rgb.shape
+    samples = (rgb.astype(">u2") * 257 + 3)  # distinct low bytes: Pillow keeps the high byte
+    raw = b"".join(b"\x00" + row.tobytes() for row in samples.reshape(h, -1))
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(raw))
+            + _png_chunk(b"IEND", b""))
+
+
+def check_png_variants(run, bundle: Path, tmp_path: Path, digit: np.ndarray, method: str = "smooth_recon") -> None:  # type: ignore[no-untyped-def]
+    """The program decodes each PNG kind as the Python runtime does (Pillow): its scores agree with `edgevae score`."""
+    from click.testing import CliRunner
+
+    from edgevae.cli import main
+
+    files = [str(f) for f in png_variants(tmp_path, digit)]
+    proc = run("-m", str(bundle), "--method", method, *files)
+    assert proc.returncode == 0, proc.stderr
+    got = {r["item"]: r["score"] for r in map(json.loads, proc.stdout.splitlines())}
+    result = CliRunner().invoke(main, ["score", *files, "-m", str(bundle), "--method", method, "--format", "jsonl"])
+    want = {r["item"]: r["score"] for r in map(json.loads, result.stdout.splitlines())}
+    assert set(got) == set(want) == set(files), (got, want)
+    bad = {Path(i).name: (got[i], want[i]) for i in files if abs(got[i] - want[i]) > 1e-4 * max(1.0, abs(want[i]))}
+    assert not bad, bad

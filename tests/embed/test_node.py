@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import EMBED, METHODS, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_specs_are_read, compare, need
+from .conftest import EMBED, METHODS, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_png_variants, check_specs_are_read, compare, need
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 NODE = EMBED / "node"
@@ -82,3 +82,9 @@ def test_node_rows_carry_the_channel_warning_python_gives(node: str, bundle: Pat
 
 def test_node_reads_netpbm_variants_as_pillow_does(node: str, bundle: Path, tmp_path: Path, test_digits) -> None:  # type: ignore[no-untyped-def]
     check_netpbm_variants(lambda *a: run(node, *a), bundle, tmp_path, test_digits[0][0])
+
+
+@pytest.mark.parametrize("which", ["gray", "rgb"])
+def test_node_decodes_every_png_kind_as_pillow_does(node: str, bundle: Path, rgb_bundle: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                    test_digits, which: str) -> None:
+    check_png_variants(lambda *a: run(node, *a), bundle if which == "gray" else rgb_bundle, tmp_path, test_digits[0][0])

@@ -118,3 +118,31 @@ def test_page_verifies_signed_bundles(browser: Any, signed_bundles: dict[str, Pa
             page.close()
         finally:
             server.shutdown()
+
+
+def test_page_decodes_every_png_kind_as_pillow_does(browser: Any, bundle: Path, tmp_path: Path, test_digits) -> None:  # type: ignore[no-untyped-def]
+    """Alpha (transparent and partial), palettes with a transparent entry, 16-bit, 1-bit, interlaced: the page's
+    scores agree with `edgevae score` on each (the browser's own decoder premultiplied alpha)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from edgevae.cli import main
+
+    from .conftest import png_variants
+
+    files = [str(f) for f in png_variants(tmp_path, test_digits[0][0])]
+    server = served(bundle)
+    try:
+        page = open_page(browser, server, "smooth_recon")
+        page.set_input_files("#images", files)
+        page.wait_for_selector(f"body[data-scored='{len(files)}']", timeout=60_000)
+        got = {r["item"]: float(r["score"]) for r in page.eval_on_selector_all("#results tbody tr", "rs => rs.map(r => ({...r.dataset}))")}
+        assert page.errors == []
+    finally:
+        server.shutdown()
+    result = CliRunner().invoke(main, ["score", *files, "-m", str(bundle), "--method", "smooth_recon", "--format", "jsonl"])
+    want = {Path(r["item"]).name: r["score"] for r in map(json.loads, result.stdout.splitlines())}
+    assert set(got) == set(want)
+    bad = {k: (got[k], want[k]) for k in want if abs(got[k] - want[k]) > 1e-4 * max(1.0, abs(want[k]))}
+    assert not bad, bad
