@@ -1,6 +1,7 @@
 /* A small recursive-descent JSON reader (RFC 8259), written for edgevae's C scorer. */
 #include "json.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,6 +146,7 @@ static json *value(reader *r) {
         char *stop;
         double d = strtod(buf, &stop);
         if (n == 0 || stop != buf + n) { fail(r, "bad number or unexpected character"); return NULL; }
+        if (!isfinite(d)) { fail(r, "number out of range"); return NULL; } /* 1e999: no JSON reader agrees on it */
         r->p += n;
         if ((v = node(JSON_NUMBER))) v->number = d;
     }

@@ -68,6 +68,7 @@ static void put_number(buffer *b, double x) {
     char digits[24] = "0", out[64];
     int n = 1, at;
     if (x == 0) { puts_(b, "0"); return; }
+    if (!isfinite(x)) { puts_(b, "null"); return; } /* unreachable from json_parse, which refuses them */
     shortest_digits(fabs(x), digits, &n);
     int k = (int)strlen(digits);
     if (k <= n && n <= 21) { /* the digits, then n - k zeros */
