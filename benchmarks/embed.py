@@ -67,11 +67,32 @@ def python_raw_kl_us(encoder: Path, x: np.ndarray, reps: int) -> float:
     return statistics.median(times) * 1e6
 
 
-def c_kl_us(scorer: Path, bundle: Path, image: Path, reps: int) -> float:
-    proc = subprocess.run([str(scorer), "-m", str(bundle), "--method", "kl", "--repeat", str(reps), str(image)],
+def c_kl_us(scorer: Path, bundle: Path, image: Path, reps: int, method: str = "kl") -> float:
+    """Median microseconds of the C scorer's score call for one image (the ``--repeat`` timing)."""
+    proc = subprocess.run([str(scorer), "-m", str(bundle), "--method", method, "--repeat", str(reps), str(image)],
                           check=True, capture_output=True, text=True)
     line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("timing:"))
     return float(line.split("median ")[1].split(" us")[0])
+
+
+# The methods the C program computes, timed side by side with the Python runtime at batch 1.
+C_METHODS = ("kl", "recon", "rel_recon", "smooth_recon", "elbo", "local", "combined")
+
+
+def python_method_us(bundle: Path, x: np.ndarray, method: str, reps: int) -> float:
+    """Median microseconds of ``Model.raw_scores`` on one image: the runtime's whole path (validation, graphs,
+    score maths), one intra-op thread and no slicing, as the C program runs."""
+    from edgevae.runtime import load
+
+    with load(bundle, ["CPUExecutionProvider"], threads=1, slice_workers=1) as model:
+        for _ in range(50):
+            model.raw_scores(x, method)
+        times = []
+        for _ in range(reps):
+            started = time.perf_counter()
+            model.raw_scores(x, method)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e6
 
 
 def page_ms(bundle: Path, images: list[Path], method: str) -> dict[str, float]:
@@ -129,6 +150,8 @@ def measure(work: Path, smoke: bool) -> dict[str, Any]:
             "python_cli": wall([sys.executable, "-m", "edgevae.cli", "score", str(images[0]), "-m", str(bundle)], runs),
         },
         "page": {m: page_ms(bundle, images, m) for m in ("smooth_recon", "kl")},
+        "per_method_us": {m: {"c": c_kl_us(scorer, bundle, work / "d0.pgm", reps // 3, m),
+                              "python": python_method_us(bundle, x, m, reps // 3)} for m in C_METHODS},
         "reps": reps, "runs": runs, "model": cfg.to_dict(),
     }
     return report
@@ -160,6 +183,14 @@ def markdown(report: dict[str, Any]) -> str:
         "The C call includes creating the input tensor and copying the three outputs; Python's raw call returns "
         "numpy arrays of them. The page's time is the score call (graphs and score maths) after the image is "
         "decoded; its first image also pays onnxruntime-web's first-run set-up.",
+        "",
+        f"Every method at batch 1, median of {report['reps'] // 3} calls each, one thread: the C score call against "
+        "the Python runtime's `Model.raw_scores` on the same image (goal: C no slower).",
+        "",
+        "| method | C (µs) | Python (µs) | C / Python |",
+        "|---|---|---|---|",
+        *[f"| {m} | {t['c']:.0f} | {t['python']:.0f} | {t['c'] / t['python']:.2f} |"
+          for m, t in report.get("per_method_us", {}).items()],
         "",
     ])
 

@@ -595,39 +595,86 @@ static const struct { const char *name; reconstruction_score score; } RECONSTRUC
     {"local", local_method_score},
 };
 
-/* The score of one method (not a combination) for one image, given its encoder outputs; a Monte-Carlo method draws
-   the first `samples` rows of its noise. */
-static int method_score(bundle *b, const method_spec *spec, float *x, float **enc, int samples, double *out, char *err) {
-    const char *dec_out[] = {"x_mean", b->bernoulli ? "x_logits" : "x_logvar"};
-    float *dec[2] = {NULL, NULL}, *t = NULL;
-    size_t count = (size_t)b->channels * b->height * b->width;
-    int mc = strcmp(spec->kind, "monte_carlo") == 0, ok = 1;
-    if (strcmp(spec->kind, "encoder") == 0) { *out = (float)enc[2][0]; return 1; }
-    int64_t k = mc ? (samples < spec->samples ? samples : spec->samples) : 1, tshape[2] = {k, b->latent};
-    t = malloc(sizeof(float) * (size_t)(k * b->latent));
+/* The codes a method decodes for one image: k of them, written to t (k * latent floats). A reconstruction score
+   decodes the posterior mean; a Monte-Carlo one mu + exp(logvar / 2) * eps for the first k rows of its noise. */
+static int64_t codes_for(const bundle *b, const method_spec *spec, float **enc, int samples, float *t) {
+    int mc = strcmp(spec->kind, "monte_carlo") == 0;
+    int64_t k = mc ? (samples < spec->samples ? samples : spec->samples) : 1;
     for (int64_t s = 0; t && s < k; s++)
         for (int j = 0; j < b->latent; j++)
             t[s * b->latent + j] = mc ? enc[0][j] + expf(0.5f * enc[1][j]) * spec->noise[s * b->latent + j] : enc[0][j];
-    ok = t && run(b, b->decoder, "t", t, tshape, 2, dec_out, 2, dec, err);
-    double sq = 0, energy = 1, ll = 0;
-    for (size_t i = 0; ok && i < count; i++) {
-        sq += ((double)x[i] - dec[0][i]) * ((double)x[i] - dec[0][i]);
-        energy += (double)x[i] * x[i] + (double)dec[0][i] * dec[0][i];
+    return k;
+}
+
+/* A method's score from its k decoded codes (mean and likelihood parameter of the first of them). */
+static int score_decoded(bundle *b, const method_spec *spec, const float *x, float **enc, int64_t k, const float *mean,
+                         const float *param, double *out, char *err) {
+    size_t count = (size_t)b->channels * b->height * b->width;
+    if (strcmp(spec->kind, "monte_carlo") == 0) {
+        double ll = 0;
+        for (int64_t s = 0; s < k; s++)
+            ll += log_likelihood(b, x, mean + s * count, param + (b->bernoulli ? s * count : (size_t)s));
+        *out = (float)(enc[2][0] - ll / (double)k); /* scores are float32, as in the Python runtime */
+        return 1;
     }
-    for (int64_t s = 0; ok && mc && s < k; s++)
-        ll += log_likelihood(b, x, dec[0] + s * count, dec[1] + (b->bernoulli ? s * count : (size_t)s));
-    if (ok && mc) *out = enc[2][0] - ll / (double)k;
-    else if (ok) { /* else the decoder call failed and err says why */
-        ok = 0;
-        for (size_t i = 0; i < sizeof RECONSTRUCTION / sizeof RECONSTRUCTION[0]; i++)
-            if (strcmp(spec->name, RECONSTRUCTION[i].name) == 0) {
-                *out = RECONSTRUCTION[i].score(b, x, dec[0], sq, energy);
-                ok = 1;
-            }
-        if (!ok) snprintf(err, MSG, "method %s is not implemented here", spec->name);
+    double sq = 0, energy = 1;
+    for (size_t i = 0; i < count; i++) {
+        sq += ((double)x[i] - mean[i]) * ((double)x[i] - mean[i]);
+        energy += (double)x[i] * x[i] + (double)mean[i] * mean[i];
+    }
+    for (size_t i = 0; i < sizeof RECONSTRUCTION / sizeof RECONSTRUCTION[0]; i++)
+        if (strcmp(spec->name, RECONSTRUCTION[i].name) == 0) {
+            *out = (float)RECONSTRUCTION[i].score(b, x, mean, sq, energy);
+            return 1;
+        }
+    snprintf(err, MSG, "method %s is not implemented here", spec->name);
+    return 0;
+}
+
+/* Decodes n codes (n * latent floats): dec[0] the means, dec[1] the likelihood parameters (malloc'ed). */
+static int decode_codes(bundle *b, float *t, int64_t n, float **dec, char *err) {
+    const char *dec_out[] = {"x_mean", b->bernoulli ? "x_logits" : "x_logvar"};
+    int64_t tshape[2] = {n, b->latent};
+    return run(b, b->decoder, "t", t, tshape, 2, dec_out, 2, dec, err);
+}
+
+/* The score of one method (not a combination) for one image, given its encoder outputs. */
+static int method_score(bundle *b, const method_spec *spec, float *x, float **enc, int samples, double *out, char *err) {
+    if (strcmp(spec->kind, "encoder") == 0) { *out = (float)enc[2][0]; return 1; }
+    float *dec[2] = {NULL, NULL}, *t = malloc(sizeof(float) * (size_t)((samples > 1 ? samples : 1) * b->latent));
+    int64_t k = codes_for(b, spec, enc, samples, t);
+    int ok = t && decode_codes(b, t, k, dec, err) && score_decoded(b, spec, x, enc, k, dec[0], dec[1], out, err);
+    if (!t) snprintf(err, MSG, "out of memory");
+    free(dec[0]); free(dec[1]); free(t);
+    return ok;
+}
+
+/* The parts of a combination from one decoder call, as the Python runtime shares its pass: the reconstruction
+   parts share the posterior mean, and the Monte-Carlo parts' codes follow it in the same batch. */
+static int combination_parts(bundle *b, float *x, float **enc, double *part_scores, char *err) {
+    int64_t first[MAX_PARTS], k[MAX_PARTS], total = 0, mean_at = -1;
+    size_t count = (size_t)b->channels * b->height * b->width;
+    int max_codes = 1;
+    for (int i = 0; i < b->spec.n_parts; i++) max_codes += b->spec.part_samples[i] > 0 ? b->spec.part_samples[i] : 1;
+    float *dec[2] = {NULL, NULL}, *t = malloc(sizeof(float) * (size_t)max_codes * (size_t)b->latent);
+    if (!t) { snprintf(err, MSG, "out of memory"); return 0; }
+    for (int i = 0; i < b->spec.n_parts; i++) {
+        const method_spec *part = &b->part[i];
+        if (strcmp(part->kind, "encoder") == 0) continue;
+        if (strcmp(part->kind, "reconstruction") == 0 && mean_at >= 0) { first[i] = mean_at; k[i] = 1; continue; }
+        first[i] = total;
+        k[i] = codes_for(b, part, enc, b->spec.part_samples[i], t + total * b->latent);
+        if (strcmp(part->kind, "reconstruction") == 0) mean_at = total;
+        total += k[i];
+    }
+    int ok = total == 0 || decode_codes(b, t, total, dec, err);
+    for (int i = 0; ok && i < b->spec.n_parts; i++) {
+        const method_spec *part = &b->part[i];
+        if (strcmp(part->kind, "encoder") == 0) { part_scores[i] = (float)enc[2][0]; continue; }
+        ok = score_decoded(b, part, x, enc, k[i], dec[0] + (size_t)first[i] * count,
+                           dec[1] + (b->bernoulli ? (size_t)first[i] * count : (size_t)first[i]), &part_scores[i], err);
     }
     free(dec[0]); free(dec[1]); free(t);
-    if (ok) *out = (float)*out; /* scores are float32, as in the Python runtime */
     return ok;
 }
 
@@ -640,10 +687,9 @@ static int score(bundle *b, float *x, double *out, char *err) {
     float *enc[3] = {NULL, NULL, NULL};
     int ok = run(b, b->encoder, "x", x, shape, 4, enc_out, 3, enc, err);
     if (ok && strcmp(b->spec.kind, "combination") == 0) {
-        double log_p_min = 0.0, part;
-        for (int i = 0; ok && i < b->spec.n_parts; i++)
-            if ((ok = method_score(b, &b->part[i], x, enc, b->spec.part_samples[i], &part, err)))
-                log_p_min = fmin(log_p_min, log_p_value(&b->part_ref[i], part));
+        double log_p_min = 0.0, parts[MAX_PARTS];
+        ok = combination_parts(b, x, enc, parts, err);
+        for (int i = 0; ok && i < b->spec.n_parts; i++) log_p_min = fmin(log_p_min, log_p_value(&b->part_ref[i], parts[i]));
         if (ok) *out = (float)fmin(-log_p_min, 1e30); /* -ln of the smallest p-value, read in log space */
     } else if (ok) ok = method_score(b, &b->spec, x, enc, b->spec.samples, out, err);
     for (int i = 0; i < 3; i++) free(enc[i]);
