@@ -80,7 +80,7 @@ async function readInput(bundle, path) {
     return { x, warning: "" };
   }
   if (lower.endsWith(".png")) { // decoded as Pillow does (edgevae-core.js, decodePNG)
-    const { pixels, width, height, stride, channels } = await decodePNG(bytes);
+    const { pixels, width, height, stride, channels } = await decodePNG(bytes, { expect: bundle });
     return { x: preprocess(bundle, pixels, width, height, stride), warning: channelWarning(bundle, channels) };
   }
   const { pixels, width, height, stride } = readPNM(bytes);

@@ -70,7 +70,7 @@ async function decodeImage(file) {
     return preprocess(bundle, pixels, width, height, stride);
   }
   if (/\.png$/i.test(file.name)) { // decoded as Pillow does, not by the browser (which premultiplies alpha)
-    const { pixels, width, height, stride } = await decodePNG(bytes);
+    const { pixels, width, height, stride } = await decodePNG(bytes, { expect: bundle });
     return preprocess(bundle, pixels, width, height, stride);
   }
   // other formats: no colour management, so pixel values reach the model as they are in the file

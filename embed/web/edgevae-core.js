@@ -549,10 +549,13 @@ function rescale16(v) { // edgevae's rint(v / 65535 * 255), half to even
   return Math.abs(t % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }
 
-export async function decodePNG(bytes, maxPixels = 1 << 26) {
+export async function decodePNG(bytes, { maxPixels = 1 << 26, expect = null } = {}) {
   const png = pngChunks(bytes), { width, height, depth, colour } = png;
   if (!(colour in SAMPLES) || ![1, 2, 4, 8, 16].includes(depth) || !width || !height) throw new Error("unsupported PNG header");
   if (width * height > maxPixels) throw new Error(`${width}x${height} is too large to decode`);
+  if (expect && (width !== expect.width || height !== expect.height)) { // before anything is inflated
+    throw new Error(`${width}x${height}, but the bundle takes ${expect.width}x${expect.height} images (resize before scoring)`);
+  }
   if (colour === 3 && !png.palette) throw new Error("broken PNG file (no palette)");
   const samples = SAMPLES[colour], bpp = Math.max(1, (samples * depth) >> 3);
   const data = await inflate(new Uint8Array(await new Blob(png.idat).arrayBuffer()));

@@ -394,3 +394,21 @@ def check_png_variants(run, bundle: Path, tmp_path: Path, digit: np.ndarray, met
     assert set(got) == set(want) == set(files), (got, want)
     bad = {Path(i).name: (got[i], want[i]) for i in files if abs(got[i] - want[i]) > 1e-4 * max(1.0, abs(want[i]))}
     assert not bad, bad
+
+
+# The files of the project's bad-input corpus that the embedded programs score (those Python scores at the bundle's
+# own size, in a format the program reads); every other file is a per-item error.
+CORPUS = ROOT / "tests" / "data" / "bad_inputs"
+CORPUS_SCORED = {"node": {"good_digit.png", "mode_rgba.png", "mode_la.png", "mode_palette.png", "mode_i16.png"},
+                 "c": set()}
+
+
+def check_bad_input_corpus(run, bundle: Path, program: str) -> None:  # type: ignore[no-untyped-def]
+    """Every file of the corpus gives one row, an error unless it is one the program reads; no crash, no hang."""
+    files = sorted(str(p) for p in CORPUS.iterdir())
+    proc = run("-m", str(bundle), *files)
+    rows = {Path(r["item"]).name: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert proc.returncode == 2 and set(rows) == {Path(f).name for f in files}, proc.stderr
+    assert "Sanitizer" not in proc.stderr and "runtime error" not in proc.stderr, proc.stderr
+    scored = {name for name, r in rows.items() if "error" not in r}
+    assert scored == CORPUS_SCORED[program], scored

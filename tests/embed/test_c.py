@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import EMBED, METHODS, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_specs_are_read, compare, need, without_png
+from .conftest import EMBED, METHODS, check_bad_input_corpus, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_specs_are_read, compare, need, without_png
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 
@@ -146,3 +146,7 @@ def test_c_rows_carry_the_channel_warning_python_gives(scorer: Path, bundle: Pat
 
 def test_c_reads_netpbm_variants_as_pillow_does(scorer: Path, bundle: Path, tmp_path: Path, test_digits) -> None:  # type: ignore[no-untyped-def]
     check_netpbm_variants(lambda *a: run(scorer, *a), bundle, tmp_path, test_digits[0][0])
+
+
+def test_c_gives_an_error_row_for_every_bad_file_of_the_corpus(scorer: Path, bundle: Path) -> None:
+    check_bad_input_corpus(lambda *a: run(scorer, *a), bundle, "c")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import EMBED, METHODS, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_png_variants, check_specs_are_read, compare, need
+from .conftest import EMBED, METHODS, check_bad_input_corpus, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_png_variants, check_specs_are_read, compare, need
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 NODE = EMBED / "node"
@@ -88,3 +88,7 @@ def test_node_reads_netpbm_variants_as_pillow_does(node: str, bundle: Path, tmp_
 def test_node_decodes_every_png_kind_as_pillow_does(node: str, bundle: Path, rgb_bundle: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                     test_digits, which: str) -> None:
     check_png_variants(lambda *a: run(node, *a), bundle if which == "gray" else rgb_bundle, tmp_path, test_digits[0][0])
+
+
+def test_node_gives_an_error_row_for_every_bad_file_of_the_corpus(node: str, bundle: Path) -> None:
+    check_bad_input_corpus(lambda *a: run(node, *a), bundle, "node")
