@@ -57,12 +57,17 @@ def python_raw_kl_us(encoder: Path, x: np.ndarray, reps: int) -> float:
     options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
     session = ort.InferenceSession(str(encoder), options, providers=["CPUExecutionProvider"])
     feed = {"x": x}
-    for _ in range(50):
-        session.run(None, feed)
+    return median_us(lambda: session.run(None, feed), reps)
+
+
+def median_us(call: Any, reps: int, warmup: int = 50) -> float:
+    """Median microseconds of ``call()`` over ``reps`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        call()
     times = []
     for _ in range(reps):
         started = time.perf_counter()
-        session.run(None, feed)
+        call()
         times.append(time.perf_counter() - started)
     return statistics.median(times) * 1e6
 
@@ -85,14 +90,7 @@ def python_method_us(bundle: Path, x: np.ndarray, method: str, reps: int) -> flo
     from edgevae.runtime import load
 
     with load(bundle, ["CPUExecutionProvider"], threads=1, slice_workers=1) as model:
-        for _ in range(50):
-            model.raw_scores(x, method)
-        times = []
-        for _ in range(reps):
-            started = time.perf_counter()
-            model.raw_scores(x, method)
-            times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1e6
+        return median_us(lambda: model.raw_scores(x, method), reps)
 
 
 def page_ms(bundle: Path, images: list[Path], method: str) -> dict[str, float]:
