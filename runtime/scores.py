@@ -379,7 +379,14 @@ def exponential_tail(sorted_scores: NDArray[np.float64]) -> TailFit:
     scale = float(np.mean(sorted_scores[n - m:] - sorted_scores[n - m - 1]))
     if not (math.isfinite(scale) and scale > 0.0):  # the top scores are all equal: anything above them is far out
         scale = 1e-3 * max(1.0, abs(float(sorted_scores[-1])))
-    return TailFit(start=float(sorted_scores[-1]), fraction=1.0 / (n + 1), shape=0.0, scale=scale)
+    return TailFit(start=float(sorted_scores[-1]), fraction=1.0 / (n + 1), shape=0.0,
+                   scale=_floored(scale, float(sorted_scores[-1])))
+
+
+def _floored(scale: float, level: float) -> float:
+    """A tail scale no smaller than a billionth of the scores' magnitude: a scale of subnormal size (scores equal
+    but for rounding) would send far-out scores' excesses to infinity, where their p-values tie."""
+    return max(scale, 1e-9 * max(1.0, abs(level)))
 
 
 def tail_model(calibration_scores: Sequence[float] | NDArray[np.floating[Any]]) -> TailFit:
@@ -418,7 +425,7 @@ def exponential_top(sorted_scores: NDArray[np.float64], fraction: float = TAIL_F
     scale = float(np.mean(sorted_scores[n - k:] - start))
     if not (math.isfinite(scale) and scale > 0.0):
         return None
-    return TailFit(start=start, fraction=k / n, shape=0.0, scale=scale)
+    return TailFit(start=start, fraction=k / n, shape=0.0, scale=_floored(scale, float(sorted_scores[-1])))
 
 
 class SurvivalCurve(NamedTuple):
@@ -464,9 +471,13 @@ def threshold_at_fpr(calibration_scores: Sequence[float] | NDArray[np.floating[A
     if fpr <= survival[-1]:
         return float(values[-1])
     threshold = float(np.interp(fpr, survival[::-1], values[::-1]))
-    if math.isfinite(threshold):
-        return threshold
-    return float(values[max(0, int(np.searchsorted(-survival, -fpr, side="right")) - 1)])  # subnormal knot spacing
+    if not math.isfinite(threshold):  # subnormal knot spacing
+        return float(values[max(0, int(np.searchsorted(-survival, -fpr, side="right")) - 1)])
+    for _ in range(4):  # rounded onto a score whose p-value is below fpr already: the float just below it
+        if threshold <= values[0] or p_values(np.array([threshold]), scores, curve=curve)[0] >= fpr:
+            break
+        threshold = float(np.nextafter(threshold, -np.inf))
+    return threshold
 
 
 def log_p_values(scores: NDArray[np.floating[Any]], calibration_scores: NDArray[np.floating[Any]],
