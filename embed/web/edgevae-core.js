@@ -389,7 +389,8 @@ export async function generate(bundle, n, seed = 0) {
 // A PGM or PPM file, read as Pillow reads it (the decoding contract in docs/embedding.md; embed/c/src/inputs.c is
 // the C twin): binary P5/P6 and plain P2/P3, '#' comments to the end of the line anywhere in the header, tokens of
 // at most 10 characters, one whitespace byte after maxval before binary samples, samples of maxval other than 255
-// rescaled to 8 bits with round-half-to-even of v / maxval * 255. 16-bit files (maxval > 255) are refused.
+// rescaled to 8 bits with round-half-to-even of v / maxval * 255; 16-bit files (maxval > 255) as the runtime reads
+// them (colour: round(v / maxval * 255); grey: Pillow's mode I, brought to 8 bits only when a value exceeds 255).
 // -> { pixels (8-bit samples), width, height, stride (samples per pixel) }.
 const isSpace = (c) => c === 32 || (c >= 9 && c <= 13);
 
@@ -413,10 +414,14 @@ function tokenNumber(token) {
   return /^[0-9]{1,10}$/.test(token) ? Number(token) : -1;
 }
 
-function rescale(v, maxval) { // Python's round (half to even) of v / maxval * 255, at most 255
-  if (maxval === 255) return Math.min(v, 255);
-  const t = v / maxval * 255, r = Math.round(t);
-  return Math.min(255, Math.abs(t % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r);
+function roundHalfEven(t) { // Python's round and numpy's rint, for t >= 0
+  const r = Math.round(t);
+  return Math.abs(t % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+function rescale(v, maxval, top = 255) { // round-half-to-even(v / maxval * top), at most top
+  if (maxval === top) return Math.min(v, top);
+  return Math.min(top, roundHalfEven(v / maxval * top));
 }
 
 export function readPNM(bytes) {
@@ -433,20 +438,28 @@ export function readPNM(bytes) {
   }
   const [width, height, maxval] = fields;
   if (maxval < 1 || maxval > 65535) throw new Error("maxval must be in 1..65535");
-  if (maxval > 255) throw new Error(`16-bit samples (maxval ${maxval}) are not read here: convert the file to 8 bits (edgevae's Python runtime reads it)`);
-  const stride = kind === 3 || kind === 6 ? 3 : 1, count = width * height * stride, pixels = new Uint8Array(count);
-  if (kind >= 5) {
-    if (bytes.length - state.pos < count) throw new Error(`truncated (the header is not followed by ${count} bytes of samples)`);
-    for (let i = 0; i < count; i++) pixels[i] = rescale(bytes[state.pos + i], maxval);
-  } else {
-    for (let i = 0; i < count; i++) {
+  const stride = kind === 3 || kind === 6 ? 3 : 1, count = width * height * stride, wide = maxval > 255 ? 2 : 1;
+  if (kind >= 5 && bytes.length - state.pos < count * wide) {
+    throw new Error(`truncated (the header is not followed by ${count * wide} bytes of samples)`);
+  }
+  const wideGrey = maxval > 255 && stride === 1, values = new Uint32Array(count); // wideGrey: Pillow's mode I
+  let top = 0;
+  for (let i = 0; i < count; i++) {
+    let v;
+    if (kind >= 5) v = wide === 2 ? (bytes[state.pos + 2 * i] << 8) | bytes[state.pos + 2 * i + 1] : bytes[state.pos + i];
+    else {
       const token = readToken(bytes, state);
       if (token === "") throw new Error("truncated (fewer samples than width x height)");
-      const v = tokenNumber(token);
+      v = tokenNumber(token);
       if (v < 0) throw new Error("a sample that is not a whole number");
       if (v > maxval) throw new Error("a sample above maxval");
-      pixels[i] = rescale(v, maxval);
     }
+    values[i] = !wideGrey ? rescale(v, maxval) : kind === 5 && maxval === 65535 ? v : rescale(v, maxval, 65535);
+    top = Math.max(top, values[i]);
+  }
+  const pixels = new Uint8Array(count);
+  for (let i = 0; i < count; i++) {
+    pixels[i] = !wideGrey ? values[i] : top > 255 ? roundHalfEven(values[i] / 65535 * 255) : Math.min(values[i], 255);
   }
   return { pixels, width, height, stride };
 }
@@ -545,8 +558,7 @@ function to8bit(v, depth, colour) { // Pillow's 8-bit value of one sample
 }
 
 function rescale16(v) { // edgevae's rint(v / 65535 * 255), half to even
-  const t = v / 65535 * 255, r = Math.round(t);
-  return Math.abs(t % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+  return roundHalfEven(v / 65535 * 255);
 }
 
 export async function decodePNG(bytes, { maxPixels = 1 << 26, expect = null } = {}) {

@@ -269,7 +269,7 @@ def check_channel_warnings(run, bundle: Path, tmp_path: Path) -> None:  # type: 
 
 def netpbm_variants(tmp_path: Path, digit: np.ndarray) -> list[Path]:
     """One digit written as the Netpbm variants Pillow reads: comments in the header, maxval other than 255 (binary
-    and plain), plain grey and colour, comments between plain samples."""
+    and plain), plain grey and colour, comments between plain samples, 16-bit grey and colour."""
     h, w = digit.shape
     files = {}
     files["comment.pgm"] = b"P5\n# a camera's comment\n" + f"{w} # width\n{h}\n255\n".encode() + digit.tobytes()
@@ -283,6 +283,13 @@ def netpbm_variants(tmp_path: Path, digit: np.ndarray) -> list[Path]:
     files["plain.ppm"] = (f"P3 {w} {h} 255\n".encode()
                           + "\n".join(" ".join(str(v) for v in px) for px in rgb.reshape(-1, 3)).encode())
     files["maxval31.ppm"] = f"P6 {w} {h} 31\n".encode() + (rgb.astype(np.uint16) * 31 // 255).astype(np.uint8).tobytes()
+    wide = digit.astype(np.uint32) * 1000 // 255  # 16-bit files: grey (Pillow's mode I) and colour
+    files["grey16_maxval1000.pgm"] = f"P5 {w} {h} 1000\n".encode() + wide.astype(">u2").tobytes()
+    files["grey16_65535.pgm"] = f"P5 {w} {h} 65535\n".encode() + (digit.astype(">u2") * 257).tobytes()
+    files["grey16_dark.pgm"] = f"P5 {w} {h} 65535\n".encode() + (digit.astype(">u2") // 2).tobytes()  # all <= 255
+    files["plain16.pgm"] = (f"P2 {w} {h} 1000\n".encode()
+                            + "\n".join(" ".join(str(v) for v in row) for row in wide).encode())
+    files["colour16.ppm"] = f"P6 {w} {h} 4095\n".encode() + (rgb.astype(">u2") * 16).tobytes()
     out = []
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)

@@ -3,13 +3,17 @@
  * own (embed/c/fuzz). Netpbm files are read as Pillow reads them (PIL/PpmImagePlugin.py): binary P5/P6 and plain
  * P2/P3, '#' comments anywhere in the header (to the end of the line), tokens of at most 10 characters, one
  * whitespace byte after maxval before binary samples, samples of maxval other than 255 rescaled to 8 bits with
- * round-half-to-even (Python's round) of v / maxval * 255. Samples above 255 (16-bit files) are refused here; the
- * Python runtime reads them. Raw float32 (.f32/.raw): C*H*W little-endian values in [0, 1], channel-major.
+ * round-half-to-even (Python's round) of v / maxval * 255. 16-bit files (maxval > 255, two big-endian bytes a
+ * binary sample) as the Python runtime reads them: colour samples round(v / maxval * 255); grey ones Pillow's mode
+ * I (v itself at maxval 65535, else round(v / maxval * 65535)), which the runtime brings to 8 bits with
+ * round-half-to-even(v / 65535 * 255) when any value of the image is above 255, and leaves as they are otherwise.
+ * Raw float32 (.f32/.raw): C*H*W little-endian values in [0, 1], channel-major.
  */
 #include "inputs.h"
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define MAX_TOKEN 10
@@ -49,11 +53,11 @@ static long long token_number(const char *token) {
     return v;
 }
 
-/* v / maxval * 255 rounded half to even (Python's round), at most 255. */
-static unsigned char rescale(long long v, long long maxval) {
-    if (maxval == 255) return (unsigned char)(v > 255 ? 255 : v);
-    double r = nearbyint((double)v / (double)maxval * 255.0); /* the default rounding mode: ties to even */
-    return (unsigned char)(r > 255.0 ? 255 : r);
+/* v / maxval * top rounded half to even (Python's round), at most top. */
+static long long rescale_to(long long v, long long maxval, long long top) {
+    if (maxval == top) return v > top ? top : v;
+    double r = nearbyint((double)v / (double)maxval * (double)top); /* the default rounding mode: ties to even */
+    return r > (double)top ? top : (long long)r;
 }
 
 /* The file's 8-bit samples (bands per pixel) into the model's channels: Pillow's convert("L") of RGB (ITU-R 601-2
@@ -90,11 +94,6 @@ static int read_header(const unsigned char *data, size_t len, size_t *pos, long 
         }
     }
     if (*maxval < 1 || *maxval > 65535) { fail(err, err_len, "maxval must be in 1..65535"); return 0; }
-    if (*maxval > 255) {
-        snprintf(err, err_len, "16-bit samples (maxval %lld) are not read here: convert the file to 8 bits (edgevae's Python "
-                 "runtime reads it)", *maxval);
-        return 0;
-    }
     return kind;
 }
 
@@ -124,29 +123,39 @@ int decode_input(const input_shape *shape, const unsigned char *data, size_t len
                  shape->height);
         return 0;
     }
-    unsigned char s[3];
-    if (kind >= 5) { /* binary: the whitespace byte after maxval was consumed with its token */
-        if (len - pos < pixels * (size_t)bands) {
-            snprintf(err, err_len, "truncated (the header is not followed by %zu bytes of samples)", pixels * (size_t)bands);
-            return 0;
-        }
-        for (size_t i = 0; i < pixels; i++) {
-            for (int c = 0; c < bands; c++) s[c] = rescale(data[pos + i * (size_t)bands + (size_t)c], maxval);
-            store(shape, x, i, s, bands);
-        }
-        return 1;
+    size_t n = pixels * (size_t)bands, width = maxval > 255 ? 2 : 1; /* bytes a binary sample */
+    if (kind >= 5 && len - pos < n * width) {
+        snprintf(err, err_len, "truncated (the header is not followed by %zu bytes of samples)", n * width);
+        return 0;
     }
+    int wide_grey = maxval > 255 && bands == 1; /* Pillow's mode I: 16-bit values, brought to 8 bits below */
+    long long *values = malloc(n * sizeof(long long));
+    if (!values) return fail(err, err_len, "out of memory");
+    long long top = 0;
     char token[MAX_TOKEN + 1];
-    for (size_t i = 0; i < pixels; i++) { /* plain: whitespace-separated decimal samples, comments allowed */
+    for (size_t i = 0; i < n; i++) {
+        long long v;
+        if (kind >= 5) v = width == 2 ? (long long)data[pos + 2 * i] << 8 | data[pos + 2 * i + 1] : data[pos + i];
+        else { /* plain: whitespace-separated decimal samples, comments allowed */
+            int got = read_token(data, len, &pos, token);
+            v = got > 0 ? token_number(token) : -1;
+            const char *why = got == 0 ? "truncated (fewer samples than width x height)"
+                            : v < 0 ? "a sample that is not a whole number" : v > maxval ? "a sample above maxval" : NULL;
+            if (why) { free(values); return fail(err, err_len, why); }
+        }
+        if (!wide_grey) values[i] = rescale_to(v, maxval, 255);
+        else values[i] = kind == 5 && maxval == 65535 ? v : rescale_to(v, maxval, 65535);
+        if (values[i] > top) top = values[i];
+    }
+    unsigned char s[3];
+    for (size_t i = 0; i < pixels; i++) {
         for (int c = 0; c < bands; c++) {
-            int n = read_token(data, len, &pos, token);
-            long long v = n > 0 ? token_number(token) : -1;
-            if (n == 0) return fail(err, err_len, "truncated (fewer samples than width x height)");
-            if (v < 0) return fail(err, err_len, "a sample that is not a whole number");
-            if (v > maxval) return fail(err, err_len, "a sample above maxval");
-            s[c] = rescale(v, maxval);
+            long long v = values[i * (size_t)bands + (size_t)c];
+            if (wide_grey) v = top > 255 ? (long long)nearbyint((double)v / 65535.0 * 255.0) : (v > 255 ? 255 : v);
+            s[c] = (unsigned char)v;
         }
         store(shape, x, i, s, bands);
     }
+    free(values);
     return 1;
 }
