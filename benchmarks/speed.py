@@ -606,9 +606,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           "encoder_batch256_per_s_1thread": statistics.median(rates[(v, 1)]),
                           "bytes": sum(man.files[f]["bytes"] for f in (
                               ("encoder.onnx", "decoder.onnx") if v == "fp32" else
-                              (man.variants[v]["encoder"], man.variants[v]["decoder"])))}
+                              (man.variants[v].encoder, man.variants[v].decoder)))}
                 if v != "fp32":
-                    out[v]["check_auroc"] = man.variants[v]["check_auroc"]
+                    out[v]["check_auroc"] = man.variants[v].raw["check_auroc"]
             for m in models.values():
                 m.close()
             return out

@@ -285,10 +285,6 @@ class Variant:
     def to_dict(self) -> dict[str, Any]:
         return {**self.raw, "encoder": self.encoder, "decoder": self.decoder, "calibration": self.calibration.to_dict()}
 
-    def __getitem__(self, key: str) -> Any:
-        """The raw entry's fields (``variant["check_auroc"]``), for readers of the report figures."""
-        return self.to_dict()[key]
-
 
 @dataclass(frozen=True)
 class Manifest:

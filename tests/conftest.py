@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -80,3 +84,18 @@ def _need_engine(module: str, java: bool = False) -> None:
 def need_engine():  # type: ignore[no-untyped-def]
     """``need_engine("ray")`` / ``need_engine("pyspark", java=True)``: skip or fail as the scale tier says."""
     return _need_engine
+
+
+@pytest.fixture
+def benchmark_script() -> Callable[[str], ModuleType]:
+    """Load a benchmark script (benchmarks/*.py) as a module, without putting benchmarks/ on the import path."""
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(f"{name}_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the script runs
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -87,10 +87,12 @@ class Runtime:
         """
         from edgevae.runtime import read_manifest, thread_plan
 
+        manifest = None
         with errors():
-            manifest = None if method is not None else read_manifest(self.bundle)
-            chosen = method or manifest.default_method  # type: ignore[union-attr]
-            plan = thread_plan(paths, chosen, threads=self.threads, decode_threads=decode_threads)
+            if method is None:
+                manifest = read_manifest(self.bundle)
+                method = manifest.default_method
+            plan = thread_plan(paths, method, threads=self.threads, decode_threads=decode_threads)
         return self.load(plan.threads, plan.slice_workers, manifest)
 
 

@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import EMBED, ROOT, need
+from .conftest import EMBED, need
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 
 
-def test_embed_benchmark_smoke(tmp_path: Path) -> None:
+def test_embed_benchmark_smoke(tmp_path: Path, benchmark_script) -> None:  # type: ignore[no-untyped-def]
     need(all(shutil.which(t) for t in ("gcc", "make", "node")), "gcc, make or node is not installed")
     need((EMBED / "web" / "node_modules" / "onnxruntime-web").is_dir(), "embed/web has no node_modules: make embed-setup")
     need(bool(shutil.which("chromium") or shutil.which("chromium-headless-shell")), "no chromium: apt-get install chromium")
-    spec = importlib.util.spec_from_file_location("embed_benchmark", ROOT / "benchmarks" / "embed.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = benchmark_script("embed")
     out_json, out_md = tmp_path / "e.json", tmp_path / "benchmarks.md"
     module.main(["--smoke", "--json", str(out_json), "--markdown", str(out_md)])
     report = json.loads(out_json.read_text())
