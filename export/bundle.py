@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -23,7 +23,9 @@ from edgevae import __version__
 from edgevae.runtime.options import (
     CALIBRATION_FPR,
     COMBINED_PARTS,
+    COMBINED_PARTS_WITHOUT_HEAD,
     DEFAULT_METHOD,
+    DEFECT_WINDOW,
     ELBO_SAMPLES,
     IWAE_SAMPLES,
     OPSET,
@@ -37,6 +39,9 @@ from edgevae.runtime.calibration import MIN_CALIBRATION_IMAGES, calibration_sect
 from edgevae.runtime.errors import CalibrationError, CheckpointError, ExportError
 from edgevae.runtime.manifest import (
     DECODER_FILE,
+    DEFECT_FILE,
+    DEFECT_INPUT,
+    DEFECT_OUTPUT,
     ENCODER_FILE,
     ENCODER_INPUT,
     FORMAT_NAME,
@@ -51,12 +56,13 @@ from edgevae.runtime.model import Model, Scorer
 from edgevae.runtime.runner import build_runner
 from edgevae.runtime.scores import warn_if_unpromisable
 from edgevae.runtime.writer import graph_with_manifest, write_bundle
+from edgevae.training.defect_head import LoadedHead, load_head
 from edgevae.training.loop import Checkpoint, load_checkpoint, run_holdout
 from edgevae.training.model import VAE
 
-from .graphs import Graphs, export_graphs, quiet_exporter
+from .graphs import Graphs, export_defect_graph, export_graphs, quiet_exporter
 from .parity import PARITY_BATCH_SIZES, PARITY_TOLERANCE, ParityReport, check_parity
-from .variants import MIN_RANK_CORRELATION, compare, make_variant, to_ort_format
+from .variants import MIN_RANK_CORRELATION, compare, make_defect_variant, make_variant, to_ort_format
 
 Say = Callable[[str], None]
 
@@ -80,6 +86,8 @@ class ExportConfig:
         variants: edge variants to add: ``int8`` (static QDQ quantization), ``fp16``.
         ort_format: also write every graph (fp32 and variants) in the ORT format, as variants named
             ``ort`` (fp32) and ``<variant>-ort``.
+        defect_head: ship the run's defect head (``defect.pt``, when it has one) as ``defect.onnx``.
+        defect_window: side of the square the ``defect`` score averages the head's logits over.
     """
 
     fpr: float = CALIBRATION_FPR
@@ -93,6 +101,8 @@ class ExportConfig:
     tolerance: float = PARITY_TOLERANCE
     variants: tuple[str, ...] = ()
     ort_format: bool = False
+    defect_head: bool = True
+    defect_window: int = DEFECT_WINDOW
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fpr < 0.5:
@@ -114,7 +124,24 @@ class ExportConfig:
         return ScoringSpec(contract=contract, latent_dim=latent_dim, likelihood=likelihood,
                            default_method=self.default_method, elbo_samples=self.elbo_samples,
                            iwae_samples=self.iwae_samples, seed=self.score_seed, smooth_sigma=self.smooth_sigma,
-                           combined_parts=self.combined_parts)
+                           combined_parts=self.combined_parts, defect_window=self.defect_window)
+
+    def for_head(self, has_head: bool) -> "ExportConfig":
+        """This config for a bundle with or without a defect head: without one, the default parts and method
+        leave ``defect`` out.
+
+        Raises:
+            ExportError: a part or default method named ``defect`` without a head to compute it.
+        """
+        if has_head:
+            return self
+        parts, method = self.combined_parts, self.default_method
+        if parts == COMBINED_PARTS:
+            parts = COMBINED_PARTS_WITHOUT_HEAD
+        if "defect" in parts or method == "defect":
+            raise ExportError("the defect score needs the run's defect head (defect.pt), which this export has not: "
+                              "train with the defect head (the default), or choose other parts and default method")
+        return replace(self, combined_parts=parts, default_method=method)
 
 
 def export_bundle(
@@ -154,18 +181,24 @@ def export_bundle(
         raise ExportError(f"{target} already exists; choose another folder or pass --force to replace it")
     model = ck.model.eval()
     mc = ck.model_config
+    head = load_head(ck.path) if cfg.defect_head and ck.path is not None else None
+    cfg = cfg.for_head(head is not None)
     references, images = _export_images(ck, calibration_images, reference_images)
-    say("exporting encoder.onnx and decoder.onnx")
+    say("exporting encoder.onnx and decoder.onnx" + (" and defect.onnx" if head is not None else ""))
     graphs = export_graphs(model, images, cfg.opset)
+    defect_graph = export_defect_graph(head.head, images, cfg.opset) if head is not None else None
     scorer = _scorer(cfg.scoring_spec(mc.contract, int(mc.latent_dim or 0), mc.likelihood), graphs.encoder.SerializeToString(),
-                     graphs.decoder.SerializeToString())
+                     graphs.decoder.SerializeToString(),
+                     defect=defect_graph.SerializeToString() if defect_graph is not None else None)
     scorer, calibration = _measure(scorer, references, images, cfg, say)
     say(f"checking parity with PyTorch at batch sizes {' and '.join(map(str, PARITY_BATCH_SIZES))}")
-    report = check_parity(model, scorer, images, cfg.tolerance)
+    report = check_parity(model, scorer, images, cfg.tolerance, head.head if head is not None else None)
     warn_if_unpromisable(cfg.fpr, images.shape[0], tail=any(c.tail is not None for c in calibration.methods.values()))
-    manifest = build_manifest(ck, cfg, scorer, calibration, report)
+    manifest = build_manifest(ck, cfg, scorer, calibration, report, head)
     files = {ENCODER_FILE: serialize(graphs.encoder), DECODER_FILE: serialize(graphs.decoder), **_data_files(scorer)}
-    manifest["variants"] = build_variants(files, manifest, graphs, model, scorer, images, cfg, say)
+    if defect_graph is not None:
+        files[DEFECT_FILE] = serialize(defect_graph)
+    manifest["variants"] = build_variants(files, manifest, graphs, model, scorer, images, cfg, say, defect_graph)
     say("writing the bundle")
     try:
         write_bundle(target, files, manifest, replace=force, sign_key=sign_key)
@@ -224,10 +257,11 @@ def _export_images(ck: Checkpoint, calibration_images: np.ndarray | None,
     return contract.prepare(reference_images), images
 
 
-def _scorer(spec: ScoringSpec, encoder: bytes, decoder: bytes, like: Scorer | None = None) -> Scorer:
+def _scorer(spec: ScoringSpec, encoder: bytes, decoder: bytes, like: Scorer | None = None,
+            defect: bytes | None = None) -> Scorer:
     """An uncalibrated scorer over serialized graphs, on the CPU provider (what export checks against), with the
     map statistics and references of ``like`` when given."""
-    runner = build_runner(encoder, decoder, ["CPUExecutionProvider"], slice_workers=1)
+    runner = build_runner(encoder, decoder, ["CPUExecutionProvider"], slice_workers=1, defect=defect)
     check_graphs(runner, spec)
     scorer = Scorer(spec, runner)
     return scorer.with_maps(like.maps, like.combination) if like is not None and like.maps is not None else scorer
@@ -244,7 +278,8 @@ def _calibrate(scorer: Scorer, images: np.ndarray, fpr: float) -> Calibration:
 
 
 def build_variants(files: dict[str, bytes], manifest: dict[str, Any], graphs: Graphs, model: VAE, scorer: Scorer,
-                   images: np.ndarray, cfg: ExportConfig, say: Say) -> dict[str, Any]:
+                   images: np.ndarray, cfg: ExportConfig, say: Say,
+                   defect_graph: onnx.ModelProto | None = None) -> dict[str, Any]:
     """Add the configured edge variants (and ORT-format copies) to ``files``, each checked against fp32 and
     calibrated on its own; returns the manifest's ``variants`` section.
 
@@ -252,24 +287,30 @@ def build_variants(files: dict[str, bytes], manifest: dict[str, Any], graphs: Gr
         ExportError: a variant ranks held-out images unlike the fp32 graphs.
     """
     variants: dict[str, Any] = {}
-    builds: list[tuple[str, bytes, bytes]] = [("fp32", files[ENCODER_FILE], files[DECODER_FILE])]
+    builds: list[tuple[str, bytes, bytes, bytes | None]] = [
+        ("fp32", files[ENCODER_FILE], files[DECODER_FILE], files.get(DEFECT_FILE))]
     for name in cfg.variants:
         say(f"building the {name} variant")
         with torch.no_grad():
             latents = model.encode(torch.from_numpy(images))[0].numpy()  # (N, D), as PyTorch computes them
         with quiet_exporter():
             v_enc, v_dec = make_variant(name, graphs.encoder, graphs.decoder, images, latents)
-        builds.append((name, serialize(v_enc), serialize(v_dec)))
+            v_defect = make_defect_variant(name, defect_graph, images) if defect_graph is not None else None
+        builds.append((name, serialize(v_enc), serialize(v_dec), serialize(v_defect) if v_defect is not None else None))
     if cfg.ort_format:  # an ORT file keeps the metadata of the ONNX graph it is converted from
         say("converting graphs to the ORT format")
         builds += [(("ort" if n == "fp32" else f"{n}-ort"), to_ort_format(graph_with_manifest(e, manifest)),
-                    to_ort_format(graph_with_manifest(d, manifest))) for n, e, d in builds]
-    for name, enc_bytes, dec_bytes in builds[1:]:
+                    to_ort_format(graph_with_manifest(d, manifest)),
+                    to_ort_format(graph_with_manifest(f, manifest)) if f is not None else None)
+                   for n, e, d, f in builds]
+    for name, enc_bytes, dec_bytes, defect_bytes in builds[1:]:
         say(f"validating and calibrating the {name} variant")
         ext = "ort" if name.endswith("ort") else "onnx"
         stem = name.replace("-ort", "") if name != "ort" else "fp32"
         names = {"encoder": f"encoder.{stem}.{ext}", "decoder": f"decoder.{stem}.{ext}"}
-        variant = _scorer(scorer.spec, enc_bytes, dec_bytes, like=scorer)
+        if defect_bytes is not None:
+            names["defect"] = f"defect.{stem}.{ext}"
+        variant = _scorer(scorer.spec, enc_bytes, dec_bytes, like=scorer, defect=defect_bytes)
         report = compare(scorer, variant, images)
         # combined is a step function of its parts at their reference scores, each part is held to the bar
         weak = {m: r for m, r in report["rank_correlation"].items() if m != "combined" and not r >= MIN_RANK_CORRELATION}
@@ -278,6 +319,8 @@ def build_variants(files: dict[str, bytes], manifest: dict[str, Any], graphs: Gr
                               + ", ".join(f"{m} {r:.3f}" for m, r in weak.items())
                               + f" < {MIN_RANK_CORRELATION}); leave it out")
         files[names["encoder"]], files[names["decoder"]] = enc_bytes, dec_bytes
+        if defect_bytes is not None:
+            files[names["defect"]] = defect_bytes
         variants[name] = {**names, "format": ext, **report,
                           "calibration": _calibrate(variant, images, cfg.fpr).to_dict()}
     return variants
@@ -291,15 +334,21 @@ def _versions() -> dict[str, str]:
 
 
 def build_manifest(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer, calibration: Calibration,
-                   parity: ParityReport) -> dict[str, Any]:
+                   parity: ParityReport, head: LoadedHead | None = None) -> dict[str, Any]:
     """The manifest of a bundle, without ``files`` and ``variants``."""
     mc, spec = ck.model_config, scorer.spec
     scoring = spec.to_dict()
     if scorer.maps is not None:
         scoring["map"] = scorer.maps.manifest_entry()
-    c, h, w = spec.contract.shape
-    mean_name, param_name = spec.decoder_outputs
-    param_shape: list[Any] = ["N", c, h, w] if spec.likelihood == "bernoulli" else ["N", 1]
+    graphs = _graph_entries(spec)
+    if head is not None:
+        scoring["defect"] = {"file": DEFECT_FILE, "input": DEFECT_INPUT, "output": DEFECT_OUTPUT,
+                             "map": "sigmoid of the logits: per-pixel defect probability",
+                             "parameters": sum(p.numel() for p in head.head.parameters()),
+                             "widths": list(head.config.widths), "training": head.summary,
+                             "generator": head.config.to_dict()["defects"]}
+        graphs["defect"] = {"file": DEFECT_FILE, "inputs": {DEFECT_INPUT: ["N", spec.contract.channels, "H", "W"]},
+                            "outputs": {DEFECT_OUTPUT: ["N", 1, "H", "W"]}}
     return {
         "format": FORMAT_NAME,
         "schema_version": SCHEMA_VERSION,
@@ -310,12 +359,7 @@ def build_manifest(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer, calibratio
         "latent_dim": spec.latent_dim,
         "likelihood": spec.likelihood,
         "prior": "N(0, I)",
-        "graphs": {
-            "encoder": {"file": ENCODER_FILE, "inputs": {ENCODER_INPUT: ["N", c, h, w]},
-                        "outputs": {"mu": ["N", spec.latent_dim], "logvar": ["N", spec.latent_dim], "kl": ["N"]}},
-            "decoder": {"file": DECODER_FILE, "inputs": {"t": ["N", spec.latent_dim]},
-                        "outputs": {mean_name: ["N", c, h, w], param_name: param_shape}},
-        },
+        "graphs": graphs,
         "scoring": scoring,
         "calibration": calibration.to_dict(),
         "parity": {
@@ -326,6 +370,19 @@ def build_manifest(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer, calibratio
         },
         "model": mc.to_dict(),
         "training": training_summary(ck),
+    }
+
+
+def _graph_entries(spec: ScoringSpec) -> dict[str, Any]:
+    """The manifest's ``graphs`` section for the encoder and the decoder."""
+    c, h, w = spec.contract.shape
+    mean_name, param_name = spec.decoder_outputs
+    param_shape: list[Any] = ["N", c, h, w] if spec.likelihood == "bernoulli" else ["N", 1]
+    return {
+        "encoder": {"file": ENCODER_FILE, "inputs": {ENCODER_INPUT: ["N", c, h, w]},
+                    "outputs": {"mu": ["N", spec.latent_dim], "logvar": ["N", spec.latent_dim], "kl": ["N"]}},
+        "decoder": {"file": DECODER_FILE, "inputs": {"t": ["N", spec.latent_dim]},
+                    "outputs": {mean_name: ["N", c, h, w], param_name: param_shape}},
     }
 
 

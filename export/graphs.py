@@ -7,18 +7,26 @@ import io
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import onnx
 import torch
 
 from edgevae.runtime.errors import ExportError
-from edgevae.runtime.manifest import DECODER_INPUT, ENCODER_INPUT, ENCODER_OUTPUTS, decoder_outputs
+from edgevae.runtime.manifest import (
+    DECODER_INPUT,
+    DEFECT_INPUT,
+    DEFECT_OUTPUT,
+    ENCODER_INPUT,
+    ENCODER_OUTPUTS,
+    decoder_outputs,
+)
 from edgevae.training.model import VAE
 
-# Largest batch the dynamic batch axis admits.
+# Largest batch the dynamic batch axis admits, and the largest side of the defect head's free image size.
 MAX_BATCH = 1 << 20
+MAX_SIDE = 1 << 15
 
 
 
@@ -58,17 +66,21 @@ class _EncoderGraph(torch.nn.Module):
 
 
 def export_graph(module: torch.nn.Module, example: torch.Tensor, input_name: str, output_names: list[str],
-                 opset: int) -> onnx.ModelProto:
+                 opset: int, *, free_size: bool = False) -> onnx.ModelProto:
     """Export one module with the torch.export-based exporter and a dynamic batch axis; run onnx.checker.
+
+    ``free_size`` also leaves the height and width free (a fully convolutional graph: any image size).
 
     Raises:
         ExportError: the exporter returned nothing.
     """
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    axes: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}
+    if free_size:
+        axes.update({2: torch.export.Dim("height", min=8, max=MAX_SIDE), 3: torch.export.Dim("width", min=8, max=MAX_SIDE)})
     with quiet_exporter():
         program = torch.onnx.export(
             module, (example,), dynamo=True, input_names=[input_name], output_names=output_names,
-            dynamic_shapes={input_name: {0: batch}}, opset_version=opset, verbose=False,
+            dynamic_shapes={input_name: axes}, opset_version=opset, verbose=False,
         )
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
@@ -86,3 +98,8 @@ def export_graphs(model: VAE, images: np.ndarray, opset: int) -> Graphs:
     decoder = export_graph(model.decoder, t_example, DECODER_INPUT, list(decoder_outputs(model.config.likelihood)),
                            opset)
     return Graphs(encoder, decoder)
+
+
+def export_defect_graph(head: torch.nn.Module, images: np.ndarray, opset: int) -> onnx.ModelProto:
+    """Export the defect head (x -> defect logits) with a free batch, height and width."""
+    return export_graph(head.eval(), torch.from_numpy(images[:3]), DEFECT_INPUT, [DEFECT_OUTPUT], opset, free_size=True)

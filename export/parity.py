@@ -9,7 +9,7 @@ import onnxruntime as ort
 import torch
 
 from edgevae.runtime.methods import METHODS, SCORE_METHODS
-from edgevae.runtime.manifest import DECODER_INPUT, ENCODER_INPUT, ENCODER_OUTPUTS
+from edgevae.runtime.manifest import DECODER_INPUT, DEFECT_INPUT, DEFECT_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUTS
 from edgevae.runtime.model import Scorer
 from edgevae.training.model import VAE
 from edgevae.training.objectives import score as torch_score
@@ -57,6 +57,18 @@ def graph_parity(model: VAE, encoder: ort.InferenceSession, decoder: ort.Inferen
     return diffs
 
 
+def defect_parity(head: torch.nn.Module, session: ort.InferenceSession, images: np.ndarray,
+                  batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES) -> dict[str, float]:
+    """Max difference between onnxruntime and PyTorch for the defect head's logits, at each batch size."""
+    diffs: dict[str, float] = {}
+    for bs in batch_sizes:
+        x = images[:bs]
+        with torch.no_grad():
+            ref = head(torch.from_numpy(x)).numpy()
+        _record(diffs, f"defect.{DEFECT_OUTPUT}", ref, session.run([DEFECT_OUTPUT], {DEFECT_INPUT: x})[0])
+    return diffs
+
+
 def _record(diffs: dict[str, float], key: str, ref: np.ndarray, got: np.ndarray) -> None:
     """The largest difference, absolute for values up to 1 and relative above (float32 rounding grows with the
     value: a plain autoencoder's unpenalised codes give KLs in the thousands)."""
@@ -66,7 +78,8 @@ def _record(diffs: dict[str, float], key: str, ref: np.ndarray, got: np.ndarray)
     diffs[key] = max(diffs.get(key, 0.0), float(np.max(np.abs(r - got) / np.maximum(1.0, np.abs(r)))))
 
 
-def score_parity(model: VAE, scorer: Scorer, images: np.ndarray) -> dict[str, float]:
+def score_parity(model: VAE, scorer: Scorer, images: np.ndarray,
+                 head: torch.nn.Module | None = None) -> dict[str, float]:
     """Max relative difference between runtime scores and the PyTorch twins, per method."""
     out: dict[str, float] = {}
     noise = {m: torch.from_numpy(n.copy()) for m in SCORE_METHODS if (n := scorer.noise(m)) is not None}
@@ -83,23 +96,30 @@ def score_parity(model: VAE, scorer: Scorer, images: np.ndarray) -> dict[str, fl
             step = max(1, TORCH_VALUES // (k * images[0].size))
             ref = np.concatenate([torch_score(model, torch.from_numpy(images[i:i + step]), method, noise.get(method),
                                               scorer.spec.smooth_sigma, scorer.maps, scorer.combination,
-                                              noise).numpy().astype(np.float64)
+                                              noise, defect_head=head,
+                                              defect_window=scorer.spec.defect_window).numpy().astype(np.float64)
                                   for i in range(0, images.shape[0], step)])
         got = scorer.raw_scores(images, method).astype(np.float64)
         out[method] = float(np.max(np.abs(ref - got) / np.maximum(1.0, np.abs(ref))))
     return out
 
 
-def check_parity(model: VAE, scorer: Scorer, images: np.ndarray, tolerance: float) -> ParityReport:
-    """Compare graph outputs (absolute ``tolerance``) and scores (relative ``SCORE_RTOL``) with PyTorch.
+def check_parity(model: VAE, scorer: Scorer, images: np.ndarray, tolerance: float,
+                 head: torch.nn.Module | None = None) -> ParityReport:
+    """Compare graph outputs (absolute ``tolerance``) and scores (relative ``SCORE_RTOL``) with PyTorch; the
+    defect head's too when the scorer has one (``head`` is its PyTorch module).
 
     Raises:
         ExportError: a difference beyond its tolerance.
     """
     encoder, decoder = scorer.runner.sessions(in_slice=False)
     diffs = graph_parity(model, encoder, decoder, images, list(scorer.spec.decoder_outputs))
+    if scorer.has_defect_head:
+        if head is None:
+            raise ExportError("the scorer has a defect graph but no PyTorch head was given to check it against")
+        diffs.update(defect_parity(head, scorer.runner.defect_session(False), images))
     _refuse(diffs, tolerance, "onnxruntime and PyTorch disagree beyond the tolerance")
-    score_diffs = score_parity(model, scorer, images[:SCORE_PARITY_IMAGES])
+    score_diffs = score_parity(model, scorer, images[:SCORE_PARITY_IMAGES], head)
     _refuse(score_diffs, SCORE_RTOL, "runtime scores disagree with PyTorch beyond relative tolerance")
     return ParityReport(diffs, score_diffs)
 

@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from edgevae.runtime.options import SCORE_METHODS, VARIANTS
 from edgevae.runtime.calibration import auroc, scores_in_batches
-from edgevae.runtime.manifest import DECODER_INPUT, ENCODER_INPUT
+from edgevae.runtime.manifest import DECODER_INPUT, DEFECT_INPUT, ENCODER_INPUT
 from edgevae.runtime.model import Scorer
 
 # Held-out images (and 3x as many perturbed copies) in the label-free check; Monte-Carlo scores use
@@ -120,6 +120,15 @@ def make_variant(name: str, enc: onnx.ModelProto, dec: onnx.ModelProto, images: 
                 quantize_int8(dec, DECODER_INPUT, [latents[i:i + 64] for i in range(0, len(latents), 64)]))
     if name == "fp16":
         return to_fp16(enc), to_fp16(dec)
+    raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+
+
+def make_defect_variant(name: str, graph: onnx.ModelProto, images: np.ndarray) -> onnx.ModelProto:
+    """The defect head's graph in a variant: int8 calibrated on ``images``, or fp16."""
+    if name == "int8":
+        return quantize_int8(graph, DEFECT_INPUT, [images[i:i + 64] for i in range(0, len(images), 64)])
+    if name == "fp16":
+        return to_fp16(graph)
     raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
 
 

@@ -13,6 +13,8 @@ from .errors import BundleError
 from .manifest import (
     DECODER_FILE,
     DECODER_INPUT,
+    DEFECT_INPUT,
+    DEFECT_OUTPUT,
     ENCODER_FILE,
     ENCODER_INPUT,
     ENCODER_OUTPUTS,
@@ -38,19 +40,23 @@ def _ort_load_errors() -> tuple[type[BaseException], ...]:
 
 
 def select_variant(manifest: Manifest, variant: str | None, path: Path) -> tuple[Manifest, list[str]]:
-    """The manifest with the variant's calibration in force, and the variant's (encoder, decoder) files.
+    """The manifest with the variant's calibration in force, and the variant's graph files: encoder, decoder and,
+    when the bundle has a defect head, its graph (the fp32 one for a variant that lists none).
 
     Raises:
         BundleError: the bundle has no such variant.
     """
     if variant in (None, "fp32"):
-        return manifest, [ENCODER_FILE, DECODER_FILE]
+        return manifest, manifest.graph_files()
     try:
         selected = manifest.with_variant(variant)
     except BundleError as exc:
         raise BundleError(f"{path}: {exc}") from exc
     spec = manifest.variants[variant]
-    return selected, [spec.encoder, spec.decoder]
+    files = spec.graph_files
+    if manifest.defect is not None and spec.defect is None:
+        files = files + [manifest.defect.file]
+    return selected, files
 
 
 def check_graphs(runner: GraphRunner, spec: ScoringSpec) -> None:
@@ -64,9 +70,26 @@ def check_graphs(runner: GraphRunner, spec: ScoringSpec) -> None:
         "decoder": ([DECODER_INPUT], list(spec.decoder_outputs), [spec.latent_dim]),
     }
     for role, sessions in runner.all_sessions().items():
-        inputs, outputs, shape = io[role]
         for session in sessions:
+            if role == "defect":
+                _check_defect_graph(session, spec.contract.channels)
+                continue
+            inputs, outputs, shape = io[role]
             _check_graph(session, role, inputs, outputs, shape, spec.latent_dim)
+
+
+def _check_defect_graph(session: ort.InferenceSession, channels: int) -> None:
+    """The defect head takes images (N, C, H, W) with the contract's C (H and W may be fixed or free) and gives
+    one logit map (N, 1, H, W)."""
+    got_in = [a.name for a in session.get_inputs()]
+    got_out = [a.name for a in session.get_outputs()]
+    if got_in != [DEFECT_INPUT] or got_out != [DEFECT_OUTPUT]:
+        raise BundleError(f"defect graph maps {got_in} to {got_out}; the manifest says [{DEFECT_INPUT!r}] to "
+                          f"[{DEFECT_OUTPUT!r}]")
+    arg = session.get_inputs()[0]
+    if arg.type != "tensor(float)" or len(arg.shape) != 4 or arg.shape[1] != channels:
+        raise BundleError(f"defect input {arg.name!r} is {arg.type} {arg.shape}; the manifest says float [N, {channels}, "
+                          "H, W]")
 
 
 def _check_graph(session: ort.InferenceSession, name: str, inputs: list[str], outputs: list[str],
@@ -129,9 +152,10 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
         # those are read and checked below
         verify_files(path, manifest, skip=[*names, *manifest.data_files()])
     manifest = selected
-    encoder, decoder = (read_verified(path, manifest, name) for name in names)
+    encoder, decoder, *defect = (read_verified(path, manifest, name) for name in names)
     try:
-        runner = build_runner(encoder, decoder, providers, threads=threads, strict=strict, slice_workers=slice_workers)
+        runner = build_runner(encoder, decoder, providers, threads=threads, strict=strict, slice_workers=slice_workers,
+                              defect=defect[0] if defect else None)
     except _ort_load_errors() as exc:
         raise BundleError(f"{path}: onnxruntime cannot load the graphs: {exc}") from exc
     check_graphs(runner, manifest.scoring)

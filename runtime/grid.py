@@ -71,17 +71,24 @@ def heat_colours(values: NDArray[Any]) -> NDArray[np.float32]:
 
 
 def map_panel(image: NDArray[Any], reconstruction: NDArray[Any], anomaly_map: NDArray[Any],
-              scale: int | None = None) -> NDArray[np.uint8]:
+              scale: int | None = None, defect_map: NDArray[Any] | None = None) -> NDArray[np.uint8]:
     """One image's panel, (H', 3 W' + gaps, 3) uint8: the image | its reconstruction | the anomaly map as a heat
-    map over the image in gray. ``scale`` enlarges each pixel (default: to about 128 pixels high)."""
+    map over the image in gray (| the defect head's map, probabilities in [0, 1], the same way, when given).
+    ``scale`` enlarges each pixel (default: to about 128 pixels high)."""
     c, h, w = image.shape
     k = scale or max(1, 128 // max(h, w))
     gray = np.asarray(image, dtype=np.float32).mean(axis=0)
-    heat = np.clip(np.asarray(anomaly_map, dtype=np.float32) / MAP_DISPLAY_MAX, 0.0, 1.0)
-    alpha = np.minimum(1.0, 2.0 * heat)[None]
-    overlay = (1 - alpha) * (0.6 * gray[None]) + alpha * np.moveaxis(heat_colours(heat), -1, 0)
-    panels = [_rgb(np.asarray(image, dtype=np.float32)), _rgb(np.asarray(reconstruction, dtype=np.float32)), overlay]
-    grid = make_grid(np.stack(panels), columns=3, pad=1)
+
+    def overlay(heat: NDArray[np.float32]) -> NDArray[np.float32]:
+        alpha = np.minimum(1.0, 2.0 * heat)[None]
+        out: NDArray[np.float32] = (1 - alpha) * (0.6 * gray[None]) + alpha * np.moveaxis(heat_colours(heat), -1, 0)
+        return out
+
+    panels = [_rgb(np.asarray(image, dtype=np.float32)), _rgb(np.asarray(reconstruction, dtype=np.float32)),
+              overlay(np.clip(np.asarray(anomaly_map, dtype=np.float32) / MAP_DISPLAY_MAX, 0.0, 1.0))]
+    if defect_map is not None:
+        panels.append(overlay(np.clip(np.asarray(defect_map, dtype=np.float32), 0.0, 1.0)))
+    grid = make_grid(np.stack(panels), columns=len(panels), pad=1)
     return np.repeat(np.repeat(grid, k, axis=0), k, axis=1)
 
 

@@ -20,11 +20,13 @@ from typing import Any, Mapping
 from .contract import InputContract
 from .errors import BundleError
 from .maps import STATISTIC, Combination, Reference, check_parts
-from .methods import METHODS, MONTE_CARLO_METHODS, SCORE_METHODS, noise_file, samples_for
+from .methods import GRAPHS, METHODS, MONTE_CARLO_METHODS, SCORE_METHODS, noise_file, samples_for
 from .options import (
     COMBINED_ELBO_SAMPLES,
     COMBINED_PARTS,
+    COMBINED_PARTS_WITHOUT_HEAD,
     DEFAULT_METHOD,
+    DEFECT_WINDOW,
     ELBO_SAMPLES,
     ELBO_SAMPLES_MAX,
     IWAE_SAMPLES,
@@ -45,6 +47,9 @@ DECODER_FILE = "decoder.onnx"
 ENCODER_INPUT = "x"
 ENCODER_OUTPUTS = ("mu", "logvar", "kl")
 DECODER_INPUT = "t"
+DEFECT_FILE = "defect.onnx"
+DEFECT_INPUT = "x"
+DEFECT_OUTPUT = "defect_logits"
 
 
 def decoder_outputs(likelihood: str) -> tuple[str, str]:
@@ -84,6 +89,7 @@ class ScoringSpec:
         combined_parts: the methods ``combined`` joins through their p-values.
         combined_elbo_samples: K of an ``elbo`` part inside ``combined`` (at most ``elbo_samples``: the first rows
             of the elbo noise).
+        defect_window: side of the square the ``defect`` score averages the defect head's logits over.
     """
 
     contract: InputContract
@@ -96,8 +102,11 @@ class ScoringSpec:
     smooth_sigma: float = SMOOTH_SIGMA
     combined_parts: tuple[str, ...] = COMBINED_PARTS
     combined_elbo_samples: int = COMBINED_ELBO_SAMPLES
+    defect_window: int = DEFECT_WINDOW
 
     def __post_init__(self) -> None:
+        if not 1 <= self.defect_window <= 255:
+            raise ValueError(f"defect_window must be in 1..255 pixels, got {self.defect_window}")
         if not 1 <= self.combined_elbo_samples <= ELBO_SAMPLES_MAX:
             raise ValueError(f"combined_elbo_samples must be in 1..{ELBO_SAMPLES_MAX}, got {self.combined_elbo_samples}")
         object.__setattr__(self, "combined_parts", tuple(self.combined_parts))
@@ -133,12 +142,15 @@ class ScoringSpec:
             entry: dict[str, Any] = {"kind": m.kind, "graphs": list(m.graphs), "samples": self.samples(name),
                                      "noise": noise_file(name) if m.draws_noise else None, "map": m.needs_maps,
                                      "importance": m.importance}
+            if m.kind == "defect":
+                entry["window"] = self.defect_window
             if m.kind == "combination":
                 entry["parts"] = list(self.combined_parts)
                 entry["part_samples"] = {p: self.part_samples(p) for p in self.combined_parts}
                 entry["map"] = any(METHODS[p].needs_maps for p in self.combined_parts)
-                entry["graphs"] = sorted({g for p in self.combined_parts for g in METHODS[p].graphs},
-                                         key=["encoder", "decoder"].index)
+                entry["graphs"] = sorted({g for p in self.combined_parts for g in METHODS[p].graphs}, key=GRAPHS.index)
+                if "defect" in self.combined_parts:
+                    entry["window"] = self.defect_window
             out[name] = entry
         return out
 
@@ -151,6 +163,7 @@ class ScoringSpec:
             "elbo_samples": self.elbo_samples,
             "iwae_samples": self.iwae_samples,
             "smooth_sigma": self.smooth_sigma,
+            "defect_window": self.defect_window,
             "seed": self.seed,
             "noise": "numpy.random.default_rng(seed).standard_normal((K, latent_dim), float32) with K = elbo_samples "
                      "or iwae_samples, shared by every image",
@@ -174,8 +187,10 @@ class ScoringSpec:
             iwae_samples=int(scoring.get("iwae_samples", IWAE_SAMPLES)),
             seed=int(scoring["seed"]),
             smooth_sigma=float(scoring.get("smooth_sigma", SMOOTH_SIGMA)),
-            combined_parts=tuple(str(p) for p in (scoring.get("combined") or {}).get("parts", COMBINED_PARTS)),
+            combined_parts=tuple(str(p) for p in (scoring.get("combined") or {}).get("parts",
+                                                                                     COMBINED_PARTS_WITHOUT_HEAD)),
             combined_elbo_samples=int((scoring.get("combined") or {}).get("elbo_samples", COMBINED_ELBO_SAMPLES)),
+            defect_window=int(scoring.get("defect_window", DEFECT_WINDOW)),
         )
 
 
@@ -211,6 +226,25 @@ class MapEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.raw, "file": self.file, "shape": list(self.shape), "sigma": self.sigma, "top_k": self.top_k}
+
+
+@dataclass(frozen=True)
+class DefectEntry:
+    """``scoring.defect``: the defect head's graph (images (N, C, H, W) in, logits (N, 1, H, W) out) and how it
+    was trained (informational, in ``raw``)."""
+
+    file: str = DEFECT_FILE
+    input: str = DEFECT_INPUT
+    output: str = DEFECT_OUTPUT
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DefectEntry":
+        return cls(str(data["file"]), str(data.get("input", DEFECT_INPUT)), str(data.get("output", DEFECT_OUTPUT)),
+                   dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.raw, "file": self.file, "input": self.input, "output": self.output}
 
 
 @dataclass(frozen=True)
@@ -269,21 +303,31 @@ class Calibration:
 
 @dataclass(frozen=True)
 class Variant:
-    """An edge variant: its two graph files, their format and a calibration of their own."""
+    """An edge variant: its graph files (the defect head's too, when the bundle has one), their format and a
+    calibration of their own."""
 
     name: str
     encoder: str
     decoder: str
     calibration: Calibration
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    defect: str | None = None
 
     @classmethod
     def from_dict(cls, name: str, data: Mapping[str, Any]) -> "Variant":
+        defect = data.get("defect")
         return cls(name, str(data["encoder"]), str(data["decoder"]), Calibration.from_dict(data["calibration"]),
-                   dict(data))
+                   dict(data), str(defect) if defect is not None else None)
+
+    @property
+    def graph_files(self) -> list[str]:
+        return [self.encoder, self.decoder] + ([self.defect] if self.defect is not None else [])
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.raw, "encoder": self.encoder, "decoder": self.decoder, "calibration": self.calibration.to_dict()}
+        out = {**self.raw, "encoder": self.encoder, "decoder": self.decoder, "calibration": self.calibration.to_dict()}
+        if self.defect is not None:
+            out["defect"] = self.defect
+        return out
 
 
 @dataclass(frozen=True)
@@ -303,6 +347,7 @@ class Manifest:
     calibration_section: Calibration | None = field(default=None, repr=False)
     map: MapEntry | None = None
     noise: Mapping[str, NoiseEntry] = field(default_factory=dict, repr=False)
+    defect: DefectEntry | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.calibration_fpr < 1.0:
@@ -324,6 +369,10 @@ class Manifest:
         """The combined score's parts and references in the calibration in force."""
         section = self.calibration_section
         return section.combination(self.scoring.combined_parts) if section is not None else None
+
+    def graph_files(self) -> list[str]:
+        """The fp32 graphs: encoder, decoder and (when the bundle has one) the defect head."""
+        return [ENCODER_FILE, DECODER_FILE] + ([self.defect.file] if self.defect is not None else [])
 
     def data_files(self) -> list[str]:
         """The files beside the graphs that loading reads: noise and map statistics."""
@@ -359,6 +408,8 @@ class Manifest:
         scoring = {**(out.get("scoring") or {}), **self.scoring.to_dict()}
         if self.map is not None:
             scoring["map"] = self.map.to_dict()
+        if self.defect is not None:
+            scoring["defect"] = self.defect.to_dict()
         out.update(input=self.contract.to_dict(), latent_dim=self.scoring.latent_dim,
                    likelihood=self.scoring.likelihood, scoring=scoring, files={k: dict(v) for k, v in self.files.items()})
         section = self.calibration_section
@@ -392,7 +443,7 @@ class Manifest:
                 raise
             raise BundleError(f"manifest is malformed: {type(exc).__name__}: {exc}") from exc
         if require_files:
-            for name in (ENCODER_FILE, DECODER_FILE):
+            for name in manifest.graph_files():
                 entry = manifest.files.get(name)
                 if not isinstance(entry, Mapping) or not isinstance(entry.get("sha256"), str):
                     raise BundleError(f"manifest has no sha256 for {name} under 'files'")
@@ -407,6 +458,7 @@ class Manifest:
             if m not in MONTE_CARLO_METHODS:
                 raise ValueError(f"scoring.noise_files names {m!r}, which draws no noise")
         map_entry = scoring.get("map")
+        defect_entry = scoring.get("defect")
         return cls(
             scoring=ScoringSpec.from_manifest(data),
             calibration_fpr=cal.fpr,
@@ -419,6 +471,7 @@ class Manifest:
             calibration_section=cal,
             map=MapEntry.from_dict(map_entry) if map_entry is not None else None,
             noise=noise,
+            defect=DefectEntry.from_dict(defect_entry) if defect_entry is not None else None,
         )
 
     @classmethod

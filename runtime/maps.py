@@ -72,6 +72,38 @@ def residual_local(r: Residuals) -> F32:
     return stats.local_score(stats.standardise(residual_magnitude(r.x, r.mean, stats.sigma, residual=residual)))
 
 
+def defect_score(logits: NDArray[Any], window: int) -> F32:
+    """The registry's ``defect``: per image, the largest mean of the defect head's logits over a ``window`` x
+    ``window`` square (clipped to the image), (N,).
+
+    Averaging over a window makes one noisy pixel count for little and a defect of a few pixels count fully; the
+    logits, not the probabilities, are averaged, so that clear defects keep distinct scores (probabilities
+    saturate at 1 in float32). Sums run in float64 through an integral image (each window's sum from four
+    corners), so programs in other languages reach the same value.
+
+    Args:
+        logits: the head's output (N, 1, H, W) or (N, H, W).
+        window: side of the square, >= 1.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    z = z.reshape(z.shape[0], z.shape[-2], z.shape[-1])
+    n, h, w = z.shape
+    kh, kw = min(window, h), min(window, w)
+    integral = np.zeros((n, h + 1, w + 1), dtype=np.float64)
+    np.cumsum(np.cumsum(z, axis=1), axis=2, out=integral[:, 1:, 1:])
+    sums = (integral[:, kh:, kw:] - integral[:, :-kh, kw:] - integral[:, kh:, :-kw] + integral[:, :-kh, :-kw])
+    out: F32 = (sums.reshape(n, -1).max(axis=1) / (kh * kw)).astype(np.float32)
+    return out
+
+
+def sigmoid(z: NDArray[Any]) -> F32:
+    """1 / (1 + e^-z) elementwise, without overflow (the defect map as probabilities)."""
+    z = np.asarray(z, dtype=np.float32)
+    e = np.exp(-np.abs(z))
+    out: F32 = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
+    return out
+
+
 def top_k(height: int, width: int, fraction: float = LOCAL_TOP_FRACTION) -> int:
     """Pixels the local score averages: ``fraction`` of the image, at least one."""
     return max(1, int(round(fraction * height * width)))
@@ -275,5 +307,5 @@ def check_parts(parts: Sequence[str]) -> None:
                          f"(default: {','.join(COMBINED_PARTS)})")
 
 
-__all__: Sequence[str] = ("Combination", "MapStats", "Reference", "fit_combination", "residual_magnitude", "top_k",
+__all__: Sequence[str] = ("Combination", "MapStats", "Reference", "defect_score", "fit_combination", "sigmoid", "residual_magnitude", "top_k",
                           "MAP_FILE")

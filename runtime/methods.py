@@ -26,7 +26,10 @@ from typing import Any, Callable
 #                    encoder and decoder pass (``Residuals`` in runtime/model.py gives them what they share)
 #   monte_carlo    - averages over K codes drawn with noise shared by every image (a file in the bundle)
 #   combination    - joins other methods through their calibrated p-values
-KINDS = ("encoder", "reconstruction", "monte_carlo", "combination")
+#   defect         - reads the defect head's map (a third graph, ``defect.onnx``; no encoder or decoder)
+KINDS = ("encoder", "reconstruction", "monte_carlo", "combination", "defect")
+# Every graph a bundle may have, in the order they are listed.
+GRAPHS = ("encoder", "decoder", "defect")
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ _REGISTRY: tuple[ScoreMethod, ...] = (
                 samples_setting="iwae_samples", importance=True),
     ScoreMethod("local", "mean of the top of the anomaly map (the residual standardised per pixel)", "reconstruction",
                 _BOTH, needs_maps=True, function="edgevae.runtime.maps:residual_local"),
+    ScoreMethod("defect", "largest local mean of the defect head's map (logits; needs defect.onnx)", "defect",
+                ("defect",), function="edgevae.runtime.maps:defect_score"),
     ScoreMethod("combined", "-ln of the smallest calibrated p-value of its parts", "combination", _BOTH),
 )
 
@@ -133,5 +138,5 @@ def noise_file(name: str) -> str:
     return f"noise.{name}.f32"
 
 
-__all__ = ("KINDS", "METHODS", "MONTE_CARLO_METHODS", "PART_METHODS", "RECONSTRUCTION_METHODS", "SCORE_METHODS",
+__all__ = ("GRAPHS", "KINDS", "METHODS", "MONTE_CARLO_METHODS", "PART_METHODS", "RECONSTRUCTION_METHODS", "SCORE_METHODS",
            "ScoreMethod", "method", "noise_file", "samples_for")

@@ -16,9 +16,9 @@ from numpy.typing import NDArray
 
 from .contract import InputContract
 from .errors import ArrayInputError
-from .maps import Combination, MapStats, residual_magnitude
+from .maps import Combination, MapStats, defect_score, residual_magnitude, sigmoid
 from .methods import METHODS, RECONSTRUCTION_METHODS, SCORE_METHODS, method as registry_method
-from .manifest import DECODER_INPUT, ENCODER_INPUT, ENCODER_OUTPUTS, Manifest, ScoringSpec
+from .manifest import DECODER_INPUT, DEFECT_INPUT, DEFECT_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUTS, Manifest, ScoringSpec
 from .runner import GraphInfo, GraphRunner
 from .scores import (
     Residuals,
@@ -157,11 +157,45 @@ class Scorer:
         return self.decode(t)
 
     @property
+    def has_defect_head(self) -> bool:
+        """Whether the bundle has a defect head (``defect.onnx``): the defect map and the ``defect`` score."""
+        return self.runner.defect is not None
+
+    @property
     def computable_methods(self) -> tuple[str, ...]:
-        """Score methods this scorer can compute: all, less those that need map statistics or a combination's
-        references the bundle does not store."""
+        """Score methods this scorer can compute: all, less those that need map statistics, a defect head or a
+        combination's references the bundle does not store."""
         return tuple(name for name, m in METHODS.items()
-                     if not (m.needs_maps and self.maps is None) and not (m.kind == "combination" and self.combination is None))
+                     if not (m.needs_maps and self.maps is None) and not (m.kind == "combination" and self.combination is None)
+                     and not ("defect" in m.graphs and not self.has_defect_head)
+                     and not (m.kind == "combination" and "defect" in self.spec.combined_parts
+                              and not self.has_defect_head))
+
+    # --------------------------------------------------------------- defect head
+    def defect_logits(self, x: NDArray[Any]) -> F32:
+        """The defect head's output for each image: logits (N, H, W) (``defect_map`` gives probabilities).
+
+        Raises:
+            ArrayInputError: the images do not fit the input contract.
+            ValueError: the bundle has no defect head.
+        """
+        self.runner.defect_session(False)
+        return self._defect_logits(self.prepare(x))
+
+    def _defect_logits(self, xb: F32) -> F32:
+        out = self.runner.map_slices(
+            lambda part, in_slice: self.runner.defect_session(in_slice).run([DEFECT_OUTPUT], {DEFECT_INPUT: part}), xb)
+        logits: F32 = out[0].reshape(xb.shape[0], xb.shape[2], xb.shape[3])
+        return logits
+
+    def defect_map(self, x: NDArray[Any]) -> F32:
+        """Per-pixel defect probabilities (N, H, W) in [0, 1] from the defect head: the sigmoid of its logits.
+
+        Raises:
+            ArrayInputError: the images do not fit the input contract.
+            ValueError: the bundle has no defect head.
+        """
+        return sigmoid(self.defect_logits(x))
 
     # --------------------------------------------------------------- maps
     def with_maps(self, maps: MapStats, combination: Combination | None = None) -> "Scorer":
@@ -225,6 +259,9 @@ class Scorer:
             self._map_stats()
         if spec.kind == "combination":
             return self._combined(x, samples)
+        if spec.kind == "defect":
+            self.runner.defect_session(False)
+            return defect_score(self._defect_logits(self.prepare(x)), self.spec.defect_window)
         xb = self.prepare(x)
         eps = self.noise(method, samples)
         one_sample = eps is not None and not spec.importance and eps.shape[0] == 1

@@ -15,9 +15,12 @@ from .methods import samples_for as samples_for
 
 # ---------------------------------------------------------------------------------------------- scoring
 DEFAULT_METHOD = "combined"
-# The parts of ``combined``: a local score (small defects) and two global ones (unusual members of the normal
-# kind, images of another kind), joined through their calibrated p-values (docs/scoring.md).
-COMBINED_PARTS = ("local", "smooth_recon", "elbo")
+# The parts of ``combined``: the defect head's score and the VAE's local score (small defects) and two global
+# ones (unusual members of the normal kind, images of another kind), joined through their calibrated p-values
+# (docs/scoring.md). A bundle without a defect head leaves ``defect`` out (COMBINED_PARTS_WITHOUT_HEAD), as
+# bundles made before the head did.
+COMBINED_PARTS = ("defect", "local", "smooth_recon", "elbo")
+COMBINED_PARTS_WITHOUT_HEAD = ("local", "smooth_recon", "elbo")
 # Monte-Carlo samples of the elbo part inside ``combined`` (the first rows of the elbo noise): inside the
 # combination one sample ranks images about as well as sixteen (docs/scoring.md) for far fewer decoder passes.
 COMBINED_ELBO_SAMPLES = 1
@@ -92,3 +95,12 @@ DEVICE = "auto"
 DISTRIBUTED_TIMEOUT_SECONDS = 600
 AUGMENT_ROTATE_MAX = 45.0
 
+# ---------------------------------------------------------------------------------------------- defect head
+# The defect head (edgevae.training.defect_head): trained after the VAE on synthetic defects, by default.
+DEFECT_HEAD = True
+DEFECT_WIDTHS = (16, 32, 64)
+DEFECT_STEPS = 3000
+DEFECT_BATCH_SIZE = 32
+DEFECT_LEARNING_RATE = 2e-3
+# The ``defect`` score: the largest mean of the head's logits over a DEFECT_WINDOW x DEFECT_WINDOW window.
+DEFECT_WINDOW = 5

@@ -100,13 +100,17 @@ def _scale(array: NDArray[np.uint8], factor: int) -> NDArray[np.uint8]:
     return np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
 
 
-def _triptych(image: NDArray[np.float32], reconstruction: NDArray[np.float32]) -> str:
-    """image | reconstruction | residual heat map, side by side, as one PNG data URI."""
+def _triptych(image: NDArray[np.float32], reconstruction: NDArray[np.float32],
+              defect: NDArray[np.float32] | None = None) -> str:
+    """image | reconstruction | residual heat map (| defect map), side by side, as one PNG data URI."""
     h = image.shape[1]
     factor = max(1, 96 // h)
     residual = np.abs(image - reconstruction).mean(axis=0)
     gap = np.full((h, 2, 3), 255, np.uint8)
-    row = np.concatenate([_as_rgb(image), gap, _as_rgb(reconstruction), gap, _heat(residual)], axis=1)
+    pieces = [_as_rgb(image), gap, _as_rgb(reconstruction), gap, _heat(residual)]
+    if defect is not None:
+        pieces += [gap, _heat(defect)]
+    row = np.concatenate(pieces, axis=1)
     return _png_uri(_scale(row, factor))
 
 
@@ -144,18 +148,20 @@ def histogram_svg(calibration: NDArray[np.floating[Any]], scores: NDArray[np.flo
     return "".join(parts) + "</svg>"
 
 
-def _gallery(data: ReportData, indices: Sequence[int], reconstructions: NDArray[np.float32], css: str) -> str:
+def _gallery(data: ReportData, indices: Sequence[int], reconstructions: NDArray[np.float32], css: str,
+             defects: NDArray[np.float32] | None = None) -> str:
+    what = "image, reconstruction, residual" + (", defect map" if defects is not None else "")
     rows = []
     for rank, i in enumerate(indices, 1):
         label = data.labels[i] if data.labels else ""
         rows.append(
             f'<tr class="{css}{" flagged" if data.flags[i] else ""}" data-item="{html.escape(data.names[i])}" '
             f'data-score="{float(data.scores[i])!r}" data-outlier="{str(bool(data.flags[i])).lower()}">'
-            f'<td>{rank}</td><td><img alt="image, reconstruction, residual" src="{_triptych(data.images[i], reconstructions[i])}"></td>'
+            f'<td>{rank}</td><td><img alt="{what}" src="{_triptych(data.images[i], reconstructions[i], None if defects is None else defects[i])}"></td>'
             f'<td class="num">{_number(data.scores[i], ".5g")}</td><td class="num">{_p_text(data, i)}</td>'
             f'<td>{"OUTLIER" if data.flags[i] else "–"}</td><td>{html.escape(label)}</td>'
             f'<td class="path">{html.escape(data.names[i])}</td></tr>')
-    head = ("<tr><th>#</th><th>image | reconstruction | residual</th><th>score</th><th>p-value</th><th>flag</th>"
+    head = (f"<tr><th>#</th><th>{what.replace(', ', ' | ')}</th><th>score</th><th>p-value</th><th>flag</th>"
             "<th>label</th><th>path</th></tr>")
     return f'<table class="{css}"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
@@ -223,8 +229,11 @@ def render(data: ReportData, top: int = TOP_N, normal: int = NORMAL_N) -> str:
     most, least = order[:top], order[::-1][:min(normal, max(0, len(order) - top))]
     shown = np.array(most + least, dtype=int)
     recon = np.empty_like(data.images)
+    defects = np.zeros(data.images.shape[:1] + data.images.shape[2:], np.float32) if data.model.has_defect_head else None
     if shown.size:
         recon[shown] = data.model.reconstruct(data.images[shown])
+        if defects is not None:
+            defects[shown] = data.model.defect_map(data.images[shown])
     cal = data.model.manifest.calibration[data.method].sorted_scores
     n, flagged = len(data.names), int(data.flags.sum())
     counts = [("inputs scored", n), ("flagged as outliers", flagged),
@@ -238,9 +247,9 @@ def render(data: ReportData, top: int = TOP_N, normal: int = NORMAL_N) -> str:
             "<h2>Score distribution</h2>", histogram_svg(cal, data.scores, data.threshold)]
     if data.evaluation is not None:
         body.append(_evaluation_table(data.evaluation))
-    body += [f"<h2>Most anomalous {len(most)}</h2>", _gallery(data, most, recon, "top")]
+    body += [f"<h2>Most anomalous {len(most)}</h2>", _gallery(data, most, recon, "top", defects)]
     if len(least):
-        body += [f"<h2>Most normal {len(least)}, for contrast</h2>", _gallery(data, least, recon, "normal")]
+        body += [f"<h2>Most normal {len(least)}, for contrast</h2>", _gallery(data, least, recon, "normal", defects)]
     if data.failures:
         body += ["<h2>Unreadable inputs</h2><ul id='failures'>"
                  + "".join(f"<li>{html.escape(name)}: {html.escape(err)}</li>" for name, err in data.failures) + "</ul>"]

@@ -45,7 +45,8 @@ class GraphInfo:
 
 
 class GraphRunner:
-    """The encoder and decoder sessions, and concurrent slices of large batches.
+    """The encoder and decoder sessions (and the defect head's, when a bundle has one), and concurrent slices of
+    large batches.
 
     On the CPU provider, one-thread sessions running slices of a batch side by side use the cores better than
     one call with several intra-op threads: onnxruntime's ConvTranspose kernel uses a single thread, and a
@@ -57,15 +58,19 @@ class GraphRunner:
         encoder, decoder: the sessions that run whole (small) batches.
         sliced_encoder, sliced_decoder: one-thread twins that run slices (default: the sessions themselves).
         slice_workers: concurrent slices a large batch (>= 2 * MIN_SLICE rows) is split into.
+        defect, sliced_defect: the defect head's session and its one-thread twin (None: no defect head).
     """
 
     def __init__(self, encoder: ort.InferenceSession, decoder: ort.InferenceSession, *,
                  sliced_encoder: ort.InferenceSession | None = None,
-                 sliced_decoder: ort.InferenceSession | None = None, slice_workers: int = 1) -> None:
+                 sliced_decoder: ort.InferenceSession | None = None, slice_workers: int = 1,
+                 defect: ort.InferenceSession | None = None,
+                 sliced_defect: ort.InferenceSession | None = None) -> None:
         if not isinstance(slice_workers, int) or isinstance(slice_workers, bool) or slice_workers < 1:
             raise ValueError(f"slice_workers must be a positive integer, got {slice_workers!r}")
-        self.encoder, self.decoder = encoder, decoder
+        self.encoder, self.decoder, self.defect = encoder, decoder, defect
         self._sliced = (sliced_encoder or encoder, sliced_decoder or decoder)
+        self._sliced_defect = sliced_defect or defect
         self._slice_workers = slice_workers
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -80,16 +85,37 @@ class GraphRunner:
 
     def all_sessions(self) -> dict[str, list[ort.InferenceSession]]:
         """Every distinct session per graph (the twins too), for checks."""
-        return {"encoder": list(dict.fromkeys([self.encoder, self._sliced[0]])),
-                "decoder": list(dict.fromkeys([self.decoder, self._sliced[1]]))}
+        out = {"encoder": list(dict.fromkeys([self.encoder, self._sliced[0]])),
+               "decoder": list(dict.fromkeys([self.decoder, self._sliced[1]]))}
+        if self.defect is not None:
+            out["defect"] = list(dict.fromkeys([self.defect, self._sliced_defect]))
+        return out
+
+    def _graphs(self) -> dict[str, ort.InferenceSession]:
+        out = {"encoder": self.encoder, "decoder": self.decoder}
+        if self.defect is not None:
+            out["defect"] = self.defect
+        return out
 
     @property
     def providers(self) -> dict[str, list[str]]:
         """Providers each graph actually runs on."""
-        return {"encoder": self.encoder.get_providers(), "decoder": self.decoder.get_providers()}
+        return {name: s.get_providers() for name, s in self._graphs().items()}
 
     def graph_info(self) -> dict[str, GraphInfo]:
-        return {"encoder": GraphInfo.of(self.encoder), "decoder": GraphInfo.of(self.decoder)}
+        return {name: GraphInfo.of(s) for name, s in self._graphs().items()}
+
+    def defect_session(self, in_slice: bool) -> ort.InferenceSession:
+        """The defect head's session for a slice of a large batch (``in_slice``) or a whole small batch.
+
+        Raises:
+            ValueError: the bundle has no defect head.
+        """
+        session = self._sliced_defect if in_slice else self.defect
+        if session is None:
+            raise ValueError("this bundle has no defect head (defect.onnx); train with the defect head (the default) "
+                             "and export again for the defect map and the defect score")
+        return session
 
     def run_encoder(self, names: list[str], feed: str, x: F32) -> list[F32]:
         """The encoder alone, in slices like the decoder: slices on one-thread sessions keep pace with one call on
@@ -151,11 +177,12 @@ class GraphRunner:
 
 
 def build_runner(encoder: bytes, decoder: bytes, providers: Providers = "auto", *, threads: int | None = None,
-                 strict: bool = False, slice_workers: int | None = None) -> GraphRunner:
-    """Create the sessions of two serialized graphs and a runner over them.
+                 strict: bool = False, slice_workers: int | None = None, defect: bytes | None = None) -> GraphRunner:
+    """Create the sessions of a bundle's serialized graphs and a runner over them.
 
     Args:
         encoder, decoder: serialized ONNX (or ORT) graphs.
+        defect: the defect head's graph, when the bundle has one.
         providers, threads, strict: as :func:`~edgevae.runtime.sessions.create_session`.
         slice_workers: concurrent slices of a large batch. None: on the CPU provider ``threads`` (or one per
             core); elsewhere 1. With more than one, each graph is loaded twice: with ``threads`` intra-op
@@ -169,15 +196,16 @@ def build_runner(encoder: bytes, decoder: bytes, providers: Providers = "auto", 
         raise ValueError(f"slice_workers must be a positive integer, got {slice_workers!r}")
     cpu_only = resolve_providers(providers) == ["CPUExecutionProvider"]
     workers = slice_workers or ((threads or os.cpu_count() or 1) if cpu_only else 1)
-    graphs = {"encoder": encoder, "decoder": decoder}
+    graphs = {"encoder": encoder, "decoder": decoder, **({"defect": defect} if defect is not None else {})}
     whole = {role: create_session(data, providers, threads=threads, strict=strict, name=role)
              for role, data in graphs.items()}
-    sliced: dict[str, ort.InferenceSession | None] = {"encoder": None, "decoder": None}
+    sliced: dict[str, ort.InferenceSession | None] = {"encoder": None, "decoder": None, "defect": None}
     if cpu_only and workers > 1 and threads != 1:  # with threads=1 the sessions are one-thread already
         sliced = {role: create_session(data, providers, threads=1, strict=strict, name=role)
                   for role, data in graphs.items()}
     return GraphRunner(whole["encoder"], whole["decoder"], sliced_encoder=sliced["encoder"],
-                       sliced_decoder=sliced["decoder"], slice_workers=workers)
+                       sliced_decoder=sliced["decoder"], slice_workers=workers, defect=whole.get("defect"),
+                       sliced_defect=sliced.get("defect"))
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,9 @@ class TrainConfig:
             training images stay as sharp as the data; interpolated shifts blurred them and cost held-out ELBO
             (docs/benchmarks.md).
         augment_rotate: random rotation of each training image by up to this many degrees, bilinear (0: off).
+        defect_head: after the VAE, train the defect head on synthetic defects made from the training images
+            (:mod:`edgevae.training.defect_head`; its time is capped at the VAE's own training time).
+        defect_steps: the defect head's optimizer steps (fewer when its time cap comes first).
     """
 
     epochs: int = options.EPOCHS
@@ -68,8 +71,12 @@ class TrainConfig:
     kl_warmup_epochs: int = options.KL_WARMUP_EPOCHS
     augment_shift: int = options.AUGMENT_SHIFT
     augment_rotate: float = options.AUGMENT_ROTATE
+    defect_head: bool = options.DEFECT_HEAD
+    defect_steps: int = options.DEFECT_STEPS
 
     def __post_init__(self) -> None:
+        if self.defect_steps < 1:
+            raise ValueError(f"defect_steps must be >= 1, got {self.defect_steps}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -110,6 +117,8 @@ class TrainResult:
     best_val_neg_elbo: float
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    defect_head: Path | None = None  # defect.pt, when the run trained one
+    defect_seconds: float = 0.0
 
 
 def cosine_lr_factor(step: int, total_steps: int) -> float:
@@ -333,10 +342,11 @@ def train(
     device: str = options.DEVICE,
     images: np.ndarray | None = None,
 ) -> TrainResult:
-    """Train a VAE by maximising the ELBO; keep the best checkpoint by validation negative ELBO.
+    """Train a VAE by maximising the ELBO; keep the best checkpoint by validation negative ELBO; then (unless
+    ``train_config.defect_head`` is off) train the defect head for at most as long as the VAE took.
 
-    Writes ``best.pt`` (best validation), ``last.pt`` (end of the latest epoch, for ``resume``) and
-    ``metrics.json`` into ``run_dir``, each atomically.
+    Writes ``best.pt`` (best validation), ``last.pt`` (end of the latest epoch, for ``resume``),
+    ``metrics.json`` and ``defect.pt`` (the defect head) into ``run_dir``, each atomically.
 
     Started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), the process joins the process group and
     trains its share of each global batch with DistributedDataParallel (:mod:`edgevae.training.distributed`);
@@ -348,8 +358,8 @@ def train(
         model_config: architecture; by default inferred from the data (channels, size) with default widths.
         train_config: optimisation settings; ``batch_size`` is the global batch.
         resume: continue from ``run_dir/last.pt`` (its configs win over the arguments).
-        progress: called with ("model" | "split" | "epoch_start" | "batch" | "epoch_end" | "skipped" | "done",
-            info); only on rank 0.
+        progress: called with ("model" | "split" | "epoch_start" | "batch" | "epoch_end" | "skipped" |
+            "defect_start" | "defect_step" | "defect_done" | "done", info); only on rank 0.
         device: ``auto`` (CUDA when available, else the CPU), ``cpu`` or ``cuda``.
         images: train on this array (uint8 or [0, 1] floats, any layout the contract accepts) instead of reading
             ``data``; ``data`` then only records the run's options (``DataSpec(source=IN_MEMORY)``). The run keeps
@@ -374,12 +384,31 @@ def train(
             # group is alive (a gloo group destroyed under it aborted a process at exit, once in several runs)
             del run
             gc.collect()
+        head_images = run.x_train if ranks.is_main and run.train_config.defect_head else None
+        head_config = _head_config(run) if head_images is not None else None
     finally:
         distributed.teardown(ranks)
+    vae_seconds = time.perf_counter() - started
+    head_path, head_seconds = None, 0.0
+    if head_images is not None and head_config is not None:  # rank 0 alone, after the process group is gone
+        from .defect_head import save_head, train_head
+
+        head_config = replace(head_config, time_budget=vae_seconds)
+        head = train_head(head_images, head_config, progress=emit)
+        head_path, head_seconds = save_head(head, out), head.seconds
     seconds = time.perf_counter() - started
-    emit("done", {"best_epoch": best_epoch, "best_val_neg_elbo": best, "seconds": seconds})
+    emit("done", {"best_epoch": best_epoch, "best_val_neg_elbo": best, "seconds": seconds,
+                  "vae_seconds": vae_seconds, "defect_seconds": head_seconds})
     return TrainResult(run_dir=out, best_checkpoint=out / BEST, best_epoch=best_epoch, best_val_neg_elbo=best,
-                       history=history, seconds=seconds)
+                       history=history, seconds=seconds, defect_head=head_path, defect_seconds=head_seconds)
+
+
+def _head_config(run: "_Run") -> Any:
+    """The defect head's settings for this run: its channels, steps and seed."""
+    from .defect_head import HeadConfig
+
+    return HeadConfig(channels=int(run.model_config.channels or 1), steps=run.train_config.defect_steps,
+                      seed=run.train_config.seed)
 
 
 def _run_epoch(run: _Run, epoch: int, emit: Progress, started: float) -> None:

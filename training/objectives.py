@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from edgevae.runtime.methods import method as registry_method
-from edgevae.runtime.options import SMOOTH_SIGMA
+from edgevae.runtime.options import DEFECT_WINDOW, SMOOTH_SIGMA
 
 if TYPE_CHECKING:
     from edgevae.runtime.maps import Combination, MapStats
@@ -163,21 +163,35 @@ RECONSTRUCTION_TWINS: dict[str, Callable[[torch.Tensor, torch.Tensor, float, "Ma
 }
 
 
+def defect_score(logits: torch.Tensor, window: int) -> torch.Tensor:
+    """The largest mean of each image's defect logits (N, 1, H, W) over a window x window square (clipped to the
+    image), (N,), in float64 as the runtime sums."""
+    kh, kw = min(window, logits.shape[-2]), min(window, logits.shape[-1])
+    return F.avg_pool2d(logits.double(), (kh, kw), stride=1).amax(dim=(1, 2, 3))
+
+
 @torch.no_grad()
 def score(model: Autoencoder, x: torch.Tensor, method: str, eps: torch.Tensor | None = None,
           smooth_sigma: float = SMOOTH_SIGMA, maps: "MapStats | None" = None,
-          combination: "Combination | None" = None, noise: "dict[str, torch.Tensor] | None" = None) -> torch.Tensor:
+          combination: "Combination | None" = None, noise: "dict[str, torch.Tensor] | None" = None,
+          defect_head: torch.nn.Module | None = None, defect_window: int = DEFECT_WINDOW) -> torch.Tensor:
     """Outlier score per image (N,) with the runtime's definitions; ``eps`` (K, D) for the Monte-Carlo methods.
 
-    ``local`` needs the map statistics ``maps``; ``combined`` also needs ``combination`` and, for Monte-Carlo
-    parts, their noise by method in ``noise``. What each method is comes from the registry.
+    ``local`` needs the map statistics ``maps``; ``defect`` the defect head; ``combined`` also needs
+    ``combination`` and, for Monte-Carlo parts, their noise by method in ``noise``. What each method is comes
+    from the registry.
     """
     spec = registry_method(method)
     if spec.kind == "combination":
         if combination is None:
             raise ValueError(f"the {method} score needs its parts' reference scores (combination)")
-        parts = {p: score(model, x, p, (noise or {}).get(p), smooth_sigma, maps).numpy() for p in combination.parts}
+        parts = {p: score(model, x, p, (noise or {}).get(p), smooth_sigma, maps, defect_head=defect_head,
+                          defect_window=defect_window).numpy() for p in combination.parts}
         return torch.from_numpy(combination.statistic(parts))
+    if spec.kind == "defect":
+        if defect_head is None:
+            raise ValueError("the defect score needs the defect head")
+        return defect_score(defect_head(x), defect_window).float()
     if spec.kind == "monte_carlo":
         if eps is None:
             raise ValueError(f"the {method} score needs the shared noise eps (K, D)")

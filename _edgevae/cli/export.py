@@ -27,6 +27,10 @@ from .common import errors, given, method_choice, need_training, warnings_to_std
               help="Gaussian width (pixels) of the smooth_recon score and the anomaly maps.")
 @click.option("--combine", "combined_parts", show_default=",".join(options.COMBINED_PARTS),
               help="The methods the combined score joins through their p-values, comma-separated.")
+@click.option("--defect-window", type=click.IntRange(1, 255), show_default=str(options.DEFECT_WINDOW),
+              help="Side (pixels) of the square the defect score averages the defect head's logits over.")
+@click.option("--no-defect-head", "defect_head", flag_value=False, default=None,
+              help="Leave the run's defect head (defect.pt) out of the bundle.")
 @click.option("--quantize", type=click.Choice(options.QUANTIZE_VARIANTS),
               help="Add a static QDQ variant, calibrated on training images.")
 @click.option("--precision", type=click.Choice(options.PRECISION_VARIANTS), help="Add a lower-precision float variant.")

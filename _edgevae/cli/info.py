@@ -44,6 +44,14 @@ def info(bundle: str, providers: str, trusted_key: tuple[str, ...], as_json: boo
         click.echo(f"maps          {m.map.file}: residual smoothed {m.map.sigma:g} px, standardised per pixel; "
                    f"local = mean of the top {m.map.top_k} of {c.height * c.width} pixels; combined = "
                    f"{' + '.join(sp.combined_parts)} (elbo part K={sp.part_elbo_samples})")
+    if m.defect is not None:
+        d = m.defect.raw
+        trained = d.get("training") or {}
+        click.echo(f"defect head   {m.defect.file}: {d.get('parameters', '?')} weights, trained "
+                   f"{trained.get('steps', '?')} steps on synthetic defects; map = sigmoid of its logits (any image "
+                   f"size); defect = largest mean logit over {sp.defect_window}x{sp.defect_window} px")
+    else:
+        click.echo("defect head   none (bundle made without one: no defect map or defect score)")
     methods = ", ".join(f"{name} ({METHODS[name].kind})" for name in model.computable_methods)
     click.echo(f"methods       {methods}")
     if m.min_fpr is not None:
@@ -55,7 +63,7 @@ def info(bundle: str, providers: str, trusted_key: tuple[str, ...], as_json: boo
         click.echo(f"  {method:<12} threshold {cal.threshold:10.4f} at FPR {m.calibration_fpr:g} "
                    f"(n={len(cal.scores)}{tail})")
     for name, gi in model.graph_info().items():
-        click.echo(f"{name + '.onnx':<13} {m.files[name + '.onnx']['bytes'] / 1e6:.2f} MB")
+        click.echo(f"{name + '.onnx':<13} {m.files[name + '.onnx']['bytes'] / 1e6:.2f} MB")  # the fp32 file's size
         for arg, shape, typ in gi.inputs:
             click.echo(f"  in   {arg:<8} {shape} {typ}")
         for arg, shape, typ in gi.outputs:
@@ -64,9 +72,9 @@ def info(bundle: str, providers: str, trusted_key: tuple[str, ...], as_json: boo
     with errors():
         click.echo(f"signature     {describe_signature(Path(bundle), m.raw)}")
     for name, variant in m.variants.items():
-        size = sum(m.files[f]["bytes"] for f in (variant.encoder, variant.decoder)) / 1e6
+        size = sum(m.files[f]["bytes"] for f in variant.graph_files) / 1e6
         corr = min(variant.raw.get("rank_correlation", {}).values(), default=float("nan"))
-        click.echo(f"variant       {name:<9} {variant.encoder}, {variant.decoder}  {size:.2f} MB  "
+        click.echo(f"variant       {name:<9} {', '.join(variant.graph_files)}  {size:.2f} MB  "
                    f"min rank correlation with fp32 {corr:.4f}")
     click.echo(f"providers     available: {', '.join(available_providers())}")
     click.echo(f"              active:    {', '.join(model.providers['encoder'])}")

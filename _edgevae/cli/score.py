@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Image-decoding threads; more help only for large images.")
 @click.option("--maps", "maps_dir", type=click.Path(file_okay=False), default=None,
-              help="Write one PNG per input into this folder: image | reconstruction | anomaly map.")
+              help="Write one PNG per input into this folder: image | reconstruction | anomaly map | defect map (with a "
+                   "defect head).")
 @click.option("--fail-on-outlier", is_flag=True, help="Exit with status 3 when any input is flagged.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Also write an HTML report of the scored inputs (kept in memory: use it on a sample).")
@@ -127,18 +128,19 @@ class _Progress:
 
 
 def _write_maps(model: Model, batch: Any, result: Any, folder: str, first: int) -> None:
-    """One PNG per scored image of a batch: image | reconstruction | anomaly map; the name carries the input's
-    position, its name, the flag and the score."""
+    """One PNG per scored image of a batch: image | reconstruction | anomaly map (| defect map, when the bundle has
+    a defect head); the name carries the input's position, its name, the flag and the score."""
     from edgevae.runtime.grid import map_panel, save_png
 
     maps, recon = model.map_and_reconstruction(batch.images)
+    defects = model.defect_map(batch.images) if model.has_defect_head else None
     os.makedirs(folder, exist_ok=True)
     positions = {j: first + k for k, (failed, j) in enumerate(batch.order) if not failed}
     for i, name in enumerate(batch.names):
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.splitext(os.path.basename(name))[0])[:60]
         flag = "OUTLIER" if result.is_outlier[i] else "normal"
         position = positions[i]
-        save_png(map_panel(batch.images[i], recon[i], maps[i]),
+        save_png(map_panel(batch.images[i], recon[i], maps[i], defect_map=None if defects is None else defects[i]),
                  os.path.join(folder, f"{position:06d}_{stem}_{flag}_score{float(result.scores[i]):.4g}.png"))
 
 

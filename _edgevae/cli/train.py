@@ -53,6 +53,11 @@ from .common import errors, given, need_training
               help="Random translation of training images by whole pixels, up to this many (0: off).")
 @click.option("--augment-rotate", type=click.FloatRange(0, options.AUGMENT_ROTATE_MAX),
               show_default=str(options.AUGMENT_ROTATE), help="Random rotation of training images, in degrees.")
+@click.option("--defect-head/--no-defect-head", default=None, show_default=str(options.DEFECT_HEAD).lower(),
+              help="After the VAE, train the defect head on synthetic defects made from the training images "
+                   "(never longer than the VAE took); export ships it as defect.onnx.")
+@click.option("--defect-steps", type=click.IntRange(min=1), show_default=str(options.DEFECT_STEPS),
+              help="The defect head's optimizer steps (fewer if the VAE's training time runs out first).")
 @click.option("--seed", type=int, show_default=str(options.SEED))
 @click.option("--plain", is_flag=True,
               help="Train the plain-autoencoder limit (s = 0: no sampling, no KL term), to compare with the VAE.")
@@ -89,13 +94,15 @@ def train(source: str, classes: str | None, labels: str | None, run_dir: str, ch
     click.echo(f"best validation negative ELBO {result.best_val_neg_elbo:.2f} nats/image at epoch "
                f"{result.best_epoch}; {result.seconds:.1f} s")
     click.echo(f"checkpoint: {result.best_checkpoint}   metrics: {result.run_dir / 'metrics.json'}")
+    if result.defect_head is not None:
+        click.echo(f"defect head: {result.defect_head} ({result.defect_seconds:.1f} s)")
 
 
 # Options of `train` that are ModelConfig fields of the same name, and those that are TrainConfig fields.
 _MODEL_OPTIONS = ("latent_dim", "widths", "hidden", "refine", "likelihood", "activation", "encoder_activation")
 _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "val_fraction": "val_fraction",
                   "seed": "seed", "beta": "beta", "kl_warmup": "kl_warmup_epochs", "augment_shift": "augment_shift",
-                  "augment_rotate": "augment_rotate"}
+                  "augment_rotate": "augment_rotate", "defect_head": "defect_head", "defect_steps": "defect_steps"}
 
 
 def _parse_ints(text: str, option: str) -> tuple[int, ...]:
@@ -146,6 +153,15 @@ class _TrainingProgress:
             click.echo(f"epoch {info['epoch']:3d}  train loss {info['train_loss']:8.2f}  val -ELBO "
                        f"{info['val_neg_elbo']:8.2f} (recon {info['val_recon']:7.2f}, KL {info['val_kl']:6.2f})"
                        f"  {info['seconds']:6.1f}s{mark}", err=True)
+        elif event == "defect_start":
+            click.echo(f"defect head: {info['steps']} steps on synthetic defects made from {info['images']} training "
+                       f"images, " + (f"at most {info['budget']:.0f} s (the VAE's training time)" if info['budget'] else ""), err=True)
+        elif event == "defect_step":
+            click.echo(f"defect head step {info['step']:5d}/{info['steps']}  loss {info['loss']:.4f}  "
+                       f"{info['seconds']:6.1f}s", err=True)
+        elif event == "defect_done":
+            early = " (stopped at the VAE's training time)" if info["stopped_early"] else ""
+            click.echo(f"defect head: {info['steps']} steps in {info['seconds']:.1f} s{early}", err=True)
         elif event == "skipped":
             click.echo(f"skipped: {info['item']}", err=True)
         elif event == "model":

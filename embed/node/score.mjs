@@ -2,7 +2,7 @@
 // edgevae-score-node: score images with an edgevae bundle on onnxruntime-node, printing the same jsonl rows as
 // `edgevae score --format jsonl`.
 //
-//   node score.mjs -m BUNDLE [--method kl|recon|rel_recon|smooth_recon|elbo|local|combined] [--threshold X]
+//   node score.mjs -m BUNDLE [--method kl|recon|rel_recon|smooth_recon|elbo|local|defect|combined] [--threshold X]
 //                  [--trusted-key KEY.pub ...] FILE...
 //
 // A bad option value or an unknown option is a usage error (exit 2); a directory, named pipe or device among the

@@ -2,7 +2,8 @@
 // reconstructions, generate from the prior. The scoring itself is edgevae-core.js, shared with the Node program.
 import * as ort from "./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs";
 
-import { decodePNG, generate, implemented, isOutlier, openBundle, preprocess, pValue, rawPublicKey, readPNM, scoreImage } from "./edgevae-core.js";
+import { decodePNG, defectLogits, defectProbabilities, generate, implemented, isOutlier, openBundle, preprocess, pValue,
+  rawPublicKey, readPNM, scoreImage } from "./edgevae-core.js";
 
 ort.env.wasm.wasmPaths = new URL("./node_modules/onnxruntime-web/dist/", import.meta.url).href;
 ort.env.wasm.numThreads = 1; // no SharedArrayBuffer needed: the page works from any static server
@@ -95,6 +96,22 @@ function draw(x, offset = 0) {
   return canvas;
 }
 
+// A map of values in [0, 1] (H*W) as a heat map: black through red to yellow (the CLI's --maps colours).
+function drawHeat(values) {
+  const { height: h, width: w } = bundle, canvas = document.createElement("canvas");
+  canvas.width = w; canvas.height = h; canvas.className = "img";
+  const context = canvas.getContext("2d"), image = context.createImageData(w, h);
+  for (let i = 0; i < h * w; i++) {
+    const v = Math.min(1, Math.max(0, values[i]));
+    image.data[4 * i] = Math.round(255 * Math.min(1, 3 * v));
+    image.data[4 * i + 1] = Math.round(255 * Math.min(1, Math.max(0, 3 * v - 1)));
+    image.data[4 * i + 2] = Math.round(255 * Math.min(1, Math.max(0, 3 * v - 2)));
+    image.data[4 * i + 3] = 255;
+  }
+  context.putImageData(image, 0, 0);
+  return canvas;
+}
+
 function cell(row, content, className = "") {
   const td = row.insertCell();
   if (content instanceof Node) td.append(content); else td.textContent = content;
@@ -119,6 +136,7 @@ async function scoreFiles(files) {
       row.className = outlier ? "outlier" : "";
       cell(row, draw(x));
       cell(row, reconstruction ? draw(reconstruction) : "—");
+      cell(row, bundle.defect ? drawHeat(defectProbabilities(await defectLogits(bundle, x))) : "—");
       cell(row, file.name);
       cell(row, score.toPrecision(6), "num");
       cell(row, p.toPrecision(3), "num");
@@ -127,7 +145,7 @@ async function scoreFiles(files) {
       flagged += outlier; scored++;
     } catch (err) {
       row.dataset.error = err.message;
-      cell(row, ""); cell(row, ""); cell(row, file.name); cell(row, `error: ${err.message}`).colSpan = 4;
+      cell(row, ""); cell(row, ""); cell(row, ""); cell(row, file.name); cell(row, `error: ${err.message}`).colSpan = 4;
     }
   }
   $("results").hidden = false;

@@ -2,7 +2,8 @@
 // (onnxruntime-web): open a bundle, verify it, apply its input contract, compute the scores and p-values exactly as
 // edgevae.runtime does. Everything comes from the bundle: contract, calibration, what each method needs
 // (scoring.method_specs: its kind, graphs, samples, noise file, map, parts), the anomaly-map statistics and the
-// combined score's references. The only per-method code here is the maths of the reconstruction scores.
+// combined score's references, and the defect head's graph. The only per-method code here is the maths of the
+// reconstruction scores and of the defect score.
 // `ort` is the onnxruntime module of the host; `readFile(name)` returns a bundle file's bytes (Uint8Array);
 // `sha256Hex(bytes)` returns a promise of the lower-case hex digest.
 
@@ -34,7 +35,7 @@ export function implemented(specs, name) {
   if (spec.kind === "reconstruction") return name in RECONSTRUCTION;
   if (spec.kind === "monte_carlo") return !spec.importance;
   if (spec.kind === "combination") return spec.parts.every((p) => specs[p] && specs[p].kind !== "combination" && implemented(specs, p));
-  return spec.kind === "encoder";
+  return spec.kind === "encoder" || spec.kind === "defect";
 }
 
 export class BundleError extends Error {}
@@ -188,6 +189,12 @@ export async function openBundle(ort, readFile, sha256Hex, { method = null, sess
   // both graphs whatever the method: the page also generates and shows reconstructions
   bundle.encoder = await ort.InferenceSession.create(await readVerified(readFile, sha256Hex, manifest, "encoder.onnx"), sessionOptions);
   bundle.decoder = await ort.InferenceSession.create(await readVerified(readFile, sha256Hex, manifest, "decoder.onnx"), sessionOptions);
+  // the defect head's graph, when the bundle has one (the page shows its map whatever the method)
+  const defect = manifest.scoring.defect;
+  const needed = [chosen, ...bundle.parts.map((p) => p.name)].some((m) => specs[m].kind === "defect");
+  if (needed && !(defect && defect.file)) throw new BundleError("the bundle has no defect head (scoring.defect); train with it and export again");
+  bundle.defect = defect && defect.file
+    ? await ort.InferenceSession.create(await readVerified(readFile, sha256Hex, manifest, defect.file), sessionOptions) : null;
   return bundle;
 }
 
@@ -219,6 +226,34 @@ async function encode(bundle, x) {
   const { ort } = bundle;
   const out = await bundle.encoder.run({ x: new ort.Tensor("float32", x, [1, bundle.channels, bundle.height, bundle.width]) });
   return { mu: out.mu.data, logvar: out.logvar.data, kl: out.kl.data[0] };
+}
+
+// The defect head's logits for one preprocessed image (Float32Array, H*W).
+export async function defectLogits(bundle, x) {
+  const { ort } = bundle;
+  const out = await bundle.defect.run({ x: new ort.Tensor("float32", x, [1, bundle.channels, bundle.height, bundle.width]) });
+  return out.defect_logits.data;
+}
+
+// The defect map: per-pixel probabilities, the sigmoid of the logits (Float32Array, H*W).
+export function defectProbabilities(logits) {
+  return Float32Array.from(logits, (z) => (z >= 0 ? 1 / (1 + Math.exp(-z)) : Math.exp(z) / (1 + Math.exp(z))));
+}
+
+// The defect score: the largest mean of the logits over a window x window square (clipped to the image), summed
+// in double through an integral image, as edgevae.runtime.maps.defect_score does.
+export function windowMaxMean(z, h, w, window) {
+  const kh = Math.min(window, h), kw = Math.min(window, w), integral = new Float64Array((h + 1) * (w + 1));
+  for (let i = 1; i <= h; i++) {
+    let row = 0;
+    for (let j = 1; j <= w; j++) { row += z[(i - 1) * w + j - 1]; integral[i * (w + 1) + j] = integral[(i - 1) * (w + 1) + j] + row; }
+  }
+  let best = -Infinity;
+  for (let i = kh; i <= h; i++) for (let j = kw; j <= w; j++) {
+    const sum = integral[i * (w + 1) + j] - integral[(i - kh) * (w + 1) + j] - integral[i * (w + 1) + j - kw] + integral[(i - kh) * (w + 1) + j - kw];
+    if (sum > best) best = sum;
+  }
+  return best / (kh * kw);
 }
 
 async function decode(bundle, t, count) {
@@ -288,6 +323,10 @@ function logLikelihood(bundle, x, mean, param, offset, paramOffset) {
 async function methodScore(bundle, method, x, { mu, logvar, kl }, samples) {
   const spec = bundle.specs[method];
   if (spec.kind === "encoder") return { score: Math.fround(kl), reconstruction: null };
+  if (spec.kind === "defect") {
+    const logits = await defectLogits(bundle, x);
+    return { score: Math.fround(windowMaxMean(logits, bundle.height, bundle.width, spec.window)), reconstruction: null };
+  }
   if (spec.kind === "monte_carlo") { // the first `samples` rows of the method's noise
     const k = Math.min(samples, spec.samples), d = bundle.latent, t = new Float32Array(k * d), noise = bundle.noise[method];
     for (let s = 0; s < k; s++) {
@@ -308,7 +347,9 @@ async function methodScore(bundle, method, x, { mu, logvar, kl }, samples) {
 // method decodes it. Scores are rounded to float32, as in the Python runtime. combined: -ln of the smallest
 // p-value of its parts against their reference scores.
 export async function scoreImage(bundle, x) {
-  const encoded = await encode(bundle, x), spec = bundle.specs[bundle.method];
+  const spec = bundle.specs[bundle.method];
+  if (spec.kind === "defect") return methodScore(bundle, bundle.method, x, {}, 0); // the defect graph alone
+  const encoded = await encode(bundle, x);
   if (spec.kind !== "combination") return methodScore(bundle, bundle.method, x, encoded, spec.samples);
   let logPMin = 0, reconstruction = null;
   for (const part of bundle.parts) {

@@ -99,7 +99,8 @@ def test_providers() -> None:
 
 
 def test_model_reports_providers(model) -> None:  # type: ignore[no-untyped-def]
-    assert model.providers == {"encoder": ["CPUExecutionProvider"], "decoder": ["CPUExecutionProvider"]}
+    graphs = ["encoder", "decoder"] + (["defect"] if model.has_defect_head else [])
+    assert model.providers == {g: ["CPUExecutionProvider"] for g in graphs}
 
 
 def test_shapes_and_kl(model, test_digits) -> None:  # type: ignore[no-untyped-def]

@@ -2,7 +2,7 @@
  * edgevae-score: score images with an edgevae bundle through onnxruntime's C API, printing the same jsonl rows
  * as `edgevae score --format jsonl`.
  *
- *   edgevae-score -m BUNDLE [--method kl|recon|rel_recon|smooth_recon|elbo|local|combined] [--threshold X] [--threads N]
+ *   edgevae-score -m BUNDLE [--method kl|recon|rel_recon|smooth_recon|elbo|local|defect|combined] [--threshold X] [--threads N]
  *                 [--repeat R] [--trusted-key KEY.pub ...] FILE...
  *
  * With trusted keys (--trusted-key, or EDGEVAE_TRUSTED_KEYS: paths separated by ':') the bundle loads only if one
@@ -12,8 +12,8 @@
  * or raw little-endian float32 (.f32, .raw): C*H*W values in [0, 1], channel-major (CHW).
  * Everything the scores need comes from the bundle: the input contract, the calibration (threshold, sorted scores,
  * tail), what each method needs (scoring.method_specs: kind, graphs, samples, noise file, map, parts), the noise
- * files, the anomaly-map statistics and the combined score's references. The only per-method code here is the
- * maths of the reconstruction scores (RECONSTRUCTION). Exit status: 0 ok; 1 bundle or setup error; 2 some inputs
+ * files, the anomaly-map statistics, the defect head's graph and the combined score's references. The only
+ * per-method code here is the maths of the reconstruction scores (RECONSTRUCTION) and of the defect score. Exit status: 0 ok; 1 bundle or setup error; 2 some inputs
  * could not be scored.
  */
 #include <errno.h>
@@ -55,8 +55,9 @@ typedef struct {
 
 /* What a method needs, from the bundle's scoring.method_specs (or, for older bundles, their older fields). */
 typedef struct {
-    char name[32], kind[16];   /* kind: encoder, reconstruction, monte_carlo or combination */
-    int decoder, samples, map, importance;
+    char name[32], kind[16];   /* kind: encoder, reconstruction, monte_carlo, defect or combination */
+    int decoder, defect, samples, map, importance;
+    int window;                /* defect: the side of the square its logits are averaged over */
     char noise_file[128];
     float *noise;              /* a Monte-Carlo method's shared noise (samples, latent) */
     int n_parts;               /* a combination: its parts, the samples each draws in it, their references */
@@ -79,7 +80,7 @@ typedef struct {
     int top_k;
     const OrtApi *ort;
     OrtEnv *env;
-    OrtSession *encoder, *decoder;
+    OrtSession *encoder, *decoder, *defect;
     OrtMemoryInfo *memory;
 } bundle;
 
@@ -189,8 +190,15 @@ static int load_spec(const json *m, const char *name, method_spec *spec, char *e
     if (!(v = json_get(entry, "kind")) || v->type != JSON_STRING) { snprintf(err, MSG, "method %s has no kind", name); return 0; }
     snprintf(spec->kind, sizeof spec->kind, "%s", v->string);
     const json *graphs = json_get(entry, "graphs");
-    for (const json *g = graphs ? graphs->child : NULL; g; g = g->next)
+    for (const json *g = graphs ? graphs->child : NULL; g; g = g->next) {
         if (g->type == JSON_STRING && strcmp(g->string, "decoder") == 0) spec->decoder = 1;
+        if (g->type == JSON_STRING && strcmp(g->string, "defect") == 0) spec->defect = 1;
+    }
+    spec->window = (v = json_get(entry, "window")) && v->type == JSON_NUMBER ? (int)v->number : 0;
+    if (strcmp(spec->kind, "defect") == 0 && (spec->window < 1 || spec->window > 255)) {
+        snprintf(err, MSG, "method %s has no window in 1..255", name);
+        return 0;
+    }
     spec->samples = (v = json_get(entry, "samples")) && v->type == JSON_NUMBER ? (int)v->number : 0;
     spec->map = (v = json_get(entry, "map")) && v->type == JSON_BOOL && v->number != 0;
     spec->importance = (v = json_get(entry, "importance")) && v->type == JSON_BOOL && v->number != 0;
@@ -239,7 +247,7 @@ static int legacy_spec(const json *m, const char *name, method_spec *spec, char 
 static int implemented(const method_spec *spec) {
     if (strcmp(spec->kind, "monte_carlo") == 0) return !spec->importance;
     return strcmp(spec->kind, "encoder") == 0 || strcmp(spec->kind, "reconstruction") == 0 ||
-           strcmp(spec->kind, "combination") == 0;
+           strcmp(spec->kind, "defect") == 0 || strcmp(spec->kind, "combination") == 0;
 }
 
 /* A combination's parts: their entries and their references (the combination's calibration's references). */
@@ -308,7 +316,8 @@ static int load_noise(bundle *b, const char *dir, const json *manifest, method_s
 static int load_method(bundle *b, const char *dir, const json *m, char *err) {
     if (!load_spec(m, b->method, &b->spec, err)) return 0;
     if (!implemented(&b->spec)) {
-        snprintf(err, MSG, "method %s is not implemented here (kl, recon, rel_recon, smooth_recon, elbo, local, combined)",
+        snprintf(err, MSG, "method %s is not implemented here (kl, recon, rel_recon, smooth_recon, elbo, local, defect, "
+                 "combined)",
                  b->method);
         return 0;
     }
@@ -324,6 +333,24 @@ static int load_method(bundle *b, const char *dir, const json *m, char *err) {
     return !map || load_map(b, dir, m, err);
 }
 
+static OrtSession *session(bundle *b, const unsigned char *graph, size_t len, int threads, char *err);
+
+/* The defect head's graph (scoring.defect.file), checked against its sha256, and its session. */
+static int load_defect(bundle *b, const char *dir, const json *manifest, int threads, char *err) {
+    const char *keys[] = {"scoring", "defect", "file", NULL};
+    const json *file = json_path(manifest, keys);
+    if (!file || file->type != JSON_STRING) {
+        snprintf(err, MSG, "the bundle has no defect head (scoring.defect); train with it and export again");
+        return 0;
+    }
+    size_t len;
+    unsigned char *data = read_verified(dir, manifest, file->string, &len, err);
+    if (!data) return 0;
+    b->defect = session(b, data, len, threads, err);
+    free(data);
+    return b->defect != NULL;
+}
+
 typedef struct {
     bundle *b;
     const char *dir;
@@ -335,8 +362,6 @@ typedef struct {
     OrtSession *session;
     char err[MSG];
 } graph_job;
-
-static OrtSession *session(bundle *b, const unsigned char *graph, size_t len, int threads, char *err);
 
 /* Thread bodies: read and verify one graph; make its session. */
 static void *read_graph(void *arg) {
@@ -412,8 +437,8 @@ static int open_bundle(bundle *b, const char *dir, const char *method, int threa
     /* A second thread reads and hashes the decoder while the environment is made, then makes the decoder's
        session while this one reads, hashes and loads the encoder: hashing and session creation are most of a
        cold start, and they overlap on two cores. */
-    int decoder = b->spec.decoder;
-    for (int i = 0; i < b->spec.n_parts; i++) decoder |= b->part[i].decoder;
+    int decoder = b->spec.decoder, defect = b->spec.defect, encoder = strcmp(b->spec.kind, "defect") != 0;
+    for (int i = 0; i < b->spec.n_parts; i++) { decoder |= b->part[i].decoder; defect |= b->part[i].defect; }
     graph_job dec = {b, dir, m, "decoder.onnx", threads, decoder, NULL, 0, NULL, ""};
     pthread_t worker;
     int started = pthread_create(&worker, NULL, read_graph, &dec) == 0;
@@ -422,13 +447,14 @@ static int open_bundle(bundle *b, const char *dir, const char *method, int threa
     if (started) pthread_join(worker, NULL);
     started = ok && dec.data && dec.needed && pthread_create(&worker, NULL, make_session, &dec) == 0;
     if (ok && dec.data && dec.needed && !started) make_session(&dec);
-    unsigned char *enc = ok ? read_verified(dir, m, "encoder.onnx", &enc_len, err) : NULL;
-    ok = enc && (b->encoder = session(b, enc, enc_len, threads, err)) &&
+    unsigned char *enc = ok && encoder ? read_verified(dir, m, "encoder.onnx", &enc_len, err) : NULL;
+    ok = (!encoder || (enc && (b->encoder = session(b, enc, enc_len, threads, err)))) &&
          ort_ok(ORT->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &b->memory), err);
     if (started) pthread_join(worker, NULL);
     b->decoder = dec.session;
     if (ok && (!dec.data || (dec.needed && !dec.session))) { snprintf(err, MSG, "%s", dec.err); ok = 0; }
     free(enc);
+    if (ok && defect) ok = load_defect(b, dir, m, threads, err);
     free(dec.data);
 done:
     json_free(m);
@@ -561,6 +587,41 @@ static double local_score(const bundle *b, const float *x, const float *mean) {
     return total / b->top_k;
 }
 
+/* defect: the largest mean of the defect head's logits (H, W) over a window x window square (clipped to the
+   image), summed in double through an integral image as edgevae.runtime.maps.defect_score does. */
+static double window_max_mean(const float *z, int h, int w, int window, double *integral) {
+    int kh = window < h ? window : h, kw = window < w ? window : w;
+    double best = -INFINITY;
+    for (int j = 0; j <= w; j++) integral[j] = 0.0;
+    for (int i = 1; i <= h; i++) {
+        double row = 0.0;
+        integral[(size_t)i * (w + 1)] = 0.0;
+        for (int j = 1; j <= w; j++) {
+            row += z[(size_t)(i - 1) * w + (j - 1)];
+            integral[(size_t)i * (w + 1) + j] = integral[(size_t)(i - 1) * (w + 1) + j] + row;
+        }
+    }
+    for (int i = kh; i <= h; i++)
+        for (int j = kw; j <= w; j++) {
+            double sum = integral[(size_t)i * (w + 1) + j] - integral[(size_t)(i - kh) * (w + 1) + j] -
+                         integral[(size_t)i * (w + 1) + j - kw] + integral[(size_t)(i - kh) * (w + 1) + j - kw];
+            if (sum > best) best = sum;
+        }
+    return best / ((double)kh * kw);
+}
+
+static int defect_score(bundle *b, const method_spec *spec, float *x, double *out, char *err) {
+    const char *names[] = {"defect_logits"};
+    int64_t shape[4] = {1, b->channels, b->height, b->width};
+    float *logits = NULL;
+    double *integral = malloc(sizeof(double) * (size_t)(b->height + 1) * (size_t)(b->width + 1));
+    int ok = integral && run(b, b->defect, "x", x, shape, 4, names, 1, &logits, err);
+    if (!integral) snprintf(err, MSG, "out of memory");
+    if (ok) *out = (float)window_max_mean(logits, b->height, b->width, spec->window, integral);
+    free(logits); free(integral);
+    return ok;
+}
+
 static double log_likelihood(const bundle *b, const float *x, const float *mean, const float *param) {
     size_t count = (size_t)b->channels * b->height * b->width;
     double ll = 0, sq = 0;
@@ -660,7 +721,7 @@ static int combination_parts(bundle *b, float *x, float **enc, double *part_scor
     if (!t) { snprintf(err, MSG, "out of memory"); return 0; }
     for (int i = 0; i < b->spec.n_parts; i++) {
         const method_spec *part = &b->part[i];
-        if (strcmp(part->kind, "encoder") == 0) continue;
+        if (strcmp(part->kind, "encoder") == 0 || strcmp(part->kind, "defect") == 0) continue;
         if (strcmp(part->kind, "reconstruction") == 0 && mean_at >= 0) { first[i] = mean_at; k[i] = 1; continue; }
         first[i] = total;
         k[i] = codes_for(b, part, enc, b->spec.part_samples[i], t + total * b->latent);
@@ -671,6 +732,7 @@ static int combination_parts(bundle *b, float *x, float **enc, double *part_scor
     for (int i = 0; ok && i < b->spec.n_parts; i++) {
         const method_spec *part = &b->part[i];
         if (strcmp(part->kind, "encoder") == 0) { part_scores[i] = (float)enc[2][0]; continue; }
+        if (strcmp(part->kind, "defect") == 0) { ok = defect_score(b, part, x, &part_scores[i], err); continue; }
         ok = score_decoded(b, part, x, enc, k[i], dec[0] + (size_t)first[i] * count,
                            dec[1] + (b->bernoulli ? (size_t)first[i] * count : (size_t)first[i]), &part_scores[i], err);
     }
@@ -685,6 +747,7 @@ static int score(bundle *b, float *x, double *out, char *err) {
     const char *enc_out[] = {"mu", "logvar", "kl"};
     int64_t shape[4] = {1, b->channels, b->height, b->width};
     float *enc[3] = {NULL, NULL, NULL};
+    if (strcmp(b->spec.kind, "defect") == 0) return defect_score(b, &b->spec, x, out, err); /* no encoder */
     int ok = run(b, b->encoder, "x", x, shape, 4, enc_out, 3, enc, err);
     if (ok && strcmp(b->spec.kind, "combination") == 0) {
         double log_p_min = 0.0, parts[MAX_PARTS];
@@ -739,6 +802,7 @@ static double p_value(const reference *r, double s) { return exp(log_p_value(r, 
 static void close_bundle(bundle *b) {
     if (b->encoder) ORT->ReleaseSession(b->encoder);
     if (b->decoder) ORT->ReleaseSession(b->decoder);
+    if (b->defect) ORT->ReleaseSession(b->defect);
     if (b->memory) ORT->ReleaseMemoryInfo(b->memory);
     if (b->env) ORT->ReleaseEnv(b->env);
     free(b->cal.scores);

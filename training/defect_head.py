@@ -1,0 +1,239 @@
+"""The defect head: a small fully convolutional network that maps an image to a per-pixel defect map (logits).
+
+It is trained from scratch, after the VAE, on synthetic defects made from the same normal images
+(:mod:`edgevae.training.defects`); it reads the image alone, so it runs at any image size, needs neither of the
+VAE's graphs at scoring time, and one graph call gives the map. The VAE stays what it is: the head adds a local
+detector beside the VAE's global scores (``combined`` joins both; docs/scoring.md).
+
+Architecture (``HeadConfig.widths`` = (w0, w1, w2), about 180k weights at the default (16, 32, 64)): two 3x3
+convolutions at full resolution (w0), a stride-2 stage (w1), a stride-2 stage followed by dilated 3x3
+convolutions (dilations 1, 2, 4; w2) that widen the view to about 60 pixels, then two upsampling stages with skip
+connections back to full resolution and a 1x1 convolution to one logit per pixel. BatchNorm after every 3x3
+convolution folds into it at export.
+
+The loss suits masks that cover a few pixels: a focal loss (gamma 2) over every pixel plus a soft Dice loss
+over the batch. The run stores the head in ``defect.pt`` beside the VAE's checkpoints; ``edgevae export``
+ships it as ``defect.onnx``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgevae.runtime import options
+from edgevae.runtime.atomic import atomic_path
+from edgevae.runtime.errors import CheckpointError
+
+from .defects import FILL_FAMILIES, MASK_FAMILIES, DefectConfig, synthesize
+
+HEAD_FILE = "defect.pt"
+HEAD_FORMAT = "edgevae-defect-head"
+HEAD_VERSION = 1
+FOCAL_GAMMA = 2.0
+
+Progress = Callable[[str, Mapping[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The defect head's architecture and training.
+
+    Args:
+        channels: image channels (from the VAE's input contract).
+        widths: channels at full, half and quarter resolution.
+        steps: optimizer steps (batches of synthetic defects).
+        batch_size: images per step.
+        lr: Adam learning rate, cosine-decayed to 10 %.
+        seed: seeds the weights and every synthetic defect.
+        defects: what the generator may draw.
+        time_budget: stop early after this many seconds (None: no limit); ``train`` passes the VAE's own
+            training time, so the head never takes longer than the VAE.
+    """
+
+    channels: int = 1
+    widths: tuple[int, int, int] = options.DEFECT_WIDTHS
+    steps: int = options.DEFECT_STEPS
+    batch_size: int = options.DEFECT_BATCH_SIZE
+    lr: float = options.DEFECT_LEARNING_RATE
+    seed: int = options.SEED
+    defects: DefectConfig = field(default_factory=DefectConfig)
+    time_budget: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if len(self.widths) != 3 or any(w < 1 for w in self.widths):
+            raise ValueError(f"defect head widths must be three positive channel counts, got {list(self.widths)}")
+        if self.channels not in options.CHANNELS:
+            raise ValueError(f"channels must be one of {options.CHANNELS}, got {self.channels}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(f"time_budget must be a positive number of seconds or None, got {self.time_budget}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["widths"] = list(self.widths)
+        data["defects"] = {**asdict(self.defects), "masks": list(self.defects.masks), "fills": list(self.defects.fills)}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "HeadConfig":
+        defects = DefectConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["defects"].items()})
+        return cls(**{**data, "widths": tuple(data["widths"]), "defects": defects})
+
+
+def _conv(c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+class DefectHead(nn.Module):
+    """x (N, C, H, W) in [0, 1] -> defect logits (N, 1, H, W); any H, W >= 4."""
+
+    def __init__(self, channels: int, widths: tuple[int, int, int] = options.DEFECT_WIDTHS) -> None:
+        super().__init__()
+        w0, w1, w2 = widths
+        self.full = nn.Sequential(_conv(channels, w0), _conv(w0, w0))
+        self.halves = nn.Sequential(_conv(w0, w1, stride=2), _conv(w1, w1))
+        self.quarters = nn.Sequential(_conv(w1, w2, stride=2), _conv(w2, w2), _conv(w2, w2, dilation=2),
+                                     _conv(w2, w2, dilation=4))
+        self.up_half = _conv(w2 + w1, w1)
+        self.up_full = _conv(w1 + w0, w0)
+        self.out = nn.Conv2d(w0, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.full(x * 2.0 - 1.0)
+        h = self.halves(f)
+        q = self.quarters(h)
+        h = self.up_half(torch.cat([F.interpolate(q, size=h.shape[-2:], mode="bilinear", align_corners=False), h], 1))
+        f = self.up_full(torch.cat([F.interpolate(h, size=f.shape[-2:], mode="bilinear", align_corners=False), f], 1))
+        logits: torch.Tensor = self.out(f)
+        return logits
+
+
+def defect_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Focal loss (gamma ``FOCAL_GAMMA``, mean over pixels) plus soft Dice over the batch's positive pixels."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p = torch.sigmoid(logits)
+    p_true = p * target + (1 - p) * (1 - target)
+    focal = ((1 - p_true) ** FOCAL_GAMMA * bce).mean()
+    inter = (p * target).sum()
+    dice = 1 - (2 * inter + 1) / (p.sum() + target.sum() + 1)
+    return focal + dice
+
+
+@dataclass
+class HeadResult:
+    """A trained head and how its training went."""
+
+    head: DefectHead
+    config: HeadConfig
+    steps: int
+    seconds: float
+    final_loss: float
+    stopped_early: bool
+
+
+def train_head(images: torch.Tensor, config: HeadConfig, progress: Progress | None = None) -> HeadResult:
+    """Train a defect head on synthetic defects made from ``images`` (N, C, H, W) float in [0, 1].
+
+    Every step draws a batch of normal images (with random flips), puts defects into about half of them and
+    takes one Adam step on :func:`defect_loss`. Stops after ``config.steps`` or ``config.time_budget`` seconds.
+    """
+    emit = progress or (lambda event, info: None)
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 7)
+    head = DefectHead(config.channels, config.widths)
+    optimizer = torch.optim.Adam(head.parameters(), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
+    head.train()
+    n = images.shape[0]
+    emit("defect_start", {"steps": config.steps, "images": n, "budget": config.time_budget})
+    loss_value, step, every = math.nan, 0, max(1, config.steps // 20)
+    for step in range(1, config.steps + 1):
+        idx = torch.randint(n, (min(config.batch_size, max(n, 1)),), generator=gen)
+        xb = images[idx]
+        if float(torch.rand((), generator=gen)) < 0.5:
+            xb = xb.flip(-1)
+        if float(torch.rand((), generator=gen)) < 0.5:
+            xb = xb.flip(-2)
+        xd, target = synthesize(xb, gen, config.defects)
+        loss = defect_loss(head(xd), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise ValueError(f"defect head training diverged at step {step}; lower its learning rate")
+        elapsed = time.perf_counter() - started
+        if step % every == 0 or step == config.steps:
+            emit("defect_step", {"step": step, "steps": config.steps, "loss": loss_value, "seconds": elapsed})
+        if config.time_budget is not None and elapsed > config.time_budget and step < config.steps:
+            break
+    head.eval()
+    seconds = time.perf_counter() - started
+    result = HeadResult(head, config, step, seconds, loss_value, stopped_early=step < config.steps)
+    emit("defect_done", {"steps": step, "seconds": seconds, "loss": loss_value, "stopped_early": result.stopped_early})
+    return result
+
+
+def save_head(result: HeadResult, run_dir: str | os.PathLike[str]) -> Path:
+    """Write ``defect.pt`` (weights + JSON config, ``weights_only`` loadable) atomically into the run folder."""
+    path = Path(run_dir) / HEAD_FILE
+    state = {"format": HEAD_FORMAT, "version": HEAD_VERSION, "config": json.dumps(result.config.to_dict()),
+             "state_dict": result.head.state_dict(), "steps": result.steps, "seconds": result.seconds,
+             "final_loss": result.final_loss, "stopped_early": result.stopped_early}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+@dataclass
+class LoadedHead:
+    head: DefectHead
+    config: HeadConfig
+    summary: dict[str, Any]
+
+
+def load_head(run_dir: str | os.PathLike[str]) -> LoadedHead | None:
+    """The run's defect head (``defect.pt`` beside its checkpoints), or None when the run has none.
+
+    Raises:
+        CheckpointError: the file exists but is not a readable defect head.
+    """
+    path = Path(run_dir)
+    path = path / HEAD_FILE if path.is_dir() else path.parent / HEAD_FILE
+    if not path.exists():
+        return None
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(raw, dict) or raw.get("format") != HEAD_FORMAT or raw.get("version") != HEAD_VERSION:
+            raise ValueError("not an edgevae defect head of a supported version")
+        config = HeadConfig.from_dict(json.loads(raw["config"]))
+        head = DefectHead(config.channels, config.widths)
+        head.load_state_dict(raw["state_dict"])
+    except (RuntimeError, ValueError, KeyError, TypeError, OSError, EOFError) as exc:
+        raise CheckpointError(f"{path}: not a readable defect head ({exc}); train again, or delete it to export "
+                              "without a defect head") from exc
+    head.eval()
+    summary = {k: raw.get(k) for k in ("steps", "seconds", "final_loss", "stopped_early")}
+    return LoadedHead(head, config, summary)
+
+
+__all__ = ("DefectHead", "FILL_FAMILIES", "HEAD_FILE", "HeadConfig", "HeadResult", "LoadedHead", "MASK_FAMILIES",
+           "defect_loss", "load_head", "save_head", "train_head")

@@ -1,0 +1,231 @@
+"""Synthetic defects made from the normal images alone: the training signal of the defect head.
+
+Each defect is a *mask* (where) and a *fill* (what), blended in at a random opacity:
+
+- masks (``MASK_FAMILIES``): ``blob`` (a smooth-noise field thresholded inside a local window: ragged,
+  irregular stains), ``ellipse`` and ``rectangle`` (rotated, any aspect), ``line`` (a curved stroke 1 to 3 px
+  wide, a quadratic Bezier curve);
+- fills (``FILL_FAMILIES``): ``brightness`` (a shift up or down), ``contrast`` (flattened or stretched around the
+  region's mean), ``colour`` (a shift per channel), ``other_image`` (the same region of another normal image of
+  the batch, moved), ``same_image`` (another part of the same image), ``flat`` (one colour), ``blur`` (a box blur
+  of the image), ``noise`` (Gaussian noise).
+
+No external data: every fill is made from the batch itself or from random numbers. Sizes are drawn on a log
+scale from ``MIN_SIZE`` pixels to a third of the image's shorter side, so that most defects are small. The
+target of a pixel is 1 where the mask is on *and* the blend changed the pixel by more than ``VISIBLE`` (a fill
+that changes nothing, such as a blur of a flat region, is not labelled a defect). Half of the images (by
+default) are left as they are, with an empty target, so that the head learns what normal looks like.
+
+Everything is drawn from one ``torch.Generator``: the same seed gives the same defects. docs/scoring.md
+describes the generator; benchmarks/real_images.py measures how it generalises by leaving a family out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+MASK_FAMILIES = ("blob", "ellipse", "rectangle", "line")
+FILL_FAMILIES = ("brightness", "contrast", "colour", "other_image", "same_image", "flat", "blur", "noise")
+# Smallest defect side (pixels) and the largest as a share of the image's shorter side.
+MIN_SIZE = 2.0
+MAX_SIZE_SHARE = 1.0 / 3.0
+# A pixel counts as changed (a target pixel) when some channel moved by more than this.
+VISIBLE = 0.02
+
+
+@dataclass(frozen=True)
+class DefectConfig:
+    """What the generator may draw.
+
+    Args:
+        probability: share of images that get a defect (the rest are left normal).
+        masks: mask families to draw from (``MASK_FAMILIES``).
+        fills: fill families to draw from (``FILL_FAMILIES``).
+        min_opacity: the smallest opacity of a blend (the largest is 1).
+        max_defects: up to this many defects in one image (drawn uniformly from 1).
+    """
+
+    probability: float = 0.5
+    masks: tuple[str, ...] = MASK_FAMILIES
+    fills: tuple[str, ...] = FILL_FAMILIES
+    min_opacity: float = 0.3
+    max_defects: int = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "masks", tuple(self.masks))
+        object.__setattr__(self, "fills", tuple(self.fills))
+        if not 0.0 < self.probability <= 1.0:
+            raise ValueError(f"defect probability must be in (0, 1], got {self.probability}")
+        for kind, given, known in (("mask", self.masks, MASK_FAMILIES), ("fill", self.fills, FILL_FAMILIES)):
+            unknown = [g for g in given if g not in known]
+            if not given or unknown:
+                raise ValueError(f"{kind} families must be a non-empty subset of {', '.join(known)}; got {list(given)}")
+        if not 0.0 < self.min_opacity <= 1.0:
+            raise ValueError(f"min_opacity must be in (0, 1], got {self.min_opacity}")
+        if self.max_defects < 1:
+            raise ValueError(f"max_defects must be >= 1, got {self.max_defects}")
+
+    def without(self, family: str) -> "DefectConfig":
+        """This config with one mask or fill family left out (the leave-one-family-out measurement)."""
+        if family in self.masks:
+            return DefectConfig(self.probability, tuple(m for m in self.masks if m != family), self.fills,
+                                self.min_opacity, self.max_defects)
+        if family in self.fills:
+            return DefectConfig(self.probability, self.masks, tuple(f for f in self.fills if f != family),
+                                self.min_opacity, self.max_defects)
+        raise ValueError(f"{family!r} is not among this config's families")
+
+
+def _uniform(gen: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=gen))
+
+
+def _choice(gen: torch.Generator, options: tuple[str, ...]) -> str:
+    return options[int(torch.randint(len(options), (), generator=gen))]
+
+
+class _Grid:
+    """Pixel-centre coordinates of an (H, W) image."""
+
+    def __init__(self, h: int, w: int) -> None:
+        self.h, self.w = h, w
+        self.y = torch.arange(h, dtype=torch.float32)[:, None].expand(h, w)
+        self.x = torch.arange(w, dtype=torch.float32)[None, :].expand(h, w)
+
+    def rotated(self, cy: float, cx: float, angle: float) -> tuple[torch.Tensor, torch.Tensor]:
+        dy, dx = self.y - cy, self.x - cx
+        c, s = math.cos(angle), math.sin(angle)
+        return dx * c + dy * s, -dx * s + dy * c
+
+
+def _size(gen: torch.Generator, grid: _Grid) -> float:
+    """A defect's characteristic size in pixels, log-uniform in [MIN_SIZE, MAX_SIZE_SHARE * shorter side]."""
+    top = max(MIN_SIZE * 1.5, MAX_SIZE_SHARE * min(grid.h, grid.w))
+    return math.exp(_uniform(gen, math.log(MIN_SIZE), math.log(top)))
+
+
+def _ellipse(gen: torch.Generator, grid: _Grid) -> torch.Tensor:
+    s = _size(gen, grid)
+    a, b = max(0.8, s * _uniform(gen, 0.3, 1.0)), max(0.8, s * _uniform(gen, 0.3, 1.0))
+    u, v = grid.rotated(_uniform(gen, 0, grid.h - 1), _uniform(gen, 0, grid.w - 1), _uniform(gen, 0, math.pi))
+    return ((u / a) ** 2 + (v / b) ** 2 <= 1.0).float()
+
+
+def _rectangle(gen: torch.Generator, grid: _Grid) -> torch.Tensor:
+    s = _size(gen, grid)
+    a, b = max(0.6, s * _uniform(gen, 0.2, 1.0)), max(0.6, s * _uniform(gen, 0.2, 1.0))
+    u, v = grid.rotated(_uniform(gen, 0, grid.h - 1), _uniform(gen, 0, grid.w - 1), _uniform(gen, 0, math.pi))
+    return ((u.abs() <= a) & (v.abs() <= b)).float()
+
+
+def _blob(gen: torch.Generator, grid: _Grid) -> torch.Tensor:
+    """A smooth-noise field (coarse noise upsampled bicubically), thresholded inside an elliptic window."""
+    s = _size(gen, grid) * 1.5
+    cells = max(2, int(round(min(grid.h, grid.w) / max(s / 2, 1.0))))
+    coarse = torch.randn((1, 1, cells, cells), generator=gen)
+    field = F.interpolate(coarse, size=(grid.h, grid.w), mode="bicubic", align_corners=False)[0, 0]
+    cy, cx = _uniform(gen, 0, grid.h - 1), _uniform(gen, 0, grid.w - 1)
+    window = ((grid.y - cy) ** 2 + (grid.x - cx) ** 2) <= s * s
+    mask = (field > _uniform(gen, -0.2, 0.6)) & window
+    if not bool(mask.any()):  # a threshold above the whole window: a small disc instead
+        mask = ((grid.y - cy) ** 2 + (grid.x - cx) ** 2) <= max(1.0, s / 3) ** 2
+    return mask.float()
+
+
+def _line(gen: torch.Generator, grid: _Grid) -> torch.Tensor:
+    """A quadratic Bezier stroke 1 to 3 px wide."""
+    length = _size(gen, grid) * _uniform(gen, 1.5, 4.0)
+    y0, x0 = _uniform(gen, 0, grid.h - 1), _uniform(gen, 0, grid.w - 1)
+    angle = _uniform(gen, 0, 2 * math.pi)
+    y2, x2 = y0 + length * math.sin(angle), x0 + length * math.cos(angle)
+    bend = _uniform(gen, -0.4, 0.4) * length
+    y1, x1 = (y0 + y2) / 2 + bend * math.cos(angle), (x0 + x2) / 2 - bend * math.sin(angle)
+    t = torch.linspace(0, 1, max(8, int(length * 2)))[:, None, None]
+    py = (1 - t) ** 2 * y0 + 2 * (1 - t) * t * y1 + t ** 2 * y2  # (P, 1, 1)
+    px = (1 - t) ** 2 * x0 + 2 * (1 - t) * t * x1 + t ** 2 * x2
+    dist = ((grid.y[None] - py) ** 2 + (grid.x[None] - px) ** 2).min(dim=0).values.sqrt()
+    width = float(torch.randint(1, 4, (), generator=gen))
+    return (dist <= width / 2 + 0.2).float()
+
+
+MASKS: dict[str, Callable[[torch.Generator, _Grid], torch.Tensor]] = {
+    "blob": _blob, "ellipse": _ellipse, "rectangle": _rectangle, "line": _line}
+
+
+def _shifted(img: torch.Tensor, gen: torch.Generator, least: int) -> torch.Tensor:
+    """``img`` (C, H, W) rolled by a random offset of at least ``least`` pixels on one axis at least."""
+    h, w = img.shape[-2:]
+    dy = int(torch.randint(least, max(least + 1, h - least), (), generator=gen))
+    dx = int(torch.randint(0, w, (), generator=gen))
+    return torch.roll(img, shifts=(dy, dx), dims=(-2, -1))
+
+
+def _fill(kind: str, x: torch.Tensor, batch: torch.Tensor, index: int, mask: torch.Tensor,
+          gen: torch.Generator) -> torch.Tensor:
+    """The image the defect region takes its pixels from: (C, H, W)."""
+    c = x.shape[0]
+    sign = 1.0 if float(torch.rand((), generator=gen)) < 0.5 else -1.0
+    if kind == "brightness":
+        return x + sign * _uniform(gen, 0.1, 0.5)
+    if kind == "contrast":
+        area = mask.sum().clamp_min(1.0)
+        mean = (x * mask).sum(dim=(-2, -1), keepdim=True) / area
+        k = _uniform(gen, 0.0, 0.5) if sign > 0 else _uniform(gen, 1.5, 3.0)
+        return mean + (x - mean) * k
+    if kind == "colour":
+        return x + (torch.rand((c, 1, 1), generator=gen) * 2 - 1) * 0.4
+    if kind == "other_image":
+        others = batch.shape[0]
+        j = int(torch.randint(others, (), generator=gen)) if others > 1 else index
+        j = (j + 1) % others if j == index and others > 1 else j
+        return _shifted(batch[j], gen, 0)
+    if kind == "same_image":
+        return _shifted(x, gen, max(2, x.shape[-2] // 8))
+    if kind == "flat":
+        return torch.rand((c, 1, 1), generator=gen).expand_as(x)
+    if kind == "blur":
+        k = 2 * int(torch.randint(1, 5, (), generator=gen)) + 1  # 3..9
+        padded = F.pad(x[None], (k // 2,) * 4, mode="replicate")
+        return F.avg_pool2d(padded, k, stride=1)[0]
+    if kind == "noise":
+        return x + torch.randn(x.shape, generator=gen) * _uniform(gen, 0.05, 0.3)
+    raise ValueError(f"unknown fill {kind!r}")
+
+
+def synthesize(batch: torch.Tensor, gen: torch.Generator,
+               config: DefectConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Put synthetic defects into a batch of normal images.
+
+    Args:
+        batch: normal images (N, C, H, W) in [0, 1].
+        gen: the generator every draw comes from.
+        config: what may be drawn.
+
+    Returns:
+        (images with defects (N, C, H, W) in [0, 1], targets (N, 1, H, W) in {0, 1}).
+    """
+    cfg = config or DefectConfig()
+    n, _, h, w = batch.shape
+    grid = _Grid(h, w)
+    out = batch.clone()
+    target = torch.zeros((n, 1, h, w))
+    for i in range(n):
+        if float(torch.rand((), generator=gen)) >= cfg.probability:
+            continue
+        for _ in range(int(torch.randint(1, cfg.max_defects + 1, (), generator=gen))):
+            mask = MASKS[_choice(gen, cfg.masks)](gen, grid)
+            fill = _fill(_choice(gen, cfg.fills), out[i], batch, i, mask, gen)
+            alpha = _uniform(gen, cfg.min_opacity, 1.0) * mask
+            blended = (out[i] * (1 - alpha) + fill * alpha).clamp(0.0, 1.0)
+            changed = ((blended - out[i]).abs().amax(dim=0) > VISIBLE) & (mask > 0)
+            out[i] = blended
+            target[i, 0] = torch.maximum(target[i, 0], changed.float())
+    return out, target
+
+
+__all__ = ("DefectConfig", "FILL_FAMILIES", "MASK_FAMILIES", "synthesize")
