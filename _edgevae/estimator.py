@@ -90,6 +90,8 @@ class OutlierVAE(*(_BASES or (_Params,))):  # type: ignore[misc]
         epochs, batch_size, lr, latent_dim, seed: training settings (None: edgevae's defaults).
         work_dir: where the run and the bundle are kept (None: a temporary folder removed with the detector).
         verbose: 0 silent; 1 a line per training epoch and export step on stderr.
+        defect_head: train and ship the defect head (a local defect detector trained on synthetic defects). None
+            (the default): on for images, off for tables, whose tiled rows have no spatial structure to learn.
 
     Attributes (after ``fit``):
         model_: the loaded bundle (an ``edgevae.runtime.Model``).
@@ -101,11 +103,13 @@ class OutlierVAE(*(_BASES or (_Params,))):  # type: ignore[misc]
     def __init__(self, method: str = options.DEFAULT_METHOD, fpr: float = options.CALIBRATION_FPR,
                  contamination: float | None = None, epochs: int | None = None, batch_size: int | None = None,
                  lr: float | None = None, latent_dim: int | None = None, seed: int = options.SEED,
-                 work_dir: str | os.PathLike[str] | None = None, verbose: int = 0) -> None:
+                 work_dir: str | os.PathLike[str] | None = None, verbose: int = 0,
+                 defect_head: bool | None = None) -> None:
         self.method, self.fpr, self.contamination = method, fpr, contamination
         self.epochs, self.batch_size, self.lr, self.latent_dim, self.seed = epochs, batch_size, lr, latent_dim, seed
         self.work_dir = work_dir
         self.verbose = verbose
+        self.defect_head = defect_head
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -201,6 +205,10 @@ class OutlierVAE(*(_BASES or (_Params,))):  # type: ignore[misc]
         repeats = -(-side * side // table.shape[1])
         return np.tile(scaled, (1, repeats))[:, :side * side].astype(np.float32).reshape(-1, 1, side, side)
 
+    def _wants_head(self) -> bool:
+        """Whether this fit trains the defect head: as asked, else for images but not for tables."""
+        return bool(self.defect_head) if self.defect_head is not None else not hasattr(self, "table_side_")
+
     def _train_and_export(self, images: Any, work: Path) -> Path:
         from edgevae.export import ExportConfig, export_bundle
         from edgevae.training import IN_MEMORY, DataSpec, ModelConfig, TrainConfig, train
@@ -213,7 +221,8 @@ class OutlierVAE(*(_BASES or (_Params,))):  # type: ignore[misc]
         # trained from the array itself: no copy on disk, and the run keeps its held-out inputs for export
         result = train(spec, work / "run", ModelConfig(channels=contract.channels, height=contract.height,
                                                          width=contract.width, **model_cfg),
-                       TrainConfig(seed=self.seed, **given), images=images, progress=self._training_progress())
+                       TrainConfig(seed=self.seed, defect_head=self._wants_head(), **given), images=images,
+                       progress=self._training_progress())
         small = images.shape[0] < MIN_SPLIT_SAMPLES  # too few held out to calibrate on: the training inputs
         export_bundle(result.best_checkpoint, work / "bundle", ExportConfig(fpr=self.fpr, default_method=self.method),
                       force=True, progress=self._say if self.verbose else None,
@@ -233,6 +242,8 @@ class OutlierVAE(*(_BASES or (_Params,))):  # type: ignore[misc]
                           f"{info['val_neg_elbo']:.2f} ({info['seconds']:.1f} s)")
             elif event == "split":
                 self._say(f"training on {info['n_train']} inputs, {info['n_val']} held out")
+            elif event == "defect_done":
+                self._say(f"defect head: {info['steps']} steps in {info['seconds']:.1f} s")
         return progress
 
     # ------------------------------------------------------------------ scoring

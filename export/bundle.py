@@ -23,8 +23,7 @@ from edgevae import __version__
 from edgevae.runtime.options import (
     CALIBRATION_FPR,
     COMBINED_PARTS,
-    COMBINED_PARTS_WITHOUT_HEAD,
-    DEFAULT_METHOD,
+        DEFAULT_METHOD,
     DEFECT_WINDOW,
     ELBO_SAMPLES,
     IWAE_SAMPLES,
@@ -137,7 +136,7 @@ class ExportConfig:
             return self
         parts, method = self.combined_parts, self.default_method
         if parts == COMBINED_PARTS:
-            parts = COMBINED_PARTS_WITHOUT_HEAD
+            parts = tuple(p for p in parts if p != "defect")
         if "defect" in parts or method == "defect":
             raise ExportError("the defect score needs the run's defect head (defect.pt), which this export has not: "
                               "train with the defect head (the default), or choose other parts and default method")

@@ -24,7 +24,7 @@ from .methods import GRAPHS, METHODS, MONTE_CARLO_METHODS, SCORE_METHODS, noise_
 from .options import (
     COMBINED_ELBO_SAMPLES,
     COMBINED_PARTS,
-    COMBINED_PARTS_WITHOUT_HEAD,
+    LEGACY_COMBINED_PARTS,
     DEFAULT_METHOD,
     DEFECT_WINDOW,
     ELBO_SAMPLES,
@@ -132,7 +132,7 @@ class ScoringSpec:
 
     def part_samples(self, part: str) -> int:
         """K of a part inside ``combined``: the elbo part draws ``part_elbo_samples``, others their own K."""
-        return self.part_elbo_samples if part == "elbo" else self.samples(part)
+        return self.part_elbo_samples if METHODS[part].samples_setting == "elbo_samples" else self.samples(part)
 
     def method_entries(self) -> dict[str, dict[str, Any]]:
         """Per method, what a reader in another language needs to compute it (``scoring.method_specs``): its kind,
@@ -141,7 +141,7 @@ class ScoringSpec:
         for name, m in METHODS.items():
             entry: dict[str, Any] = {"kind": m.kind, "graphs": list(m.graphs), "samples": self.samples(name),
                                      "noise": noise_file(name) if m.draws_noise else None, "map": m.needs_maps,
-                                     "importance": m.importance}
+                                     "importance": m.importance, "negate": m.negate}
             if m.kind == "defect":
                 entry["window"] = self.defect_window
             if m.kind == "combination":
@@ -188,7 +188,7 @@ class ScoringSpec:
             seed=int(scoring["seed"]),
             smooth_sigma=float(scoring.get("smooth_sigma", SMOOTH_SIGMA)),
             combined_parts=tuple(str(p) for p in (scoring.get("combined") or {}).get("parts",
-                                                                                     COMBINED_PARTS_WITHOUT_HEAD)),
+                                                                                     LEGACY_COMBINED_PARTS)),
             combined_elbo_samples=int((scoring.get("combined") or {}).get("elbo_samples", COMBINED_ELBO_SAMPLES)),
             defect_window=int(scoring.get("defect_window", DEFECT_WINDOW)),
         )

@@ -45,6 +45,8 @@ class ScoreMethod:
         needs_maps: needs the anomaly-map statistics a bundle stores (``scoring.map``).
         importance: a Monte-Carlo method that weighs its samples by p(t) / q(t|x) (the importance-weighted bound).
         function: ``module:name`` of the numpy function (``reconstruction``: of a ``Residuals``).
+        negate: the score is the negative of what its kind computes (``too_likely``: the ELBO itself, high for
+            images more likely than normal ones).
     """
 
     name: str
@@ -55,6 +57,7 @@ class ScoreMethod:
     needs_maps: bool = False
     importance: bool = False
     function: str | None = None
+    negate: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -94,6 +97,8 @@ _REGISTRY: tuple[ScoreMethod, ...] = (
                 _BOTH, function="edgevae.runtime.scores:residual_rel_recon"),
     ScoreMethod("smooth_recon", "rel_recon of the residual after a Gaussian blur", "reconstruction", _BOTH,
                 function="edgevae.runtime.scores:residual_smooth_recon"),
+    ScoreMethod("too_likely", "the ELBO in nats (-elbo): high for images more likely than normal ones (blank, flat, "
+                "simpler than the training data)", "monte_carlo", _BOTH, samples_setting="elbo_samples", negate=True),
     ScoreMethod("iwae", "importance-weighted estimate of -log p(x) in nats", "monte_carlo", _BOTH,
                 samples_setting="iwae_samples", importance=True),
     ScoreMethod("local", "mean of the top of the anomaly map (the residual standardised per pixel)", "reconstruction",
@@ -133,10 +138,15 @@ def samples_for(name: str, elbo_samples: int, iwae_samples: int) -> int:
     return {"elbo_samples": elbo_samples, "iwae_samples": iwae_samples}[setting] if setting else 0
 
 
+def sign(name: str) -> float:
+    """-1.0 for a method that negates what its kind computes, else 1.0."""
+    return -1.0 if method(name).negate else 1.0
+
+
 def noise_file(name: str) -> str:
     """Name of the file holding a Monte-Carlo method's shared prior noise in a bundle."""
     return f"noise.{name}.f32"
 
 
 __all__ = ("GRAPHS", "KINDS", "METHODS", "MONTE_CARLO_METHODS", "PART_METHODS", "RECONSTRUCTION_METHODS", "SCORE_METHODS",
-           "ScoreMethod", "method", "noise_file", "samples_for")
+           "ScoreMethod", "method", "noise_file", "samples_for", "sign")

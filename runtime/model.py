@@ -279,7 +279,7 @@ class Scorer:
             # the mean over the K samples, as add.reduce + divide (what ndarray.mean does, without its overhead)
             mean_ll = np.add.reduce(ll, axis=0, dtype=np.float32) / np.float32(ll.shape[0])
             out: F32 = np.subtract(posterior.kl, mean_ll, dtype=np.float32)
-            return out
+            return np.negative(out) if spec.negate else out
         ll, log_w_prior = self._monte_carlo(xb, posterior, eps, importance=True)  # (K, N) each
         return (-logmeanexp(ll + log_w_prior, axis=0)).astype(np.float32)
 
@@ -289,7 +289,8 @@ class Scorer:
         if eps is not None:  # the one-sample ELBO, no sample axis: the cheapest Monte-Carlo score on a device
             mu, logvar, kl = encoder.run(self._encoder_outputs, {ENCODER_INPUT: xb})
             mean, param = decoder.run(self._decoder_outputs, {DECODER_INPUT: _one_sample_code(mu, logvar, eps)})
-            return self._one_sample_elbo(xb, kl, mean, param)
+            elbo = self._one_sample_elbo(xb, kl, mean, param)
+            return np.negative(elbo) if METHODS[method].negate else elbo
         return self._from_reconstruction(xb, self._reconstruct_in(xb, in_slice), method)
 
     def _one_sample_elbo(self, xb: F32, kl: F32, mean: F32, param: F32) -> F32:
@@ -344,15 +345,17 @@ class Scorer:
                 codes = np.concatenate([mu, _one_sample_code(mu, logvar, eps)])
                 means, params = decoder.run(self._decoder_outputs, {DECODER_INPUT: codes})
                 n = part.shape[0]
-                return (self._from_reconstructions(part, means[:n], shared)
-                        + [self._one_sample_elbo(part, kl, means[n:], params[n:])])
+                elbo = self._one_sample_elbo(part, kl, means[n:], params[n:])
+                return self._from_reconstructions(part, means[:n], shared) + [np.negative(elbo) if METHODS[one].negate
+                                                                               else elbo]
 
             names = shared + ([one] if one is not None else [])
             parts.update(zip(names, self.runner.map_slices(one_pass, xb)))
         for part in self.spec.combined_parts:
             if part not in parts:
                 k = samples or self.spec.part_samples(part)
-                parts[part] = self.raw_scores(xb, part, samples=k or None)
+                twin = _negated_twin(part, parts, self.spec, samples)
+                parts[part] = np.negative(parts[twin]) if twin is not None else self.raw_scores(xb, part, samples=k or None)
         return parts
 
     def _monte_carlo(self, xb: F32, posterior: Posterior, eps: F32, importance: bool = True) -> tuple[F32, F32]:
@@ -375,6 +378,20 @@ class Scorer:
             if importance:
                 log_w_prior[start:start + reps] = log_prior_over_posterior(e[:, None, :], t, logvar)
         return ll, log_w_prior
+
+
+def _negated_twin(part: str, computed: Mapping[str, F32], spec: ScoringSpec, samples: int | None) -> str | None:
+    """A computed part whose negative ``part`` is (``too_likely`` of ``elbo``: the same kind, noise and K), or None."""
+    m = METHODS[part]
+    if not m.negate:
+        return None
+    for name in computed:
+        other = METHODS[name]
+        if (other.kind == m.kind and other.samples_setting == m.samples_setting and not other.negate
+                and other.importance == m.importance
+                and (samples or spec.part_samples(name)) == (samples or spec.part_samples(part))):
+            return name
+    return None
 
 
 def _one_sample_code(mu: F32, logvar: F32, eps: F32) -> F32:

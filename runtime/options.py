@@ -17,10 +17,11 @@ from .methods import samples_for as samples_for
 DEFAULT_METHOD = "combined"
 # The parts of ``combined``: the defect head's score and the VAE's local score (small defects) and two global
 # ones (unusual members of the normal kind, images of another kind), joined through their calibrated p-values
-# (docs/scoring.md). A bundle without a defect head leaves ``defect`` out (COMBINED_PARTS_WITHOUT_HEAD), as
-# bundles made before the head did.
-COMBINED_PARTS = ("defect", "local", "smooth_recon", "elbo")
-COMBINED_PARTS_WITHOUT_HEAD = ("local", "smooth_recon", "elbo")
+# (docs/scoring.md), and ``too_likely`` for images more likely than normal ones (blank, flat, simpler). A bundle
+# without a defect head leaves ``defect`` out. Bundles that predate the parts' field in the manifest used
+# LEGACY_COMBINED_PARTS.
+COMBINED_PARTS = ("defect", "local", "smooth_recon", "elbo", "too_likely")
+LEGACY_COMBINED_PARTS = ("local", "smooth_recon", "elbo")
 # Monte-Carlo samples of the elbo part inside ``combined`` (the first rows of the elbo noise): inside the
 # combination one sample ranks images about as well as sixteen (docs/scoring.md) for far fewer decoder passes.
 COMBINED_ELBO_SAMPLES = 1

@@ -438,6 +438,8 @@ def _restore(out: Path, data: DataSpec, model_config: ModelConfig | None, train_
              resume: bool, emit: Progress, ranks: distributed.Ranks, given: np.ndarray | None = None) -> _Run:
     """Load the data and build the model and optimizer: fresh, or as ``out/last.pt`` left them."""
     out.mkdir(parents=True, exist_ok=True)
+    if ranks.is_main and not resume:  # a head from an earlier run in this folder does not belong to the new VAE
+        (out / "defect.pt").unlink(missing_ok=True)
     state: dict[str, Any] | None = None
     if resume:
         if not (out / LAST).exists():

@@ -195,7 +195,8 @@ def score(model: Autoencoder, x: torch.Tensor, method: str, eps: torch.Tensor | 
     if spec.kind == "monte_carlo":
         if eps is None:
             raise ValueError(f"the {method} score needs the shared noise eps (K, D)")
-        return iwae_nll(model, x, eps) if spec.importance else negative_elbo(model, x, eps)
+        value = iwae_nll(model, x, eps) if spec.importance else negative_elbo(model, x, eps)
+        return -value if spec.negate else value
     mu, logvar, kl = model.encode(x)
     if spec.kind == "encoder":
         return kl

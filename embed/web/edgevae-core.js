@@ -335,7 +335,8 @@ async function methodScore(bundle, method, x, { mu, logvar, kl }, samples) {
     const { mean, param } = await decode(bundle, t, k);
     let ll = 0;
     for (let s = 0; s < k; s++) ll += logLikelihood(bundle, x, mean, param, s * x.length, s);
-    return { score: Math.fround(kl - ll / k), reconstruction: null };
+    const elbo = Math.fround(kl - ll / k);
+    return { score: spec.negate ? -elbo : elbo, reconstruction: null };
   }
   const { mean } = await decode(bundle, Float32Array.from(mu), 1);
   let sq = 0, energy = 1;

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 EMBED = ROOT / "embed"
-METHODS = ("kl", "recon", "rel_recon", "smooth_recon", "elbo", "local", "combined")
+METHODS = ("kl", "recon", "rel_recon", "smooth_recon", "elbo", "too_likely", "local", "defect", "combined")
 
 
 def need(tool_ok: bool, reason: str) -> None:

@@ -15,6 +15,7 @@ from edgevae.runtime import load
 from edgevae.runtime.scores import prior_noise
 from edgevae.training import DataSpec, ModelConfig, TrainConfig, load_checkpoint, train
 from edgevae.training.data import load_images
+from edgevae.training.defect_head import load_head
 from edgevae.training.objectives import kl_divergence, negative_elbo, score
 
 pytestmark = pytest.mark.export
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.export
 def test_manifest_records_parity_within_tolerance(bundle: Path) -> None:
     raw = json.loads((bundle / "edgevae.json").read_text())
     diffs = raw["parity"]["max_abs_diff"]
-    assert set(diffs) == {"encoder.mu", "encoder.logvar", "encoder.kl", "decoder.x_mean", "decoder.x_logits"}
+    assert set(diffs) == {"encoder.mu", "encoder.logvar", "encoder.kl", "decoder.x_mean", "decoder.x_logits",
+                          "defect.defect_logits"}
     assert max(diffs.values()) <= 1e-4
     assert raw["parity"]["batch_sizes"] == [1, 7]
     assert all(v <= 1e-4 for v in raw["parity"]["score_max_rel_diff"].values())
@@ -58,9 +60,12 @@ def test_every_score_matches_pytorch(tiny_run: Path, model, test_digits, method:
     x = model.prepare(test_digits[0][::37])
     k = model.spec.iwae_samples if method == "iwae" else model.spec.elbo_samples
     eps = torch.from_numpy(prior_noise(k, 4, model.spec.seed).copy())
-    noise = {"elbo": torch.from_numpy(prior_noise(model.spec.part_elbo_samples, 4, model.spec.seed).copy())}
+    part_noise = torch.from_numpy(prior_noise(model.spec.part_elbo_samples, 4, model.spec.seed).copy())
+    noise = {"elbo": part_noise, "too_likely": part_noise}
+    head = load_head(tiny_run)
+    assert head is not None
     ref = score(torch_model, torch.from_numpy(x), method, eps, model.spec.smooth_sigma, model.maps, model.combination,
-                noise).numpy()
+                noise, defect_head=head.head, defect_window=model.spec.defect_window).numpy()
     np.testing.assert_allclose(model.raw_scores(x, method), ref, rtol=1e-4, atol=1e-3)
 
 

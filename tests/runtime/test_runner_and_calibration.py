@@ -96,7 +96,8 @@ def test_options_module_needs_no_numpy_and_names_each_choice_once() -> None:
             "assert 'numpy' not in sys.modules and 'onnxruntime' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
     assert options.samples_for("elbo", 3, 7) == 3 and options.samples_for("iwae", 3, 7) == 7
-    assert [options.samples_for(m, 3, 7) for m in options.SCORE_METHODS if m not in options.MONTE_CARLO_METHODS] == [0] * 6
+    assert options.samples_for("too_likely", 3, 7) == 3
+    assert [options.samples_for(m, 3, 7) for m in options.SCORE_METHODS if m not in options.MONTE_CARLO_METHODS] == [0] * 7
     with pytest.raises(ValueError, match="unknown score method"):
         options.samples_for("nope", 1, 1)
     assert set(options.VARIANTS) == set(options.QUANTIZE_VARIANTS) | set(options.PRECISION_VARIANTS)

@@ -51,12 +51,13 @@ typedef struct {
     int unbounded;             /* a combined part: read a bounded tail as exponential */
 } reference;
 
-#define MAX_PARTS 4
+#define MAX_PARTS 8
 
 /* What a method needs, from the bundle's scoring.method_specs (or, for older bundles, their older fields). */
 typedef struct {
     char name[32], kind[16];   /* kind: encoder, reconstruction, monte_carlo, defect or combination */
     int decoder, defect, samples, map, importance;
+    int negate;                /* the score is the negative of what its kind computes (too_likely = -elbo) */
     int window;                /* defect: the side of the square its logits are averaged over */
     char noise_file[128];
     float *noise;              /* a Monte-Carlo method's shared noise (samples, latent) */
@@ -202,6 +203,7 @@ static int load_spec(const json *m, const char *name, method_spec *spec, char *e
     spec->samples = (v = json_get(entry, "samples")) && v->type == JSON_NUMBER ? (int)v->number : 0;
     spec->map = (v = json_get(entry, "map")) && v->type == JSON_BOOL && v->number != 0;
     spec->importance = (v = json_get(entry, "importance")) && v->type == JSON_BOOL && v->number != 0;
+    spec->negate = (v = json_get(entry, "negate")) && v->type == JSON_BOOL && v->number != 0;
     if ((v = json_get(entry, "noise")) && v->type == JSON_STRING) snprintf(spec->noise_file, sizeof spec->noise_file, "%s", v->string);
     const json *parts = json_get(entry, "parts"), *ks = json_get(entry, "part_samples");
     for (const json *p = parts ? parts->child : NULL; p; p = p->next) {
@@ -676,6 +678,7 @@ static int score_decoded(bundle *b, const method_spec *spec, const float *x, flo
         for (int64_t s = 0; s < k; s++)
             ll += log_likelihood(b, x, mean + s * count, param + (b->bernoulli ? s * count : (size_t)s));
         *out = (float)(enc[2][0] - ll / (double)k); /* scores are float32, as in the Python runtime */
+        if (spec->negate) *out = -*out;
         return 1;
     }
     double sq = 0, energy = 1;

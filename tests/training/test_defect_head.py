@@ -1,0 +1,151 @@
+"""The synthetic-defect generator, the defect head, its graph in the bundle and its score."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edgevae.training.defects import FILL_FAMILIES, MASK_FAMILIES, VISIBLE, DefectConfig, synthesize  # noqa: E402
+
+
+def _texture(n: int = 16, size: int = 32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (0.5 + 0.2 * torch.randn((n, 1, size, size), generator=g)).clamp(0, 1)
+
+
+def test_the_generator_is_seeded_and_labels_only_changed_pixels() -> None:
+    x = _texture()
+    a, ta = synthesize(x, torch.Generator().manual_seed(3))
+    b, tb = synthesize(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and torch.equal(ta, tb)
+    assert a.shape == x.shape and ta.shape == (16, 1, 32, 32)
+    assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
+    changed = (a - x).abs().amax(dim=1, keepdim=True) > VISIBLE
+    assert bool((ta <= changed.float()).all()), "a target pixel is a pixel the defect changed"
+    untouched = ta.flatten(1).sum(1) == 0
+    assert torch.equal(a[untouched], x[untouched]), "images without a target are left as they are"
+    assert 0 < int(untouched.sum()) < 16, "about half of the images get a defect"
+
+
+@pytest.mark.parametrize("family", MASK_FAMILIES + FILL_FAMILIES)
+def test_every_family_alone_makes_visible_defects(family: str) -> None:
+    masks = (family,) if family in MASK_FAMILIES else MASK_FAMILIES
+    fills = (family,) if family in FILL_FAMILIES else FILL_FAMILIES
+    cfg = DefectConfig(probability=1.0, masks=masks, fills=fills, min_opacity=1.0)
+    _, target = synthesize(_texture(32, seed=1), torch.Generator().manual_seed(0), cfg)
+    assert int((target.flatten(1).sum(1) > 0).sum()) >= 16, f"{family} made too few visible defects"
+
+
+def test_small_defects_dominate_and_thin_lines_are_thin() -> None:
+    cfg = DefectConfig(probability=1.0, masks=("line",), fills=("flat",), min_opacity=1.0, max_defects=1)
+    _, target = synthesize(_texture(64, size=64), torch.Generator().manual_seed(5), cfg)
+    areas = target.flatten(1).sum(1)
+    assert float(areas.median()) < 0.05 * 64 * 64
+    cfg = DefectConfig(probability=1.0, masks=("ellipse", "rectangle", "blob"), fills=("flat",), min_opacity=1.0)
+    _, target = synthesize(_texture(64, size=64), torch.Generator().manual_seed(6), cfg)
+    assert float(target.flatten(1).sum(1).median()) < 0.1 * 64 * 64
+
+
+def test_a_family_can_be_left_out_and_unknown_ones_are_refused() -> None:
+    cfg = DefectConfig().without("line")
+    assert "line" not in cfg.masks and cfg.fills == FILL_FAMILIES
+    assert "blur" not in DefectConfig().without("blur").fills
+    with pytest.raises(ValueError, match="families"):
+        DefectConfig(masks=("stripes",))
+    with pytest.raises(ValueError, match="not among"):
+        DefectConfig().without("stripes")
+
+
+def test_the_head_is_fully_convolutional_and_learns_synthetic_defects() -> None:
+    from edgevae.training.defect_head import DefectHead, HeadConfig, train_head
+
+    head = DefectHead(3).eval()
+    for shape in ((1, 3, 32, 32), (2, 3, 37, 53), (1, 3, 8, 8)):
+        with torch.no_grad():
+            assert head(torch.rand(shape)).shape == (shape[0], 1) + shape[2:]
+    result = train_head(_texture(64), HeadConfig(channels=1, steps=150, batch_size=16, seed=0))
+    assert result.steps == 150 and not result.stopped_early
+    cfg = DefectConfig(probability=1.0, masks=("ellipse",), fills=("flat",), min_opacity=1.0)
+    x = _texture(64, seed=9)
+    xd, target = synthesize(x, torch.Generator().manual_seed(11), cfg)
+    with torch.no_grad():
+        logits = result.head(xd)
+    inside = logits[target > 0].mean()
+    outside = logits[target == 0].mean()
+    assert float(inside) > float(outside) + 1.0, "after 150 steps the head already separates flat blobs"
+
+
+def test_a_time_budget_stops_the_head_early() -> None:
+    from edgevae.training.defect_head import HeadConfig, train_head
+
+    result = train_head(_texture(16), HeadConfig(channels=1, steps=10_000, batch_size=8, time_budget=0.5))
+    assert result.stopped_early and 1 <= result.steps < 10_000
+
+
+def test_train_writes_a_head_and_a_fresh_run_drops_a_stale_one(tmp_path: Path) -> None:
+    from edgevae.training import DataSpec, ModelConfig, TrainConfig, train
+
+    cfg = ModelConfig(latent_dim=2, widths=(8,), hidden=16)
+    images = (np.random.default_rng(0).random((80, 1, 16, 16)) * 255).astype(np.uint8)
+    result = train(DataSpec(source="<array>"), tmp_path, cfg, TrainConfig(epochs=1), images=images)
+    assert result.defect_head == tmp_path / "defect.pt" and result.defect_head.exists()
+    assert result.defect_seconds <= result.seconds
+    result = train(DataSpec(source="<array>"), tmp_path, cfg, TrainConfig(epochs=1, defect_head=False), images=images)
+    assert result.defect_head is None and not (tmp_path / "defect.pt").exists()
+
+
+def test_the_defect_score_is_the_largest_window_mean() -> None:
+    from edgevae.runtime.maps import defect_score
+    from edgevae.training.objectives import defect_score as torch_defect_score
+
+    z = np.random.default_rng(1).standard_normal((3, 1, 11, 17)).astype(np.float32)
+    for window in (1, 3, 5, 11, 40):
+        kh, kw = min(window, 11), min(window, 17)
+        brute = [max(z[i, 0, y:y + kh, x:x + kw].astype(np.float64).mean() for y in range(12 - kh) for x in range(18 - kw))
+                 for i in range(3)]
+        np.testing.assert_allclose(defect_score(z, window), brute, rtol=1e-6)
+        np.testing.assert_allclose(torch_defect_score(torch.from_numpy(z), window).numpy(), brute, rtol=1e-6)
+
+
+def test_the_bundle_ships_the_head_as_a_checked_third_graph(model, bundle: Path) -> None:  # type: ignore[no-untyped-def]
+    manifest = json.loads((bundle / "edgevae.json").read_text())
+    assert model.has_defect_head and "defect.onnx" in manifest["files"]
+    assert manifest["scoring"]["defect"]["file"] == "defect.onnx"
+    assert manifest["graphs"]["defect"]["inputs"]["x"] == ["N", 1, "H", "W"]
+    assert any(k.startswith("defect.defect_logits") for k in manifest["parity"]["max_abs_diff"])
+    assert "defect" in manifest["parity"]["score_max_rel_diff"]
+    assert "defect" in manifest["scoring"]["combined"]["parts"] and "defect" in model.manifest.calibration
+    assert manifest["scoring"]["method_specs"]["defect"] == {
+        "kind": "defect", "graphs": ["defect"], "samples": 0, "noise": None, "map": False, "importance": False,
+        "negate": False, "window": 5}
+    x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
+    probabilities = model.defect_map(x)
+    assert probabilities.shape == (4, 28, 28) and 0.0 <= probabilities.min() and probabilities.max() <= 1.0
+    from edgevae.runtime.maps import defect_score
+
+    np.testing.assert_allclose(model.raw_scores(x, "defect"), defect_score(model.defect_logits(x), 5), rtol=1e-6)
+
+
+def test_a_bundle_without_the_head_scores_as_before(tiny_run: Path, tmp_path: Path) -> None:
+    from edgevae.export import ExportConfig, export_bundle
+    from edgevae.runtime import load
+    from edgevae.runtime.options import COMBINED_PARTS
+
+    out = tmp_path / "no_head"
+    export_bundle(tiny_run, out, ExportConfig(elbo_samples=4, iwae_samples=8, defect_head=False)).close()
+    manifest = json.loads((out / "edgevae.json").read_text())
+    assert "defect.onnx" not in manifest["files"] and "defect" not in manifest["scoring"]
+    assert manifest["scoring"]["combined"]["parts"] == [p for p in COMBINED_PARTS if p != "defect"]
+    with load(out) as model:
+        assert not model.has_defect_head and "defect" not in model.computable_methods
+        x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+        assert np.isfinite(model.score(x).scores).all()
+        with pytest.raises(ValueError, match="no defect head"):
+            model.defect_map(x)
+    with pytest.raises(Exception, match="defect head"):
+        export_bundle(tiny_run, tmp_path / "asked", ExportConfig(defect_head=False, default_method="defect"))
