@@ -23,8 +23,9 @@ export function methodSpecs(manifest) {
   const noise = scoring.noise_files || {}, combined = scoring.combined || {};
   const both = ["encoder", "decoder"], specs = { kl: { kind: "encoder", graphs: ["encoder"], samples: 0, noise: null, map: false } };
   for (const m of ["recon", "rel_recon", "smooth_recon", "local"]) specs[m] = { kind: "reconstruction", graphs: both, samples: 0, noise: null, map: m === "local" };
-  for (const m of ["elbo", "iwae"]) specs[m] = { kind: "monte_carlo", graphs: both, samples: noise[m] ? noise[m].shape[0] : 0, noise: noise[m] ? noise[m].file : null, map: false, importance: m === "iwae" };
-  if (combined.parts) specs.combined = { kind: "combination", graphs: both, parts: combined.parts, part_samples: { elbo: combined.elbo_samples || 1 }, map: combined.parts.includes("local") };
+  for (const m of ["elbo", "iwae", "too_likely"]) specs[m] = { kind: "monte_carlo", graphs: both, samples: noise[m] ? noise[m].shape[0] : 0, noise: noise[m] ? noise[m].file : null, map: false, importance: m === "iwae", negate: m === "too_likely" };
+  if (scoring.defect) specs.defect = { kind: "defect", graphs: ["defect"], samples: 0, noise: null, map: false, window: scoring.defect_window ?? 5 };
+  if (combined.parts) specs.combined = { kind: "combination", graphs: both, parts: combined.parts, part_samples: { elbo: combined.elbo_samples || 1, too_likely: combined.elbo_samples || 1 }, map: combined.parts.includes("local") };
   return specs;
 }
 

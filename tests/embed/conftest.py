@@ -189,12 +189,15 @@ def legacy_bundle(bundle: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def respecified(bundle: Path, tmp_path: Path) -> Path:
-    """The bundle with its combined score's elbo part told to draw 3 samples (scoring.method_specs only): a program
+    """The bundle with its combined score's Monte-Carlo parts told to draw 3 samples (scoring.method_specs only): a program
     that reads the specs scores it as the runtime does with 3 samples, one that re-types defaults does not."""
     copy = tmp_path / "respecified"
     shutil.copytree(bundle, copy)
     manifest = json.loads((copy / "edgevae.json").read_text())
-    manifest["scoring"]["method_specs"]["combined"]["part_samples"]["elbo"] = 3
+    specs = manifest["scoring"]["method_specs"]
+    for part in specs["combined"]["part_samples"]:  # elbo and too_likely: the Monte-Carlo parts
+        if specs[part]["kind"] == "monte_carlo":
+            specs["combined"]["part_samples"][part] = 3
     (copy / "edgevae.json").write_text(json.dumps(manifest, indent=2))
     return copy
 

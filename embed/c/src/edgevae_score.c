@@ -220,13 +220,20 @@ static int legacy_spec(const json *m, const char *name, method_spec *spec, char 
     const char *nk[] = {"scoring", "noise_files", name, NULL}, *ck[] = {"scoring", "combined", NULL};
     const json *noise = json_path(m, nk), *combined = json_path(m, ck);
     static const char *const recon[] = {"recon", "rel_recon", "smooth_recon", "local"};
-    spec->decoder = strcmp(name, "kl") != 0;
+    spec->decoder = strcmp(name, "kl") != 0 && strcmp(name, "defect") != 0;
     if (strcmp(name, "kl") == 0) snprintf(spec->kind, sizeof spec->kind, "encoder");
+    if (strcmp(name, "defect") == 0) {
+        const char *wk[] = {"scoring", "defect_window", NULL};
+        snprintf(spec->kind, sizeof spec->kind, "defect");
+        spec->defect = 1;
+        spec->window = (int)number(m, wk, 5);
+    }
     for (int i = 0; i < 4; i++) if (strcmp(name, recon[i]) == 0) snprintf(spec->kind, sizeof spec->kind, "reconstruction");
     spec->map = strcmp(name, "local") == 0;
-    if (strcmp(name, "elbo") == 0 || strcmp(name, "iwae") == 0) {
+    if (strcmp(name, "elbo") == 0 || strcmp(name, "iwae") == 0 || strcmp(name, "too_likely") == 0) {
         snprintf(spec->kind, sizeof spec->kind, "monte_carlo");
         spec->importance = strcmp(name, "iwae") == 0;
+        spec->negate = strcmp(name, "too_likely") == 0;
         const json *file = json_get(noise, "file"), *shape = json_get(noise, "shape");
         if (file && file->type == JSON_STRING) snprintf(spec->noise_file, sizeof spec->noise_file, "%s", file->string);
         if (shape && shape->child) spec->samples = (int)shape->child->number;
@@ -238,7 +245,9 @@ static int legacy_spec(const json *m, const char *name, method_spec *spec, char 
         for (const json *p = parts ? parts->child : NULL; p && spec->n_parts < MAX_PARTS; p = p->next) {
             int i = spec->n_parts++;
             snprintf(spec->parts[i], sizeof spec->parts[0], "%s", p->type == JSON_STRING ? p->string : "");
-            spec->part_samples[i] = strcmp(spec->parts[i], "elbo") == 0 ? (int)number(combined, ek, 1) : -1;
+            int elbo_like = strcmp(spec->parts[i], "elbo") == 0 || strcmp(spec->parts[i], "too_likely") == 0;
+            spec->part_samples[i] = elbo_like ? (int)number(combined, ek, 1) : -1;
+            if (strcmp(spec->parts[i], "defect") == 0) spec->defect = 1;
         }
     }
     if (!spec->kind[0]) { snprintf(err, MSG, "the bundle does not describe method %s", name); return 0; }
