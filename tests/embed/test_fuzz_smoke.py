@@ -19,7 +19,7 @@ def test_fuzz_smoke(tmp_path: Path, benchmark_script) -> None:  # type: ignore[n
     out_json, out_md = tmp_path / "f.json", tmp_path / "benchmarks.md"
     module.main(["--smoke", "--json", str(out_json), "--markdown", str(out_md)])  # exits 1 on a crash
     report = json.loads(out_json.read_text())
-    assert [r["harness"] for r in report["harnesses"]] == ["fuzz_input", "fuzz_json", "fuzz_signature"]
+    assert [r["harness"] for r in report["harnesses"]] == ["fuzz_input", "fuzz_json", "fuzz_signature", "fuzz_manifest"]
     for r in report["harnesses"]:
         assert r["executed"] >= 20_000 and r["coverage_edges"] > 20 and not r["crashes"], r
     assert "| fuzz_input |" in out_md.read_text()

@@ -1,0 +1,77 @@
+/* The bundle's manifest as edgevae-score reads it: the input contract, the chosen method's entry
+ * (scoring.method_specs, or for older bundles the same entry built from their older fields), its parts, its
+ * calibration and the p-value rule. Pure C over the JSON tree: no onnxruntime, no files, so the fuzzer
+ * (fuzz/fuzz_manifest.c) runs it on any manifest. Every number it takes from the manifest is range-checked
+ * before anything is allocated or indexed with it. */
+#ifndef EDGEVAE_MANIFEST_H
+#define EDGEVAE_MANIFEST_H
+
+#include <stddef.h>
+
+#include "json.h"
+
+#define MSG 8192
+#define MAX_PARTS 8
+/* Limits of what a manifest may say (edgevae.runtime's own limits are within them). */
+#define MAX_SIDE 16384
+#define MAX_VALUES ((long)1 << 28)      /* C * H * W of one image */
+#define MAX_LATENT 65536
+#define MAX_SAMPLES 100000
+
+typedef struct {
+    double start, fraction, shape, scale;
+    int present;
+} tail_fit;
+
+/* Sorted scores of normal images with an optional tail model: what turns a score into a p-value. */
+typedef struct {
+    double *scores;
+    size_t n;
+    tail_fit tail;
+    int unbounded;             /* a combined part: read a bounded tail as exponential */
+} reference;
+
+/* What a method needs, from the bundle's scoring.method_specs (or, for older bundles, their older fields). */
+typedef struct {
+    char name[32], kind[16];   /* kind: encoder, reconstruction, monte_carlo, defect or combination */
+    int decoder, defect, samples, map, importance;
+    int negate;                /* the score is the negative of what its kind computes (too_likely = -elbo) */
+    int window;                /* defect: the side of the square its logits are averaged over */
+    char noise_file[128];
+    float *noise;              /* a Monte-Carlo method's shared noise (samples, latent) */
+    int n_parts;               /* a combination: its parts, the samples each draws in it, their references */
+    char parts[MAX_PARTS][32];
+    int part_samples[MAX_PARTS];
+} method_spec;
+
+/* What scoring needs from the manifest, read and checked by read_scoring. */
+typedef struct {
+    int channels, height, width, latent;
+    int bernoulli;             /* 1: decoder gives x_logits; 0: x_logvar (Gaussian) */
+    double sigma;              /* smooth_recon */
+    char method[32];
+    method_spec spec;          /* the chosen method */
+    method_spec part[MAX_PARTS]; /* a combination's parts */
+    reference part_ref[MAX_PARTS];
+    double threshold;
+    reference cal;             /* the method's calibration */
+    int encoder, decoder, defect, map; /* the graphs and the map statistics the method (and its parts) need */
+    char map_file[128];        /* scoring.map: its file, smoothing and top_k (when map) */
+    double map_sigma;
+    int top_k;
+} scoring;
+
+/* Reads and checks everything scoring `method` (NULL: the bundle's default) needs from a parsed manifest;
+   0 with a message in err (MSG bytes) when something is missing, malformed or out of range. free_scoring
+   releases what it allocated, also after a failure. */
+int read_scoring(const json *manifest, const char *method, scoring *s, char *err);
+void free_scoring(scoring *s);
+
+/* A number at a path of the tree, or the fallback when absent or not a number. */
+double number(const json *root, const char *const *keys, double fallback);
+
+/* The natural log of the runtime's p-value of score s against a reference (edgevae.runtime.scores.log_p_values). */
+double log_p_value(const reference *r, double s);
+double p_value(const reference *r, double s);
+
+#endif
