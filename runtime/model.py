@@ -346,8 +346,8 @@ class Scorer:
                 means, params = decoder.run(self._decoder_outputs, {DECODER_INPUT: codes})
                 n = part.shape[0]
                 elbo = self._one_sample_elbo(part, kl, means[n:], params[n:])
-                return self._from_reconstructions(part, means[:n], shared) + [np.negative(elbo) if METHODS[one].negate
-                                                                               else elbo]
+                negate = one is not None and METHODS[one].negate
+                return self._from_reconstructions(part, means[:n], shared) + [np.negative(elbo) if negate else elbo]
 
             names = shared + ([one] if one is not None else [])
             parts.update(zip(names, self.runner.map_slices(one_pass, xb)))
