@@ -5,11 +5,10 @@ It is trained from scratch, after the VAE, on synthetic defects made from the sa
 VAE's graphs at scoring time, and one graph call gives the map. The VAE stays what it is: the head adds a local
 detector beside the VAE's global scores (``combined`` joins both; docs/scoring.md).
 
-Architecture (``HeadConfig.widths`` = (w0, w1, w2), about 180k weights at the default (16, 32, 64)): two 3x3
-convolutions at full resolution (w0), a stride-2 stage (w1), a stride-2 stage followed by dilated 3x3
-convolutions (dilations 1, 2, 4; w2) that widen the view to about 60 pixels, then two upsampling stages with skip
-connections back to full resolution and a 1x1 convolution to one logit per pixel. BatchNorm after every 3x3
-convolution folds into it at export.
+Architecture (``HeadConfig.widths`` = (w0, w1, w2), about 110k weights at the default (16, 32, 64)): see
+:class:`DefectHead` — every stage below full resolution (a half, a quarter, an eighth with dilated convolutions
+that widen the view to about 100 pixels), logits at half resolution upsampled to the input's size. BatchNorm after
+every 3x3 convolution folds into it at export.
 
 The loss suits masks that cover a few pixels: a focal loss (gamma 2) over every pixel plus a soft Dice loss
 over the batch. The run stores the head in ``defect.pt`` beside the VAE's checkpoints; ``edgevae export``
@@ -100,26 +99,32 @@ def _conv(c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> nn.Seque
 
 
 class DefectHead(nn.Module):
-    """x (N, C, H, W) in [0, 1] -> defect logits (N, 1, H, W); any H, W >= 4."""
+    """x (N, C, H, W) in [0, 1] -> defect logits (N, 1, H, W); any H, W >= 8.
+
+    Every stage works below full resolution: a stride-2 stem (w0, half resolution), a stride-2 stage (w1, a
+    quarter), a stride-2 stage with dilated convolutions (w2, an eighth), then two upsampling stages with skip
+    connections back to half resolution, one logit per pixel there, and a bilinear upsampling of the logits to the
+    input's size. The stem's stride-2 convolution still reads every input pixel, so a 1-px line reaches it; the map
+    is located to about 2 px. Its cost is about a fifth of a full-resolution design's (docs/benchmarks.md).
+    """
 
     def __init__(self, channels: int, widths: tuple[int, int, int] = options.DEFECT_WIDTHS) -> None:
         super().__init__()
         w0, w1, w2 = widths
-        self.full = nn.Sequential(_conv(channels, w0), _conv(w0, w0))
-        self.halves = nn.Sequential(_conv(w0, w1, stride=2), _conv(w1, w1))
-        self.quarters = nn.Sequential(_conv(w1, w2, stride=2), _conv(w2, w2), _conv(w2, w2, dilation=2),
-                                     _conv(w2, w2, dilation=4))
-        self.up_half = _conv(w2 + w1, w1)
-        self.up_full = _conv(w1 + w0, w0)
+        self.halves = nn.Sequential(_conv(channels, w0, stride=2), _conv(w0, w0))
+        self.quarters = nn.Sequential(_conv(w0, w1, stride=2), _conv(w1, w1))
+        self.eighths = nn.Sequential(_conv(w1, w2, stride=2), _conv(w2, w2, dilation=2), _conv(w2, w2, dilation=4))
+        self.up_quarter = _conv(w2 + w1, w1)
+        self.up_half = _conv(w1 + w0, w0)
         self.out = nn.Conv2d(w0, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.full(x * 2.0 - 1.0)
-        h = self.halves(f)
+        h = self.halves(x * 2.0 - 1.0)
         q = self.quarters(h)
+        e = self.eighths(q)
+        q = self.up_quarter(torch.cat([F.interpolate(e, size=q.shape[-2:], mode="bilinear", align_corners=False), q], 1))
         h = self.up_half(torch.cat([F.interpolate(q, size=h.shape[-2:], mode="bilinear", align_corners=False), h], 1))
-        f = self.up_full(torch.cat([F.interpolate(h, size=f.shape[-2:], mode="bilinear", align_corners=False), f], 1))
-        logits: torch.Tensor = self.out(f)
+        logits: torch.Tensor = F.interpolate(self.out(h), size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits
 
 
