@@ -398,10 +398,24 @@ def training_summary(ck: Checkpoint) -> dict[str, Any]:
         "val_neg_elbo": ck.best_val_neg_elbo,
         "val_recon": best.get("val_recon"),
         "val_kl": best.get("val_kl"),
-        "seconds": history[-1].get("seconds") if history else None,  # the whole run
+        "seconds": _run_seconds(ck, history),  # the whole run
         "seconds_to_best_epoch": best.get("seconds"),
         "train_config": asdict(ck.train_config),
     }
+
+
+def _run_seconds(ck: Checkpoint, history: list[dict[str, Any]]) -> float | None:
+    """The whole run's training time: the last epoch of the run's metrics.json (the best checkpoint's own history
+    ends at the best epoch), else of the checkpoint's history."""
+    import json
+
+    if ck.path is not None and (ck.path.parent / "metrics.json").exists():
+        try:
+            last = json.loads((ck.path.parent / "metrics.json").read_text())["history"][-1]
+            return float(last["seconds"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            pass
+    return history[-1].get("seconds") if history else None
 
 
 def serialize(proto: onnx.ModelProto) -> bytes:
