@@ -274,11 +274,12 @@ def batch1_overhead(bundle: Path, x1: np.ndarray, rounds: int, reps: int) -> dic
             return self.answers[key]
 
     own = copy.copy(model)  # the same model over sessions that replay
-    own.runner = GraphRunner(Replayed(model.runner.encoder), Replayed(model.runner.decoder))
+    own.runner = GraphRunner(Replayed(model.runner.encoder), Replayed(model.runner.decoder),
+                             defect=Replayed(model.runner.defect) if model.runner.defect is not None else None)
 
     out: dict[str, dict[str, float]] = {}
     for method in model.methods:
-        graphs = method_graphs(enc, dec, spec, method)
+        graphs = method_graphs(enc, dec, spec, method, model.runner.defect)
         sides = {"runtime": (lambda m=method: model.raw_scores(x1, m)), "graphs": (lambda g=graphs: g(x1)),
                  "own work": (lambda m=method: own.raw_scores(x1, m))}
         per_call: dict[str, list[float]] = {k: [] for k in sides}
@@ -296,20 +297,24 @@ def batch1_overhead(bundle: Path, x1: np.ndarray, rounds: int, reps: int) -> dic
     return out
 
 
-def method_graphs(enc: Any, dec: Any, spec: Any, method: str) -> Callable[[np.ndarray], Any]:
+def method_graphs(enc: Any, dec: Any, spec: Any, method: str, defect: Any = None) -> Callable[[np.ndarray], Any]:
     """The graph calls a method makes for a batch, on given onnxruntime sessions, without its numpy score math:
     the encoder; the decoder on the posterior means for the scores that compare with reconstructions; on K codes
     per image for the Monte-Carlo ones; ``combined`` decodes its parts' codes (a one-sample ``elbo`` part beside
-    the means, as the runtime does)."""
+    the means, as the runtime does); ``defect`` (and a ``defect`` part) runs the defect head's session."""
     from edgevae.runtime.manifest import DECODER_INPUT, ENCODER_INPUT
 
     one_pass = ("recon", "rel_recon", "smooth_recon", "local")
-    codes = {"elbo": spec.elbo_samples, "iwae": spec.iwae_samples}.get(method, 0)
+    codes = {"elbo": spec.elbo_samples, "too_likely": spec.elbo_samples, "iwae": spec.iwae_samples}.get(method, 0)
     if method == "combined":
         codes = spec.part_elbo_samples if "elbo" in spec.combined_parts else 0
+    head = defect is not None and (method == "defect" or (method == "combined" and "defect" in spec.combined_parts))
     means = method in one_pass or (method == "combined" and any(p in one_pass for p in spec.combined_parts))
 
     def run(x: np.ndarray) -> Any:
+        maps = defect.run(None, {"x": x}) if head else None
+        if method == "defect":
+            return maps
         mu = enc.run(None, {ENCODER_INPUT: x})[0]
         if method == "kl":
             return mu

@@ -379,13 +379,13 @@ def train(
         for epoch in range(run.start_epoch, run.train_config.epochs):
             _run_epoch(run, epoch, emit, started)
         out, best_epoch, best, history = run.out, run.best_epoch, run.best, run.history
+        head_images = run.x_train if ranks.is_main and run.train_config.defect_head else None
+        head_config = _head_config(run) if head_images is not None else None
         if ranks.distributed:
             # DistributedDataParallel's reducer holds the process group's work objects: it goes first, while the
             # group is alive (a gloo group destroyed under it aborted a process at exit, once in several runs)
             del run
             gc.collect()
-        head_images = run.x_train if ranks.is_main and run.train_config.defect_head else None
-        head_config = _head_config(run) if head_images is not None else None
     finally:
         distributed.teardown(ranks)
     vae_seconds = time.perf_counter() - started

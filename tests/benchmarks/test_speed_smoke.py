@@ -24,7 +24,8 @@ def test_speed_benchmark_smoke(tmp_path: Path, benchmark_script) -> None:  # typ
     assert report["streaming"]["images"] == 2000 and len(report["streaming"]["rss_mb_at"]) == 3
     assert report["flops"]["encoder_flops_per_image"] > 0
     by_method = report["png_by_method"]["methods"]
-    assert set(by_method) == {"kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae", "local", "combined"}
+    assert set(by_method) == {"kl", "elbo", "recon", "rel_recon", "smooth_recon", "iwae", "local", "too_likely", "defect",
+                            "combined"}
     assert all(v[k] > 0 for v in by_method.values() for k in ("compute_bound_per_s", "in_process_per_s", "cli_per_s"))
     assert set(report["batch1_overhead"]) == set(by_method)
     assert "<!-- speed:start -->" in out_md.read_text()

@@ -87,7 +87,7 @@ def test_training_from_an_array_writes_no_copy_and_exports(tmp_path: Path) -> No
     run = tmp_path / "run"
     result = train(DataSpec(source=IN_MEMORY), run, ModelConfig(**SMALL), TrainConfig(epochs=1, seed=0),
                    images=images[labels == 2][:150])
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "holdout.npz", "last.pt", "metrics.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "defect.pt", "holdout.npz", "last.pt", "metrics.json"]
     assert load_checkpoint(result.best_checkpoint).data.source == IN_MEMORY
     model = export_bundle(run, tmp_path / "bundle")
     assert model.manifest.calibration_n == holdout_n(run)
