@@ -81,7 +81,7 @@ def c_kl_us(scorer: Path, bundle: Path, image: Path, reps: int, method: str = "k
 
 
 # The methods the C program computes, timed side by side with the Python runtime at batch 1.
-C_METHODS = ("kl", "recon", "rel_recon", "smooth_recon", "elbo", "local", "combined")
+C_METHODS = ("kl", "recon", "rel_recon", "smooth_recon", "elbo", "local", "too_likely", "defect", "combined")
 
 
 def python_method_us(bundle: Path, x: np.ndarray, method: str, reps: int) -> float:

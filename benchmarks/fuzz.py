@@ -57,12 +57,18 @@ def run_one(name: str, runs: int, work: Path) -> dict[str, Any]:
     crashes.mkdir()
     started = time.perf_counter()
     proc = subprocess.run([str(C / "build" / "fuzz" / name), f"-runs={runs}", "-seed=1", f"-max_len={16384 if name == 'fuzz_manifest' else 8192}",
-                           "-print_final_stats=1", f"-artifact_prefix={crashes}/", str(corpus)],
+                           "-print_final_stats=1", f"-artifact_prefix={crashes}/",
+                           # libFuzzer's RSS limit reads the process's peak RSS, which Linux carries over from the
+                           # parent across fork and exec: started from a test run holding a few GB, every harness was
+                           # "out of memory" after its first second. Single allocations are limited instead (2 GB).
+                           "-rss_limit_mb=0", "-malloc_limit_mb=2048", str(corpus)],
                           capture_output=True, text=True)
     seconds = time.perf_counter() - started
     log = proc.stderr
     executed = _stat(log, "stat::number_of_executed_units")
     found = sorted(p.name for p in crashes.iterdir())
+    if found or proc.returncode != 0:
+        print(f"{name} failed; the end of libFuzzer's log:\n" + "\n".join(log.splitlines()[-40:]), file=sys.stderr)
     if found:
         kept = ROOT / "benchmarks" / "results" / "fuzz-crashes"
         kept.mkdir(parents=True, exist_ok=True)
@@ -92,7 +98,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Measured by `python benchmarks/fuzz.py` on {report['machine']}, {report['date']}; total "
         f"{report['seconds'] / 60:.1f} min. Raw results: `benchmarks/results/fuzz.json`. Harnesses and seed corpus: "
-        "embed/c/fuzz/. Each harness starts from its seed corpus with seed 1.",
+        "embed/c/fuzz/. Each harness starts from its seed corpus with seed 1; a single allocation above 2 GB counts as a "
+        "crash (libFuzzer's `-malloc_limit_mb`).",
         "",
         "| harness | what it reads | executions | exec/s | coverage (edges) | crashes | sanitizer reports |",
         "|---|---|---|---|---|---|---|",
