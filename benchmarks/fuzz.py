@@ -40,6 +40,7 @@ C = ROOT / "embed" / "c"
 HARNESSES = ("fuzz_input", "fuzz_json", "fuzz_signature", "fuzz_manifest")
 RUNS = 10_000_000
 SMOKE_RUNS = 20_000
+MALLOC_LIMIT_MB = 2048  # a single allocation above this counts as a crash
 
 
 def build() -> None:
@@ -60,8 +61,8 @@ def run_one(name: str, runs: int, work: Path) -> dict[str, Any]:
                            "-print_final_stats=1", f"-artifact_prefix={crashes}/",
                            # libFuzzer's RSS limit reads the process's peak RSS, which Linux carries over from the
                            # parent across fork and exec: started from a test run holding a few GB, every harness was
-                           # "out of memory" after its first second. Single allocations are limited instead (2 GB).
-                           "-rss_limit_mb=0", "-malloc_limit_mb=2048", str(corpus)],
+                           # "out of memory" after its first second. Single allocations are limited instead.
+                           "-rss_limit_mb=0", f"-malloc_limit_mb={MALLOC_LIMIT_MB}", str(corpus)],
                           capture_output=True, text=True)
     seconds = time.perf_counter() - started
     log = proc.stderr
@@ -98,8 +99,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Measured by `python benchmarks/fuzz.py` on {report['machine']}, {report['date']}; total "
         f"{report['seconds'] / 60:.1f} min. Raw results: `benchmarks/results/fuzz.json`. Harnesses and seed corpus: "
-        "embed/c/fuzz/. Each harness starts from its seed corpus with seed 1; a single allocation above 2 GB counts as a "
-        "crash (libFuzzer's `-malloc_limit_mb`).",
+        f"embed/c/fuzz/. Each harness starts from its seed corpus with seed 1; a single allocation above "
+        f"{MALLOC_LIMIT_MB / 1024:g} GB counts as a crash (libFuzzer's `-malloc_limit_mb`).",
         "",
         "| harness | what it reads | executions | exec/s | coverage (edges) | crashes | sanitizer reports |",
         "|---|---|---|---|---|---|---|",
