@@ -43,6 +43,10 @@ FOCAL_GAMMA = 2.0
 Progress = Callable[[str, Mapping[str, Any]], None]
 
 
+# How the head returns to half resolution (DefectHead); the first is the default.
+UPSAMPLING = ("transposed", "bilinear")
+
+
 @dataclass(frozen=True)
 class HeadConfig:
     """The defect head's architecture and training.
@@ -57,6 +61,8 @@ class HeadConfig:
         defects: what the generator may draw.
         time_budget: stop early after this many seconds (None: no limit); ``train`` passes the VAE's own
             training time, so the head never takes longer than the VAE.
+        upsampling: how the head returns to half resolution, one of ``UPSAMPLING`` (see :class:`DefectHead`); a
+            stored config without it is a head trained before the choice existed, read as ``"bilinear"``.
     """
 
     channels: int = 1
@@ -67,8 +73,11 @@ class HeadConfig:
     seed: int = options.SEED
     defects: DefectConfig = field(default_factory=DefectConfig)
     time_budget: float | None = None
+    upsampling: str = "transposed"
 
     def __post_init__(self) -> None:
+        if self.upsampling not in UPSAMPLING:
+            raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLING)}, got {self.upsampling!r}")
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         if len(self.widths) != 3 or any(w < 1 for w in self.widths):
             raise ValueError(f"defect head widths must be three positive channel counts, got {list(self.widths)}")
@@ -90,7 +99,8 @@ class HeadConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "HeadConfig":
         defects = DefectConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["defects"].items()})
-        return cls(**{**data, "widths": tuple(data["widths"]), "defects": defects})
+        # Heads trained before the transposed upsampling carry no "upsampling" entry: they upsample bilinearly.
+        return cls(**{"upsampling": "bilinear", **data, "widths": tuple(data["widths"]), "defects": defects})
 
 
 def _conv(c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -105,25 +115,44 @@ class DefectHead(nn.Module):
     quarter), a stride-2 stage with dilated convolutions (w2, an eighth), then two upsampling stages with skip
     connections back to half resolution, one logit per pixel there, and a bilinear upsampling of the logits to the
     input's size. The stem's stride-2 convolution still reads every input pixel, so a 1-px line reaches it; the map
-    is located to about 2 px. Its cost is about a fifth of a full-resolution design's (docs/benchmarks.md).
+    is located to about 2 px.
+
+    ``upsampling="transposed"`` (the default) doubles the resolution with a 2x2 stride-2 transposed convolution and
+    adds the skip connection; ``"bilinear"`` (heads trained before it) interpolates and concatenates. The second
+    does the same work in more time: onnxruntime runs Resize and Concat outside its blocked convolution layout, so
+    each costs two layout changes (benchmarks/defect_cost.py).
     """
 
-    def __init__(self, channels: int, widths: tuple[int, int, int] = options.DEFECT_WIDTHS) -> None:
+    def __init__(self, channels: int, widths: tuple[int, int, int] = options.DEFECT_WIDTHS,
+                 upsampling: str = "transposed") -> None:
         super().__init__()
+        if upsampling not in UPSAMPLING:
+            raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLING)}, got {upsampling!r}")
         w0, w1, w2 = widths
+        self.upsampling = upsampling
         self.halves = nn.Sequential(_conv(channels, w0, stride=2), _conv(w0, w0))
         self.quarters = nn.Sequential(_conv(w0, w1, stride=2), _conv(w1, w1))
         self.eighths = nn.Sequential(_conv(w1, w2, stride=2), _conv(w2, w2, dilation=2), _conv(w2, w2, dilation=4))
-        self.up_quarter = _conv(w2 + w1, w1)
-        self.up_half = _conv(w1 + w0, w0)
+        if upsampling == "transposed":
+            self.to_quarter = nn.ConvTranspose2d(w2, w1, 2, stride=2)
+            self.to_half = nn.ConvTranspose2d(w1, w0, 2, stride=2)
+            self.up_quarter, self.up_half = _conv(w1, w1), _conv(w0, w0)
+        else:
+            self.up_quarter, self.up_half = _conv(w2 + w1, w1), _conv(w1 + w0, w0)
         self.out = nn.Conv2d(w0, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.halves(x * 2.0 - 1.0)
         q = self.quarters(h)
         e = self.eighths(q)
-        q = self.up_quarter(torch.cat([F.interpolate(e, size=q.shape[-2:], mode="bilinear", align_corners=False), q], 1))
-        h = self.up_half(torch.cat([F.interpolate(q, size=h.shape[-2:], mode="bilinear", align_corners=False), h], 1))
+        if self.upsampling == "transposed":  # an odd side comes back one larger: crop to the skip's size
+            q = self.up_quarter(self.to_quarter(e)[..., : q.shape[-2], : q.shape[-1]] + q)
+            h = self.up_half(self.to_half(q)[..., : h.shape[-2], : h.shape[-1]] + h)
+        else:
+            q = self.up_quarter(torch.cat([F.interpolate(e, size=q.shape[-2:], mode="bilinear", align_corners=False),
+                                           q], 1))
+            h = self.up_half(torch.cat([F.interpolate(q, size=h.shape[-2:], mode="bilinear", align_corners=False),
+                                        h], 1))
         logits: torch.Tensor = F.interpolate(self.out(h), size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits
 
@@ -161,7 +190,7 @@ def train_head(images: torch.Tensor, config: HeadConfig, progress: Progress | No
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 7)
-    head = DefectHead(config.channels, config.widths)
+    head = DefectHead(config.channels, config.widths, config.upsampling)
     optimizer = torch.optim.Adam(head.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
@@ -230,7 +259,7 @@ def load_head(run_dir: str | os.PathLike[str]) -> LoadedHead | None:
         if not isinstance(raw, dict) or raw.get("format") != HEAD_FORMAT or raw.get("version") != HEAD_VERSION:
             raise ValueError("not an edgevae defect head of a supported version")
         config = HeadConfig.from_dict(json.loads(raw["config"]))
-        head = DefectHead(config.channels, config.widths)
+        head = DefectHead(config.channels, config.widths, config.upsampling)
         head.load_state_dict(raw["state_dict"])
     except (RuntimeError, ValueError, KeyError, TypeError, OSError, EOFError) as exc:
         raise CheckpointError(f"{path}: not a readable defect head ({exc}); train again, or delete it to export "

@@ -64,10 +64,11 @@ def test_a_family_can_be_left_out_and_unknown_ones_are_refused() -> None:
 def test_the_head_is_fully_convolutional_and_learns_synthetic_defects() -> None:
     from edgevae.training.defect_head import DefectHead, HeadConfig, train_head
 
-    head = DefectHead(3).eval()
-    for shape in ((1, 3, 32, 32), (2, 3, 37, 53), (1, 3, 8, 8)):
-        with torch.no_grad():
-            assert head(torch.rand(shape)).shape == (shape[0], 1) + shape[2:]
+    for upsampling in ("transposed", "bilinear"):
+        head = DefectHead(3, upsampling=upsampling).eval()
+        for shape in ((1, 3, 32, 32), (2, 3, 37, 53), (1, 3, 8, 8), (1, 3, 9, 15)):
+            with torch.no_grad():
+                assert head(torch.rand(shape)).shape == (shape[0], 1) + shape[2:]
     result = train_head(_texture(64), HeadConfig(channels=1, steps=150, batch_size=16, seed=0))
     assert result.steps == 150 and not result.stopped_early
     cfg = DefectConfig(probability=1.0, masks=("ellipse",), fills=("flat",), min_opacity=1.0)
@@ -78,6 +79,21 @@ def test_the_head_is_fully_convolutional_and_learns_synthetic_defects() -> None:
     inside = logits[target > 0].mean()
     outside = logits[target == 0].mean()
     assert float(inside) > float(outside) + 1.0, "after 150 steps the head already separates flat blobs"
+
+
+def test_a_head_stored_before_the_upsampling_choice_loads_as_bilinear() -> None:
+    from edgevae.training.defect_head import DefectHead, HeadConfig
+
+    stored = HeadConfig(channels=3, upsampling="bilinear").to_dict()
+    del stored["upsampling"]  # what a head trained before the choice stored
+    config = HeadConfig.from_dict(stored)
+    assert config.upsampling == "bilinear" and HeadConfig.from_dict(HeadConfig().to_dict()).upsampling == "transposed"
+    old = DefectHead(3, config.widths, "bilinear").state_dict()
+    DefectHead(config.channels, config.widths, config.upsampling).load_state_dict(old)  # strict: same architecture
+    with pytest.raises(RuntimeError):
+        DefectHead(3, config.widths, "transposed").load_state_dict(old)
+    with pytest.raises(ValueError, match="upsampling must be one of"):
+        HeadConfig(upsampling="nearest")
 
 
 def test_a_time_budget_stops_the_head_early() -> None:
