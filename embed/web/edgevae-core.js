@@ -533,20 +533,40 @@ function crc32(bytes, start, end) {
 }
 
 async function inflate(data) {
-  const stream = new Blob([data]).stream().pipeThrough(new DecompressionStream("deflate"));
-  return new Uint8Array(await new Response(stream).arrayBuffer());
+  // as much as the zlib stream gives: Pillow stops reading once every row is decoded, so a damaged or missing end
+  // of the stream (its checksum included) is an error only when rows are missing (unfilter says so)
+  const reader = new Blob([data]).stream().pipeThrough(new DecompressionStream("deflate")).getReader(), parts = [];
+  let broken = null;
+  try {
+    for (let r = await reader.read(); !r.done; r = await reader.read()) parts.push(r.value);
+  } catch (e) {
+    broken = e;
+  }
+  const out = new Uint8Array(await new Blob(parts).arrayBuffer());
+  return { out, broken };
 }
 
 const SAMPLES = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 }; // samples per pixel by colour type
 
 function pngChunks(bytes) {
+  // Pillow's reading: every chunk before the image data is CRC-checked; the image data is the run of IDAT chunks
+  // that follows (their CRCs are not checked, a chunk cut short by the end of the file gives what it holds);
+  // whatever comes after the image data, IEND included, is not needed
   const sig = [137, 80, 78, 71, 13, 10, 26, 10];
   if (bytes.length < 8 || sig.some((b, i) => bytes[i] !== b)) throw new Error("not a PNG file");
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength), out = { idat: [] };
   let pos = 8;
-  while (pos + 12 <= bytes.length) {
+  while (pos + 8 <= bytes.length) {
     const length = view.getUint32(pos), type = String.fromCharCode(...bytes.subarray(pos + 4, pos + 8));
     const end = pos + 8 + length;
+    if (out.idat.length && type !== "IDAT") return out; // the end of the image data
+    if (type === "IDAT") {
+      if (length > 0x7fffffff) throw new Error("broken PNG file (IDAT length)");
+      out.idat.push(bytes.subarray(pos + 8, Math.min(end, bytes.length)));
+      if (end + 4 > bytes.length) return out;
+      pos = end + 4;
+      continue;
+    }
     if (length > 0x7fffffff || end + 4 > bytes.length) throw new Error("truncated PNG chunk");
     if (crc32(bytes, pos + 4, end) !== view.getUint32(end)) throw new Error(`broken PNG file (${type} checksum)`);
     const body = bytes.subarray(pos + 8, end);
@@ -555,11 +575,11 @@ function pngChunks(bytes) {
       const h = new DataView(body.buffer, body.byteOffset, 13);
       Object.assign(out, { width: h.getUint32(0), height: h.getUint32(4), depth: body[8], colour: body[9], interlace: body[12] });
     } else if (type === "PLTE") out.palette = body;
-    else if (type === "IDAT") out.idat.push(body);
-    else if (type === "IEND") return out;
+    else if (type === "IEND") break;
     pos = end + 4;
   }
-  throw new Error("truncated PNG file (no IEND)");
+  if (out.idat.length) return out;
+  throw new Error("truncated PNG file (no image data)");
 }
 
 function unfilter(data, offset, width, height, bpp, bytesPerRow) {
@@ -613,7 +633,8 @@ export async function decodePNG(bytes, { maxPixels = 1 << 26, expect = null } = 
   }
   if (colour === 3 && !png.palette) throw new Error("broken PNG file (no palette)");
   const samples = SAMPLES[colour], bpp = Math.max(1, (samples * depth) >> 3);
-  const data = await inflate(new Uint8Array(await new Blob(png.idat).arrayBuffer()));
+  if (!("width" in png)) throw new Error("broken PNG file (no header)");
+  const { out: data, broken } = await inflate(new Uint8Array(await new Blob(png.idat).arrayBuffer()));
   const grey = colour === 0 || colour === 4, stride = grey ? 1 : 3, pixels = new Uint8Array(width * height * stride);
   const passes = png.interlace ? [[0, 0, 8, 8], [4, 0, 8, 8], [0, 4, 4, 8], [2, 0, 4, 4], [0, 2, 2, 4], [1, 0, 2, 2], [0, 1, 1, 2]]
     : [[0, 0, 1, 1]];
@@ -623,7 +644,11 @@ export async function decodePNG(bytes, { maxPixels = 1 << 26, expect = null } = 
     if (w <= 0 || h <= 0) continue;
     const bytesPerRow = Math.ceil((w * samples * depth) / 8);
     let rows;
-    [rows, offset] = unfilter(data, offset, w, h, bpp, bytesPerRow);
+    try {
+      [rows, offset] = unfilter(data, offset, w, h, bpp, bytesPerRow);
+    } catch (e) {
+      throw broken && e.message.startsWith("truncated") ? new Error(`broken PNG image data (${broken.message})`) : e;
+    }
     for (let y = 0; y < h; y++) {
       for (let x = 0; x < w; x++) {
         const target = ((y0 + y * dy) * width + x0 + x * dx) * stride, first = x * samples;

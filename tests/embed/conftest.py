@@ -422,3 +422,52 @@ def check_bad_input_corpus(run, bundle: Path, program: str) -> None:  # type: ig
     assert "Sanitizer" not in proc.stderr and "runtime error" not in proc.stderr, proc.stderr
     scored = {name for name, r in rows.items() if "error" not in r}
     assert scored == CORPUS_SCORED[program], scored
+
+
+# Files nobody chose (scripts/make_mutated_inputs.py: zzuf's bit flips and random cuts of well-formed files). The
+# Python runtime is the reference: a program must report an error where it does, and the same score where it scores
+# an image at the bundle's size in a format the program reads (other sizes are resized by Python only: an error in
+# the programs, as their docs say).
+MUTATED = ROOT / "tests" / "data" / "mutated_inputs"
+
+
+def program_rows(run, bundle: Path, method: str):  # type: ignore[no-untyped-def]
+    """A function scoring files with a command-line program: its rows by file name; no crash, no sanitizer report."""
+    def score(files: list[str]) -> dict[str, dict]:
+        proc = run("-m", str(bundle), "--method", method, *files)
+        assert proc.returncode in (0, 2), proc.stderr[-2000:]
+        assert "Sanitizer" not in proc.stderr and "runtime error" not in proc.stderr, proc.stderr[-2000:]
+        return {Path(r["item"]).name: r for r in map(json.loads, proc.stdout.splitlines())}
+    return score
+
+
+def check_mutated_corpus(score, bundle: Path, program: str) -> None:  # type: ignore[no-untyped-def]
+    """Every mutated file: one row, no hang; error or score as the Python runtime decides (``score(files)`` gives a
+    program's rows by file name, each with a score or an error)."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from edgevae.cli import main
+
+    files = sorted(str(p) for p in MUTATED.iterdir())
+    assert len(files) >= 150, "run scripts/make_mutated_inputs.py"
+    result = CliRunner().invoke(main, ["score", *files, "-m", str(bundle), "--method", "smooth_recon", "--format", "jsonl"])
+    want = {Path(r["item"]).name: r for r in map(json.loads, result.stdout.splitlines())}
+    got = score(files)
+    assert set(got) == set(want) == {Path(f).name for f in files}
+
+    def native(name: str) -> bool:  # Python scores it without resizing
+        with Image.open(MUTATED / name) as im:
+            return im.size == (28, 28)
+
+    reads = (".pgm", ".ppm") if program == "c" else (".pgm", ".ppm", ".png")
+    wrong = {}
+    for name, row in want.items():
+        should_score = "error" not in row and name.endswith(reads) and native(name)
+        if should_score != ("error" not in got[name]):
+            wrong[name] = tuple(r.get("error", "").split(": ", 1)[-1] or r["score"] for r in (row, got[name]))
+        elif should_score and abs(got[name]["score"] - row["score"]) > 1e-4 * max(1.0, abs(row["score"])):
+            wrong[name] = (row["score"], got[name]["score"])
+    assert not wrong, "\n".join(f"{k}: python {a!r}, {program} {b!r}" for k, (a, b) in wrong.items())
+    scored = sum("error" not in r for r in got.values())
+    assert 0 < scored < len(files)  # the corpus holds both kinds

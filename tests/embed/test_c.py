@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import EMBED, METHODS, check_bad_input_corpus, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_specs_are_read, compare, need, without_png
+from .conftest import EMBED, METHODS, check_bad_input_corpus, check_mutated_corpus, program_rows, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_specs_are_read, compare, need, without_png
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 
@@ -150,3 +150,7 @@ def test_c_reads_netpbm_variants_as_pillow_does(scorer: Path, bundle: Path, tmp_
 
 def test_c_gives_an_error_row_for_every_bad_file_of_the_corpus(scorer: Path, bundle: Path) -> None:
     check_bad_input_corpus(lambda *a: run(scorer, *a), bundle, "c")
+
+
+def test_c_agrees_with_python_on_every_mutated_file(scorer: Path, bundle: Path) -> None:
+    check_mutated_corpus(program_rows(lambda *a: run(scorer, *a), bundle, "smooth_recon"), bundle, "c")

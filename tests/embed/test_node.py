@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import EMBED, METHODS, check_bad_input_corpus, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_png_variants, check_specs_are_read, compare, need
+from .conftest import EMBED, METHODS, check_bad_input_corpus, check_mutated_corpus, program_rows, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_png_variants, check_specs_are_read, compare, need
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 NODE = EMBED / "node"
@@ -92,3 +92,7 @@ def test_node_decodes_every_png_kind_as_pillow_does(node: str, bundle: Path, rgb
 
 def test_node_gives_an_error_row_for_every_bad_file_of_the_corpus(node: str, bundle: Path) -> None:
     check_bad_input_corpus(lambda *a: run(node, *a), bundle, "node")
+
+
+def test_node_agrees_with_python_on_every_mutated_file(node: str, bundle: Path) -> None:
+    check_mutated_corpus(program_rows(lambda *a: run(node, *a), bundle, "smooth_recon"), bundle, "node")

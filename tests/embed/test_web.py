@@ -146,3 +146,23 @@ def test_page_decodes_every_png_kind_as_pillow_does(browser: Any, bundle: Path, 
     assert set(got) == set(want)
     bad = {k: (got[k], want[k]) for k in want if abs(got[k] - want[k]) > 1e-4 * max(1.0, abs(want[k]))}
     assert not bad, bad
+
+
+def test_page_agrees_with_python_on_every_mutated_file(browser: Any, bundle: Path) -> None:
+    """zzuf's mutations and cuts of PNG and Netpbm files: an error row where Python reports one, the same score
+    where it scores (tests/data/mutated_inputs)."""
+    from .conftest import check_mutated_corpus
+
+    def score(files: list[str]) -> dict[str, dict]:
+        server = served(bundle)
+        try:
+            page = open_page(browser, server, "smooth_recon")
+            page.set_input_files("#images", files)
+            page.wait_for_selector(f"body[data-scored='{len(files)}']", timeout=120_000)
+            rows = page.eval_on_selector_all("#results tbody tr", "rs => rs.map(r => ({...r.dataset}))")
+            assert page.errors == []
+        finally:
+            server.shutdown()
+        return {r["item"]: {"error": r["error"]} if "error" in r else {"score": float(r["score"])} for r in rows}
+
+    check_mutated_corpus(score, bundle, "web")
