@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
 import pytest
 
 pytestmark = [pytest.mark.export, pytest.mark.slow]
 
 
-def test_combination_rules_smoke(tmp_path: Path) -> None:
+def test_combination_rules_smoke(tmp_path: Path, benchmark_script: Callable[[str], ModuleType]) -> None:
     pytest.importorskip("skimage")
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "combination_rules.py"
-    spec = importlib.util.spec_from_file_location("combination_rules_bench", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = benchmark_script("combination_rules")
     out_json, out_md = tmp_path / "r.json", tmp_path / "benchmarks.md"
     module.main(["--smoke", "--digits", "3", "--tasks", "", "--json", str(out_json), "--markdown", str(out_md)])
     row = json.loads(out_json.read_text())["tasks"]["digit_3"]["other_digits"]
