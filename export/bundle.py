@@ -34,7 +34,7 @@ from edgevae.runtime.options import (
     VARIANTS,
 )
 from edgevae.runtime.bundle import check_graphs, load
-from edgevae.runtime.calibration import MIN_CALIBRATION_IMAGES, calibration_section, fit_map_stats
+from edgevae.runtime.calibration import MIN_CALIBRATION_IMAGES, calibrate_tiled, calibration_section, fit_map_stats
 from edgevae.runtime.errors import CalibrationError, CheckpointError, ExportError
 from edgevae.runtime.manifest import (
     DECODER_FILE,
@@ -50,9 +50,10 @@ from edgevae.runtime.manifest import (
     check_score_settings,
 )
 from edgevae.runtime.maps import MAP_FILE, check_parts
-from edgevae.runtime.methods import MONTE_CARLO_METHODS, noise_file
+from edgevae.runtime.methods import MONTE_CARLO_METHODS, SCORE_METHODS, noise_file
 from edgevae.runtime.model import Model, Scorer
 from edgevae.runtime.runner import build_runner
+from edgevae.runtime.tiles import Tiling
 from edgevae.runtime.scores import warn_if_unpromisable
 from edgevae.runtime.writer import graph_with_manifest, write_bundle
 from edgevae.training.defect_head import LoadedHead, load_head
@@ -87,6 +88,8 @@ class ExportConfig:
             ``ort`` (fp32) and ``<variant>-ort``.
         defect_head: ship the run's defect head (``defect.pt``, when it has one) as ``defect.onnx``.
         defect_window: side of the square the ``defect`` score averages the head's logits over.
+        tile_stride: a tiled run's (``--tile``) distance between neighbouring tiles when scoring large images;
+            None: half a tile.
     """
 
     fpr: float = CALIBRATION_FPR
@@ -102,8 +105,11 @@ class ExportConfig:
     ort_format: bool = False
     defect_head: bool = True
     defect_window: int = DEFECT_WINDOW
+    tile_stride: int | None = None
 
     def __post_init__(self) -> None:
+        if self.tile_stride is not None and self.tile_stride < 1:
+            raise ValueError(f"tile_stride must be >= 1 or None (half a tile), got {self.tile_stride}")
         if not 0.0 < self.fpr < 0.5:
             raise ValueError(f"fpr must be in (0, 0.5), got {self.fpr}")
         if not OPSET_RANGE[0] <= self.opset <= OPSET_RANGE[1]:
@@ -190,10 +196,13 @@ def export_bundle(
                      graphs.decoder.SerializeToString(),
                      defect=defect_graph.SerializeToString() if defect_graph is not None else None)
     scorer, calibration = _measure(scorer, references, images, cfg, say)
+    tiling = _tiling(ck, cfg, scorer, say)
     say(f"checking parity with PyTorch at batch sizes {' and '.join(map(str, PARITY_BATCH_SIZES))}")
     report = check_parity(model, scorer, images, cfg.tolerance, head.head if head is not None else None)
     warn_if_unpromisable(cfg.fpr, images.shape[0], tail=any(c.tail is not None for c in calibration.methods.values()))
     manifest = build_manifest(ck, cfg, scorer, calibration, report, head)
+    if tiling is not None:
+        manifest["tiling"] = tiling.to_dict()
     files = {ENCODER_FILE: serialize(graphs.encoder), DECODER_FILE: serialize(graphs.decoder), **_data_files(scorer)}
     if defect_graph is not None:
         files[DEFECT_FILE] = serialize(defect_graph)
@@ -205,6 +214,33 @@ def export_bundle(
         raise ExportError(f"{exc}; pass --force to replace it") from exc
     say(f"wrote {target}" + (" (signed)" if sign_key is not None else ""))
     return load(target, ["CPUExecutionProvider"], trusted_keys=[] if sign_key is None else [sign_key])
+
+
+def _tiling(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer, say: Say) -> Tiling | None:
+    """A tiled run's ``tiling`` section: its tile, stride and downscale, and the image-level calibration on the
+    whole held-out images the run kept (None for a run on whole images)."""
+    tile = ck.data.tile
+    if tile is None:
+        return None
+    if cfg.variants:
+        raise ExportError("edge variants (--quantize, --precision) of tiled bundles are not built yet: their "
+                          "image-level calibration would be the fp32 graphs'; export the tiled run without them")
+    stride = cfg.tile_stride or max(1, tile // 2)
+    if stride > tile:
+        raise ExportError(f"--tile-stride {stride} is larger than the tile ({tile}): parts of images would go unseen")
+    try:
+        whole = run_holdout(ck).whole
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from exc
+    tiling = Tiling((tile, tile), stride, downscale=ck.data.downscale, positional=False)
+    say(f"calibrating image scores on {len(whole)} whole held-out images by {tile}x{tile} tiles every {stride} px")
+    methods = tuple(m for m in SCORE_METHODS if m in scorer.computable_methods)
+    try:
+        cal = calibrate_tiled(scorer, [np.asarray(w) for w in whole], tiling, cfg.fpr, methods,
+                              source="whole held-out images of the training data, scored by tiles")
+    except CalibrationError as exc:
+        raise ExportError(str(exc)) from exc
+    return replace(tiling, calibration=cal)
 
 
 def _data_files(scorer: Scorer) -> dict[str, bytes]:

@@ -3,7 +3,7 @@ p-values and, with enough images, a fitted tail. numpy only, so a bundle can be 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -14,6 +14,9 @@ from .methods import METHODS, SCORE_METHODS
 from .maps import MapStats, fit_combination, residual_magnitude
 from .model import Scorer
 from .scores import smallest_fpr, tail_model, threshold_at_fpr
+
+if TYPE_CHECKING:
+    from .tiles import Tiling
 
 # Largest number of sorted scores a method's calibration keeps (as evenly spaced quantiles beyond that).
 MAX_CALIBRATION_SCORES = 5000
@@ -77,6 +80,38 @@ def calibration_section(scorer: Scorer, images: NDArray[Any], fpr: float, *, sou
     methods = calibrate(scorer, images, fpr)
     return Calibration.from_dict({"fpr": fpr, "n": n, "min_fpr": smallest_fpr(n), "min_fpr_rule": MIN_FPR_RULE,
                                   "source": source, "methods": methods})
+
+
+def calibrate_tiled(scorer: Scorer, images: Sequence[NDArray[Any]], tiling: "Tiling", fpr: float,
+                    methods: Sequence[str], *, source: str) -> Calibration:
+    """The image-level calibration of a tiled bundle (``tiling.calibration``): each method's aggregate of tile
+    scores (``tiling.aggregate``) over every tile of each **whole** image of ``images`` ((C, H, W) each, of any
+    sizes), calibrated like a method's scores (:func:`calibrate`). ``scorer`` carries the tile-level calibration
+    that ``combined`` reads its parts' p-values from.
+
+    Raises:
+        CalibrationError: fewer than ``MIN_CALIBRATION_IMAGES`` images, or scores that are not finite.
+    """
+    from .tiles import aggregate, image_tile_scores
+
+    if len(images) < MIN_CALIBRATION_IMAGES:
+        raise CalibrationError(f"a tiled bundle calibrates its image scores on whole held-out images: got "
+                               f"{len(images)}, needs at least {MIN_CALIBRATION_IMAGES}; train on more images or "
+                               "hold out a larger share (--val-fraction)")
+    per_image: dict[str, list[float]] = {m: [] for m in methods}
+    tiles: list[int] = []
+    for image in images:
+        grid = tiling.grid(int(image.shape[1]), int(image.shape[2]))
+        scores = image_tile_scores(scorer, image, grid, tuple(methods))
+        tiles.append(len(grid))
+        for m in methods:
+            per_image[m].append(aggregate(scores[m], tiling.aggregate))
+    calibrated = {m: _calibrated(_finite(np.asarray(v, np.float64), m), fpr) for m, v in per_image.items()}
+    n = len(images)
+    return Calibration.from_dict({"fpr": fpr, "n": n, "min_fpr": smallest_fpr(n), "min_fpr_rule": MIN_FPR_RULE,
+                                  "source": source, "tiles_per_image": [min(tiles), max(tiles)],
+                                  "tiles_median": int(np.median(tiles)),
+                                  "methods": {m: calibrated[m] for m in SCORE_METHODS if m in calibrated}})
 
 
 def _finite(scores: NDArray[np.float64], method: str) -> NDArray[np.float64]:

@@ -214,6 +214,19 @@ class InputContract:
             return source
         return self._decode(source, name, strict_size, strict_channels, notes)
 
+    def read_native(self, path: str | os.PathLike[str], downscale: int = 1,
+                    notes: list[str] | None = None) -> NDArray[np.uint8]:
+        """Decode one image file into uint8 (C, H, W) at its own size (shrunk by the whole factor ``downscale``
+        with the contract's filter), converted to the contract's channels: what a tiled bundle scores.
+
+        Raises:
+            ImageReadError: as :meth:`read_image`.
+            ValueError: ``downscale`` is not a whole number >= 1.
+        """
+        if not (isinstance(downscale, int) and downscale >= 1):
+            raise ValueError(f"downscale must be a whole number >= 1, got {downscale!r}")
+        return self._decode(os.fspath(path), os.fspath(path), False, False, notes, downscale=downscale)
+
     def decode_image(self, data: bytes, name: str = "<bytes>", *, strict_size: bool = False,
                      strict_channels: bool = False, notes: list[str] | None = None) -> NDArray[np.uint8]:
         """Decode an encoded image held in memory (PNG, JPEG, ... file contents) like :meth:`read_image`.
@@ -229,8 +242,9 @@ class InputContract:
         return self._decode(io.BytesIO(raw), name, strict_size, strict_channels, notes)
 
     def _decode(self, source: Any, name: str, strict_size: bool, strict_channels: bool,
-                notes: list[str] | None) -> NDArray[np.uint8]:
-        """Pillow's decode of a file name or file object into uint8 (C, H, W), with the contract's rules."""
+                notes: list[str] | None, downscale: int | None = None) -> NDArray[np.uint8]:
+        """Pillow's decode of a file name or file object into uint8 (C, H, W), with the contract's rules; with
+        ``downscale``, at the file's own size divided by it instead of the contract's size."""
         try:
             from PIL import Image, UnidentifiedImageError
         except ImportError as exc:  # pragma: no cover - Pillow is a base dependency
@@ -246,9 +260,11 @@ class InputContract:
                 self._check_channels(name, mode_channels(img.mode), strict_channels, notes)
                 img.load()
                 img = _to_mode(img, self.pil_mode)
-                if img.size != (self.width, self.height):
+                size = (self.width, self.height) if downscale is None else (
+                    max(1, img.width // downscale), max(1, img.height // downscale))
+                if img.size != size:
                     resample = getattr(Image.Resampling, self.resize.upper())
-                    img = img.resize((self.width, self.height), resample=resample)
+                    img = img.resize(size, resample=resample)
                 arr = np.asarray(img, dtype=np.uint8)
         except (ImageReadError, ImageSizeError, ImageChannelError):
             raise

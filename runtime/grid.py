@@ -70,11 +70,11 @@ def heat_colours(values: NDArray[Any]) -> NDArray[np.float32]:
     return out
 
 
-def map_panel(image: NDArray[Any], reconstruction: NDArray[Any], anomaly_map: NDArray[Any],
+def map_panel(image: NDArray[Any], reconstruction: NDArray[Any] | None, anomaly_map: NDArray[Any],
               scale: int | None = None, defect_map: NDArray[Any] | None = None) -> NDArray[np.uint8]:
-    """One image's panel, (H', 3 W' + gaps, 3) uint8: the image | its reconstruction | the anomaly map as a heat
-    map over the image in gray (| the defect head's map, probabilities in [0, 1], the same way, when given).
-    ``scale`` enlarges each pixel (default: to about 128 pixels high)."""
+    """One image's panel, (H', 3 W' + gaps, 3) uint8: the image | its reconstruction (when given) | the anomaly
+    map as a heat map over the image in gray (| the defect head's map, probabilities in [0, 1], the same way, when
+    given). ``scale`` enlarges each pixel (default: to about 128 pixels high)."""
     c, h, w = image.shape
     k = scale or max(1, 128 // max(h, w))
     gray = np.asarray(image, dtype=np.float32).mean(axis=0)
@@ -84,8 +84,10 @@ def map_panel(image: NDArray[Any], reconstruction: NDArray[Any], anomaly_map: ND
         out: NDArray[np.float32] = (1 - alpha) * (0.6 * gray[None]) + alpha * np.moveaxis(heat_colours(heat), -1, 0)
         return out
 
-    panels = [_rgb(np.asarray(image, dtype=np.float32)), _rgb(np.asarray(reconstruction, dtype=np.float32)),
-              overlay(np.clip(np.asarray(anomaly_map, dtype=np.float32) / MAP_DISPLAY_MAX, 0.0, 1.0))]
+    panels = [_rgb(np.asarray(image, dtype=np.float32))]
+    if reconstruction is not None:
+        panels.append(_rgb(np.asarray(reconstruction, dtype=np.float32)))
+    panels.append(overlay(np.clip(np.asarray(anomaly_map, dtype=np.float32) / MAP_DISPLAY_MAX, 0.0, 1.0)))
     if defect_map is not None:
         panels.append(overlay(np.clip(np.asarray(defect_map, dtype=np.float32), 0.0, 1.0)))
     grid = make_grid(np.stack(panels), columns=len(panels), pad=1)

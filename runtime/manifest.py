@@ -15,7 +15,7 @@ import datetime as _dt
 import json
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .contract import InputContract
 from .errors import BundleError
@@ -37,6 +37,9 @@ from .options import (
     SMOOTH_SIGMA_MAX,
 )
 from .scores import MethodCalibration
+
+if TYPE_CHECKING:
+    from .tiles import Tiling
 
 FORMAT_NAME = "edgevae-bundle"
 SCHEMA_VERSION = 1
@@ -348,6 +351,8 @@ class Manifest:
     map: MapEntry | None = None
     noise: Mapping[str, NoiseEntry] = field(default_factory=dict, repr=False)
     defect: DefectEntry | None = None
+    # how a tiled bundle scores images larger than its input (None: every image is resized to the input)
+    tiling: "Tiling | None" = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.calibration_fpr < 1.0:
@@ -417,6 +422,8 @@ class Manifest:
             out["calibration"] = section.to_dict()
         if self.variants or "variants" in out:
             out["variants"] = {n: v.to_dict() for n, v in self.variants.items()}
+        if self.tiling is not None:
+            out["tiling"] = self.tiling.to_dict()
         return out
 
     @classmethod
@@ -459,6 +466,9 @@ class Manifest:
                 raise ValueError(f"scoring.noise_files names {m!r}, which draws no noise")
         map_entry = scoring.get("map")
         defect_entry = scoring.get("defect")
+        tiling = data.get("tiling")
+        from .tiles import Tiling  # tiles reads this module's Calibration
+
         return cls(
             scoring=ScoringSpec.from_manifest(data),
             calibration_fpr=cal.fpr,
@@ -472,6 +482,7 @@ class Manifest:
             map=MapEntry.from_dict(map_entry) if map_entry is not None else None,
             noise=noise,
             defect=DefectEntry.from_dict(defect_entry) if defect_entry is not None else None,
+            tiling=Tiling.from_dict(tiling) if tiling is not None else None,
         )
 
     @classmethod

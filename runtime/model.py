@@ -20,6 +20,17 @@ from .maps import Combination, MapStats, defect_score, residual_magnitude, sigmo
 from .methods import METHODS, RECONSTRUCTION_METHODS, SCORE_METHODS, method as registry_method
 from .manifest import DECODER_INPUT, DEFECT_INPUT, DEFECT_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUTS, Manifest, ScoringSpec
 from .runner import GraphInfo, GraphRunner
+from .tiles import (
+    TiledScore,
+    Tiling,
+    aggregate,
+    calibrated_tiles,
+    image_tile_scores,
+    size_adjusted_fpr,
+    size_adjusted_p,
+    stitch,
+    tile_view,
+)
 from .scores import (
     Residuals,
     ScoreResult,
@@ -459,6 +470,82 @@ class Model(Scorer):
             is_outlier=scores > thr,
             threshold=thr,
         )
+
+    # --------------------------------------------------------------- tiles
+    @property
+    def tiling(self) -> Tiling:
+        """The bundle's tiling section.
+
+        Raises:
+            ValueError: the bundle is not tiled (it scores images resized to its input; train with ``--tile``).
+        """
+        if self.manifest.tiling is None:
+            raise ValueError("this bundle is not tiled: it scores every image resized to its input "
+                             f"({self.spec.contract.height}x{self.spec.contract.width}); train with --tile to score "
+                             "large images by tiles")
+        return self.manifest.tiling
+
+    def read_tiled(self, path: Any, notes: list[str] | None = None) -> NDArray[np.uint8]:
+        """An image file as a tiled bundle scores it: uint8 (C, H, W) at its own size shrunk by
+        ``tiling.downscale``, converted to the bundle's channels.
+
+        Raises:
+            ValueError: the bundle is not tiled.
+            ImageReadError: the file cannot be read as an image.
+        """
+        return self.spec.contract.read_native(path, self.tiling.downscale, notes)
+
+    def score_tiled(self, image: NDArray[Any], method: str | None = None, *, fpr: float | None = None,
+                    threshold: float | None = None) -> TiledScore:
+        """Score one image of any size at least one tile large by tiles (``edgevae.runtime.tiles``): the
+        largest tile score, with its p-value and flag against the image-level calibration.
+
+        Args:
+            image: (H, W), (C, H, W) or (H, W, C), uint8 or floats in [0, 1], at the size to score (already
+                shrunk by ``tiling.downscale`` when the bundle has one: :meth:`read_tiled` does it for files).
+            method: a calibrated method; default: the manifest's default.
+            fpr: target false-positive rate for the flag (default: the calibrated one), for images of this size
+                (the threshold and p-value are adjusted for the image's number of tiles: ``edgevae.runtime.tiles``).
+            threshold: explicit image-level threshold; overrides ``fpr``.
+
+        Raises:
+            ValueError: the bundle is not tiled, or the method is not calibrated for whole images.
+            ArrayInputError: the image has another channel count or is smaller than a tile.
+        """
+        tiling = self.tiling
+        method = method or self.spec.default_method
+        cal = tiling.calibration
+        if cal is None or method not in cal.methods:
+            raise ValueError(f"method {method!r} has no image-level calibration in this bundle; calibrated: "
+                             f"{', '.join(cal.methods) if cal is not None else 'none'}")
+        img = tile_view(image, self.spec.contract.channels)
+        grid = tiling.grid(img.shape[1], img.shape[2])
+        scores = image_tile_scores(self, img, grid, (method,))[method]
+        value = aggregate(scores, tiling.aggregate)
+        entry, n = cal.methods[method], len(scores)
+        n0 = calibrated_tiles(cal) or n
+        if threshold is not None:
+            thr = float(threshold)
+        elif n == n0 and (fpr is None or fpr == cal.fpr):
+            thr = entry.threshold
+        else:
+            thr = threshold_at_fpr(entry.sorted_scores, size_adjusted_fpr(fpr or cal.fpr, n, n0), entry.tail)
+        p = size_adjusted_p(float(entry.p_values(np.array([value]))[0]), n, n0)
+        return TiledScore(value, p, value > thr, thr, n)
+
+    def tiled_maps(self, image: NDArray[Any]) -> dict[str, F32]:
+        """Full-resolution maps (H, W) of one image by tiles, averaged where tiles overlap: ``anomaly`` (the VAE's
+        standardised residual) and, with a defect head, ``defect`` (probabilities).
+
+        Raises: as :meth:`score_tiled`.
+        """
+        tiling = self.tiling
+        img = tile_view(image, self.spec.contract.channels)
+        grid = tiling.grid(img.shape[1], img.shape[2])
+        maps = {"anomaly": stitch(img, grid, self.anomaly_map)}
+        if self.has_defect_head:
+            maps["defect"] = stitch(img, grid, self.defect_map)
+        return maps
 
     def threshold(self, method: str | None = None, fpr: float | None = None) -> float:
         """Threshold of a method at a false-positive rate (default: the calibrated rate).

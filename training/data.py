@@ -40,14 +40,32 @@ class DataSpec:
         classes: keep only these labels (one-class training: ``(3,)`` makes digit 3 the normal class).
         labels: labels for ``classes``: an IDX labels file, a .npy file, or the key inside an .npz.
         split: for the embedded data, ``"train"`` (400 per class) or ``"test"`` (100 per class).
+        tile: train on random ``tile`` x ``tile`` tiles cut from the images at their own size (images of any size
+            at least one tile large, mixed sizes allowed) instead of resizing every image to one size; the
+            bundle then scores large images by tiles (``edgevae.runtime.tiles``). None: whole images.
+        downscale: with ``tile``, shrink every image by this whole factor before cutting tiles (and before
+            scoring: the bundle records it).
+        tiles_per_epoch: with ``tile``, random tiles per epoch; None: one per tile-sized area of the training
+            images, between ``TILES_PER_EPOCH_MIN`` and ``TILES_PER_EPOCH_MAX``.
     """
 
     source: str = EMBEDDED
     classes: tuple[int, ...] | None = None
     labels: str | None = None
     split: str = "train"
+    tile: int | None = None
+    downscale: int = 1
+    tiles_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
+        if self.tile is not None and not (isinstance(self.tile, int) and self.tile >= 8):
+            raise ValueError(f"tile must be a whole number of pixels >= 8, got {self.tile!r}")
+        if not (isinstance(self.downscale, int) and self.downscale >= 1):
+            raise ValueError(f"downscale must be a whole number >= 1, got {self.downscale!r}")
+        if self.tile is None and (self.downscale != 1 or self.tiles_per_epoch is not None):
+            raise ValueError("downscale and tiles_per_epoch apply to tiled training; set tile too")
+        if self.tiles_per_epoch is not None and self.tiles_per_epoch < 1:
+            raise ValueError(f"tiles_per_epoch must be >= 1 or None (auto), got {self.tiles_per_epoch}")
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
             if not self.classes:
@@ -65,8 +83,11 @@ class DataSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DataSpec":
         classes = data.get("classes")
+        tile, per_epoch = data.get("tile"), data.get("tiles_per_epoch")
         return cls(source=str(data.get("source", EMBEDDED)), classes=tuple(classes) if classes is not None else None,
-                   labels=data.get("labels"), split=str(data.get("split", "train")))
+                   labels=data.get("labels"), split=str(data.get("split", "train")),
+                   tile=int(tile) if tile is not None else None, downscale=int(data.get("downscale", 1)),
+                   tiles_per_epoch=int(per_epoch) if per_epoch is not None else None)
 
 
 def _embedded() -> dict[str, NDArray[Any]]:

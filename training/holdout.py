@@ -43,18 +43,23 @@ def reference_indices(train_idx: NDArray[np.int64], seed: int, limit: int = REFE
 
 @dataclass(frozen=True)
 class Holdout:
-    """A run's held-out images (N, C, H, W) as loaded, and the fingerprint of the source they came from."""
+    """A run's held-out images (N, C, H, W) as loaded, and the fingerprint of the source they came from. A tiled
+    run's ``calibration`` and ``reference`` are tiles, and ``whole`` keeps its held-out images at their own
+    sizes (C, H, W each) for the image-level calibration."""
 
     calibration: NDArray[Any]
     reference: NDArray[Any]
     source_fingerprint: str
+    whole: tuple[NDArray[Any], ...] = ()
 
     def save(self, run_dir: str | os.PathLike[str]) -> Path:
         """Write ``holdout.npz`` into the run folder atomically."""
         path = Path(run_dir) / HOLDOUT
         buffer = io.BytesIO()
+        whole = {f"whole_{i:06d}": im for i, im in enumerate(self.whole)}
         np.savez_compressed(buffer, calibration=self.calibration, reference=self.reference,
-                            source_fingerprint=np.array(self.source_fingerprint), version=np.array(HOLDOUT_VERSION))
+                            source_fingerprint=np.array(self.source_fingerprint), version=np.array(HOLDOUT_VERSION),
+                            **whole)
         with atomic_path(path) as tmp:
             Path(tmp).write_bytes(buffer.getvalue())
         return path
@@ -73,7 +78,8 @@ class Holdout:
             with np.load(path, allow_pickle=False) as data:
                 if int(data["version"]) != HOLDOUT_VERSION:
                     raise ValueError(f"version {int(data['version'])}, this edgevae reads {HOLDOUT_VERSION}")
-                return cls(data["calibration"], data["reference"], str(data["source_fingerprint"]))
+                whole = tuple(data[k] for k in sorted(k for k in data.files if k.startswith("whole_")))
+                return cls(data["calibration"], data["reference"], str(data["source_fingerprint"]), whole)
         except (OSError, KeyError, ValueError) as exc:
             raise ValueError(f"{path}: not a readable holdout file ({exc}); retrain the run or export with explicit "
                              "calibration images") from exc

@@ -27,6 +27,8 @@ from .model import RULE_FIELDS, SHAPE_FIELDS, VAE, ModelConfig
 from . import distributed
 from .objectives import ELBOTerms, elbo_terms
 
+# Random tiles the defect head of a tiled run trains on (a fresh draw, larger than an epoch's).
+HEAD_TILES = 2048
 CHECKPOINT_FORMAT = "edgevae-checkpoint"
 CHECKPOINT_VERSION = 1
 BEST = "best.pt"
@@ -325,6 +327,7 @@ class _Run:
     best_epoch: int = -1
     history: list[dict[str, float]] = field(default_factory=list)
     source_fingerprint: str = ""
+    tiles: Any = None  # a tiled run's TileSource (edgevae.training.tiles): new random tiles every epoch
 
     @property
     def steps_per_epoch(self) -> int:
@@ -379,7 +382,7 @@ def train(
         for epoch in range(run.start_epoch, run.train_config.epochs):
             _run_epoch(run, epoch, emit, started)
         out, best_epoch, best, history = run.out, run.best_epoch, run.best, run.history
-        head_images = run.x_train if ranks.is_main and run.train_config.defect_head else None
+        head_images = _head_images(run) if ranks.is_main and run.train_config.defect_head else None
         head_config = _head_config(run) if head_images is not None else None
         if ranks.distributed:
             # DistributedDataParallel's reducer holds the process group's work objects: it goes first, while the
@@ -403,6 +406,57 @@ def train(
                        history=history, seconds=seconds, defect_head=head_path, defect_seconds=head_seconds)
 
 
+def _head_images(run: "_Run") -> torch.Tensor:
+    """What the defect head trains on: the training images, or for a tiled run ``HEAD_TILES`` random tiles."""
+    if run.tiles is None:
+        return run.x_train
+    return _to_float(run.tiles.draw(max(HEAD_TILES, run.x_train.shape[0]), _tile_rng(run.train_config.seed, -1)))
+
+
+def _tile_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The generator of a tiled run's tiles in an epoch (epoch -1: the defect head's tiles)."""
+    return np.random.default_rng([seed, epoch + 1])
+
+
+def _training_set(data: DataSpec, model_config: ModelConfig, train_config: TrainConfig, given: Any, emit: Progress,
+                  ranks: distributed.Ranks) -> tuple[TrainConfig, np.ndarray, np.ndarray, Holdout, Any]:
+    """The split and what the run trains and validates on: (config with its split resolved, training images or
+    the first epoch's tiles, validation images or tiles, what the run keeps for export, the TileSource or None)."""
+    if data.tile is not None:
+        return _tiled_set(data, model_config, train_config, given, emit, ranks)
+    images = _images(data, model_config, given, emit)
+    # resolved once and stored, so that export re-creates the same split
+    train_config = replace(train_config, val_fraction=train_config.split_fraction(images.shape[0]))
+    train_idx, val_idx = split_indices(images.shape[0], train_config.val_fraction, train_config.seed)
+    emit("split", {"n_train": len(train_idx), "n_val": len(val_idx), "val_fraction": train_config.val_fraction,
+                   "processes": ranks.world, "device": str(ranks.device)})
+    return train_config, images[train_idx], images[val_idx], _holdout(images, train_config), None
+
+
+def _tiled_set(data: DataSpec, model_config: ModelConfig, train_config: TrainConfig, given: Any, emit: Progress,
+               ranks: distributed.Ranks) -> tuple[TrainConfig, np.ndarray, np.ndarray, Holdout, Any]:
+    """``_training_set`` of a tiled run: the images split whole, tiles cut from each side of the split."""
+    from .tiles import VALIDATION_TILES, TileSource, fingerprint_images, grid_tiles, load_native, size_summary, tiles_per_epoch
+
+    tile = int(data.tile or 0)
+    images, skipped = load_native(data, int(model_config.channels or 1), given)
+    for item in skipped:
+        emit("skipped", {"item": item})
+    train_config = replace(train_config, val_fraction=train_config.split_fraction(len(images)))
+    train_idx, val_idx = split_indices(len(images), train_config.val_fraction, train_config.seed)
+    train_images, held_out = [images[i] for i in train_idx], [images[i] for i in val_idx]
+    source = TileSource(train_images, tile)
+    per_epoch = tiles_per_epoch(train_images, tile, data.tiles_per_epoch)
+    x_val = grid_tiles(held_out, tile, VALIDATION_TILES, train_config.seed)
+    reference = source.draw(options.REFERENCE_IMAGES, np.random.default_rng([train_config.seed, 0, 1]))
+    holdout = Holdout(x_val, reference, fingerprint_images(images), tuple(held_out))
+    emit("split", {"n_train": len(train_idx), "n_val": len(val_idx), "val_fraction": train_config.val_fraction,
+                   "processes": ranks.world, "device": str(ranks.device),
+                   "tiles": {"tile": tile, "per_epoch": per_epoch, "val_tiles": int(x_val.shape[0]),
+                             "sizes": size_summary(images), "downscale": data.downscale}})
+    return train_config, source.draw(per_epoch, _tile_rng(train_config.seed, 0)), x_val, holdout, source
+
+
 def _head_config(run: "_Run") -> Any:
     """The defect head's settings for this run: its channels, steps and seed."""
     from .defect_head import HeadConfig
@@ -413,6 +467,8 @@ def _head_config(run: "_Run") -> Any:
 
 def _run_epoch(run: _Run, epoch: int, emit: Progress, started: float) -> None:
     """Train one epoch, validate, keep the record and write the checkpoints (rank 0)."""
+    if run.tiles is not None:  # every process draws the same tiles from the epoch's seed
+        run.x_train = _to_float(run.tiles.draw(run.x_train.shape[0], _tile_rng(run.train_config.seed, epoch)))
     emit("epoch_start", {"epoch": epoch + 1, "epochs": run.train_config.epochs, "steps": run.steps_per_epoch})
     sums = _train_epoch(run, epoch, emit)
     val = evaluate(run.model, run.x_val, seed=run.train_config.seed, ranks=run.ranks)
@@ -453,12 +509,7 @@ def _restore(out: Path, data: DataSpec, model_config: ModelConfig | None, train_
         data = replace(data, source=IN_MEMORY)
     if not model_config.is_resolved:
         model_config = _resolve(model_config, data, emit, given)
-    images = _images(data, model_config, given, emit)
-    # resolved once and stored, so that export re-creates the same split
-    train_config = replace(train_config, val_fraction=train_config.split_fraction(images.shape[0]))
-    train_idx, val_idx = split_indices(images.shape[0], train_config.val_fraction, train_config.seed)
-    emit("split", {"n_train": len(train_idx), "n_val": len(val_idx), "val_fraction": train_config.val_fraction,
-                   "processes": ranks.world, "device": str(ranks.device)})
+    train_config, x_train, x_val, holdout, tiles = _training_set(data, model_config, train_config, given, emit, ranks)
     torch.manual_seed(train_config.seed)
     model = VAE(model_config).to(ranks.device)
     step: torch.nn.Module = _ELBOStep(model)
@@ -467,11 +518,10 @@ def _restore(out: Path, data: DataSpec, model_config: ModelConfig | None, train_
             step, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None,
             gradient_as_bucket_view=True)  # gradients live in the all-reduce buffers: no copy per step
     optimizer = torch.optim.Adam(model.parameters(), lr=train_config.lr)
-    total_steps = math.ceil(len(train_idx) / train_config.batch_size) * train_config.epochs
+    total_steps = math.ceil(x_train.shape[0] / train_config.batch_size) * train_config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_lr_factor(step, total_steps))
-    run = _Run(out, data, model_config, train_config, _to_float(images[train_idx]), _to_float(images[val_idx]),
-               model, step, optimizer, scheduler, ranks)
-    holdout = _holdout(images, train_config)
+    run = _Run(out, data, model_config, train_config, _to_float(x_train), _to_float(x_val),
+               model, step, optimizer, scheduler, ranks, tiles=tiles)
     run.source_fingerprint = holdout.source_fingerprint
     if ranks.is_main:
         holdout.save(out)  # what export needs, so that it never reads the training source
@@ -577,7 +627,14 @@ def _images(data: DataSpec, model_config: ModelConfig, given: np.ndarray | None,
 def _resolve(model_config: ModelConfig, data: DataSpec, emit: Progress, given: np.ndarray | None = None) -> ModelConfig:
     """Fill the fields a config leaves unset from the data and the architecture rule, and say what was inferred."""
     unset = model_config.unset()
-    shape = source_shape(data, given)
+    if data.tile is not None and isinstance(given, (list, tuple)):  # images of several sizes: the first says C
+        first = np.asarray(given[0])
+        shape = source_shape(data, first[None] if first.ndim == 3 else first[None, None])
+    else:
+        shape = source_shape(data, given)
+    if data.tile is not None:  # a tiled model's input is one tile
+        shape = replace(shape, height=data.tile, width=data.tile,
+                        note=f"{shape.channels} channel(s) from {shape.note}; {data.tile}x{data.tile} tiles")
     contract = InputContract(model_config.channels or shape.channels, model_config.height or shape.height,
                              model_config.width or shape.width)
     resolved = model_config.resolved(contract)

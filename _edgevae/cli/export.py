@@ -29,6 +29,8 @@ from .common import errors, given, method_choice, need_training, warnings_to_std
               help="The methods the combined score joins through their p-values, comma-separated.")
 @click.option("--defect-window", type=click.IntRange(1, 255), show_default=str(options.DEFECT_WINDOW),
               help="Side (pixels) of the square the defect score averages the defect head's logits over.")
+@click.option("--tile-stride", type=click.IntRange(min=1), show_default="half a tile",
+              help="A tiled run (train --tile): pixels between neighbouring tiles when scoring large images.")
 @click.option("--no-defect-head", "defect_head", flag_value=False, default=None,
               help="Leave the run's defect head (defect.pt) out of the bundle.")
 @click.option("--quantize", type=click.Choice(options.QUANTIZE_VARIANTS),

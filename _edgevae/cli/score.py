@@ -69,6 +69,11 @@ def score(paths: Sequence[str], runtime: Runtime, method: str | None, fpr: float
         raise click.BadParameter(f"must be in (0, 1), got {fpr}", param_hint="--fpr")
     model = runtime.load_streaming(paths, method, workers)
     method = method or model.manifest.default_method  # resolved once, here; everything below is given it
+    if model.manifest.tiling is not None:
+        if report_path:
+            raise click.UsageError("--report does not take tiled bundles yet; score them without it")
+        _score_tiled(model, paths, method, fpr, threshold, fmt, output, maps_dir, fail_on_outlier)
+        return
     with errors(), warnings_to_stderr():
         thr = model.threshold(method, fpr) if threshold is None else threshold
     inputs = Inputs()
@@ -98,6 +103,64 @@ def score(paths: Sequence[str], runtime: Runtime, method: str | None, fpr: float
     inputs.exit_if_failed()
     if fail_on_outlier and counts["outliers"]:
         sys.exit(EXIT_OUTLIER)
+
+
+def _score_tiled(model: Model, paths: Sequence[str], method: str, fpr: float | None, threshold: float | None,
+                 fmt: str | None, output: str | None, maps_dir: str | None, fail_on_outlier: bool) -> None:
+    """``score`` with a tiled bundle: every image at its own size (shrunk by the bundle's downscale), by tiles,
+    one image at a time; a row per image as it is done, a failed image a row of its own."""
+    from edgevae.runtime.errors import InputError
+    from edgevae.runtime.inputs import expand_paths
+
+    tiling = model.tiling
+    cal = tiling.calibration
+    if cal is None or method not in cal.methods:
+        raise click.UsageError(f"method {method} has no image-level calibration in this bundle")
+    stored = cal.methods[method].threshold
+    inputs = Inputs()
+    counts = {"scored": 0, "outliers": 0}
+    click.echo(f"tiled bundle: {tiling.tile[0]}x{tiling.tile[1]} tiles every {tiling.stride} px"
+               + (f", images shrunk {tiling.downscale}x" if tiling.downscale > 1 else "") + f"; {tiling.note}", err=True)
+    with open_output(output) as out:
+        writer = _ResultWriter(out, format_for(fmt, output, _FORMAT_BY_SUFFIX), method, stored)
+        for k, item in enumerate(expand_paths(list(paths))):
+            name = os.fspath(item.path)
+            try:
+                if item.kind != "image":
+                    raise InputError(f"{name}: {item.error or 'a tiled bundle scores image files'}")
+                image = model.read_tiled(name)
+                result = model.score_tiled(image, method, fpr=fpr, threshold=threshold)
+            except (InputError, ValueError) as exc:
+                inputs.failures.append((name, str(exc)))
+                click.echo(f"error: {exc}", err=True)
+                writer.error(name, str(exc))
+                continue
+            writer.row(name, result.score, result.p_value, result.is_outlier)
+            counts["scored"] += 1
+            counts["outliers"] += int(result.is_outlier)
+            if maps_dir is not None:
+                _write_tiled_maps(model, image, name, k, result, maps_dir)
+    click.echo(f"{counts['scored']} scored with {method} by tiles (threshold {stored:.4g} at the calibrated size, "
+               f"adjusted per image for its number of tiles): {counts['outliers']} outlier(s), {inputs.failed} failed",
+               err=True)
+    inputs.exit_if_failed()
+    if fail_on_outlier and counts["outliers"]:
+        sys.exit(EXIT_OUTLIER)
+
+
+def _write_tiled_maps(model: Model, image: Any, name: str, position: int, result: Any, folder: str) -> None:
+    """The full-resolution panel of one image scored by tiles: image | anomaly map (| defect map)."""
+    import numpy as np
+
+    from edgevae.runtime.grid import map_panel, save_png
+
+    maps = model.tiled_maps(image)
+    os.makedirs(folder, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.splitext(os.path.basename(name))[0])[:60]
+    flag = "OUTLIER" if result.is_outlier else "normal"
+    panel = map_panel(np.asarray(image, np.float32) / 255.0, None, maps["anomaly"], scale=1,
+                      defect_map=maps.get("defect"))
+    save_png(panel, os.path.join(folder, f"{position:06d}_{stem}_{flag}_score{result.score:.4g}.png"))
 
 
 class _Progress:

@@ -42,6 +42,14 @@ from .common import errors, given, need_training
 @click.option("--channels", type=click.Choice([str(c) for c in options.CHANNELS]),
               help="Image channels (default: from the data).")
 @click.option("--size", default=None, help="Image size HxW or N (default: from the data; image files are resized).")
+@click.option("--tile", type=click.IntRange(min=8), default=None,
+              help="Train on random TILE x TILE tiles cut from images at their own size (any size >= one tile, "
+                   "mixed sizes allowed); the bundle then scores large images by tiles instead of shrinking them.")
+@click.option("--downscale", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --tile: shrink every image by this whole factor first (and when scoring).")
+@click.option("--tiles-per-epoch", type=click.IntRange(min=1), default=None, show_default="auto",
+              help=f"With --tile: random tiles per epoch (auto: one per tile-sized area of the training images, "
+                   f"{options.TILES_PER_EPOCH_MIN}-{options.TILES_PER_EPOCH_MAX}).")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), show_default="auto",
               help=f"Share held out for validation and calibration; auto: {options.VAL_FRACTION:g}, raised to "
                    f"{options.CALIBRATION_IMAGES} images up to {options.VAL_FRACTION_MAX:g} (a 1 % threshold needs them).")
@@ -65,7 +73,8 @@ from .common import errors, given, need_training
 @click.option("--device", type=click.Choice(options.DEVICES), default=options.DEVICE, show_default=True,
               help="auto: a CUDA GPU when PyTorch sees one (one per process under torchrun), else the CPU.")
 def train(source: str, classes: str | None, labels: str | None, run_dir: str, channels: str | None, size: str | None,
-          resume: bool, device: str, **settings: Any) -> None:
+          resume: bool, device: str, tile: int | None, downscale: int, tiles_per_epoch: int | None,
+          **settings: Any) -> None:
     """Train a VAE on normal images; keeps the best checkpoint by validation ELBO.
 
     Started by torchrun (torchrun --nproc-per-node N -m edgevae train ...), it trains on N processes with
@@ -80,8 +89,13 @@ def train(source: str, classes: str | None, labels: str | None, run_dir: str, ch
         class_list = _parse_ints(classes, "--classes") if classes else None
         if settings["widths"] is not None:
             settings["widths"] = _parse_ints(settings["widths"], "--widths")
+        if tile is not None and size:
+            raise click.UsageError("--size resizes whole images; with --tile the model's input is one tile: drop --size")
         hw = _parse_size(size) if size else (None, None)
-        spec = DataSpec(source=source, classes=class_list, labels=labels)
+        if tile is None and (downscale != 1 or tiles_per_epoch is not None):
+            raise click.UsageError("--downscale and --tiles-per-epoch apply to tiled training: add --tile N")
+        spec = DataSpec(source=source, classes=class_list, labels=labels, tile=tile, downscale=downscale,
+                        tiles_per_epoch=tiles_per_epoch)
         model_cfg = ModelConfig(channels=int(channels) if channels else None, height=hw[0], width=hw[1],
                                 variational=not settings.pop("plain"),
                                 **given(**{k: settings[k] for k in _MODEL_OPTIONS}))
@@ -176,6 +190,12 @@ class _TrainingProgress:
             where = f" on {info['processes']} processes" if info.get("processes", 1) > 1 else ""
             click.echo(f"training on {info['n_train']} images{where} ({info.get('device', 'cpu')}); {info['n_val']} "
                        f"held out for validation and calibration ({info['val_fraction']:.3g})", err=True)
+            tiles = info.get("tiles")
+            if tiles:
+                shrunk = f", shrunk {tiles['downscale']}x" if tiles["downscale"] > 1 else ""
+                click.echo(f"tiles: {tiles['per_epoch']} random {tiles['tile']}x{tiles['tile']} tiles per epoch from "
+                           f"images of {tiles['sizes']}{shrunk}; {tiles['val_tiles']} held-out tiles validate, the "
+                           f"held-out images calibrate whole", err=True)
 
     def _show(self, _item: Any) -> str:
         if not self.last:

@@ -1,0 +1,228 @@
+"""Scoring images larger than the bundle by tiles (numpy only): the tile grid, per-tile scores, their image-level
+aggregate and maps stitched back to full resolution.
+
+A tiled bundle (trained with ``--tile``) takes tiles of its input contract's size. An image of any size at least
+one tile large is covered by a grid of overlapping tiles (``stride`` apart, the last row and column flush with
+the far edges), the tiles are scored in batches of ``TILE_BATCH`` (never an array of all tiles), and:
+
+- the image's score for a method is the largest of its tiles' scores (``aggregate: max``);
+- its p-value and flag come from the same aggregate measured on **whole held-out images** at export (the
+  manifest's ``tiling.calibration``), so the stored threshold keeps its false-positive rate for whole images of
+  the held-out images' size. An image of n tiles, where the held-out images had n0 (their median), is treated
+  as n / n0 independent images of that size: its p-value is 1 - (1 - p0)^(n / n0) and its threshold is the
+  calibrated one at the rate 1 - (1 - fpr)^(n0 / n) (``size_adjusted_p``, ``size_adjusted_fpr``). Neighbouring
+  regions of one image are positively correlated, so this errs on the side of fewer flags;
+- its maps are the tiles' maps averaged where tiles overlap.
+
+The graphs do not change: a tile is an ordinary input of the bundle, scored exactly as an image of that size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import ArrayInputError
+from .manifest import Calibration
+
+if TYPE_CHECKING:
+    from .model import Scorer
+
+F32 = NDArray[np.float32]
+# Tiles per call to the graphs: bounds memory (a 4096 x 4096 image has 16,129 tiles of 64 at stride 32).
+TILE_BATCH = 256
+AGGREGATES = ("max",)
+
+
+def tile_starts(length: int, tile: int, stride: int) -> NDArray[np.int64]:
+    """Start offsets of tiles of size ``tile`` covering ``length`` pixels every ``stride``, the last one flush
+    with the far edge (so every pixel is covered and no tile reaches past the image).
+
+    Raises:
+        ArrayInputError: the image is shorter than one tile.
+    """
+    if length < tile:
+        raise ArrayInputError(f"an image side of {length} px is shorter than one tile ({tile} px); tiled bundles "
+                              "score images at least one tile large")
+    starts = np.arange(0, length - tile + 1, stride, dtype=np.int64)
+    if starts[-1] != length - tile:
+        starts = np.append(starts, length - tile)
+    return starts
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The tiles covering a ``height`` x ``width`` image: tiles of ``tile`` (H, W) every ``stride`` pixels."""
+
+    height: int
+    width: int
+    tile: tuple[int, int]
+    stride: int
+
+    @property
+    def positions(self) -> NDArray[np.int64]:
+        """Top-left corners (n, 2) as (y, x), row by row."""
+        ys = tile_starts(self.height, self.tile[0], self.stride)
+        xs = tile_starts(self.width, self.tile[1], self.stride)
+        return np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1).reshape(-1, 2)
+
+    def __len__(self) -> int:
+        return int(self.positions.shape[0])
+
+    def batches(self, image: NDArray[Any], size: int = TILE_BATCH) -> Iterator[tuple[NDArray[np.int64], NDArray[Any]]]:
+        """(positions, tiles (n, C, th, tw)) of ``image`` (C, H, W) in batches of at most ``size`` tiles; each
+        batch is a copy, the image itself is never copied whole."""
+        th, tw = self.tile
+        pos = self.positions
+        for i in range(0, pos.shape[0], size):
+            chunk = pos[i:i + size]
+            yield chunk, np.stack([image[:, y:y + th, x:x + tw] for y, x in chunk])
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """The manifest's ``tiling`` section: how a tiled bundle scores images larger than its input.
+
+    Args:
+        tile: (H, W) of a tile: the input contract's size.
+        stride: pixels between neighbouring tiles when scoring.
+        aggregate: how tile scores become the image's score (``max``).
+        downscale: images are shrunk by this whole factor before tiling (as they were for training).
+        positional: whether the map statistics depend on the position in the image (False: a stationary
+            surface, every tile judged alike).
+        calibration: the aggregate's calibration on whole held-out images (thresholds, scores, tails).
+        images: how many whole images calibrated it and their sizes (informational).
+    """
+
+    tile: tuple[int, int]
+    stride: int
+    aggregate: str = "max"
+    downscale: int = 1
+    positional: bool = False
+    calibration: Calibration | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.stride <= min(self.tile)):
+            raise ValueError(f"tiling.stride must be in 1..{min(self.tile)} (the tile's side), got {self.stride}")
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"tiling.aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}")
+        if self.downscale < 1:
+            raise ValueError(f"tiling.downscale must be >= 1, got {self.downscale}")
+
+    def grid(self, height: int, width: int) -> TileGrid:
+        return TileGrid(height, width, self.tile, self.stride)
+
+    @property
+    def note(self) -> str:
+        """One sentence on what the image-level calibration covers."""
+        cal = self.calibration
+        tiles = cal.raw.get("tiles_per_image") if cal is not None else None
+        if cal is None or not tiles:
+            return "image-level thresholds are not calibrated"
+        span = f"{tiles[0]}" if tiles[0] == tiles[1] else f"{tiles[0]}-{tiles[1]}"
+        return (f"image-level thresholds calibrated on {cal.n} whole held-out images of {span} tiles (median "
+                f"{calibrated_tiles(cal)}); an image of another number of tiles gets a threshold and p-value adjusted "
+                "for it")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Tiling":
+        cal = data.get("calibration")
+        tile = [int(v) for v in data["tile"]]
+        if len(tile) != 2:
+            raise ValueError(f"tiling.tile must be [H, W], got {tile}")
+        return cls((tile[0], tile[1]), int(data["stride"]), str(data.get("aggregate", "max")),
+                   int(data.get("downscale", 1)), bool(data.get("positional", False)),
+                   Calibration.from_dict(cal) if cal is not None else None, dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {**self.raw, "tile": list(self.tile), "stride": self.stride, "aggregate": self.aggregate,
+               "downscale": self.downscale, "positional": self.positional}
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.to_dict()
+        return out
+
+
+def calibrated_tiles(calibration: Calibration) -> int | None:
+    """n0: the median number of tiles of the whole images an image-level calibration was measured on (None when
+    the calibration does not say)."""
+    n0 = calibration.raw.get("tiles_median")
+    return int(n0) if n0 else None
+
+
+def size_adjusted_p(p: float, tiles: int, tiles0: int) -> float:
+    """The p-value of an image of ``tiles`` tiles from p0, its p-value against images of ``tiles0`` tiles."""
+    if tiles == tiles0 or p >= 1.0:
+        return p
+    return float(-np.expm1(tiles / tiles0 * np.log1p(-p)))
+
+
+def size_adjusted_fpr(fpr: float, tiles: int, tiles0: int) -> float:
+    """The rate at which to read the calibrated threshold so that an image of ``tiles`` tiles is flagged at ``fpr``."""
+    if tiles == tiles0:
+        return fpr
+    return float(-np.expm1(tiles0 / tiles * np.log1p(-fpr)))
+
+
+def image_tile_scores(scorer: "Scorer", image: NDArray[Any], grid: TileGrid, methods: tuple[str, ...],
+                      batch: int = TILE_BATCH) -> dict[str, NDArray[np.float64]]:
+    """Each method's raw score of every tile of ``image`` (C, H, W), in the grid's order: {method: (n,)}."""
+    out: dict[str, list[NDArray[Any]]] = {m: [] for m in methods}
+    for _, tiles in grid.batches(image, batch):
+        xb = scorer.prepare(tiles)
+        for m in methods:
+            out[m].append(scorer.raw_scores(xb, m))
+    return {m: np.concatenate(v).astype(np.float64) for m, v in out.items()}
+
+
+def aggregate(tile_scores: NDArray[Any], how: str = "max") -> float:
+    """The image's score from its tiles' scores."""
+    if how != "max":
+        raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {how!r}")
+    return float(np.max(tile_scores))
+
+
+def stitch(image: NDArray[Any], grid: TileGrid, tile_maps: Callable[[NDArray[Any]], F32],
+           batch: int = TILE_BATCH) -> F32:
+    """A full-resolution map (H, W): ``tile_maps`` ((n, C, th, tw) tiles -> (n, th, tw) maps) over the grid,
+    averaged where tiles overlap. Memory: the two (H, W) accumulators and one batch."""
+    total = np.zeros((grid.height, grid.width), np.float32)
+    count = np.zeros((grid.height, grid.width), np.float32)
+    th, tw = grid.tile
+    for positions, tiles in grid.batches(image, batch):
+        maps = tile_maps(tiles)
+        for (y, x), m in zip(positions, maps):
+            total[y:y + th, x:x + tw] += m
+            count[y:y + th, x:x + tw] += 1.0
+    out: F32 = total / count
+    return out
+
+
+class TiledScore(NamedTuple):
+    """One image scored by tiles: the aggregate score, its p-value and flag, and how many tiles it took."""
+
+    score: float
+    p_value: float
+    is_outlier: bool
+    threshold: float
+    tiles: int
+
+
+def tile_view(image: NDArray[Any], channels: int) -> NDArray[Any]:
+    """An image as (C, H, W): (H, W), (C, H, W) or (H, W, C) arrays of the bundle's channel count.
+
+    Raises:
+        ArrayInputError: another rank or channel count.
+    """
+    a = np.asarray(image)
+    if a.ndim == 2 and channels == 1:
+        a = a[None]
+    elif a.ndim == 3 and a.shape[0] != channels and a.shape[-1] == channels:
+        a = np.moveaxis(a, -1, 0)
+    if a.ndim != 3 or a.shape[0] != channels:
+        raise ArrayInputError(f"a tiled bundle scores one image at a time as (H, W), (C, H, W) or (H, W, C) with "
+                              f"{channels} channel(s); got shape {a.shape}")
+    return a

@@ -1,0 +1,147 @@
+"""Tiles: the grid and stitching (numpy), training on tiles of mixed-size images, the image-level calibration
+on whole held-out images, and scoring large images by tiles through the Python API and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgevae.runtime.errors import ArrayInputError
+from edgevae.runtime.tiles import TILE_BATCH, TileGrid, size_adjusted_fpr, size_adjusted_p, stitch, tile_starts
+
+TILE = 16
+
+
+def test_tile_starts_cover_the_side_and_end_flush() -> None:
+    assert tile_starts(64, 16, 8).tolist() == list(range(0, 49, 8))
+    assert tile_starts(70, 16, 8).tolist() == [0, 8, 16, 24, 32, 40, 48, 54]  # the last one flush with the edge
+    assert tile_starts(16, 16, 8).tolist() == [0]
+    with pytest.raises(ArrayInputError, match="shorter than one tile"):
+        tile_starts(15, 16, 8)
+
+
+def test_stitching_the_tiles_themselves_gives_the_image_back() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.random((1, 70, 53)).astype(np.float32)
+    grid = TileGrid(70, 53, (16, 16), 5)
+    seen: list[int] = []
+
+    def identity(tiles: np.ndarray) -> np.ndarray:
+        seen.append(tiles.shape[0])
+        return tiles[:, 0]
+
+    out = stitch(image, grid, identity, batch=7)
+    np.testing.assert_allclose(out, image[0], rtol=1e-6)
+    assert max(seen) <= 7 and sum(seen) == len(grid)
+
+
+def test_size_adjustment_is_its_own_inverse_and_neutral_at_the_calibrated_size() -> None:
+    assert size_adjusted_p(0.2, 50, 50) == 0.2 and size_adjusted_fpr(0.01, 50, 50) == 0.01
+    for n in (10, 50, 400):
+        f = size_adjusted_fpr(0.01, n, 50)
+        assert size_adjusted_p(f, n, 50) == pytest.approx(0.01)
+    assert size_adjusted_p(0.01, 400, 50) > 0.01 > size_adjusted_p(0.01, 10, 50)  # more tiles: more chances
+
+
+def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A stationary grey texture: diagonal stripes of random phase plus noise, uint8 (1, H, W)."""
+    y, x = np.mgrid[0:h, 0:w]
+    phase = rng.uniform(0, 2 * np.pi)
+    img = 0.5 + 0.3 * np.sin((x + y) * 0.8 + phase) + rng.normal(0, 0.05, (h, w))
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)[None]
+
+
+@pytest.fixture(scope="module")
+def tiled_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny tiled run on 40 texture images of mixed sizes, exported."""
+    pytest.importorskip("torch")
+    from edgevae.export import ExportConfig, export_bundle
+    from edgevae.training import DataSpec, ModelConfig, TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    images = [_texture(rng, int(rng.integers(32, 56)), int(rng.integers(32, 56))) for _ in range(40)]
+    run = tmp_path_factory.mktemp("tiled_run")
+    events: list[tuple[str, dict]] = []
+    train(DataSpec(tile=TILE, tiles_per_epoch=256), run, ModelConfig(latent_dim=4, widths=(8, 16), hidden=32),
+          TrainConfig(epochs=4, seed=0, defect_steps=30), images=images,  # type: ignore[arg-type]
+          progress=lambda event, info: events.append((event, dict(info))))
+    split = next(info for event, info in events if event == "split")
+    assert split["tiles"]["per_epoch"] == 256 and split["n_val"] == 10
+    out = tmp_path_factory.mktemp("tiled_bundles") / "tiled"
+    export_bundle(run, out, ExportConfig(elbo_samples=4, iwae_samples=16))
+    return out
+
+
+def test_a_tiled_bundle_records_its_tiles_and_calibrates_on_whole_images(tiled_bundle: Path) -> None:
+    from edgevae.runtime import load
+
+    manifest = json.loads((tiled_bundle / "edgevae.json").read_text())
+    tiling = manifest["tiling"]
+    assert tiling["tile"] == [TILE, TILE] and tiling["stride"] == TILE // 2 and tiling["positional"] is False
+    assert manifest["input"]["height"] == TILE and manifest["training"]["data"]["tile"] == TILE
+    cal = tiling["calibration"]
+    assert cal["n"] == 10 and set(cal["methods"]) >= {"combined", "smooth_recon", "defect"}
+    model = load(tiled_bundle)
+    assert "whole held-out images" in model.tiling.note
+
+
+def test_scoring_by_tiles_finds_a_small_defect_anywhere_and_maps_it_at_full_size(tiled_bundle: Path) -> None:
+    from edgevae.runtime import load
+
+    model = load(tiled_bundle)
+    rng = np.random.default_rng(7)
+    normal = _texture(rng, 120, 90)
+    broken = normal.copy()
+    broken[:, 70:76, 20:26] = 255  # a 6 px defect far from the top-left tile
+    a, b = model.score_tiled(normal), model.score_tiled(broken)
+    assert a.tiles == b.tiles == len(model.tiling.grid(120, 90))
+    assert b.score > a.score and b.p_value < a.p_value
+    maps, before = model.tiled_maps(broken), model.tiled_maps(normal)
+    assert maps["anomaly"].shape == maps["defect"].shape == (120, 90)
+    change = maps["anomaly"] - before["anomaly"]  # where the defect changed the stitched map most
+    y, x = np.unravel_index(np.argmax(change), change.shape)
+    assert 62 <= y <= 84 and 12 <= x <= 34
+    with pytest.raises(ArrayInputError, match="shorter than one tile"):
+        model.score_tiled(normal[:, :10, :])
+
+
+def test_flags_keep_the_threshold_and_p_value_in_agreement(tiled_bundle: Path) -> None:
+    from edgevae.runtime import load
+
+    model = load(tiled_bundle)
+    rng = np.random.default_rng(3)
+    for h, w in ((40, 40), (200, 160)):
+        r = model.score_tiled(_texture(rng, h, w), "smooth_recon")
+        assert r.is_outlier == (r.p_value < model.tiling.calibration.fpr) or abs(r.p_value - 0.01) < 1e-3
+
+
+def test_an_untiled_bundle_says_how_to_get_tiles(model) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="train with --tile"):
+        model.score_tiled(np.zeros((1, 64, 64), np.uint8))
+
+
+def test_cli_scores_images_of_any_size_by_tiles_and_keeps_going_past_a_bad_file(tiled_bundle: Path,
+                                                                              tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from edgevae.cli import main
+
+    rng = np.random.default_rng(11)
+    for name, (h, w) in {"small.png": (32, 40), "large.png": (150, 210)}.items():
+        Image.fromarray(_texture(rng, h, w)[0]).save(tmp_path / name)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    result = CliRunner().invoke(main, ["score", "-m", str(tiled_bundle), str(tmp_path / "small.png"),
+                                       str(tmp_path / "broken.png"), str(tmp_path / "large.png"), "--format", "csv",
+                                       "--maps", str(tmp_path / "maps")])
+    assert result.exit_code == 2, result.output
+    rows = [line.split(",") for line in result.stdout.strip().splitlines()[1:]]
+    assert [r[0].rsplit("/", 1)[-1] for r in rows] == ["small.png", "broken.png", "large.png"]
+    assert rows[1][5] and not rows[0][5] and float(rows[2][2]) > 0
+    panels = sorted((tmp_path / "maps").iterdir())
+    assert len(panels) == 2
+    with Image.open(panels[-1]) as panel:
+        assert 150 <= panel.height <= 152  # full resolution (a 1 px frame)
