@@ -53,7 +53,7 @@ from edgevae.runtime.maps import MAP_FILE, check_parts
 from edgevae.runtime.methods import MONTE_CARLO_METHODS, SCORE_METHODS, noise_file
 from edgevae.runtime.model import Model, Scorer
 from edgevae.runtime.runner import build_runner
-from edgevae.runtime.tiles import Tiling
+from edgevae.runtime.tiles import Tiling, image_level_methods
 from edgevae.runtime.scores import warn_if_unpromisable
 from edgevae.runtime.writer import graph_with_manifest, write_bundle
 from edgevae.training.defect_head import LoadedHead, load_head
@@ -234,7 +234,7 @@ def _tiling(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer, say: Say) -> Tili
         raise ExportError(str(exc)) from exc
     tiling = Tiling((tile, tile), stride, downscale=ck.data.downscale, positional=False)
     say(f"calibrating image scores on {len(whole)} whole held-out images by {tile}x{tile} tiles every {stride} px")
-    methods = tuple(m for m in SCORE_METHODS if m in scorer.computable_methods)
+    methods = image_level_methods([m for m in SCORE_METHODS if m in scorer.computable_methods])
     try:
         cal = calibrate_tiled(scorer, [np.asarray(w) for w in whole], tiling, cfg.fpr, methods,
                               source="whole held-out images of the training data, scored by tiles")

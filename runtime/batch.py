@@ -25,6 +25,7 @@ from .errors import ArrayInputError, InputError
 from .inputs import _assemble
 from .manifest import MANIFEST_FILE
 from .model import Model
+from .tiles import tile_view
 
 # The columns a batch scores into, in this order. Failed rows: score and p_value NaN, is_outlier None.
 COLUMNS = ("score", "p_value", "is_outlier", "error", "warning")
@@ -102,6 +103,8 @@ class BatchScorer:
         """
         model = self.model
         labels = [_name(item, names[i] if names is not None else None, i) for i, item in enumerate(items)]
+        if model.manifest.tiling is not None:
+            return self._score_tiled(items, labels, model)
         batch = _assemble([self._decode(item, label, model) for item, label in zip(items, labels)], model.contract)
         n = len(labels)
         out: dict[str, NDArray[Any]] = {"score": np.full(n, np.nan), "p_value": np.full(n, np.nan),
@@ -119,6 +122,39 @@ class BatchScorer:
                 out["p_value"][row] = float(result.p_values[j])
                 out["is_outlier"][row] = bool(result.is_outlier[j])
                 out["warning"][row] = batch.warnings[j] or None
+        return out
+
+    def _score_tiled(self, items: Sequence[Any], labels: list[str], model: Model) -> dict[str, NDArray[Any]]:
+        """``score_items`` for a tiled bundle: each item whole, at its own size, by tiles."""
+        n = len(labels)
+        out: dict[str, NDArray[Any]] = {"score": np.full(n, np.nan), "p_value": np.full(n, np.nan),
+                                        "is_outlier": np.full(n, None, dtype=object),
+                                        "error": np.full(n, None, dtype=object),
+                                        "warning": np.full(n, None, dtype=object)}
+        contract, downscale = model.contract, model.tiling.downscale
+        decoded: list[tuple[int, Any]] = []
+        for row, (item, name) in enumerate(zip(items, labels)):
+            try:
+                if isinstance(item, (str, os.PathLike)):
+                    image = contract.read_native(_plain_path(os.fspath(item)), downscale)
+                elif isinstance(item, (bytes, bytearray, memoryview)):
+                    image = contract.decode_native(bytes(item), name, downscale)
+                elif isinstance(item, np.ndarray):
+                    image = tile_view(item, contract.channels)
+                else:
+                    raise ArrayInputError(f"{name}: cannot score a {type(item).__name__}; pass an image array, the "
+                                          "bytes of an image file, or a path")
+                len(model.tiling.grid(image.shape[1], image.shape[2]))  # refuses an image smaller than a tile
+            except InputError as exc:
+                message = str(exc)
+                out["error"][row] = message if message.startswith(name) else f"{name}: {message}"
+                continue
+            decoded.append((row, image))
+        results = model.score_tiled_many([im for _, im in decoded], self.resolved_method, fpr=self.fpr,
+                                         threshold=self.threshold) if decoded else []
+        for (row, _), result in zip(decoded, results):
+            out["score"][row], out["p_value"][row] = result.score, result.p_value
+            out["is_outlier"][row] = bool(result.is_outlier)
         return out
 
     def _decode(self, item: Any, name: str, model: Model) -> tuple[str, Any, str]:

@@ -227,6 +227,14 @@ class InputContract:
             raise ValueError(f"downscale must be a whole number >= 1, got {downscale!r}")
         return self._decode(os.fspath(path), os.fspath(path), False, False, notes, downscale=downscale)
 
+    def decode_native(self, data: bytes, name: str = "<bytes>", downscale: int = 1) -> NDArray[np.uint8]:
+        """:meth:`read_native` for an encoded image held in memory."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ImageReadError(f"{name}: expected the bytes of an encoded image, got {type(data).__name__}")
+        if not (isinstance(downscale, int) and downscale >= 1):
+            raise ValueError(f"downscale must be a whole number >= 1, got {downscale!r}")
+        return self._decode(io.BytesIO(bytes(data)), name, False, False, None, downscale=downscale)
+
     def decode_image(self, data: bytes, name: str = "<bytes>", *, strict_size: bool = False,
                      strict_channels: bool = False, notes: list[str] | None = None) -> NDArray[np.uint8]:
         """Decode an encoded image held in memory (PNG, JPEG, ... file contents) like :meth:`read_image`.

@@ -26,6 +26,7 @@ from .tiles import (
     aggregate,
     calibrated_tiles,
     image_tile_scores,
+    packed_tile_scores,
     size_adjusted_fpr,
     size_adjusted_p,
     stitch,
@@ -514,15 +515,33 @@ class Model(Scorer):
         """
         tiling = self.tiling
         method = method or self.spec.default_method
-        cal = tiling.calibration
+        img = tile_view(image, self.spec.contract.channels)
+        grid = tiling.grid(img.shape[1], img.shape[2])
+        return self._tiled_result(method, image_tile_scores(self, img, grid, (method,))[method], fpr, threshold)
+
+    def score_tiled_many(self, images: Sequence[NDArray[Any]], method: str | None = None, *,
+                         fpr: float | None = None, threshold: float | None = None) -> list[TiledScore]:
+        """:meth:`score_tiled` for several images, their tiles packed into shared batches of ``TILE_BATCH`` (small
+        images then fill a batch together, as a plain batch of tiles would); one result per image, in order.
+
+        Raises: as :meth:`score_tiled`, for the first image that fails.
+        """
+        tiling = self.tiling
+        method = method or self.spec.default_method
+        views = [tile_view(im, self.spec.contract.channels) for im in images]
+        grids = [tiling.grid(v.shape[1], v.shape[2]) for v in views]
+        scores = packed_tile_scores(self, views, grids, method)
+        return [self._tiled_result(method, s, fpr, threshold) for s in scores]
+
+    def _tiled_result(self, method: str, tile_scores: NDArray[Any], fpr: float | None,
+                      threshold: float | None) -> TiledScore:
+        """The image's aggregate of its tile scores, with its p-value and flag (adjusted for its number of tiles)."""
+        cal = self.tiling.calibration
         if cal is None or method not in cal.methods:
             raise ValueError(f"method {method!r} has no image-level calibration in this bundle; calibrated: "
                              f"{', '.join(cal.methods) if cal is not None else 'none'}")
-        img = tile_view(image, self.spec.contract.channels)
-        grid = tiling.grid(img.shape[1], img.shape[2])
-        scores = image_tile_scores(self, img, grid, (method,))[method]
-        value = aggregate(scores, tiling.aggregate)
-        entry, n = cal.methods[method], len(scores)
+        value = aggregate(tile_scores, self.tiling.aggregate)
+        entry, n = cal.methods[method], len(tile_scores)
         n0 = calibrated_tiles(cal) or n
         if threshold is not None:
             thr = float(threshold)

@@ -98,7 +98,7 @@ AUGMENT_ROTATE_MAX = 45.0
 # Tiled training (--tile): random tiles per epoch when not given, one per tile-sized area of the training images
 # clamped to this range (the upper end keeps an epoch of a large data set as long as one of ~1,000 images).
 TILES_PER_EPOCH_MIN = 256
-TILES_PER_EPOCH_MAX = 1024
+TILES_PER_EPOCH_MAX = 512
 
 # ---------------------------------------------------------------------------------------------- defect head
 # The defect head (edgevae.training.defect_head): trained after the VAE on synthetic defects, by default.

@@ -20,7 +20,7 @@ The graphs do not change: a tile is an ordinary input of the bundle, scored exac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -35,6 +35,11 @@ F32 = NDArray[np.float32]
 # Tiles per call to the graphs: bounds memory (a 4096 x 4096 image has 16,129 tiles of 64 at stride 32).
 TILE_BATCH = 256
 AGGREGATES = ("max",)
+# Methods a tiled bundle does not calibrate for whole images: ``iwae`` runs 256 decoder passes per tile, which
+# for every tile of every held-out image would take export many minutes; it stays calibrated for single tiles.
+NOT_FOR_WHOLE_IMAGES = ("iwae",)
+# Largest number of grid tiles cut from held-out images for validation and the tiles' own calibration.
+VALIDATION_TILES = 1000
 
 
 def tile_starts(length: int, tile: int, stride: int) -> NDArray[np.int64]:
@@ -146,6 +151,24 @@ class Tiling:
         return out
 
 
+def grid_tiles(images: Sequence[NDArray[Any]], tile: int, limit: int = VALIDATION_TILES, seed: int = 0) -> NDArray[Any]:
+    """Non-overlapping tiles on a grid over ``images`` ((C, H, W) each; every image's grid, then at most ``limit``
+    of them chosen with ``seed``): the fixed validation set of a tiled run and the tiles its own calibration is
+    measured on.
+
+    Raises:
+        ArrayInputError: no image is one tile large.
+    """
+    cut = [im[:, y:y + tile, x:x + tile] for im in images
+           for y in range(0, im.shape[1] - tile + 1, tile) for x in range(0, im.shape[2] - tile + 1, tile)]
+    if not cut:
+        raise ArrayInputError(f"no image is at least one {tile}x{tile} tile large")
+    if len(cut) > limit:
+        keep = np.sort(np.random.default_rng(seed).choice(len(cut), limit, replace=False))
+        cut = [cut[i] for i in keep]
+    return np.stack(cut)
+
+
 def calibrated_tiles(calibration: Calibration) -> int | None:
     """n0: the median number of tiles of the whole images an image-level calibration was measured on (None when
     the calibration does not say)."""
@@ -176,6 +199,51 @@ def image_tile_scores(scorer: "Scorer", image: NDArray[Any], grid: TileGrid, met
         for m in methods:
             out[m].append(scorer.raw_scores(xb, m))
     return {m: np.concatenate(v).astype(np.float64) for m, v in out.items()}
+
+
+def packed_tile_scores(scorer: "Scorer", images: Sequence[NDArray[Any]], grids: Sequence[TileGrid], method: str,
+                       batch: int = TILE_BATCH) -> list[NDArray[np.float64]]:
+    """One method's tile scores of several images ((C, H, W) each, with their grids), the tiles of consecutive
+    images packed into batches of ``batch``: {image: (n_tiles,)} as a list in order."""
+    pending: list[NDArray[Any]] = []
+    owners: list[int] = []
+    out: list[list[NDArray[Any]]] = [[] for _ in images]
+
+    def flush() -> None:
+        scores = scorer.raw_scores(scorer.prepare(np.concatenate(pending)), method)
+        start = 0
+        for owner, part in zip(owners, pending):
+            out[owner].append(scores[start:start + part.shape[0]])
+            start += part.shape[0]
+        pending.clear()
+        owners.clear()
+
+    filled = 0
+    for k, (image, grid) in enumerate(zip(images, grids)):
+        for _, tiles in grid.batches(image, batch):
+            if filled + tiles.shape[0] > batch and pending:
+                flush()
+                filled = 0
+            pending.append(tiles)
+            owners.append(k)
+            filled += tiles.shape[0]
+    if pending:
+        flush()
+    return [np.concatenate(parts).astype(np.float64) for parts in out]
+
+
+def image_level_methods(computable: Sequence[str]) -> tuple[str, ...]:
+    """The methods a tiled bundle calibrates for whole images: every computable one but ``NOT_FOR_WHOLE_IMAGES``."""
+    return tuple(m for m in computable if m not in NOT_FOR_WHOLE_IMAGES)
+
+
+def tiled_image_scores(scorer: Any, image: NDArray[Any], methods: Sequence[str]) -> dict[str, float]:
+    """Each method's image score (the tiling's aggregate) of one image (C, H, W), its tiles scored once for all
+    methods; ``scorer`` is a Model of a tiled bundle."""
+    tiling = scorer.tiling
+    img = tile_view(image, scorer.spec.contract.channels)
+    scores = image_tile_scores(scorer, img, tiling.grid(img.shape[1], img.shape[2]), tuple(methods))
+    return {m: aggregate(v, tiling.aggregate) for m, v in scores.items()}
 
 
 def aggregate(tile_scores: NDArray[Any], how: str = "max") -> float:

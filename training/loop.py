@@ -436,7 +436,9 @@ def _training_set(data: DataSpec, model_config: ModelConfig, train_config: Train
 def _tiled_set(data: DataSpec, model_config: ModelConfig, train_config: TrainConfig, given: Any, emit: Progress,
                ranks: distributed.Ranks) -> tuple[TrainConfig, np.ndarray, np.ndarray, Holdout, Any]:
     """``_training_set`` of a tiled run: the images split whole, tiles cut from each side of the split."""
-    from .tiles import VALIDATION_TILES, TileSource, fingerprint_images, grid_tiles, load_native, size_summary, tiles_per_epoch
+    from edgevae.runtime.tiles import VALIDATION_TILES, grid_tiles
+
+    from .tiles import TileSource, fingerprint_images, load_native, size_summary, tiles_per_epoch
 
     tile = int(data.tile or 0)
     images, skipped = load_native(data, int(model_config.channels or 1), given)

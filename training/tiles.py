@@ -28,10 +28,6 @@ from edgevae.runtime.inputs import expand_paths, is_array_path, is_idx_path, rea
 
 from .data import EMBEDDED, DataSpec, embedded_split
 
-# Largest number of fixed validation (and tile-level calibration) tiles cut from the held-out images.
-VALIDATION_TILES = 1000
-
-
 def load_native(spec: DataSpec, channels: int, given: Any = None) -> tuple[list[NDArray[Any]], list[str]]:
     """A tiled run's images as a list of (C, H, W) arrays at their own size (divided by ``spec.downscale``),
     each at least one tile large; the list of skipped items with their reason.
@@ -130,17 +126,6 @@ class TileSource:
             x = int(rng.integers(0, im.shape[2] - t + 1))
             out[i] = im[:, y:y + t, x:x + t]
         return out
-
-
-def grid_tiles(images: Sequence[NDArray[Any]], tile: int, limit: int, seed: int) -> NDArray[Any]:
-    """Non-overlapping tiles on a grid over ``images`` (every image's grid, then at most ``limit`` of them chosen
-    with ``seed``): the fixed validation and tile-calibration set."""
-    cut = [im[:, y:y + tile, x:x + tile] for im in images
-           for y in range(0, im.shape[1] - tile + 1, tile) for x in range(0, im.shape[2] - tile + 1, tile)]
-    if len(cut) > limit:
-        keep = np.sort(np.random.default_rng(seed).choice(len(cut), limit, replace=False))
-        cut = [cut[i] for i in keep]
-    return np.stack(cut)
 
 
 def fingerprint_images(images: Sequence[NDArray[Any]]) -> str:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import click
 
-from .common import Inputs, errors, warnings_to_stderr
+from .common import InputProblem, Inputs, errors, warnings_to_stderr
 
 
 @click.command()
@@ -26,12 +26,29 @@ def calibrate(bundle: str, paths: Sequence[str], fpr: float | None, sign_key: st
     from edgevae.runtime.recalibrate import recalibrate
 
     with errors():
-        contract = read_manifest(bundle).contract
+        manifest = read_manifest(bundle)
     inputs = Inputs()
-    _, images = inputs.collect(paths, contract, "calibrate on")
+    if manifest.tiling is not None:  # whole images at their own size: the image-level calibration needs them
+        images: Any = _whole_images(paths, manifest, inputs)
+    else:
+        _, images = inputs.collect(paths, manifest.contract, "calibrate on")
     with errors(), warnings_to_stderr():
-        manifest = recalibrate(bundle, images, fpr, sign_key=sign_key)
-    cal = manifest["calibration"]
-    click.echo(f"recalibrated {bundle} on {cal['n']} images at FPR {cal['fpr']:g} (smallest it can promise: "
-               f"{cal['min_fpr']:.4g}); previous calibration kept in calibration_history")
+        written = recalibrate(bundle, images, fpr, sign_key=sign_key)
+    cal = written["calibration"]
+    if "tiling" in written:
+        whole = written["tiling"]["calibration"]
+        click.echo(f"recalibrated tiled {bundle}: image scores on {whole['n']} whole images at FPR {whole['fpr']:g} "
+                   f"(smallest it can promise: {whole['min_fpr']:.4g}), tile scores on {cal['n']} grid tiles; "
+                   "previous calibration kept in calibration_history")
+    else:
+        click.echo(f"recalibrated {bundle} on {cal['n']} images at FPR {cal['fpr']:g} (smallest it can promise: "
+                   f"{cal['min_fpr']:.4g}); previous calibration kept in calibration_history")
     inputs.exit_if_failed()
+
+
+def _whole_images(paths: Sequence[str], manifest: Any, inputs: Inputs) -> list[Any]:
+    """A tiled bundle's calibration images: every readable image file at its own size."""
+    out = [image for _, image, _ in inputs.whole_images(paths, manifest.contract, manifest.tiling) if image is not None]
+    if not out:
+        raise InputProblem("no input could be read; nothing to calibrate on")
+    return out

@@ -200,6 +200,31 @@ class Inputs:
             raise InputProblem(f"no input could be read; nothing to {what}")
         return names[:limit], np.concatenate(images)[:limit]
 
+    def whole_images(self, paths: Sequence[str], contract: InputContract, tiling: Any, *,
+                     echo: bool = True) -> Iterator[tuple[str, NDArray[Any] | None, str | None]]:
+        """A tiled bundle's inputs, one at a time: (name, image at its own size shrunk by ``tiling.downscale``,
+        None) or (name, None, error) for an input that cannot be read or is smaller than one tile; each failure is
+        recorded (and, with ``echo``, printed)."""
+        from edgevae.runtime.errors import InputError
+        from edgevae.runtime.inputs import expand_paths
+
+        for item in expand_paths(list(paths)):
+            name = os.fspath(item.path)
+            try:
+                if item.kind != "image":
+                    raise InputError(f"{name}: {item.error or 'a tiled bundle reads image files'}")
+                image = contract.read_native(name, tiling.downscale)
+                if min(image.shape[1:]) < min(tiling.tile):
+                    raise InputError(f"{name}: {image.shape[1]}x{image.shape[2]} (after downscale "
+                                     f"{tiling.downscale}) is smaller than one {tiling.tile[0]}x{tiling.tile[1]} tile")
+            except InputError as exc:
+                self.failures.append((name, str(exc)))
+                if echo:
+                    click.echo(f"error: {exc}", err=True)
+                yield name, None, str(exc)
+                continue
+            yield name, image, None
+
     def exit_if_failed(self) -> None:
         if self.failures:
             sys.exit(EXIT_INPUT)

@@ -26,17 +26,30 @@ from .common import Inputs, Runtime, batch_size_option, errors, format_for, meth
 def evaluate(runtime: Runtime, normal_paths: Sequence[str], anomalous_paths: Sequence[str], methods: Sequence[str],
              fmt: str | None, output: str | None, batch_size: int) -> None:
     """Measure detection on labelled inputs: AUROC, average precision, FPR at 95 % TPR, and the confusion counts at
-    the bundle's threshold, per method (anomalous = positive)."""
+    the bundle's threshold, per method (anomalous = positive). A tiled bundle scores each image whole by tiles, at
+    its image-level threshold for the calibrated size."""
     import numpy as np
 
     from edgevae.runtime.evaluation import evaluate_scores
+    from edgevae.runtime.tiles import tiled_image_scores
 
     writable(output, "--output")
     model = runtime.load()
     chosen = list(methods) or list(model.methods)
     inputs = Inputs()
     scores: dict[str, dict[str, list[Any]]] = {m: {"normal": [], "anomalous": []} for m in chosen}
+    tiling = model.manifest.tiling
+    image_level = tiling.calibration if tiling is not None else None
+    if tiling is not None:
+        chosen = [m for m in chosen if image_level is not None and m in image_level.methods]
     for group, paths in (("normal", normal_paths), ("anomalous", anomalous_paths)):
+        if tiling is not None:  # each image whole, by tiles: the image-level scores
+            for _, image, _ in inputs.whole_images(paths, model.contract, tiling):
+                if image is not None:
+                    with errors():
+                        for method, value in tiled_image_scores(model, image, chosen).items():
+                            scores[method][group].append(np.array([value]))
+            continue
         for batch in inputs.batches(paths, model.contract, batch_size=batch_size):
             if batch.images is not None:
                 with errors():
@@ -44,7 +57,8 @@ def evaluate(runtime: Runtime, normal_paths: Sequence[str], anomalous_paths: Seq
                         scores[method][group].append(model.raw_scores(batch.images, method))
     with errors():
         results = [evaluate_scores(m, np.concatenate(scores[m]["normal"] or [np.zeros(0)]),
-                                   np.concatenate(scores[m]["anomalous"] or [np.zeros(0)]), model.threshold(m))
+                                   np.concatenate(scores[m]["anomalous"] or [np.zeros(0)]),
+                                   model.threshold(m) if image_level is None else image_level.methods[m].threshold)
                    for m in chosen]
     with open_output(output) as out:
         _write_evaluation(out, format_for(fmt, output, _FORMAT_BY_SUFFIX), [r.to_dict() for r in results])

@@ -52,6 +52,14 @@ def info(bundle: str, providers: str, trusted_key: tuple[str, ...], as_json: boo
                    f"size); defect = largest mean logit over {sp.defect_window}x{sp.defect_window} px")
     else:
         click.echo("defect head   none (bundle made without one: no defect map or defect score)")
+    if m.tiling is not None:
+        t = m.tiling
+        shrink = f", images shrunk {t.downscale}x first" if t.downscale > 1 else ""
+        click.echo(f"tiles         {t.tile[0]}x{t.tile[1]} tiles every {t.stride} px{shrink}; image score = {t.aggregate} "
+                   f"of the tile scores; statistics {'per position' if t.positional else 'position-free (a stationary surface)'}; "
+                   f"{t.note}")
+    else:
+        click.echo(f"tiles         none: every image is resized to {c.height}x{c.width} (train --tile to score large images by tiles)")
     methods = ", ".join(f"{name} ({METHODS[name].kind})" for name in model.computable_methods)
     click.echo(f"methods       {methods}")
     if m.min_fpr is not None:

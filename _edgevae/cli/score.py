@@ -109,8 +109,7 @@ def _score_tiled(model: Model, paths: Sequence[str], method: str, fpr: float | N
                  fmt: str | None, output: str | None, maps_dir: str | None, fail_on_outlier: bool) -> None:
     """``score`` with a tiled bundle: every image at its own size (shrunk by the bundle's downscale), by tiles,
     one image at a time; a row per image as it is done, a failed image a row of its own."""
-    from edgevae.runtime.errors import InputError
-    from edgevae.runtime.inputs import expand_paths
+    from edgevae.runtime.tiles import TILE_BATCH
 
     tiling = model.tiling
     cal = tiling.calibration
@@ -123,23 +122,31 @@ def _score_tiled(model: Model, paths: Sequence[str], method: str, fpr: float | N
                + (f", images shrunk {tiling.downscale}x" if tiling.downscale > 1 else "") + f"; {tiling.note}", err=True)
     with open_output(output) as out:
         writer = _ResultWriter(out, format_for(fmt, output, _FORMAT_BY_SUFFIX), method, stored)
-        for k, item in enumerate(expand_paths(list(paths))):
-            name = os.fspath(item.path)
-            try:
-                if item.kind != "image":
-                    raise InputError(f"{name}: {item.error or 'a tiled bundle scores image files'}")
-                image = model.read_tiled(name)
-                result = model.score_tiled(image, method, fpr=fpr, threshold=threshold)
-            except (InputError, ValueError) as exc:
-                inputs.failures.append((name, str(exc)))
-                click.echo(f"error: {exc}", err=True)
-                writer.error(name, str(exc))
+        pending: list[tuple[int, str, Any]] = []  # images waiting to share batches of tiles, in input order
+
+        def flush() -> None:
+            with errors():
+                results = model.score_tiled_many([im for _, _, im in pending], method, fpr=fpr, threshold=threshold)
+            for (k, name, image), result in zip(pending, results):
+                writer.row(name, result.score, result.p_value, result.is_outlier)
+                counts["scored"] += 1
+                counts["outliers"] += int(result.is_outlier)
+                if maps_dir is not None:
+                    _write_tiled_maps(model, image, name, k, result, maps_dir)
+            pending.clear()
+
+        tiles = 0
+        for k, (name, image, error) in enumerate(inputs.whole_images(paths, model.contract, tiling)):
+            if image is None:
+                flush()
+                writer.error(name, str(error))
                 continue
-            writer.row(name, result.score, result.p_value, result.is_outlier)
-            counts["scored"] += 1
-            counts["outliers"] += int(result.is_outlier)
-            if maps_dir is not None:
-                _write_tiled_maps(model, image, name, k, result, maps_dir)
+            pending.append((k, name, image))
+            tiles += len(tiling.grid(image.shape[1], image.shape[2]))
+            if tiles >= TILE_BATCH:
+                flush()
+                tiles = 0
+        flush()
     click.echo(f"{counts['scored']} scored with {method} by tiles (threshold {stored:.4g} at the calibrated size, "
                f"adjusted per image for its number of tiles): {counts['outliers']} outlier(s), {inputs.failed} failed",
                err=True)

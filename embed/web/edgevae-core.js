@@ -169,6 +169,10 @@ export async function openBundle(ort, readFile, sha256Hex, { method = null, sess
   if (manifest.format !== "edgevae-bundle" || manifest.schema_version !== 1) {
     throw new BundleError("not an edgevae manifest of schema version 1");
   }
+  if (manifest.tiling) {  // a tiled bundle scores large images by tiles: resizing them would be wrong
+    throw new BundleError("this bundle is tiled (trained with --tile): this program does not score by tiles yet; "
+      + "score it with the Python runtime (edgevae score)");
+  }
   if (trustedKeys.length > 0) await checkSignature(readFile, sha256Hex, verifyEd25519, trustedKeys, manifest);
   const specs = methodSpecs(manifest), chosen = method || manifest.scoring.default_method;
   if (!implemented(specs, chosen)) {

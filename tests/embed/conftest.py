@@ -188,6 +188,18 @@ def legacy_bundle(bundle: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture()
+def tiled_copy(bundle: Path, tmp_path: Path) -> Path:
+    """The bundle with a ``tiling`` section, as a tiled run's bundle has: the programs do not score by tiles yet and
+    must refuse it rather than shrink a large image to one tile."""
+    copy = tmp_path / "tiled"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "edgevae.json").read_text())
+    manifest["tiling"] = {"tile": [28, 28], "stride": 14, "aggregate": "max", "downscale": 1, "positional": False}
+    (copy / "edgevae.json").write_text(json.dumps(manifest, indent=2))
+    return copy
+
+
+@pytest.fixture()
 def respecified(bundle: Path, tmp_path: Path) -> Path:
     """The bundle with its combined score's Monte-Carlo parts told to draw 3 samples (scoring.method_specs only): a program
     that reads the specs scores it as the runtime does with 3 samples, one that re-types defaults does not."""

@@ -46,6 +46,11 @@ def test_c_default_method_is_the_bundles(scorer: Path, bundle: Path, model, embe
                                         for r in proc.stdout.splitlines())
 
 
+def test_c_refuses_a_tiled_bundle_instead_of_shrinking_images(scorer: Path, tiled_copy: Path, embed_inputs) -> None:  # type: ignore[no-untyped-def]
+    proc = run(scorer, "-m", str(tiled_copy), list(without_png(embed_inputs))[0])
+    assert proc.returncode == 1 and "tiled" in proc.stderr and "edgevae score" in proc.stderr and proc.stdout == ""
+
+
 def test_c_refuses_a_tampered_graph_and_reports_bad_inputs(scorer: Path, bundle: Path, tampered: Path,
                                                             tmp_path: Path, embed_inputs) -> None:  # type: ignore[no-untyped-def]
     proc = run(scorer, "-m", str(tampered), *list(embed_inputs)[:1])

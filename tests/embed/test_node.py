@@ -35,6 +35,11 @@ def test_node_scores_agree_with_the_runtime(node: str, bundle: Path, model, embe
     compare(model, [json.loads(line) for line in proc.stdout.splitlines()], embed_inputs, method)
 
 
+def test_node_refuses_a_tiled_bundle_instead_of_shrinking_images(node: str, tiled_copy: Path, embed_inputs) -> None:  # type: ignore[no-untyped-def]
+    proc = run(node, "-m", str(tiled_copy), list(embed_inputs)[0])
+    assert proc.returncode == 1 and "tiled" in proc.stderr and proc.stdout == ""
+
+
 def test_node_refuses_a_tampered_graph_and_reports_bad_inputs(node: str, bundle: Path, tampered: Path,
                                                                tmp_path: Path, embed_inputs) -> None:  # type: ignore[no-untyped-def]
     proc = run(node, "-m", str(tampered), *list(embed_inputs)[:1])

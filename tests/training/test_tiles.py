@@ -145,3 +145,72 @@ def test_cli_scores_images_of_any_size_by_tiles_and_keeps_going_past_a_bad_file(
     assert len(panels) == 2
     with Image.open(panels[-1]) as panel:
         assert 150 <= panel.height <= 152  # full resolution (a 1 px frame)
+
+
+def test_calibrate_remeasures_a_tiled_bundle_on_whole_images(tiled_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from edgevae.cli import main
+    from edgevae.runtime import load
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiled_bundle, bundle)
+    rng = np.random.default_rng(5)
+    for i in range(12):
+        Image.fromarray(_texture(rng, int(rng.integers(40, 90)), int(rng.integers(40, 90)))[0]).save(tmp_path / f"{i}.png")
+    (tmp_path / "tiny.png").write_bytes(b"")
+    result = CliRunner().invoke(main, ["calibrate", str(bundle), *[str(tmp_path / f"{i}.png") for i in range(12)],
+                                       str(tmp_path / "tiny.png")])
+    assert result.exit_code == 2, result.output  # the unreadable file is reported; the rest calibrate
+    assert "12 whole images" in result.output
+    manifest = json.loads((bundle / "edgevae.json").read_text())
+    assert manifest["tiling"]["calibration"]["n"] == 12
+    assert "tiling" in manifest["calibration_history"][-1]
+    model = load(bundle)
+    assert model.score_tiled(_texture(rng, 64, 64)).tiles > 0
+
+
+def test_evaluate_scores_whole_images_of_a_tiled_bundle(tiled_bundle: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from edgevae.cli import main
+
+    rng = np.random.default_rng(9)
+    (tmp_path / "good").mkdir()
+    (tmp_path / "bad").mkdir()
+    for i in range(6):
+        img = _texture(rng, 80, 100)
+        Image.fromarray(img[0]).save(tmp_path / "good" / f"{i}.png")
+        img[:, 30:40, 50:60] = 255
+        Image.fromarray(img[0]).save(tmp_path / "bad" / f"{i}.png")
+    result = CliRunner().invoke(main, ["evaluate", "-m", str(tiled_bundle), "--normal", str(tmp_path / "good"),
+                                       "--anomalous", str(tmp_path / "bad"), "--method", "smooth_recon",
+                                       "--format", "json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)[0]
+    assert row["n_normal"] == 6 and row["n_anomalous"] == 6 and row["auroc"] > 0.5
+
+
+def test_batch_scorer_scores_items_of_any_size_by_tiles(tiled_bundle: Path, tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    from edgevae.runtime import load
+    from edgevae.runtime.batch import BatchScorer
+
+    rng = np.random.default_rng(13)
+    big = _texture(rng, 130, 70)
+    buffer = io.BytesIO()
+    Image.fromarray(big[0]).save(buffer, format="PNG")
+    path = tmp_path / "big.png"
+    path.write_bytes(buffer.getvalue())
+    out = BatchScorer(tiled_bundle).score_items([big, buffer.getvalue(), str(path), big[:, :8], "missing.png"])
+    expected = load(tiled_bundle).score_tiled(big).score
+    np.testing.assert_allclose(out["score"][:3], expected, rtol=1e-6)
+    assert list(out["error"][:3]) == [None] * 3
+    assert "shorter than one tile" in out["error"][3] and "missing.png" in out["error"][4]

@@ -198,6 +198,12 @@ int read_scoring(const json *m, const char *method, scoring *s, char *err) {
         snprintf(err, MSG, "not an edgevae manifest of schema version 1");
         return 0;
     }
+    const char *tl[] = {"tiling", NULL};
+    if (json_path(m, tl)) {  /* a tiled bundle scores large images by tiles: resizing them would be wrong */
+        snprintf(err, MSG, "this bundle is tiled (trained with --tile): this program does not score by tiles yet; "
+                 "score it with the Python runtime (edgevae score)");
+        return 0;
+    }
     s->channels = whole(number(m, ch, 0)); s->height = whole(number(m, h, 0)); s->width = whole(number(m, w, 0));
     s->latent = whole(number(m, d, 0)); s->sigma = number(m, sg, 1.0);
     if ((s->channels != 1 && s->channels != 3) || s->height < 1 || s->height > MAX_SIDE || s->width < 1 ||
