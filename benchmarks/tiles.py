@@ -340,7 +340,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = ["## Large images by tiles", "",
              f"Measured by `python benchmarks/tiles.py` on {report['machine']}, {report['date']}; total "
              f"{report['seconds'] / 60:.1f} min. Raw results: `benchmarks/results/tiles.json`." + (
-                 " **Smoke run (tiny sizes): the figures mean nothing.**" if report.get("smoke") else ""), "",
+                 " **Smoke run (tiny sizes): the figures mean nothing.**" if report.get("smoke") else "") + (
+                 f" {report['note']}" if report.get("note") else ""), "",
              f"{report['side']}x{report['side']} views of two photographs, from three disjoint regions (training: the "
              f"left half; calibration with `edgevae calibrate`: the top right quarter; test: the bottom right quarter), "
              f"under flips and quarter turns; anomalies are test views with one defect of 3-10 px. `defect_stitched` "

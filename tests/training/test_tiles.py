@@ -99,6 +99,9 @@ def test_scoring_by_tiles_finds_a_small_defect_anywhere_and_maps_it_at_full_size
     a, b = model.score_tiled(normal), model.score_tiled(broken)
     assert a.tiles == b.tiles == len(model.tiling.grid(120, 90))
     assert b.score > a.score and b.p_value < a.p_value
+    many = model.score_tiled_many([normal, broken, normal[:, :40, :50]])  # tiles of the three share batches
+    np.testing.assert_allclose([r.score for r in many[:2]], [a.score, b.score], rtol=1e-5)
+    assert many[2].tiles == len(model.tiling.grid(40, 50))
     maps, before = model.tiled_maps(broken), model.tiled_maps(normal)
     assert maps["anomaly"].shape == maps["defect"].shape == (120, 90)
     change = maps["anomaly"] - before["anomaly"]  # where the defect changed the stitched map most
