@@ -211,15 +211,21 @@ def visibility(before: np.ndarray, after: np.ndarray, mask: np.ndarray) -> float
     return float(change / max(float(window.std()), 1e-6))
 
 
-def discolour_strong(rng: np.random.Generator, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A 10-14 pixel patch shifted in brightness by 0.3."""
-    n, s = img.shape[0], int(rng.integers(10, 15))
-    y, x = (int(rng.integers(2, n - s - 2)) for _ in range(2))
-    out = img.copy()
-    out[y:y + s, x:x + s] = np.clip(out[y:y + s, x:x + s] + 0.3 * rng.choice([-1, 1]), 0, 1)
-    mask = np.zeros((n, n), bool)
-    mask[y:y + s, x:x + s] = True
-    return out, mask
+def discolour_patch(sizes: tuple[int, int] = (10, 15), shift: float = 0.3) -> Defect:
+    """A square patch (side in ``sizes``: [low, high)) brighter or darker by ``shift``."""
+    def apply(rng: np.random.Generator, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n, s = img.shape[0], int(rng.integers(*sizes))
+        y, x = (int(rng.integers(2, n - s - 2)) for _ in range(2))
+        out = img.copy()
+        out[y:y + s, x:x + s] = np.clip(out[y:y + s, x:x + s] + shift * rng.choice([-1, 1]), 0, 1)
+        mask = np.zeros((n, n), bool)
+        mask[y:y + s, x:x + s] = True
+        return out, mask
+    return apply
+
+
+# A 10-14 pixel patch shifted in brightness by 0.3.
+discolour_strong = discolour_patch()
 
 
 def exposure(factor: float) -> Defect:

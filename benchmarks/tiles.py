@@ -56,7 +56,7 @@ from edgevae.runtime.tiles import aggregate, image_tile_scores, stitch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from doc_sections import benchmark_parser, save_report  # noqa: E402  (sibling script modules)
-from real_images import discolour_strong, photo, resize, run_measured, scratch, spot, to_uint8, visibility  # noqa: E402
+from real_images import discolour_patch, photo, resize, run_measured, scratch, spot, to_uint8, visibility  # noqa: E402
 
 METHODS = ("combined", "defect", "local", "smooth_recon", "elbo")
 TASKS = {"gravel": ("gravel", 1), "tissue": ("immunohistochemistry", 3)}
@@ -95,27 +95,13 @@ def large_task(name: str, side: int, n_train: int, n_test: int, seed: int = 0) -
     task = LargeTask(name, to_uint8([view(train_part) for _ in range(n_train)]),
                      to_uint8([view(test_part) for _ in range(n_test)]),
                      calibration=to_uint8([view(calib_part) for _ in range(n_test)]))
-    defects = {"spot": spot(0.45, (3, 7)), "scratch": scratch(0.4, (10, 25)), "discoloured": _patch(6, 11)}
+    defects = {"spot": spot(0.45, (3, 7)), "scratch": scratch(0.4, (10, 25)), "discoloured": discolour_patch((6, 11))}
     for kind in KINDS:
         pairs = [(v, *defects[kind](rng, v)) for v in (view(test_part) for _ in range(n_test))]
         task.anomalies[kind] = to_uint8([p[1] for p in pairs])
         task.masks[kind] = np.stack([p[2] for p in pairs])
         task.visibility[kind] = float(np.median([visibility(b, a, m) for b, a, m in pairs]))
     return task
-
-
-def _patch(low: int, high: int) -> Any:
-    """A square patch of ``low``..``high - 1`` px shifted in brightness by 0.3 (benchmarks/real_images.py's
-    strong discolouring, at the sizes of this benchmark)."""
-    def apply(rng: np.random.Generator, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n, s = img.shape[0], int(rng.integers(low, high))
-        y, x = (int(rng.integers(2, n - s - 2)) for _ in range(2))
-        out = img.copy()
-        out[y:y + s, x:x + s] = np.clip(out[y:y + s, x:x + s] + 0.3 * rng.choice([-1, 1]), 0, 1)
-        mask = np.zeros((n, n), bool)
-        mask[y:y + s, x:x + s] = True
-        return out, mask
-    return apply if high > low else discolour_strong
 
 
 # ------------------------------------------------------------------------------------------- models
