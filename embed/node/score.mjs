@@ -11,7 +11,9 @@
 // With trusted keys (--trusted-key, or EDGEVAE_TRUSTED_KEYS: paths separated by ':') the bundle loads only if one
 // of them signed it and nothing changed since, as in `edgevae score --trusted-key`.
 // FILE: PNG (any colour type and depth, decoded as Pillow does), PGM/PPM (P2, P3, P5, P6), or raw little-endian float32 (.f32, .raw:
-// C*H*W values in [0, 1], channel-major), each of exactly the bundle's size. Exit status: 0 ok; 1 bundle error;
+// C*H*W values in [0, 1], channel-major), each of exactly the bundle's size. A tiled bundle takes PNG/PGM/PPM files
+// of any size at least one tile large (at most 2^26 pixels) and scores them by tiles as `edgevae score` does.
+// Exit status: 0 ok; 1 bundle error;
 // 2 some inputs could not be scored.
 import { createHash, createPublicKey, verify } from "node:crypto";
 import { closeSync, constants, fstatSync, openSync, readFileSync } from "node:fs";
@@ -19,7 +21,8 @@ import { join } from "node:path";
 
 import ort from "onnxruntime-node";
 
-import { BundleError, decodePNG, isOutlier, openBundle, preprocess, pValue, rawPublicKey, readPNM, scoreImage } from "../web/edgevae-core.js";
+import { BundleError, decodePNG, isOutlier, openBundle, preprocess, pValue, rawPublicKey, readPNM, scoreImage, scoreTiled, tiledIsOutlier,
+  tiledPValue } from "../web/edgevae-core.js";
 
 class UsageError extends Error {}
 
@@ -71,6 +74,7 @@ async function readInput(bundle, path) {
   const bytes = readRegularFile(path);
   const lower = path.toLowerCase();
   if (lower.endsWith(".f32") || lower.endsWith(".raw")) {
+    if (bundle.tiling) throw new Error("a raw float32 file carries no size; a tiled bundle reads PNG, PGM or PPM files");
     const count = bundle.channels * bundle.height * bundle.width;
     if (bytes.byteLength !== 4 * count) {
       throw new Error(`${bytes.byteLength} bytes, expected ${count} float32 values (${bundle.channels}x${bundle.height}x${bundle.width})`);
@@ -80,11 +84,11 @@ async function readInput(bundle, path) {
     return { x, warning: "" };
   }
   if (lower.endsWith(".png")) { // decoded as Pillow does (edgevae-core.js, decodePNG)
-    const { pixels, width, height, stride, channels } = await decodePNG(bytes, { expect: bundle });
-    return { x: preprocess(bundle, pixels, width, height, stride), warning: channelWarning(bundle, channels) };
+    const { pixels, width, height, stride, channels } = await decodePNG(bytes, { expect: bundle.tiling ? null : bundle });
+    return { x: preprocess(bundle, pixels, width, height, stride), warning: channelWarning(bundle, channels), height, width };
   }
   const { pixels, width, height, stride } = readPNM(bytes);
-  return { x: preprocess(bundle, pixels, width, height, stride), warning: channelWarning(bundle, stride === 3 ? 3 : 1) };
+  return { x: preprocess(bundle, pixels, width, height, stride), warning: channelWarning(bundle, stride === 3 ? 3 : 1), height, width };
 }
 
 async function main() {
@@ -123,11 +127,17 @@ async function main() {
   let failed = 0;
   for (const path of args.files) {
     try {
-      const { x, warning } = await readInput(bundle, path);
-      const { score } = await scoreImage(bundle, x);
+      const { x, warning, height, width } = await readInput(bundle, path);
+      let row;
+      if (bundle.tiling) { // by tiles, against whole calibration images (edgevae.runtime.tiles)
+        const { score, tiles } = await scoreTiled(bundle, x, height, width);
+        row = { score, p_value: tiledPValue(bundle, score, tiles), outlier: tiledIsOutlier(bundle, score, tiles, args.threshold) };
+      } else {
+        const { score } = await scoreImage(bundle, x);
+        row = { score, p_value: pValue(bundle, score), outlier: isOutlier(bundle, score, args.threshold) };
+      }
       if (warning) process.stderr.write(`warning: ${path}: ${warning}\n`);
-      process.stdout.write(JSON.stringify({ item: path, method: bundle.method, score, p_value: pValue(bundle, score),
-        outlier: isOutlier(bundle, score, args.threshold), ...(warning ? { warning } : {}) }) + "\n");
+      process.stdout.write(JSON.stringify({ item: path, method: bundle.method, ...row, ...(warning ? { warning } : {}) }) + "\n");
     } catch (err) {
       if (err instanceof BundleError) throw err;
       failed++;

@@ -3,7 +3,7 @@
 import * as ort from "./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs";
 
 import { decodePNG, defectLogits, defectProbabilities, generate, implemented, isOutlier, openBundle, preprocess, pValue,
-  rawPublicKey, readPNM, scoreImage } from "./edgevae-core.js";
+  rawPublicKey, readPNM, scoreImage, scoreTiled, tiledDefectMap, tiledIsOutlier, tiledPValue } from "./edgevae-core.js";
 
 ort.env.wasm.wasmPaths = new URL("./node_modules/onnxruntime-web/dist/", import.meta.url).href;
 ort.env.wasm.numThreads = 1; // no SharedArrayBuffer needed: the page works from any static server
@@ -43,9 +43,12 @@ async function open(readFile, method) {
   const calibrated = Object.keys(bundle.specs).filter((m) => implemented(bundle.specs, m) && bundle.manifest.calibration.methods[m]);
   $("method").replaceChildren(...calibrated.map((m) => new Option(m, m, false, m === bundle.method)));
   $("generate").disabled = false;
-  const { channels, height, width } = bundle;
-  setStatus(`bundle loaded${trustedKeys.length ? " (signature verified)" : ""}: ${channels}x${height}x${width}, method ${bundle.method}, threshold ` +
-    `${bundle.calibration.threshold.toPrecision(4)} (FPR ${bundle.manifest.calibration.fpr})`);
+  const { channels, height, width, tiling } = bundle;
+  const threshold = tiling ? `image-level threshold ${tiling.threshold.toPrecision(4)} (FPR ${tiling.fpr}); images of any size `
+    + `at least ${height}x${width} are scored by tiles every ${tiling.stride} px`
+    : `threshold ${bundle.calibration.threshold.toPrecision(4)} (FPR ${bundle.manifest.calibration.fpr})`;
+  setStatus(`bundle loaded${trustedKeys.length ? " (signature verified)" : ""}: ${channels}x${height}x${width}${tiling ? " tiles" : ""}, `
+    + `method ${bundle.method}, ${threshold}`);
   document.body.dataset.bundle = "loaded";
 }
 
@@ -64,26 +67,28 @@ function folderReader(files) {
   };
 }
 
+// An image file as float32 CHW: { x, height, width } (a tiled bundle takes any size at least one tile).
 async function decodeImage(file) {
   const bytes = new Uint8Array(await file.arrayBuffer());
   if (/\.(pgm|ppm|pnm)$/i.test(file.name)) {
     const { pixels, width, height, stride } = readPNM(bytes);
-    return preprocess(bundle, pixels, width, height, stride);
+    return { x: preprocess(bundle, pixels, width, height, stride), height, width };
   }
   if (/\.png$/i.test(file.name)) { // decoded as Pillow does, not by the browser (which premultiplies alpha)
-    const { pixels, width, height, stride } = await decodePNG(bytes, { expect: bundle });
-    return preprocess(bundle, pixels, width, height, stride);
+    const { pixels, width, height, stride } = await decodePNG(bytes, { expect: bundle.tiling ? null : bundle });
+    return { x: preprocess(bundle, pixels, width, height, stride), height, width };
   }
   // other formats: no colour management, so pixel values reach the model as they are in the file
   const bitmap = await createImageBitmap(file, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
   const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
   const context = canvas.getContext("2d");
   context.drawImage(bitmap, 0, 0);
-  return preprocess(bundle, context.getImageData(0, 0, bitmap.width, bitmap.height).data, bitmap.width, bitmap.height, 4);
+  return { x: preprocess(bundle, context.getImageData(0, 0, bitmap.width, bitmap.height).data, bitmap.width, bitmap.height, 4),
+    height: bitmap.height, width: bitmap.width };
 }
 
-function draw(x, offset = 0) {
-  const { channels, height: h, width: w } = bundle, canvas = document.createElement("canvas");
+function draw(x, offset = 0, h = bundle.height, w = bundle.width) {
+  const { channels } = bundle, canvas = document.createElement("canvas");
   canvas.width = w; canvas.height = h; canvas.className = "img";
   const context = canvas.getContext("2d"), image = context.createImageData(w, h);
   for (let i = 0; i < h * w; i++) {
@@ -97,8 +102,8 @@ function draw(x, offset = 0) {
 }
 
 // A map of values in [0, 1] (H*W) as a heat map: black through red to yellow (the CLI's --maps colours).
-function drawHeat(values) {
-  const { height: h, width: w } = bundle, canvas = document.createElement("canvas");
+function drawHeat(values, h = bundle.height, w = bundle.width) {
+  const canvas = document.createElement("canvas");
   canvas.width = w; canvas.height = h; canvas.className = "img";
   const context = canvas.getContext("2d"), image = context.createImageData(w, h);
   for (let i = 0; i < h * w; i++) {
@@ -127,16 +132,26 @@ async function scoreFiles(files) {
     const row = body.insertRow();
     row.dataset.item = file.name;
     try {
-      const x = await decodeImage(file);
+      const { x, height, width } = await decodeImage(file);
       const started = performance.now();
-      const { score, reconstruction } = await scoreImage(bundle, x);
-      const p = pValue(bundle, score), outlier = isOutlier(bundle, score);
+      let score, reconstruction = null, p, outlier, tiles = 1;
+      if (bundle.tiling) { // by tiles, against whole calibration images; no single reconstruction to show
+        ({ score, tiles } = await scoreTiled(bundle, x, height, width));
+        p = tiledPValue(bundle, score, tiles);
+        outlier = tiledIsOutlier(bundle, score, tiles);
+      } else {
+        ({ score, reconstruction } = await scoreImage(bundle, x));
+        p = pValue(bundle, score);
+        outlier = isOutlier(bundle, score);
+      }
       const ms = performance.now() - started;
-      Object.assign(row.dataset, { score, pValue: p, outlier, ms });
+      Object.assign(row.dataset, { score, pValue: p, outlier, ms, tiles });
       row.className = outlier ? "outlier" : "";
-      cell(row, draw(x));
+      cell(row, draw(x, 0, height, width));
       cell(row, reconstruction ? draw(reconstruction) : "—");
-      cell(row, bundle.defect ? drawHeat(defectProbabilities(await defectLogits(bundle, x))) : "—");
+      const defect = !bundle.defect ? null
+        : bundle.tiling ? await tiledDefectMap(bundle, x, height, width) : defectProbabilities(await defectLogits(bundle, x));
+      cell(row, defect ? drawHeat(defect, height, width) : "—");
       cell(row, file.name);
       cell(row, score.toPrecision(6), "num");
       cell(row, p.toPrecision(3), "num");

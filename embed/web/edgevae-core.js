@@ -169,10 +169,6 @@ export async function openBundle(ort, readFile, sha256Hex, { method = null, sess
   if (manifest.format !== "edgevae-bundle" || manifest.schema_version !== 1) {
     throw new BundleError("not an edgevae manifest of schema version 1");
   }
-  if (manifest.tiling) {  // a tiled bundle scores large images by tiles: resizing them would be wrong
-    throw new BundleError("this bundle is tiled (trained with --tile): this program does not score by tiles yet; "
-      + "score it with the Python runtime (edgevae score)");
-  }
   if (trustedKeys.length > 0) await checkSignature(readFile, sha256Hex, verifyEd25519, trustedKeys, manifest);
   const specs = methodSpecs(manifest), chosen = method || manifest.scoring.default_method;
   if (!implemented(specs, chosen)) {
@@ -187,6 +183,7 @@ export async function openBundle(ort, readFile, sha256Hex, { method = null, sess
     sigma: manifest.scoring.smooth_sigma ?? 1.0, calibration: calibrationOf(manifest, chosen), noise: {}, ort,
     parts: spec.kind === "combination" ? combinationParts(manifest, chosen, spec) : [], map: null,
   };
+  bundle.tiling = manifest.tiling ? tilingOf(manifest, chosen, bundle) : null;
   if ([chosen, ...bundle.parts.map((p) => p.name)].some((m) => specs[m].map)) bundle.map = await mapStats(readFile, sha256Hex, manifest);
   for (const name of [chosen, ...bundle.parts.map((p) => p.name)]) {
     if (specs[name].kind === "monte_carlo") bundle.noise[name] = await noiseOf(readFile, sha256Hex, manifest, name, specs[name], bundle.latent);
@@ -203,6 +200,35 @@ export async function openBundle(ort, readFile, sha256Hex, { method = null, sess
   return bundle;
 }
 
+// A tiled bundle's tiling section (edgevae.runtime.tiles), checked against what this program does: tiles of the
+// input's size, the largest tile score, no shrinking before tiling, position-free statistics; with the method's
+// image-level calibration. -> { stride, fpr, tilesMedian (0: not said), threshold, scores, tail }.
+function tilingOf(manifest, method, bundle) {
+  const t = manifest.tiling, side = Math.min(bundle.height, bundle.width);
+  if (!Array.isArray(t.tile) || t.tile.length !== 2 || t.tile[0] !== bundle.height || t.tile[1] !== bundle.width) {
+    throw new BundleError(`tiling.tile must be the input's [height, width] ([${bundle.height}, ${bundle.width}])`);
+  }
+  if (!Number.isInteger(t.stride) || t.stride < 1 || t.stride > side) {
+    throw new BundleError(`tiling.stride must be a whole number in 1..${side} (the tile's side)`);
+  }
+  if ((t.aggregate ?? "max") !== "max") throw new BundleError('tiling.aggregate must be "max", the one aggregate edgevae scores with');
+  if ((t.downscale ?? 1) !== 1) {
+    throw new BundleError(`this tiled bundle shrinks images ${t.downscale}x before tiling (tiling.downscale), which this `
+      + "program does not do; score it with the Python runtime (edgevae score)");
+  }
+  if ((t.positional ?? false) !== false) {
+    throw new BundleError("tiling.positional: per-position statistics are not scored here; score the bundle with the Python runtime (edgevae score)");
+  }
+  const cal = t.calibration, entry = cal && cal.methods && cal.methods[method], median = cal ? (cal.tiles_median ?? 0) : 0;
+  if (!entry || !Number.isFinite(entry.threshold) || !Array.isArray(entry.scores) || entry.scores.length < 2
+      || !(cal.fpr > 0 && cal.fpr < 1) || !Number.isInteger(median) || median < 0) {
+    throw new BundleError(`method ${method} has no image-level calibration in this tiled bundle (tiling.calibration: `
+      + "threshold, fpr in (0, 1), tiles_median >= 0); calibrate it on whole images with edgevae calibrate");
+  }
+  return { stride: t.stride, fpr: cal.fpr, tilesMedian: median, threshold: entry.threshold,
+    scores: Float64Array.from(entry.scores), tail: entry.tail || null };
+}
+
 // A Monte-Carlo method's shared noise (its spec's file, float32 (K, D)).
 async function noiseOf(readFile, sha256Hex, manifest, name, spec, latent) {
   if (!spec.noise) throw new BundleError(`the bundle carries no ${name} noise file (exported before edgevae stored it); re-export it`);
@@ -214,8 +240,14 @@ async function noiseOf(readFile, sha256Hex, manifest, name, spec, latent) {
 
 // 8-bit pixels (RGBA, RGB or gray, `stride` bytes a pixel) of the bundle's size -> float32 CHW in [0, 1].
 // One channel: Pillow's convert("L"), ITU-R 601-2 luma in 16-bit fixed point.
+// A tiled bundle takes any size at least one tile large (scoreTiled scores it).
 export function preprocess(bundle, pixels, width, height, stride) {
-  if (width !== bundle.width || height !== bundle.height) {
+  if (bundle.tiling && (height < bundle.height || width < bundle.width)) { // edgevae.runtime.tiles.tile_starts's words
+    const short = height < bundle.height;
+    throw new Error(`an image side of ${short ? height : width} px is shorter than one tile (${short ? bundle.height : bundle.width} px); `
+      + "tiled bundles score images at least one tile large");
+  }
+  if (!bundle.tiling && (width !== bundle.width || height !== bundle.height)) {
     throw new Error(`${width}x${height}, but the bundle takes ${bundle.width}x${bundle.height} images (resize before scoring)`);
   }
   const n = width * height, x = new Float32Array(n * bundle.channels);
@@ -367,6 +399,71 @@ export async function scoreImage(bundle, x) {
   return { score: Math.fround(Math.min(-logPMin, 1e30)), reconstruction };
 }
 
+// Start offsets of the tiles along one side (edgevae.runtime.tiles.tile_starts): every stride, the last one flush
+// with the far edge.
+export function tileStarts(length, tile, stride) {
+  const starts = [];
+  for (let at = 0; at <= length - tile; at += stride) starts.push(at);
+  if (starts[starts.length - 1] !== length - tile) starts.push(length - tile);
+  return starts;
+}
+
+// A tiled bundle's score of one preprocessed image (float32 CHW, height x width): the largest score of its tiles
+// (NaN when a tile's is, as numpy's max), each tile scored as an image of the bundle's size; one tile is copied
+// out at a time. -> { score, tiles }.
+export async function scoreTiled(bundle, x, height, width) {
+  const { channels: c, height: th, width: tw } = bundle, tile = new Float32Array(c * th * tw);
+  const ys = tileStarts(height, th, bundle.tiling.stride), xs = tileStarts(width, tw, bundle.tiling.stride);
+  let best = -Infinity;
+  for (const y of ys) for (const x0 of xs) {
+    for (let ch = 0; ch < c; ch++) for (let r = 0; r < th; r++) {
+      const from = (ch * height + y + r) * width + x0;
+      tile.set(x.subarray(from, from + tw), (ch * th + r) * tw);
+    }
+    const { score } = await scoreImage(bundle, tile);
+    if (Number.isNaN(score) || score > best) best = score;
+  }
+  return { score: best, tiles: ys.length * xs.length };
+}
+
+// A tiled bundle's defect map of one image at full resolution (Float32Array, height*width): each tile's
+// probabilities, averaged where tiles overlap (edgevae.runtime.tiles.stitch of Model.defect_map).
+export async function tiledDefectMap(bundle, x, height, width) {
+  const { channels: c, height: th, width: tw } = bundle, tile = new Float32Array(c * th * tw);
+  const total = new Float32Array(height * width), count = new Float32Array(height * width);
+  for (const y of tileStarts(height, th, bundle.tiling.stride)) for (const x0 of tileStarts(width, tw, bundle.tiling.stride)) {
+    for (let ch = 0; ch < c; ch++) for (let r = 0; r < th; r++) {
+      const from = (ch * height + y + r) * width + x0;
+      tile.set(x.subarray(from, from + tw), (ch * th + r) * tw);
+    }
+    const p = defectProbabilities(await defectLogits(bundle, tile));
+    for (let r = 0; r < th; r++) for (let k = 0; k < tw; k++) { total[(y + r) * width + x0 + k] += p[r * tw + k]; count[(y + r) * width + x0 + k] += 1; }
+  }
+  for (let i = 0; i < total.length; i++) total[i] /= count[i];
+  return total;
+}
+
+// An image's p-value from p0, its p-value against whole calibration images: an image of `tiles` tiles is
+// tiles / n0 independent images of the calibrated size (edgevae.runtime.tiles.size_adjusted_p).
+function sizeAdjusted(p0, tiles, n0) {
+  return tiles === n0 || p0 >= 1 ? p0 : -Math.expm1(tiles / n0 * Math.log1p(-p0));
+}
+
+// A tiled image's p-value and flag (edgevae.runtime.tiles; Model.score_tiled): against the image-level
+// calibration, adjusted for its number of tiles; an explicit threshold is compared as it is.
+export function tiledPValue(bundle, score, tiles) {
+  const t = bundle.tiling;
+  return sizeAdjusted(pValueOf(t, score), tiles, t.tilesMedian || tiles);
+}
+
+export function tiledIsOutlier(bundle, score, tiles, threshold = null) {
+  const t = bundle.tiling, n0 = t.tilesMedian || tiles;
+  if (threshold !== null && threshold !== undefined) return score > threshold;
+  if (tiles === n0) return score > t.threshold;
+  // below the rate that flags an image of this size: the runtime's threshold at that rate, by construction
+  return pValueOf(t, score) < -Math.expm1(n0 / tiles * Math.log1p(-t.fpr));
+}
+
 // First index with scores[i] >= s (scores.length when none).
 function lowerBound(scores, s) {
   let lo = 0, hi = scores.length;
@@ -471,7 +568,7 @@ function rescale(v, maxval, top = 255) { // round-half-to-even(v / maxval * top)
   return Math.min(top, roundHalfEven(v / maxval * top));
 }
 
-export function readPNM(bytes) {
+export function readPNM(bytes, { maxPixels = 1 << 26 } = {}) {
   if (bytes.length < 3 || bytes[0] !== 80 || ![50, 51, 53, 54].includes(bytes[1]) || !isSpace(bytes[2])) {
     throw new Error("not a PGM or PPM file (P2, P3, P5 or P6)");
   }
@@ -486,9 +583,12 @@ export function readPNM(bytes) {
   const [width, height, maxval] = fields;
   if (maxval < 1 || maxval > 65535) throw new Error("maxval must be in 1..65535");
   const stride = kind === 3 || kind === 6 ? 3 : 1, count = width * height * stride, wide = maxval > 255 ? 2 : 1;
+  if (width * height > maxPixels) throw new Error(`${width}x${height}: an image must be at most ${maxPixels} pixels`);
   if (kind >= 5 && bytes.length - state.pos < count * wide) {
     throw new Error(`truncated (the header is not followed by ${count * wide} bytes of samples)`);
   }
+  // a plain sample takes a byte at least: refused before allocating for them
+  if (kind < 5 && bytes.length - state.pos < count) throw new Error("truncated (fewer samples than width x height)");
   const wideGrey = maxval > 255 && stride === 1, values = new Uint32Array(count); // wideGrey: Pillow's mode I
   let top = 0;
   for (let i = 0; i < count; i++) {

@@ -187,16 +187,71 @@ def legacy_bundle(bundle: Path, tmp_path: Path) -> Path:
     return copy
 
 
-@pytest.fixture()
-def tiled_copy(bundle: Path, tmp_path: Path) -> Path:
-    """The bundle with a ``tiling`` section, as a tiled run's bundle has: the programs do not score by tiles yet and
-    must refuse it rather than shrink a large image to one tile."""
-    copy = tmp_path / "tiled"
+def mosaic(digits: np.ndarray, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A height x width uint8 image of random 28x28 digits side by side (cropped at the far edges)."""
+    rows, cols = -(-height // 28), -(-width // 28)
+    picks = digits[rng.integers(0, len(digits), rows * cols)]
+    canvas = picks.reshape(rows, cols, 28, 28).transpose(0, 2, 1, 3).reshape(rows * 28, cols * 28)
+    return np.ascontiguousarray(canvas[:height, :width])
+
+
+@pytest.fixture(scope="session")
+def tiled_bundle(bundle: Path, tmp_path_factory: pytest.TempPathFactory, test_digits) -> Path:  # type: ignore[no-untyped-def]
+    """The session bundle made tiled (28x28 tiles every 14 px) and calibrated by ``edgevae.runtime.recalibrate`` on
+    30 whole 56x56 mosaics of digits (9 tiles each): the tiles' own calibration and the image-level one, as a
+    tiled run's export writes them."""
+    from edgevae.runtime.recalibrate import recalibrate
+
+    copy = tmp_path_factory.mktemp("tiled") / "bundle"
     shutil.copytree(bundle, copy)
     manifest = json.loads((copy / "edgevae.json").read_text())
     manifest["tiling"] = {"tile": [28, 28], "stride": 14, "aggregate": "max", "downscale": 1, "positional": False}
     (copy / "edgevae.json").write_text(json.dumps(manifest, indent=2))
+    rng = np.random.default_rng(7)
+    recalibrate(copy, [mosaic(test_digits[0][:300], rng, 56, 56)[None] for _ in range(30)], fpr=0.05)
     return copy
+
+
+@pytest.fixture(scope="session")
+def tiled_inputs(tmp_path_factory: pytest.TempPathFactory, test_digits) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Large PGM, PPM and PNG files for the tiled bundle, with the uint8 arrays they hold: mosaics of unseen digits
+    of as many tiles as the calibration images (56x56: 9), fewer (42x70: 8) and more (84x98: 30; 60x45: 12), one
+    tile (28x28), one with a patch of noise, and a colour file (luma)."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("tiled_inputs")
+    rng = np.random.default_rng(8)
+    digits = test_digits[0][300:600]
+    arrays: dict[str, np.ndarray] = {}
+    sizes = [(56, 56), (42, 70), (84, 98), (28, 28), (56, 56), (60, 45)]
+    for i, (h, w) in enumerate(sizes):
+        image = mosaic(digits, rng, h, w)
+        if i == 4:
+            image[10:40, 12:44] = rng.integers(0, 256, (30, 32))  # a patch of noise: no digit looks like it
+        for suffix in (".pgm", ".png"):
+            Image.fromarray(image).save(folder / f"m{i}_{h}x{w}{suffix}")
+            arrays[str(folder / f"m{i}_{h}x{w}{suffix}")] = image
+    rgb = np.stack([mosaic(digits, rng, 56, 70) for _ in range(3)], axis=-1)
+    Image.fromarray(rgb).save(folder / "colour.ppm")
+    arrays[str(folder / "colour.ppm")] = np.asarray(Image.fromarray(rgb).convert("L"))
+    return arrays
+
+
+def compare_tiled(model, rows: list[dict], arrays: dict[str, np.ndarray], method: str) -> None:  # type: ignore[no-untyped-def]
+    """Assert a program's rows for a tiled bundle agree with ``Model.score_tiled``: scores within 1e-4 relative,
+    the p-value of each row's score by the runtime's rule (size-adjusted) within 1e-6 relative, flags equal."""
+    from edgevae.runtime.tiles import calibrated_tiles, size_adjusted_p
+
+    assert [r["item"] for r in rows] == list(arrays), "one row per input, in order"
+    cal = model.tiling.calibration
+    for row, image in zip(rows, arrays.values()):
+        assert row["method"] == method and "error" not in row, row
+        result = model.score_tiled(image, method)
+        assert abs(row["score"] - result.score) <= 1e-4 * max(1.0, abs(result.score)), (row, result)
+        p0 = float(cal.methods[method].p_values(np.array([row["score"]]))[0])
+        p = size_adjusted_p(p0, result.tiles, calibrated_tiles(cal) or result.tiles)
+        assert abs(row["p_value"] - p) <= 1e-6 * max(1e-3, p) or abs(row["p_value"] - p) <= 1e-12, (row, p)
+        assert row["outlier"] == result.is_outlier, (row, result)
 
 
 @pytest.fixture()
@@ -483,3 +538,50 @@ def check_mutated_corpus(score, bundle: Path, program: str) -> None:  # type: ig
     assert not wrong, "\n".join(f"{k}: python {a!r}, {program} {b!r}" for k, (a, b) in wrong.items())
     scored = sum("error" not in r for r in got.values())
     assert 0 < scored < len(files)  # the corpus holds both kinds
+
+
+@pytest.fixture(scope="session")
+def tiled_model(tiled_bundle: Path):  # type: ignore[no-untyped-def]
+    from edgevae.runtime import load
+
+    return load(tiled_bundle, ["CPUExecutionProvider"])
+
+
+def tiled_variant(tiled_bundle: Path, folder: Path, **changes) -> Path:  # type: ignore[no-untyped-def]
+    """A copy of the tiled bundle with its tiling section changed."""
+    copy = folder / "_".join(changes)
+    shutil.copytree(tiled_bundle, copy)
+    manifest = json.loads((copy / "edgevae.json").read_text())
+    manifest["tiling"].update(changes)
+    (copy / "edgevae.json").write_text(json.dumps(manifest, indent=2))
+    return copy
+
+
+def check_tiled_refusals(run, tiled_bundle: Path, folder: Path, image: str) -> None:  # type: ignore[no-untyped-def]
+    """A program refuses, with exit status 1, no rows and a message naming the field, the tiled bundles it does
+    not score as the runtime does: images shrunk before tiling, per-position statistics, a tile other than the
+    input, a method without an image-level calibration."""
+    cases = {"downscale": {"downscale": 2}, "positional": {"positional": True}, "tiling.tile": {"tile": [14, 28]},
+             "image-level calibration": {"calibration": {"fpr": 0.01, "methods": {}}}}
+    for words, change in cases.items():
+        proc = run("-m", str(tiled_variant(tiled_bundle, folder, **change)), image)
+        assert proc.returncode == 1 and words in proc.stderr and proc.stdout == "", (words, proc.stderr)
+        assert "Sanitizer" not in proc.stderr
+
+
+def check_tiled_bad_files(run, tiled_bundle: Path, folder: Path, good: str) -> None:  # type: ignore[no-untyped-def]
+    """A file smaller than a tile, raw float32 (no size) and a missing file each get an error row; the good file
+    between them is scored; exit status 2."""
+    from PIL import Image
+
+    small = folder / "small.pgm"
+    Image.fromarray(np.zeros((20, 40), np.uint8)).save(small)
+    raw = folder / "x.f32"
+    np.zeros((1, 28, 28), "<f4").tofile(raw)
+    files = [str(small), good, str(raw), str(folder / "missing.pgm")]
+    proc = run("-m", str(tiled_bundle), *files)
+    assert proc.returncode == 2 and "Sanitizer" not in proc.stderr, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["item"] for r in rows] == files
+    assert "shorter than one tile" in rows[0]["error"] and "score" in rows[1]
+    assert "carries no size" in rows[2]["error"] and "error" in rows[3]

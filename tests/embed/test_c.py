@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import EMBED, METHODS, check_bad_input_corpus, check_mutated_corpus, program_rows, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_specs_are_read, compare, need, without_png
+from .conftest import EMBED, METHODS, check_bad_input_corpus, check_tiled_bad_files, check_tiled_refusals, compare_tiled, check_mutated_corpus, program_rows, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_specs_are_read, compare, need, without_png
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 
@@ -46,9 +46,19 @@ def test_c_default_method_is_the_bundles(scorer: Path, bundle: Path, model, embe
                                         for r in proc.stdout.splitlines())
 
 
-def test_c_refuses_a_tiled_bundle_instead_of_shrinking_images(scorer: Path, tiled_copy: Path, embed_inputs) -> None:  # type: ignore[no-untyped-def]
-    proc = run(scorer, "-m", str(tiled_copy), list(without_png(embed_inputs))[0])
-    assert proc.returncode == 1 and "tiled" in proc.stderr and "edgevae score" in proc.stderr and proc.stdout == ""
+@pytest.mark.parametrize("method", ["combined", "kl", "local", "defect"])
+def test_c_scores_large_images_by_tiles_as_the_runtime(scorer: Path, tiled_bundle: Path, tiled_model, tiled_inputs,
+                                                       method: str) -> None:  # type: ignore[no-untyped-def]
+    inputs = {k: v for k, v in tiled_inputs.items() if not k.endswith(".png")}
+    proc = run(scorer, "-m", str(tiled_bundle), "--method", method, *inputs)
+    assert proc.returncode == 0 and "Sanitizer" not in proc.stderr, proc.stderr
+    compare_tiled(tiled_model, [json.loads(line) for line in proc.stdout.splitlines()], inputs, method)
+
+
+def test_c_tiled_refusals_and_bad_files(scorer: Path, tiled_bundle: Path, tiled_inputs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    good = next(k for k in tiled_inputs if k.endswith(".pgm"))
+    check_tiled_refusals(lambda *a: run(scorer, *a), tiled_bundle, tmp_path, good)
+    check_tiled_bad_files(lambda *a: run(scorer, *a), tiled_bundle, tmp_path, good)
 
 
 def test_c_refuses_a_tampered_graph_and_reports_bad_inputs(scorer: Path, bundle: Path, tampered: Path,

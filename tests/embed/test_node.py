@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import EMBED, METHODS, check_bad_input_corpus, check_mutated_corpus, program_rows, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_png_variants, check_specs_are_read, compare, need
+from .conftest import EMBED, METHODS, check_bad_input_corpus, check_tiled_bad_files, check_tiled_refusals, compare_tiled, check_mutated_corpus, program_rows, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_png_variants, check_specs_are_read, compare, need
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 NODE = EMBED / "node"
@@ -35,9 +35,18 @@ def test_node_scores_agree_with_the_runtime(node: str, bundle: Path, model, embe
     compare(model, [json.loads(line) for line in proc.stdout.splitlines()], embed_inputs, method)
 
 
-def test_node_refuses_a_tiled_bundle_instead_of_shrinking_images(node: str, tiled_copy: Path, embed_inputs) -> None:  # type: ignore[no-untyped-def]
-    proc = run(node, "-m", str(tiled_copy), list(embed_inputs)[0])
-    assert proc.returncode == 1 and "tiled" in proc.stderr and proc.stdout == ""
+@pytest.mark.parametrize("method", ["combined", "kl", "local", "defect"])
+def test_node_scores_large_images_by_tiles_as_the_runtime(node: str, tiled_bundle: Path, tiled_model, tiled_inputs,
+                                                          method: str) -> None:  # type: ignore[no-untyped-def]
+    proc = run(node, "-m", str(tiled_bundle), "--method", method, *tiled_inputs)  # PNG files too
+    assert proc.returncode == 0, proc.stderr
+    compare_tiled(tiled_model, [json.loads(line) for line in proc.stdout.splitlines()], tiled_inputs, method)
+
+
+def test_node_tiled_refusals_and_bad_files(node: str, tiled_bundle: Path, tiled_inputs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    good = next(k for k in tiled_inputs if k.endswith(".png"))
+    check_tiled_refusals(lambda *a: run(node, *a), tiled_bundle, tmp_path, good)
+    check_tiled_bad_files(lambda *a: run(node, *a), tiled_bundle, tmp_path, good)
 
 
 def test_node_refuses_a_tampered_graph_and_reports_bad_inputs(node: str, bundle: Path, tampered: Path,

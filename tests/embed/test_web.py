@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from .conftest import EMBED, METHODS, ROOT, compare, need
+from .conftest import EMBED, METHODS, ROOT, compare, compare_tiled, need
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-headless-shell")) if p), None)
@@ -67,6 +67,35 @@ def test_page_scores_agree_with_the_runtime(browser: Any, bundle: Path, model, e
         page.wait_for_selector("body[data-generated='16']", timeout=60_000)
         if method == "smooth_recon":
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        assert page.errors == []
+    finally:
+        server.shutdown()
+
+
+def test_page_scores_large_images_by_tiles_and_shows_the_stitched_map(browser: Any, tiled_bundle: Path, tiled_model,  # type: ignore[no-untyped-def]
+                                                                    tiled_inputs) -> None:
+    import numpy as np
+
+    server = served(tiled_bundle)
+    try:
+        page = open_page(browser, server, "combined")
+        assert "scored by tiles" in page.inner_text("#status"), page.inner_text("#status")
+        page.set_input_files("#images", list(tiled_inputs))
+        page.wait_for_selector(f"body[data-scored='{len(tiled_inputs)}']", timeout=120_000)
+        rows = page.eval_on_selector_all("#results tbody tr", "rs => rs.map(r => ({...r.dataset}))")
+        by_name = {Path(k).name: k for k in tiled_inputs}
+        parsed = [{"item": by_name[r["item"]], "method": "combined", "score": float(r["score"]),
+                   "p_value": float(r["pValue"]), "outlier": r["outlier"] == "true"} for r in rows]
+        compare_tiled(tiled_model, parsed, tiled_inputs, "combined")
+        # the defect map is stitched at the image's own size, and its pixels are the runtime's stitched map's
+        sizes = page.eval_on_selector_all("#results tbody tr td:nth-child(3) canvas", "cs => cs.map(c => [c.height, c.width])")
+        assert sizes == [list(a.shape[:2]) for a in tiled_inputs.values()]
+        name, image = next((k, v) for k, v in tiled_inputs.items() if v.shape == (84, 98))
+        red = page.eval_on_selector(f"#results tbody tr[data-item='{Path(name).name}'] td:nth-child(3) canvas",
+                                    "c => Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)"
+                                    ".filter((_, i) => i % 4 == 0)")
+        expected = np.round(255 * np.clip(3 * tiled_model.tiled_maps(image)["defect"], 0, 1)).ravel()
+        assert np.abs(np.asarray(red) - expected).max() <= 1
         assert page.errors == []
     finally:
         server.shutdown()

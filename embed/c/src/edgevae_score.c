@@ -9,7 +9,10 @@
  * of them signed its manifest and every file the manifest lists is unaltered, as in `edgevae score --trusted-key`.
  * --repeat R scores each input R more times and reports the median time of one score call on stderr (benchmarks).
  * FILE: binary PGM (P5) or PPM (P6) with 8-bit samples, of exactly the bundle's size (no resizing on a device),
- * or raw little-endian float32 (.f32, .raw): C*H*W values in [0, 1], channel-major (CHW).
+ * or raw little-endian float32 (.f32, .raw): C*H*W values in [0, 1], channel-major (CHW). A tiled bundle (the
+ * manifest's tiling) takes PGM/PPM files of any size at least one tile large and scores them by tiles as
+ * `edgevae score` does: the largest tile score, its p-value and flag against whole calibration images, adjusted
+ * for the image's number of tiles (edgevae.runtime.tiles).
  * Everything the scores need comes from the bundle: the input contract, the calibration (threshold, sorted scores,
  * tail), what each method needs (scoring.method_specs: kind, graphs, samples, noise file, map, parts), the noise
  * files, the anomaly-map statistics, the defect head's graph and the combined score's references. The only
@@ -318,6 +321,35 @@ static float *read_input(const bundle *b, const char *path, char *err, char *war
     return x;
 }
 
+/* A tiled bundle's input: a PGM/PPM file at its own size, at least one tile large, as float32 CHW; *h and *w
+   receive its size. Returns NULL with a message in err. */
+static float *read_tiled_input(const bundle *b, const char *path, int *h, int *w, char *err, char *warning) {
+    size_t len;
+    const char *why = "", *dot = strrchr(path, '.');
+    if (dot && (strcmp(dot, ".f32") == 0 || strcmp(dot, ".raw") == 0)) {
+        snprintf(err, MSG, "%s: a raw float32 file carries no size; a tiled bundle reads PGM or PPM files", path);
+        return NULL;
+    }
+    unsigned char *data = read_file(path, &len, &why);
+    if (!data) { snprintf(err, MSG, "%s: %s", path, why); return NULL; }
+    char why_not[MSG] = "";
+    float *x = NULL;
+    int channels = b->s.channels;
+    if (!input_size(data, len, h, w, why_not, sizeof why_not)) snprintf(err, MSG, "%s: %s", path, why_not);
+    else if (*h < b->s.height || *w < b->s.width) /* edgevae.runtime.tiles.tile_starts says the same */
+        snprintf(err, MSG, "%s: an image side of %d px is shorter than one tile (%d px); tiled bundles score images at "
+                 "least one tile large", path, *h < b->s.height ? *h : *w, *h < b->s.height ? b->s.height : b->s.width);
+    else if (!(x = malloc(sizeof(float) * (size_t)b->s.channels * (size_t)*h * (size_t)*w))) snprintf(err, MSG, "out of memory");
+    else {
+        input_shape shape = {b->s.channels, *h, *w};
+        if (!decode_input(&shape, data, len, 0, x, &channels, why_not, sizeof why_not)) snprintf(err, MSG, "%s: %s", path, why_not);
+        else channel_warning(b, channels, warning);
+    }
+    free(data);
+    if (err[0] != '\0') { free(x); return NULL; }
+    return x;
+}
+
 /* One axis of the Gaussian smoothing: out[i] = sum_k g[k] in[i + k - radius], zero beyond the edges. */
 static void smooth_axis(const double *in, double *out, int n, int stride, const double *g, int radius) {
     for (int i = 0; i < n; i++) {
@@ -560,6 +592,40 @@ static int score(bundle *b, float *x, double *out, char *err) {
     return ok;
 }
 
+/* Start offsets of the tiles along one side (edgevae.runtime.tiles.tile_starts): every stride, the last one flush
+   with the far edge. length >= tile; starts has room for length / stride + 2. */
+static int tile_starts(int length, int tile, int stride, int *starts) {
+    int n = 0;
+    for (int at = 0; at <= length - tile; at += stride) starts[n++] = at;
+    if (starts[n - 1] != length - tile) starts[n++] = length - tile;
+    return n;
+}
+
+/* A tiled bundle's score of one image (C, h, w): the largest score of its tiles (a NaN tile score makes it NaN, as
+   numpy's max does); *tiles receives their number. One tile is copied out at a time. */
+static int score_tiled(bundle *b, const float *image, int h, int w, double *out, int *tiles, char *err) {
+    int th = b->s.height, tw = b->s.width, stride = b->s.tiling.stride, ny, nx, ok = 1;
+    int *ys = malloc(sizeof(int) * (size_t)(h / stride + 2)), *xs = malloc(sizeof(int) * (size_t)(w / stride + 2));
+    float *tile = malloc(sizeof(float) * (size_t)b->s.channels * (size_t)th * (size_t)tw);
+    double best = -INFINITY, s;
+    if (!ys || !xs || !tile) { snprintf(err, MSG, "out of memory"); ok = 0; }
+    ny = ok ? tile_starts(h, th, stride, ys) : 0;
+    nx = ok ? tile_starts(w, tw, stride, xs) : 0;
+    for (int i = 0; ok && i < ny; i++)
+        for (int j = 0; ok && j < nx; j++) {
+            for (int c = 0; c < b->s.channels; c++)
+                for (int r = 0; r < th; r++)
+                    memcpy(tile + ((size_t)c * th + r) * tw, image + ((size_t)c * h + ys[i] + r) * w + xs[j],
+                           sizeof(float) * (size_t)tw);
+            ok = score(b, tile, &s, err);
+            if (ok && (isnan(s) || s > best)) best = s;
+        }
+    *tiles = ny * nx;
+    *out = best;
+    free(ys); free(xs); free(tile);
+    return ok;
+}
+
 static void close_bundle(bundle *b) {
     if (b->encoder) ORT->ReleaseSession(b->encoder);
     if (b->decoder) ORT->ReleaseSession(b->decoder);
@@ -581,12 +647,13 @@ static int by_value(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* Median time (microseconds) of `repeat` score calls on one preprocessed image. */
-static double median_score_us(bundle *b, float *x, int repeat, char *err) {
+/* Median time (microseconds) of `repeat` score calls on one preprocessed image (h x w: by tiles when tiled). */
+static double median_score_us(bundle *b, float *x, int h, int w, int repeat, char *err) {
     double *times = malloc(sizeof(double) * (size_t)repeat), s, median;
+    int tiles;
     for (int r = 0; times && r < repeat; r++) {
         double started = now_us();
-        if (!score(b, x, &s, err)) { free(times); return NAN; }
+        if (!(b->s.tiling.present ? score_tiled(b, x, h, w, &s, &tiles, err) : score(b, x, &s, err))) { free(times); return NAN; }
         times[r] = now_us() - started;
     }
     if (!times) return NAN;
@@ -673,20 +740,31 @@ int main(int argc, char **argv) {
     }
     double thr = isnan(threshold) ? b.s.threshold : threshold;
     int failed = 0;
+    const tiling_spec *tiling = &b.s.tiling;
     for (int i = first; i < argc; i++) {
-        double s = 0;
+        double s = 0, p = 1;
+        int h = b.s.height, w = b.s.width, tiles = 1, outlier = 0;
         err[0] = warning[0] = '\0';
-        float *x = read_input(&b, argv[i], err, warning);
-        int ok = x && score(&b, x, &s, err);
+        float *x = tiling->present ? read_tiled_input(&b, argv[i], &h, &w, err, warning) : read_input(&b, argv[i], err, warning);
+        int ok = x && (tiling->present ? score_tiled(&b, x, h, w, &s, &tiles, err) : score(&b, x, &s, err));
         if (ok && repeat > 0) fprintf(stderr, "timing: %s median %.1f us per score call over %d calls\n", argv[i],
-                                      median_score_us(&b, x, repeat, err), repeat);
+                                      median_score_us(&b, x, h, w, repeat, err), repeat);
         free(x);
+        if (ok && tiling->present) { /* against whole calibration images, adjusted for this image's number of tiles */
+            int n0 = tiling->tiles_median ? tiling->tiles_median : tiles;
+            double p0 = p_value(&tiling->cal, s);
+            p = size_adjusted_p(p0, tiles, n0);
+            outlier = !isnan(threshold) ? s > threshold : tiles == n0 ? s > tiling->threshold
+                    : p0 < size_adjusted_fpr(tiling->fpr, tiles, n0);
+        } else if (ok) {
+            p = p_value(&b.s.cal, s);
+            outlier = (float)s > (float)thr;
+        }
         printf("{\"item\": ");
         print_string(argv[i]);
         printf(", \"method\": \"%s\", ", b.s.method);
         if (ok) {
-            printf("\"score\": %.9g, \"p_value\": %.17g, \"outlier\": %s", s, p_value(&b.s.cal, s),
-                   (float)s > (float)thr ? "true" : "false");
+            printf("\"score\": %.9g, \"p_value\": %.17g, \"outlier\": %s", s, p, outlier ? "true" : "false");
             if (warning[0]) { printf(", \"warning\": "); print_string(warning); fprintf(stderr, "warning: %s: %s\n", argv[i], warning); }
             printf("}\n");
         }

@@ -128,6 +128,8 @@ int decode_input(const input_shape *shape, const unsigned char *data, size_t len
         snprintf(err, err_len, "truncated (the header is not followed by %zu bytes of samples)", n * width);
         return 0;
     }
+    if (kind < 5 && len - pos < n) /* a plain sample takes a byte at least: refused before allocating for them */
+        return fail(err, err_len, "truncated (fewer samples than width x height)");
     int wide_grey = maxval > 255 && bands == 1; /* Pillow's mode I: 16-bit values, brought to 8 bits below */
     long long *values = malloc(n * sizeof(long long));
     if (!values) return fail(err, err_len, "out of memory");
@@ -157,5 +159,19 @@ int decode_input(const input_shape *shape, const unsigned char *data, size_t len
         store(shape, x, i, s, bands);
     }
     free(values);
+    return 1;
+}
+
+int input_size(const unsigned char *data, size_t len, int *height, int *width, char *err, size_t err_len) {
+    size_t pos = 0;
+    long long w = 0, h = 0, maxval = 0;
+    if (!read_header(data, len, &pos, &w, &h, &maxval, err, err_len)) return 0;
+    if (w < 1 || h < 1 || w > MAX_INPUT_SIDE || h > MAX_INPUT_SIDE || w * h > MAX_INPUT_PIXELS) {
+        snprintf(err, err_len, "%lldx%lld: an image must be 1..%d pixels a side and at most %lld pixels", w, h,
+                 MAX_INPUT_SIDE, (long long)MAX_INPUT_PIXELS);
+        return 0;
+    }
+    *height = (int)h;
+    *width = (int)w;
     return 1;
 }

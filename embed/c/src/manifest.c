@@ -163,6 +163,56 @@ static int load_parts(scoring *b, const json *manifest, char *err) {
 }
 
 
+/* The manifest's tiling section, when it has one: checked against what this program does (tiles of the input's
+   size, the largest tile score, no shrinking, position-free statistics), with the method's image-level
+   calibration. */
+static int load_tiling(const json *m, scoring *s, char *err) {
+    const json *t = json_get(m, "tiling"), *tile = json_get(t, "tile"), *v;
+    if (!t) return 1;
+    const char *sk[] = {"stride", NULL}, *dk[] = {"downscale", NULL}, *fk[] = {"calibration", "fpr", NULL},
+               *nk[] = {"calibration", "tiles_median", NULL}, *mk[] = {"calibration", "methods", s->method, NULL};
+    tiling_spec *ts = &s->tiling;
+    int side = s->height < s->width ? s->height : s->width, downscale = whole(number(t, dk, 1));
+    if (t->type != JSON_OBJECT || !tile || tile->type != JSON_ARRAY || tile->count != 2 ||
+        tile->child->type != JSON_NUMBER || tile->child->next->type != JSON_NUMBER ||
+        whole(tile->child->number) != s->height || whole(tile->child->next->number) != s->width) {
+        snprintf(err, MSG, "tiling.tile must be the input's [height, width] ([%d, %d])", s->height, s->width);
+        return 0;
+    }
+    ts->stride = whole(number(t, sk, 0));
+    if (ts->stride < 1 || ts->stride > side) {
+        snprintf(err, MSG, "tiling.stride must be a whole number in 1..%d (the tile's side)", side);
+        return 0;
+    }
+    if ((v = json_get(t, "aggregate")) && !(v->type == JSON_STRING && strcmp(v->string, "max") == 0)) {
+        snprintf(err, MSG, "tiling.aggregate must be \"max\", the one aggregate edgevae scores with");
+        return 0;
+    }
+    if (downscale != 1) {
+        snprintf(err, MSG, "this tiled bundle shrinks images %dx before tiling (tiling.downscale), which this program "
+                 "does not do; score it with the Python runtime (edgevae score)", downscale);
+        return 0;
+    }
+    if ((v = json_get(t, "positional")) && !(v->type == JSON_BOOL && v->number == 0)) {
+        snprintf(err, MSG, "tiling.positional: per-position statistics are not scored here; score the bundle with "
+                 "the Python runtime (edgevae score)");
+        return 0;
+    }
+    const json *cal = json_path(t, mk), *threshold = json_get(cal, "threshold");
+    ts->fpr = number(t, fk, NAN);
+    ts->tiles_median = whole(number(t, nk, 0));
+    if (!cal || !threshold || threshold->type != JSON_NUMBER || !isfinite(threshold->number) ||
+        !(ts->fpr > 0 && ts->fpr < 1) || ts->tiles_median < 0) {
+        snprintf(err, MSG, "method %s has no image-level calibration in this tiled bundle (tiling.calibration: "
+                 "threshold, fpr in (0, 1), tiles_median >= 0); calibrate it on whole images with edgevae calibrate",
+                 s->method);
+        return 0;
+    }
+    ts->threshold = threshold->number;
+    ts->present = 1;
+    return load_reference(cal, &ts->cal, "the image-level calibration", err);
+}
+
 /* A method entry's numbers, checked: K, a combination's parts' K, a defect window. */
 static int check_spec(const method_spec *spec, char *err) {
     int mc = strcmp(spec->kind, "monte_carlo") == 0;
@@ -196,12 +246,6 @@ int read_scoring(const json *m, const char *method, scoring *s, char *err) {
     const char *format = string_at(m, fmt), *likelihood = string_at(m, lk), *deflt = string_at(m, dm);
     if (!format || strcmp(format, "edgevae-bundle") != 0 || number(m, ver, 0) != 1 || !likelihood || !deflt) {
         snprintf(err, MSG, "not an edgevae manifest of schema version 1");
-        return 0;
-    }
-    const char *tl[] = {"tiling", NULL};
-    if (json_path(m, tl)) {  /* a tiled bundle scores large images by tiles: resizing them would be wrong */
-        snprintf(err, MSG, "this bundle is tiled (trained with --tile): this program does not score by tiles yet; "
-                 "score it with the Python runtime (edgevae score)");
         return 0;
     }
     s->channels = whole(number(m, ch, 0)); s->height = whole(number(m, h, 0)); s->width = whole(number(m, w, 0));
@@ -241,6 +285,7 @@ int read_scoring(const json *m, const char *method, scoring *s, char *err) {
         s->defect |= used[i]->defect;
         s->encoder |= strcmp(used[i]->kind, "defect") != 0 && strcmp(used[i]->kind, "combination") != 0;
     }
+    if (!load_tiling(m, s, err)) return 0;
     if (s->map) {
         const char *keys[] = {"scoring", "map", "file", NULL}, *sk[] = {"scoring", "map", "sigma", NULL},
                    *tk[] = {"scoring", "map", "top_k", NULL};
@@ -263,6 +308,8 @@ int read_scoring(const json *m, const char *method, scoring *s, char *err) {
 void free_scoring(scoring *s) {
     free(s->cal.scores);
     s->cal.scores = NULL;
+    free(s->tiling.cal.scores);
+    s->tiling.cal.scores = NULL;
     for (int i = 0; i < MAX_PARTS; i++) {
         free(s->part_ref[i].scores); free(s->part[i].noise);
         s->part_ref[i].scores = NULL; s->part[i].noise = NULL;
@@ -313,3 +360,13 @@ double log_p_value(const reference *r, double s) {
 
 double p_value(const reference *r, double s) { return exp(log_p_value(r, s)); }
 
+
+double size_adjusted_p(double p0, int tiles, int tiles_median) {
+    if (tiles_median <= 0 || tiles == tiles_median || p0 >= 1.0) return p0;
+    return -expm1((double)tiles / tiles_median * log1p(-p0));
+}
+
+double size_adjusted_fpr(double fpr, int tiles, int tiles_median) {
+    if (tiles_median <= 0 || tiles == tiles_median) return fpr;
+    return -expm1((double)tiles_median / tiles * log1p(-fpr));
+}

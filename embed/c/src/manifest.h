@@ -44,6 +44,17 @@ typedef struct {
     int part_samples[MAX_PARTS];
 } method_spec;
 
+/* A tiled bundle (the manifest's tiling): an image of any size at least one tile (the input's size) is scored
+   tile by tile, tiles `stride` apart with the last row and column flush with the far edges; its score is the
+   largest tile score, and its p-value and flag come from the image-level calibration (tiling.calibration),
+   adjusted for the image's number of tiles against the calibration images' median, tiles_median
+   (edgevae.runtime.tiles). */
+typedef struct {
+    int present, stride, tiles_median; /* tiles_median 0: the calibration does not say (no size adjustment) */
+    double threshold, fpr;     /* the method's image-level threshold, at the calibrated rate fpr */
+    reference cal;             /* the method's image-level calibration */
+} tiling_spec;
+
 /* What scoring needs from the manifest, read and checked by read_scoring. */
 typedef struct {
     int channels, height, width, latent;
@@ -59,6 +70,7 @@ typedef struct {
     char map_file[128];        /* scoring.map: its file, smoothing and top_k (when map) */
     double map_sigma;
     int top_k;
+    tiling_spec tiling;        /* present: a tiled bundle */
 } scoring;
 
 /* Reads and checks everything scoring `method` (NULL: the bundle's default) needs from a parsed manifest;
@@ -73,5 +85,12 @@ double number(const json *root, const char *const *keys, double fallback);
 /* The natural log of the runtime's p-value of score s against a reference (edgevae.runtime.scores.log_p_values). */
 double log_p_value(const reference *r, double s);
 double p_value(const reference *r, double s);
+
+/* A tiled image's p-value from p0, its p-value against whole calibration images: an image of `tiles` tiles is
+   `tiles / tiles_median` independent images of the calibrated size, 1 - (1 - p0)^(tiles / tiles_median)
+   (edgevae.runtime.tiles.size_adjusted_p); and the rate at which p0 is compared for a flag at `fpr`
+   (size_adjusted_fpr). */
+double size_adjusted_p(double p0, int tiles, int tiles_median);
+double size_adjusted_fpr(double fpr, int tiles, int tiles_median);
 
 #endif
