@@ -4,7 +4,9 @@ Everything is inline (PNG images as data URIs, plots as SVG), so the file opens 
 Drawn with numpy and Pillow only. Sections: summary counts and flag rate; the score distribution of the inputs over
 the calibration distribution with the threshold; the most anomalous inputs as image | reconstruction | residual
 (|x - reconstruction| as a heat map) with score, p-value and path; a few of the most normal for contrast; the
-evaluation when labelled normal and anomalous inputs are given; the bundle's summary.
+evaluation when labelled normal and anomalous inputs are given; the bundle's summary. For a tiled bundle the
+inputs are whole images of their own sizes scored by tiles, and each panel is image | stitched anomaly map |
+stitched defect map, shown at most ``PANEL_SIDE`` pixels long.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class ReportData:
     model: Model
     method: str
     names: list[str]
-    images: NDArray[np.float32]
+    images: Any  # (N, C, H, W) float32; for a tiled bundle a list of (C, H, W) images of their own sizes
     scores: NDArray[np.float32]
     p_values: NDArray[np.float64]
     flags: NDArray[np.bool_]
@@ -44,6 +46,7 @@ class ReportData:
     labels: list[str] = field(default_factory=list)  # "", "normal" or "anomalous" per input
     failures: list[tuple[str, str]] = field(default_factory=list)
     evaluation: Evaluation | None = None
+    tiles: list[int] = field(default_factory=list)  # a tiled bundle's inputs: each image's number of tiles
 
     @classmethod
     def score(cls, model: Model, method: str, names: list[str], images: NDArray[Any], labels: Sequence[str] = (),
@@ -62,6 +65,39 @@ class ReportData:
                    scores=result.scores, p_values=result.p_values, flags=result.is_outlier,
                    threshold=result.threshold, labels=list(labels) if any(labels) else [], failures=list(failures),
                    evaluation=evaluation)
+
+    @classmethod
+    def score_tiled(cls, model: Model, method: str, names: list[str], images: Sequence[NDArray[Any]],
+                    labels: Sequence[str] = (), failures: Sequence[tuple[str, str]] = ()) -> "ReportData":
+        """:meth:`score` for a tiled bundle: ``images`` ((C, H, W) each, of any sizes) scored whole by tiles
+        (``Model.score_tiled_many``); p-values and flags are the image-level ones, adjusted for each image's
+        number of tiles, and so are the evaluation's confusion counts."""
+        return cls.from_tiled(model, method, names, images, model.score_tiled_many(list(images), method), labels,
+                              failures)
+
+    @classmethod
+    def from_tiled(cls, model: Model, method: str, names: list[str], images: Sequence[NDArray[Any]],
+                   results: Sequence[Any], labels: Sequence[str] = (),
+                   failures: Sequence[tuple[str, str]] = ()) -> "ReportData":
+        """A report of images a tiled bundle already scored (``TiledScore`` each); nothing is scored again."""
+        from dataclasses import replace
+
+        from .evaluation import evaluate_scores
+
+        scores = np.array([r.score for r in results], np.float32)
+        flags = np.array([r.is_outlier for r in results], bool)
+        threshold = model.tiling.calibration.methods[method].threshold
+        lab = np.array(list(labels))
+        evaluation = None
+        if lab.size and (lab == "normal").any() and (lab == "anomalous").any():
+            evaluation = evaluate_scores(method, scores[lab == "normal"], scores[lab == "anomalous"], threshold)
+            tp, fp = int(flags[lab == "anomalous"].sum()), int(flags[lab == "normal"].sum())
+            evaluation = replace(evaluation, true_positives=tp, false_positives=fp,
+                                 true_negatives=evaluation.n_normal - fp, false_negatives=evaluation.n_anomalous - tp)
+        return cls(model=model, method=method, names=names, images=list(images), scores=scores,
+                   p_values=np.array([r.p_value for r in results], np.float64), flags=flags, threshold=threshold,
+                   labels=list(labels) if any(labels) else [], failures=list(failures), evaluation=evaluation,
+                   tiles=[r.tiles for r in results])
 
     @classmethod
     def from_batches(cls, model: Model, method: str, batches: Sequence[tuple[list[str], Any, Any]],
@@ -114,6 +150,35 @@ def _triptych(image: NDArray[np.float32], reconstruction: NDArray[np.float32],
     return _png_uri(_scale(row, factor))
 
 
+# The longest side of a tiled input's panel in the report: larger images are shown shrunk (block means).
+PANEL_SIDE = 320
+
+
+def _shrink(array: NDArray[Any], factor: int) -> NDArray[np.float32]:
+    """(..., H, W) -> block means over factor x factor blocks (the far rows and columns that do not fill a block
+    are dropped)."""
+    if factor == 1:
+        return np.asarray(array, np.float32)
+    h, w = array.shape[-2] // factor * factor, array.shape[-1] // factor * factor
+    a = np.asarray(array, np.float32)[..., :h, :w]
+    out: NDArray[np.float32] = a.reshape(*a.shape[:-2], h // factor, factor, w // factor, factor).mean(axis=(-3, -1))
+    return out
+
+
+def _tiled_panel(model: Model, image: NDArray[Any]) -> str:
+    """A tiled input's panel: image | anomaly map | defect map (with a head), stitched at full resolution by
+    ``Model.tiled_maps`` and shown at most ``PANEL_SIDE`` pixels long, as one PNG data URI."""
+    from .grid import map_panel
+
+    maps = model.tiled_maps(image)
+    unit = np.asarray(image, np.float32) / (255.0 if np.asarray(image).dtype == np.uint8 else 1.0)
+    factor = max(1, -(-max(unit.shape[1:]) // PANEL_SIDE))
+    defect = maps.get("defect")
+    panel = map_panel(_shrink(unit, factor), None, _shrink(maps["anomaly"], factor),
+                      defect_map=None if defect is None else _shrink(defect, factor))
+    return _png_uri(panel)
+
+
 def histogram_svg(calibration: NDArray[np.floating[Any]], scores: NDArray[np.floating[Any]], threshold: float,
                   width: int = 720, height: int = 220) -> str:
     """The inputs' histogram (blue bars) under the calibration's (grey outline), each normalised to its own
@@ -148,16 +213,28 @@ def histogram_svg(calibration: NDArray[np.floating[Any]], scores: NDArray[np.flo
     return "".join(parts) + "</svg>"
 
 
-def _gallery(data: ReportData, indices: Sequence[int], reconstructions: NDArray[np.float32], css: str,
-             defects: NDArray[np.float32] | None = None) -> str:
-    what = "image, reconstruction, residual" + (", defect map" if defects is not None else "")
+def _panels(data: ReportData, shown: Sequence[int]) -> tuple[str, dict[int, str]]:
+    """What the galleries show, and each shown input's panel as a PNG data URI."""
+    defect = data.model.has_defect_head
+    if data.tiles:
+        return ("image, anomaly map, defect map" if defect else "image, anomaly map",
+                {i: _tiled_panel(data.model, data.images[i]) for i in shown})
+    index = np.array(list(shown), dtype=int)
+    recon = data.model.reconstruct(data.images[index]) if index.size else data.images[:0]
+    defects = data.model.defect_map(data.images[index]) if defect and index.size else None
+    return ("image, reconstruction, residual" + (", defect map" if defect else ""),
+            {int(i): _triptych(data.images[i], recon[k], None if defects is None else defects[k])
+             for k, i in enumerate(index)})
+
+
+def _gallery(data: ReportData, indices: Sequence[int], panels: dict[int, str], what: str, css: str) -> str:
     rows = []
     for rank, i in enumerate(indices, 1):
         label = data.labels[i] if data.labels else ""
         rows.append(
             f'<tr class="{css}{" flagged" if data.flags[i] else ""}" data-item="{html.escape(data.names[i])}" '
             f'data-score="{float(data.scores[i])!r}" data-outlier="{str(bool(data.flags[i])).lower()}">'
-            f'<td>{rank}</td><td><img alt="{what}" src="{_triptych(data.images[i], reconstructions[i], None if defects is None else defects[i])}"></td>'
+            f'<td>{rank}</td><td><img alt="{what}" src="{panels[i]}"></td>'
             f'<td class="num">{_number(data.scores[i], ".5g")}</td><td class="num">{_p_text(data, i)}</td>'
             f'<td>{"OUTLIER" if data.flags[i] else "–"}</td><td>{html.escape(label)}</td>'
             f'<td class="path">{html.escape(data.names[i])}</td></tr>')
@@ -192,7 +269,16 @@ def _p_text(data: ReportData, i: int) -> str:
     p = float(data.p_values[i])
     if p > 1e-300:
         return _number(p, ".3g")
-    log10 = float(data.model.manifest.calibration[data.method].log_p_values(data.scores[i:i + 1])[0]) / math.log(10)
+    if data.tiles:  # 1 - (1 - p0)^(n / n0) is p0 n / n0 this far out
+        from .tiles import calibrated_tiles
+
+        cal = data.model.tiling.calibration
+        n = data.tiles[i]
+        log_p = (float(cal.methods[data.method].log_p_values(data.scores[i:i + 1])[0])
+                 + math.log(n / (calibrated_tiles(cal) or n)))
+    else:
+        log_p = float(data.model.manifest.calibration[data.method].log_p_values(data.scores[i:i + 1])[0])
+    log10 = log_p / math.log(10)
     exponent = math.floor(log10)
     return f"{10 ** (log10 - exponent):.2f}e{exponent}"
 
@@ -208,6 +294,10 @@ def _bundle_summary(model: Model) -> str:
              ("trained on", f"{training.get('data', {}).get('source')}, {_classes(training.get('data', {}).get('classes'))}, "
                             f"{training.get('n_train')} images, {training.get('epochs')} epochs"),
              ("producer", f"edgevae {raw.get('producer', {}).get('edgevae')}, created {raw.get('created')}")]
+    if m.tiling is not None:
+        t = m.tiling
+        items.insert(1, ("tiles", f"{t.tile[0]}x{t.tile[1]} every {t.stride} px"
+                                  + (f", images shrunk {t.downscale}x" if t.downscale > 1 else "") + f"; {t.note}"))
     return "<table id='bundle'>" + "".join(f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in items) + "</table>"
 
 
@@ -227,29 +317,29 @@ def render(data: ReportData, top: int = TOP_N, normal: int = NORMAL_N) -> str:
     """The report as one HTML string."""
     order = [int(i) for i in np.argsort(-data.scores, kind="stable")]
     most, least = order[:top], order[::-1][:min(normal, max(0, len(order) - top))]
-    shown = np.array(most + least, dtype=int)
-    recon = np.empty_like(data.images)
-    defects = np.zeros(data.images.shape[:1] + data.images.shape[2:], np.float32) if data.model.has_defect_head else None
-    if shown.size:
-        recon[shown] = data.model.reconstruct(data.images[shown])
-        if defects is not None:
-            defects[shown] = data.model.defect_map(data.images[shown])
-    cal = data.model.manifest.calibration[data.method].sorted_scores
+    what, panels = _panels(data, most + least)
+    tiling = data.model.tiling if data.tiles else None
+    cal = (tiling.calibration.methods[data.method] if tiling is not None
+           else data.model.manifest.calibration[data.method]).sorted_scores
     n, flagged = len(data.names), int(data.flags.sum())
     counts = [("inputs scored", n), ("flagged as outliers", flagged),
               ("flag rate", f"{flagged / max(1, n):.1%}"), ("unreadable", len(data.failures)),
-              ("threshold", f"{data.threshold:.4g}")]
+              ("threshold" + (" at the calibrated size" if tiling is not None else ""), f"{data.threshold:.4g}")]
+    note = ("p-values are against the bundle's held-out normal images; the threshold flags its calibrated share of "
+            "normal images." if tiling is None else
+            "each image was scored whole by tiles (its score is the largest tile score); p-values are against whole "
+            "held-out normal images, and each image's p-value and flag are adjusted for its number of tiles "
+            f"({tiling.note}).")
     body = [f"<h1>edgevae report — {html.escape(data.method)}</h1>",
-            f"<p class='note'>Bundle {html.escape(str(data.model.path))}. Higher scores are more anomalous; p-values "
-            "are against the bundle's held-out normal images; the threshold flags its calibrated share of normal "
-            "images.</p>",
+            f"<p class='note'>Bundle {html.escape(str(data.model.path))}. Higher scores are more anomalous; "
+            f"{html.escape(note)}</p>",
             "<div class='counts' id='counts'>" + "".join(f"<div>{k}<b>{v}</b></div>" for k, v in counts) + "</div>",
             "<h2>Score distribution</h2>", histogram_svg(cal, data.scores, data.threshold)]
     if data.evaluation is not None:
         body.append(_evaluation_table(data.evaluation))
-    body += [f"<h2>Most anomalous {len(most)}</h2>", _gallery(data, most, recon, "top", defects)]
+    body += [f"<h2>Most anomalous {len(most)}</h2>", _gallery(data, most, panels, what, "top")]
     if len(least):
-        body += [f"<h2>Most normal {len(least)}, for contrast</h2>", _gallery(data, least, recon, "normal", defects)]
+        body += [f"<h2>Most normal {len(least)}, for contrast</h2>", _gallery(data, least, panels, what, "normal")]
     if data.failures:
         body += ["<h2>Unreadable inputs</h2><ul id='failures'>"
                  + "".join(f"<li>{html.escape(name)}: {html.escape(err)}</li>" for name, err in data.failures) + "</ul>"]

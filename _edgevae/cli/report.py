@@ -22,7 +22,8 @@ def report(paths: Sequence[str], runtime: Runtime, output: str, method: str | No
            anomalous_paths: Sequence[str], top: int) -> None:
     """Write one self-contained HTML report (images inline, no network): score distribution over the calibration,
     threshold, flag rate, the most anomalous inputs beside their reconstructions and residuals, and the bundle.
-    Every input is kept in memory: report on a sample of a large set."""
+    A tiled bundle scores each image whole by tiles and shows its stitched maps. Every input is kept in memory:
+    report on a sample of a large set."""
     import numpy as np
 
     from edgevae.runtime.report import ReportData, write_report
@@ -31,11 +32,19 @@ def report(paths: Sequence[str], runtime: Runtime, output: str, method: str | No
         raise click.UsageError("give inputs: PATH... and/or --normal / --anomalous")
     writable(output, "--output")
     model = runtime.load()
+    tiling = model.manifest.tiling
     inputs = Inputs()
     names: list[str] = []
     labels: list[str] = []
     images: list[Any] = []
     for label, group in (("", paths), ("normal", normal_paths), ("anomalous", anomalous_paths)):
+        if tiling is not None:  # whole images of their own sizes, scored by tiles
+            for name, image, _ in inputs.whole_images(group, model.contract, tiling) if group else []:
+                if image is not None:
+                    images.append(image)
+                    names.append(name)
+                    labels.append(label)
+            continue
         for batch in inputs.batches(group, model.contract) if group else []:
             if batch.images is not None:
                 images.append(batch.images)
@@ -43,9 +52,10 @@ def report(paths: Sequence[str], runtime: Runtime, output: str, method: str | No
                 labels += [label] * len(batch.names)
     if not images:
         raise InputProblem("no input could be read; nothing to report")
+    chosen = method or model.manifest.default_method
     with errors():
-        data = ReportData.score(model, method or model.manifest.default_method, names, np.concatenate(images), labels,
-                                inputs.failures)
+        data = (ReportData.score(model, chosen, names, np.concatenate(images), labels, inputs.failures)
+                if tiling is None else ReportData.score_tiled(model, chosen, names, images, labels, inputs.failures))
         write_report(data, output, top)
     click.echo(f"wrote {output}: {len(data.names)} input(s), {int(data.flags.sum())} flagged", err=True)
     inputs.exit_if_failed()

@@ -70,9 +70,7 @@ def score(paths: Sequence[str], runtime: Runtime, method: str | None, fpr: float
     model = runtime.load_streaming(paths, method, workers)
     method = method or model.manifest.default_method  # resolved once, here; everything below is given it
     if model.manifest.tiling is not None:
-        if report_path:
-            raise click.UsageError("--report does not take tiled bundles yet; score them without it")
-        _score_tiled(model, paths, method, fpr, threshold, fmt, output, maps_dir, fail_on_outlier)
+        _score_tiled(model, paths, method, fpr, threshold, fmt, output, maps_dir, fail_on_outlier, report_path)
         return
     with errors(), warnings_to_stderr():
         thr = model.threshold(method, fpr) if threshold is None else threshold
@@ -106,7 +104,8 @@ def score(paths: Sequence[str], runtime: Runtime, method: str | None, fpr: float
 
 
 def _score_tiled(model: Model, paths: Sequence[str], method: str, fpr: float | None, threshold: float | None,
-                 fmt: str | None, output: str | None, maps_dir: str | None, fail_on_outlier: bool) -> None:
+                 fmt: str | None, output: str | None, maps_dir: str | None, fail_on_outlier: bool,
+                 report_path: str | None = None) -> None:
     """``score`` with a tiled bundle: every image at its own size (shrunk by the bundle's downscale), by tiles,
     one image at a time; a row per image as it is done, a failed image a row of its own."""
     from edgevae.runtime.tiles import TILE_BATCH
@@ -123,6 +122,7 @@ def _score_tiled(model: Model, paths: Sequence[str], method: str, fpr: float | N
     with open_output(output) as out:
         writer = _ResultWriter(out, format_for(fmt, output, _FORMAT_BY_SUFFIX), method, stored)
         pending: list[tuple[int, str, Any]] = []  # images waiting to share batches of tiles, in input order
+        kept: list[tuple[str, Any, Any]] = []  # for --report: (name, image, TiledScore)
 
         def flush() -> None:
             with errors():
@@ -133,6 +133,8 @@ def _score_tiled(model: Model, paths: Sequence[str], method: str, fpr: float | N
                 counts["outliers"] += int(result.is_outlier)
                 if maps_dir is not None:
                     _write_tiled_maps(model, image, name, k, result, maps_dir)
+                if report_path:
+                    kept.append((name, image, result))
             pending.clear()
 
         tiles = 0
@@ -150,6 +152,13 @@ def _score_tiled(model: Model, paths: Sequence[str], method: str, fpr: float | N
     click.echo(f"{counts['scored']} scored with {method} by tiles (threshold {stored:.4g} at the calibrated size, "
                f"adjusted per image for its number of tiles): {counts['outliers']} outlier(s), {inputs.failed} failed",
                err=True)
+    if report_path and kept:
+        from edgevae.runtime.report import ReportData, write_report
+
+        data = ReportData.from_tiled(model, method, [n for n, _, _ in kept], [im for _, im, _ in kept],
+                                     [r for _, _, r in kept], failures=inputs.failures)
+        write_report(data, report_path)
+        click.echo(f"wrote {report_path}: {len(data.names)} input(s), {int(data.flags.sum())} flagged", err=True)
     inputs.exit_if_failed()
     if fail_on_outlier and counts["outliers"]:
         sys.exit(EXIT_OUTLIER)

@@ -217,3 +217,44 @@ def test_batch_scorer_scores_items_of_any_size_by_tiles(tiled_bundle: Path, tmp_
     np.testing.assert_allclose(out["score"][:3], expected, rtol=1e-6)
     assert list(out["error"][:3]) == [None] * 3
     assert "shorter than one tile" in out["error"][3] and "missing.png" in out["error"][4]
+
+
+def test_report_of_a_tiled_bundle_shows_whole_images_with_their_stitched_maps(tiled_bundle: Path,
+                                                                            tmp_path: Path) -> None:
+    import base64
+    import io
+    import re
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from edgevae.cli import main
+
+    rng = np.random.default_rng(21)
+    normal, odd = tmp_path / "normal", tmp_path / "odd"
+    normal.mkdir()
+    odd.mkdir()
+    for i in range(4):
+        Image.fromarray(_texture(rng, 70 + 20 * i, 900 if i == 0 else 90)[0]).save(normal / f"n{i}.png")
+        spotted = _texture(rng, 80, 80)
+        spotted[:, 30:40, 30:40] = 255  # a bright spot no texture has
+        Image.fromarray(spotted[0]).save(odd / f"a{i}.png")
+    (odd / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(main, ["report", "-m", str(tiled_bundle), "--normal", str(normal),
+                                       "--anomalous", str(odd), "-o", str(out), "--method", "smooth_recon"])
+    assert result.exit_code == 2, result.output  # the broken file is reported, the rest are in the report
+    page = out.read_text()
+    assert "scored whole by tiles" in page and "broken.png" in page and "id='evaluation'" in page
+    rows = re.findall(r'<tr class="top[^"]*" data-item="([^"]+)" data-score="([^"]+)"', page)
+    assert len(rows) == 8
+    assert {n.rsplit("/", 1)[-1] for n, _ in rows[:4]} == {f"a{i}.png" for i in range(4)}  # the spots rank first
+    wide = re.search(r'data-item="[^"]*n0\.png".*?src="data:image/png;base64,([^"]+)"', page).group(1)
+    with Image.open(io.BytesIO(base64.b64decode(wide))) as panel:
+        assert panel.width <= 3 * 320 + 8 and panel.height < 70  # 900 px wide: shown shrunk, image | 2 maps
+    # score --report writes the same kind of page from the rows it scored, without scoring twice
+    again = tmp_path / "again.html"
+    result = CliRunner().invoke(main, ["score", "-m", str(tiled_bundle), str(odd / "a0.png"), str(normal / "n1.png"),
+                                       "--report", str(again), "--method", "smooth_recon"])
+    assert result.exit_code == 0, result.output
+    assert "scored whole by tiles" in again.read_text() and again.read_text().count('data-item="') == 2
