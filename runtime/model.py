@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -520,9 +520,11 @@ class Model(Scorer):
         return self._tiled_result(method, image_tile_scores(self, img, grid, (method,))[method], fpr, threshold)
 
     def score_tiled_many(self, images: Sequence[NDArray[Any]], method: str | None = None, *,
-                         fpr: float | None = None, threshold: float | None = None) -> list[TiledScore]:
+                         fpr: float | None = None, threshold: float | None = None,
+                         progress: Callable[[int], None] | None = None) -> list[TiledScore]:
         """:meth:`score_tiled` for several images, their tiles packed into shared batches of ``TILE_BATCH`` (small
         images then fill a batch together, as a plain batch of tiles would); one result per image, in order.
+        ``progress`` is called with the number of tiles each batch scored (a large image is many batches).
 
         Raises: as :meth:`score_tiled`, for the first image that fails.
         """
@@ -530,7 +532,7 @@ class Model(Scorer):
         method = method or self.spec.default_method
         views = [tile_view(im, self.spec.contract.channels) for im in images]
         grids = [tiling.grid(v.shape[1], v.shape[2]) for v in views]
-        scores = packed_tile_scores(self, views, grids, method)
+        scores = packed_tile_scores(self, views, grids, method, progress=progress)
         return [self._tiled_result(method, s, fpr, threshold) for s in scores]
 
     def _tiled_result(self, method: str, tile_scores: NDArray[Any], fpr: float | None,

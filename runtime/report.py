@@ -86,7 +86,7 @@ class ReportData:
 
         scores = np.array([r.score for r in results], np.float32)
         flags = np.array([r.is_outlier for r in results], bool)
-        threshold = model.tiling.calibration.methods[method].threshold
+        threshold = _image_level(model).methods[method].threshold
         lab = np.array(list(labels))
         evaluation = None
         if lab.size and (lab == "normal").any() and (lab == "anomalous").any():
@@ -109,6 +109,19 @@ class ReportData:
                    p_values=np.concatenate([r.p_values for _, _, r in batches]),
                    flags=np.concatenate([r.is_outlier for _, _, r in batches]), threshold=batches[0][2].threshold,
                    failures=list(failures))
+
+
+def _image_level(model: Model) -> Any:
+    """A tiled bundle's image-level calibration (``tiling.calibration``).
+
+    Raises:
+        ValueError: the bundle has none.
+    """
+    cal = model.tiling.calibration
+    if cal is None:
+        raise ValueError("this tiled bundle has no image-level calibration; calibrate it on whole images with "
+                         "'edgevae calibrate'")
+    return cal
 
 
 def _png_uri(array: NDArray[np.uint8]) -> str:
@@ -272,7 +285,7 @@ def _p_text(data: ReportData, i: int) -> str:
     if data.tiles:  # 1 - (1 - p0)^(n / n0) is p0 n / n0 this far out
         from .tiles import calibrated_tiles
 
-        cal = data.model.tiling.calibration
+        cal = _image_level(data.model)
         n = data.tiles[i]
         log_p = (float(cal.methods[data.method].log_p_values(data.scores[i:i + 1])[0])
                  + math.log(n / (calibrated_tiles(cal) or n)))
@@ -319,7 +332,7 @@ def render(data: ReportData, top: int = TOP_N, normal: int = NORMAL_N) -> str:
     most, least = order[:top], order[::-1][:min(normal, max(0, len(order) - top))]
     what, panels = _panels(data, most + least)
     tiling = data.model.tiling if data.tiles else None
-    cal = (tiling.calibration.methods[data.method] if tiling is not None
+    cal = (_image_level(data.model).methods[data.method] if tiling is not None
            else data.model.manifest.calibration[data.method]).sorted_scores
     n, flagged = len(data.names), int(data.flags.sum())
     counts = [("inputs scored", n), ("flagged as outliers", flagged),

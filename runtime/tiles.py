@@ -202,15 +202,18 @@ def image_tile_scores(scorer: "Scorer", image: NDArray[Any], grid: TileGrid, met
 
 
 def packed_tile_scores(scorer: "Scorer", images: Sequence[NDArray[Any]], grids: Sequence[TileGrid], method: str,
-                       batch: int = TILE_BATCH) -> list[NDArray[np.float64]]:
+                       batch: int = TILE_BATCH, progress: Callable[[int], None] | None = None) -> list[NDArray[np.float64]]:
     """One method's tile scores of several images ((C, H, W) each, with their grids), the tiles of consecutive
-    images packed into batches of ``batch``: {image: (n_tiles,)} as a list in order."""
+    images packed into batches of ``batch``: {image: (n_tiles,)} as a list in order. ``progress`` is called with
+    the number of tiles each batch scored."""
     pending: list[NDArray[Any]] = []
     owners: list[int] = []
     out: list[list[NDArray[Any]]] = [[] for _ in images]
 
     def flush() -> None:
         scores = scorer.raw_scores(scorer.prepare(np.concatenate(pending)), method)
+        if progress is not None:
+            progress(int(scores.shape[0]))
         start = 0
         for owner, part in zip(owners, pending):
             out[owner].append(scores[start:start + part.shape[0]])

@@ -125,8 +125,18 @@ def _score_tiled(model: Model, paths: Sequence[str], method: str, fpr: float | N
         kept: list[tuple[str, Any, Any]] = []  # for --report: (name, image, TiledScore)
 
         def flush() -> None:
+            total = sum(len(tiling.grid(im.shape[1], im.shape[2])) for _, _, im in pending)
+            done = [0]
+
+            def step(n: int) -> None:  # within a large image: how many of its tiles are scored
+                done[0] += n
+                if done[0] < total:
+                    progress.update(f"; tiles {done[0]:,}/{total:,} of the next "
+                                    + ("image" if len(pending) == 1 else f"{len(pending)} images"))
+
             with errors():
-                results = model.score_tiled_many([im for _, _, im in pending], method, fpr=fpr, threshold=threshold)
+                results = model.score_tiled_many([im for _, _, im in pending], method, fpr=fpr, threshold=threshold,
+                                                 progress=step)
             for (k, name, image), result in zip(pending, results):
                 writer.row(name, result.score, result.p_value, result.is_outlier)
                 counts["scored"] += 1
@@ -136,19 +146,22 @@ def _score_tiled(model: Model, paths: Sequence[str], method: str, fpr: float | N
                 if report_path:
                     kept.append((name, image, result))
             pending.clear()
+            progress.update()
 
-        tiles = 0
-        for k, (name, image, error) in enumerate(inputs.whole_images(paths, model.contract, tiling)):
-            if image is None:
-                flush()
-                writer.error(name, str(error))
-                continue
-            pending.append((k, name, image))
-            tiles += len(tiling.grid(image.shape[1], image.shape[2]))
-            if tiles >= TILE_BATCH:
-                flush()
-                tiles = 0
-        flush()
+        with _Progress(inputs, counts) as progress:
+            tiles = 0
+            for k, (name, image, error) in enumerate(inputs.whole_images(paths, model.contract, tiling)):
+                if image is None:
+                    flush()
+                    tiles = 0
+                    writer.error(name, str(error))
+                    continue
+                pending.append((k, name, image))
+                tiles += len(tiling.grid(image.shape[1], image.shape[2]))
+                if tiles >= TILE_BATCH:
+                    flush()
+                    tiles = 0
+            flush()
     click.echo(f"{counts['scored']} scored with {method} by tiles (threshold {stored:.4g} at the calibrated size, "
                f"adjusted per image for its number of tiles): {counts['outliers']} outlier(s), {inputs.failed} failed",
                err=True)
@@ -194,11 +207,11 @@ class _Progress:
         if self.live:
             click.echo("", err=True)
 
-    def update(self) -> None:
+    def update(self, extra: str = "") -> None:
         from edgevae import cli
 
         progress = (f"{self.counts['scored']} scored, {self.counts['outliers']} outlier(s), "
-                    f"{self.inputs.failed} failed")
+                    f"{self.inputs.failed} failed{extra}")
         if self.live:
             click.echo(f"\r{progress}", nl=False, err=True)
         elif time.monotonic() - self.last_line >= cli.PROGRESS_SECONDS:

@@ -258,3 +258,22 @@ def test_report_of_a_tiled_bundle_shows_whole_images_with_their_stitched_maps(ti
                                        "--report", str(again), "--method", "smooth_recon"])
     assert result.exit_code == 0, result.output
     assert "scored whole by tiles" in again.read_text() and again.read_text().count('data-item="') == 2
+
+
+def test_scoring_a_large_image_reports_its_tiles_as_it_goes(tiled_bundle: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from edgevae import cli
+    from edgevae.cli import main
+    from edgevae.runtime import read_manifest
+
+    monkeypatch.setattr(cli, "PROGRESS_SECONDS", 0.0)  # a line at every batch of tiles (stderr is not a terminal)
+    Image.fromarray(_texture(np.random.default_rng(3), 400, 420)[0]).save(tmp_path / "large.png")
+    result = CliRunner().invoke(main, ["score", "-m", str(tiled_bundle), str(tmp_path / "large.png")])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if "tiles " in line and "of the next image" in line]
+    grid = len(read_manifest(tiled_bundle).tiling.grid(400, 420))
+    assert len(lines) == -(-grid // 256) - 1 and f"/{grid:,} of the next image" in lines[0]
+
