@@ -21,7 +21,7 @@ def test_scale_benchmark_smoke(tmp_path: Path, benchmark_script, need_engine) ->
     for engine in ("ray", "spark"):
         assert {"1", "2"} <= set(report[engine]["workers"])
         assert report[engine]["speedup_2_vs_1"] > 0
-    assert set(report["ddp"]) == {"64", "256"}
+    assert set(report["ddp"]) == {"256"}  # the smoke run measures one global batch
     for per_batch in report["ddp"].values():
         runs = per_batch["runs"]
         assert len(runs) == 3

@@ -246,3 +246,32 @@ def test_manifest_states_the_smallest_promisable_fpr_and_export_warns_below_it(t
         warnings.simplefilter("error", CalibrationWarning)
         m.threshold("kl", 0.05)  # within what 49 images can promise: no warning
     m.close()
+
+
+def test_shared_exporter_table_gives_the_same_graphs_and_is_put_back() -> None:
+    """Exports share torch.onnx's ATen-to-ONNX table (export/graphs.py, _shared_torchlib): the graphs are byte for
+    byte those of an export that builds its own, and the exporter's constructor is restored afterwards."""
+    import contextlib
+
+    import torch
+    from torch.onnx._internal.exporter import _registration
+
+    import edgevae.export.graphs as graphs
+    from edgevae.training import ModelConfig
+    from edgevae.training.model import VAE
+
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(latent_dim=4, widths=(8, 16), hidden=32)).eval()
+    x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    before = _registration.ONNXRegistry.__dict__["from_torchlib"]
+    shared = [graphs.export_graphs(model, x, 18) for _ in range(2)]
+    assert _registration.ONNXRegistry.__dict__["from_torchlib"] is before
+    own = graphs._shared_torchlib
+    try:
+        graphs._shared_torchlib = contextlib.nullcontext  # type: ignore[assignment]
+        alone = graphs.export_graphs(model, x, 18)
+    finally:
+        graphs._shared_torchlib = own
+    for g in shared:
+        assert g.encoder.SerializeToString() == alone.encoder.SerializeToString()
+        assert g.decoder.SerializeToString() == alone.decoder.SerializeToString()
