@@ -60,11 +60,11 @@ def _shared_torchlib() -> Iterator[None]:
             _REGISTRIES[key] = build(cls, *args, **kwargs)
         return _REGISTRIES[key]
 
-    _registration.ONNXRegistry.from_torchlib = classmethod(shared)
+    setattr(_registration.ONNXRegistry, "from_torchlib", classmethod(shared))
     try:
         yield
     finally:
-        _registration.ONNXRegistry.from_torchlib = original
+        setattr(_registration.ONNXRegistry, "from_torchlib", original)
 
 
 
