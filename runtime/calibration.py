@@ -3,7 +3,8 @@ p-values and, with enough images, a fitted tail. numpy only, so a bundle can be 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -26,6 +27,23 @@ MIN_CALIBRATION_IMAGES = 10
 CALIBRATION_BATCH = 256
 
 
+@dataclass(frozen=True)
+class Measured:
+    """Raw scores of calibration images: per method (image order), the combined score's parts per image, and the
+    combinations they calibrate."""
+
+    scores: Mapping[str, NDArray[np.float64]]
+    part_scores: Mapping[str, NDArray[np.float64]] | None
+    combinations: tuple[str, ...]
+
+    @property
+    def n(self) -> int:
+        first = next(iter(self.scores.values()), None)
+        if first is None and self.part_scores:
+            first = next(iter(self.part_scores.values()))
+        return 0 if first is None else int(first.shape[0])
+
+
 def scores_in_batches(scorer: Scorer, images: NDArray[Any], method: str, samples: int | None = None) -> NDArray[np.float64]:
     """Raw scores of ``images`` (N,) as float64, ``CALIBRATION_BATCH`` images per call."""
     parts = [scorer.raw_scores(images[i:i + CALIBRATION_BATCH], method, samples=samples)
@@ -33,13 +51,10 @@ def scores_in_batches(scorer: Scorer, images: NDArray[Any], method: str, samples
     return np.concatenate(parts).astype(np.float64)
 
 
-def calibrate(scorer: Scorer, images: NDArray[Any], fpr: float,
-              methods: Sequence[str] = SCORE_METHODS) -> dict[str, Any]:
-    """The manifest's ``calibration.methods``: per method the threshold at ``fpr``, the sorted held-out scores
-    (at most ``MAX_CALIBRATION_SCORES`` quantiles) and, with enough images, a generalised Pareto model of their
-    upper tail (``scores.tail_model``). ``combined`` also gets its parts' ``references`` (their scores on these
-    images), and its threshold comes from leave-one-out statistics (``maps.fit_combination``). Methods the scorer
-    cannot compute (``local`` and ``combined`` without map statistics) are left out.
+def measure(scorer: Scorer, images: NDArray[Any], methods: Sequence[str] = SCORE_METHODS) -> Measured:
+    """Every computable method's raw scores of ``images`` (float64, in image order), and each image's scores of
+    the combined score's parts when a combination is among ``methods`` (methods the scorer cannot compute, such as
+    ``local`` without map statistics, are left out).
 
     Raises:
         CalibrationError: fewer than ``MIN_CALIBRATION_IMAGES`` images, or scores that are not finite.
@@ -49,20 +64,45 @@ def calibrate(scorer: Scorer, images: NDArray[Any], fpr: float,
                                f"got {images.shape[0]}")
     parts = scorer.spec.combined_parts
     computable = set(scorer.computable_methods)
-    combinations = [m for m in methods if METHODS[m].kind == "combination" and all(p in computable for p in parts)]
-    scores: dict[str, NDArray[np.float64]] = {}
-    for method in [m for m in methods if m in computable and METHODS[m].kind != "combination"]:
-        scores[method] = _finite(scores_in_batches(scorer, images, method), method)
-    calibration = {m: _calibrated(scores[m], fpr) for m in methods if m in scores}
-    for name in combinations:
+    scores = {m: _finite(scores_in_batches(scorer, images, m), m)
+              for m in methods if m in computable and METHODS[m].kind != "combination"}
+    combinations = tuple(m for m in methods if METHODS[m].kind == "combination" and all(p in computable for p in parts))
+    part_scores = None
+    if combinations:
         batches = [scorer.combined_parts(images[i:i + CALIBRATION_BATCH])
                    for i in range(0, images.shape[0], CALIBRATION_BATCH)]
         part_scores = {p: _finite(np.concatenate([b[p] for b in batches]).astype(np.float64), p) for p in parts}
-        combination, loo = fit_combination(parts, part_scores)
+    return Measured(scores, part_scores, combinations)
+
+
+def calibrated_methods(measured: Measured, fpr: float) -> dict[str, Any]:
+    """The manifest's ``calibration.methods`` from measured scores: per method the threshold at ``fpr``, the sorted
+    held-out scores (at most ``MAX_CALIBRATION_SCORES`` quantiles) and, with enough images, a generalised Pareto
+    model of their upper tail (``scores.tail_model``). ``combined`` also gets its parts' ``references`` (their
+    scores on these images) and ``paired`` (each image's part scores, in one order: what pooling a later
+    calibration with this one needs), and its threshold comes from leave-one-out statistics
+    (``maps.fit_combination``)."""
+    calibration = {m: _calibrated(v, fpr) for m, v in measured.scores.items()}
+    for name in measured.combinations:
+        assert measured.part_scores is not None
+        combination, loo = fit_combination(tuple(measured.part_scores), measured.part_scores)
         calibration[name] = {**_calibrated(loo.astype(np.float64), fpr),
-                                   "references": combination.references_entry(),
-                                   "rule": "leave-one-out: each calibration image's parts against the other images"}
+                             "references": combination.references_entry(),
+                             "rule": "leave-one-out: each calibration image's parts against the other images"}
+        if measured.n <= MAX_CALIBRATION_SCORES:
+            calibration[name]["paired"] = {p: [float(v) for v in np.asarray(s, np.float32)]
+                                           for p, s in measured.part_scores.items()}
     return {m: calibration[m] for m in SCORE_METHODS if m in calibration}
+
+
+def calibrate(scorer: Scorer, images: NDArray[Any], fpr: float,
+              methods: Sequence[str] = SCORE_METHODS) -> dict[str, Any]:
+    """The manifest's ``calibration.methods`` for ``images``: :func:`calibrated_methods` of :func:`measure`.
+
+    Raises:
+        CalibrationError: fewer than ``MIN_CALIBRATION_IMAGES`` images, or scores that are not finite.
+    """
+    return calibrated_methods(measure(scorer, images, methods), fpr)
 
 
 MIN_FPR_RULE = ("1 / (n + 1): the k-th largest of n exchangeable normal scores is exceeded by a new normal score "
@@ -76,10 +116,14 @@ def calibration_section(scorer: Scorer, images: NDArray[Any], fpr: float, *, sou
     Raises:
         CalibrationError: as :func:`calibrate`.
     """
-    n = int(images.shape[0])
-    methods = calibrate(scorer, images, fpr)
+    return section_of(measure(scorer, images), fpr, source=source)
+
+
+def section_of(measured: Measured, fpr: float, *, source: str, **extra: Any) -> Calibration:
+    """The calibration section of measured scores (:func:`calibrated_methods`), with ``extra`` top-level fields."""
+    n = measured.n
     return Calibration.from_dict({"fpr": fpr, "n": n, "min_fpr": smallest_fpr(n), "min_fpr_rule": MIN_FPR_RULE,
-                                  "source": source, "methods": methods})
+                                  "source": source, **extra, "methods": calibrated_methods(measured, fpr)})
 
 
 def calibrate_tiled(scorer: Scorer, images: Sequence[NDArray[Any]], tiling: "Tiling", fpr: float,

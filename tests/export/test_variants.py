@@ -139,11 +139,15 @@ def test_recalibrate_covers_every_variant(variant_bundle: Path, test_digits, tmp
     copy = tmp_path / "b"
     shutil.copytree(variant_bundle, copy)
     x, y = test_digits
-    raw = recalibrate(copy, x[y <= 1][:60])
+    raw = recalibrate(copy, x[y <= 1][:60], mode="replace")
     assert set(raw["variants"]) == set(json.loads((variant_bundle / "edgevae.json").read_text())["variants"])
     for name in [None, *raw["variants"]]:
         with load(copy, ["CPUExecutionProvider"], variant=name) as model:
             assert len(model.manifest.calibration["kl"].scores) == 60
+    raw = recalibrate(copy, x[y <= 1][60:120], mode="pool")  # every variant pools with its own stored scores
+    for section in [raw["calibration"], *(v["calibration"] for v in raw["variants"].values())]:
+        assert section["n"] == 120 and section["recalibration"]["decision"] == "pooled"
+        assert len(section["methods"]["kl"]["scores"]) == 120
 
 
 def test_every_variant_encodes_the_same_in_slices_and_in_one_call(variant_bundle: Path, test_digits) -> None:  # type: ignore[no-untyped-def]

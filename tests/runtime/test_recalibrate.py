@@ -35,8 +35,9 @@ def test_recalibrate_replaces_the_calibration_and_keeps_the_old_one(bundle: Path
     old = json.loads((copy / "edgevae.json").read_text())
     x, y = test_digits
     normal = x[y <= 1][:150]
-    raw = recalibrate(copy, normal, 0.02)
+    raw = recalibrate(copy, normal, 0.02, mode="replace")
     assert raw["calibration"]["n"] == 150 and raw["calibration"]["fpr"] == 0.02
+    assert raw["calibration"]["recalibration"]["decision"] == "replaced"
     assert raw["calibration_history"][-1]["methods"] == old["calibration"]["methods"]
     with load(copy, ["CPUExecutionProvider"]) as model:  # checksums and schema hold
         flagged = model.score(normal, "kl").is_outlier.mean()
@@ -93,7 +94,7 @@ def test_recalibrating_on_a_small_set_keeps_what_the_default_flagged(bundle: Pat
     shutil.copytree(bundle, copy)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
-        recalibrate(copy, x[y <= 1][:n])
+        recalibrate(copy, x[y <= 1][:n], mode="replace")  # the small set alone: the hardest case
     with load(copy, ["CPUExecutionProvider"]) as model:
         assert model.manifest.calibration_n == n
         for kind, images in kinds.items():
@@ -112,3 +113,71 @@ def _synthetic(make, digits: np.ndarray, rng: np.random.Generator) -> dict[str, 
         for name, image in make(digits[rng.choice(digits.shape[0], 3, replace=False)], rng).items():
             out.setdefault(name, []).append(image)
     return out
+
+
+def test_ks_two_sample_agrees_with_scipy() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    from edgevae.runtime.recalibrate import ks_two_sample
+
+    rng = np.random.default_rng(3)
+    for shift, (n, m) in [(0.0, (100, 150)), (0.3, (100, 100)), (0.8, (400, 120)), (0.05, (1000, 1000))]:
+        a, b = rng.normal(0, 1, n), rng.normal(shift, 1, m)
+        d, p = ks_two_sample(a, b)
+        ref = stats.ks_2samp(a, b, method="asymp")
+        assert d == pytest.approx(ref.statistic, abs=1e-12)
+        assert abs(p - ref.pvalue) <= 0.02 + 0.1 * ref.pvalue, (shift, p, ref.pvalue)
+
+
+def test_auto_pools_images_like_the_stored_ones_and_replaces_changed_ones(bundle: Path, test_digits,
+                                                                          tmp_path: Path) -> None:
+    """``auto``: new images whose scores are consistent with the stored calibration images' are pooled with them
+    (every method's scores and each image's combined parts, so ``combined`` is fitted on all of them); darker
+    images (a new camera) and images of another mix (only 1s) replace them; a bundle that does not keep its images' scores is replaced, and ``pool``
+    refuses it."""
+    import warnings
+
+    from edgevae.runtime import CalibrationWarning
+    from edgevae.runtime.maps import fit_combination
+
+    x, y = test_digits
+    normal = x[y <= 1][np.random.default_rng(0).choice(int((y <= 1).sum()), 120, replace=False)]  # 0s and 1s alike
+    stored = json.loads((bundle / "edgevae.json").read_text())["calibration"]
+    n0 = stored["n"]
+    paired = stored["methods"]["combined"]["paired"]
+    assert set(paired) == set(stored["methods"]["combined"]["references"]) and all(len(v) == n0 for v in paired.values())
+    copies = {}
+    for name in ("same", "darker", "old"):
+        copies[name] = tmp_path / name
+        shutil.copytree(bundle, copies[name])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        same = recalibrate(copies["same"], normal)["calibration"]
+        darker = recalibrate(copies["darker"], (normal * 0.55).astype(np.uint8))["calibration"]
+    assert same["recalibration"]["decision"] == "pooled" and same["n"] == n0 + 120, same["recalibration"]
+    assert all(len(c["scores"]) == n0 + 120 for c in same["methods"].values())
+    with load(copies["same"], ["CPUExecutionProvider"]) as model:
+        parts = model.combined_parts(normal)
+    pooled = {p: np.concatenate([np.asarray(paired[p]), np.asarray(parts[p], np.float64)]) for p in paired}
+    loo = fit_combination(tuple(paired), pooled)[1]
+    np.testing.assert_allclose(same["methods"]["combined"]["scores"], np.sort(loo), rtol=1e-6)
+    assert darker["recalibration"]["decision"] == "replaced" and darker["n"] == 120
+    assert "differ from the stored" in darker["recalibration"]["reason"]
+    ones = recalibrate(copies["old"], x[y == 1][:100], mode="auto")["calibration"]  # the stored images are 0s and 1s
+    assert ones["recalibration"]["decision"] == "replaced", ones["recalibration"]
+    manifest = json.loads((copies["old"] / "edgevae.json").read_text())
+    del manifest["calibration"]["methods"]["combined"]["paired"]  # as bundles exported before it was kept
+    (copies["old"] / "edgevae.json").write_text(json.dumps(manifest, indent=2))
+    with pytest.raises(CalibrationError, match="cannot be pooled"):
+        recalibrate(copies["old"], normal, mode="pool")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        old = recalibrate(copies["old"], normal)["calibration"]
+    assert old["recalibration"]["decision"] == "replaced" and "cannot be pooled" in old["recalibration"]["reason"]
+    result = CliRunner().invoke(main, ["calibrate", str(copies["darker"]), "--mode", "pool", str(_saved(normal, tmp_path))])
+    assert result.exit_code == 0 and "pooled: asked to pool" in result.output, result.output
+
+
+def _saved(images: np.ndarray, folder: Path) -> Path:
+    path = folder / "normal.npy"
+    np.save(path, images)
+    return path
