@@ -4,13 +4,20 @@ For each digit d: train on the 400 images of digit d in the embedded training po
 `edgevae train` (seed 0), export with the defaults (the default method, `combined`, calibrated on the automatic
 split of 100 images), and flag two kinds of anomaly: the 900 test images of the other digits, and synthetic
 outliers (the demo's six kinds, 30 of each, drawn from other test digits). Then recalibrate copies of the bundle
-with `edgevae.runtime.recalibrate` on 100 held-out normal images (the digit's test images) and on 200 (those and
-the validation split) and flag the same inputs again: the share of what the default flagged that is still flagged
-(per kind), the false-positive rate on the 100 validation images the 100-image recalibration did not see, and, among
-inputs scored beyond the largest calibration score, how many share a p-value or a score.
+with `edgevae.runtime.recalibrate` on the digit's 100 test images, in each mode of `edgevae calibrate`:
+
+- `auto` (shipped): pooled with the stored calibration images when a KS test per method finds the new images'
+  scores consistent with theirs, else replaced;
+- `replace`: the new images alone (what `edgevae calibrate` did before `--mode`).
+
+Measured per mode: the share of what the default flagged that is still flagged (per kind); the false-positive rate
+on normal images the recalibration did not see (two folds: recalibrate on 50 of the test images, count flags on the
+other 50); and, with a changed camera (every image darkened to 70 %), the same two folds on darkened images, where
+`auto` must not pool (forced pooling, `pool`, is shown beside it). Among inputs scored beyond the largest
+calibration score, how many share a p-value or a score.
 
 Usage:
-    python benchmarks/recalibration.py            # 10 digits (about 10 min here)
+    python benchmarks/recalibration.py            # 10 digits (about 15 min here)
     python benchmarks/recalibration.py --smoke    # one digit, tiny model
 
 Writes benchmarks/results/recalibration.json and the recalibration section of docs/benchmarks.md.
@@ -18,6 +25,7 @@ Writes benchmarks/results/recalibration.json and the recalibration section of do
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import tempfile
@@ -28,21 +36,18 @@ from typing import Any
 
 import numpy as np
 
-import edgevae.runtime.scores as scores_module
 from edgevae.export import ExportConfig, export_bundle
 from edgevae.runtime import CalibrationWarning, load
 from edgevae.runtime.recalibrate import recalibrate
-from edgevae.training import DataSpec, ModelConfig, TrainConfig, embedded_split, load_checkpoint, run_holdout, train
+from edgevae.training import DataSpec, ModelConfig, TrainConfig, embedded_split, train
 from edgevae.training.samples import synthetic_outliers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from doc_sections import benchmark_parser, save_report  # noqa: E402  (a sibling script module)
 
 PER_KIND = 30
-# The tail rules compared, by the fewest top-fifth scores an exponential tail is fitted to below the Pareto fit's 40:
-# the shipped rule, and the rule without it (an exponential anchored at the largest score, 1 / (n + 1) there).
-RULES = {"exponential over the top fifth (shipped)": scores_module.MIN_EXPONENTIAL_TAIL_SCORES,
-         "tail anchored at the largest score": 10 ** 9}
+MODES = ("auto", "replace")
+DARKER = 0.7  # the changed camera: every pixel at 70 %
 
 
 def anomalies(digit: int) -> dict[str, np.ndarray]:
@@ -68,81 +73,111 @@ def beyond_range_ties(model: Any, inputs: np.ndarray) -> dict[str, int]:
 
 
 def one_digit(digit: int, smoke: bool, work: Path) -> dict[str, Any]:
-    """Train once; per tail rule export, recalibrate on 100 and 200 images, and compare the flags."""
+    """Train and export once; recalibrate copies in each mode and compare the flags."""
     model_cfg = ModelConfig(latent_dim=4, widths=(8, 16), hidden=32).resolved() if smoke else ModelConfig().resolved()
     result = train(DataSpec(classes=(digit,)), work / f"run{digit}", model_cfg,
                    TrainConfig(seed=0, **({"epochs": 3} if smoke else {})))
     x, y = embedded_split("test")
-    val = run_holdout(load_checkpoint(result.best_checkpoint)).calibration
-    sets = {100: x[y == digit], 200: np.concatenate([x[y == digit], val.reshape(-1, 28, 28)])}
+    normal = x[y == digit]
     kinds = anomalies(digit)
-    row: dict[str, Any] = {"digit": digit}
-    for rule, minimum in RULES.items():
-        scores_module.MIN_EXPONENTIAL_TAIL_SCORES = minimum
-        try:
-            row[rule] = one_rule(result.best_checkpoint, work / f"{digit}_{minimum}", kinds, sets, val, smoke)
-        finally:
-            scores_module.MIN_EXPONENTIAL_TAIL_SCORES = RULES[next(iter(RULES))]
+    bundle = work / f"bundle{digit}"
+    export_bundle(result.best_checkpoint, bundle, ExportConfig(elbo_samples=4, iwae_samples=16) if smoke else None).close()
+    with load(bundle, ["CPUExecutionProvider"]) as model:
+        default = {kind: model.score(images).is_outlier for kind, images in kinds.items()}
+        darker = (normal * DARKER).astype(np.uint8)
+        default_fpr_darker = float(model.score(darker).is_outlier.mean())
+    row: dict[str, Any] = {"digit": digit, "default_flagged": {k: float(v.mean()) for k, v in default.items()},
+                           "default_fpr_darker": default_fpr_darker}
+    for mode in MODES:
+        copy = _recalibrated(bundle, work / f"{digit}_{mode}", normal, mode)
+        out: dict[str, Any] = {"decision": _decision(copy)}
+        with load(copy, ["CPUExecutionProvider"]) as model:
+            flags = {kind: model.score(images).is_outlier for kind, images in kinds.items()}
+            out["kept_100"] = {k: float((flags[k] & default[k]).sum() / max(1, default[k].sum())) for k in kinds}
+            out["flagged_100"] = {k: float(v.mean()) for k, v in flags.items()}
+            out["ties_100"] = beyond_range_ties(model, np.concatenate(list(kinds.values())))
+        out["folds"] = _folds(bundle, work / f"{digit}_{mode}_folds", normal, mode)
+        row[mode] = out
+    row["darker"] = {mode: _folds(bundle, work / f"{digit}_{mode}_dark", darker, mode) for mode in ("auto", "replace", "pool")}
     return row
 
 
-def one_rule(checkpoint: Path, work: Path, kinds: dict[str, np.ndarray], sets: dict[int, np.ndarray], val: np.ndarray,
-             smoke: bool) -> dict[str, Any]:
-    """Export with the rule in force, flag the anomalies, recalibrate copies and flag them again."""
-    bundle = work / "bundle"
-    export_bundle(checkpoint, bundle, ExportConfig(elbo_samples=4, iwae_samples=16) if smoke else None).close()
-    with load(bundle, ["CPUExecutionProvider"]) as model:
-        default = {kind: model.score(images).is_outlier for kind, images in kinds.items()}
-    out: dict[str, Any] = {"default_flagged": {k: float(v.mean()) for k, v in default.items()}}
-    for n, normal in sets.items():
-        copy = work / f"recalibrated_{n}"
-        shutil.copytree(bundle, copy)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CalibrationWarning)
-            recalibrate(copy, normal)
+def _recalibrated(bundle: Path, copy: Path, images: np.ndarray, mode: str) -> Path:
+    shutil.copytree(bundle, copy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        recalibrate(copy, images, mode=mode)
+    return copy
+
+
+def _decision(bundle: Path) -> str:
+    return str(json.loads((bundle / "edgevae.json").read_text())["calibration"]["recalibration"]["decision"])
+
+
+def _folds(bundle: Path, work: Path, images: np.ndarray, mode: str) -> dict[str, Any]:
+    """Two folds: recalibrate on one half of ``images``, count the default's flags on the other half."""
+    half = images.shape[0] // 2
+    flagged, seen, decisions = 0, 0, []
+    for k, (fit, held) in enumerate(((images[:half], images[half:]), (images[half:], images[:half]))):
+        copy = _recalibrated(bundle, work / f"fold{k}", fit, mode)
+        decisions.append(_decision(copy))
         with load(copy, ["CPUExecutionProvider"]) as model:
-            flags = {kind: model.score(images).is_outlier for kind, images in kinds.items()}
-            out[f"kept_{n}"] = {k: float((flags[k] & default[k]).sum() / max(1, default[k].sum())) for k in kinds}
-            out[f"flagged_{n}"] = {k: float(v.mean()) for k, v in flags.items()}
-            if n == 100:
-                out["fpr_unseen_100"] = float(model.score(val).is_outlier.mean())
-                out["ties_100"] = beyond_range_ties(model, np.concatenate(list(kinds.values())))
-    return out
+            flagged += int(model.score(held).is_outlier.sum())
+            seen += int(held.shape[0])
+    return {"flagged": flagged, "images": seen, "decisions": decisions}
 
 
 def markdown(report: dict[str, Any]) -> str:
     rows = report["rows"]
-    first = next(iter(RULES))
-    kinds = list(rows[0][first]["default_flagged"])
+    kinds = list(rows[0]["default_flagged"])
     lines = [
         "## Recalibration on a small normal set (one-class digits, training defaults)",
         "",
         f"Measured by `python benchmarks/recalibration.py` on {report['machine']}, {report['date']}; total "
         f"{report['seconds'] / 60:.1f} min. Raw results: `benchmarks/results/recalibration.json`. Per digit "
         f"({', '.join(map(str, report['digits']))}): the default export (`combined`, 1 % FPR on the automatic 100-image "
-        "split), then `edgevae calibrate` on 100 held-out normal images (the digit's test images) and on 200 (those and "
-        "the validation split). *Kept*: the share of what the default flagged that the recalibrated bundle still flags "
-        "(lowest over digits / mean). Side by side, two tail rules for calibrations too small for a Pareto fit "
-        "(n < 200): an exponential fitted to the top fifth of the scores, and a tail anchored at the largest score.",
+        "split), then `edgevae calibrate` on 100 held-out normal images (the digit's test images) in each mode: `auto` "
+        "(pooled with the stored calibration images when a KS test per method finds them consistent, else replaced; "
+        "the default) and `replace` (the new images alone). *Kept*: the share of what the default flagged that the "
+        "recalibrated bundle still flags (lowest over digits / mean).",
         "",
-        "| tail rule | anomaly kind | flagged by the default (mean) | kept after 100 images | kept after 200 images |",
-        "|---|---|---|---|---|",
+        "| mode | anomaly kind | flagged by the default (mean) | kept after 100 images |",
+        "|---|---|---|---|",
     ]
-    for rule in RULES:
+    for mode in MODES:
         for kind in kinds:
-            default = np.mean([r[rule]["default_flagged"][kind] for r in rows])
-            kept = {n: [r[rule][f"kept_{n}"][kind] for r in rows if r[rule]["default_flagged"][kind] > 0] for n in (100, 200)}
-            fmt = (lambda v: f"{min(v) * 100:.0f} % / {np.mean(v) * 100:.1f} %" if v else "nothing flagged")  # noqa: E731
-            lines.append(f"| {rule} | {kind} | {default * 100:.1f} % | {fmt(kept[100])} | {fmt(kept[200])} |")
-    lines.append("")
-    for rule in RULES:
-        fpr = [r[rule]["fpr_unseen_100"] for r in rows]
-        ties = [r[rule]["ties_100"] for r in rows]
-        lines.append(f"- {rule}: false-positive rate after the 100-image recalibration, on the 100 validation images it "
-                     f"did not see, {np.mean(fpr) * 100:.1f} % pooled (highest digit {max(fpr) * 100:.0f} %; one model's "
-                     f"rate moves in steps of 1 %); of {sum(t['beyond'] for t in ties)} distinct inputs scored beyond the "
-                     f"largest calibration score, {sum(t['beyond'] - t['distinct_scores'] for t in ties)} share a score "
-                     f"and {sum(t['beyond'] - t['distinct_p'] for t in ties)} a p-value with another "
+            default = np.mean([r["default_flagged"][kind] for r in rows])
+            kept = [r[mode]["kept_100"][kind] for r in rows if r["default_flagged"][kind] > 0]
+            text = f"{min(kept) * 100:.0f} % / {np.mean(kept) * 100:.1f} %" if kept else "nothing flagged"
+            lines.append(f"| {mode} | {kind} | {default * 100:.1f} % | {text} |")
+    lines += ["", "False-positive rates at the recalibrated 1 % on normal images the recalibration did not see (two "
+              "folds per digit: recalibrate on 50 test images, flag the other 50; pooled over digits), and what `auto` "
+              f"decided; then the same with a changed camera (every image at {DARKER:.0%} brightness: recalibration and "
+              "held-out images alike):", "",
+              "| images | mode | false-positive rate | decisions |", "|---|---|---|---|"]
+    def rate(folds: list[dict[str, Any]]) -> str:
+        f, n = sum(x["flagged"] for x in folds), sum(x["images"] for x in folds)
+        return f"{100 * f / max(1, n):.1f} % ({f} of {n})"
+
+    def decisions(folds: list[dict[str, Any]]) -> str:
+        d = [v for x in folds for v in x["decisions"]]
+        return ", ".join(f"{d.count(k)} {k}" for k in ("pooled", "replaced") if d.count(k))
+
+    for mode in MODES:
+        lines.append(f"| unchanged | {mode} | {rate([r[mode]['folds'] for r in rows])} | "
+                     f"{decisions([r[mode]['folds'] for r in rows])} |")
+    for mode in ("auto", "replace", "pool"):
+        lines.append(f"| darker | {mode} | {rate([r['darker'][mode] for r in rows])} | "
+                     f"{decisions([r['darker'][mode] for r in rows])} |")
+    dark = np.mean([r["default_fpr_darker"] for r in rows])
+    lines += ["", f"Without recalibration the default flags {dark * 100:.1f} % of the darker normal images. `auto` decisions "
+              "on the 100-image recalibration: " + ", ".join(
+                  f"{sum(r['auto']['decision'] == d for r in rows)} {d}" for d in ("pooled", "replaced")) + ".", ""]
+    for mode in MODES:
+        ties = [r[mode]["ties_100"] for r in rows]
+        lines.append(f"- {mode}: of {sum(t['beyond'] for t in ties)} distinct inputs scored beyond the largest calibration "
+                     f"score, {sum(t['beyond'] - t['distinct_scores'] for t in ties)} share a score and "
+                     f"{sum(t['beyond'] - t['distinct_p'] for t in ties)} a p-value with another "
                      f"({sum(t['p_zero'] for t in ties)} p-values underflow to 0; their scores stay distinct).")
     lines.append("")
     return "\n".join(lines)
@@ -156,7 +191,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="edgevae-recalibration-") as tmp:
         for digit in digits:
             rows.append(one_digit(digit, args.smoke, Path(tmp)))
-            print(f"digit {digit}: kept after 100 " + "; ".join(f"{rule}: {rows[-1][rule]['kept_100']}" for rule in RULES),
+            print(f"digit {digit}: kept after 100 " + "; ".join(f"{mode} ({rows[-1][mode]['decision']}): "
+                                                                 f"{rows[-1][mode]['kept_100']}" for mode in MODES),
                   flush=True)
     report: dict[str, Any] = {"digits": list(digits), "rows": rows}
     save_report("recalibration", report, markdown, args, started)

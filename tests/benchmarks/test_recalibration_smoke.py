@@ -14,10 +14,12 @@ def test_recalibration_benchmark_smoke(tmp_path: Path, benchmark_script) -> None
     module = benchmark_script("recalibration")
     out_json, out_md = tmp_path / "r.json", tmp_path / "benchmarks.md"
     module.main(["--smoke", "--json", str(out_json), "--markdown", str(out_md)])
-    rows = json.loads(out_json.read_text())["rows"][0]
-    assert len(rows) == 3  # the digit and two tail rules
-    for rule, row in ((k, v) for k, v in rows.items() if k != "digit"):
-        assert set(row["kept_100"]) == set(row["default_flagged"]) and "other digits" in row["kept_100"], rule
-        assert all(0.0 <= v <= 1.0 for v in row["kept_200"].values())
-        assert row["ties_100"]["distinct_scores"] <= row["ties_100"]["beyond"]
-    assert "| other digits |" in out_md.read_text()
+    row = json.loads(out_json.read_text())["rows"][0]
+    for mode in ("auto", "replace"):
+        assert set(row[mode]["kept_100"]) == set(row["default_flagged"]) and "other digits" in row[mode]["kept_100"]
+        assert row[mode]["decision"] in ("pooled", "replaced")
+        assert row[mode]["folds"]["images"] == 2 * (row[mode]["folds"]["images"] // 2) > 0
+        assert row[mode]["ties_100"]["distinct_scores"] <= row[mode]["ties_100"]["beyond"]
+    assert row["replace"]["decision"] == "replaced"
+    assert set(row["darker"]) == {"auto", "replace", "pool"} and row["darker"]["pool"]["decisions"] == ["pooled"] * 2
+    assert "| other digits |" in out_md.read_text() and "| darker | auto |" in out_md.read_text()
