@@ -21,8 +21,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edgevae.training import DataSpec, ModelConfig, TrainConfig, train
 
     run = tmp_path_factory.mktemp("tiny_run")
+    # the defect head by steps, not by the VAE's wall time: the same head whatever else loads the machine
     train(DataSpec(classes=(0, 1)), run, ModelConfig(latent_dim=4, widths=(8, 16), hidden=32),
-          TrainConfig(epochs=TINY_EPOCHS, batch_size=64, seed=0))
+          TrainConfig(epochs=TINY_EPOCHS, batch_size=64, seed=0, defect_steps=60, defect_time_cap=False))
     return run
 
 

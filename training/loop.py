@@ -62,6 +62,8 @@ class TrainConfig:
         defect_head: after the VAE, train the defect head on synthetic defects made from the training images
             (:mod:`edgevae.training.defect_head`; its time is capped at the VAE's own training time).
         defect_steps: the defect head's optimizer steps (fewer when its time cap comes first).
+        defect_time_cap: cap the head's training at the VAE's own wall time (False: exactly ``defect_steps``
+            steps, whatever the machine's load: reproducible runs, the test suite's fixtures).
     """
 
     epochs: int = options.EPOCHS
@@ -75,6 +77,7 @@ class TrainConfig:
     augment_rotate: float = options.AUGMENT_ROTATE
     defect_head: bool = options.DEFECT_HEAD
     defect_steps: int = options.DEFECT_STEPS
+    defect_time_cap: bool = True
 
     def __post_init__(self) -> None:
         if self.defect_steps < 1:
@@ -384,6 +387,7 @@ def train(
         out, best_epoch, best, history = run.out, run.best_epoch, run.best, run.history
         head_images = _head_images(run) if ranks.is_main and run.train_config.defect_head else None
         head_config = _head_config(run) if head_images is not None else None
+        time_cap = run.train_config.defect_time_cap
         if ranks.distributed:
             # DistributedDataParallel's reducer holds the process group's work objects: it goes first, while the
             # group is alive (a gloo group destroyed under it aborted a process at exit, once in several runs)
@@ -396,7 +400,8 @@ def train(
     if head_images is not None and head_config is not None:  # rank 0 alone, after the process group is gone
         from .defect_head import save_head, train_head
 
-        head_config = replace(head_config, time_budget=vae_seconds)
+        if time_cap:
+            head_config = replace(head_config, time_budget=vae_seconds)
         head = train_head(head_images, head_config, progress=emit)
         head_path, head_seconds = save_head(head, out), head.seconds
     seconds = time.perf_counter() - started
