@@ -412,33 +412,36 @@ export function tileStarts(length, tile, stride) {
 // (NaN when a tile's is, as numpy's max), each tile scored as an image of the bundle's size; one tile is copied
 // out at a time. -> { score, tiles }.
 export async function scoreTiled(bundle, x, height, width) {
-  const { channels: c, height: th, width: tw } = bundle, tile = new Float32Array(c * th * tw);
-  const ys = tileStarts(height, th, bundle.tiling.stride), xs = tileStarts(width, tw, bundle.tiling.stride);
-  let best = -Infinity;
-  for (const y of ys) for (const x0 of xs) {
-    for (let ch = 0; ch < c; ch++) for (let r = 0; r < th; r++) {
-      const from = (ch * height + y + r) * width + x0;
-      tile.set(x.subarray(from, from + tw), (ch * th + r) * tw);
-    }
+  let best = -Infinity, tiles = 0;
+  await eachTile(bundle, x, height, width, async (tile) => {
     const { score } = await scoreImage(bundle, tile);
     if (Number.isNaN(score) || score > best) best = score;
-  }
-  return { score: best, tiles: ys.length * xs.length };
+    tiles++;
+  });
+  return { score: best, tiles };
 }
 
-// A tiled bundle's defect map of one image at full resolution (Float32Array, height*width): each tile's
-// probabilities, averaged where tiles overlap (edgevae.runtime.tiles.stitch of Model.defect_map).
-export async function tiledDefectMap(bundle, x, height, width) {
+// Calls visit(tile, y, x) for every tile of a preprocessed image (float32 CHW, height x width) on the bundle's
+// grid, row by row; the tile (float32 CHW of the bundle's size) is one buffer, refilled for each.
+async function eachTile(bundle, x, height, width, visit) {
   const { channels: c, height: th, width: tw } = bundle, tile = new Float32Array(c * th * tw);
-  const total = new Float32Array(height * width), count = new Float32Array(height * width);
   for (const y of tileStarts(height, th, bundle.tiling.stride)) for (const x0 of tileStarts(width, tw, bundle.tiling.stride)) {
     for (let ch = 0; ch < c; ch++) for (let r = 0; r < th; r++) {
       const from = (ch * height + y + r) * width + x0;
       tile.set(x.subarray(from, from + tw), (ch * th + r) * tw);
     }
+    await visit(tile, y, x0);
+  }
+}
+
+// A tiled bundle's defect map of one image at full resolution (Float32Array, height*width): each tile's
+// probabilities, averaged where tiles overlap (edgevae.runtime.tiles.stitch of Model.defect_map).
+export async function tiledDefectMap(bundle, x, height, width) {
+  const { height: th, width: tw } = bundle, total = new Float32Array(height * width), count = new Float32Array(height * width);
+  await eachTile(bundle, x, height, width, async (tile, y, x0) => {
     const p = defectProbabilities(await defectLogits(bundle, tile));
     for (let r = 0; r < th; r++) for (let k = 0; k < tw; k++) { total[(y + r) * width + x0 + k] += p[r * tw + k]; count[(y + r) * width + x0 + k] += 1; }
-  }
+  });
   for (let i = 0; i < total.length; i++) total[i] /= count[i];
   return total;
 }

@@ -49,6 +49,16 @@ def open_page(browser: Any, server: Any, method: str) -> Any:
     return page
 
 
+def page_rows(page: Any, inputs: dict[str, Any], method: str, timeout: int = 60_000) -> list[dict[str, Any]]:
+    """Drop ``inputs`` on the page, wait until every one is scored, and read its rows as the programs' rows."""
+    page.set_input_files("#images", list(inputs))
+    page.wait_for_selector(f"body[data-scored='{len(inputs)}']", timeout=timeout)
+    rows = page.eval_on_selector_all("#results tbody tr", "rs => rs.map(r => ({...r.dataset}))")
+    by_name = {Path(k).name: k for k in inputs}
+    return [{"item": by_name[r["item"]], "method": method, "score": float(r["score"]),
+             "p_value": float(r["pValue"]), "outlier": r["outlier"] == "true"} for r in rows]
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_page_scores_agree_with_the_runtime(browser: Any, bundle: Path, model, embed_inputs, method: str,  # type: ignore[no-untyped-def]
                                             tmp_path: Path) -> None:
@@ -56,13 +66,7 @@ def test_page_scores_agree_with_the_runtime(browser: Any, bundle: Path, model, e
     server = served(bundle)
     try:
         page = open_page(browser, server, method)
-        page.set_input_files("#images", list(inputs))
-        page.wait_for_selector(f"body[data-scored='{len(inputs)}']", timeout=60_000)
-        rows = page.eval_on_selector_all("#results tbody tr", "rs => rs.map(r => ({...r.dataset}))")
-        by_name = {Path(k).name: k for k in inputs}
-        parsed = [{"item": by_name[r["item"]], "method": method, "score": float(r["score"]),
-                   "p_value": float(r["pValue"]), "outlier": r["outlier"] == "true"} for r in rows]
-        compare(model, parsed, inputs, method)
+        compare(model, page_rows(page, inputs, method), inputs, method)
         page.click("#generate")
         page.wait_for_selector("body[data-generated='16']", timeout=60_000)
         if method == "smooth_recon":
@@ -80,13 +84,7 @@ def test_page_scores_large_images_by_tiles_and_shows_the_stitched_map(browser: A
     try:
         page = open_page(browser, server, "combined")
         assert "scored by tiles" in page.inner_text("#status"), page.inner_text("#status")
-        page.set_input_files("#images", list(tiled_inputs))
-        page.wait_for_selector(f"body[data-scored='{len(tiled_inputs)}']", timeout=120_000)
-        rows = page.eval_on_selector_all("#results tbody tr", "rs => rs.map(r => ({...r.dataset}))")
-        by_name = {Path(k).name: k for k in tiled_inputs}
-        parsed = [{"item": by_name[r["item"]], "method": "combined", "score": float(r["score"]),
-                   "p_value": float(r["pValue"]), "outlier": r["outlier"] == "true"} for r in rows]
-        compare_tiled(tiled_model, parsed, tiled_inputs, "combined")
+        compare_tiled(tiled_model, page_rows(page, tiled_inputs, "combined", 120_000), tiled_inputs, "combined")
         # the defect map is stitched at the image's own size, and its pixels are the runtime's stitched map's
         sizes = page.eval_on_selector_all("#results tbody tr td:nth-child(3) canvas", "cs => cs.map(c => [c.height, c.width])")
         assert sizes == [list(a.shape[:2]) for a in tiled_inputs.values()]
@@ -117,12 +115,7 @@ def test_page_scores_an_rgb_bundle_like_the_runtime(browser: Any, rgb_bundle: Pa
     server = served(rgb_bundle)
     try:
         page = open_page(browser, server, "smooth_recon")
-        page.set_input_files("#images", list(inputs))
-        page.wait_for_selector(f"body[data-scored='{len(inputs)}']", timeout=60_000)
-        rows = page.eval_on_selector_all("#results tbody tr", "rs => rs.map(r => ({...r.dataset}))")
-        by_name = {Path(k).name: k for k in inputs}
-        parsed = [{"item": by_name[r["item"]], "method": "smooth_recon", "score": float(r["score"]),
-                   "p_value": float(r["pValue"]), "outlier": r["outlier"] == "true"} for r in rows]
+        parsed = page_rows(page, inputs, "smooth_recon")
         with load(rgb_bundle, ["CPUExecutionProvider"]) as model:
             compare(model, parsed, inputs, "smooth_recon")
     finally:
