@@ -25,6 +25,7 @@ from edgevae.runtime.options import (
     COMBINED_PARTS,
         DEFAULT_METHOD,
     DEFECT_WINDOW,
+    TILED_DEFECT_WINDOW,
     ELBO_SAMPLES,
     IWAE_SAMPLES,
     OPSET,
@@ -87,7 +88,8 @@ class ExportConfig:
         ort_format: also write every graph (fp32 and variants) in the ORT format, as variants named
             ``ort`` (fp32) and ``<variant>-ort``.
         defect_head: ship the run's defect head (``defect.pt``, when it has one) as ``defect.onnx``.
-        defect_window: side of the square the ``defect`` score averages the head's logits over.
+        defect_window: side of the square the ``defect`` score averages the head's logits over; None:
+            ``DEFECT_WINDOW``, or ``TILED_DEFECT_WINDOW`` for a tiled run.
         tile_stride: a tiled run's (``--tile``) distance between neighbouring tiles when scoring large images;
             None: half a tile.
     """
@@ -104,7 +106,7 @@ class ExportConfig:
     variants: tuple[str, ...] = ()
     ort_format: bool = False
     defect_head: bool = True
-    defect_window: int = DEFECT_WINDOW
+    defect_window: int | None = None
     tile_stride: int | None = None
 
     def __post_init__(self) -> None:
@@ -129,7 +131,8 @@ class ExportConfig:
         return ScoringSpec(contract=contract, latent_dim=latent_dim, likelihood=likelihood,
                            default_method=self.default_method, elbo_samples=self.elbo_samples,
                            iwae_samples=self.iwae_samples, seed=self.score_seed, smooth_sigma=self.smooth_sigma,
-                           combined_parts=self.combined_parts, defect_window=self.defect_window)
+                           combined_parts=self.combined_parts,
+                           defect_window=DEFECT_WINDOW if self.defect_window is None else self.defect_window)
 
     def for_head(self, has_head: bool) -> "ExportConfig":
         """This config for a bundle with or without a defect head: without one, the default parts and method
@@ -188,6 +191,8 @@ def export_bundle(
     mc = ck.model_config
     head = load_head(ck.path) if cfg.defect_head and ck.path is not None else None
     cfg = cfg.for_head(head is not None)
+    if cfg.defect_window is None:
+        cfg = replace(cfg, defect_window=TILED_DEFECT_WINDOW if ck.data.tile is not None else DEFECT_WINDOW)
     references, images = _export_images(ck, calibration_images, reference_images)
     say("exporting encoder.onnx and decoder.onnx" + (" and defect.onnx" if head is not None else ""))
     graphs = export_graphs(model, images, cfg.opset)
@@ -392,7 +397,8 @@ def build_manifest(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer, calibratio
                              "map": "sigmoid of the logits: per-pixel defect probability",
                              "parameters": sum(p.numel() for p in head.head.parameters()),
                              "widths": list(head.config.widths), "training": head.summary,
-                             "generator": head.config.to_dict()["defects"]}
+                             "generator": head.config.to_dict()["defects"],
+                             "hard_negatives": head.config.hard_negatives}
         graphs["defect"] = {"file": DEFECT_FILE, "inputs": {DEFECT_INPUT: ["N", spec.contract.channels, "H", "W"]},
                             "outputs": {DEFECT_OUTPUT: ["N", 1, "H", "W"]}}
     return {

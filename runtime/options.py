@@ -109,3 +109,6 @@ DEFECT_BATCH_SIZE = 32
 DEFECT_LEARNING_RATE = 2e-3
 # The ``defect`` score: the largest mean of the head's logits over a DEFECT_WINDOW x DEFECT_WINDOW window.
 DEFECT_WINDOW = 5
+# ... and a tiled bundle's (train --tile): the largest logit itself. Its head trains with hard negatives against
+# false peaks, and a defect of 3-10 px on a texture is averaged away by a wider window (docs/scoring.md).
+TILED_DEFECT_WINDOW = 1

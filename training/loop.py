@@ -465,11 +465,14 @@ def _tiled_set(data: DataSpec, model_config: ModelConfig, train_config: TrainCon
 
 
 def _head_config(run: "_Run") -> Any:
-    """The defect head's settings for this run: its channels, steps and seed."""
-    from .defect_head import HeadConfig
+    """The defect head's settings for this run: its channels, steps and seed; a tiled (position-free) run's head
+    trains on surface defects (``SURFACE_DEFECTS``) with hard negatives (``SURFACE_HARD_NEGATIVES``)."""
+    from .defect_head import SURFACE_HARD_NEGATIVES, HeadConfig
+    from .defects import SURFACE_DEFECTS
 
+    surface = {"defects": SURFACE_DEFECTS, "hard_negatives": SURFACE_HARD_NEGATIVES} if run.tiles is not None else {}
     return HeadConfig(channels=int(run.model_config.channels or 1), steps=run.train_config.defect_steps,
-                      seed=run.train_config.seed)
+                      seed=run.train_config.seed, **surface)
 
 
 def _run_epoch(run: _Run, epoch: int, emit: Progress, started: float) -> None:

@@ -27,7 +27,8 @@ from .common import errors, given, method_choice, need_training, warnings_to_std
               help="Gaussian width (pixels) of the smooth_recon score and the anomaly maps.")
 @click.option("--combine", "combined_parts", show_default=",".join(options.COMBINED_PARTS),
               help="The methods the combined score joins through their p-values, comma-separated.")
-@click.option("--defect-window", type=click.IntRange(1, 255), show_default=str(options.DEFECT_WINDOW),
+@click.option("--defect-window", type=click.IntRange(1, 255),
+              show_default=f"{options.DEFECT_WINDOW}; {options.TILED_DEFECT_WINDOW} for a tiled run",
               help="Side (pixels) of the square the defect score averages the defect head's logits over.")
 @click.option("--tile-stride", type=click.IntRange(min=1), show_default="half a tile",
               help="A tiled run (train --tile): pixels between neighbouring tiles when scoring large images.")

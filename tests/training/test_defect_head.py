@@ -61,6 +61,53 @@ def test_a_family_can_be_left_out_and_unknown_ones_are_refused() -> None:
         DefectConfig().without("stripes")
 
 
+def test_surface_defects_must_stand_out_from_the_texture_and_are_never_moved_texture() -> None:
+    from edgevae.training.defects import SURFACE_DEFECTS
+
+    assert not {"other_image", "same_image"} & set(SURFACE_DEFECTS.fills) and SURFACE_DEFECTS.relative_visibility > 0
+    rough = (0.5 + 0.25 * torch.randn((64, 1, 32, 32), generator=torch.Generator().manual_seed(2))).clamp(0, 1)
+    faint = dict(probability=1.0, fills=("brightness", "noise"), min_opacity=0.3, max_defects=1)
+    _, every = synthesize(rough, torch.Generator().manual_seed(4), DefectConfig(**faint))
+    _, visible = synthesize(rough, torch.Generator().manual_seed(4), DefectConfig(**faint, relative_visibility=1.5))
+    kept, all_ = int((visible.flatten(1).sum(1) > 0).sum()), int((every.flatten(1).sum(1) > 0).sum())
+    assert 0 < kept < all_, "faint defects on a rough texture are redrawn and given up, not labelled"
+    flat = torch.full((16, 1, 32, 32), 0.5)
+    a, ta = synthesize(flat, torch.Generator().manual_seed(4), DefectConfig(probability=1.0, relative_visibility=1.5))
+    assert int((ta.flatten(1).sum(1) > 0).sum()) >= 12, "on a flat image every visible change stands out"
+    assert torch.equal(a[ta.flatten(1).sum(1) == 0], flat[ta.flatten(1).sum(1) == 0])
+    with pytest.raises(ValueError, match="relative_visibility"):
+        DefectConfig(relative_visibility=-1.0)
+    assert DefectConfig(relative_visibility=1.0).without("blur").relative_visibility == 1.0
+
+
+def test_hard_negatives_punish_a_false_peak_the_pixel_mean_hardly_sees() -> None:
+    from edgevae.training.defect_head import HeadConfig, defect_loss
+
+    target = torch.zeros((2, 1, 32, 32))
+    target[1, 0, 10:14, 10:14] = 1.0
+    calm = torch.full((2, 1, 32, 32), -6.0)
+    calm[1, 0, 10:14, 10:14] = 6.0
+    peaked = calm.clone()
+    peaked[0, 0, 20, 20] = 6.0  # one confident false pixel on the normal image
+    plain = float(defect_loss(peaked, target)) - float(defect_loss(calm, target))
+    hard = float(defect_loss(peaked, target, 16)) - float(defect_loss(calm, target, 16))
+    assert hard > 3 * plain > 0
+    tiny = torch.zeros_like(target)
+    tiny[1, 0, 3, 3] = 1.0  # a defect of fewer pixels than HARD_POSITIVES: finite, no masked fill leaks in
+    assert float(defect_loss(calm, tiny, 16)) < 10
+    grad = peaked.clone().requires_grad_(True)
+    defect_loss(grad, target, 16).backward()
+    assert float(grad.grad[0, 0, 20, 20]) > 0, "the false peak is pushed down"
+    cfg = HeadConfig(hard_negatives=16, defects=DefectConfig(relative_visibility=1.0))
+    again = HeadConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+    old = cfg.to_dict()
+    del old["hard_negatives"], old["defects"]["relative_visibility"]  # a head stored before either existed
+    assert HeadConfig.from_dict(old).hard_negatives == 0 and HeadConfig.from_dict(old).defects.relative_visibility == 0
+    with pytest.raises(ValueError, match="hard_negatives"):
+        HeadConfig(hard_negatives=-1)
+
+
 def test_the_head_is_fully_convolutional_and_learns_synthetic_defects() -> None:
     from edgevae.training.defect_head import DefectHead, HeadConfig, train_head
 

@@ -86,6 +86,9 @@ def test_a_tiled_bundle_records_its_tiles_and_calibrates_on_whole_images(tiled_b
     assert cal["n"] == 10 and set(cal["methods"]) >= {"combined", "smooth_recon", "defect"}
     model = load(tiled_bundle)
     assert "whole held-out images" in model.tiling.note
+    head = manifest["scoring"]["defect"]  # a surface's head: hard negatives, visibility against the texture
+    assert head["hard_negatives"] > 0 and head["generator"]["relative_visibility"] > 0
+    assert "same_image" not in head["generator"]["fills"] and model.spec.defect_window == 1
 
 
 def test_scoring_by_tiles_finds_a_small_defect_anywhere_and_maps_it_at_full_size(tiled_bundle: Path) -> None:
