@@ -23,15 +23,15 @@ from edgevae import __version__
 from edgevae.runtime.options import (
     CALIBRATION_FPR,
     COMBINED_PARTS,
-        DEFAULT_METHOD,
+    DEFAULT_METHOD,
     DEFECT_WINDOW,
-    TILED_DEFECT_WINDOW,
     ELBO_SAMPLES,
     IWAE_SAMPLES,
     OPSET,
     OPSET_RANGE,
     SCORE_SEED,
     SMOOTH_SIGMA,
+    TILED_DEFECT_WINDOW,
     VARIANTS,
 )
 from edgevae.runtime.bundle import check_graphs, load

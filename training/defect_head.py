@@ -301,5 +301,5 @@ def load_head(run_dir: str | os.PathLike[str]) -> LoadedHead | None:
     return LoadedHead(head, config, summary)
 
 
-__all__ = ("DefectHead", "FILL_FAMILIES", "HEAD_FILE", "SURFACE_HARD_NEGATIVES", "HeadConfig", "HeadResult", "LoadedHead", "MASK_FAMILIES",
-           "defect_loss", "load_head", "save_head", "train_head")
+__all__ = ("DefectHead", "FILL_FAMILIES", "HEAD_FILE", "HeadConfig", "HeadResult", "LoadedHead", "MASK_FAMILIES",
+           "SURFACE_HARD_NEGATIVES", "defect_loss", "load_head", "save_head", "train_head")
