@@ -210,10 +210,12 @@ class HeadResult:
     seconds: float
     final_loss: float
     stopped_early: bool
+    images: int = 0  # how many normal images (or tiles) the synthetic defects were made from
 
 
 def train_head(images: torch.Tensor, config: HeadConfig, progress: Progress | None = None) -> HeadResult:
-    """Train a defect head on synthetic defects made from ``images`` (N, C, H, W) float in [0, 1].
+    """Train a defect head on synthetic defects made from ``images`` (N, C, H, W): float in [0, 1], or uint8
+    (0..255, converted a batch at a time: a large pool of tiles stays a quarter of the size).
 
     Every step draws a batch of normal images (with random flips), puts defects into about half of them and
     takes one Adam step on :func:`defect_loss`. Stops after ``config.steps`` or ``config.time_budget`` seconds.
@@ -233,6 +235,8 @@ def train_head(images: torch.Tensor, config: HeadConfig, progress: Progress | No
     for step in range(1, config.steps + 1):
         idx = torch.randint(n, (min(config.batch_size, max(n, 1)),), generator=gen)
         xb = images[idx]
+        if xb.dtype == torch.uint8:
+            xb = xb.to(torch.float32) / 255.0
         if float(torch.rand((), generator=gen)) < 0.5:
             xb = xb.flip(-1)
         if float(torch.rand((), generator=gen)) < 0.5:
@@ -253,7 +257,7 @@ def train_head(images: torch.Tensor, config: HeadConfig, progress: Progress | No
             break
     head.eval()
     seconds = time.perf_counter() - started
-    result = HeadResult(head, config, step, seconds, loss_value, stopped_early=step < config.steps)
+    result = HeadResult(head, config, step, seconds, loss_value, stopped_early=step < config.steps, images=n)
     emit("defect_done", {"steps": step, "seconds": seconds, "loss": loss_value, "stopped_early": result.stopped_early})
     return result
 
@@ -263,7 +267,7 @@ def save_head(result: HeadResult, run_dir: str | os.PathLike[str]) -> Path:
     path = Path(run_dir) / HEAD_FILE
     state = {"format": HEAD_FORMAT, "version": HEAD_VERSION, "config": json.dumps(result.config.to_dict()),
              "state_dict": result.head.state_dict(), "steps": result.steps, "seconds": result.seconds,
-             "final_loss": result.final_loss, "stopped_early": result.stopped_early}
+             "final_loss": result.final_loss, "stopped_early": result.stopped_early, "images": result.images}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     return path
@@ -297,7 +301,7 @@ def load_head(run_dir: str | os.PathLike[str]) -> LoadedHead | None:
         raise CheckpointError(f"{path}: not a readable defect head ({exc}); train again, or delete it to export "
                               "without a defect head") from exc
     head.eval()
-    summary = {k: raw.get(k) for k in ("steps", "seconds", "final_loss", "stopped_early")}
+    summary = {k: raw.get(k) for k in ("steps", "seconds", "final_loss", "stopped_early", "images") if k in raw}
     return LoadedHead(head, config, summary)
 
 

@@ -212,3 +212,19 @@ def test_a_bundle_without_the_head_scores_as_before(tiny_run: Path, tmp_path: Pa
             model.defect_map(x)
     with pytest.raises(Exception, match="defect head"):
         export_bundle(tiny_run, tmp_path / "asked", ExportConfig(defect_head=False, default_method="defect"))
+
+
+def test_a_head_trains_alike_on_uint8_tiles_and_their_float_values() -> None:
+    """A tiled run keeps its large pool of head tiles as uint8: a batch is converted as the runtime converts
+    pixels, so the head is exactly the one the float images would have given."""
+    from edgevae.runtime.contract import uint8_to_unit
+    from edgevae.training.defect_head import HeadConfig, train_head
+
+    pixels = np.rint(_texture(24).numpy() * 255).astype(np.uint8)
+    cfg = HeadConfig(channels=1, steps=12, batch_size=8, seed=3)
+    as_uint8 = train_head(torch.from_numpy(pixels), cfg)
+    as_float = train_head(torch.from_numpy(uint8_to_unit(pixels)), cfg)
+    assert as_uint8.images == as_float.images == 24
+    assert as_uint8.final_loss == as_float.final_loss
+    for name, value in as_float.head.state_dict().items():
+        assert torch.equal(as_uint8.head.state_dict()[name], value), name

@@ -77,6 +77,7 @@ def tiled_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_tiled_bundle_records_its_tiles_and_calibrates_on_whole_images(tiled_bundle: Path) -> None:
     from edgevae.runtime import load
+    from edgevae.training.loop import SURFACE_HEAD_TILES
 
     manifest = json.loads((tiled_bundle / "edgevae.json").read_text())
     tiling = manifest["tiling"]
@@ -89,6 +90,7 @@ def test_a_tiled_bundle_records_its_tiles_and_calibrates_on_whole_images(tiled_b
     head = manifest["scoring"]["defect"]  # a surface's head: hard negatives, visibility against the texture
     assert head["hard_negatives"] > 0 and head["generator"]["relative_visibility"] > 0
     assert "same_image" not in head["generator"]["fills"] and model.spec.defect_window == 1
+    assert head["training"]["images"] == SURFACE_HEAD_TILES  # a large pool of distinct tiles
 
 
 def test_scoring_by_tiles_finds_a_small_defect_anywhere_and_maps_it_at_full_size(tiled_bundle: Path) -> None:
