@@ -381,8 +381,7 @@ def markdown(report: dict[str, Any]) -> str:
         if "combined_parts" in t:
             lines += ["", f"`combined` joins {', '.join(t['combined_parts'])} (tiled) and "
                           f"{', '.join(r['combined_parts'])} (resize)."]
-        default = report.get("default", "combined")
-        lines += ["", f"- False-positive rate of the default (`{default}`) at its stored 1 % threshold on "
+        lines += ["", f"- False-positive rate of the default (`combined`) at its stored 1 % threshold on "
                       f"{t.get('fpr_images', row['n_normal'])} test normals, calibrated by `edgevae calibrate` on "
                       f"{report.get('n_calibration', row['n_normal'])} other normal views: "
                       f"tiled {100 * t['fpr_at_stored']:.1f} %, resize {100 * r['fpr_at_stored']:.1f} % (with the "

@@ -35,6 +35,7 @@ from torch import nn
 
 from edgevae.runtime import options
 from edgevae.runtime.atomic import atomic_path
+from edgevae.runtime.contract import uint8_to_unit
 from edgevae.runtime.errors import CheckpointError
 
 from .defects import FILL_FAMILIES, MASK_FAMILIES, DefectConfig, synthesize
@@ -236,7 +237,7 @@ def train_head(images: torch.Tensor, config: HeadConfig, progress: Progress | No
         idx = torch.randint(n, (min(config.batch_size, max(n, 1)),), generator=gen)
         xb = images[idx]
         if xb.dtype == torch.uint8:
-            xb = xb.to(torch.float32) / 255.0
+            xb = torch.from_numpy(uint8_to_unit(xb.numpy()))
         if float(torch.rand((), generator=gen)) < 0.5:
             xb = xb.flip(-1)
         if float(torch.rand((), generator=gen)) < 0.5:
