@@ -35,7 +35,8 @@ from edgevae.runtime.options import (
     VARIANTS,
 )
 from edgevae.runtime.bundle import check_graphs, load
-from edgevae.runtime.calibration import MIN_CALIBRATION_IMAGES, calibrate_tiled, calibration_section, fit_map_stats
+from edgevae.runtime.calibration import (MIN_CALIBRATION_IMAGES, calibrate_positional, calibrate_tiled, calibration_section,
+                                         fit_map_stats)
 from edgevae.runtime.errors import CalibrationError, CheckpointError, ExportError
 from edgevae.runtime.manifest import (
     DECODER_FILE,
@@ -50,11 +51,12 @@ from edgevae.runtime.manifest import (
     ScoringSpec,
     check_score_settings,
 )
-from edgevae.runtime.maps import MAP_FILE, check_parts
+from edgevae.runtime.maps import MAP_FILE, MapStats, check_parts
 from edgevae.runtime.methods import MONTE_CARLO_METHODS, SCORE_METHODS, noise_file
 from edgevae.runtime.model import Model, Scorer
 from edgevae.runtime.runner import build_runner
-from edgevae.runtime.tiles import Tiling, image_level_methods
+from edgevae.runtime.tiles import (CAMERAS, FIXED_CAMERA_SHARE, FRAME_MAP_FILE, MIN_FRAMES, Tiling, frame_alignment,
+                                  frame_map_stats, image_level_methods)
 from edgevae.runtime.scores import warn_if_unpromisable
 from edgevae.runtime.writer import graph_with_manifest, write_bundle
 from edgevae.training.defect_head import LoadedHead, load_head
@@ -92,6 +94,9 @@ class ExportConfig:
             ``DEFECT_WINDOW``, or ``TILED_DEFECT_WINDOW`` for a tiled run.
         tile_stride: a tiled run's (``--tile``) distance between neighbouring tiles when scoring large images;
             None: half a tile.
+        camera: a tiled run's kind of camera (``CAMERAS``): ``fixed`` (the same scene in every frame of one size:
+            the map statistics per position of the frame), ``surface`` (a stationary surface: position-free), or
+            ``auto`` (fixed when the training frames share one size and look alike position by position).
     """
 
     fpr: float = CALIBRATION_FPR
@@ -108,8 +113,11 @@ class ExportConfig:
     defect_head: bool = True
     defect_window: int | None = None
     tile_stride: int | None = None
+    camera: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.camera not in CAMERAS:
+            raise ValueError(f"camera must be one of {', '.join(CAMERAS)}, got {self.camera!r}")
         if self.tile_stride is not None and self.tile_stride < 1:
             raise ValueError(f"tile_stride must be >= 1 or None (half a tile), got {self.tile_stride}")
         if not 0.0 < self.fpr < 0.5:
@@ -201,7 +209,7 @@ def export_bundle(
                      graphs.decoder.SerializeToString(),
                      defect=defect_graph.SerializeToString() if defect_graph is not None else None)
     scorer, calibration = _measure(scorer, references, images, cfg, say)
-    tiling = _tiling(ck, cfg, scorer, say)
+    tiling, frame_stats = _tiling(ck, cfg, scorer, say)
     say(f"checking parity with PyTorch at batch sizes {' and '.join(map(str, PARITY_BATCH_SIZES))}")
     report = check_parity(model, scorer, images, cfg.tolerance, head.head if head is not None else None)
     warn_if_unpromisable(cfg.fpr, images.shape[0], tail=any(c.tail is not None for c in calibration.methods.values()))
@@ -211,6 +219,8 @@ def export_bundle(
     files = {ENCODER_FILE: serialize(graphs.encoder), DECODER_FILE: serialize(graphs.decoder), **_data_files(scorer)}
     if defect_graph is not None:
         files[DEFECT_FILE] = serialize(defect_graph)
+    if frame_stats is not None:
+        files[FRAME_MAP_FILE] = frame_stats.to_bytes()
     manifest["variants"] = build_variants(files, manifest, graphs, model, scorer, images, cfg, say, defect_graph)
     say("writing the bundle")
     try:
@@ -221,12 +231,14 @@ def export_bundle(
     return load(target, ["CPUExecutionProvider"], trusted_keys=[] if sign_key is None else [sign_key])
 
 
-def _tiling(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer, say: Say) -> Tiling | None:
-    """A tiled run's ``tiling`` section: its tile, stride and downscale, and the image-level calibration on the
-    whole held-out images the run kept (None for a run on whole images)."""
+def _tiling(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer,
+            say: Say) -> tuple[Tiling | None, MapStats | None]:
+    """A tiled run's ``tiling`` section: its tile, stride and downscale, the kind of camera, and the image-level
+    calibration on the whole held-out images the run kept (None for a run on whole images); with a fixed camera
+    also its per-position statistics (written as ``FRAME_MAP_FILE``)."""
     tile = ck.data.tile
     if tile is None:
-        return None
+        return None, None
     if cfg.variants:
         raise ExportError("edge variants (--quantize, --precision) of tiled bundles are not built yet: their "
                           "image-level calibration would be the fp32 graphs'; export the tiled run without them")
@@ -234,18 +246,62 @@ def _tiling(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer, say: Say) -> Tili
     if stride > tile:
         raise ExportError(f"--tile-stride {stride} is larger than the tile ({tile}): parts of images would go unseen")
     try:
-        whole = run_holdout(ck).whole
+        holdout = run_holdout(ck)
     except CheckpointError as exc:
         raise ExportError(str(exc)) from exc
+    whole = [np.asarray(w) for w in holdout.whole]
     tiling = Tiling((tile, tile), stride, downscale=ck.data.downscale, positional=False)
-    say(f"calibrating image scores on {len(whole)} whole held-out images by {tile}x{tile} tiles every {stride} px")
     methods = image_level_methods([m for m in SCORE_METHODS if m in scorer.computable_methods])
+    frames = [np.asarray(f) for f in holdout.frames]
+    if _fixed_camera(cfg.camera, frames, whole, say):
+        say(f"measuring per-position map statistics on {len(frames)} training frames of "
+            f"{frames[0].shape[1]}x{frames[0].shape[2]}")
+        try:
+            stats = frame_map_stats(scorer, frames, tiling)
+            say(f"calibrating a fixed camera's image scores on {len(whole)} whole held-out frames by {tile}x{tile} "
+                f"tiles every {stride} px")
+            positional, _ = calibrate_positional(scorer, stats, whole, tiling, cfg.fpr, methods,
+                                                 source="whole held-out frames of the training data, scored by tiles "
+                                                        "with per-position statistics")
+        except (CalibrationError, ValueError) as exc:
+            raise ExportError(str(exc)) from exc
+        return positional, stats
+    say(f"calibrating image scores on {len(whole)} whole held-out images by {tile}x{tile} tiles every {stride} px")
     try:
-        cal = calibrate_tiled(scorer, [np.asarray(w) for w in whole], tiling, cfg.fpr, methods,
+        cal = calibrate_tiled(scorer, whole, tiling, cfg.fpr, methods,
                               source="whole held-out images of the training data, scored by tiles")
     except CalibrationError as exc:
         raise ExportError(str(exc)) from exc
-    return replace(tiling, calibration=cal)
+    return replace(tiling, calibration=cal), None
+
+
+def _fixed_camera(camera: str, frames: list[np.ndarray], whole: list[np.ndarray], say: Say) -> bool:
+    """Whether a tiled run is exported for a fixed camera: ``--camera`` or, with ``auto``, the data (frames of one
+    size whose pixels vary across frames by less than ``FIXED_CAMERA_SHARE`` of their total variance).
+
+    Raises:
+        ExportError: ``--camera fixed`` for a run whose images are not frames of one size.
+    """
+    if camera == "surface":
+        say("camera: a stationary surface (--camera surface): map statistics are position-free")
+        return False
+    sizes = {tuple(int(v) for v in im.shape[1:]) for im in [*frames, *whole]}
+    usable = len(frames) >= MIN_FRAMES and len(sizes) == 1
+    if camera == "fixed":
+        if not usable:
+            raise ExportError(f"--camera fixed needs training images that are frames of one size, at least {MIN_FRAMES} "
+                              f"of them kept by the run; this run kept {len(frames)} and its images have "
+                              f"{len(sizes)} size(s). Retrain on frames of one size, or export with --camera surface")
+        say("camera: fixed (--camera fixed): map statistics per position of the frame")
+        return True
+    share = frame_alignment(frames) if usable else None
+    if share is None:
+        say("camera: a stationary surface (auto: the images are not frames of one size): position-free statistics")
+        return False
+    fixed = share < FIXED_CAMERA_SHARE
+    say(f"camera: {'fixed' if fixed else 'a stationary surface'} (auto: {share:.0%} of the pixels' variance lies "
+        f"between frames at one position; fixed below {FIXED_CAMERA_SHARE:.0%}; --camera chooses)")
+    return fixed
 
 
 def _data_files(scorer: Scorer) -> dict[str, bytes]:

@@ -145,6 +145,7 @@ class BatchScorer:
                     raise ArrayInputError(f"{name}: cannot score a {type(item).__name__}; pass an image array, the "
                                           "bytes of an image file, or a path")
                 len(model.tiling.grid(image.shape[1], image.shape[2]))  # refuses an image smaller than a tile
+                model.tiling.check_frame(image.shape[1], image.shape[2])  # a fixed camera: frames of its size
             except InputError as exc:
                 message = str(exc)
                 out["error"][row] = message if message.startswith(name) else f"{name}: {message}"

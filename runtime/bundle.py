@@ -22,6 +22,7 @@ from .manifest import (
     ScoringSpec,
 )
 from .maps import Combination, MapStats
+from .tiles import Positional
 from .model import Model
 from .runner import GraphRunner, build_runner
 from .files import read_manifest, read_verified, sha256_hex, verify_files
@@ -161,7 +162,29 @@ def load(bundle: str | os.PathLike[str], providers: Providers = "auto", *, threa
     check_graphs(runner, manifest.scoring)
     maps, combination = read_maps(path, manifest)
     return Model(manifest, runner, path=path, variant=variant or "fp32", noise=read_noise(path, manifest), maps=maps,
-                 combination=combination)
+                 combination=combination, positional=read_positional(path, manifest))
+
+
+def read_positional(path: Path, manifest: Manifest) -> Positional | None:
+    """A fixed camera's per-position statistics (``tiling.map``, checked against its sha256 and the frame's
+    size) and its ``combined`` references; None for a bundle that is not positional.
+
+    Raises:
+        BundleError: the file is missing, altered or of another size.
+    """
+    tiling = manifest.tiling
+    if tiling is None or not tiling.positional or tiling.map is None or tiling.frame is None:
+        return None
+    entry = tiling.map
+    data = read_verified(path, manifest, entry.file)
+    h, w = tiling.frame
+    if len(data) != 4 * 2 * h * w:
+        raise BundleError(f"{path}: {entry.file} holds {len(data)} bytes, but tiling.frame needs float32 (2, {h}, {w})")
+    try:
+        stats = MapStats.from_bytes(data, entry.shape, entry.sigma, entry.top_k)
+    except ValueError as exc:
+        raise BundleError(f"{path}: {entry.file} is unusable: {exc}") from exc
+    return Positional(stats, tiling.combination(manifest.scoring.combined_parts))
 
 
 def read_maps(path: Path, manifest: Manifest) -> tuple[MapStats | None, Combination | None]:

@@ -3,21 +3,21 @@ p-values and, with enough images, a fitted tail. numpy only, so a bundle can be 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .errors import CalibrationError
-from .manifest import Calibration
+from .manifest import Calibration, MapEntry
 from .methods import METHODS, SCORE_METHODS
-from .maps import MapStats, fit_combination, residual_magnitude
+from .maps import Combination, MapStats, Reference, fit_combination, residual_magnitude
 from .model import Scorer
 from .scores import smallest_fpr, tail_model, threshold_at_fpr
 
 if TYPE_CHECKING:
-    from .tiles import Tiling
+    from .tiles import Positional, Tiling
 
 # Largest number of sorted scores a method's calibration keeps (as evenly spaced quantiles beyond that).
 MAX_CALIBRATION_SCORES = 5000
@@ -127,11 +127,11 @@ def section_of(measured: Measured, fpr: float, *, source: str, **extra: Any) -> 
 
 
 def calibrate_tiled(scorer: Scorer, images: Sequence[NDArray[Any]], tiling: "Tiling", fpr: float,
-                    methods: Sequence[str], *, source: str) -> Calibration:
+                    methods: Sequence[str], *, source: str, positional: "Positional | None" = None) -> Calibration:
     """The image-level calibration of a tiled bundle (``tiling.calibration``): each method's aggregate of tile
     scores (``tiling.aggregate``) over every tile of each **whole** image of ``images`` ((C, H, W) each, of any
     sizes), calibrated like a method's scores (:func:`calibrate`). ``scorer`` carries the tile-level calibration
-    that ``combined`` reads its parts' p-values from.
+    that ``combined`` reads its parts' p-values from; ``positional`` a fixed camera's per-position statistics.
 
     Raises:
         CalibrationError: fewer than ``MIN_CALIBRATION_IMAGES`` images, or scores that are not finite.
@@ -146,7 +146,7 @@ def calibrate_tiled(scorer: Scorer, images: Sequence[NDArray[Any]], tiling: "Til
     tiles: list[int] = []
     for image in images:
         grid = tiling.grid(int(image.shape[1]), int(image.shape[2]))
-        scores = image_tile_scores(scorer, image, grid, tuple(methods))
+        scores = image_tile_scores(scorer, image, grid, tuple(methods), positional=positional)
         tiles.append(len(grid))
         for m in methods:
             per_image[m].append(aggregate(scores[m], tiling.aggregate))
@@ -156,6 +156,48 @@ def calibrate_tiled(scorer: Scorer, images: Sequence[NDArray[Any]], tiling: "Til
                                   "source": source, "tiles_per_image": [min(tiles), max(tiles)],
                                   "tiles_median": int(np.median(tiles)),
                                   "methods": {m: calibrated[m] for m in SCORE_METHODS if m in calibrated}})
+
+
+def calibrate_positional(scorer: Scorer, stats: MapStats, images: Sequence[NDArray[Any]], tiling: "Tiling",
+                         fpr: float, methods: Sequence[str], *, source: str) -> tuple["Tiling", "Positional"]:
+    """A fixed camera's tiling (export and ``edgevae calibrate`` both make it here): with the frame's per-position
+    statistics ``stats``, the references of ``combined``'s parts per tile of the held-out frames ``images`` (their
+    ``local`` read per position), then the image-level calibration of every method on those frames whole.
+
+    Raises:
+        CalibrationError: fewer than ``MIN_CALIBRATION_IMAGES`` frames, frames of another size, or scores that are
+            not finite.
+    """
+    from .tiles import FRAME_MAP_FILE, Positional, positional_tile_scores
+
+    frame = (int(stats.mean.shape[0]), int(stats.mean.shape[1]))
+    wrong = [tuple(int(v) for v in im.shape[1:]) for im in images if tuple(int(v) for v in im.shape[1:]) != frame]
+    if wrong:
+        raise CalibrationError(f"a fixed camera calibrates on frames of its size {frame[0]}x{frame[1]}; {len(wrong)} "
+                               f"of {len(images)} are not (first: {wrong[0][0]}x{wrong[0][1]})")
+    if len(images) < MIN_CALIBRATION_IMAGES:
+        raise CalibrationError(f"a fixed camera calibrates on whole held-out frames: got {len(images)}, needs at "
+                               f"least {MIN_CALIBRATION_IMAGES}")
+    positional = Positional(stats)
+    parts = tuple(scorer.spec.combined_parts)
+    references = None
+    if "combined" in methods and all(p in scorer.computable_methods for p in parts):
+        grid = tiling.grid(*frame)
+        collected: dict[str, list[NDArray[Any]]] = {p: [] for p in parts}
+        for image in images:
+            got = positional_tile_scores(scorer, image, grid, (), positional, parts=True)[0]
+            for p in parts:
+                collected[p].append(got[f"part:{p}"])
+        references = {p: Reference.fit(_finite(np.concatenate(v), p)) for p, v in collected.items()}
+        positional = Positional(stats, Combination(parts, references))
+    cal = calibrate_tiled(scorer, images, tiling, fpr, methods, source=source, positional=positional)
+    entry = {**stats.manifest_entry(), "file": FRAME_MAP_FILE,
+             "layout": "row-major (2, H, W) of the frame: per-pixel mean, then spread",
+             "definition": "the residual magnitudes of a frame's tiles (as in scoring.map) stitched to the frame, "
+                           "averaged where tiles overlap; map = (stitched - mean) / spread per pixel of the frame; a "
+                           "tile's local = mean of the top_k largest map values under it"}
+    return replace(tiling, positional=True, frame=frame, map=MapEntry.from_dict(entry), references=references,
+                   calibration=cal), positional
 
 
 def _finite(scores: NDArray[np.float64], method: str) -> NDArray[np.float64]:

@@ -381,7 +381,8 @@ class Manifest:
 
     def data_files(self) -> list[str]:
         """The files beside the graphs that loading reads: noise and map statistics."""
-        return [e.file for e in self.noise.values()] + ([self.map.file] if self.map is not None else [])
+        frame = [self.tiling.map.file] if self.tiling is not None and self.tiling.map is not None else []
+        return [e.file for e in self.noise.values()] + ([self.map.file] if self.map is not None else []) + frame
 
     def with_variant(self, name: str) -> "Manifest":
         """The manifest with a variant's calibration in force.

@@ -21,12 +21,14 @@ from .methods import METHODS, RECONSTRUCTION_METHODS, SCORE_METHODS, method as r
 from .manifest import DECODER_INPUT, DEFECT_INPUT, DEFECT_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUTS, Manifest, ScoringSpec
 from .runner import GraphInfo, GraphRunner
 from .tiles import (
+    Positional,
     TiledScore,
     Tiling,
     aggregate,
     calibrated_tiles,
     image_tile_scores,
     packed_tile_scores,
+    positional_tile_scores,
     size_adjusted_fpr,
     size_adjusted_p,
     stitch,
@@ -230,6 +232,16 @@ class Scorer:
         """
         return self.map_and_reconstruction(x)[0]
 
+    def residual_magnitudes(self, x: NDArray[Any]) -> F32:
+        """The anomaly map before standardisation (N, H, W): each image's smoothed residual magnitude at the map
+        statistics' width (what a fixed camera's tiles stitch, ``edgevae.runtime.tiles``).
+
+        Raises: as :meth:`anomaly_map`.
+        """
+        stats = self._map_stats()
+        xb = self.prepare(x)
+        return residual_magnitude(xb, self.decode(self._encode(xb).mu), stats.sigma)
+
     def map_and_reconstruction(self, x: NDArray[Any]) -> tuple[F32, F32]:
         """``anomaly_map`` and the reconstructions it compares with: (N, H, W) and (N, C, H, W)."""
         stats = self._map_stats()
@@ -427,9 +439,11 @@ class Model(Scorer):
 
     def __init__(self, manifest: Manifest, runner: GraphRunner, *, path: Path | None = None,
                  variant: str = "fp32", noise: Mapping[str, F32] | None = None, maps: MapStats | None = None,
-                 combination: Combination | None = None) -> None:
+                 combination: Combination | None = None, positional: Positional | None = None) -> None:
         super().__init__(manifest.scoring, runner, noise, maps, combination)
         self.manifest = manifest
+        # a fixed camera's per-position statistics (tiling.positional): its local and combined tile scores read them
+        self.positional = positional
         self.path = path
         self.variant = variant
 
@@ -516,8 +530,10 @@ class Model(Scorer):
         tiling = self.tiling
         method = method or self.spec.default_method
         img = tile_view(image, self.spec.contract.channels)
+        tiling.check_frame(img.shape[1], img.shape[2])
         grid = tiling.grid(img.shape[1], img.shape[2])
-        return self._tiled_result(method, image_tile_scores(self, img, grid, (method,))[method], fpr, threshold)
+        scores = image_tile_scores(self, img, grid, (method,), positional=self.positional)
+        return self._tiled_result(method, scores[method], fpr, threshold)
 
     def score_tiled_many(self, images: Sequence[NDArray[Any]], method: str | None = None, *,
                          fpr: float | None = None, threshold: float | None = None,
@@ -531,8 +547,10 @@ class Model(Scorer):
         tiling = self.tiling
         method = method or self.spec.default_method
         views = [tile_view(im, self.spec.contract.channels) for im in images]
+        for v in views:
+            tiling.check_frame(v.shape[1], v.shape[2])
         grids = [tiling.grid(v.shape[1], v.shape[2]) for v in views]
-        scores = packed_tile_scores(self, views, grids, method, progress=progress)
+        scores = packed_tile_scores(self, views, grids, method, progress=progress, positional=self.positional)
         return [self._tiled_result(method, s, fpr, threshold) for s in scores]
 
     def _tiled_result(self, method: str, tile_scores: NDArray[Any], fpr: float | None,
@@ -562,8 +580,12 @@ class Model(Scorer):
         """
         tiling = self.tiling
         img = tile_view(image, self.spec.contract.channels)
+        tiling.check_frame(img.shape[1], img.shape[2])
         grid = tiling.grid(img.shape[1], img.shape[2])
-        maps = {"anomaly": stitch(img, grid, self.anomaly_map)}
+        if self.positional is not None:  # a fixed camera: the stitched residual, standardised per position
+            maps = {"anomaly": positional_tile_scores(self, img, grid, (), self.positional)[1]}
+        else:
+            maps = {"anomaly": stitch(img, grid, self.anomaly_map)}
         if self.has_defect_head:
             maps["defect"] = stitch(img, grid, self.defect_map)
         return maps

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .bundle import load
-from .calibration import Measured, calibrate_tiled, calibration_section, measure, section_of
+from .calibration import Measured, calibrate_positional, calibrate_tiled, calibration_section, measure, section_of
 from .errors import CalibrationError, CalibrationWarning
 from .files import read_manifest
 from .manifest import Calibration, Manifest
@@ -134,6 +134,7 @@ def _tiled_manifest(bundle: Path, manifest: Manifest, images: Sequence[NDArray[A
     tiling = manifest.tiling
     if tiling is None:
         raise ValueError("not a tiled bundle")
+    previous = tiling.calibration
     whole = [tile_view(im, manifest.contract.channels) for im in images]
     tiles = grid_tiles(whole, tiling.tile[0])
     source = f"{len(whole)} whole normal images given to 'edgevae calibrate' ({tiles.shape[0]} grid tiles)"
@@ -142,14 +143,19 @@ def _tiled_manifest(bundle: Path, manifest: Manifest, images: Sequence[NDArray[A
         combination = main.combination(manifest.scoring.combined_parts)
         scorer = model.with_maps(model.maps, combination) if model.maps is not None else model
         methods = image_level_methods([m for m in main.methods if m in scorer.computable_methods])
-        image_level = calibrate_tiled(scorer, whole, tiling, fpr, methods,
-                                      source=f"{len(whole)} whole normal images given to 'edgevae calibrate'")
+        source = f"{len(whole)} whole normal images given to 'edgevae calibrate'"
+        if model.positional is not None:  # a fixed camera: references and image scores per position, as export
+            tiling, _ = calibrate_positional(scorer, model.positional.stats, whole, tiling, fpr, methods, source=source)
+            image_level = tiling.calibration
+        else:
+            image_level = calibrate_tiled(scorer, whole, tiling, fpr, methods, source=source)
+    assert image_level is not None
     warn_if_unpromisable(fpr, len(whole), tail=any(c.tail is not None for c in image_level.methods.values()))
     new = manifest.with_calibration(main, {})
     raw = dict(new.raw)
     history = [dict(h) for h in raw.get("calibration_history", [])]
-    if history and tiling.calibration is not None:  # the image-level calibration it replaces, beside the tiles'
-        history[-1]["tiling"] = tiling.calibration.to_dict()
+    if history and previous is not None:  # the image-level calibration it replaces, beside the tiles'
+        history[-1]["tiling"] = previous.to_dict()
     raw["calibration_history"] = history
     return replace(new, raw=raw, tiling=replace(tiling, calibration=image_level))
 

@@ -15,6 +15,15 @@ the far edges), the tiles are scored in batches of ``TILE_BATCH`` (never an arra
 - its maps are the tiles' maps averaged where tiles overlap.
 
 The graphs do not change: a tile is an ordinary input of the bundle, scored exactly as an image of that size.
+
+Two kinds of camera. On a **stationary surface** (textures, tissue, webs; ``positional: false``) every tile is
+judged alike: the anomaly map's per-pixel statistics are those of a tile, pooled over positions. A **fixed camera**
+(``positional: true``) sees the same scene in every frame of one size, so what is normal depends on where in the
+frame a pixel is: the bundle then stores the statistics of the stitched residual map per pixel of the whole
+frame (``tiling.map``, measured on training frames), the anomaly map of a frame is its stitched residual
+standardised by them, and a tile's ``local`` score is the mean of the top of that map over the tile. ``combined``
+reads its ``local`` part against references measured the same way (``tiling.references``). Such a bundle scores
+frames of its frame size only.
 """
 
 from __future__ import annotations
@@ -26,7 +35,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import ArrayInputError
-from .manifest import Calibration
+from .manifest import Calibration, MapEntry
+from .maps import Combination, MapStats, Reference, residual_magnitude
 
 if TYPE_CHECKING:
     from .model import Scorer
@@ -40,6 +50,15 @@ AGGREGATES = ("max",)
 NOT_FOR_WHOLE_IMAGES = ("iwae",)
 # Largest number of grid tiles cut from held-out images for validation and the tiles' own calibration.
 VALIDATION_TILES = 1000
+# A fixed camera's per-position map statistics (float32 little-endian, row-major (2, H, W) of the frame).
+FRAME_MAP_FILE = "frame_map_stats.f32"
+# Methods whose tile scores read the map statistics: per position on a fixed camera.
+POSITIONAL_METHODS = ("local", "combined")
+CAMERAS = ("auto", "fixed", "surface")
+# ``auto`` chooses a fixed camera when the training frames share one size and the variance of a pixel across
+# frames is below this share of the pixels' total variance (the same scene in every frame), with enough frames.
+FIXED_CAMERA_SHARE = 0.5
+MIN_FRAMES = 10
 
 
 def tile_starts(length: int, tile: int, stride: int) -> NDArray[np.int64]:
@@ -97,9 +116,11 @@ class Tiling:
         aggregate: how tile scores become the image's score (``max``).
         downscale: images are shrunk by this whole factor before tiling (as they were for training).
         positional: whether the map statistics depend on the position in the image (False: a stationary
-            surface, every tile judged alike).
+            surface, every tile judged alike; True: a fixed camera, frames of ``frame`` only).
         calibration: the aggregate's calibration on whole held-out images (thresholds, scores, tails).
-        images: how many whole images calibrated it and their sizes (informational).
+        frame: a fixed camera's frame (H, W), after ``downscale``.
+        map: a fixed camera's per-position map statistics file (``FRAME_MAP_FILE``, (2, H, W) of the frame).
+        references: a fixed camera's references of ``combined``'s parts, its ``local`` read per position.
     """
 
     tile: tuple[int, int]
@@ -109,6 +130,9 @@ class Tiling:
     positional: bool = False
     calibration: Calibration | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    frame: tuple[int, int] | None = None
+    map: MapEntry | None = None
+    references: Mapping[str, Reference] | None = None
 
     def __post_init__(self) -> None:
         if not (1 <= self.stride <= min(self.tile)):
@@ -117,6 +141,26 @@ class Tiling:
             raise ValueError(f"tiling.aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}")
         if self.downscale < 1:
             raise ValueError(f"tiling.downscale must be >= 1, got {self.downscale}")
+        if self.positional:
+            if self.frame is None or self.map is None:
+                raise ValueError("a positional tiling needs tiling.frame and tiling.map (its per-position statistics)")
+            if self.frame[0] < self.tile[0] or self.frame[1] < self.tile[1]:
+                raise ValueError(f"tiling.frame {list(self.frame)} is smaller than one tile {list(self.tile)}")
+            if self.map.shape != (2, *self.frame):
+                raise ValueError(f"tiling.map.shape must be [2, {self.frame[0]}, {self.frame[1]}] (the frame), got "
+                                 f"{list(self.map.shape)}")
+
+    def check_frame(self, height: int, width: int) -> None:
+        """Refuse an image a fixed-camera tiling cannot score (another size than its frame).
+
+        Raises:
+            ArrayInputError: a positional tiling and an image of another size.
+        """
+        if self.positional and self.frame is not None and (height, width) != self.frame:
+            shrink = f" after shrinking {self.downscale}x" if self.downscale > 1 else ""
+            raise ArrayInputError(f"this bundle is for a fixed camera: it scores frames of {self.frame[0]}x{self.frame[1]} "
+                                  f"px{shrink} (its statistics are per position), got {height}x{width}; crop or "
+                                  "resize frames to the training size, or export the run with --camera surface")
 
     def grid(self, height: int, width: int) -> TileGrid:
         return TileGrid(height, width, self.tile, self.stride)
@@ -139,16 +183,49 @@ class Tiling:
         tile = [int(v) for v in data["tile"]]
         if len(tile) != 2:
             raise ValueError(f"tiling.tile must be [H, W], got {tile}")
+        frame = data.get("frame")
+        if frame is not None and len(frame) != 2:
+            raise ValueError(f"tiling.frame must be [H, W], got {frame}")
+        entry, refs = data.get("map"), data.get("references")
         return cls((tile[0], tile[1]), int(data["stride"]), str(data.get("aggregate", "max")),
                    int(data.get("downscale", 1)), bool(data.get("positional", False)),
-                   Calibration.from_dict(cal) if cal is not None else None, dict(data))
+                   Calibration.from_dict(cal) if cal is not None else None, dict(data),
+                   (int(frame[0]), int(frame[1])) if frame is not None else None,
+                   MapEntry.from_dict(entry) if entry is not None else None,
+                   {p: Reference.from_dict(r) for p, r in refs.items()} if refs is not None else None)
 
     def to_dict(self) -> dict[str, Any]:
         out = {**self.raw, "tile": list(self.tile), "stride": self.stride, "aggregate": self.aggregate,
                "downscale": self.downscale, "positional": self.positional}
         if self.calibration is not None:
             out["calibration"] = self.calibration.to_dict()
+        if self.frame is not None:
+            out["frame"] = list(self.frame)
+        if self.map is not None:
+            out["map"] = self.map.to_dict()
+        if self.references is not None:
+            out["references"] = {p: r.to_dict() for p, r in self.references.items()}
         return out
+
+    def combination(self, parts: Sequence[str]) -> Combination | None:
+        """A fixed camera's ``combined`` parts with its per-position references (None without them)."""
+        if self.references is None or any(p not in self.references for p in parts):
+            return None
+        return Combination(tuple(parts), {p: self.references[p] for p in parts})
+
+
+@dataclass(frozen=True)
+class Positional:
+    """What a fixed camera's tiles are scored with: the frame's per-position map statistics and the ``combined``
+    references measured with them (None when the combination is not calibrated yet)."""
+
+    stats: MapStats
+    combination: Combination | None = None
+
+    @property
+    def frame(self) -> tuple[int, int]:
+        h, w = self.stats.mean.shape
+        return int(h), int(w)
 
 
 def grid_tiles(images: Sequence[NDArray[Any]], tile: int, limit: int = VALIDATION_TILES, seed: int = 0) -> NDArray[Any]:
@@ -191,8 +268,13 @@ def size_adjusted_fpr(fpr: float, tiles: int, tiles0: int) -> float:
 
 
 def image_tile_scores(scorer: "Scorer", image: NDArray[Any], grid: TileGrid, methods: tuple[str, ...],
-                      batch: int = TILE_BATCH) -> dict[str, NDArray[np.float64]]:
-    """Each method's raw score of every tile of ``image`` (C, H, W), in the grid's order: {method: (n,)}."""
+                      batch: int = TILE_BATCH, positional: Positional | None = None) -> dict[str, NDArray[np.float64]]:
+    """Each method's raw score of every tile of ``image`` (C, H, W), in the grid's order: {method: (n,)}. With
+    ``positional`` (a fixed camera; default: the scorer's own, a Model of a positional bundle has one), ``local``
+    and ``combined`` read the map per position (:func:`positional_tile_scores`)."""
+    positional = positional if positional is not None else getattr(scorer, "positional", None)
+    if positional is not None and any(m in POSITIONAL_METHODS for m in methods):
+        return positional_tile_scores(scorer, image, grid, methods, positional, batch)[0]
     out: dict[str, list[NDArray[Any]]] = {m: [] for m in methods}
     for _, tiles in grid.batches(image, batch):
         xb = scorer.prepare(tiles)
@@ -201,11 +283,84 @@ def image_tile_scores(scorer: "Scorer", image: NDArray[Any], grid: TileGrid, met
     return {m: np.concatenate(v).astype(np.float64) for m, v in out.items()}
 
 
+def window_tops(frame_map: F32, grid: TileGrid, stats: MapStats, batch: int = TILE_BATCH) -> NDArray[np.float64]:
+    """Per tile of ``grid``, the mean of the ``stats.top_k`` largest values of ``frame_map`` (H, W) under it: a
+    fixed camera's tile ``local`` scores (n,)."""
+    th, tw = grid.tile
+    pos = grid.positions
+    out = [stats.local_score(np.stack([frame_map[y:y + th, x:x + tw] for y, x in pos[i:i + batch]]))
+           for i in range(0, pos.shape[0], batch)]
+    return np.concatenate(out).astype(np.float64)
+
+
+def positional_tile_scores(scorer: "Scorer", image: NDArray[Any], grid: TileGrid, methods: Sequence[str],
+                           positional: Positional, batch: int = TILE_BATCH,
+                           parts: bool = False) -> tuple[dict[str, NDArray[np.float64]], F32]:
+    """A fixed camera's tile scores of one frame (C, H, W) and its anomaly map (H, W).
+
+    One pass over the tiles in batches scores the position-free methods and stitches the residual magnitudes
+    (averaged where tiles overlap); the stitched map standardised by the frame's per-position statistics is the
+    anomaly map; a tile's ``local`` is the mean of its top ``top_k`` map values, and ``combined`` reads that
+    ``local`` against ``positional.combination``. With ``parts``, the combined score's parts come back too (as
+    ``part:<name>``), which is what calibrating the combination needs.
+
+    Raises:
+        ArrayInputError: the frame is not of the statistics' size.
+        ValueError: ``combined`` asked for without a combination.
+    """
+    if (grid.height, grid.width) != positional.frame:
+        raise ArrayInputError(f"a fixed-camera bundle scores frames of {positional.frame[0]}x{positional.frame[1]} px, "
+                              f"got {grid.height}x{grid.width}")
+    names = list(scorer.spec.combined_parts) if ("combined" in methods or parts) else []
+    plain = [m for m in methods if m not in POSITIONAL_METHODS]
+    out: dict[str, list[NDArray[Any]]] = {m: [] for m in plain}
+    part_out: dict[str, list[NDArray[Any]]] = {p: [] for p in names}  # as combined computes them (its own K)
+    stats = positional.stats
+    total = np.zeros((grid.height, grid.width), np.float32)
+    count = np.zeros((grid.height, grid.width), np.float32)
+    th, tw = grid.tile
+    for positions, tiles in grid.batches(image, batch):
+        xb = scorer.prepare(tiles)
+        for m in plain:
+            out[m].append(scorer.raw_scores(xb, m))
+        if names:
+            got = scorer.combined_parts(xb)
+            for p in names:
+                part_out[p].append(got[p])
+        for (y, x), m in zip(positions, scorer.residual_magnitudes(xb)):
+            total[y:y + th, x:x + tw] += m
+            count[y:y + th, x:x + tw] += 1.0
+    frame_map = stats.standardise(total / count)
+    scores = {m: np.concatenate(v).astype(np.float64) for m, v in out.items()}
+    part_scores = {p: np.concatenate(v).astype(np.float64) for p, v in part_out.items()}
+    local = window_tops(frame_map, grid, stats, batch)
+    if "local" in part_scores:
+        part_scores["local"] = local
+    result = {m: local if m == "local" else scores[m] for m in methods if m != "combined"}
+    if "combined" in methods:
+        if positional.combination is None:
+            raise ValueError("this fixed-camera bundle has no per-position references for combined")
+        result["combined"] = positional.combination.statistic(
+            {p: part_scores[p] for p in positional.combination.parts}).astype(np.float64)
+    if parts:
+        result.update({f"part:{p}": part_scores[p] for p in names})
+    return result, frame_map
+
+
 def packed_tile_scores(scorer: "Scorer", images: Sequence[NDArray[Any]], grids: Sequence[TileGrid], method: str,
-                       batch: int = TILE_BATCH, progress: Callable[[int], None] | None = None) -> list[NDArray[np.float64]]:
+                       batch: int = TILE_BATCH, progress: Callable[[int], None] | None = None,
+                       positional: Positional | None = None) -> list[NDArray[np.float64]]:
     """One method's tile scores of several images ((C, H, W) each, with their grids), the tiles of consecutive
     images packed into batches of ``batch``: {image: (n_tiles,)} as a list in order. ``progress`` is called with
-    the number of tiles each batch scored."""
+    the number of tiles each batch scored. A fixed camera's ``local`` and ``combined`` go frame by frame (each
+    needs its whole frame's map first)."""
+    if positional is not None and method in POSITIONAL_METHODS:
+        done = []
+        for image, grid in zip(images, grids):
+            done.append(positional_tile_scores(scorer, image, grid, (method,), positional, batch)[0][method])
+            if progress is not None:
+                progress(len(grid))
+        return done
     pending: list[NDArray[Any]] = []
     owners: list[int] = []
     out: list[list[NDArray[Any]]] = [[] for _ in images]
@@ -245,7 +400,9 @@ def tiled_image_scores(scorer: Any, image: NDArray[Any], methods: Sequence[str])
     methods; ``scorer`` is a Model of a tiled bundle."""
     tiling = scorer.tiling
     img = tile_view(image, scorer.spec.contract.channels)
-    scores = image_tile_scores(scorer, img, tiling.grid(img.shape[1], img.shape[2]), tuple(methods))
+    tiling.check_frame(img.shape[1], img.shape[2])
+    scores = image_tile_scores(scorer, img, tiling.grid(img.shape[1], img.shape[2]), tuple(methods),
+                               positional=getattr(scorer, "positional", None))
     return {m: aggregate(v, tiling.aggregate) for m, v in scores.items()}
 
 
@@ -297,3 +454,44 @@ def tile_view(image: NDArray[Any], channels: int) -> NDArray[Any]:
         raise ArrayInputError(f"a tiled bundle scores one image at a time as (H, W), (C, H, W) or (H, W, C) with "
                               f"{channels} channel(s); got shape {a.shape}")
     return a
+
+
+def frame_map_stats(scorer: "Scorer", frames: Sequence[NDArray[Any]], tiling: Tiling,
+                    batch: int = TILE_BATCH) -> MapStats:
+    """A fixed camera's per-position statistics: the residual magnitudes of each training frame (C, H, W, all of
+    one size) stitched by tiles as scoring stitches them, then their per-pixel mean and spread over the frames
+    (``MapStats.fit``; ``top_k`` that of a tile, as ``local`` averages over a tile).
+
+    Raises:
+        ValueError: fewer than two frames, frames of several sizes, or a scorer without map statistics.
+    """
+    sizes = {(int(f.shape[1]), int(f.shape[2])) for f in frames}
+    if len(sizes) != 1:
+        raise ValueError(f"a fixed camera's frames share one size; got {len(sizes)} sizes")
+    (h, w), = sizes
+    grid = tiling.grid(h, w)
+    stats = scorer.maps
+    if stats is None:
+        raise ValueError("per-position statistics need the tiles' own map statistics first")
+    fitted = MapStats.fit([stitch(f, grid, scorer.residual_magnitudes, batch)[None] for f in frames], stats.sigma)
+    return MapStats(fitted.mean, fitted.spread, stats.sigma, stats.top_k)
+
+
+def frame_alignment(frames: Sequence[NDArray[Any]]) -> float | None:
+    """The share of the pixels' variance that lies between frames at one position (mean over pixels of the
+    variance across frames, over the variance of all pixel values): near 0 when every frame shows the same scene
+    (a fixed camera), near 1 for views of a surface at random places. None when the frames differ in size or are
+    fewer than ``MIN_FRAMES``."""
+    if len(frames) < MIN_FRAMES or len({tuple(f.shape) for f in frames}) != 1:
+        return None
+    total = np.zeros(frames[0].shape, np.float64)
+    squares = np.zeros(frames[0].shape, np.float64)
+    for f in frames:
+        v = np.asarray(f, np.float64)
+        total += v
+        squares += v * v
+    n = len(frames)
+    mean = total / n
+    between = float(np.mean(squares / n - mean * mean))
+    overall = float(squares.sum() / (n * mean.size) - (total.sum() / (n * mean.size)) ** 2)
+    return between / overall if overall > 0 else 0.0

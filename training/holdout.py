@@ -27,6 +27,22 @@ HOLDOUT = "holdout.npz"
 HOLDOUT_VERSION = 1
 
 
+# A tiled run whose images share one size keeps up to this many training images whole (at most FRAME_VALUES
+# values in all), for a fixed camera's per-position statistics.
+REFERENCE_FRAMES = 200
+FRAME_VALUES = 64 * 2**20
+
+
+def reference_frames(images: list[NDArray[Any]], seed: int) -> tuple[NDArray[Any], ...]:
+    """Training images kept whole for per-position statistics: none unless all share one size, else up to
+    ``REFERENCE_FRAMES`` (and ``FRAME_VALUES`` values) chosen with ``seed``."""
+    if not images or len({tuple(im.shape) for im in images}) != 1:
+        return ()
+    limit = min(REFERENCE_FRAMES, max(1, FRAME_VALUES // int(images[0].size)), len(images))
+    keep = np.sort(np.random.default_rng([seed, 7]).choice(len(images), limit, replace=False))
+    return tuple(images[int(i)] for i in keep)
+
+
 def fingerprint(images: NDArray[Any]) -> str:
     """``sha256:`` and the digest of an image array's dtype, shape and bytes (the source as loaded)."""
     digest = hashlib.sha256(f"{images.dtype.str}{tuple(images.shape)}".encode())
@@ -44,22 +60,25 @@ def reference_indices(train_idx: NDArray[np.int64], seed: int, limit: int = REFE
 @dataclass(frozen=True)
 class Holdout:
     """A run's held-out images (N, C, H, W) as loaded, and the fingerprint of the source they came from. A tiled
-    run's ``calibration`` and ``reference`` are tiles, and ``whole`` keeps its held-out images at their own
-    sizes (C, H, W each) for the image-level calibration."""
+    run's ``calibration`` and ``reference`` are tiles, ``whole`` keeps its held-out images at their own
+    sizes (C, H, W each) for the image-level calibration, and ``frames`` some of its training images whole when
+    they all share one size (a fixed camera's per-position statistics are measured on them)."""
 
     calibration: NDArray[Any]
     reference: NDArray[Any]
     source_fingerprint: str
     whole: tuple[NDArray[Any], ...] = ()
+    frames: tuple[NDArray[Any], ...] = ()
 
     def save(self, run_dir: str | os.PathLike[str]) -> Path:
         """Write ``holdout.npz`` into the run folder atomically."""
         path = Path(run_dir) / HOLDOUT
         buffer = io.BytesIO()
         whole = {f"whole_{i:06d}": im for i, im in enumerate(self.whole)}
+        frames = {f"frame_{i:06d}": im for i, im in enumerate(self.frames)}
         np.savez_compressed(buffer, calibration=self.calibration, reference=self.reference,
                             source_fingerprint=np.array(self.source_fingerprint), version=np.array(HOLDOUT_VERSION),
-                            **whole)
+                            **whole, **frames)
         with atomic_path(path) as tmp:
             Path(tmp).write_bytes(buffer.getvalue())
         return path
@@ -79,7 +98,8 @@ class Holdout:
                 if int(data["version"]) != HOLDOUT_VERSION:
                     raise ValueError(f"version {int(data['version'])}, this edgevae reads {HOLDOUT_VERSION}")
                 whole = tuple(data[k] for k in sorted(k for k in data.files if k.startswith("whole_")))
-                return cls(data["calibration"], data["reference"], str(data["source_fingerprint"]), whole)
+                frames = tuple(data[k] for k in sorted(k for k in data.files if k.startswith("frame_")))
+                return cls(data["calibration"], data["reference"], str(data["source_fingerprint"]), whole, frames)
         except (OSError, KeyError, ValueError) as exc:
             raise ValueError(f"{path}: not a readable holdout file ({exc}); retrain the run or export with explicit "
                              "calibration images") from exc

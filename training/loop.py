@@ -22,7 +22,7 @@ from edgevae.runtime.contract import InputContract, uint8_to_unit
 from edgevae.runtime.errors import CheckpointError, InputError
 
 from .data import IN_MEMORY, DataSpec, auto_val_fraction, load_images, source_shape, split_indices
-from .holdout import Holdout, fingerprint, reference_indices
+from .holdout import Holdout, fingerprint, reference_frames, reference_indices
 from .model import RULE_FIELDS, SHAPE_FIELDS, VAE, ModelConfig
 from . import distributed
 from .objectives import ELBOTerms, elbo_terms
@@ -461,7 +461,8 @@ def _tiled_set(data: DataSpec, model_config: ModelConfig, train_config: TrainCon
     per_epoch = tiles_per_epoch(train_images, tile, data.tiles_per_epoch)
     x_val = grid_tiles(held_out, tile, VALIDATION_TILES, train_config.seed)
     reference = source.draw(options.REFERENCE_IMAGES, np.random.default_rng([train_config.seed, 0, 1]))
-    holdout = Holdout(x_val, reference, fingerprint_images(images), tuple(held_out))
+    holdout = Holdout(x_val, reference, fingerprint_images(images), tuple(held_out),
+                      reference_frames(train_images, train_config.seed))
     emit("split", {"n_train": len(train_idx), "n_val": len(val_idx), "val_fraction": train_config.val_fraction,
                    "processes": ranks.world, "device": str(ranks.device),
                    "tiles": {"tile": tile, "per_epoch": per_epoch, "val_tiles": int(x_val.shape[0]),

@@ -203,7 +203,8 @@ class Inputs:
     def whole_images(self, paths: Sequence[str], contract: InputContract, tiling: Any, *,
                      echo: bool = True) -> Iterator[tuple[str, NDArray[Any] | None, str | None]]:
         """A tiled bundle's inputs, one at a time: (name, image at its own size shrunk by ``tiling.downscale``,
-        None) or (name, None, error) for an input that cannot be read or is smaller than one tile; each failure is
+        None) or (name, None, error) for an input that cannot be read, is smaller than one tile or (a fixed
+        camera) is not a frame of its size; each failure is
         recorded (and, with ``echo``, printed)."""
         from edgevae.runtime.errors import InputError
         from edgevae.runtime.inputs import expand_paths
@@ -217,6 +218,10 @@ class Inputs:
                 if min(image.shape[1:]) < min(tiling.tile):
                     raise InputError(f"{name}: {image.shape[1]}x{image.shape[2]} (after downscale "
                                      f"{tiling.downscale}) is smaller than one {tiling.tile[0]}x{tiling.tile[1]} tile")
+                try:  # a fixed camera scores frames of its size only
+                    tiling.check_frame(image.shape[1], image.shape[2])
+                except InputError as exc:
+                    raise InputError(f"{name}: {exc}") from exc
             except InputError as exc:
                 self.failures.append((name, str(exc)))
                 if echo:

@@ -32,6 +32,9 @@ from .common import errors, given, method_choice, need_training, warnings_to_std
               help="Side (pixels) of the square the defect score averages the defect head's logits over.")
 @click.option("--tile-stride", type=click.IntRange(min=1), show_default="half a tile",
               help="A tiled run (train --tile): pixels between neighbouring tiles when scoring large images.")
+@click.option("--camera", type=click.Choice(("auto", "fixed", "surface")), show_default="auto",
+              help="A tiled run: 'fixed' (the same scene in every frame of one size: map statistics per position), "
+                   "'surface' (textures, tissue, webs: position-free), or 'auto' (chosen from the training frames).")
 @click.option("--no-defect-head", "defect_head", flag_value=False, default=None,
               help="Leave the run's defect head (defect.pt) out of the bundle.")
 @click.option("--quantize", type=click.Choice(options.QUANTIZE_VARIANTS),
