@@ -184,7 +184,10 @@ export async function openBundle(ort, readFile, sha256Hex, { method = null, sess
     parts: spec.kind === "combination" ? combinationParts(manifest, chosen, spec) : [], map: null,
   };
   bundle.tiling = manifest.tiling ? tilingOf(manifest, chosen, bundle) : null;
-  if ([chosen, ...bundle.parts.map((p) => p.name)].some((m) => specs[m].map)) bundle.map = await mapStats(readFile, sha256Hex, manifest);
+  if ([chosen, ...bundle.parts.map((p) => p.name)].some((m) => specs[m].map)) {
+    bundle.map = await mapStats(readFile, sha256Hex, manifest);
+    if (bundle.tiling && bundle.tiling.positional) await frameStats(readFile, sha256Hex, manifest, bundle.tiling.positional);
+  }
   for (const name of [chosen, ...bundle.parts.map((p) => p.name)]) {
     if (specs[name].kind === "monte_carlo") bundle.noise[name] = await noiseOf(readFile, sha256Hex, manifest, name, specs[name], bundle.latent);
   }
@@ -216,9 +219,10 @@ function tilingOf(manifest, method, bundle) {
     throw new BundleError(`this tiled bundle shrinks images ${t.downscale}x before tiling (tiling.downscale), which this `
       + "program does not do; score it with the Python runtime (edgevae score)");
   }
-  if ((t.positional ?? false) !== false) {
-    throw new BundleError("tiling.positional: per-position statistics are not scored here; score the bundle with the Python runtime (edgevae score)");
+  if (typeof (t.positional ?? false) !== "boolean") {
+    throw new BundleError("tiling.positional must be true (a fixed camera) or false (a stationary surface)");
   }
+  const positional = t.positional ? positionalOf(t, bundle) : null;
   const cal = t.calibration, entry = cal && cal.methods && cal.methods[method], median = cal ? (cal.tiles_median ?? 0) : 0;
   if (!entry || !Number.isFinite(entry.threshold) || !Array.isArray(entry.scores) || entry.scores.length < 2
       || !(cal.fpr > 0 && cal.fpr < 1) || !Number.isInteger(median) || median < 0) {
@@ -226,7 +230,49 @@ function tilingOf(manifest, method, bundle) {
       + "threshold, fpr in (0, 1), tiles_median >= 0); calibrate it on whole images with edgevae calibrate");
   }
   return { stride: t.stride, fpr: cal.fpr, tilesMedian: median, threshold: entry.threshold,
-    scores: Float64Array.from(entry.scores), tail: entry.tail || null };
+    scores: Float64Array.from(entry.scores), tail: entry.tail || null, positional };
+}
+
+// A fixed camera's tiling (positional: true): its frame, its per-position statistics' file entry and, for a
+// combination, its parts' references read per position (they replace the tiles' own in bundle.parts).
+function positionalOf(t, bundle) {
+  const frame = t.frame, map = t.map || {}, whole = (v) => Number.isInteger(v);
+  if (!Array.isArray(frame) || frame.length !== 2 || !whole(frame[0]) || !whole(frame[1])
+      || frame[0] < bundle.height || frame[1] < bundle.width || frame[0] * frame[1] > 1 << 26) {
+    throw new BundleError(`tiling.frame must be [height, width] for a fixed camera (tiling.positional), at least one tile (${bundle.height}x${bundle.width}) and at most 2^26 pixels`);
+  }
+  if (typeof map.file !== "string" || !map.file || map.file.includes("/") || !Array.isArray(map.shape)
+      || map.shape.length !== 3 || map.shape[0] !== 2 || map.shape[1] !== frame[0] || map.shape[2] !== frame[1]) {
+    throw new BundleError(`tiling.map must name a file in the bundle of shape [2, ${frame[0]}, ${frame[1]}] (the frame)`);
+  }
+  if (!(map.sigma > 0 && map.sigma <= 64) || !whole(map.top_k) || map.top_k < 1 || map.top_k > bundle.height * bundle.width) {
+    throw new BundleError(`tiling.map has a sigma outside (0, 64] or a top_k outside 1..${bundle.height * bundle.width}`);
+  }
+  for (const part of bundle.parts) {
+    const ref = t.references && t.references[part.name];
+    if (!ref || !Array.isArray(ref.scores) || ref.scores.length < 2) {
+      throw new BundleError(`a fixed camera's combined part ${part.name} has no reference (tiling.references); re-export the bundle`);
+    }
+    part.scores = Float64Array.from(ref.scores);
+    part.tail = ref.tail ? { ...ref.tail, shape: Math.max(ref.tail.shape, 0) } : null;
+  }
+  return { height: frame[0], width: frame[1], file: map.file, sigma: map.sigma, topK: map.top_k, mean: null, spread: null };
+}
+
+// A fixed camera's per-position statistics (tiling.map's file, float32 (2, frame H, frame W)).
+async function frameStats(readFile, sha256Hex, manifest, positional) {
+  const bytes = await readVerified(readFile, sha256Hex, manifest, positional.file), n = positional.height * positional.width;
+  if (bytes.byteLength !== 8 * n) {
+    throw new BundleError(`${positional.file} does not hold float32 (2, ${positional.height}, ${positional.width})`);
+  }
+  const values = new Float32Array(bytes.slice().buffer, 0, 2 * n);
+  for (let i = 0; i < n; i++) {
+    if (!Number.isFinite(values[i]) || !(values[n + i] > 0) || !Number.isFinite(values[n + i])) {
+      throw new BundleError(`${positional.file} holds a mean that is not finite or a spread that is not positive`);
+    }
+  }
+  positional.mean = values.subarray(0, n);
+  positional.spread = values.subarray(n);
 }
 
 // A Monte-Carlo method's shared noise (its spec's file, float32 (K, D)).
@@ -412,6 +458,12 @@ export function tileStarts(length, tile, stride) {
 // (NaN when a tile's is, as numpy's max), each tile scored as an image of the bundle's size; one tile is copied
 // out at a time. -> { score, tiles }.
 export async function scoreTiled(bundle, x, height, width) {
+  const pos = bundle.tiling.positional;
+  if (pos && (height !== pos.height || width !== pos.width)) {
+    throw new Error(`this bundle is for a fixed camera: it scores frames of ${pos.height}x${pos.width} px (its statistics `
+      + `are per position), got ${height}x${width}; crop or resize frames to the training size`);
+  }
+  if (pos && bundle.map) return scorePositional(bundle, x, height, width);
   let best = -Infinity, tiles = 0;
   await eachTile(bundle, x, height, width, async (tile) => {
     const { score } = await scoreImage(bundle, tile);
@@ -419,6 +471,50 @@ export async function scoreTiled(bundle, x, height, width) {
     tiles++;
   });
   return { score: best, tiles };
+}
+
+// A fixed camera's score of one frame (edgevae.runtime.tiles.positional_tile_scores): every tile's residual
+// magnitude stitched over the frame (averaged where tiles overlap, in float32 as the runtime sums it) and
+// standardised per pixel by the frame's statistics; a tile's local is the mean of the top_k largest values of that
+// map under it; a combination reads its parts (local the per-position one) against tiling.references.
+async function scorePositional(bundle, x, height, width) {
+  const pos = bundle.tiling.positional, { height: th, width: tw } = bundle, spec = bundle.specs[bundle.method];
+  const total = new Float32Array(height * width), count = new Float32Array(height * width), where = [], partScores = [];
+  await eachTile(bundle, x, height, width, async (tile, y, x0) => {
+    const encoded = await encode(bundle, tile);
+    if (spec.kind === "combination") {
+      const scores = [];
+      for (const part of bundle.parts) {
+        scores.push((await methodScore(bundle, part.name, tile, encoded, spec.part_samples[part.name] ?? bundle.specs[part.name].samples)).score);
+      }
+      partScores.push(scores);
+    }
+    const { mean } = await decode(bundle, Float32Array.from(encoded.mu), 1);
+    const sq = smoothedSquare(bundle, tile, mean, pos.sigma);
+    for (let r = 0; r < th; r++) for (let k = 0; k < tw; k++) {
+      total[(y + r) * width + x0 + k] += Math.fround(Math.sqrt(sq[r * tw + k]));
+      count[(y + r) * width + x0 + k] += 1;
+    }
+    where.push([y, x0]);
+  });
+  for (let i = 0; i < total.length; i++) total[i] = Math.fround(Math.fround(total[i] / count[i]) - pos.mean[i]) / pos.spread[i];
+  let best = -Infinity;
+  const values = new Float64Array(th * tw), localAt = bundle.parts.findIndex((p) => p.name === "local");
+  where.forEach(([y, x0], t) => {
+    for (let r = 0; r < th; r++) for (let k = 0; k < tw; k++) values[r * tw + k] = total[(y + r) * width + x0 + k];
+    values.sort((a, b) => b - a);
+    let sum = 0;
+    for (let i = 0; i < pos.topK; i++) sum += values[i];
+    let score = Math.fround(sum / pos.topK);
+    if (spec.kind === "combination") {
+      if (localAt >= 0) partScores[t][localAt] = score;
+      let logPMin = 0;
+      bundle.parts.forEach((part, i) => { logPMin = Math.min(logPMin, logPValueOf(part, partScores[t][i])); });
+      score = Math.fround(Math.min(-logPMin, 1e30));
+    }
+    if (Number.isNaN(score) || score > best) best = score;
+  });
+  return { score: best, tiles: where.length };
 }
 
 // Calls visit(tile, y, x) for every tile of a preprocessed image (float32 CHW, height x width) on the bundle's

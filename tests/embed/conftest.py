@@ -213,6 +213,73 @@ def tiled_bundle(bundle: Path, tmp_path_factory: pytest.TempPathFactory, test_di
 
 
 @pytest.fixture(scope="session")
+def fixed_camera(bundle: Path, tmp_path_factory: pytest.TempPathFactory, test_digits) -> tuple[Path, dict[str, np.ndarray]]:  # type: ignore[no-untyped-def]
+    """The session bundle made a fixed camera (``tiling.positional``): 28x28 tiles every 14 px over 56x70 frames
+    of one mosaic of digits with sensor noise, its per-position statistics measured on 24 frames
+    (``tiles.frame_map_stats``, as export does) and its references and image-level calibration on 20 more by
+    ``edgevae.runtime.recalibrate``; and PGM and PNG test files with the uint8 arrays they hold: normal frames,
+    a frame with a bright bar, one with a dark patch, and a frame of another size (which every reader refuses)."""
+    from PIL import Image
+
+    from edgevae.runtime import load
+    from edgevae.runtime.files import sha256_hex
+    from edgevae.runtime.recalibrate import recalibrate
+    from edgevae.runtime.tiles import FRAME_MAP_FILE, Tiling, frame_map_stats
+
+    rng = np.random.default_rng(9)
+    scene = mosaic(test_digits[0][:300], rng, 56, 70).astype(np.float64)
+
+    def frame() -> np.ndarray:
+        return np.clip(np.rint(scene + rng.normal(0, 6, scene.shape)), 0, 255).astype(np.uint8)
+
+    copy = tmp_path_factory.mktemp("fixed_camera") / "bundle"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "edgevae.json").read_text())
+    with load(copy, ["CPUExecutionProvider"]) as model:
+        stats = frame_map_stats(model, [frame()[None] for _ in range(24)], Tiling((28, 28), 14))
+    data = stats.to_bytes()
+    (copy / FRAME_MAP_FILE).write_bytes(data)
+    manifest["files"][FRAME_MAP_FILE] = {"sha256": sha256_hex(data), "bytes": len(data)}
+    manifest["tiling"] = {"tile": [28, 28], "stride": 14, "aggregate": "max", "downscale": 1, "positional": True,
+                          "frame": [56, 70], "map": {**stats.manifest_entry(), "file": FRAME_MAP_FILE,
+                                                     "shape": [2, 56, 70]}}
+    (copy / "edgevae.json").write_text(json.dumps(manifest, indent=2))
+    recalibrate(copy, [frame()[None] for _ in range(20)], fpr=0.05)
+    folder = tmp_path_factory.mktemp("fixed_camera_inputs")
+    images = [frame() for _ in range(3)]
+    bar, patch = frame(), frame()
+    bar[20:23, 5:40] = 255
+    patch[30:38, 50:58] = 0
+    arrays: dict[str, np.ndarray] = {}
+    for i, image in enumerate([*images, bar, patch]):
+        for suffix in (".pgm", ".png"):
+            Image.fromarray(image).save(folder / f"f{i}{suffix}")
+            arrays[str(folder / f"f{i}{suffix}")] = image
+    Image.fromarray(frame()[:, :56]).save(folder / "other_size.pgm")
+    return copy, arrays
+
+
+def check_fixed_camera(run, fixed_camera, method: str, png: bool) -> None:  # type: ignore[no-untyped-def]
+    """A program scores a fixed camera's frames as ``Model.score_tiled`` does, and gives a frame of another size
+    an error row that names the frame's size while the frames beside it are scored."""
+    from edgevae.runtime import load
+
+    bundle, arrays = fixed_camera
+    inputs = {k: v for k, v in arrays.items() if png or not k.endswith(".png")}
+    proc = run("-m", str(bundle), "--method", method, *inputs)
+    assert proc.returncode == 0 and "Sanitizer" not in proc.stderr, proc.stderr
+    model = load(bundle, ["CPUExecutionProvider"])
+    assert model.positional is not None
+    compare_tiled(model, [json.loads(line) for line in proc.stdout.splitlines()], inputs, method)
+    other = str(Path(next(iter(arrays))).with_name("other_size.pgm"))
+    first = next(iter(inputs))
+    proc = run("-m", str(bundle), "--method", method, other, first)
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 2 and "fixed camera" in rows[0]["error"] and "56x70" in rows[0]["error"], proc.stdout
+    assert "score" in rows[1] and "Sanitizer" not in proc.stderr
+
+
+@pytest.fixture(scope="session")
 def tiled_inputs(tmp_path_factory: pytest.TempPathFactory, test_digits) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
     """Large PGM, PPM and PNG files for the tiled bundle, with the uint8 arrays they hold: mosaics of unseen digits
     of as many tiles as the calibration images (56x56: 9), fewer (42x70: 8) and more (84x98: 30; 60x45: 12), one
@@ -559,12 +626,15 @@ def tiled_variant(tiled_bundle: Path, folder: Path, **changes) -> Path:  # type:
 
 def check_tiled_refusals(run, tiled_bundle: Path, folder: Path, image: str) -> None:  # type: ignore[no-untyped-def]
     """A program refuses, with exit status 1, no rows and a message naming the field, the tiled bundles it does
-    not score as the runtime does: images shrunk before tiling, per-position statistics, a tile other than the
-    input, a method without an image-level calibration."""
-    cases = {"downscale": {"downscale": 2}, "positional": {"positional": True}, "tiling.tile": {"tile": [14, 28]},
+    not score as the runtime does: images shrunk before tiling, per-position statistics without their frame and
+    file, a positional flag that is not a boolean, a tile other than the input, a method without an image-level
+    calibration."""
+    cases = {"downscale": {"downscale": 2}, "positional": {"positional": True}, "tiling.positional must be": {"positional": 1},
+             "tiling.tile": {"tile": [14, 28]},
              "image-level calibration": {"calibration": {"fpr": 0.01, "methods": {}}}}
-    for words, change in cases.items():
-        proc = run("-m", str(tiled_variant(tiled_bundle, folder, **change)), image)
+    for i, (words, change) in enumerate(cases.items()):
+        (folder / f"case{i}").mkdir()
+        proc = run("-m", str(tiled_variant(tiled_bundle, folder / f"case{i}", **change)), image)
         assert proc.returncode == 1 and words in proc.stderr and proc.stdout == "", (words, proc.stderr)
         assert "Sanitizer" not in proc.stderr
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import EMBED, METHODS, check_bad_input_corpus, check_tiled_bad_files, check_tiled_refusals, compare_tiled, check_mutated_corpus, program_rows, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_specs_are_read, compare, need, without_png
+from .conftest import EMBED, METHODS, check_bad_input_corpus, check_tiled_bad_files, check_fixed_camera, check_tiled_refusals, compare_tiled, check_mutated_corpus, program_rows, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_specs_are_read, compare, need, without_png
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 
@@ -169,3 +169,8 @@ def test_c_gives_an_error_row_for_every_bad_file_of_the_corpus(scorer: Path, bun
 
 def test_c_agrees_with_python_on_every_mutated_file(scorer: Path, bundle: Path) -> None:
     check_mutated_corpus(program_rows(lambda *a: run(scorer, *a), bundle, "smooth_recon"), bundle, "c")
+
+
+@pytest.mark.parametrize("method", ["combined", "local", "elbo"])
+def test_c_scores_a_fixed_camera_per_position_as_the_runtime(scorer: Path, fixed_camera, method: str) -> None:  # type: ignore[no-untyped-def]
+    check_fixed_camera(lambda *a: run(scorer, *a), fixed_camera, method, png=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import EMBED, METHODS, check_bad_input_corpus, check_tiled_bad_files, check_tiled_refusals, compare_tiled, check_mutated_corpus, program_rows, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_png_variants, check_specs_are_read, compare, need
+from .conftest import EMBED, METHODS, check_bad_input_corpus, check_tiled_bad_files, check_fixed_camera, check_tiled_refusals, compare_tiled, check_mutated_corpus, program_rows, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_png_variants, check_specs_are_read, compare, need
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 NODE = EMBED / "node"
@@ -110,3 +110,8 @@ def test_node_gives_an_error_row_for_every_bad_file_of_the_corpus(node: str, bun
 
 def test_node_agrees_with_python_on_every_mutated_file(node: str, bundle: Path) -> None:
     check_mutated_corpus(program_rows(lambda *a: run(node, *a), bundle, "smooth_recon"), bundle, "node")
+
+
+@pytest.mark.parametrize("method", ["combined", "local", "elbo"])
+def test_node_scores_a_fixed_camera_per_position_as_the_runtime(node: str, fixed_camera, method: str) -> None:  # type: ignore[no-untyped-def]
+    check_fixed_camera(lambda *a: run(node, *a), fixed_camera, method, png=True)

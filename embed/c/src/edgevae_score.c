@@ -44,6 +44,7 @@
 typedef struct {
     scoring s;                 /* what the manifest says (manifest.h) */
     float *map;                /* anomaly-map statistics (2, H, W): per-pixel mean, then spread */
+    float *frame_map;          /* a fixed camera's per-position statistics (2, frame H, frame W) */
     const OrtApi *ort;
     OrtEnv *env;
     OrtSession *encoder, *decoder, *defect;
@@ -123,6 +124,28 @@ static int load_map(bundle *b, const char *dir, const json *manifest, char *err)
     return 1;
 }
 
+/* A fixed camera's per-position statistics (tiling.map's file, float32 (2, frame H, frame W)), checked against its
+   sha256 and the frame's size. */
+static int load_frame_map(bundle *b, const char *dir, const json *manifest, char *err) {
+    size_t len;
+    const tiling_spec *t = &b->s.tiling;
+    unsigned char *data = read_verified(dir, manifest, t->frame_map_file, &len, err);
+    if (!data) return 0;
+    if (len != (size_t)2 * t->frame_h * t->frame_w * 4) {
+        snprintf(err, MSG, "%s does not hold float32 (2, %d, %d)", t->frame_map_file, t->frame_h, t->frame_w);
+        free(data);
+        return 0;
+    }
+    b->frame_map = (float *)data;
+    for (size_t i = 0; i < (size_t)t->frame_h * t->frame_w; i++)
+        if (!isfinite(b->frame_map[i]) || !(b->frame_map[(size_t)t->frame_h * t->frame_w + i] > 0) ||
+            !isfinite(b->frame_map[(size_t)t->frame_h * t->frame_w + i])) {
+            snprintf(err, MSG, "%s holds a mean that is not finite or a spread that is not positive", t->frame_map_file);
+            return 0;
+        }
+    return 1;
+}
+
 /* A Monte-Carlo method's shared noise: its entry's file, float32 (samples, latent). */
 static int load_noise(bundle *b, const char *dir, const json *manifest, method_spec *spec, char *err) {
     size_t len;
@@ -144,6 +167,7 @@ static int load_method(bundle *b, const char *dir, const json *m, char *err) {
     for (int i = 0; strcmp(b->s.spec.kind, "combination") == 0 && i < b->s.spec.n_parts; i++) used[n++] = &b->s.part[i];
     for (int i = 0; i < n; i++)
         if (strcmp(used[i]->kind, "monte_carlo") == 0 && !load_noise(b, dir, m, used[i], err)) return 0;
+    if (b->s.map && b->s.tiling.positional && !load_frame_map(b, dir, m, err)) return 0;
     return !b->s.map || load_map(b, dir, m, err);
 }
 
@@ -601,8 +625,80 @@ static int tile_starts(int length, int tile, int stride, int *starts) {
     return n;
 }
 
+static void copy_tile(const bundle *b, const float *image, int h, int w, int y, int x, float *tile) {
+    for (int c = 0; c < b->s.channels; c++)
+        for (int r = 0; r < b->s.height; r++)
+            memcpy(tile + ((size_t)c * b->s.height + r) * b->s.width, image + ((size_t)c * h + y + r) * w + x,
+                   sizeof(float) * (size_t)b->s.width);
+}
+
+/* A fixed camera's score of one frame (edgevae.runtime.tiles.positional_tile_scores): every tile's residual
+   magnitude stitched over the frame (averaged where tiles overlap, in float32 as the runtime sums it) and
+   standardised per pixel by the frame's statistics; a tile's local is the mean of the top_k largest values of that
+   map under it; a combination reads its parts (local the per-position one) against tiling.references. The
+   largest tile score is the frame's. */
+static int score_positional(bundle *b, const float *image, int h, int w, const int *ys, int ny, const int *xs, int nx,
+                            double *out, char *err) {
+    const tiling_spec *ts = &b->s.tiling;
+    int th = b->s.height, tw = b->s.width, combination = strcmp(b->s.spec.kind, "combination") == 0, local_at = -1;
+    int n_parts = combination ? b->s.spec.n_parts : 0, ok = 1, n = ny * nx;
+    size_t pixels = (size_t)h * w, tile_pixels = (size_t)th * tw;
+    const char *enc_out[] = {"mu", "logvar", "kl"};
+    int64_t shape[4] = {1, b->s.channels, th, tw};
+    float *total = calloc(pixels, sizeof(float)), *count = calloc(pixels, sizeof(float));
+    float *tile = malloc(sizeof(float) * (size_t)b->s.channels * tile_pixels);
+    double *sq = malloc(sizeof(double) * tile_pixels), *parts = malloc(sizeof(double) * (size_t)(n * (n_parts ? n_parts : 1)));
+    double best = -INFINITY;
+    if (!total || !count || !tile || !sq || !parts) { snprintf(err, MSG, "out of memory"); ok = 0; }
+    for (int i = 0; i < n_parts; i++) if (strcmp(b->s.part[i].name, "local") == 0) local_at = i;
+    for (int k = 0; ok && k < n; k++) {
+        int y = ys[k / nx], x = xs[k % nx];
+        float *enc[3] = {NULL, NULL, NULL}, *dec[2] = {NULL, NULL};
+        copy_tile(b, image, h, w, y, x, tile);
+        ok = run(b, b->encoder, "x", tile, shape, 4, enc_out, 3, enc, err);
+        if (ok && combination) ok = combination_parts(b, tile, enc, parts + (size_t)k * n_parts, err);
+        if (ok) ok = decode_codes(b, enc[0], 1, dec, err); /* the posterior mean's reconstruction */
+        if (ok) {
+            smoothed_square(b, tile, dec[0], ts->frame_sigma, sq);
+            for (int r = 0; r < th; r++)
+                for (int c = 0; c < tw; c++) {
+                    total[(size_t)(y + r) * w + x + c] += (float)sqrt(sq[(size_t)r * tw + c]);
+                    count[(size_t)(y + r) * w + x + c] += 1.0f;
+                }
+        }
+        for (int i = 0; i < 3; i++) free(enc[i]);
+        free(dec[0]); free(dec[1]);
+    }
+    for (size_t i = 0; ok && i < pixels; i++) { /* the frame's map, in float32 as the runtime computes it */
+        float v = total[i] / count[i];
+        v = v - b->frame_map[i];
+        total[i] = v / b->frame_map[pixels + i];
+    }
+    for (int k = 0; ok && k < n; k++) {
+        int y = ys[k / nx], x = xs[k % nx];
+        double local = 0, s;
+        for (int r = 0; r < th; r++)
+            for (int c = 0; c < tw; c++) sq[(size_t)r * tw + c] = total[(size_t)(y + r) * w + x + c];
+        select_largest(sq, (int)tile_pixels, ts->frame_top_k);
+        for (int i = 0; i < ts->frame_top_k; i++) local += sq[i];
+        local = (float)(local / ts->frame_top_k);
+        if (combination) {
+            double log_p_min = 0.0;
+            if (local_at >= 0) parts[(size_t)k * n_parts + local_at] = local;
+            for (int i = 0; i < n_parts; i++)
+                log_p_min = fmin(log_p_min, log_p_value(&b->s.part_ref[i], parts[(size_t)k * n_parts + i]));
+            s = (float)fmin(-log_p_min, 1e30);
+        } else s = local;
+        if (isnan(s) || s > best) best = s;
+    }
+    *out = best;
+    free(total); free(count); free(tile); free(sq); free(parts);
+    return ok;
+}
+
 /* A tiled bundle's score of one image (C, h, w): the largest score of its tiles (a NaN tile score makes it NaN, as
-   numpy's max does); *tiles receives their number. One tile is copied out at a time. */
+   numpy's max does); *tiles receives their number. One tile is copied out at a time. A fixed camera's local and
+   combined go through score_positional. */
 static int score_tiled(bundle *b, const float *image, int h, int w, double *out, int *tiles, char *err) {
     int th = b->s.height, tw = b->s.width, stride = b->s.tiling.stride, ny, nx, ok = 1;
     int *ys = malloc(sizeof(int) * (size_t)(h / stride + 2)), *xs = malloc(sizeof(int) * (size_t)(w / stride + 2));
@@ -611,6 +707,18 @@ static int score_tiled(bundle *b, const float *image, int h, int w, double *out,
     if (!ys || !xs || !tile) { snprintf(err, MSG, "out of memory"); ok = 0; }
     ny = ok ? tile_starts(h, th, stride, ys) : 0;
     nx = ok ? tile_starts(w, tw, stride, xs) : 0;
+    if (ok && b->s.tiling.positional && (h != b->s.tiling.frame_h || w != b->s.tiling.frame_w)) {
+        snprintf(err, MSG, "this bundle is for a fixed camera: it scores frames of %dx%d px (its statistics are per "
+                 "position), got %dx%d; crop or resize frames to the training size", b->s.tiling.frame_h,
+                 b->s.tiling.frame_w, h, w);
+        ok = 0;
+    }
+    if (ok && b->s.tiling.positional && b->s.map) {
+        ok = score_positional(b, image, h, w, ys, ny, xs, nx, out, err);
+        *tiles = ny * nx;
+        free(ys); free(xs); free(tile);
+        return ok;
+    }
     for (int i = 0; ok && i < ny; i++)
         for (int j = 0; ok && j < nx; j++) {
             for (int c = 0; c < b->s.channels; c++)
@@ -634,6 +742,7 @@ static void close_bundle(bundle *b) {
     if (b->env) ORT->ReleaseEnv(b->env);
     free_scoring(&b->s);
     free(b->map);
+    free(b->frame_map);
 }
 
 static double now_us(void) {

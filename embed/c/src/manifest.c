@@ -163,9 +163,54 @@ static int load_parts(scoring *b, const json *manifest, char *err) {
 }
 
 
+/* A fixed camera's tiling (positional: true): its frame, its per-position map statistics' file (checked against
+   the frame) and, for a combination, its parts' references read per position (they replace the tiles' own). */
+static int load_positional(const json *t, scoring *s, char *err) {
+    const json *frame = json_get(t, "frame"), *map = json_get(t, "map"), *shape = json_get(map, "shape"),
+               *file = json_get(map, "file"), *refs = json_get(t, "references");
+    const char *sk[] = {"sigma", NULL}, *tk[] = {"top_k", NULL};
+    tiling_spec *ts = &s->tiling;
+    if (!frame || frame->type != JSON_ARRAY || frame->count != 2 || frame->child->type != JSON_NUMBER ||
+        frame->child->next->type != JSON_NUMBER) {
+        snprintf(err, MSG, "tiling.frame must be [height, width] for a fixed camera (tiling.positional)");
+        return 0;
+    }
+    ts->frame_h = whole(frame->child->number);
+    ts->frame_w = whole(frame->child->next->number);
+    if (ts->frame_h < s->height || ts->frame_w < s->width || ts->frame_h > MAX_SIDE || ts->frame_w > MAX_SIDE ||
+        (long)ts->frame_h * ts->frame_w > (1L << 26)) {
+        snprintf(err, MSG, "tiling.frame must be at least one tile (%dx%d) and at most %d a side (2^26 pixels)",
+                 s->height, s->width, MAX_SIDE);
+        return 0;
+    }
+    if (!file || file->type != JSON_STRING || !file->string || !file->string[0] || strchr(file->string, '/') ||
+        strlen(file->string) >= sizeof ts->frame_map_file || !shape || shape->type != JSON_ARRAY || shape->count != 3 ||
+        shape->child->type != JSON_NUMBER || shape->child->next->type != JSON_NUMBER ||
+        shape->child->next->next->type != JSON_NUMBER || whole(shape->child->number) != 2 ||
+        whole(shape->child->next->number) != ts->frame_h || whole(shape->child->next->next->number) != ts->frame_w) {
+        snprintf(err, MSG, "tiling.map must name a file in the bundle of shape [2, %d, %d] (the frame)", ts->frame_h,
+                 ts->frame_w);
+        return 0;
+    }
+    snprintf(ts->frame_map_file, sizeof ts->frame_map_file, "%s", file->string);
+    ts->frame_sigma = number(map, sk, NAN);
+    ts->frame_top_k = whole(number(map, tk, 0));
+    if (!(ts->frame_sigma > 0 && ts->frame_sigma <= 64) || ts->frame_top_k < 1 || ts->frame_top_k > s->height * s->width) {
+        snprintf(err, MSG, "tiling.map has a sigma outside (0, 64] or a top_k outside 1..%d", s->height * s->width);
+        return 0;
+    }
+    for (int i = 0; strcmp(s->spec.kind, "combination") == 0 && i < s->spec.n_parts; i++) {
+        if (!load_reference(json_get(refs, s->part[i].name), &s->part_ref[i],
+                            "a fixed camera's combined part's reference (tiling.references)", err)) return 0;
+        s->part_ref[i].unbounded = 1;
+    }
+    ts->positional = 1;
+    return 1;
+}
+
 /* The manifest's tiling section, when it has one: checked against what this program does (tiles of the input's
-   size, the largest tile score, no shrinking, position-free statistics), with the method's image-level
-   calibration. */
+   size, the largest tile score, no shrinking; position-free statistics or a fixed camera's), with the method's
+   image-level calibration. */
 static int load_tiling(const json *m, scoring *s, char *err) {
     const json *t = json_get(m, "tiling"), *tile = json_get(t, "tile"), *v;
     if (!t) return 1;
@@ -193,11 +238,11 @@ static int load_tiling(const json *m, scoring *s, char *err) {
                  "does not do; score it with the Python runtime (edgevae score)", downscale);
         return 0;
     }
-    if ((v = json_get(t, "positional")) && !(v->type == JSON_BOOL && v->number == 0)) {
-        snprintf(err, MSG, "tiling.positional: per-position statistics are not scored here; score the bundle with "
-                 "the Python runtime (edgevae score)");
+    if ((v = json_get(t, "positional")) && v->type != JSON_BOOL) {
+        snprintf(err, MSG, "tiling.positional must be true (a fixed camera) or false (a stationary surface)");
         return 0;
     }
+    if (v && v->number != 0 && !load_positional(t, s, err)) return 0;
     const json *cal = json_path(t, mk), *threshold = json_get(cal, "threshold");
     ts->fpr = number(t, fk, NAN);
     ts->tiles_median = whole(number(t, nk, 0));

@@ -53,6 +53,13 @@ typedef struct {
     int present, stride, tiles_median; /* tiles_median 0: the calibration does not say (no size adjustment) */
     double threshold, fpr;     /* the method's image-level threshold, at the calibrated rate fpr */
     reference cal;             /* the method's image-level calibration */
+    /* A fixed camera (tiling.positional): frames of frame_h x frame_w only; the tiles' residual magnitudes are
+       stitched over the frame and standardised per pixel by tiling.map's file (float32 (2, frame_h, frame_w));
+       a tile's local is the mean of the frame_top_k largest values under it, and a combination's parts are read
+       against tiling.references (loaded into the scoring's part_ref). */
+    int positional, frame_h, frame_w, frame_top_k;
+    double frame_sigma;
+    char frame_map_file[128];
 } tiling_spec;
 
 /* What scoring needs from the manifest, read and checked by read_scoring. */
