@@ -146,9 +146,9 @@ def _tiled_manifest(bundle: Path, manifest: Manifest, images: Sequence[NDArray[A
         source = f"{len(whole)} whole normal images given to 'edgevae calibrate'"
         if model.positional is not None:  # a fixed camera: references and image scores per position, as export
             tiling, _ = calibrate_positional(scorer, model.positional.stats, whole, tiling, fpr, methods, source=source)
-            image_level = tiling.calibration
         else:
-            image_level = calibrate_tiled(scorer, whole, tiling, fpr, methods, source=source)
+            tiling = replace(tiling, calibration=calibrate_tiled(scorer, whole, tiling, fpr, methods, source=source))
+    image_level = tiling.calibration
     assert image_level is not None
     warn_if_unpromisable(fpr, len(whole), tail=any(c.tail is not None for c in image_level.methods.values()))
     new = manifest.with_calibration(main, {})
@@ -157,7 +157,7 @@ def _tiled_manifest(bundle: Path, manifest: Manifest, images: Sequence[NDArray[A
     if history and previous is not None:  # the image-level calibration it replaces, beside the tiles'
         history[-1]["tiling"] = previous.to_dict()
     raw["calibration_history"] = history
-    return replace(new, raw=raw, tiling=replace(tiling, calibration=image_level))
+    return replace(new, raw=raw, tiling=tiling)
 
 
 def recalibrated_manifest(bundle: Path, images: Any, fpr: float | None = None, mode: str = "auto") -> Manifest:

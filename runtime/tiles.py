@@ -172,6 +172,9 @@ class Tiling:
         tiles = cal.raw.get("tiles_per_image") if cal is not None else None
         if cal is None or not tiles:
             return "image-level thresholds are not calibrated"
+        if self.positional and self.frame is not None:  # frames of one size: no adjustment for other sizes
+            return (f"image-level thresholds calibrated on {cal.n} whole held-out {self.frame[0]}x{self.frame[1]} frames "
+                    f"of {tiles[0]} tiles")
         span = f"{tiles[0]}" if tiles[0] == tiles[1] else f"{tiles[0]}-{tiles[1]}"
         return (f"image-level thresholds calibrated on {cal.n} whole held-out images of {span} tiles (median "
                 f"{calibrated_tiles(cal)}); an image of another number of tiles gets a threshold and p-value adjusted "

@@ -435,14 +435,27 @@ export async function scoreImage(bundle, x) {
   if (spec.kind === "defect") return methodScore(bundle, bundle.method, x, {}, 0); // the defect graph alone
   const encoded = await encode(bundle, x);
   if (spec.kind !== "combination") return methodScore(bundle, bundle.method, x, encoded, spec.samples);
-  let logPMin = 0, reconstruction = null;
+  const { scores, reconstruction } = await partScoresOf(bundle, x, encoded);
+  return { score: combinedStatistic(bundle, scores), reconstruction };
+}
+
+// A combination's parts' scores of one image (in bundle.parts' order), and the reconstruction one of them decoded.
+async function partScoresOf(bundle, x, encoded) {
+  const spec = bundle.specs[bundle.method], scores = [];
+  let reconstruction = null;
   for (const part of bundle.parts) {
     const result = await methodScore(bundle, part.name, x, encoded, spec.part_samples[part.name] ?? bundle.specs[part.name].samples);
     reconstruction = reconstruction || result.reconstruction;
-    logPMin = Math.min(logPMin, logPValueOf(part, result.score));
+    scores.push(result.score);
   }
-  // -ln of the smallest p-value, read in log space: no floor far beyond the references
-  return { score: Math.fround(Math.min(-logPMin, 1e30)), reconstruction };
+  return { scores, reconstruction };
+}
+
+// -ln of the smallest p-value of the parts' scores, read in log space: no floor far beyond the references.
+function combinedStatistic(bundle, scores) {
+  let logPMin = 0;
+  bundle.parts.forEach((part, i) => { logPMin = Math.min(logPMin, logPValueOf(part, scores[i])); });
+  return Math.fround(Math.min(-logPMin, 1e30));
 }
 
 // Start offsets of the tiles along one side (edgevae.runtime.tiles.tile_starts): every stride, the last one flush
@@ -482,13 +495,7 @@ async function scorePositional(bundle, x, height, width) {
   const total = new Float32Array(height * width), count = new Float32Array(height * width), where = [], partScores = [];
   await eachTile(bundle, x, height, width, async (tile, y, x0) => {
     const encoded = await encode(bundle, tile);
-    if (spec.kind === "combination") {
-      const scores = [];
-      for (const part of bundle.parts) {
-        scores.push((await methodScore(bundle, part.name, tile, encoded, spec.part_samples[part.name] ?? bundle.specs[part.name].samples)).score);
-      }
-      partScores.push(scores);
-    }
+    if (spec.kind === "combination") partScores.push((await partScoresOf(bundle, tile, encoded)).scores);
     const { mean } = await decode(bundle, Float32Array.from(encoded.mu), 1);
     const sq = smoothedSquare(bundle, tile, mean, pos.sigma);
     for (let r = 0; r < th; r++) for (let k = 0; k < tw; k++) {
@@ -508,9 +515,7 @@ async function scorePositional(bundle, x, height, width) {
     let score = Math.fround(sum / pos.topK);
     if (spec.kind === "combination") {
       if (localAt >= 0) partScores[t][localAt] = score;
-      let logPMin = 0;
-      bundle.parts.forEach((part, i) => { logPMin = Math.min(logPMin, logPValueOf(part, partScores[t][i])); });
-      score = Math.fround(Math.min(-logPMin, 1e30));
+      score = combinedStatistic(bundle, partScores[t]);
     }
     if (Number.isNaN(score) || score > best) best = score;
   });

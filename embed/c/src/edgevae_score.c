@@ -721,10 +721,7 @@ static int score_tiled(bundle *b, const float *image, int h, int w, double *out,
     }
     for (int i = 0; ok && i < ny; i++)
         for (int j = 0; ok && j < nx; j++) {
-            for (int c = 0; c < b->s.channels; c++)
-                for (int r = 0; r < th; r++)
-                    memcpy(tile + ((size_t)c * th + r) * tw, image + ((size_t)c * h + ys[i] + r) * w + xs[j],
-                           sizeof(float) * (size_t)tw);
+            copy_tile(b, image, h, w, ys[i], xs[j], tile);
             ok = score(b, tile, &s, err);
             if (ok && (isnan(s) || s > best)) best = s;
         }
