@@ -17,9 +17,11 @@ apply as they are; but a run holds out 100 frames, and a threshold at 1 % read o
 own size from draw to draw. So each bundle is also calibrated again with ``edgevae calibrate`` on 300 new
 normal frames, as a user would before deploying.
 
-Measured: image AUROC per kind and method, pixel AUROC of the stitched maps, and the default's false-positive
+Measured: image AUROC per kind and method, pixel AUROC of the stitched maps, the default's false-positive
 rate at its stored 1 % threshold on 500 new normal frames, with the export's calibration and after
-``edgevae calibrate``.
+``edgevae calibrate``, and the default's throughput by tiles (``Model.score_tiled_many``) against the same tiles
+cut beforehand and scored as plain batches (``benchmarks/tiles.py``'s measure; a fixed camera's tiles also
+stitch and standardise the frame's map, which the plain batches do not).
 
 Usage:
     python benchmarks/fixed_camera.py            # full run
@@ -46,7 +48,7 @@ from edgevae.runtime import load
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from doc_sections import benchmark_parser, save_report  # noqa: E402  (sibling script modules)
 from real_images import discolour_patch, photo, run_measured, scratch, spot, to_uint8, visibility  # noqa: E402
-from tiles import KINDS, pixel_auroc, stitched_defect, tiled_maps, tiled_scores  # noqa: E402
+from tiles import KINDS, pixel_auroc, stitched_defect, throughput, tiled_maps, tiled_scores  # noqa: E402
 
 METHODS = ("combined", "defect", "local", "smooth_recon", "elbo")
 ORIGIN = (60, 120)
@@ -141,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             t = time.perf_counter()
             row = {**evaluate(task, model), "export_seconds": seconds, "camera_option": extra[1] if extra else "auto"}
             row["evaluate_seconds"] = time.perf_counter() - t
+            row["throughput"] = throughput(model, task["normal"][: 8 if args.smoke else 40])
             row["calibrate_seconds"] = calibrated_again(task, bundle, work)
             model = load(bundle, ["CPUExecutionProvider"])
             row["fpr_after_calibrate"] = fpr_at_stored(task, model)
@@ -175,6 +178,11 @@ def markdown(report: dict[str, Any]) -> str:
                  f"held-out frames) | {ex['fixed']['fpr_at_stored']:.1%} | {ex['surface']['fpr_at_stored']:.1%} |")
     lines.append(f"| normal | FPR at the stored 1 % after `edgevae calibrate` on {ex['fixed']['recalibration_frames']} "
                  f"new frames | {ex['fixed']['fpr_after_calibrate']:.1%} | {ex['surface']['fpr_after_calibrate']:.1%} |")
+    if "throughput" in ex["fixed"]:
+        fx, sf = ex["fixed"]["throughput"], ex["surface"]["throughput"]
+        lines.append(f"| | default by tiles, MP/s (against the same tiles as plain batches) | {fx['by_tiles_mp_s']:.2f} "
+                     f"({fx['ratio']:.2f}x of {fx['plain_batch_mp_s']:.2f}) | {sf['by_tiles_mp_s']:.2f} "
+                     f"({sf['ratio']:.2f}x of {sf['plain_batch_mp_s']:.2f}) |")
     lines.append(f"| | export seconds | {ex['fixed']['export_seconds']:.0f} | {ex['surface']['export_seconds']:.0f} |")
     return "\n".join(lines) + "\n\n"
 

@@ -150,8 +150,13 @@ def calibrate_tiled(scorer: Scorer, images: Sequence[NDArray[Any]], tiling: "Til
         tiles.append(len(grid))
         for m in methods:
             per_image[m].append(aggregate(scores[m], tiling.aggregate))
+    return _image_level(per_image, tiles, fpr, source)
+
+
+def _image_level(per_image: Mapping[str, Sequence[float]], tiles: Sequence[int], fpr: float, source: str) -> Calibration:
+    """A tiled bundle's image-level calibration from each method's image scores and the images' tile counts."""
     calibrated = {m: _calibrated(_finite(np.asarray(v, np.float64), m), fpr) for m, v in per_image.items()}
-    n = len(images)
+    n = len(tiles)
     return Calibration.from_dict({"fpr": fpr, "n": n, "min_fpr": smallest_fpr(n), "min_fpr_rule": MIN_FPR_RULE,
                                   "source": source, "tiles_per_image": [min(tiles), max(tiles)],
                                   "tiles_median": int(np.median(tiles)),
@@ -168,7 +173,7 @@ def calibrate_positional(scorer: Scorer, stats: MapStats, images: Sequence[NDArr
         CalibrationError: fewer than ``MIN_CALIBRATION_IMAGES`` frames, frames of another size, or scores that are
             not finite.
     """
-    from .tiles import FRAME_MAP_FILE, Positional, positional_tile_scores
+    from .tiles import FRAME_MAP_FILE, Positional, aggregate, positional_frames
 
     frame = (int(stats.mean.shape[0]), int(stats.mean.shape[1]))
     wrong = [tuple(int(v) for v in im.shape[1:]) for im in images if tuple(int(v) for v in im.shape[1:]) != frame]
@@ -178,19 +183,27 @@ def calibrate_positional(scorer: Scorer, stats: MapStats, images: Sequence[NDArr
     if len(images) < MIN_CALIBRATION_IMAGES:
         raise CalibrationError(f"a fixed camera calibrates on whole held-out frames: got {len(images)}, needs at "
                                f"least {MIN_CALIBRATION_IMAGES}")
-    positional = Positional(stats)
     parts = tuple(scorer.spec.combined_parts)
+    joined = "combined" in methods and all(p in scorer.computable_methods for p in parts)
+    others = tuple(m for m in methods if m != "combined")
+    grid = tiling.grid(*frame)
+    per_image: dict[str, list[float]] = {m: [] for m in others}
+    collected: dict[str, list[NDArray[Any]]] = {p: [] for p in parts} if joined else {}
+    # one pass over the frames: every method's tiles and, for combined, its parts
+    for got, _ in positional_frames(scorer, images, grid, others, Positional(stats), parts=joined):
+        for m in others:
+            per_image[m].append(aggregate(got[m], tiling.aggregate))
+        for p in collected:
+            collected[p].append(got[f"part:{p}"])
     references = None
-    if "combined" in methods and all(p in scorer.computable_methods for p in parts):
-        grid = tiling.grid(*frame)
-        collected: dict[str, list[NDArray[Any]]] = {p: [] for p in parts}
-        for image in images:
-            got = positional_tile_scores(scorer, image, grid, (), positional, parts=True)[0]
-            for p in parts:
-                collected[p].append(got[f"part:{p}"])
+    positional = Positional(stats)
+    if joined:  # references of every frame's tiles, then each frame's combined read against them
         references = {p: Reference.fit(_finite(np.concatenate(v), p)) for p, v in collected.items()}
-        positional = Positional(stats, Combination(parts, references))
-    cal = calibrate_tiled(scorer, images, tiling, fpr, methods, source=source, positional=positional)
+        combination = Combination(parts, references)
+        positional = Positional(stats, combination)
+        per_image["combined"] = [aggregate(combination.statistic({p: collected[p][i] for p in parts}), tiling.aggregate)
+                                 for i in range(len(images))]
+    cal = _image_level(per_image, [len(grid)] * len(images), fpr, source)
     entry = {**stats.manifest_entry(), "file": FRAME_MAP_FILE,
              "layout": "row-major (2, H, W) of the frame: per-pixel mean, then spread",
              "definition": "the residual magnitudes of a frame's tiles (as in scoring.map) stitched to the frame, "

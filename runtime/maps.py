@@ -38,6 +38,8 @@ SPREAD_FLOOR = 0.25
 MAX_REFERENCE_SCORES = 512
 # The combined statistic's ceiling: only a part past a bounded tail's end (log p = -inf) reaches it.
 MAX_STATISTIC = 1e30
+# The key under which :meth:`Scorer.combined_parts` returns residual magnitudes beside the parts (not a method).
+MAGNITUDES = "residual_magnitudes"
 
 
 def residual_magnitude(x: F32, x_mean: F32, sigma: float, *, residual: F32 | None = None) -> F32:

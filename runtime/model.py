@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 
 from .contract import InputContract
 from .errors import ArrayInputError
-from .maps import Combination, MapStats, defect_score, residual_magnitude, sigmoid
+from .maps import MAGNITUDES, Combination, MapStats, defect_score, residual_magnitude, sigmoid
 from .methods import METHODS, RECONSTRUCTION_METHODS, SCORE_METHODS, method as registry_method
 from .manifest import DECODER_INPUT, DEFECT_INPUT, DEFECT_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUTS, Manifest, ScoringSpec
 from .runner import GraphInfo, GraphRunner
@@ -333,13 +333,19 @@ class Scorer:
         """A score that compares images with their reconstructions (the decoded posterior means)."""
         return self._from_reconstructions(xb, mean, (method,))[0]
 
-    def _from_reconstructions(self, xb: F32, mean: F32, methods: Sequence[str]) -> list[F32]:
+    def _from_reconstructions(self, xb: F32, mean: F32, methods: Sequence[str], magnitudes: bool = False) -> list[F32]:
         """Several such scores at once, each the registry's function of one shared :class:`Residuals` (what two
-        methods both need is computed once)."""
-        if any(METHODS[m].needs_maps for m in methods):
+        methods both need is computed once); with ``magnitudes``, :meth:`residual_magnitudes` of the same
+        reconstructions after them."""
+        if magnitudes or any(METHODS[m].needs_maps for m in methods):
             self._map_stats()
         shared = Residuals(xb, mean, self.spec.smooth_sigma, self.maps)
-        return [METHODS[m].resolve()(shared) for m in methods]
+        out = [METHODS[m].resolve()(shared) for m in methods]
+        if magnitudes:
+            assert self.maps is not None
+            same = self.maps.sigma == self.spec.smooth_sigma  # the smoothed residual is shared then
+            out.append(residual_magnitude(xb, mean, self.maps.sigma, residual=shared.smoothed if same else None))
+        return out
 
     def _combined(self, x: NDArray[Any], samples: int | None) -> F32:
         if self.combination is None:
@@ -347,13 +353,18 @@ class Scorer:
                              "re-export it with this edgevae, or pass another method")
         return self.combination.statistic(self.combined_parts(x, samples))
 
-    def combined_parts(self, x: NDArray[Any], samples: int | None = None) -> dict[str, F32]:
+    def combined_parts(self, x: NDArray[Any], samples: int | None = None, magnitudes: bool = False) -> dict[str, F32]:
         """The raw scores of the parts of ``combined`` (``spec.combined_parts``), as it computes them: the parts
         that compare images with their reconstructions share one encoder and decoder pass, and a Monte-Carlo part
         draws ``spec.part_samples(part)`` samples (``samples`` overrides); a one-sample ELBO part joins the shared
-        pass, its code decoded beside the means."""
+        pass, its code decoded beside the means.
+
+        With ``magnitudes``, the result also holds :meth:`residual_magnitudes` under ``MAGNITUDES`` (N, H, W): from
+        the shared pass's reconstructions when there is one (a fixed camera's tiles need both), else computed."""
         xb = self.prepare(x)
         shared = [p for p in self.spec.combined_parts if p in RECONSTRUCTION_METHODS]
+        if magnitudes and not shared:
+            return {**self.combined_parts(xb, samples), MAGNITUDES: self.residual_magnitudes(xb)}
         joining = [p for p in self.spec.combined_parts if METHODS[p].draws_noise and not METHODS[p].importance
                    and (samples or self.spec.part_samples(p)) == 1]
         one = joining[0] if shared and joining else None
@@ -362,7 +373,7 @@ class Scorer:
         if shared:
             def one_pass(part: F32, in_slice: bool) -> list[F32]:
                 if eps is None or 2 * part.size > DECODE_VALUES:  # large images: two smaller decoder calls
-                    scores = self._from_reconstructions(part, self._reconstruct_in(part, in_slice), shared)
+                    scores = self._from_reconstructions(part, self._reconstruct_in(part, in_slice), shared, magnitudes)
                     return scores + ([] if one is None else [self._one_pass_score(part, one, eps, in_slice)])
                 encoder, decoder = self.runner.sessions(in_slice)
                 mu, logvar, kl = encoder.run(self._encoder_outputs, {ENCODER_INPUT: part})
@@ -371,16 +382,18 @@ class Scorer:
                 n = part.shape[0]
                 elbo = self._one_sample_elbo(part, kl, means[n:], params[n:])
                 negate = one is not None and METHODS[one].negate
-                return self._from_reconstructions(part, means[:n], shared) + [np.negative(elbo) if negate else elbo]
+                return (self._from_reconstructions(part, means[:n], shared, magnitudes)
+                        + [np.negative(elbo) if negate else elbo])
 
-            names = shared + ([one] if one is not None else [])
+            names = shared + ([MAGNITUDES] if magnitudes else []) + ([one] if one is not None else [])
             parts.update(zip(names, self.runner.map_slices(one_pass, xb)))
+        extra = {MAGNITUDES: parts.pop(MAGNITUDES)} if magnitudes else {}
         for part in self.spec.combined_parts:
             if part not in parts:
                 k = samples or self.spec.part_samples(part)
                 twin = _negated_twin(part, parts, self.spec, samples)
                 parts[part] = np.negative(parts[twin]) if twin is not None else self.raw_scores(xb, part, samples=k or None)
-        return parts
+        return {**parts, **extra}
 
     def _monte_carlo(self, xb: F32, posterior: Posterior, eps: F32, importance: bool = True) -> tuple[F32, F32]:
         """For t_k = mu + std * eps_k: log p(x|t_k) and (if ``importance``) log p(t_k) - log q(t_k|x), (K, N) each.

@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 
 from .errors import ArrayInputError
 from .manifest import Calibration, MapEntry
-from .maps import Combination, MapStats, Reference, residual_magnitude
+from .maps import MAGNITUDES, Combination, MapStats, Reference, residual_magnitude
 
 if TYPE_CHECKING:
     from .model import Scorer
@@ -299,50 +299,102 @@ def window_tops(frame_map: F32, grid: TileGrid, stats: MapStats, batch: int = TI
 def positional_tile_scores(scorer: "Scorer", image: NDArray[Any], grid: TileGrid, methods: Sequence[str],
                            positional: Positional, batch: int = TILE_BATCH,
                            parts: bool = False) -> tuple[dict[str, NDArray[np.float64]], F32]:
-    """A fixed camera's tile scores of one frame (C, H, W) and its anomaly map (H, W).
+    """A fixed camera's tile scores of one frame (C, H, W) and its anomaly map (H, W): :func:`positional_frames`
+    of that frame alone.
 
-    One pass over the tiles in batches scores the position-free methods and stitches the residual magnitudes
-    (averaged where tiles overlap); the stitched map standardised by the frame's per-position statistics is the
-    anomaly map; a tile's ``local`` is the mean of its top ``top_k`` map values, and ``combined`` reads that
-    ``local`` against ``positional.combination``. With ``parts``, the combined score's parts come back too (as
-    ``part:<name>``), which is what calibrating the combination needs.
+    Raises: as :func:`positional_frames`.
+    """
+    return next(positional_frames(scorer, [image], grid, methods, positional, batch, parts))
+
+
+def _frame_chunks(images: Sequence[NDArray[Any]], grid: TileGrid,
+                  batch: int) -> Iterator[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[Any]]]:
+    """(frame index per tile, positions, tiles) in chunks of at most ``batch`` tiles: the tiles of consecutive
+    whole frames together when a frame has fewer than ``batch`` tiles, else one frame's tiles in batches."""
+    n = len(grid)
+    if n >= batch:
+        for k, image in enumerate(images):
+            for positions, tiles in grid.batches(image, batch):
+                yield np.full(len(positions), k), positions, tiles
+        return
+    per = batch // n
+    for first in range(0, len(images), per):
+        group = range(first, min(first + per, len(images)))
+        yield (np.repeat(np.asarray(group), n), np.tile(grid.positions, (len(group), 1)),
+               np.concatenate([next(grid.batches(images[k], n))[1] for k in group]))
+
+
+def positional_frames(scorer: "Scorer", images: Sequence[NDArray[Any]], grid: TileGrid, methods: Sequence[str],
+                      positional: Positional, batch: int = TILE_BATCH,
+                      parts: bool = False) -> Iterator[tuple[dict[str, NDArray[np.float64]], F32]]:
+    """A fixed camera's tile scores and anomaly map of each frame (C, H, W) of ``images``, in order, as each is done.
+
+    The tiles of consecutive frames are scored together in batches of up to ``batch`` (one pass of the graphs
+    gives the position-free methods' scores and, with ``combined``'s parts, the residual magnitudes from the
+    parts' own reconstructions); each frame's residual magnitudes are stitched (averaged where tiles overlap) and
+    standardised by the frame's per-position statistics into its anomaly map; a tile's ``local`` is the mean of
+    its top ``top_k`` map values, and ``combined`` reads that ``local`` against ``positional.combination``. With
+    ``parts``, the combined score's parts come back too (as ``part:<name>``), which is what calibrating the
+    combination needs. At most ``batch`` / tiles-per-frame + 1 frames' maps are held at once.
 
     Raises:
-        ArrayInputError: the frame is not of the statistics' size.
+        ArrayInputError: a frame is not of the statistics' size.
         ValueError: ``combined`` asked for without a combination.
     """
     if (grid.height, grid.width) != positional.frame:
         raise ArrayInputError(f"a fixed-camera bundle scores frames of {positional.frame[0]}x{positional.frame[1]} px, "
                               f"got {grid.height}x{grid.width}")
+    for image in images:
+        if tuple(int(v) for v in image.shape[1:]) != (grid.height, grid.width):
+            raise ArrayInputError(f"a fixed-camera bundle scores frames of {positional.frame[0]}x"
+                                  f"{positional.frame[1]} px, got {image.shape[1]}x{image.shape[2]}")
+    if "combined" in methods and positional.combination is None:
+        raise ValueError("this fixed-camera bundle has no per-position references for combined")
     names = list(scorer.spec.combined_parts) if ("combined" in methods or parts) else []
     plain = [m for m in methods if m not in POSITIONAL_METHODS]
-    out: dict[str, list[NDArray[Any]]] = {m: [] for m in plain}
-    part_out: dict[str, list[NDArray[Any]]] = {p: [] for p in names}  # as combined computes them (its own K)
     stats = positional.stats
-    total = np.zeros((grid.height, grid.width), np.float32)
-    count = np.zeros((grid.height, grid.width), np.float32)
     th, tw = grid.tile
-    for positions, tiles in grid.batches(image, batch):
+    n = len(grid)
+    # per frame in flight: position-free scores, parts, the stitched sums and counts, tiles done
+    state: dict[int, tuple[dict[str, list[NDArray[Any]]], NDArray[np.float32], NDArray[np.float32], list[int]]] = {}
+    for owners, positions, tiles in _frame_chunks(images, grid, batch):
         xb = scorer.prepare(tiles)
-        for m in plain:
-            out[m].append(scorer.raw_scores(xb, m))
-        if names:
-            got = scorer.combined_parts(xb)
-            for p in names:
-                part_out[p].append(got[p])
-        for (y, x), m in zip(positions, scorer.residual_magnitudes(xb)):
-            total[y:y + th, x:x + tw] += m
-            count[y:y + th, x:x + tw] += 1.0
-    frame_map = stats.standardise(total / count)
-    scores = {m: np.concatenate(v).astype(np.float64) for m, v in out.items()}
-    part_scores = {p: np.concatenate(v).astype(np.float64) for p, v in part_out.items()}
-    local = window_tops(frame_map, grid, stats, batch)
-    if "local" in part_scores:
-        part_scores["local"] = local
+        got: dict[str, NDArray[Any]] = {m: scorer.raw_scores(xb, m) for m in plain}
+        if names:  # the parts' reconstructions give the residual magnitudes too: one pass for both
+            both = scorer.combined_parts(xb, magnitudes=True)
+            got.update({f"part:{p}": both[p] for p in names})
+            magnitudes = both[MAGNITUDES]
+        else:
+            magnitudes = scorer.residual_magnitudes(xb)
+        for k in np.unique(owners):
+            k = int(k)
+            rows = np.flatnonzero(owners == k)
+            if k not in state:
+                state[k] = ({key: [] for key in got}, np.zeros((grid.height, grid.width), np.float32),
+                            np.zeros((grid.height, grid.width), np.float32), [0])
+            collected, total, count, done = state[k]
+            for key, values in got.items():
+                collected[key].append(values[rows])
+            for (y, x), m in zip(positions[rows], magnitudes[rows]):
+                total[y:y + th, x:x + tw] += m
+                count[y:y + th, x:x + tw] += 1.0
+            done[0] += len(rows)
+            if done[0] == n:
+                del state[k]
+                yield _positional_frame(collected, stats.standardise(total / count), grid, methods, positional,
+                                        names, parts, batch)
+
+
+def _positional_frame(collected: Mapping[str, list[NDArray[Any]]], frame_map: F32, grid: TileGrid,
+                      methods: Sequence[str], positional: Positional, names: Sequence[str], parts: bool,
+                      batch: int) -> tuple[dict[str, NDArray[np.float64]], F32]:
+    """One frame's scores from its tiles' collected scores and its standardised map (:func:`positional_frames`)."""
+    scores = {key: np.concatenate(v).astype(np.float64) for key, v in collected.items()}
+    local = window_tops(frame_map, grid, positional.stats, batch)
+    part_scores = {p: local if p == "local" else scores[f"part:{p}"] for p in names}
     result = {m: local if m == "local" else scores[m] for m in methods if m != "combined"}
     if "combined" in methods:
-        if positional.combination is None:
-            raise ValueError("this fixed-camera bundle has no per-position references for combined")
+        assert positional.combination is not None
         result["combined"] = positional.combination.statistic(
             {p: part_scores[p] for p in positional.combination.parts}).astype(np.float64)
     if parts:
@@ -355,14 +407,14 @@ def packed_tile_scores(scorer: "Scorer", images: Sequence[NDArray[Any]], grids: 
                        positional: Positional | None = None) -> list[NDArray[np.float64]]:
     """One method's tile scores of several images ((C, H, W) each, with their grids), the tiles of consecutive
     images packed into batches of ``batch``: {image: (n_tiles,)} as a list in order. ``progress`` is called with
-    the number of tiles each batch scored. A fixed camera's ``local`` and ``combined`` go frame by frame (each
-    needs its whole frame's map first)."""
-    if positional is not None and method in POSITIONAL_METHODS:
+    the number of tiles each batch scored. A fixed camera's ``local`` and ``combined`` go through
+    :func:`positional_frames` (frames of one size, each needing its whole frame's map)."""
+    if positional is not None and method in POSITIONAL_METHODS and images:
         done = []
-        for image, grid in zip(images, grids):
-            done.append(positional_tile_scores(scorer, image, grid, (method,), positional, batch)[0][method])
+        for scores, _ in positional_frames(scorer, images, grids[0], (method,), positional, batch):
+            done.append(scores[method])
             if progress is not None:
-                progress(len(grid))
+                progress(len(grids[0]))
         return done
     pending: list[NDArray[Any]] = []
     owners: list[int] = []

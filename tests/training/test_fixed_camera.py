@@ -164,6 +164,11 @@ def test_calibrate_and_info_keep_a_fixed_camera(camera_bundle: Path, tmp_path: P
     model = load(bundle)
     assert model.positional is not None and model.tiling.calibration is not None
     assert model.tiling.calibration.n == 12 and "calibrate" in str(model.tiling.calibration.raw["source"])
+    # calibration scores each frame once; what it stores is what scoring the frames gives afterwards
+    read = [np.asarray(Image.open(frames / f"f{i:02d}.png"))[None] for i in range(12)]
+    for method in ("combined", "local", "elbo"):
+        again = sorted(model.score_tiled(frame, method).score for frame in read)
+        np.testing.assert_allclose(model.tiling.calibration.methods[method].sorted_scores, again, rtol=1e-5)
     info = runner.invoke(main, ["info", str(bundle)])
     assert info.exit_code == 0 and "per position of 48x48 frames" in info.output
 
@@ -180,3 +185,44 @@ def test_position_free_methods_score_alike_beside_the_positional_ones(camera_bun
     for m in ("elbo", "smooth_recon"):
         np.testing.assert_allclose(together[m], alone[m], rtol=1e-5)
     assert model.score_tiled(frame, "local").score == pytest.approx(float(together["local"].max()), rel=1e-6)
+
+
+def test_the_parts_pass_gives_the_residual_magnitudes_the_map_stitches(camera_bundle: Path) -> None:
+    """A fixed camera's tiles take the residual magnitudes from the combined parts' own encoder and decoder pass:
+    the same magnitudes and the same parts as two separate passes give."""
+    from edgevae.runtime import load
+    from edgevae.runtime.maps import MAGNITUDES
+
+    model = load(camera_bundle)
+    frame = _broken(_frame(np.random.default_rng(3)))
+    tiles = np.stack([frame[:, y:y + TILE, x:x + TILE] for y in (0, 16, 32) for x in (0, 16, 32)])
+    both = model.combined_parts(tiles, magnitudes=True)
+    np.testing.assert_allclose(both[MAGNITUDES], model.residual_magnitudes(tiles), rtol=1e-4, atol=1e-5)
+    alone = model.combined_parts(tiles)
+    assert set(both) == set(alone) | {MAGNITUDES}
+    for part, scores in alone.items():
+        np.testing.assert_allclose(both[part], scores, rtol=1e-5, atol=1e-6)
+
+
+def test_frames_scored_together_score_as_each_alone(camera_bundle: Path) -> None:
+    """Several frames' tiles share a batch (and a frame with more tiles than a batch is cut into batches): the
+    scores and maps are those of each frame scored alone."""
+    from edgevae.runtime import load
+    from edgevae.runtime.tiles import positional_frames, positional_tile_scores
+
+    model = load(camera_bundle)
+    rng = np.random.default_rng(5)
+    frames = [_frame(rng) for _ in range(4)] + [_broken(_frame(rng))]
+    grid = model.tiling.grid(SIDE, SIDE)
+    methods = ("combined", "local", "smooth_recon")
+    alone = [positional_tile_scores(model, f, grid, methods, model.positional) for f in frames]
+    for batch in (3 * len(grid), 4, len(grid)):  # frames packed together, a frame cut up, one frame a batch
+        together = list(positional_frames(model, frames, grid, methods, model.positional, batch))
+        assert len(together) == len(frames)
+        for (scores, frame_map), (want, want_map) in zip(together, alone):
+            np.testing.assert_allclose(frame_map, want_map, rtol=1e-4, atol=1e-5)
+            for m in methods:
+                np.testing.assert_allclose(scores[m], want[m], rtol=1e-4, atol=1e-5)
+    many = model.score_tiled_many(frames, "combined")
+    assert [r.score for r in many] == pytest.approx([float(a[0]["combined"].max()) for a in alone], rel=1e-4)
+    assert many[-1].is_outlier
