@@ -26,6 +26,7 @@ stitch and standardise the frame's map, which the plain batches do not).
 Usage:
     python benchmarks/fixed_camera.py            # full run
     python benchmarks/fixed_camera.py --smoke    # tiny sizes: checks that the pipeline runs
+    python benchmarks/fixed_camera.py --work DIR # keep the run, the bundles and the frames in DIR
 
 Writes benchmarks/results/fixed_camera.json and the fixed-camera section of docs/benchmarks.md.
 """
@@ -122,6 +123,8 @@ def calibrated_again(task: dict[str, Any], bundle: Path, work: Path) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = benchmark_parser(__doc__ or "", "fixed_camera")
+    parser.add_argument("--work", help="keep the run, the bundles and the frames in this folder (default: a temporary "
+                        "one, removed at the end)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     side, tile, n_train, n_test, n_fpr, n_cal = (64, 32, 48, 12, 24, 12) if args.smoke else (192, 64, 400, 100, 500, 300)
@@ -131,7 +134,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "visibility": task["visibility"], "exports": {}}
     cli = [str(Path(sys.executable).with_name("edgevae"))]
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(args.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        if args.work:
+            np.savez(work / "task.npz", normal=task["normal"], fpr_normal=task["fpr_normal"],
+                     calibration=task["calibration"], **{f"anomaly_{k}": v for k, v in task["anomalies"].items()})
         data, run = work / "frames.npy", work / "run"
         np.save(data, task["train"])
         train_s, _ = run_measured(cli + ["train", "--data", str(data), "-o", str(run), "--tile", str(tile), *epochs])
