@@ -55,8 +55,8 @@ from edgevae.runtime.maps import MAP_FILE, MapStats, check_parts
 from edgevae.runtime.methods import MONTE_CARLO_METHODS, SCORE_METHODS, noise_file
 from edgevae.runtime.model import Model, Scorer
 from edgevae.runtime.runner import build_runner
-from edgevae.runtime.tiles import (CAMERAS, FIXED_CAMERA_SHARE, FRAME_MAP_FILE, MIN_FRAMES, Tiling, frame_alignment,
-                                  frame_map_stats, image_level_methods)
+from edgevae.runtime.tiles import (CAMERAS, FIXED_CAMERA_SHARE, FRAME_MAP_FILE, MIN_FRAMES, Positional, Tiling,
+                                  frame_alignment, frame_defect_stats, frame_map_stats, image_level_methods)
 from edgevae.runtime.scores import warn_if_unpromisable
 from edgevae.runtime.writer import graph_with_manifest, write_bundle
 from edgevae.training.defect_head import LoadedHead, load_head
@@ -220,7 +220,9 @@ def export_bundle(
     if defect_graph is not None:
         files[DEFECT_FILE] = serialize(defect_graph)
     if frame_stats is not None:
-        files[FRAME_MAP_FILE] = frame_stats.to_bytes()
+        files[FRAME_MAP_FILE] = frame_stats.stats.to_bytes()
+        if frame_stats.defect is not None:
+            files[frame_stats.defect.manifest_entry()["file"]] = frame_stats.defect.to_bytes()
     manifest["variants"] = build_variants(files, manifest, graphs, model, scorer, images, cfg, say, defect_graph)
     say("writing the bundle")
     try:
@@ -232,10 +234,11 @@ def export_bundle(
 
 
 def _tiling(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer,
-            say: Say) -> tuple[Tiling | None, MapStats | None]:
+            say: Say) -> tuple[Tiling | None, Positional | None]:
     """A tiled run's ``tiling`` section: its tile, stride and downscale, the kind of camera, and the image-level
     calibration on the whole held-out images the run kept (None for a run on whole images); with a fixed camera
-    also its per-position statistics (written as ``FRAME_MAP_FILE``)."""
+    also its per-position statistics (written as ``FRAME_MAP_FILE`` and, with a defect head,
+    ``FRAME_DEFECT_FILE``)."""
     tile = ck.data.tile
     if tile is None:
         return None, None
@@ -258,14 +261,15 @@ def _tiling(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer,
             f"{frames[0].shape[1]}x{frames[0].shape[2]}")
         try:
             stats = frame_map_stats(scorer, frames, tiling)
+            defect = frame_defect_stats(scorer, frames, tiling) if scorer.has_defect_head else None
             say(f"calibrating a fixed camera's image scores on {len(whole)} whole held-out frames by {tile}x{tile} "
                 f"tiles every {stride} px")
-            positional, _ = calibrate_positional(scorer, stats, whole, tiling, cfg.fpr, methods,
-                                                 source="whole held-out frames of the training data, scored by tiles "
-                                                        "with per-position statistics")
+            positional, fitted = calibrate_positional(scorer, Positional(stats, None, defect), whole, tiling, cfg.fpr,
+                                                      methods, source="whole held-out frames of the training data, "
+                                                                      "scored by tiles with per-position statistics")
         except (CalibrationError, ValueError) as exc:
             raise ExportError(str(exc)) from exc
-        return positional, stats
+        return positional, fitted
     say(f"calibrating image scores on {len(whole)} whole held-out images by {tile}x{tile} tiles every {stride} px")
     try:
         cal = calibrate_tiled(scorer, whole, tiling, cfg.fpr, methods,

@@ -22,7 +22,7 @@ from .manifest import (
     ScoringSpec,
 )
 from .maps import Combination, MapStats
-from .tiles import Positional
+from .tiles import DefectStats, Positional
 from .model import Model
 from .runner import GraphRunner, build_runner
 from .files import read_manifest, read_verified, sha256_hex, verify_files
@@ -184,7 +184,17 @@ def read_positional(path: Path, manifest: Manifest) -> Positional | None:
         stats = MapStats.from_bytes(data, entry.shape, entry.sigma, entry.top_k)
     except ValueError as exc:
         raise BundleError(f"{path}: {entry.file} is unusable: {exc}") from exc
-    return Positional(stats, tiling.combination(manifest.scoring.combined_parts))
+    defect = None
+    if tiling.defect_map is not None:
+        file = str(tiling.defect_map["file"])
+        data = read_verified(path, manifest, file)
+        if len(data) != 4 * 2 * h * w:
+            raise BundleError(f"{path}: {file} holds {len(data)} bytes, but tiling.frame needs float32 (2, {h}, {w})")
+        try:
+            defect = DefectStats.from_bytes(data, (h, w))
+        except ValueError as exc:
+            raise BundleError(f"{path}: {file} is unusable: {exc}") from exc
+    return Positional(stats, tiling.combination(manifest.scoring.combined_parts), defect)
 
 
 def read_maps(path: Path, manifest: Manifest) -> tuple[MapStats | None, Combination | None]:

@@ -163,11 +163,12 @@ def _image_level(per_image: Mapping[str, Sequence[float]], tiles: Sequence[int],
                                   "methods": {m: calibrated[m] for m in SCORE_METHODS if m in calibrated}})
 
 
-def calibrate_positional(scorer: Scorer, stats: MapStats, images: Sequence[NDArray[Any]], tiling: "Tiling",
+def calibrate_positional(scorer: Scorer, positional: "Positional", images: Sequence[NDArray[Any]], tiling: "Tiling",
                          fpr: float, methods: Sequence[str], *, source: str) -> tuple["Tiling", "Positional"]:
     """A fixed camera's tiling (export and ``edgevae calibrate`` both make it here): with the frame's per-position
-    statistics ``stats``, the references of ``combined``'s parts per tile of the held-out frames ``images`` (their
-    ``local`` read per position), then the image-level calibration of every method on those frames whole.
+    statistics (``positional.stats`` and, with a defect head, ``positional.defect``; its combination is not read),
+    the references of ``combined``'s parts per tile of the held-out frames ``images`` (their ``local`` and
+    ``defect`` read per position), then the image-level calibration of every method on those frames whole.
 
     Raises:
         CalibrationError: fewer than ``MIN_CALIBRATION_IMAGES`` frames, frames of another size, or scores that are
@@ -175,7 +176,8 @@ def calibrate_positional(scorer: Scorer, stats: MapStats, images: Sequence[NDArr
     """
     from .tiles import FRAME_MAP_FILE, Positional, aggregate, positional_frames
 
-    frame = (int(stats.mean.shape[0]), int(stats.mean.shape[1]))
+    stats, defect = positional.stats, positional.defect
+    frame = positional.frame
     wrong = [tuple(int(v) for v in im.shape[1:]) for im in images if tuple(int(v) for v in im.shape[1:]) != frame]
     if wrong:
         raise CalibrationError(f"a fixed camera calibrates on frames of its size {frame[0]}x{frame[1]}; {len(wrong)} "
@@ -190,17 +192,17 @@ def calibrate_positional(scorer: Scorer, stats: MapStats, images: Sequence[NDArr
     per_image: dict[str, list[float]] = {m: [] for m in others}
     collected: dict[str, list[NDArray[Any]]] = {p: [] for p in parts} if joined else {}
     # one pass over the frames: every method's tiles and, for combined, its parts
-    for got, _ in positional_frames(scorer, images, grid, others, Positional(stats), parts=joined):
+    for got, _ in positional_frames(scorer, images, grid, others, Positional(stats, None, defect), parts=joined):
         for m in others:
             per_image[m].append(aggregate(got[m], tiling.aggregate))
         for p in collected:
             collected[p].append(got[f"part:{p}"])
     references = None
-    positional = Positional(stats)
+    fitted = Positional(stats, None, defect)
     if joined:  # references of every frame's tiles, then each frame's combined read against them
         references = {p: Reference.fit(_finite(np.concatenate(v), p)) for p, v in collected.items()}
         combination = Combination(parts, references)
-        positional = Positional(stats, combination)
+        fitted = Positional(stats, combination, defect)
         per_image["combined"] = [aggregate(combination.statistic({p: collected[p][i] for p in parts}), tiling.aggregate)
                                  for i in range(len(images))]
     cal = _image_level(per_image, [len(grid)] * len(images), fpr, source)
@@ -210,7 +212,7 @@ def calibrate_positional(scorer: Scorer, stats: MapStats, images: Sequence[NDArr
                            "averaged where tiles overlap; map = (stitched - mean) / spread per pixel of the frame; a "
                            "tile's local = mean of the top_k largest map values under it"}
     return replace(tiling, positional=True, frame=frame, map=MapEntry.from_dict(entry), references=references,
-                   calibration=cal), positional
+                   calibration=cal, defect_map=defect.manifest_entry() if defect is not None else None), fitted
 
 
 def _finite(scores: NDArray[np.float64], method: str) -> NDArray[np.float64]:

@@ -353,19 +353,22 @@ class Scorer:
                              "re-export it with this edgevae, or pass another method")
         return self.combination.statistic(self.combined_parts(x, samples))
 
-    def combined_parts(self, x: NDArray[Any], samples: int | None = None, magnitudes: bool = False) -> dict[str, F32]:
+    def combined_parts(self, x: NDArray[Any], samples: int | None = None, magnitudes: bool = False,
+                       skip: Sequence[str] = ()) -> dict[str, F32]:
         """The raw scores of the parts of ``combined`` (``spec.combined_parts``), as it computes them: the parts
         that compare images with their reconstructions share one encoder and decoder pass, and a Monte-Carlo part
         draws ``spec.part_samples(part)`` samples (``samples`` overrides); a one-sample ELBO part joins the shared
         pass, its code decoded beside the means.
 
         With ``magnitudes``, the result also holds :meth:`residual_magnitudes` under ``MAGNITUDES`` (N, H, W): from
-        the shared pass's reconstructions when there is one (a fixed camera's tiles need both), else computed."""
+        the shared pass's reconstructions when there is one (a fixed camera's tiles need both), else computed.
+        Parts named in ``skip`` are not computed (a fixed camera reads them from whole frames instead)."""
         xb = self.prepare(x)
-        shared = [p for p in self.spec.combined_parts if p in RECONSTRUCTION_METHODS]
+        wanted = [p for p in self.spec.combined_parts if p not in skip]
+        shared = [p for p in wanted if p in RECONSTRUCTION_METHODS]
         if magnitudes and not shared:
-            return {**self.combined_parts(xb, samples), MAGNITUDES: self.residual_magnitudes(xb)}
-        joining = [p for p in self.spec.combined_parts if METHODS[p].draws_noise and not METHODS[p].importance
+            return {**self.combined_parts(xb, samples, skip=skip), MAGNITUDES: self.residual_magnitudes(xb)}
+        joining = [p for p in wanted if METHODS[p].draws_noise and not METHODS[p].importance
                    and (samples or self.spec.part_samples(p)) == 1]
         one = joining[0] if shared and joining else None
         eps = self.noise(one, 1) if one is not None else None
@@ -388,7 +391,7 @@ class Scorer:
             names = shared + ([MAGNITUDES] if magnitudes else []) + ([one] if one is not None else [])
             parts.update(zip(names, self.runner.map_slices(one_pass, xb)))
         extra = {MAGNITUDES: parts.pop(MAGNITUDES)} if magnitudes else {}
-        for part in self.spec.combined_parts:
+        for part in wanted:
             if part not in parts:
                 k = samples or self.spec.part_samples(part)
                 twin = _negated_twin(part, parts, self.spec, samples)

@@ -145,7 +145,7 @@ def _tiled_manifest(bundle: Path, manifest: Manifest, images: Sequence[NDArray[A
         methods = image_level_methods([m for m in main.methods if m in scorer.computable_methods])
         source = f"{len(whole)} whole normal images given to 'edgevae calibrate'"
         if model.positional is not None:  # a fixed camera: references and image scores per position, as export
-            tiling, _ = calibrate_positional(scorer, model.positional.stats, whole, tiling, fpr, methods, source=source)
+            tiling, _ = calibrate_positional(scorer, model.positional, whole, tiling, fpr, methods, source=source)
         else:
             tiling = replace(tiling, calibration=calibrate_tiled(scorer, whole, tiling, fpr, methods, source=source))
     image_level = tiling.calibration

@@ -21,9 +21,12 @@ judged alike: the anomaly map's per-pixel statistics are those of a tile, pooled
 (``positional: true``) sees the same scene in every frame of one size, so what is normal depends on where in the
 frame a pixel is: the bundle then stores the statistics of the stitched residual map per pixel of the whole
 frame (``tiling.map``, measured on training frames), the anomaly map of a frame is its stitched residual
-standardised by them, and a tile's ``local`` score is the mean of the top of that map over the tile. ``combined``
-reads its ``local`` part against references measured the same way (``tiling.references``). Such a bundle scores
-frames of its frame size only.
+standardised by them, and a tile's ``local`` score is the mean of the top of that map over the tile. With a defect
+head, the head's logits are stitched the same way and standardised by their own per-pixel statistics
+(``tiling.defect_map``): a tile's ``defect`` is the largest window mean of that map under it, so a spot the head
+always sees at one place of the scene (a bright edge, a shadow) does not count as a defect there. ``combined``
+reads its ``local`` and ``defect`` parts against references measured the same way (``tiling.references``). Such a
+bundle scores frames of its frame size only.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from numpy.typing import NDArray
 
 from .errors import ArrayInputError
 from .manifest import Calibration, MapEntry
-from .maps import MAGNITUDES, Combination, MapStats, Reference, residual_magnitude
+from .maps import MAGNITUDES, Combination, MapStats, Reference, defect_score, residual_magnitude
 
 if TYPE_CHECKING:
     from .model import Scorer
@@ -52,7 +55,13 @@ NOT_FOR_WHOLE_IMAGES = ("iwae",)
 VALIDATION_TILES = 1000
 # A fixed camera's per-position map statistics (float32 little-endian, row-major (2, H, W) of the frame).
 FRAME_MAP_FILE = "frame_map_stats.f32"
-# Methods whose tile scores read the map statistics: per position on a fixed camera.
+# A fixed camera's per-position statistics of the defect head's stitched logits (same layout as FRAME_MAP_FILE).
+FRAME_DEFECT_FILE = "frame_defect_stats.f32"
+# The spread of the defect logits at a pixel is floored at this many logits, so that places where the head's
+# output hardly varies over normal frames do not turn small changes into large values.
+DEFECT_SPREAD_FLOOR = 0.25
+# Methods whose tile scores read the map statistics: per position on a fixed camera (``defect`` too when the
+# bundle has the defect head's per-position statistics, :attr:`Positional.methods`).
 POSITIONAL_METHODS = ("local", "combined")
 CAMERAS = ("auto", "fixed", "surface")
 # ``auto`` chooses a fixed camera when the training frames share one size and the variance of a pixel across
@@ -120,7 +129,11 @@ class Tiling:
         calibration: the aggregate's calibration on whole held-out images (thresholds, scores, tails).
         frame: a fixed camera's frame (H, W), after ``downscale``.
         map: a fixed camera's per-position map statistics file (``FRAME_MAP_FILE``, (2, H, W) of the frame).
-        references: a fixed camera's references of ``combined``'s parts, its ``local`` read per position.
+        references: a fixed camera's references of ``combined``'s parts, its ``local`` (and ``defect``) read per
+            position.
+        defect_map: a fixed camera's per-position statistics of the defect head's logits (``FRAME_DEFECT_FILE``:
+            ``file`` and ``shape`` [2, H, W] of the frame); None for a bundle without a defect head, or from
+            before them (its ``defect`` is then read position-free).
     """
 
     tile: tuple[int, int]
@@ -133,6 +146,7 @@ class Tiling:
     frame: tuple[int, int] | None = None
     map: MapEntry | None = None
     references: Mapping[str, Reference] | None = None
+    defect_map: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not (1 <= self.stride <= min(self.tile)):
@@ -149,6 +163,11 @@ class Tiling:
             if self.map.shape != (2, *self.frame):
                 raise ValueError(f"tiling.map.shape must be [2, {self.frame[0]}, {self.frame[1]}] (the frame), got "
                                  f"{list(self.map.shape)}")
+            dm = self.defect_map
+            if dm is not None and (not isinstance(dm.get("file"), str) or not dm["file"]
+                                   or [int(v) for v in dm.get("shape", ())] != [2, *self.frame]):
+                raise ValueError(f"tiling.defect_map must name a file of shape [2, {self.frame[0]}, {self.frame[1]}] "
+                                 f"(the frame), got {dict(dm)}")
 
     def check_frame(self, height: int, width: int) -> None:
         """Refuse an image a fixed-camera tiling cannot score (another size than its frame).
@@ -195,7 +214,8 @@ class Tiling:
                    Calibration.from_dict(cal) if cal is not None else None, dict(data),
                    (int(frame[0]), int(frame[1])) if frame is not None else None,
                    MapEntry.from_dict(entry) if entry is not None else None,
-                   {p: Reference.from_dict(r) for p, r in refs.items()} if refs is not None else None)
+                   {p: Reference.from_dict(r) for p, r in refs.items()} if refs is not None else None,
+                   dict(data["defect_map"]) if data.get("defect_map") is not None else None)
 
     def to_dict(self) -> dict[str, Any]:
         out = {**self.raw, "tile": list(self.tile), "stride": self.stride, "aggregate": self.aggregate,
@@ -208,6 +228,8 @@ class Tiling:
             out["map"] = self.map.to_dict()
         if self.references is not None:
             out["references"] = {p: r.to_dict() for p, r in self.references.items()}
+        if self.defect_map is not None:
+            out["defect_map"] = dict(self.defect_map)
         return out
 
     def combination(self, parts: Sequence[str]) -> Combination | None:
@@ -218,17 +240,82 @@ class Tiling:
 
 
 @dataclass(frozen=True)
+class DefectStats:
+    """A fixed camera's per-pixel statistics of the defect head's stitched logits over normal training frames.
+
+    Attributes:
+        mean: (H, W) the mean logit at each pixel of the frame.
+        spread: (H, W) its standard deviation, floored at ``DEFECT_SPREAD_FLOOR`` logits; always > 0.
+    """
+
+    mean: F32
+    spread: F32
+
+    def __post_init__(self) -> None:
+        if self.mean.ndim != 2 or self.mean.shape != self.spread.shape:
+            raise ValueError(f"defect statistics must be two (H, W) arrays of one shape, got {self.mean.shape} and "
+                             f"{self.spread.shape}")
+        if not (np.isfinite(self.mean).all() and np.isfinite(self.spread).all() and (self.spread > 0).all()):
+            raise ValueError("defect statistics must be finite with a positive spread")
+
+    @classmethod
+    def fit(cls, maps: Sequence[F32]) -> "DefectStats":
+        """Statistics of stitched logit maps ((H, W) each) of normal frames.
+
+        Raises:
+            ValueError: fewer than two maps.
+        """
+        if len(maps) < 2:
+            raise ValueError(f"defect statistics need at least 2 frames, got {len(maps)}")
+        stack = np.stack([np.asarray(m, np.float64) for m in maps])
+        spread = np.maximum(stack.std(axis=0, ddof=1), DEFECT_SPREAD_FLOOR)
+        return cls(stack.mean(axis=0).astype(np.float32), spread.astype(np.float32))
+
+    def standardise(self, logits: F32) -> F32:
+        """(logits - mean) / spread per pixel, in float32."""
+        out: F32 = np.subtract(logits, self.mean, dtype=np.float32)
+        out /= self.spread
+        return out
+
+    def to_bytes(self) -> bytes:
+        """The bundle file: float32 little-endian (2, H, W), mean then spread."""
+        return np.stack([self.mean, self.spread]).astype("<f4").tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, frame: tuple[int, int]) -> "DefectStats":
+        arr = np.frombuffer(data, dtype="<f4").reshape(2, *frame).astype(np.float32)
+        return cls(arr[0].copy(), arr[1].copy())
+
+    def manifest_entry(self) -> dict[str, Any]:
+        """The manifest's ``tiling.defect_map``."""
+        h, w = self.mean.shape
+        return {"file": FRAME_DEFECT_FILE, "shape": [2, int(h), int(w)], "dtype": "float32", "byte_order": "little",
+                "layout": "row-major (2, H, W) of the frame: per-pixel mean, then spread (floored at "
+                          f"{DEFECT_SPREAD_FLOOR} logits)",
+                "definition": "the defect head's logits of a frame's tiles stitched to the frame, averaged where tiles "
+                              "overlap; defect map = (stitched - mean) / spread per pixel of the frame; a tile's defect "
+                              "= the largest mean of that map over a scoring.defect_window square inside the tile"}
+
+
+@dataclass(frozen=True)
 class Positional:
-    """What a fixed camera's tiles are scored with: the frame's per-position map statistics and the ``combined``
-    references measured with them (None when the combination is not calibrated yet)."""
+    """What a fixed camera's tiles are scored with: the frame's per-position map statistics, the defect head's
+    (None without them: ``defect`` is then position-free) and the ``combined`` references measured with them
+    (None when the combination is not calibrated yet)."""
 
     stats: MapStats
     combination: Combination | None = None
+    defect: DefectStats | None = None
 
     @property
     def frame(self) -> tuple[int, int]:
         h, w = self.stats.mean.shape
         return int(h), int(w)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods whose tile scores read a whole frame's maps."""
+        return POSITIONAL_METHODS + (("defect",) if self.defect is not None else ())
 
 
 def grid_tiles(images: Sequence[NDArray[Any]], tile: int, limit: int = VALIDATION_TILES, seed: int = 0) -> NDArray[Any]:
@@ -276,7 +363,7 @@ def image_tile_scores(scorer: "Scorer", image: NDArray[Any], grid: TileGrid, met
     ``positional`` (a fixed camera; default: the scorer's own, a Model of a positional bundle has one), ``local``
     and ``combined`` read the map per position (:func:`positional_tile_scores`)."""
     positional = positional if positional is not None else getattr(scorer, "positional", None)
-    if positional is not None and any(m in POSITIONAL_METHODS for m in methods):
+    if positional is not None and any(m in positional.methods for m in methods):
         return positional_tile_scores(scorer, image, grid, methods, positional, batch)[0]
     out: dict[str, list[NDArray[Any]]] = {m: [] for m in methods}
     for _, tiles in grid.batches(image, batch):
@@ -333,7 +420,9 @@ def positional_frames(scorer: "Scorer", images: Sequence[NDArray[Any]], grid: Ti
     gives the position-free methods' scores and, with ``combined``'s parts, the residual magnitudes from the
     parts' own reconstructions); each frame's residual magnitudes are stitched (averaged where tiles overlap) and
     standardised by the frame's per-position statistics into its anomaly map; a tile's ``local`` is the mean of
-    its top ``top_k`` map values, and ``combined`` reads that ``local`` against ``positional.combination``. With
+    its top ``top_k`` map values. With the defect head's per-position statistics (``positional.defect``), its
+    logits are stitched and standardised alike and a tile's ``defect`` is the largest window mean of that map
+    under it. ``combined`` reads these ``local`` and ``defect`` against ``positional.combination``. With
     ``parts``, the combined score's parts come back too (as ``part:<name>``), which is what calibrating the
     combination needs. At most ``batch`` / tiles-per-frame + 1 frames' maps are held at once.
 
@@ -351,48 +440,58 @@ def positional_frames(scorer: "Scorer", images: Sequence[NDArray[Any]], grid: Ti
     if "combined" in methods and positional.combination is None:
         raise ValueError("this fixed-camera bundle has no per-position references for combined")
     names = list(scorer.spec.combined_parts) if ("combined" in methods or parts) else []
-    plain = [m for m in methods if m not in POSITIONAL_METHODS]
-    stats = positional.stats
+    framed = positional.methods
+    plain = [m for m in methods if m not in framed]
+    # the parts read from the whole frame's maps are not computed per tile
+    skip = tuple(p for p in names if p in framed)
+    stitched_defect = positional.defect is not None and ("defect" in methods or "defect" in names)
     th, tw = grid.tile
     n = len(grid)
-    # per frame in flight: position-free scores, parts, the stitched sums and counts, tiles done
-    state: dict[int, tuple[dict[str, list[NDArray[Any]]], NDArray[np.float32], NDArray[np.float32], list[int]]] = {}
+    # per frame in flight: position-free scores, the stitched sums (magnitudes, defect logits) and counts, tiles done
+    state: dict[int, tuple[dict[str, list[NDArray[Any]]], list[NDArray[np.float32]], NDArray[np.float32], list[int]]] = {}
     for owners, positions, tiles in _frame_chunks(images, grid, batch):
         xb = scorer.prepare(tiles)
         got: dict[str, NDArray[Any]] = {m: scorer.raw_scores(xb, m) for m in plain}
         if names:  # the parts' reconstructions give the residual magnitudes too: one pass for both
-            both = scorer.combined_parts(xb, magnitudes=True)
-            got.update({f"part:{p}": both[p] for p in names})
-            magnitudes = both[MAGNITUDES]
+            both = scorer.combined_parts(xb, magnitudes=True, skip=skip)
+            got.update({f"part:{p}": both[p] for p in names if p not in skip})
+            maps = [both[MAGNITUDES]]
         else:
-            magnitudes = scorer.residual_magnitudes(xb)
+            maps = [scorer.residual_magnitudes(xb)]
+        if stitched_defect:
+            maps.append(scorer.defect_logits(xb))
         for k in np.unique(owners):
             k = int(k)
             rows = np.flatnonzero(owners == k)
             if k not in state:
-                state[k] = ({key: [] for key in got}, np.zeros((grid.height, grid.width), np.float32),
+                state[k] = ({key: [] for key in got}, [np.zeros((grid.height, grid.width), np.float32) for _ in maps],
                             np.zeros((grid.height, grid.width), np.float32), [0])
-            collected, total, count, done = state[k]
+            collected, totals, count, done = state[k]
             for key, values in got.items():
                 collected[key].append(values[rows])
-            for (y, x), m in zip(positions[rows], magnitudes[rows]):
-                total[y:y + th, x:x + tw] += m
+            for j, (y, x) in zip(rows, positions[rows]):
+                for total, m in zip(totals, maps):
+                    total[y:y + th, x:x + tw] += m[j]
                 count[y:y + th, x:x + tw] += 1.0
             done[0] += len(rows)
             if done[0] == n:
                 del state[k]
-                yield _positional_frame(collected, stats.standardise(total / count), grid, methods, positional,
-                                        names, parts, batch)
+                frame_map = positional.stats.standardise(totals[0] / count)
+                defect_map = positional.defect.standardise(totals[1] / count) if stitched_defect else None  # type: ignore[union-attr]
+                yield _positional_frame(collected, frame_map, defect_map, scorer.spec.defect_window, grid, methods,
+                                        positional, names, parts, batch)
 
 
-def _positional_frame(collected: Mapping[str, list[NDArray[Any]]], frame_map: F32, grid: TileGrid,
-                      methods: Sequence[str], positional: Positional, names: Sequence[str], parts: bool,
-                      batch: int) -> tuple[dict[str, NDArray[np.float64]], F32]:
-    """One frame's scores from its tiles' collected scores and its standardised map (:func:`positional_frames`)."""
+def _positional_frame(collected: Mapping[str, list[NDArray[Any]]], frame_map: F32, defect_map: F32 | None,
+                      window: int, grid: TileGrid, methods: Sequence[str], positional: Positional,
+                      names: Sequence[str], parts: bool, batch: int) -> tuple[dict[str, NDArray[np.float64]], F32]:
+    """One frame's scores from its tiles' collected scores and its standardised maps (:func:`positional_frames`)."""
     scores = {key: np.concatenate(v).astype(np.float64) for key, v in collected.items()}
-    local = window_tops(frame_map, grid, positional.stats, batch)
-    part_scores = {p: local if p == "local" else scores[f"part:{p}"] for p in names}
-    result = {m: local if m == "local" else scores[m] for m in methods if m != "combined"}
+    framed = {"local": window_tops(frame_map, grid, positional.stats, batch)}
+    if defect_map is not None:
+        framed["defect"] = window_means(defect_map, grid, window, batch)
+    part_scores = {p: framed[p] if p in framed else scores[f"part:{p}"] for p in names}
+    result = {m: framed[m] if m in framed else scores[m] for m in methods if m != "combined"}
     if "combined" in methods:
         assert positional.combination is not None
         result["combined"] = positional.combination.statistic(
@@ -402,6 +501,16 @@ def _positional_frame(collected: Mapping[str, list[NDArray[Any]]], frame_map: F3
     return result, frame_map
 
 
+def window_means(frame_map: F32, grid: TileGrid, window: int, batch: int = TILE_BATCH) -> NDArray[np.float64]:
+    """Per tile of ``grid``, the largest mean of ``frame_map`` (H, W) over a ``window`` square inside the tile
+    (``maps.defect_score`` of the tile's part of the map): a fixed camera's tile ``defect`` scores (n,)."""
+    th, tw = grid.tile
+    pos = grid.positions
+    out = [defect_score(np.stack([frame_map[y:y + th, x:x + tw] for y, x in pos[i:i + batch]]), window)
+           for i in range(0, pos.shape[0], batch)]
+    return np.concatenate(out).astype(np.float64)
+
+
 def packed_tile_scores(scorer: "Scorer", images: Sequence[NDArray[Any]], grids: Sequence[TileGrid], method: str,
                        batch: int = TILE_BATCH, progress: Callable[[int], None] | None = None,
                        positional: Positional | None = None) -> list[NDArray[np.float64]]:
@@ -409,7 +518,7 @@ def packed_tile_scores(scorer: "Scorer", images: Sequence[NDArray[Any]], grids: 
     images packed into batches of ``batch``: {image: (n_tiles,)} as a list in order. ``progress`` is called with
     the number of tiles each batch scored. A fixed camera's ``local`` and ``combined`` go through
     :func:`positional_frames` (frames of one size, each needing its whole frame's map)."""
-    if positional is not None and method in POSITIONAL_METHODS and images:
+    if positional is not None and method in positional.methods and images:
         done = []
         for scores, _ in positional_frames(scorer, images, grids[0], (method,), positional, batch):
             done.append(scores[method])
@@ -530,6 +639,23 @@ def frame_map_stats(scorer: "Scorer", frames: Sequence[NDArray[Any]], tiling: Ti
         raise ValueError("per-position statistics need the tiles' own map statistics first")
     fitted = MapStats.fit([stitch(f, grid, scorer.residual_magnitudes, batch)[None] for f in frames], stats.sigma)
     return MapStats(fitted.mean, fitted.spread, stats.sigma, stats.top_k)
+
+
+def frame_defect_stats(scorer: "Scorer", frames: Sequence[NDArray[Any]], tiling: Tiling,
+                       batch: int = TILE_BATCH) -> DefectStats:
+    """A fixed camera's per-position statistics of the defect head: each training frame's logits (C, H, W frames,
+    all of one size) stitched by tiles as scoring stitches them, then their per-pixel mean and spread over the
+    frames (:meth:`DefectStats.fit`).
+
+    Raises:
+        ValueError: fewer than two frames, frames of several sizes, or a scorer without a defect head.
+    """
+    sizes = {(int(f.shape[1]), int(f.shape[2])) for f in frames}
+    if len(sizes) != 1:
+        raise ValueError(f"a fixed camera's frames share one size; got {len(sizes)} sizes")
+    (h, w), = sizes
+    grid = tiling.grid(h, w)
+    return DefectStats.fit([stitch(f, grid, scorer.defect_logits, batch) for f in frames])
 
 
 def frame_alignment(frames: Sequence[NDArray[Any]]) -> float | None:

@@ -80,7 +80,7 @@ def camera_bundle(camera_run: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 def test_auto_chooses_a_fixed_camera_and_the_bundle_records_its_frame(camera_bundle: Path) -> None:
     from edgevae.runtime import load
-    from edgevae.runtime.tiles import FRAME_MAP_FILE
+    from edgevae.runtime.tiles import FRAME_DEFECT_FILE, FRAME_MAP_FILE
 
     manifest = json.loads((camera_bundle / "edgevae.json").read_text())
     tiling = manifest["tiling"]
@@ -91,6 +91,10 @@ def test_auto_chooses_a_fixed_camera_and_the_bundle_records_its_frame(camera_bun
     assert set(tiling["references"]) == set(model.spec.combined_parts)
     assert model.positional is not None and model.positional.frame == (SIDE, SIDE)
     assert model.positional.combination is not None
+    # the defect head's logits have per-position statistics of their own, checksummed like every file
+    assert tiling["defect_map"]["file"] == FRAME_DEFECT_FILE and tiling["defect_map"]["shape"] == [2, SIDE, SIDE]
+    assert FRAME_DEFECT_FILE in manifest["files"]
+    assert model.positional.defect is not None and "defect" in model.positional.methods
 
 
 def test_a_fixed_camera_scores_frames_by_position_and_refuses_other_sizes(camera_bundle: Path) -> None:
@@ -214,7 +218,7 @@ def test_frames_scored_together_score_as_each_alone(camera_bundle: Path) -> None
     rng = np.random.default_rng(5)
     frames = [_frame(rng) for _ in range(4)] + [_broken(_frame(rng))]
     grid = model.tiling.grid(SIDE, SIDE)
-    methods = ("combined", "local", "smooth_recon")
+    methods = ("combined", "local", "defect", "smooth_recon")
     alone = [positional_tile_scores(model, f, grid, methods, model.positional) for f in frames]
     for batch in (3 * len(grid), 4, len(grid)):  # frames packed together, a frame cut up, one frame a batch
         together = list(positional_frames(model, frames, grid, methods, model.positional, batch))
@@ -226,3 +230,33 @@ def test_frames_scored_together_score_as_each_alone(camera_bundle: Path) -> None
     many = model.score_tiled_many(frames, "combined")
     assert [r.score for r in many] == pytest.approx([float(a[0]["combined"].max()) for a in alone], rel=1e-4)
     assert many[-1].is_outlier
+
+
+def test_the_defect_score_reads_the_head_per_position(camera_bundle: Path) -> None:
+    """A fixed camera's ``defect``: the head's logits stitched over the frame, standardised per pixel by the
+    training frames' statistics, and a tile's score the largest window mean of that map inside it; ``combined``
+    reads that part, not the position-free one."""
+    from edgevae.runtime import load
+    from edgevae.runtime.maps import defect_score
+    from edgevae.runtime.tiles import positional_tile_scores, stitch
+
+    model = load(camera_bundle)
+    assert model.positional is not None and model.positional.defect is not None
+    frame = _broken(_frame(np.random.default_rng(4)))
+    grid = model.tiling.grid(SIDE, SIDE)
+    standard = model.positional.defect.standardise(stitch(frame, grid, model.defect_logits))
+    want = defect_score(np.stack([standard[y:y + TILE, x:x + TILE] for y, x in grid.positions]),
+                        model.spec.defect_window)
+    scores, _ = positional_tile_scores(model, frame, grid, ("defect", "combined"), model.positional, parts=True)
+    np.testing.assert_allclose(scores["defect"], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scores["part:defect"], want, rtol=1e-5, atol=1e-5)
+    assert model.score_tiled(frame, "defect").score == pytest.approx(float(want.max()), rel=1e-5)
+    # the position-free tile scores are another number: the head's raw logits, not their standardised map
+    free = model.raw_scores(np.stack([frame[:, y:y + TILE, x:x + TILE] for y, x in grid.positions]), "defect")
+    assert not np.allclose(free, want, rtol=1e-3)
+    # a combination read per position takes the per-position parts, with the parts skipped per tile
+    per_tile = model.combined_parts(np.stack([frame[:, y:y + TILE, x:x + TILE] for y, x in grid.positions]),
+                                    skip=("local", "defect"))
+    assert "local" not in per_tile and "defect" not in per_tile
+    for part in set(model.spec.combined_parts) - {"local", "defect"}:
+        np.testing.assert_allclose(scores[f"part:{part}"], per_tile[part], rtol=1e-5, atol=1e-6)
