@@ -186,7 +186,13 @@ export async function openBundle(ort, readFile, sha256Hex, { method = null, sess
   bundle.tiling = manifest.tiling ? tilingOf(manifest, chosen, bundle) : null;
   if ([chosen, ...bundle.parts.map((p) => p.name)].some((m) => specs[m].map)) {
     bundle.map = await mapStats(readFile, sha256Hex, manifest);
-    if (bundle.tiling && bundle.tiling.positional) await frameStats(readFile, sha256Hex, manifest, bundle.tiling.positional);
+    if (bundle.tiling && bundle.tiling.positional) Object.assign(bundle.tiling.positional, await frameStats(readFile, sha256Hex, manifest, bundle.tiling.positional, bundle.tiling.positional.file));
+  }
+  const pos = bundle.tiling && bundle.tiling.positional;
+  if (pos && pos.defectFile && [chosen, ...bundle.parts.map((p) => p.name)].some((m) => specs[m].kind === "defect")) {
+    const { mean, spread } = await frameStats(readFile, sha256Hex, manifest, pos, pos.defectFile);
+    pos.defectMean = mean;
+    pos.defectSpread = spread;
   }
   for (const name of [chosen, ...bundle.parts.map((p) => p.name)]) {
     if (specs[name].kind === "monte_carlo") bundle.noise[name] = await noiseOf(readFile, sha256Hex, manifest, name, specs[name], bundle.latent);
@@ -256,23 +262,30 @@ function positionalOf(t, bundle) {
     part.scores = Float64Array.from(ref.scores);
     part.tail = ref.tail ? { ...ref.tail, shape: Math.max(ref.tail.shape, 0) } : null;
   }
-  return { height: frame[0], width: frame[1], file: map.file, sigma: map.sigma, topK: map.top_k, mean: null, spread: null };
+  const defectMap = t.defect_map;
+  if (defectMap !== undefined && defectMap !== null && (typeof defectMap !== "object" || typeof defectMap.file !== "string"
+      || !defectMap.file || defectMap.file.includes("/") || !Array.isArray(defectMap.shape) || defectMap.shape.length !== 3
+      || defectMap.shape[0] !== 2 || defectMap.shape[1] !== frame[0] || defectMap.shape[2] !== frame[1])) {
+    throw new BundleError(`tiling.defect_map must name a file in the bundle of shape [2, ${frame[0]}, ${frame[1]}] (the frame)`);
+  }
+  return { height: frame[0], width: frame[1], file: map.file, sigma: map.sigma, topK: map.top_k, mean: null, spread: null,
+    defectFile: defectMap ? defectMap.file : null, defectMean: null, defectSpread: null };
 }
 
-// A fixed camera's per-position statistics (tiling.map's file, float32 (2, frame H, frame W)).
-async function frameStats(readFile, sha256Hex, manifest, positional) {
-  const bytes = await readVerified(readFile, sha256Hex, manifest, positional.file), n = positional.height * positional.width;
+// A fixed camera's per-position statistics (tiling.map's or tiling.defect_map's file, float32 (2, frame H,
+// frame W)) -> { mean, spread }.
+async function frameStats(readFile, sha256Hex, manifest, positional, file) {
+  const bytes = await readVerified(readFile, sha256Hex, manifest, file), n = positional.height * positional.width;
   if (bytes.byteLength !== 8 * n) {
-    throw new BundleError(`${positional.file} does not hold float32 (2, ${positional.height}, ${positional.width})`);
+    throw new BundleError(`${file} does not hold float32 (2, ${positional.height}, ${positional.width})`);
   }
   const values = new Float32Array(bytes.slice().buffer, 0, 2 * n);
   for (let i = 0; i < n; i++) {
     if (!Number.isFinite(values[i]) || !(values[n + i] > 0) || !Number.isFinite(values[n + i])) {
-      throw new BundleError(`${positional.file} holds a mean that is not finite or a spread that is not positive`);
+      throw new BundleError(`${file} holds a mean that is not finite or a spread that is not positive`);
     }
   }
-  positional.mean = values.subarray(0, n);
-  positional.spread = values.subarray(n);
+  return { mean: values.subarray(0, n), spread: values.subarray(n) };
 }
 
 // A Monte-Carlo method's shared noise (its spec's file, float32 (K, D)).
@@ -439,11 +452,13 @@ export async function scoreImage(bundle, x) {
   return { score: combinedStatistic(bundle, scores), reconstruction };
 }
 
-// A combination's parts' scores of one image (in bundle.parts' order), and the reconstruction one of them decoded.
-async function partScoresOf(bundle, x, encoded) {
+// A combination's parts' scores of one image (in bundle.parts' order), and the reconstruction one of them decoded;
+// with skipDefect, defect parts are left NaN for the caller (a fixed camera reads them from the whole frame).
+async function partScoresOf(bundle, x, encoded, skipDefect = false) {
   const spec = bundle.specs[bundle.method], scores = [];
   let reconstruction = null;
   for (const part of bundle.parts) {
+    if (skipDefect && bundle.specs[part.name].kind === "defect") { scores.push(NaN); continue; }
     const result = await methodScore(bundle, part.name, x, encoded, spec.part_samples[part.name] ?? bundle.specs[part.name].samples);
     reconstruction = reconstruction || result.reconstruction;
     scores.push(result.score);
@@ -476,7 +491,7 @@ export async function scoreTiled(bundle, x, height, width) {
     throw new Error(`this bundle is for a fixed camera: it scores frames of ${pos.height}x${pos.width} px (its statistics `
       + `are per position), got ${height}x${width}; crop or resize frames to the training size`);
   }
-  if (pos && bundle.map) return scorePositional(bundle, x, height, width);
+  if (pos && (bundle.map || pos.defectMean)) return scorePositional(bundle, x, height, width);
   let best = -Infinity, tiles = 0;
   await eachTile(bundle, x, height, width, async (tile) => {
     const { score } = await scoreImage(bundle, tile);
@@ -489,34 +504,58 @@ export async function scoreTiled(bundle, x, height, width) {
 // A fixed camera's score of one frame (edgevae.runtime.tiles.positional_tile_scores): every tile's residual
 // magnitude stitched over the frame (averaged where tiles overlap, in float32 as the runtime sums it) and
 // standardised per pixel by the frame's statistics; a tile's local is the mean of the top_k largest values of that
-// map under it; a combination reads its parts (local the per-position one) against tiling.references.
+// map under it. With the defect head's per-position statistics, its logits are stitched and standardised alike and
+// a tile's defect is the largest window mean of that map inside it. A combination reads its parts (local and
+// defect the per-position ones) against tiling.references.
 async function scorePositional(bundle, x, height, width) {
   const pos = bundle.tiling.positional, { height: th, width: tw } = bundle, spec = bundle.specs[bundle.method];
+  const combination = spec.kind === "combination", residual = Boolean(bundle.map), defect = Boolean(pos.defectMean);
   const total = new Float32Array(height * width), count = new Float32Array(height * width), where = [], partScores = [];
+  const logits = defect ? new Float32Array(height * width) : null;
+  const add = (sums, y, x0, values) => {
+    for (let r = 0; r < th; r++) for (let k = 0; k < tw; k++) sums[(y + r) * width + x0 + k] += values ? values[r * tw + k] : 1;
+  };
   await eachTile(bundle, x, height, width, async (tile, y, x0) => {
-    const encoded = await encode(bundle, tile);
-    if (spec.kind === "combination") partScores.push((await partScoresOf(bundle, tile, encoded)).scores);
-    const { mean } = await decode(bundle, Float32Array.from(encoded.mu), 1);
-    const sq = smoothedSquare(bundle, tile, mean, pos.sigma);
-    for (let r = 0; r < th; r++) for (let k = 0; k < tw; k++) {
-      total[(y + r) * width + x0 + k] += Math.fround(Math.sqrt(sq[r * tw + k]));
-      count[(y + r) * width + x0 + k] += 1;
+    const encoded = residual || combination ? await encode(bundle, tile) : null;
+    if (combination) partScores.push((await partScoresOf(bundle, tile, encoded, defect)).scores);
+    if (residual) {
+      const { mean } = await decode(bundle, Float32Array.from(encoded.mu), 1);
+      const sq = smoothedSquare(bundle, tile, mean, pos.sigma);
+      add(total, y, x0, Float32Array.from(sq, (v) => Math.sqrt(v)));
     }
+    if (defect) add(logits, y, x0, await defectLogits(bundle, tile));
+    add(count, y, x0, null);
     where.push([y, x0]);
   });
-  for (let i = 0; i < total.length; i++) total[i] = Math.fround(Math.fround(total[i] / count[i]) - pos.mean[i]) / pos.spread[i];
+  const standardise = (sums, mean, spread) => {
+    for (let i = 0; i < sums.length; i++) sums[i] = Math.fround(Math.fround(sums[i] / count[i]) - mean[i]) / spread[i];
+  };
+  if (residual) standardise(total, pos.mean, pos.spread);
+  if (defect) standardise(logits, pos.defectMean, pos.defectSpread);
   let best = -Infinity;
-  const values = new Float64Array(th * tw), localAt = bundle.parts.findIndex((p) => p.name === "local");
+  const values = new Float64Array(th * tw), window = new Float32Array(th * tw);
+  const localAt = bundle.parts.findIndex((p) => p.name === "local");
+  const defectAt = bundle.parts.findIndex((p) => bundle.specs[p.name].kind === "defect");
+  const defectWindow = (defectAt >= 0 ? bundle.specs[bundle.parts[defectAt].name] : spec).window;
   where.forEach(([y, x0], t) => {
-    for (let r = 0; r < th; r++) for (let k = 0; k < tw; k++) values[r * tw + k] = total[(y + r) * width + x0 + k];
-    values.sort((a, b) => b - a);
-    let sum = 0;
-    for (let i = 0; i < pos.topK; i++) sum += values[i];
-    let score = Math.fround(sum / pos.topK);
-    if (spec.kind === "combination") {
-      if (localAt >= 0) partScores[t][localAt] = score;
-      score = combinedStatistic(bundle, partScores[t]);
+    let local = 0, defectScore = 0;
+    if (residual) {
+      for (let r = 0; r < th; r++) for (let k = 0; k < tw; k++) values[r * tw + k] = total[(y + r) * width + x0 + k];
+      values.sort((a, b) => b - a);
+      let sum = 0;
+      for (let i = 0; i < pos.topK; i++) sum += values[i];
+      local = Math.fround(sum / pos.topK);
     }
+    if (defect) {
+      for (let r = 0; r < th; r++) window.set(logits.subarray((y + r) * width + x0, (y + r) * width + x0 + tw), r * tw);
+      defectScore = Math.fround(windowMaxMean(window, th, tw, defectWindow));
+    }
+    let score;
+    if (combination) {
+      if (localAt >= 0) partScores[t][localAt] = local;
+      if (defectAt >= 0 && defect) partScores[t][defectAt] = defectScore;
+      score = combinedStatistic(bundle, partScores[t]);
+    } else score = defect && !residual ? defectScore : local;
     if (Number.isNaN(score) || score > best) best = score;
   });
   return { score: best, tiles: where.length };

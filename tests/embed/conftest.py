@@ -216,7 +216,7 @@ def tiled_bundle(bundle: Path, tmp_path_factory: pytest.TempPathFactory, test_di
 def fixed_camera(bundle: Path, tmp_path_factory: pytest.TempPathFactory, test_digits) -> tuple[Path, dict[str, np.ndarray]]:  # type: ignore[no-untyped-def]
     """The session bundle made a fixed camera (``tiling.positional``): 28x28 tiles every 14 px over 56x70 frames
     of one mosaic of digits with sensor noise, its per-position statistics measured on 24 frames
-    (``tiles.frame_map_stats``, as export does) and its references and image-level calibration on 20 more by
+    (``tiles.frame_map_stats`` and the defect head's ``tiles.frame_defect_stats``, as export does) and its references and image-level calibration on 20 more by
     ``edgevae.runtime.recalibrate``; and PGM and PNG test files with the uint8 arrays they hold: normal frames,
     a frame with a bright bar, one with a dark patch, and a frame of another size (which every reader refuses)."""
     from PIL import Image
@@ -224,7 +224,7 @@ def fixed_camera(bundle: Path, tmp_path_factory: pytest.TempPathFactory, test_di
     from edgevae.runtime import load
     from edgevae.runtime.files import sha256_hex
     from edgevae.runtime.recalibrate import recalibrate
-    from edgevae.runtime.tiles import FRAME_MAP_FILE, Tiling, frame_map_stats
+    from edgevae.runtime.tiles import FRAME_DEFECT_FILE, FRAME_MAP_FILE, Tiling, frame_defect_stats, frame_map_stats
 
     rng = np.random.default_rng(9)
     scene = mosaic(test_digits[0][:300], rng, 56, 70).astype(np.float64)
@@ -236,13 +236,16 @@ def fixed_camera(bundle: Path, tmp_path_factory: pytest.TempPathFactory, test_di
     shutil.copytree(bundle, copy)
     manifest = json.loads((copy / "edgevae.json").read_text())
     with load(copy, ["CPUExecutionProvider"]) as model:
-        stats = frame_map_stats(model, [frame()[None] for _ in range(24)], Tiling((28, 28), 14))
-    data = stats.to_bytes()
-    (copy / FRAME_MAP_FILE).write_bytes(data)
-    manifest["files"][FRAME_MAP_FILE] = {"sha256": sha256_hex(data), "bytes": len(data)}
+        training = [frame()[None] for _ in range(24)]
+        stats = frame_map_stats(model, training, Tiling((28, 28), 14))
+        defect = frame_defect_stats(model, training, Tiling((28, 28), 14))
+    for name, data in ((FRAME_MAP_FILE, stats.to_bytes()), (FRAME_DEFECT_FILE, defect.to_bytes())):
+        (copy / name).write_bytes(data)
+        manifest["files"][name] = {"sha256": sha256_hex(data), "bytes": len(data)}
     manifest["tiling"] = {"tile": [28, 28], "stride": 14, "aggregate": "max", "downscale": 1, "positional": True,
                           "frame": [56, 70], "map": {**stats.manifest_entry(), "file": FRAME_MAP_FILE,
-                                                     "shape": [2, 56, 70]}}
+                                                     "shape": [2, 56, 70]},
+                          "defect_map": defect.manifest_entry()}
     (copy / "edgevae.json").write_text(json.dumps(manifest, indent=2))
     recalibrate(copy, [frame()[None] for _ in range(20)], fpr=0.05)
     folder = tmp_path_factory.mktemp("fixed_camera_inputs")

@@ -171,6 +171,6 @@ def test_c_agrees_with_python_on_every_mutated_file(scorer: Path, bundle: Path) 
     check_mutated_corpus(program_rows(lambda *a: run(scorer, *a), bundle, "smooth_recon"), bundle, "c")
 
 
-@pytest.mark.parametrize("method", ["combined", "local", "elbo"])
+@pytest.mark.parametrize("method", ["combined", "local", "defect", "elbo"])
 def test_c_scores_a_fixed_camera_per_position_as_the_runtime(scorer: Path, fixed_camera, method: str) -> None:  # type: ignore[no-untyped-def]
     check_fixed_camera(lambda *a: run(scorer, *a), fixed_camera, method, png=False)

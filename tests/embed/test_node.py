@@ -112,6 +112,6 @@ def test_node_agrees_with_python_on_every_mutated_file(node: str, bundle: Path) 
     check_mutated_corpus(program_rows(lambda *a: run(node, *a), bundle, "smooth_recon"), bundle, "node")
 
 
-@pytest.mark.parametrize("method", ["combined", "local", "elbo"])
+@pytest.mark.parametrize("method", ["combined", "local", "defect", "elbo"])
 def test_node_scores_a_fixed_camera_per_position_as_the_runtime(node: str, fixed_camera, method: str) -> None:  # type: ignore[no-untyped-def]
     check_fixed_camera(lambda *a: run(node, *a), fixed_camera, method, png=True)

@@ -45,6 +45,7 @@ typedef struct {
     scoring s;                 /* what the manifest says (manifest.h) */
     float *map;                /* anomaly-map statistics (2, H, W): per-pixel mean, then spread */
     float *frame_map;          /* a fixed camera's per-position statistics (2, frame H, frame W) */
+    float *frame_defect;       /* and its defect head's, when the method reads the head (NULL: position-free) */
     const OrtApi *ort;
     OrtEnv *env;
     OrtSession *encoder, *decoder, *defect;
@@ -124,26 +125,32 @@ static int load_map(bundle *b, const char *dir, const json *manifest, char *err)
     return 1;
 }
 
-/* A fixed camera's per-position statistics (tiling.map's file, float32 (2, frame H, frame W)), checked against its
-   sha256 and the frame's size. */
-static int load_frame_map(bundle *b, const char *dir, const json *manifest, char *err) {
-    size_t len;
-    const tiling_spec *t = &b->s.tiling;
-    unsigned char *data = read_verified(dir, manifest, t->frame_map_file, &len, err);
+/* A fixed camera's per-position statistics (tiling.map's or tiling.defect_map's file, float32 (2, frame H,
+   frame W)), checked against its sha256 and the frame's size. */
+static int load_frame_stats(bundle *b, const char *dir, const json *manifest, const char *file, float **out, char *err) {
+    size_t len, pixels = (size_t)b->s.tiling.frame_h * b->s.tiling.frame_w;
+    unsigned char *data = read_verified(dir, manifest, file, &len, err);
     if (!data) return 0;
-    if (len != (size_t)2 * t->frame_h * t->frame_w * 4) {
-        snprintf(err, MSG, "%s does not hold float32 (2, %d, %d)", t->frame_map_file, t->frame_h, t->frame_w);
+    if (len != 2 * pixels * 4) {
+        snprintf(err, MSG, "%s does not hold float32 (2, %d, %d)", file, b->s.tiling.frame_h, b->s.tiling.frame_w);
         free(data);
         return 0;
     }
-    b->frame_map = (float *)data;
-    for (size_t i = 0; i < (size_t)t->frame_h * t->frame_w; i++)
-        if (!isfinite(b->frame_map[i]) || !(b->frame_map[(size_t)t->frame_h * t->frame_w + i] > 0) ||
-            !isfinite(b->frame_map[(size_t)t->frame_h * t->frame_w + i])) {
-            snprintf(err, MSG, "%s holds a mean that is not finite or a spread that is not positive", t->frame_map_file);
+    *out = (float *)data;
+    for (size_t i = 0; i < pixels; i++)
+        if (!isfinite((*out)[i]) || !((*out)[pixels + i] > 0) || !isfinite((*out)[pixels + i])) {
+            snprintf(err, MSG, "%s holds a mean that is not finite or a spread that is not positive", file);
             return 0;
         }
     return 1;
+}
+
+/* Whether the chosen method reads the defect head (it is defect, or a combination with a defect part). */
+static int uses_defect(const scoring *s) {
+    if (strcmp(s->spec.kind, "defect") == 0) return 1;
+    for (int i = 0; strcmp(s->spec.kind, "combination") == 0 && i < s->spec.n_parts; i++)
+        if (strcmp(s->part[i].kind, "defect") == 0) return 1;
+    return 0;
 }
 
 /* A Monte-Carlo method's shared noise: its entry's file, float32 (samples, latent). */
@@ -167,7 +174,10 @@ static int load_method(bundle *b, const char *dir, const json *m, char *err) {
     for (int i = 0; strcmp(b->s.spec.kind, "combination") == 0 && i < b->s.spec.n_parts; i++) used[n++] = &b->s.part[i];
     for (int i = 0; i < n; i++)
         if (strcmp(used[i]->kind, "monte_carlo") == 0 && !load_noise(b, dir, m, used[i], err)) return 0;
-    if (b->s.map && b->s.tiling.positional && !load_frame_map(b, dir, m, err)) return 0;
+    const tiling_spec *ts = &b->s.tiling;
+    if (b->s.map && ts->positional && !load_frame_stats(b, dir, m, ts->frame_map_file, &b->frame_map, err)) return 0;
+    if (ts->positional && ts->frame_defect && uses_defect(&b->s) &&
+        !load_frame_stats(b, dir, m, ts->frame_defect_file, &b->frame_defect, err)) return 0;
     return !b->s.map || load_map(b, dir, m, err);
 }
 
@@ -570,8 +580,9 @@ static int method_score(bundle *b, const method_spec *spec, float *x, float **en
 }
 
 /* The parts of a combination from one decoder call, as the Python runtime shares its pass: the reconstruction
-   parts share the posterior mean, and the Monte-Carlo parts' codes follow it in the same batch. */
-static int combination_parts(bundle *b, float *x, float **enc, double *part_scores, char *err) {
+   parts share the posterior mean, and the Monte-Carlo parts' codes follow it in the same batch. With skip_defect,
+   defect parts are left to the caller (a fixed camera reads them from the whole frame). */
+static int combination_parts(bundle *b, float *x, float **enc, double *part_scores, int skip_defect, char *err) {
     int64_t first[MAX_PARTS], k[MAX_PARTS], total = 0, mean_at = -1;
     size_t count = (size_t)b->s.channels * b->s.height * b->s.width;
     int max_codes = 1;
@@ -591,7 +602,10 @@ static int combination_parts(bundle *b, float *x, float **enc, double *part_scor
     for (int i = 0; ok && i < b->s.spec.n_parts; i++) {
         const method_spec *part = &b->s.part[i];
         if (strcmp(part->kind, "encoder") == 0) { part_scores[i] = (float)enc[2][0]; continue; }
-        if (strcmp(part->kind, "defect") == 0) { ok = defect_score(b, part, x, &part_scores[i], err); continue; }
+        if (strcmp(part->kind, "defect") == 0) {
+            if (!skip_defect) ok = defect_score(b, part, x, &part_scores[i], err);
+            continue;
+        }
         ok = score_decoded(b, part, x, enc, k[i], dec[0] + (size_t)first[i] * count,
                            dec[1] + (b->s.bernoulli ? (size_t)first[i] * count : (size_t)first[i]), &part_scores[i], err);
     }
@@ -608,7 +622,7 @@ static int score(bundle *b, float *x, double *out, char *err) {
     int ok = run(b, b->encoder, "x", x, shape, 4, enc_out, 3, enc, err);
     if (ok && strcmp(b->s.spec.kind, "combination") == 0) {
         double log_p_min = 0.0, parts[MAX_PARTS];
-        ok = combination_parts(b, x, enc, parts, err);
+        ok = combination_parts(b, x, enc, parts, 0, err);
         for (int i = 0; ok && i < b->s.spec.n_parts; i++) log_p_min = fmin(log_p_min, log_p_value(&b->s.part_ref[i], parts[i]));
         if (ok) *out = (float)fmin(-log_p_min, 1e30); /* -ln of the smallest p-value, read in log space */
     } else if (ok) ok = method_score(b, &b->s.spec, x, enc, b->s.spec.samples, out, err);
@@ -632,67 +646,100 @@ static void copy_tile(const bundle *b, const float *image, int h, int w, int y, 
                    sizeof(float) * (size_t)b->s.width);
 }
 
+/* Adds one tile's map (th x tw; NULL: ones, counting the tile) into a frame's float32 sums at (y, x), as the
+   runtime sums them. */
+static void add_tile(float *total, int w, int y, int x, int th, int tw, const float *tile_map) {
+    for (int r = 0; r < th; r++)
+        for (int c = 0; c < tw; c++) total[(size_t)(y + r) * w + x + c] += tile_map ? tile_map[(size_t)r * tw + c] : 1.0f;
+}
+
+/* A frame's stitched sums made its map in place: averaged, then standardised per pixel by stats (2, pixels), in
+   float32 as the runtime computes it. */
+static void standardise_frame(float *total, const float *count, const float *stats, size_t pixels) {
+    for (size_t i = 0; i < pixels; i++) {
+        float v = total[i] / count[i];
+        v = v - stats[i];
+        total[i] = v / stats[pixels + i];
+    }
+}
+
 /* A fixed camera's score of one frame (edgevae.runtime.tiles.positional_tile_scores): every tile's residual
    magnitude stitched over the frame (averaged where tiles overlap, in float32 as the runtime sums it) and
    standardised per pixel by the frame's statistics; a tile's local is the mean of the top_k largest values of that
-   map under it; a combination reads its parts (local the per-position one) against tiling.references. The
-   largest tile score is the frame's. */
+   map under it. With the defect head's per-position statistics, its logits are stitched and standardised alike and
+   a tile's defect is the largest window mean of that map inside it. A combination reads its parts (local and defect
+   the per-position ones) against tiling.references. The largest tile score is the frame's. */
 static int score_positional(bundle *b, const float *image, int h, int w, const int *ys, int ny, const int *xs, int nx,
                             double *out, char *err) {
     const tiling_spec *ts = &b->s.tiling;
-    int th = b->s.height, tw = b->s.width, combination = strcmp(b->s.spec.kind, "combination") == 0, local_at = -1;
+    int th = b->s.height, tw = b->s.width, combination = strcmp(b->s.spec.kind, "combination") == 0;
+    int local_at = -1, defect_at = -1, window = b->s.spec.window;
     int n_parts = combination ? b->s.spec.n_parts : 0, ok = 1, n = ny * nx;
+    int residual = b->frame_map != NULL, defect = b->frame_defect != NULL, encode = residual || combination;
     size_t pixels = (size_t)h * w, tile_pixels = (size_t)th * tw;
-    const char *enc_out[] = {"mu", "logvar", "kl"};
+    const char *enc_out[] = {"mu", "logvar", "kl"}, *defect_out[] = {"defect_logits"};
     int64_t shape[4] = {1, b->s.channels, th, tw};
     float *total = calloc(pixels, sizeof(float)), *count = calloc(pixels, sizeof(float));
-    float *tile = malloc(sizeof(float) * (size_t)b->s.channels * tile_pixels);
+    float *logits_total = defect ? calloc(pixels, sizeof(float)) : NULL;
+    float *tile = malloc(sizeof(float) * (size_t)b->s.channels * tile_pixels), *values = malloc(sizeof(float) * tile_pixels);
     double *sq = malloc(sizeof(double) * tile_pixels), *parts = malloc(sizeof(double) * (size_t)(n * (n_parts ? n_parts : 1)));
+    double *integral = malloc(sizeof(double) * (size_t)(th + 1) * (size_t)(tw + 1));
     double best = -INFINITY;
-    if (!total || !count || !tile || !sq || !parts) { snprintf(err, MSG, "out of memory"); ok = 0; }
-    for (int i = 0; i < n_parts; i++) if (strcmp(b->s.part[i].name, "local") == 0) local_at = i;
+    if (!total || !count || (defect && !logits_total) || !tile || !values || !sq || !parts || !integral) {
+        snprintf(err, MSG, "out of memory");
+        ok = 0;
+    }
+    for (int i = 0; i < n_parts; i++) {
+        if (strcmp(b->s.part[i].name, "local") == 0) local_at = i;
+        if (strcmp(b->s.part[i].kind, "defect") == 0) { defect_at = i; window = b->s.part[i].window; }
+    }
     for (int k = 0; ok && k < n; k++) {
         int y = ys[k / nx], x = xs[k % nx];
-        float *enc[3] = {NULL, NULL, NULL}, *dec[2] = {NULL, NULL};
+        float *enc[3] = {NULL, NULL, NULL}, *dec[2] = {NULL, NULL}, *logits = NULL;
         copy_tile(b, image, h, w, y, x, tile);
-        ok = run(b, b->encoder, "x", tile, shape, 4, enc_out, 3, enc, err);
-        if (ok && combination) ok = combination_parts(b, tile, enc, parts + (size_t)k * n_parts, err);
-        if (ok) ok = decode_codes(b, enc[0], 1, dec, err); /* the posterior mean's reconstruction */
-        if (ok) {
+        if (encode) ok = run(b, b->encoder, "x", tile, shape, 4, enc_out, 3, enc, err);
+        if (ok && combination) ok = combination_parts(b, tile, enc, parts + (size_t)k * n_parts, defect, err);
+        if (ok && residual) ok = decode_codes(b, enc[0], 1, dec, err); /* the posterior mean's reconstruction */
+        if (ok && residual) {
             smoothed_square(b, tile, dec[0], ts->frame_sigma, sq);
-            for (int r = 0; r < th; r++)
-                for (int c = 0; c < tw; c++) {
-                    total[(size_t)(y + r) * w + x + c] += (float)sqrt(sq[(size_t)r * tw + c]);
-                    count[(size_t)(y + r) * w + x + c] += 1.0f;
-                }
+            for (size_t i = 0; i < tile_pixels; i++) values[i] = (float)sqrt(sq[i]);
+            add_tile(total, w, y, x, th, tw, values);
         }
+        if (ok && defect) ok = run(b, b->defect, "x", tile, shape, 4, defect_out, 1, &logits, err);
+        if (ok && defect) add_tile(logits_total, w, y, x, th, tw, logits);
+        if (ok) add_tile(count, w, y, x, th, tw, NULL);
         for (int i = 0; i < 3; i++) free(enc[i]);
-        free(dec[0]); free(dec[1]);
+        free(dec[0]); free(dec[1]); free(logits);
     }
-    for (size_t i = 0; ok && i < pixels; i++) { /* the frame's map, in float32 as the runtime computes it */
-        float v = total[i] / count[i];
-        v = v - b->frame_map[i];
-        total[i] = v / b->frame_map[pixels + i];
-    }
+    if (ok && residual) standardise_frame(total, count, b->frame_map, pixels);
+    if (ok && defect) standardise_frame(logits_total, count, b->frame_defect, pixels);
     for (int k = 0; ok && k < n; k++) {
         int y = ys[k / nx], x = xs[k % nx];
-        double local = 0, s;
-        for (int r = 0; r < th; r++)
-            for (int c = 0; c < tw; c++) sq[(size_t)r * tw + c] = total[(size_t)(y + r) * w + x + c];
-        select_largest(sq, (int)tile_pixels, ts->frame_top_k);
-        for (int i = 0; i < ts->frame_top_k; i++) local += sq[i];
-        local = (float)(local / ts->frame_top_k);
+        double local = 0, defect_score_k = 0, s;
+        if (residual) {
+            for (int r = 0; r < th; r++)
+                for (int c = 0; c < tw; c++) sq[(size_t)r * tw + c] = total[(size_t)(y + r) * w + x + c];
+            select_largest(sq, (int)tile_pixels, ts->frame_top_k);
+            for (int i = 0; i < ts->frame_top_k; i++) local += sq[i];
+            local = (float)(local / ts->frame_top_k);
+        }
+        if (defect) {
+            for (int r = 0; r < th; r++)
+                memcpy(values + (size_t)r * tw, logits_total + (size_t)(y + r) * w + x, sizeof(float) * (size_t)tw);
+            defect_score_k = (float)window_max_mean(values, th, tw, window, integral);
+        }
         if (combination) {
             double log_p_min = 0.0;
             if (local_at >= 0) parts[(size_t)k * n_parts + local_at] = local;
+            if (defect_at >= 0 && defect) parts[(size_t)k * n_parts + defect_at] = defect_score_k;
             for (int i = 0; i < n_parts; i++)
                 log_p_min = fmin(log_p_min, log_p_value(&b->s.part_ref[i], parts[(size_t)k * n_parts + i]));
             s = (float)fmin(-log_p_min, 1e30);
-        } else s = local;
+        } else s = defect && !residual ? defect_score_k : local;
         if (isnan(s) || s > best) best = s;
     }
     *out = best;
-    free(total); free(count); free(tile); free(sq); free(parts);
+    free(total); free(count); free(logits_total); free(tile); free(values); free(sq); free(parts); free(integral);
     return ok;
 }
 
@@ -713,7 +760,7 @@ static int score_tiled(bundle *b, const float *image, int h, int w, double *out,
                  b->s.tiling.frame_w, h, w);
         ok = 0;
     }
-    if (ok && b->s.tiling.positional && b->s.map) {
+    if (ok && b->s.tiling.positional && (b->frame_map || b->frame_defect)) {
         ok = score_positional(b, image, h, w, ys, ny, xs, nx, out, err);
         *tiles = ny * nx;
         free(ys); free(xs); free(tile);
@@ -740,6 +787,7 @@ static void close_bundle(bundle *b) {
     free_scoring(&b->s);
     free(b->map);
     free(b->frame_map);
+    free(b->frame_defect);
 }
 
 static double now_us(void) {

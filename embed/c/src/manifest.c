@@ -199,6 +199,21 @@ static int load_positional(const json *t, scoring *s, char *err) {
         snprintf(err, MSG, "tiling.map has a sigma outside (0, 64] or a top_k outside 1..%d", s->height * s->width);
         return 0;
     }
+    const json *dmap = json_get(t, "defect_map"), *dfile = json_get(dmap, "file"), *dshape = json_get(dmap, "shape");
+    if (dmap) {
+        if (dmap->type != JSON_OBJECT || !dfile || dfile->type != JSON_STRING || !dfile->string || !dfile->string[0] ||
+            strchr(dfile->string, '/') || strlen(dfile->string) >= sizeof ts->frame_defect_file || !dshape ||
+            dshape->type != JSON_ARRAY || dshape->count != 3 || dshape->child->type != JSON_NUMBER ||
+            dshape->child->next->type != JSON_NUMBER || dshape->child->next->next->type != JSON_NUMBER ||
+            whole(dshape->child->number) != 2 || whole(dshape->child->next->number) != ts->frame_h ||
+            whole(dshape->child->next->next->number) != ts->frame_w) {
+            snprintf(err, MSG, "tiling.defect_map must name a file in the bundle of shape [2, %d, %d] (the frame)",
+                     ts->frame_h, ts->frame_w);
+            return 0;
+        }
+        snprintf(ts->frame_defect_file, sizeof ts->frame_defect_file, "%s", dfile->string);
+        ts->frame_defect = 1;
+    }
     for (int i = 0; strcmp(s->spec.kind, "combination") == 0 && i < s->spec.n_parts; i++) {
         if (!load_reference(json_get(refs, s->part[i].name), &s->part_ref[i],
                             "a fixed camera's combined part's reference (tiling.references)", err)) return 0;

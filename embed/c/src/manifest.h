@@ -60,6 +60,11 @@ typedef struct {
     int positional, frame_h, frame_w, frame_top_k;
     double frame_sigma;
     char frame_map_file[128];
+    /* With a defect head, tiling.defect_map's file (float32 (2, frame_h, frame_w)) standardises the head's logits
+       stitched over the frame the same way; a tile's defect is the largest window mean of that map under it.
+       frame_defect 0: the bundle has none (its defect is read position-free). */
+    int frame_defect;
+    char frame_defect_file[128];
 } tiling_spec;
 
 /* What scoring needs from the manifest, read and checked by read_scoring. */
