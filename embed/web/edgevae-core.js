@@ -517,9 +517,10 @@ async function scorePositional(bundle, x, height, width) {
   };
   await eachTile(bundle, x, height, width, async (tile, y, x0) => {
     const encoded = residual || combination ? await encode(bundle, tile) : null;
-    if (combination) partScores.push((await partScoresOf(bundle, tile, encoded, defect)).scores);
-    if (residual) {
-      const { mean } = await decode(bundle, Float32Array.from(encoded.mu), 1);
+    const parts = combination ? await partScoresOf(bundle, tile, encoded, defect) : null;
+    if (parts) partScores.push(parts.scores);
+    if (residual) { // the posterior mean's reconstruction, unless a part decoded it
+      const mean = (parts && parts.reconstruction) || (await decode(bundle, Float32Array.from(encoded.mu), 1)).mean;
       const sq = smoothedSquare(bundle, tile, mean, pos.sigma);
       add(total, y, x0, Float32Array.from(sq, (v) => Math.sqrt(v)));
     }

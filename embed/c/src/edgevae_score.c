@@ -581,8 +581,10 @@ static int method_score(bundle *b, const method_spec *spec, float *x, float **en
 
 /* The parts of a combination from one decoder call, as the Python runtime shares its pass: the reconstruction
    parts share the posterior mean, and the Monte-Carlo parts' codes follow it in the same batch. With skip_defect,
-   defect parts are left to the caller (a fixed camera reads them from the whole frame). */
-static int combination_parts(bundle *b, float *x, float **enc, double *part_scores, int skip_defect, char *err) {
+   defect parts are left to the caller (a fixed camera reads them from the whole frame); with mean_out, a copy of the
+   decoded posterior mean (malloc'ed) when a part decoded it, else NULL. */
+static int combination_parts(bundle *b, float *x, float **enc, double *part_scores, int skip_defect, float **mean_out,
+                             char *err) {
     int64_t first[MAX_PARTS], k[MAX_PARTS], total = 0, mean_at = -1;
     size_t count = (size_t)b->s.channels * b->s.height * b->s.width;
     int max_codes = 1;
@@ -609,6 +611,8 @@ static int combination_parts(bundle *b, float *x, float **enc, double *part_scor
         ok = score_decoded(b, part, x, enc, k[i], dec[0] + (size_t)first[i] * count,
                            dec[1] + (b->s.bernoulli ? (size_t)first[i] * count : (size_t)first[i]), &part_scores[i], err);
     }
+    if (ok && mean_out && mean_at >= 0 && (*mean_out = malloc(sizeof(float) * count)))
+        memcpy(*mean_out, dec[0] + (size_t)mean_at * count, sizeof(float) * count);
     free(dec[0]); free(dec[1]); free(t);
     return ok;
 }
@@ -622,7 +626,7 @@ static int score(bundle *b, float *x, double *out, char *err) {
     int ok = run(b, b->encoder, "x", x, shape, 4, enc_out, 3, enc, err);
     if (ok && strcmp(b->s.spec.kind, "combination") == 0) {
         double log_p_min = 0.0, parts[MAX_PARTS];
-        ok = combination_parts(b, x, enc, parts, 0, err);
+        ok = combination_parts(b, x, enc, parts, 0, NULL, err);
         for (int i = 0; ok && i < b->s.spec.n_parts; i++) log_p_min = fmin(log_p_min, log_p_value(&b->s.part_ref[i], parts[i]));
         if (ok) *out = (float)fmin(-log_p_min, 1e30); /* -ln of the smallest p-value, read in log space */
     } else if (ok) ok = method_score(b, &b->s.spec, x, enc, b->s.spec.samples, out, err);
@@ -698,8 +702,10 @@ static int score_positional(bundle *b, const float *image, int h, int w, const i
         float *enc[3] = {NULL, NULL, NULL}, *dec[2] = {NULL, NULL}, *logits = NULL;
         copy_tile(b, image, h, w, y, x, tile);
         if (encode) ok = run(b, b->encoder, "x", tile, shape, 4, enc_out, 3, enc, err);
-        if (ok && combination) ok = combination_parts(b, tile, enc, parts + (size_t)k * n_parts, defect, err);
-        if (ok && residual) ok = decode_codes(b, enc[0], 1, dec, err); /* the posterior mean's reconstruction */
+        if (ok && combination)
+            ok = combination_parts(b, tile, enc, parts + (size_t)k * n_parts, defect, residual ? &dec[0] : NULL, err);
+        /* the posterior mean's reconstruction, unless the parts' pass decoded it */
+        if (ok && residual && !dec[0]) ok = decode_codes(b, enc[0], 1, dec, err);
         if (ok && residual) {
             smoothed_square(b, tile, dec[0], ts->frame_sigma, sq);
             for (size_t i = 0; i < tile_pixels; i++) values[i] = (float)sqrt(sq[i]);
