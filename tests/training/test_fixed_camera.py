@@ -174,7 +174,7 @@ def test_calibrate_and_info_keep_a_fixed_camera(camera_bundle: Path, tmp_path: P
         again = sorted(model.score_tiled(frame, method).score for frame in read)
         np.testing.assert_allclose(model.tiling.calibration.methods[method].sorted_scores, again, rtol=1e-5)
     info = runner.invoke(main, ["info", str(bundle)])
-    assert info.exit_code == 0 and "per position of 48x48 frames" in info.output
+    assert info.exit_code == 0 and "per position of 48x48 frames (the residual and the defect head's logits)" in info.output
 
 
 def test_position_free_methods_score_alike_beside_the_positional_ones(camera_bundle: Path) -> None:
