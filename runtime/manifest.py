@@ -380,8 +380,12 @@ class Manifest:
         return [ENCODER_FILE, DECODER_FILE] + ([self.defect.file] if self.defect is not None else [])
 
     def data_files(self) -> list[str]:
-        """The files beside the graphs that loading reads: noise and map statistics."""
-        frame = [self.tiling.map.file] if self.tiling is not None and self.tiling.map is not None else []
+        """The files beside the graphs that loading reads (and verifies as it reads them): noise and map
+        statistics, a fixed camera's too."""
+        t = self.tiling
+        frame = [t.map.file] if t is not None and t.map is not None else []
+        if t is not None and t.defect_map is not None:
+            frame.append(str(t.defect_map["file"]))
         return [e.file for e in self.noise.values()] + ([self.map.file] if self.map is not None else []) + frame
 
     def with_variant(self, name: str) -> "Manifest":
