@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -55,8 +56,8 @@ from edgevae.runtime.maps import MAP_FILE, MapStats, check_parts
 from edgevae.runtime.methods import MONTE_CARLO_METHODS, SCORE_METHODS, noise_file
 from edgevae.runtime.model import Model, Scorer
 from edgevae.runtime.runner import build_runner
-from edgevae.runtime.tiles import (CAMERAS, FIXED_CAMERA_SHARE, FRAME_MAP_FILE, MIN_FRAMES, Positional, Tiling,
-                                  frame_alignment, frame_defect_stats, frame_map_stats, image_level_methods)
+from edgevae.runtime.tiles import (ALIGN_RADIUS, ALIGN_RADIUS_MAX, CAMERAS, FIXED_CAMERA_SHARE, FRAME_MAP_FILE, MIN_FRAMES,
+                                  FrameAlignment, Positional, Tiling, frame_alignment, frame_stats, image_level_methods)
 from edgevae.runtime.scores import warn_if_unpromisable
 from edgevae.runtime.writer import graph_with_manifest, write_bundle
 from edgevae.training.defect_head import LoadedHead, load_head
@@ -97,6 +98,9 @@ class ExportConfig:
         camera: a tiled run's kind of camera (``CAMERAS``): ``fixed`` (the same scene in every frame of one size:
             the map statistics per position of the frame), ``surface`` (a stationary surface: position-free), or
             ``auto`` (fixed when the training frames share one size and look alike position by position).
+        align_radius: a fixed camera's frame alignment (``tiling.alignment``): each frame is matched to the
+            training frames' aligned mean within this many pixels in each direction and read against the
+            per-position statistics moved by its shift; 0: frames are read where they fall.
     """
 
     fpr: float = CALIBRATION_FPR
@@ -114,8 +118,11 @@ class ExportConfig:
     defect_window: int | None = None
     tile_stride: int | None = None
     camera: str = "auto"
+    align_radius: int = ALIGN_RADIUS
 
     def __post_init__(self) -> None:
+        if not 0 <= self.align_radius <= ALIGN_RADIUS_MAX:
+            raise ValueError(f"align_radius must be in 0..{ALIGN_RADIUS_MAX} pixels, got {self.align_radius}")
         if self.camera not in CAMERAS:
             raise ValueError(f"camera must be one of {', '.join(CAMERAS)}, got {self.camera!r}")
         if self.tile_stride is not None and self.tile_stride < 1:
@@ -223,6 +230,8 @@ def export_bundle(
         files[FRAME_MAP_FILE] = frame_stats.stats.to_bytes()
         if frame_stats.defect is not None:
             files[frame_stats.defect.manifest_entry()["file"]] = frame_stats.defect.to_bytes()
+        if frame_stats.alignment is not None:
+            files.update(frame_stats.alignment.files())
     manifest["variants"] = build_variants(files, manifest, graphs, model, scorer, images, cfg, say, defect_graph)
     say("writing the bundle")
     try:
@@ -256,15 +265,16 @@ def _tiling(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer,
     tiling = Tiling((tile, tile), stride, downscale=ck.data.downscale, positional=False)
     methods = image_level_methods([m for m in SCORE_METHODS if m in scorer.computable_methods])
     frames = [np.asarray(f) for f in holdout.frames]
-    if _fixed_camera(cfg.camera, frames, whole, say):
-        say(f"measuring per-position map statistics on {len(frames)} training frames of "
-            f"{frames[0].shape[1]}x{frames[0].shape[2]}")
+    alignment = _alignment(cfg, frames)
+    if _fixed_camera(cfg.camera, frames, whole, say, alignment):
         try:
-            stats = frame_map_stats(scorer, frames, tiling)
-            defect = frame_defect_stats(scorer, frames, tiling) if scorer.has_defect_head else None
+            _say_alignment(alignment, frames, say, cfg.align_radius)
+            say(f"measuring per-position map statistics on {len(frames)} training frames of "
+                f"{frames[0].shape[1]}x{frames[0].shape[2]}")
+            measured = frame_stats(scorer, frames, tiling, alignment)
             say(f"calibrating a fixed camera's image scores on {len(whole)} whole held-out frames by {tile}x{tile} "
                 f"tiles every {stride} px")
-            positional, fitted = calibrate_positional(scorer, Positional(stats, None, defect), whole, tiling, cfg.fpr,
+            positional, fitted = calibrate_positional(scorer, measured, whole, tiling, cfg.fpr,
                                                       methods, source="whole held-out frames of the training data, "
                                                                       "scored by tiles with per-position statistics")
         except (CalibrationError, ValueError) as exc:
@@ -279,7 +289,40 @@ def _tiling(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer,
     return replace(tiling, calibration=cal), None
 
 
-def _fixed_camera(camera: str, frames: list[np.ndarray], whole: list[np.ndarray], say: Say) -> bool:
+def _alignment(cfg: ExportConfig, frames: list[np.ndarray]) -> FrameAlignment | None:
+    """The training frames' alignment when they may be a fixed camera's (frames of one size, ``--align-radius``
+    >= 1, not ``--camera surface``), else None.
+
+    Raises:
+        ExportError: ``--camera fixed`` with frames too small for the radius.
+    """
+    if cfg.camera == "surface" or not cfg.align_radius or len(frames) < MIN_FRAMES:
+        return None
+    if len({tuple(f.shape) for f in frames}) != 1:
+        return None
+    h, w = frames[0].shape[1:]
+    if min(h, w) <= 2 * cfg.align_radius + 1:
+        if cfg.camera == "fixed":
+            raise ExportError(f"frames of {h}x{w} are too small to align within {cfg.align_radius} px; pass a "
+                              "smaller --align-radius, or 0")
+        return None
+    return FrameAlignment.fit(frames, cfg.align_radius)
+
+
+def _say_alignment(alignment: FrameAlignment | None, frames: list[np.ndarray], say: Say, radius: int) -> None:
+    """One line on how far the training frames sat off the scene."""
+    if alignment is None:
+        why = "--align-radius 0" if radius == 0 else f"frames too small to align within {radius} px"
+        say(f"frames are read where they fall ({why})")
+        return
+    moved = Counter(max(abs(dy), abs(dx)) for dy, dx in (alignment.estimate(f) for f in frames))
+    spread = ", ".join(f"{moved[k]} by {k} px" for k in sorted(moved) if k)
+    say(f"aligned frames to the scene within {alignment.radius} px: of {len(frames)} training frames, {moved[0]} sit "
+        "on it" + (f", {spread}" if spread else "") + " (--align-radius 0 turns it off)")
+
+
+def _fixed_camera(camera: str, frames: list[np.ndarray], whole: list[np.ndarray], say: Say,
+                  alignment: FrameAlignment | None = None) -> bool:
     """Whether a tiled run is exported for a fixed camera: ``--camera`` or, with ``auto``, the data (frames of one
     size whose pixels vary across frames by less than ``FIXED_CAMERA_SHARE`` of their total variance).
 
@@ -299,6 +342,13 @@ def _fixed_camera(camera: str, frames: list[np.ndarray], whole: list[np.ndarray]
         say("camera: fixed (--camera fixed): map statistics per position of the frame")
         return True
     share = frame_alignment(frames) if usable else None
+    if share is not None and share >= FIXED_CAMERA_SHARE and alignment is not None:
+        aligned = frame_alignment(frames, alignment)  # a vibrating camera's frames are alike once aligned
+        if aligned is not None and aligned < FIXED_CAMERA_SHARE:
+            say(f"camera: fixed (auto: once aligned within {alignment.radius} px, {aligned:.0%} of the pixels' variance "
+                f"lies between frames at one position, {share:.0%} before; fixed below {FIXED_CAMERA_SHARE:.0%}; "
+                "--camera chooses)")
+            return True
     if share is None:
         say("camera: a stationary surface (auto: the images are not frames of one size): position-free statistics")
         return False

@@ -22,7 +22,7 @@ from .manifest import (
     ScoringSpec,
 )
 from .maps import Combination, MapStats
-from .tiles import DefectStats, Positional
+from .tiles import DefectStats, FrameAlignment, Positional
 from .model import Model
 from .runner import GraphRunner, build_runner
 from .files import read_manifest, read_verified, sha256_hex, verify_files
@@ -194,7 +194,43 @@ def read_positional(path: Path, manifest: Manifest) -> Positional | None:
             defect = DefectStats.from_bytes(data, (h, w))
         except ValueError as exc:
             raise BundleError(f"{path}: {file} is unusable: {exc}") from exc
-    return Positional(stats, tiling.combination(manifest.scoring.combined_parts), defect)
+    alignment = None
+    if tiling.alignment is not None:
+        alignment = _read_alignment(path, manifest, stats, defect)
+    return Positional(stats, tiling.combination(manifest.scoring.combined_parts), defect, alignment)
+
+
+def _read_alignment(path: Path, manifest: Manifest, stats: MapStats, defect: DefectStats | None) -> FrameAlignment:
+    """A fixed camera's frame alignment (``tiling.alignment``): its reference and aligned statistics, each file
+    checked against its sha256 and size.
+
+    Raises:
+        BundleError: a file is missing, altered or of another size, or the reference has another channel count.
+    """
+    tiling = manifest.tiling
+    assert tiling is not None and tiling.alignment is not None and tiling.frame is not None
+    entry = tiling.alignment
+    h, w = tiling.frame
+    c = int(entry["shape"][0])
+    if c != manifest.contract.channels:
+        raise BundleError(f"{path}: tiling.alignment.shape has {c} channel(s), the input contract "
+                          f"{manifest.contract.channels}")
+
+    def data(key: str | None, need: int) -> bytes:
+        file = str(entry["file"] if key is None else entry[key]["file"])
+        raw = read_verified(path, manifest, file)
+        if len(raw) != 4 * need:
+            raise BundleError(f"{path}: {file} holds {len(raw)} bytes, but tiling.alignment needs {need} float32 values")
+        return raw
+
+    try:
+        aligned = MapStats.from_bytes(data("map", 2 * h * w), (2, h, w), stats.sigma, stats.top_k)
+        aligned_defect = (DefectStats.from_bytes(data("defect_map", 2 * h * w), (h, w))
+                          if entry.get("defect_map") is not None else None)
+        return FrameAlignment.from_bytes(data(None, c * h * w), (c, h, w), int(entry["radius"]), aligned,
+                                         aligned_defect)
+    except ValueError as exc:
+        raise BundleError(f"{path}: tiling.alignment is unusable: {exc}") from exc
 
 
 def read_maps(path: Path, manifest: Manifest) -> tuple[MapStats | None, Combination | None]:

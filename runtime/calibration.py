@@ -192,17 +192,18 @@ def calibrate_positional(scorer: Scorer, positional: "Positional", images: Seque
     per_image: dict[str, list[float]] = {m: [] for m in others}
     collected: dict[str, list[NDArray[Any]]] = {p: [] for p in parts} if joined else {}
     # one pass over the frames: every method's tiles and, for combined, its parts
-    for got, _ in positional_frames(scorer, images, grid, others, Positional(stats, None, defect), parts=joined):
+    unjoined = Positional(stats, None, defect, positional.alignment)
+    for got, _ in positional_frames(scorer, images, grid, others, unjoined, parts=joined):
         for m in others:
             per_image[m].append(aggregate(got[m], tiling.aggregate))
         for p in collected:
             collected[p].append(got[f"part:{p}"])
     references = None
-    fitted = Positional(stats, None, defect)
+    fitted = unjoined
     if joined:  # references of every frame's tiles, then each frame's combined read against them
         references = {p: Reference.fit(_finite(np.concatenate(v), p)) for p, v in collected.items()}
         combination = Combination(parts, references)
-        fitted = Positional(stats, combination, defect)
+        fitted = Positional(stats, combination, defect, positional.alignment)
         per_image["combined"] = [aggregate(combination.statistic({p: collected[p][i] for p in parts}), tiling.aggregate)
                                  for i in range(len(images))]
     cal = _image_level(per_image, [len(grid)] * len(images), fpr, source)
@@ -212,7 +213,8 @@ def calibrate_positional(scorer: Scorer, positional: "Positional", images: Seque
                            "averaged where tiles overlap; map = (stitched - mean) / spread per pixel of the frame; a "
                            "tile's local = mean of the top_k largest map values under it"}
     return replace(tiling, positional=True, frame=frame, map=MapEntry.from_dict(entry), references=references,
-                   calibration=cal, defect_map=defect.manifest_entry() if defect is not None else None), fitted
+                   calibration=cal, defect_map=defect.manifest_entry() if defect is not None else None,
+                   alignment=positional.alignment.manifest_entry() if positional.alignment is not None else None), fitted
 
 
 def _finite(scores: NDArray[np.float64], method: str) -> NDArray[np.float64]:

@@ -386,6 +386,9 @@ class Manifest:
         frame = [t.map.file] if t is not None and t.map is not None else []
         if t is not None and t.defect_map is not None:
             frame.append(str(t.defect_map["file"]))
+        if t is not None and t.alignment is not None:
+            frame += [str(t.alignment["file"]), *(str(t.alignment[k]["file"]) for k in ("map", "defect_map")
+                                                  if t.alignment.get(k) is not None)]
         return [e.file for e in self.noise.values()] + ([self.map.file] if self.map is not None else []) + frame
 
     def with_variant(self, name: str) -> "Manifest":

@@ -31,12 +31,13 @@ bundle scores frames of its frame size only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
+from .contract import uint8_to_unit
 from .errors import ArrayInputError
 from .manifest import Calibration, MapEntry
 from .maps import MAGNITUDES, Combination, MapStats, Reference, defect_score, residual_magnitude
@@ -57,6 +58,22 @@ VALIDATION_TILES = 1000
 FRAME_MAP_FILE = "frame_map_stats.f32"
 # A fixed camera's per-position statistics of the defect head's stitched logits (same layout as FRAME_MAP_FILE).
 FRAME_DEFECT_FILE = "frame_defect_stats.f32"
+# A fixed camera's reference frame, which each frame is aligned to (float32 little-endian, row-major (C, H, W)
+# of the frame, pixels in [0, 1]).
+FRAME_REFERENCE_FILE = "frame_reference.f32"
+# The per-position statistics of aligned training frames (same layout as FRAME_MAP_FILE and FRAME_DEFECT_FILE).
+ALIGNED_MAP_FILE = "frame_map_aligned.f32"
+ALIGNED_DEFECT_FILE = "frame_defect_aligned.f32"
+# Export's default alignment radius: a frame may sit up to this many pixels off the scene in each direction.
+ALIGN_RADIUS = 2
+ALIGN_RADIUS_MAX = 8
+# Rounds of re-estimating the reference from the training frames moved onto it.
+ALIGN_ROUNDS = 2
+# Shifts whose mean squared difference is within this relative margin of the smallest count as tied (the zero
+# shift wins a tie, then the first in scan order): sums in another order (C, JavaScript) choose alike.
+ALIGN_TIE = 1e-6
+# Rows of a frame compared at once when estimating its shift (bounds memory for large frames).
+ALIGN_ROWS = 256
 # The spread of the defect logits at a pixel is floored at this many logits, so that places where the head's
 # output hardly varies over normal frames do not turn small changes into large values.
 DEFECT_SPREAD_FLOOR = 0.25
@@ -68,6 +85,12 @@ CAMERAS = ("auto", "fixed", "surface")
 # frames is below this share of the pixels' total variance (the same scene in every frame), with enough frames.
 FIXED_CAMERA_SHARE = 0.5
 MIN_FRAMES = 10
+
+
+def _names_file(entry: Mapping[str, Any]) -> bool:
+    """Whether a manifest entry's ``file`` is a plain file name in the bundle's folder."""
+    name = entry.get("file")
+    return isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
 
 
 def tile_starts(length: int, tile: int, stride: int) -> NDArray[np.int64]:
@@ -147,6 +170,7 @@ class Tiling:
     map: MapEntry | None = None
     references: Mapping[str, Reference] | None = None
     defect_map: Mapping[str, Any] | None = None
+    alignment: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not (1 <= self.stride <= min(self.tile)):
@@ -168,6 +192,23 @@ class Tiling:
                                    or [int(v) for v in dm.get("shape", ())] != [2, *self.frame]):
                 raise ValueError(f"tiling.defect_map must name a file of shape [2, {self.frame[0]}, {self.frame[1]}] "
                                  f"(the frame), got {dict(dm)}")
+            al = self.alignment
+            if al is not None:
+                shape, radius = al.get("shape"), al.get("radius")
+                stats = [al.get("map"), *([al["defect_map"]] if al.get("defect_map") is not None else [])]
+                if (not _names_file(al) or not isinstance(shape, list) or len(shape) != 3
+                        or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
+                        or shape[0] < 1 or shape[1:] != list(self.frame)
+                        or not isinstance(radius, int) or isinstance(radius, bool)
+                        or not 1 <= radius < min(self.frame) // 2
+                        or not all(isinstance(e, Mapping) and _names_file(e) and e.get("shape") == [2, *self.frame]
+                                   for e in stats)):
+                    raise ValueError(f"tiling.alignment must name a reference file of shape [C, {self.frame[0]}, "
+                                     f"{self.frame[1]}] (the frame), a whole radius in 1..{min(self.frame) // 2 - 1} and "
+                                     f"map (and defect_map) files of shape [2, {self.frame[0]}, {self.frame[1]}], got "
+                                     f"{dict(al)}")
+        elif self.alignment is not None:
+            raise ValueError("tiling.alignment belongs to a fixed camera (tiling.positional: true)")
 
     def check_frame(self, height: int, width: int) -> None:
         """Refuse an image a fixed-camera tiling cannot score (another size than its frame).
@@ -215,7 +256,8 @@ class Tiling:
                    (int(frame[0]), int(frame[1])) if frame is not None else None,
                    MapEntry.from_dict(entry) if entry is not None else None,
                    {p: Reference.from_dict(r) for p, r in refs.items()} if refs is not None else None,
-                   dict(data["defect_map"]) if data.get("defect_map") is not None else None)
+                   dict(data["defect_map"]) if data.get("defect_map") is not None else None,
+                   dict(data["alignment"]) if data.get("alignment") is not None else None)
 
     def to_dict(self) -> dict[str, Any]:
         out = {**self.raw, "tile": list(self.tile), "stride": self.stride, "aggregate": self.aggregate,
@@ -230,6 +272,8 @@ class Tiling:
             out["references"] = {p: r.to_dict() for p, r in self.references.items()}
         if self.defect_map is not None:
             out["defect_map"] = dict(self.defect_map)
+        if self.alignment is not None:
+            out["alignment"] = dict(self.alignment)
         return out
 
     def combination(self, parts: Sequence[str]) -> Combination | None:
@@ -297,6 +341,182 @@ class DefectStats:
                               "= the largest mean of that map over a scoring.defect_window square inside the tile"}
 
 
+def move(a: NDArray[Any], dy: int, dx: int) -> NDArray[Any]:
+    """``a`` (..., H, W) moved by (dy, dx) pixels, edges repeated: out[..., y, x] = a[..., clamp(y - dy),
+    clamp(x - dx)] with clamp to 0..H-1 and 0..W-1."""
+    h, w = a.shape[-2:]
+    if dy == 0 and dx == 0:
+        return a
+    rows = np.clip(np.arange(h) - dy, 0, h - 1)
+    cols = np.clip(np.arange(w) - dx, 0, w - 1)
+    out: NDArray[Any] = a[..., rows, :][..., cols]
+    return out
+
+
+def _banded(plain: F32, aligned: F32, shift: tuple[int, int], band: int) -> F32:
+    """``aligned`` (H, W) moved by ``shift``, with ``plain``'s values in the ``band`` pixels along the border."""
+    out: F32 = np.array(move(aligned, *shift), dtype=np.float32, copy=True)
+    out[:band] = plain[:band]
+    out[-band:] = plain[-band:]
+    out[:, :band] = plain[:, :band]
+    out[:, -band:] = plain[:, -band:]
+    return out
+
+
+def _unit64(pixels: NDArray[Any]) -> NDArray[np.float64]:
+    """Pixels as float64 in [0, 1]: uint8 through the contract's one conversion (float32 v / 255), floats as
+    they are."""
+    if pixels.dtype == np.uint8:
+        return uint8_to_unit(pixels).astype(np.float64)
+    return np.asarray(pixels, np.float64)
+
+
+@dataclass(frozen=True)
+class FrameAlignment:
+    """A fixed camera's frame alignment: a camera that vibrates or was remounted shows the scene a pixel or two
+    off, and at the scene's edges that shift, not a defect, is most of the per-pixel spread.
+
+    A frame's shift d = (dy, dx) is the integer shift within ``radius`` whose mean squared difference between the
+    frame and the reference moved by d is smallest over the interior (the frame less ``radius`` pixels at each
+    side; pixels in [0, 1], every channel; sums in float64). Shifts within ``ALIGN_TIE`` (relative) of the
+    smallest tie: the zero shift wins a tie, then the first in row-major scan order (dy, then dx, from -radius).
+
+    ``stats`` (and ``defect``) are the per-position statistics of the training frames' maps moved back by their
+    shifts onto the reference. A frame's maps are standardised by them moved by its shift (:func:`move`), except
+    in a band of ``radius`` pixels along the frame's border: there the scene may lie outside the reference, and
+    the frame's own border (where fewer tiles overlap) is unlike its interior, so the band reads the statistics
+    in frame coordinates (``Positional.stats`` and ``Positional.defect``) (:meth:`Positional.at`).
+
+    Attributes:
+        reference: (C, H, W) float32 in [0, 1]: the training frames' mean after aligning them.
+        radius: the largest shift in each direction, >= 1.
+        stats: the aligned per-position map statistics (None only while the alignment is being measured).
+        defect: the aligned per-position statistics of the defect head's logits (None without a head).
+    """
+
+    reference: F32
+    radius: int
+    stats: MapStats | None = None
+    defect: DefectStats | None = None
+
+    def __post_init__(self) -> None:
+        if self.reference.ndim != 3:
+            raise ValueError(f"the alignment reference must be (C, H, W), got shape {self.reference.shape}")
+        if self.radius < 1:
+            raise ValueError(f"the alignment radius must be >= 1, got {self.radius}")
+        if min(self.reference.shape[1:]) <= 2 * self.radius:
+            raise ValueError(f"frames of {self.reference.shape[1]}x{self.reference.shape[2]} are too small to align "
+                             f"within {self.radius} px")
+        if not np.isfinite(self.reference).all():
+            raise ValueError("the alignment reference must be finite")
+
+    @property
+    def frame(self) -> tuple[int, int]:
+        return int(self.reference.shape[1]), int(self.reference.shape[2])
+
+    def errors(self, image: NDArray[Any]) -> NDArray[np.float64]:
+        """The mean squared difference of ``image`` (C, H, W, uint8 or floats in [0, 1]) to the reference moved
+        by each shift: (2 radius + 1, 2 radius + 1), row dy + radius, column dx + radius.
+
+        Raises:
+            ArrayInputError: the image is not of the reference's shape.
+        """
+        c, h, w = self.reference.shape
+        if tuple(int(v) for v in image.shape) != (c, h, w):
+            raise ArrayInputError(f"frame alignment needs a ({c}, {h}, {w}) frame, got {tuple(image.shape)}")
+        r = self.radius
+        side = 2 * r + 1
+        sums = np.zeros((side, side), np.float64)
+        for y0 in range(r, h - r, ALIGN_ROWS):
+            y1 = min(y0 + ALIGN_ROWS, h - r)
+            rows = _unit64(image[:, y0:y1, r:w - r])
+            for i in range(side):
+                for j in range(side):
+                    dy, dx = i - r, j - r
+                    diff = rows - self.reference[:, y0 - dy:y1 - dy, r - dx:w - r - dx]
+                    sums[i, j] += float(np.vdot(diff, diff))
+        out: NDArray[np.float64] = sums / float(c * (h - 2 * r) * (w - 2 * r))
+        return out
+
+    def estimate(self, image: NDArray[Any]) -> tuple[int, int]:
+        """The frame's shift (dy, dx) against the reference (the class's rule).
+
+        Raises:
+            ArrayInputError: the image is not of the reference's shape.
+        """
+        e = self.errors(image)
+        r = self.radius
+        limit = float(e.min()) * (1.0 + ALIGN_TIE)
+        if e[r, r] <= limit:
+            return 0, 0
+        i, j = (int(v) for v in np.argwhere(e <= limit)[0])
+        return i - r, j - r
+
+    @classmethod
+    def fit(cls, frames: Sequence[NDArray[Any]], radius: int = ALIGN_RADIUS,
+            rounds: int = ALIGN_ROUNDS) -> "FrameAlignment":
+        """The reference of training frames ((C, H, W) each, one size): their mean, then ``rounds`` times the mean
+        of the frames moved back by their shifts against it (the last time less the shifts' median, so that the
+        median frame sits on the reference and the search's radius is spent either side of it).
+
+        Raises:
+            ValueError: no frames, frames of several shapes, or frames too small for ``radius``.
+        """
+        if not frames or len({tuple(f.shape) for f in frames}) != 1:
+            raise ValueError("frame alignment needs training frames of one shape")
+        total = np.zeros(frames[0].shape, np.float64)
+        for f in frames:
+            total += _unit64(f)
+        aligned = cls((total / len(frames)).astype(np.float32), radius)
+        for round_ in range(rounds):
+            shifts = np.array([aligned.estimate(f) for f in frames])
+            if round_ == rounds - 1:  # centre the scene: the median frame sits on the reference
+                shifts -= np.round(np.median(shifts, axis=0)).astype(shifts.dtype)
+            total[:] = 0.0
+            for f, (dy, dx) in zip(frames, shifts):
+                total += move(_unit64(f), -int(dy), -int(dx))
+            aligned = cls((total / len(frames)).astype(np.float32), radius)
+        return aligned
+
+    def files(self) -> dict[str, bytes]:
+        """The bundle files: the reference and the aligned statistics."""
+        if self.stats is None:
+            raise ValueError("an alignment without its aligned statistics cannot be written")
+        out = {FRAME_REFERENCE_FILE: self.to_bytes(), ALIGNED_MAP_FILE: self.stats.to_bytes()}
+        if self.defect is not None:
+            out[ALIGNED_DEFECT_FILE] = self.defect.to_bytes()
+        return out
+
+    def to_bytes(self) -> bytes:
+        """The bundle file: float32 little-endian, row-major (C, H, W)."""
+        return np.ascontiguousarray(self.reference, "<f4").tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, shape: Sequence[int], radius: int, stats: MapStats | None = None,
+                   defect: DefectStats | None = None) -> "FrameAlignment":
+        c, h, w = (int(v) for v in shape)
+        return cls(np.frombuffer(data, dtype="<f4").reshape(c, h, w).astype(np.float32), radius, stats, defect)
+
+    def manifest_entry(self) -> dict[str, Any]:
+        """The manifest's ``tiling.alignment``."""
+        c, h, w = self.reference.shape
+        stats = {"map": {"file": ALIGNED_MAP_FILE, "shape": [2, int(h), int(w)]}}
+        if self.defect is not None:
+            stats["defect_map"] = {"file": ALIGNED_DEFECT_FILE, "shape": [2, int(h), int(w)]}
+        return {"file": FRAME_REFERENCE_FILE, "shape": [int(c), int(h), int(w)], "dtype": "float32",
+                "byte_order": "little", "radius": self.radius, "tie": ALIGN_TIE, **stats,
+                "layout": "row-major (C, H, W) of the frame, pixels in [0, 1]: the training frames' mean after "
+                          "aligning them",
+                "definition": "a frame's shift d = (dy, dx), |dy|, |dx| <= radius, minimises the mean over channels "
+                              "and the interior (radius px in from every side) of (frame[c, y, x] - reference[c, y - dy, "
+                              "x - dx])^2, summed in float64; shifts within a relative tie of the smallest tie, the zero "
+                              "shift winning a tie, then the first in row-major order from (-radius, -radius); the "
+                              "frame's maps are standardised by the aligned statistics (map, defect_map: the training "
+                              "frames' stitched maps moved back by their shifts, layouts as tiling.map and "
+                              "tiling.defect_map) moved by d, read at (clamp(y - dy), clamp(x - dx)), except at pixels "
+                              "less than radius from the frame's border, which read tiling.map and tiling.defect_map"}
+
+
 @dataclass(frozen=True)
 class Positional:
     """What a fixed camera's tiles are scored with: the frame's per-position map statistics, the defect head's
@@ -306,6 +526,25 @@ class Positional:
     stats: MapStats
     combination: Combination | None = None
     defect: DefectStats | None = None
+    alignment: FrameAlignment | None = None
+
+    def at(self, image: NDArray[Any]) -> tuple[MapStats, DefectStats | None, tuple[int, int]]:
+        """The statistics a frame (C, H, W) is standardised by, and its shift: without an alignment the
+        statistics in frame coordinates; with one, the aligned statistics moved by the frame's shift, the border
+        band of ``radius`` pixels read in frame coordinates (:class:`FrameAlignment`)."""
+        al = self.alignment
+        if al is None or al.stats is None:
+            return self.stats, self.defect, (0, 0)
+        d = al.estimate(image)
+        s = self.stats
+        stats = MapStats(_banded(s.mean, al.stats.mean, d, al.radius), _banded(s.spread, al.stats.spread, d, al.radius),
+                         s.sigma, s.top_k)
+        defect = None
+        if self.defect is not None:
+            a = al.defect if al.defect is not None else self.defect
+            defect = DefectStats(_banded(self.defect.mean, a.mean, d, al.radius),
+                                 _banded(self.defect.spread, a.spread, d, al.radius))
+        return stats, defect, d
 
     @property
     def frame(self) -> tuple[int, int]:
@@ -476,8 +715,9 @@ def positional_frames(scorer: "Scorer", images: Sequence[NDArray[Any]], grid: Ti
             done[0] += len(rows)
             if done[0] == n:
                 del state[k]
-                frame_map = positional.stats.standardise(totals[0] / count)
-                defect_map = positional.defect.standardise(totals[1] / count) if stitched_defect else None  # type: ignore[union-attr]
+                stats, defect_stats, _ = positional.at(images[k])
+                frame_map = stats.standardise(totals[0] / count)
+                defect_map = defect_stats.standardise(totals[1] / count) if stitched_defect else None  # type: ignore[union-attr]
                 yield _positional_frame(collected, frame_map, defect_map, scorer.spec.defect_window, grid, methods,
                                         positional, names, parts, batch)
 
@@ -620,11 +860,13 @@ def tile_view(image: NDArray[Any], channels: int) -> NDArray[Any]:
     return a
 
 
-def frame_map_stats(scorer: "Scorer", frames: Sequence[NDArray[Any]], tiling: Tiling,
-                    batch: int = TILE_BATCH) -> MapStats:
-    """A fixed camera's per-position statistics: the residual magnitudes of each training frame (C, H, W, all of
-    one size) stitched by tiles as scoring stitches them, then their per-pixel mean and spread over the frames
-    (``MapStats.fit``; ``top_k`` that of a tile, as ``local`` averages over a tile).
+def frame_stats(scorer: "Scorer", frames: Sequence[NDArray[Any]], tiling: Tiling,
+                alignment: FrameAlignment | None = None, batch: int = TILE_BATCH) -> Positional:
+    """A fixed camera's per-position statistics from its training frames (C, H, W, all of one size; no
+    references yet): each frame's residual magnitudes (and, with a defect head, its logits) stitched by tiles as
+    scoring stitches them, then their per-pixel mean and spread over the frames (``MapStats.fit``, ``top_k`` that
+    of a tile, as ``local`` averages over a tile; :meth:`DefectStats.fit`). With ``alignment`` (its reference,
+    :meth:`FrameAlignment.fit`) also the statistics of the same maps moved back by each frame's shift.
 
     Raises:
         ValueError: fewer than two frames, frames of several sizes, or a scorer without map statistics.
@@ -634,41 +876,41 @@ def frame_map_stats(scorer: "Scorer", frames: Sequence[NDArray[Any]], tiling: Ti
         raise ValueError(f"a fixed camera's frames share one size; got {len(sizes)} sizes")
     (h, w), = sizes
     grid = tiling.grid(h, w)
-    stats = scorer.maps
-    if stats is None:
+    tile_stats = scorer.maps
+    if tile_stats is None:
         raise ValueError("per-position statistics need the tiles' own map statistics first")
-    fitted = MapStats.fit([stitch(f, grid, scorer.residual_magnitudes, batch)[None] for f in frames], stats.sigma)
-    return MapStats(fitted.mean, fitted.spread, stats.sigma, stats.top_k)
+    head = scorer.has_defect_head
+    magnitudes = [stitch(f, grid, scorer.residual_magnitudes, batch) for f in frames]
+    logits = [stitch(f, grid, scorer.defect_logits, batch) for f in frames] if head else []
+
+    def fitted(maps: Sequence[F32]) -> MapStats:
+        m = MapStats.fit([x[None] for x in maps], tile_stats.sigma)
+        return MapStats(m.mean, m.spread, tile_stats.sigma, tile_stats.top_k)
+
+    stats, defect = fitted(magnitudes), DefectStats.fit(logits) if head else None
+    if alignment is not None:
+        shifts = [alignment.estimate(f) for f in frames]
+        alignment = replace(alignment, stats=fitted([move(m, -dy, -dx) for m, (dy, dx) in zip(magnitudes, shifts)]),
+                            defect=DefectStats.fit([move(m, -dy, -dx) for m, (dy, dx) in zip(logits, shifts)])
+                            if head else None)
+    return Positional(stats, None, defect, alignment)
 
 
-def frame_defect_stats(scorer: "Scorer", frames: Sequence[NDArray[Any]], tiling: Tiling,
-                       batch: int = TILE_BATCH) -> DefectStats:
-    """A fixed camera's per-position statistics of the defect head: each training frame's logits (C, H, W frames,
-    all of one size) stitched by tiles as scoring stitches them, then their per-pixel mean and spread over the
-    frames (:meth:`DefectStats.fit`).
-
-    Raises:
-        ValueError: fewer than two frames, frames of several sizes, or a scorer without a defect head.
-    """
-    sizes = {(int(f.shape[1]), int(f.shape[2])) for f in frames}
-    if len(sizes) != 1:
-        raise ValueError(f"a fixed camera's frames share one size; got {len(sizes)} sizes")
-    (h, w), = sizes
-    grid = tiling.grid(h, w)
-    return DefectStats.fit([stitch(f, grid, scorer.defect_logits, batch) for f in frames])
-
-
-def frame_alignment(frames: Sequence[NDArray[Any]]) -> float | None:
+def frame_alignment(frames: Sequence[NDArray[Any]], alignment: FrameAlignment | None = None) -> float | None:
     """The share of the pixels' variance that lies between frames at one position (mean over pixels of the
     variance across frames, over the variance of all pixel values): near 0 when every frame shows the same scene
-    (a fixed camera), near 1 for views of a surface at random places. None when the frames differ in size or are
-    fewer than ``MIN_FRAMES``."""
+    (a fixed camera), near 1 for views of a surface at random places. With ``alignment``, of the frames moved back
+    by their shifts onto its reference (a vibrating camera's frames of fine detail are alike only once aligned).
+    None when the frames differ in size or are fewer than ``MIN_FRAMES``."""
     if len(frames) < MIN_FRAMES or len({tuple(f.shape) for f in frames}) != 1:
         return None
     total = np.zeros(frames[0].shape, np.float64)
     squares = np.zeros(frames[0].shape, np.float64)
     for f in frames:
         v = np.asarray(f, np.float64)
+        if alignment is not None:
+            dy, dx = alignment.estimate(f)
+            v = move(v, -dy, -dx)
         total += v
         squares += v * v
     n = len(frames)

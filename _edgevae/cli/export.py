@@ -35,6 +35,9 @@ from .common import errors, given, method_choice, need_training, warnings_to_std
 @click.option("--camera", type=click.Choice(("auto", "fixed", "surface")), show_default="auto",
               help="A tiled run: 'fixed' (the same scene in every frame of one size: map statistics per position), "
                    "'surface' (textures, tissue, webs: position-free), or 'auto' (chosen from the training frames).")
+@click.option("--align-radius", type=click.IntRange(0, 8), show_default="2",
+              help="A fixed camera: match each frame to the scene within this many pixels in each direction before "
+                   "reading its per-position statistics (a camera that vibrates or was remounted); 0 turns it off.")
 @click.option("--no-defect-head", "defect_head", flag_value=False, default=None,
               help="Leave the run's defect head (defect.pt) out of the bundle.")
 @click.option("--quantize", type=click.Choice(options.QUANTIZE_VARIANTS),

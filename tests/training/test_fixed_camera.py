@@ -260,3 +260,143 @@ def test_the_defect_score_reads_the_head_per_position(camera_bundle: Path) -> No
     assert "local" not in per_tile and "defect" not in per_tile
     for part in set(model.spec.combined_parts) - {"local", "defect"}:
         np.testing.assert_allclose(scores[f"part:{part}"], per_tile[part], rtol=1e-5, atol=1e-6)
+
+
+def _moved_scene(dy: int, dx: int) -> np.ndarray:
+    """The scene as a camera that sits (dy, dx) pixels off shows it: scene content at (y - dy, x - dx)."""
+    y, x = np.mgrid[0:SIDE, 0:SIDE]
+    y, x = y - dy, x - dx
+    scene = np.where(x < SIDE // 2, 0.35, 0.5 + 0.35 * np.sin(x * 1.7 + y * 0.9))
+    scene[(y >= 18) & (y < 30) & (x >= 18) & (x < 30)] = 0.9
+    return scene
+
+
+def _shaken_frame(rng: np.random.Generator) -> np.ndarray:
+    """A frame of a camera that vibrates: the scene up to one pixel off in each direction, a little brighter or
+    darker, with sensor noise; uint8 (1, H, W)."""
+    dy, dx = (int(v) for v in rng.integers(-1, 2, 2))
+    img = _moved_scene(dy, dx) * rng.uniform(0.95, 1.05) + rng.normal(0, 0.02, (SIDE, SIDE))
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)[None]
+
+
+def test_move_and_frame_alignment_find_each_shift() -> None:
+    from edgevae.runtime.tiles import ALIGN_TIE, FrameAlignment, move
+
+    a = np.arange(20, dtype=np.float32).reshape(4, 5)
+    for dy, dx in ((1, -2), (0, 0), (-3, 4)):
+        want = np.array([[a[min(max(y - dy, 0), 3), min(max(x - dx, 0), 4)] for x in range(5)] for y in range(4)])
+        np.testing.assert_array_equal(move(a, dy, dx), want)
+    reference = _moved_scene(0, 0).astype(np.float32)[None]
+    alignment = FrameAlignment(reference, 2)
+    rng = np.random.default_rng(0)
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            frame = np.clip(_moved_scene(dy, dx) + rng.normal(0, 0.02, (SIDE, SIDE)), 0, 1)
+            assert alignment.estimate(frame[None]) == (dy, dx)
+            as_uint8 = np.rint(frame * 255).astype(np.uint8)[None]
+            assert alignment.estimate(as_uint8) == (dy, dx)  # uint8 frames are read as the contract reads them
+    # ties: a flat frame against a flat reference matches every shift alike, and the zero shift wins
+    flat = FrameAlignment(np.full((1, SIDE, SIDE), 0.5, np.float32), 2)
+    assert flat.estimate(np.full((1, SIDE, SIDE), 0.3, np.float32)) == (0, 0)
+    errors = alignment.errors(reference)
+    assert errors[2, 2] == 0.0 and (np.delete(errors.ravel(), 12) > ALIGN_TIE).all()
+    back = FrameAlignment.from_bytes(alignment.to_bytes(), (1, SIDE, SIDE), 2)
+    np.testing.assert_array_equal(back.reference, reference)
+    with pytest.raises(ArrayInputError, match="frame alignment needs a \\(1, 48, 48\\) frame"):
+        alignment.estimate(np.zeros((1, 40, 48), np.uint8))
+    with pytest.raises(ValueError, match="too small to align"):
+        FrameAlignment(np.zeros((1, 4, 40), np.float32), 2)
+    # fitting centres the scene: the median training frame sits on the reference
+    frames = [_shaken_frame(rng) for _ in range(30)]
+    fitted = FrameAlignment.fit(frames, 2)
+    shifts = np.array([fitted.estimate(f) for f in frames])
+    assert (np.median(shifts, axis=0) == 0).all() and np.abs(shifts).max() <= 2
+
+
+@pytest.fixture(scope="module")
+def shaken_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny tiled run on 40 frames of a camera that vibrates by up to a pixel."""
+    pytest.importorskip("torch")
+    from edgevae.training import DataSpec, ModelConfig, TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    run = tmp_path_factory.mktemp("shaken_run")
+    train(DataSpec(tile=TILE, tiles_per_epoch=256), run, ModelConfig(latent_dim=4, widths=(8, 16), hidden=32),
+          TrainConfig(epochs=4, seed=0, defect_steps=30), images=[_shaken_frame(rng) for _ in range(40)])  # type: ignore[arg-type]
+    return run
+
+
+def test_a_vibrating_camera_is_aligned_to_its_scene(shaken_run: Path, tmp_path: Path) -> None:
+    """Frames a pixel off: export finds it a fixed camera once aligned (fine stripes make unaligned frames look
+    like views of a surface), records the reference and the aligned statistics as checksummed files, and a small
+    spot at the bright square's edge (where unaligned statistics have the edge's movement in their spread) stands
+    out of normal frames better than without alignment. ``--align-radius 0`` gives the bundle of before."""
+    from sklearn.metrics import roc_auc_score
+
+    from edgevae.export import ExportConfig, export_bundle
+    from edgevae.runtime.tiles import ALIGNED_DEFECT_FILE, ALIGNED_MAP_FILE, FRAME_REFERENCE_FILE
+
+    said: list[str] = []
+    aligned = export_bundle(shaken_run, tmp_path / "aligned", ExportConfig(elbo_samples=4, iwae_samples=16),
+                            progress=said.append)
+    assert any(line.startswith("camera: fixed (auto: once aligned within 2 px") for line in said), said
+    assert any(line.startswith("aligned frames to the scene within 2 px: of ") for line in said), said
+    manifest = json.loads((tmp_path / "aligned" / "edgevae.json").read_text())
+    entry = manifest["tiling"]["alignment"]
+    assert entry["file"] == FRAME_REFERENCE_FILE and entry["shape"] == [1, SIDE, SIDE] and entry["radius"] == 2
+    assert entry["map"]["file"] == ALIGNED_MAP_FILE and entry["defect_map"]["file"] == ALIGNED_DEFECT_FILE
+    assert {FRAME_REFERENCE_FILE, ALIGNED_MAP_FILE, ALIGNED_DEFECT_FILE} <= set(manifest["files"])
+    assert aligned.positional is not None and aligned.positional.alignment is not None
+    plain = export_bundle(shaken_run, tmp_path / "plain", ExportConfig(elbo_samples=4, iwae_samples=16,
+                                                                       camera="fixed", align_radius=0))
+    assert "alignment" not in plain.manifest.raw["tiling"] and plain.positional is not None
+    assert plain.positional.alignment is None
+
+    rng = np.random.default_rng(6)
+    normals = [_shaken_frame(rng) for _ in range(16)]
+    spotted = []
+    for _ in range(16):
+        frame = _shaken_frame(rng)
+        frame[:, 17:20, 20:23] = 0  # a dark spot on the bright square's top edge
+        spotted.append(frame)
+    labels = [0] * 16 + [1] * 16
+
+    def auroc(model) -> float:  # type: ignore[no-untyped-def]
+        return float(roc_auc_score(labels, [model.score_tiled(f, "local").score for f in normals + spotted]))
+
+    assert auroc(aligned) > auroc(plain) + 0.05
+    # the anomaly map of an aligned frame: the aligned statistics moved by its shift, in frame coordinates at the border
+    frame = spotted[0]
+    stats, _, shift = aligned.positional.at(frame)
+    assert max(abs(v) for v in shift) <= 2
+    from edgevae.runtime.tiles import move, stitch
+
+    magnitude = stitch(frame, aligned.tiling.grid(SIDE, SIDE), aligned.residual_magnitudes)
+    al = aligned.positional.alignment
+    assert al.stats is not None
+    want = (magnitude - move(al.stats.mean, *shift)) / move(al.stats.spread, *shift)
+    got = aligned.tiled_maps(frame)["anomaly"]
+    np.testing.assert_allclose(got[2:-2, 2:-2], want[2:-2, 2:-2], rtol=1e-4, atol=1e-4)
+    border = aligned.positional.stats.standardise(magnitude)
+    np.testing.assert_allclose(got[:2], border[:2], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[:, -2:], border[:, -2:], rtol=1e-4, atol=1e-4)
+
+
+def test_an_altered_reference_is_refused(shaken_run: Path, tmp_path: Path) -> None:
+    from edgevae.export import ExportConfig, export_bundle
+    from edgevae.runtime import load
+    from edgevae.runtime.errors import BundleError
+    from edgevae.runtime.tiles import FRAME_REFERENCE_FILE, Tiling
+
+    export_bundle(shaken_run, tmp_path / "b", ExportConfig(elbo_samples=4, iwae_samples=16, camera="fixed"))
+    path = tmp_path / "b" / FRAME_REFERENCE_FILE
+    data = bytearray(path.read_bytes())
+    data[0] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=FRAME_REFERENCE_FILE):
+        load(tmp_path / "b")
+    raw = json.loads((tmp_path / "b" / "edgevae.json").read_text())["tiling"]
+    with pytest.raises(ValueError, match="tiling.alignment must name"):
+        Tiling.from_dict({**raw, "alignment": {**raw["alignment"], "radius": 30}})
+    with pytest.raises(ValueError, match="belongs to a fixed camera"):
+        Tiling.from_dict({"tile": [16, 16], "stride": 8, "alignment": raw["alignment"]})
