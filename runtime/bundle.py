@@ -22,7 +22,7 @@ from .manifest import (
     ScoringSpec,
 )
 from .maps import Combination, MapStats
-from .tiles import DefectStats, FrameAlignment, Positional
+from .tiles import ALIGN_TIE, DefectStats, FrameAlignment, Positional
 from .model import Model
 from .runner import GraphRunner, build_runner
 from .files import read_manifest, read_verified, sha256_hex, verify_files
@@ -228,7 +228,7 @@ def _read_alignment(path: Path, manifest: Manifest, stats: MapStats, defect: Def
         aligned_defect = (DefectStats.from_bytes(data("defect_map", 2 * h * w), (h, w))
                           if entry.get("defect_map") is not None else None)
         return FrameAlignment.from_bytes(data(None, c * h * w), (c, h, w), int(entry["radius"]), aligned,
-                                         aligned_defect)
+                                         aligned_defect, float(entry.get("tie", ALIGN_TIE)))
     except ValueError as exc:
         raise BundleError(f"{path}: tiling.alignment is unusable: {exc}") from exc
 

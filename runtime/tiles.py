@@ -200,11 +200,13 @@ class Tiling:
                         or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
                         or shape[0] < 1 or shape[1:] != list(self.frame)
                         or not isinstance(radius, int) or isinstance(radius, bool)
-                        or not 1 <= radius < min(self.frame) // 2
+                        or not 1 <= radius <= min(ALIGN_RADIUS_MAX, min(self.frame) // 2 - 1)
+                        or not (isinstance(al.get("tie", ALIGN_TIE), (int, float)) and 0 <= al.get("tie", ALIGN_TIE) < 1e-3)
                         or not all(isinstance(e, Mapping) and _names_file(e) and e.get("shape") == [2, *self.frame]
                                    for e in stats)):
                     raise ValueError(f"tiling.alignment must name a reference file of shape [C, {self.frame[0]}, "
-                                     f"{self.frame[1]}] (the frame), a whole radius in 1..{min(self.frame) // 2 - 1} and "
+                                     f"{self.frame[1]}] (the frame), a whole radius in 1..{min(ALIGN_RADIUS_MAX, min(self.frame) // 2 - 1)}, "
+                                     "a tie in [0, 0.001) and "
                                      f"map (and defect_map) files of shape [2, {self.frame[0]}, {self.frame[1]}], got "
                                      f"{dict(al)}")
         elif self.alignment is not None:
@@ -392,12 +394,14 @@ class FrameAlignment:
         radius: the largest shift in each direction, >= 1.
         stats: the aligned per-position map statistics (None only while the alignment is being measured).
         defect: the aligned per-position statistics of the defect head's logits (None without a head).
+        tie: the relative margin within which shifts tie (``ALIGN_TIE``; the manifest's ``tie``).
     """
 
     reference: F32
     radius: int
     stats: MapStats | None = None
     defect: DefectStats | None = None
+    tie: float = ALIGN_TIE
 
     def __post_init__(self) -> None:
         if self.reference.ndim != 3:
@@ -446,7 +450,7 @@ class FrameAlignment:
         """
         e = self.errors(image)
         r = self.radius
-        limit = float(e.min()) * (1.0 + ALIGN_TIE)
+        limit = float(e.min()) * (1.0 + self.tie)
         if e[r, r] <= limit:
             return 0, 0
         i, j = (int(v) for v in np.argwhere(e <= limit)[0])
@@ -493,9 +497,9 @@ class FrameAlignment:
 
     @classmethod
     def from_bytes(cls, data: bytes, shape: Sequence[int], radius: int, stats: MapStats | None = None,
-                   defect: DefectStats | None = None) -> "FrameAlignment":
+                   defect: DefectStats | None = None, tie: float = ALIGN_TIE) -> "FrameAlignment":
         c, h, w = (int(v) for v in shape)
-        return cls(np.frombuffer(data, dtype="<f4").reshape(c, h, w).astype(np.float32), radius, stats, defect)
+        return cls(np.frombuffer(data, dtype="<f4").reshape(c, h, w).astype(np.float32), radius, stats, defect, tie)
 
     def manifest_entry(self) -> dict[str, Any]:
         """The manifest's ``tiling.alignment``."""
@@ -504,7 +508,7 @@ class FrameAlignment:
         if self.defect is not None:
             stats["defect_map"] = {"file": ALIGNED_DEFECT_FILE, "shape": [2, int(h), int(w)]}
         return {"file": FRAME_REFERENCE_FILE, "shape": [int(c), int(h), int(w)], "dtype": "float32",
-                "byte_order": "little", "radius": self.radius, "tie": ALIGN_TIE, **stats,
+                "byte_order": "little", "radius": self.radius, "tie": self.tie, **stats,
                 "layout": "row-major (C, H, W) of the frame, pixels in [0, 1]: the training frames' mean after "
                           "aligning them",
                 "definition": "a frame's shift d = (dy, dx), |dy|, |dx| <= radius, minimises the mean over channels "

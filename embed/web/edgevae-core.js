@@ -194,6 +194,7 @@ export async function openBundle(ort, readFile, sha256Hex, { method = null, sess
     pos.defectMean = mean;
     pos.defectSpread = spread;
   }
+  if (pos && pos.alignment && (pos.mean || pos.defectMean)) await loadAlignment(readFile, sha256Hex, manifest, pos, bundle.channels);
   for (const name of [chosen, ...bundle.parts.map((p) => p.name)]) {
     if (specs[name].kind === "monte_carlo") bundle.noise[name] = await noiseOf(readFile, sha256Hex, manifest, name, specs[name], bundle.latent);
   }
@@ -269,7 +270,73 @@ function positionalOf(t, bundle) {
     throw new BundleError(`tiling.defect_map must name a file in the bundle of shape [2, ${frame[0]}, ${frame[1]}] (the frame)`);
   }
   return { height: frame[0], width: frame[1], file: map.file, sigma: map.sigma, topK: map.top_k, mean: null, spread: null,
-    defectFile: defectMap ? defectMap.file : null, defectMean: null, defectSpread: null };
+    defectFile: defectMap ? defectMap.file : null, defectMean: null, defectSpread: null,
+    alignment: t.alignment == null ? null : alignmentOf(t.alignment, frame, bundle.channels) };
+}
+
+// The largest frame alignment radius a manifest may give (edgevae.runtime.tiles.ALIGN_RADIUS_MAX).
+const MAX_ALIGN_RADIUS = 8;
+
+// A fixed camera's frame alignment (tiling.alignment): the reference's file, the radius, the tie margin and the
+// aligned statistics' files, checked against the frame and the input's channels.
+function alignmentOf(a, frame, channels) {
+  const most = Math.min(MAX_ALIGN_RADIUS, Math.floor(Math.min(frame[0], frame[1]) / 2) - 1);
+  const names = (e, lead) => e !== null && typeof e === "object" && typeof e.file === "string" && e.file !== ""
+    && !e.file.includes("/") && !e.file.includes("\\") && e.file !== "." && e.file !== ".." && Array.isArray(e.shape)
+    && e.shape.length === 3 && e.shape[0] === lead && e.shape[1] === frame[0] && e.shape[2] === frame[1];
+  const tie = a.tie ?? 1e-6;
+  if (typeof a !== "object" || !names(a, channels) || !Number.isInteger(a.radius) || a.radius < 1 || a.radius > most
+      || typeof tie !== "number" || !(tie >= 0 && tie < 1e-3) || !names(a.map, 2)
+      || (a.defect_map != null && !names(a.defect_map, 2))) {
+    throw new BundleError(`tiling.alignment must name a reference file of shape [${channels}, ${frame[0]}, ${frame[1]}] `
+      + `(the input's channels and the frame), a whole radius in 1..${most}, a tie in [0, 0.001) and map (and `
+      + `defect_map) files of shape [2, ${frame[0]}, ${frame[1]}]`);
+  }
+  return { file: a.file, radius: a.radius, tie, mapFile: a.map.file, defectFile: a.defect_map ? a.defect_map.file : null,
+    reference: null, mean: null, spread: null, defectMean: null, defectSpread: null };
+}
+
+// A fixed camera's alignment files: the reference (float32 (C, frame H, frame W), finite) and the aligned
+// statistics the method reads, each checked against its sha256 and size.
+async function loadAlignment(readFile, sha256Hex, manifest, pos, channels) {
+  const al = pos.alignment, n = channels * pos.height * pos.width;
+  const bytes = await readVerified(readFile, sha256Hex, manifest, al.file);
+  if (bytes.byteLength !== 4 * n) throw new BundleError(`${al.file} does not hold float32 (${channels}, ${pos.height}, ${pos.width})`);
+  al.reference = new Float32Array(bytes.slice().buffer, 0, n);
+  if (!al.reference.every(Number.isFinite)) throw new BundleError(`${al.file} holds a value that is not finite`);
+  if (pos.mean) Object.assign(al, await frameStats(readFile, sha256Hex, manifest, pos, al.mapFile));
+  if (pos.defectMean && al.defectFile) {
+    const { mean, spread } = await frameStats(readFile, sha256Hex, manifest, pos, al.defectFile);
+    al.defectMean = mean;
+    al.defectSpread = spread;
+  }
+}
+
+// A frame's shift [dy, dx] against the alignment reference (edgevae.runtime.tiles.FrameAlignment.estimate): the
+// shift within the radius whose mean squared difference between the frame (float32 CHW) and the reference moved
+// by it is smallest over the interior, in double; shifts within the tie margin (relative) of the smallest tie,
+// the zero shift winning a tie, then the first in row-major order.
+export function frameShift(al, x, channels, height, width) {
+  const r = al.radius, side = 2 * r + 1, errors = new Float64Array(side * side);
+  const count = channels * (height - 2 * r) * (width - 2 * r);
+  for (let i = 0; i < side; i++) for (let j = 0; j < side; j++) {
+    const dy = i - r, dx = j - r;
+    let sum = 0;
+    for (let c = 0; c < channels; c++) for (let y = r; y < height - r; y++) {
+      const row = (c * height + y) * width, ref = (c * height + y - dy) * width - dx;
+      for (let k = r; k < width - r; k++) {
+        const d = x[row + k] - al.reference[ref + k];
+        sum += d * d;
+      }
+    }
+    errors[i * side + j] = sum / count;
+  }
+  let low = Infinity;
+  for (const e of errors) if (e < low) low = e;
+  const limit = low * (1 + al.tie);
+  if (errors[r * side + r] <= limit) return [0, 0];
+  const k = errors.findIndex((e) => e <= limit);
+  return [Math.floor(k / side) - r, (k % side) - r];
 }
 
 // A fixed camera's per-position statistics (tiling.map's or tiling.defect_map's file, float32 (2, frame H,
@@ -528,11 +595,23 @@ async function scorePositional(bundle, x, height, width) {
     add(count, y, x0, null);
     where.push([y, x0]);
   });
-  const standardise = (sums, mean, spread) => {
-    for (let i = 0; i < sums.length; i++) sums[i] = Math.fround(Math.fround(sums[i] / count[i]) - mean[i]) / spread[i];
+  const al = pos.alignment && pos.alignment.reference ? pos.alignment : null;
+  const [dy, dx] = al ? frameShift(al, x, bundle.channels, height, width) : [0, 0], r = al ? al.radius : 0;
+  const clamp = (v, hi) => (v < 0 ? 0 : v > hi ? hi : v);
+  // aligned: the aligned statistics moved by the frame's shift, the border band of radius pixels as they are
+  const standardise = (sums, mean, spread, alignedMean, alignedSpread) => {
+    for (let y = 0; y < height; y++) for (let k = 0; k < width; k++) {
+      const i = y * width + k, inside = al && y >= r && y < height - r && k >= r && k < width - r;
+      const at = inside ? clamp(y - dy, height - 1) * width + clamp(k - dx, width - 1) : i;
+      const m = inside ? alignedMean : mean, s = inside ? alignedSpread : spread;
+      sums[i] = Math.fround(Math.fround(sums[i] / count[i]) - m[at]) / s[at];
+    }
   };
-  if (residual) standardise(total, pos.mean, pos.spread);
-  if (defect) standardise(logits, pos.defectMean, pos.defectSpread);
+  if (residual) standardise(total, pos.mean, pos.spread, al && al.mean, al && al.spread);
+  if (defect) {
+    standardise(logits, pos.defectMean, pos.defectSpread, al && (al.defectMean || pos.defectMean),
+      al && (al.defectSpread || pos.defectSpread));
+  }
   let best = -Infinity;
   const values = new Float64Array(th * tw), window = new Float32Array(th * tw);
   const localAt = bundle.parts.findIndex((p) => p.name === "local");

@@ -215,8 +215,9 @@ def tiled_bundle(bundle: Path, tmp_path_factory: pytest.TempPathFactory, test_di
 @pytest.fixture(scope="session")
 def fixed_camera(bundle: Path, tmp_path_factory: pytest.TempPathFactory, test_digits) -> tuple[Path, dict[str, np.ndarray]]:  # type: ignore[no-untyped-def]
     """The session bundle made a fixed camera (``tiling.positional``): 28x28 tiles every 14 px over 56x70 frames
-    of one mosaic of digits with sensor noise, its per-position statistics measured on 24 frames
-    (``tiles.frame_map_stats`` and the defect head's ``tiles.frame_defect_stats``, as export does) and its references and image-level calibration on 20 more by
+    of one mosaic of digits with sensor noise, seen by a camera that vibrates (each frame up to a pixel off); its
+    frame alignment and per-position statistics measured on 24 frames (``tiles.FrameAlignment.fit`` and
+    ``tiles.frame_stats``, as export does) and its references and image-level calibration on 20 more by
     ``edgevae.runtime.recalibrate``; and PGM and PNG test files with the uint8 arrays they hold: normal frames,
     a frame with a bright bar, one with a dark patch, and a frame of another size (which every reader refuses)."""
     from PIL import Image
@@ -224,28 +225,33 @@ def fixed_camera(bundle: Path, tmp_path_factory: pytest.TempPathFactory, test_di
     from edgevae.runtime import load
     from edgevae.runtime.files import sha256_hex
     from edgevae.runtime.recalibrate import recalibrate
-    from edgevae.runtime.tiles import FRAME_DEFECT_FILE, FRAME_MAP_FILE, Tiling, frame_defect_stats, frame_map_stats
+    from edgevae.runtime.tiles import FRAME_DEFECT_FILE, FRAME_MAP_FILE, FrameAlignment, Tiling, frame_stats
 
     rng = np.random.default_rng(9)
-    scene = mosaic(test_digits[0][:300], rng, 56, 70).astype(np.float64)
+    scene = mosaic(test_digits[0][:300], rng, 58, 72).astype(np.float64)
 
     def frame() -> np.ndarray:
-        return np.clip(np.rint(scene + rng.normal(0, 6, scene.shape)), 0, 255).astype(np.uint8)
+        dy, dx = (int(v) for v in rng.integers(0, 3, 2))
+        view = scene[dy:dy + 56, dx:dx + 70]
+        return np.clip(np.rint(view + rng.normal(0, 6, view.shape)), 0, 255).astype(np.uint8)
 
     copy = tmp_path_factory.mktemp("fixed_camera") / "bundle"
     shutil.copytree(bundle, copy)
     manifest = json.loads((copy / "edgevae.json").read_text())
     with load(copy, ["CPUExecutionProvider"]) as model:
         training = [frame()[None] for _ in range(24)]
-        stats = frame_map_stats(model, training, Tiling((28, 28), 14))
-        defect = frame_defect_stats(model, training, Tiling((28, 28), 14))
-    for name, data in ((FRAME_MAP_FILE, stats.to_bytes()), (FRAME_DEFECT_FILE, defect.to_bytes())):
+        measured = frame_stats(model, training, Tiling((28, 28), 14), FrameAlignment.fit(training, 2))
+    assert measured.defect is not None and measured.alignment is not None
+    files = {FRAME_MAP_FILE: measured.stats.to_bytes(), FRAME_DEFECT_FILE: measured.defect.to_bytes(),
+             **measured.alignment.files()}
+    for name, data in files.items():
         (copy / name).write_bytes(data)
         manifest["files"][name] = {"sha256": sha256_hex(data), "bytes": len(data)}
     manifest["tiling"] = {"tile": [28, 28], "stride": 14, "aggregate": "max", "downscale": 1, "positional": True,
-                          "frame": [56, 70], "map": {**stats.manifest_entry(), "file": FRAME_MAP_FILE,
+                          "frame": [56, 70], "map": {**measured.stats.manifest_entry(), "file": FRAME_MAP_FILE,
                                                      "shape": [2, 56, 70]},
-                          "defect_map": defect.manifest_entry()}
+                          "defect_map": measured.defect.manifest_entry(),
+                          "alignment": measured.alignment.manifest_entry()}
     (copy / "edgevae.json").write_text(json.dumps(manifest, indent=2))
     recalibrate(copy, [frame()[None] for _ in range(20)], fpr=0.05)
     folder = tmp_path_factory.mktemp("fixed_camera_inputs")
@@ -272,7 +278,9 @@ def check_fixed_camera(run, fixed_camera, method: str, png: bool) -> None:  # ty
     proc = run("-m", str(bundle), "--method", method, *inputs)
     assert proc.returncode == 0 and "Sanitizer" not in proc.stderr, proc.stderr
     model = load(bundle, ["CPUExecutionProvider"])
-    assert model.positional is not None
+    assert model.positional is not None and model.positional.alignment is not None
+    # the frames sit at several shifts off the scene: the program's alignment is what is compared
+    assert len({model.positional.alignment.estimate(a[None]) for a in inputs.values()}) > 2
     compare_tiled(model, [json.loads(line) for line in proc.stdout.splitlines()], inputs, method)
     other = str(Path(next(iter(arrays))).with_name("other_size.pgm"))
     first = next(iter(inputs))

@@ -46,6 +46,8 @@ typedef struct {
     float *map;                /* anomaly-map statistics (2, H, W): per-pixel mean, then spread */
     float *frame_map;          /* a fixed camera's per-position statistics (2, frame H, frame W) */
     float *frame_defect;       /* and its defect head's, when the method reads the head (NULL: position-free) */
+    float *align_ref;          /* a fixed camera's alignment reference (C, frame H, frame W); NULL: no alignment */
+    float *align_map, *align_defect; /* the aligned statistics (2, frame H, frame W) of frame_map and frame_defect */
     const OrtApi *ort;
     OrtEnv *env;
     OrtSession *encoder, *decoder, *defect;
@@ -145,6 +147,26 @@ static int load_frame_stats(bundle *b, const char *dir, const json *manifest, co
     return 1;
 }
 
+/* A fixed camera's alignment reference (tiling.alignment's file, float32 (C, frame H, frame W), finite), checked
+   against its sha256 and size. */
+static int load_reference_frame(bundle *b, const char *dir, const json *manifest, char *err) {
+    size_t len, values = (size_t)b->s.channels * b->s.tiling.frame_h * b->s.tiling.frame_w;
+    unsigned char *data = read_verified(dir, manifest, b->s.tiling.align_file, &len, err);
+    if (!data) return 0;
+    b->align_ref = (float *)data;
+    if (len != values * 4) {
+        snprintf(err, MSG, "%s does not hold float32 (%d, %d, %d)", b->s.tiling.align_file, b->s.channels,
+                 b->s.tiling.frame_h, b->s.tiling.frame_w);
+        return 0;
+    }
+    for (size_t i = 0; i < values; i++)
+        if (!isfinite(b->align_ref[i])) {
+            snprintf(err, MSG, "%s holds a value that is not finite", b->s.tiling.align_file);
+            return 0;
+        }
+    return 1;
+}
+
 /* Whether the chosen method reads the defect head (it is defect, or a combination with a defect part). */
 static int uses_defect(const scoring *s) {
     if (strcmp(s->spec.kind, "defect") == 0) return 1;
@@ -178,6 +200,12 @@ static int load_method(bundle *b, const char *dir, const json *m, char *err) {
     if (b->s.map && ts->positional && !load_frame_stats(b, dir, m, ts->frame_map_file, &b->frame_map, err)) return 0;
     if (ts->positional && ts->frame_defect && uses_defect(&b->s) &&
         !load_frame_stats(b, dir, m, ts->frame_defect_file, &b->frame_defect, err)) return 0;
+    if (ts->positional && ts->align_radius && (b->frame_map || b->frame_defect)) {
+        if (!load_reference_frame(b, dir, m, err)) return 0;
+        if (b->frame_map && !load_frame_stats(b, dir, m, ts->align_map_file, &b->align_map, err)) return 0;
+        if (b->frame_defect && ts->align_defect &&
+            !load_frame_stats(b, dir, m, ts->align_defect_file, &b->align_defect, err)) return 0;
+    }
     return !b->s.map || load_map(b, dir, m, err);
 }
 
@@ -667,6 +695,62 @@ static void standardise_frame(float *total, const float *count, const float *sta
     }
 }
 
+/* A frame's shift (dy, dx) against the alignment reference (edgevae.runtime.tiles.FrameAlignment.estimate): the
+   shift within the radius whose mean squared difference between the frame and the reference moved by it is
+   smallest over the interior (radius pixels in from every side), summed in double; shifts within the tie margin
+   (relative) of the smallest tie, the zero shift winning a tie, then the first in row-major order. */
+static void frame_shift(const bundle *b, const float *image, int h, int w, int *dy_out, int *dx_out) {
+    int r = b->s.tiling.align_radius, side = 2 * r + 1;
+    double errors[(2 * MAX_ALIGN_RADIUS + 1) * (2 * MAX_ALIGN_RADIUS + 1)] = {0}, low = INFINITY;
+    double count = (double)b->s.channels * (double)(h - 2 * r) * (double)(w - 2 * r);
+    for (int i = 0; i < side; i++)
+        for (int j = 0; j < side; j++) {
+            int dy = i - r, dx = j - r;
+            double sum = 0.0;
+            for (int c = 0; c < b->s.channels; c++)
+                for (int y = r; y < h - r; y++) {
+                    const float *row = image + ((size_t)c * h + y) * w, *ref = b->align_ref + ((size_t)c * h + y - dy) * w;
+                    for (int x = r; x < w - r; x++) {
+                        double d = (double)row[x] - (double)ref[x - dx];
+                        sum += d * d;
+                    }
+                }
+            errors[i * side + j] = sum / count;
+            if (errors[i * side + j] < low) low = errors[i * side + j];
+        }
+    double limit = low * (1.0 + b->s.tiling.align_tie);
+    *dy_out = 0;
+    *dx_out = 0;
+    if (errors[r * side + r] <= limit) return;
+    for (int k = 0; k < side * side; k++)
+        if (errors[k] <= limit) {
+            *dy_out = k / side - r;
+            *dx_out = k % side - r;
+            return;
+        }
+}
+
+/* A frame's stitched sums made its map in place as standardise_frame does, against the aligned statistics moved by
+   the frame's shift (read at (clamp(y - dy), clamp(x - dx))), the border band of radius pixels against plain. */
+static void standardise_aligned(float *total, const float *count, const float *plain, const float *aligned, int h,
+                                int w, int r, int dy, int dx) {
+    size_t pixels = (size_t)h * w;
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) {
+            size_t i = (size_t)y * w + x, at = i;
+            const float *stats = plain;
+            if (y >= r && y < h - r && x >= r && x < w - r) {
+                int yy = y - dy < 0 ? 0 : (y - dy > h - 1 ? h - 1 : y - dy);
+                int xx = x - dx < 0 ? 0 : (x - dx > w - 1 ? w - 1 : x - dx);
+                at = (size_t)yy * w + xx;
+                stats = aligned;
+            }
+            float v = total[i] / count[i];
+            v = v - stats[at];
+            total[i] = v / stats[pixels + at];
+        }
+}
+
 /* A fixed camera's score of one frame (edgevae.runtime.tiles.positional_tile_scores): every tile's residual
    magnitude stitched over the frame (averaged where tiles overlap, in float32 as the runtime sums it) and
    standardised per pixel by the frame's statistics; a tile's local is the mean of the top_k largest values of that
@@ -717,8 +801,16 @@ static int score_positional(bundle *b, const float *image, int h, int w, const i
         for (int i = 0; i < 3; i++) free(enc[i]);
         free(dec[0]); free(dec[1]); free(logits);
     }
-    if (ok && residual) standardise_frame(total, count, b->frame_map, pixels);
-    if (ok && defect) standardise_frame(logits_total, count, b->frame_defect, pixels);
+    if (ok && b->align_ref) { /* aligned: the statistics moved by the frame's shift, the border band as they are */
+        int dy, dx, r = ts->align_radius;
+        frame_shift(b, image, h, w, &dy, &dx);
+        if (residual) standardise_aligned(total, count, b->frame_map, b->align_map, h, w, r, dy, dx);
+        if (defect) standardise_aligned(logits_total, count, b->frame_defect,
+                                        b->align_defect ? b->align_defect : b->frame_defect, h, w, r, dy, dx);
+    } else {
+        if (ok && residual) standardise_frame(total, count, b->frame_map, pixels);
+        if (ok && defect) standardise_frame(logits_total, count, b->frame_defect, pixels);
+    }
     for (int k = 0; ok && k < n; k++) {
         int y = ys[k / nx], x = xs[k % nx];
         double local = 0, defect_score_k = 0, s;
@@ -794,6 +886,9 @@ static void close_bundle(bundle *b) {
     free(b->map);
     free(b->frame_map);
     free(b->frame_defect);
+    free(b->align_ref);
+    free(b->align_map);
+    free(b->align_defect);
 }
 
 static double now_us(void) {

@@ -163,6 +163,44 @@ static int load_parts(scoring *b, const json *manifest, char *err) {
 }
 
 
+/* Whether entry names a plain file in the bundle (copied into out) of shape [lead, h, w]. */
+static int frame_file(const json *entry, int lead, int h, int w, char *out, size_t size) {
+    const json *file = json_get(entry, "file"), *shape = json_get(entry, "shape");
+    if (!entry || entry->type != JSON_OBJECT || !file || file->type != JSON_STRING || !file->string ||
+        !file->string[0] || strchr(file->string, '/') || strchr(file->string, '\\') || strcmp(file->string, ".") == 0 ||
+        strcmp(file->string, "..") == 0 || strlen(file->string) >= size || !shape || shape->type != JSON_ARRAY ||
+        shape->count != 3 || shape->child->type != JSON_NUMBER || shape->child->next->type != JSON_NUMBER ||
+        shape->child->next->next->type != JSON_NUMBER || whole(shape->child->number) != lead ||
+        whole(shape->child->next->number) != h || whole(shape->child->next->next->number) != w) return 0;
+    snprintf(out, size, "%s", file->string);
+    return 1;
+}
+
+/* A fixed camera's frame alignment (tiling.alignment), when it has one: the reference's file, the radius, the tie
+   margin and the aligned statistics' files, checked against the frame and the input's channels. */
+static int load_alignment(const json *t, scoring *s, char *err) {
+    const json *a = json_get(t, "alignment"), *radius = json_get(a, "radius"), *tie = json_get(a, "tie");
+    tiling_spec *ts = &s->tiling;
+    int h = ts->frame_h, w = ts->frame_w, most = (h < w ? h : w) / 2 - 1;
+    if (most > MAX_ALIGN_RADIUS) most = MAX_ALIGN_RADIUS;
+    if (!a) return 1;
+    ts->align_radius = radius && radius->type == JSON_NUMBER ? whole(radius->number) : 0;
+    ts->align_tie = tie ? (tie->type == JSON_NUMBER ? tie->number : -1) : 1e-6;
+    if (a->type != JSON_OBJECT || ts->align_radius < 1 || ts->align_radius > most || !(ts->align_tie >= 0) ||
+        !(ts->align_tie < 1e-3) || !frame_file(a, s->channels, h, w, ts->align_file, sizeof ts->align_file) ||
+        !frame_file(json_get(a, "map"), 2, h, w, ts->align_map_file, sizeof ts->align_map_file) ||
+        (json_get(a, "defect_map") && !frame_file(json_get(a, "defect_map"), 2, h, w, ts->align_defect_file,
+                                                   sizeof ts->align_defect_file))) {
+        snprintf(err, MSG, "tiling.alignment must name a reference file of shape [%d, %d, %d] (the input's channels and "
+                 "the frame), a whole radius in 1..%d, a tie in [0, 0.001) and map (and defect_map) files of shape "
+                 "[2, %d, %d]", s->channels, h, w, most, h, w);
+        ts->align_radius = 0;
+        return 0;
+    }
+    ts->align_defect = json_get(a, "defect_map") != NULL;
+    return 1;
+}
+
 /* A fixed camera's tiling (positional: true): its frame, its per-position map statistics' file (checked against
    the frame) and, for a combination, its parts' references read per position (they replace the tiles' own). */
 static int load_positional(const json *t, scoring *s, char *err) {
@@ -219,6 +257,7 @@ static int load_positional(const json *t, scoring *s, char *err) {
                             "a fixed camera's combined part's reference (tiling.references)", err)) return 0;
         s->part_ref[i].unbounded = 1;
     }
+    if (!load_alignment(t, s, err)) return 0;
     ts->positional = 1;
     return 1;
 }

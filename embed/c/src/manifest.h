@@ -49,6 +49,9 @@ typedef struct {
    largest tile score, and its p-value and flag come from the image-level calibration (tiling.calibration),
    adjusted for the image's number of tiles against the calibration images' median, tiles_median
    (edgevae.runtime.tiles). */
+/* The largest frame alignment radius a manifest may give (edgevae.runtime.tiles.ALIGN_RADIUS_MAX). */
+#define MAX_ALIGN_RADIUS 8
+
 typedef struct {
     int present, stride, tiles_median; /* tiles_median 0: the calibration does not say (no size adjustment) */
     double threshold, fpr;     /* the method's image-level threshold, at the calibrated rate fpr */
@@ -65,6 +68,13 @@ typedef struct {
        frame_defect 0: the bundle has none (its defect is read position-free). */
     int frame_defect;
     char frame_defect_file[128];
+    /* A fixed camera's frame alignment (tiling.alignment; align_radius 0: none): a frame's shift within
+       align_radius against the reference (align_file, float32 (channels, frame_h, frame_w)), and its maps read
+       against the aligned statistics (align_map_file, align_defect_file: float32 (2, frame_h, frame_w)) moved by
+       it, except in a border band of align_radius pixels (edgevae.runtime.tiles.FrameAlignment). */
+    int align_radius, align_defect;
+    double align_tie;
+    char align_file[128], align_map_file[128], align_defect_file[128];
 } tiling_spec;
 
 /* What scoring needs from the manifest, read and checked by read_scoring. */
