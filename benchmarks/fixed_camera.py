@@ -6,10 +6,12 @@ up to one pixel each way (a rig's vibration), with a gain of 0.9-1.1, an offset 
 (sd 0.015). Anomalies are new frames with one small defect (3-10 px; masks known), drawn as in
 benchmarks/tiles.py: a ``spot``, a thin ``scratch``, a ``discoloured`` patch, anywhere in the frame.
 
-One run (``edgevae train --tile 64`` at its defaults, on the training frames), exported twice:
+One run (``edgevae train --tile 64`` at its defaults, on the training frames), exported three times:
 
-- **fixed**: ``edgevae export`` at its default ``--camera auto``, which is expected to choose a fixed camera
-  from the frames (the report records what it chose): the anomaly map standardised per pixel of the frame;
+- **fixed**: ``edgevae export`` at its defaults (``--camera auto``, which is expected to choose a fixed camera
+  from the frames, the report records what it chose; ``--align-radius 2``): each frame aligned to the scene,
+  its anomaly map standardised per pixel by the aligned statistics moved by its shift;
+- **unaligned**: ``edgevae export --camera fixed --align-radius 0``: per pixel of the frame where it falls;
 - **surface**: ``edgevae export --camera surface``: the statistics of a tile, the same at every position.
 
 The frames a run holds out are independent frames of the same process, so both exports' own calibrations
@@ -156,12 +158,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         np.save(data, task["train"])
         train_s, _ = run_measured(cli + ["train", "--data", str(data), "-o", str(run), "--tile", str(tile), *epochs])
         report["train_seconds"] = train_s
-        for label, extra in (("fixed", []), ("surface", ["--camera", "surface"])):
+        for label, extra in (("fixed", []), ("unaligned", ["--camera", "fixed", "--align-radius", "0"]),
+                             ("surface", ["--camera", "surface"])):
             bundle = work / f"bundle_{label}"
             seconds, _ = run_measured(cli + ["export", str(run), "-o", str(bundle), "--force", *extra])
             model = load(bundle, ["CPUExecutionProvider"])
             t = time.perf_counter()
-            row = {**evaluate(task, model), "export_seconds": seconds, "camera_option": extra[1] if extra else "auto"}
+            row = {**evaluate(task, model), "export_seconds": seconds, "options": " ".join(extra) or "defaults",
+                   "aligned": model.positional is not None and model.positional.alignment is not None}
             row["evaluate_seconds"] = time.perf_counter() - t
             row["throughput"] = throughput(model, task["normal"][: 8 if args.smoke else 40])
             row["calibrate_seconds"] = calibrated_again(task, bundle, work)
@@ -176,36 +180,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def markdown(report: dict[str, Any]) -> str:
     ex = report["exports"]
+    labels = [k for k in ("fixed", "unaligned", "surface") if k in ex]
     scene = report.get("scene", "coins")
     option = "" if scene == "coins" else f" --scene {scene}"
+    heads = {"fixed": "fixed camera, aligned (defaults)", "unaligned": "fixed, `--align-radius 0`",
+             "surface": "`--camera surface`"}
     lines = [f"## A fixed camera by tiles (`benchmarks/fixed_camera.py{option}`, {report['date']})", "",
              f"One tiled run ({report['tile']}x{report['tile']} tiles) on {report['n_train']} frames of "
              f"{report['side']}x{report['side']} of one scene (the `{scene}` photograph, moved by up to 1 px, gain, offset "
-             "and noise per frame), exported with per-position map statistics (`--camera auto`, which chose "
-             f"{'a fixed camera' if ex['fixed']['positional'] else 'a surface'}) and with position-free ones "
-             f"(`--camera surface`). Image AUROC on {report['n_normal']} normal frames against as many with one "
-             "3-10 px defect; the false-positive rate of the default at its stored 1 % threshold on "
+             "and noise per frame), exported at the defaults (`--camera auto`, which chose "
+             f"{'a fixed camera' if ex['fixed']['positional'] else 'a surface'}; each frame aligned to the scene within "
+             "2 px), with per-position statistics read where the frame falls (`--align-radius 0`) and with "
+             f"position-free ones (`--camera surface`). Image AUROC on {report['n_normal']} normal frames against as "
+             "many with one 3-10 px defect; the false-positive rate of the default at its stored 1 % threshold on "
              f"{ex['fixed']['fpr_images']} new normal frames. {report['seconds'] / 60:.1f} min on {report['machine']}"
              + (" (smoke sizes)." if report["smoke"] else "."), "",
-             "| kind (visibility) | method | fixed camera | surface |", "|---|---|---|---|"]
+             "| kind (visibility) | method | " + " | ".join(heads[k] for k in labels) + " |",
+             "|---|---|" + "---|" * len(labels)]
+
+    def row(first: str, cells: list[str]) -> None:
+        lines.append(f"| {first} | " + " | ".join(cells) + " |")
+
     for kind in KINDS:
         for m in ex["fixed"]["auroc"][kind]:
-            lines.append(f"| {kind} ({report['visibility'][kind]:.1f}) | {m} | {ex['fixed']['auroc'][kind][m]:.3f} | "
-                         f"{ex['surface']['auroc'][kind][m]:.3f} |")
+            row(f"{kind} ({report['visibility'][kind]:.1f}) | {m}", [f"{ex[k]['auroc'][kind][m]:.3f}" for k in labels])
     for kind in KINDS:
         for w in ex["fixed"]["pixel_auroc"][kind]:
-            lines.append(f"| {kind} | pixel AUROC, {w} map | {ex['fixed']['pixel_auroc'][kind][w]:.3f} | "
-                         f"{ex['surface']['pixel_auroc'][kind][w]:.3f} |")
-    lines.append(f"| normal | FPR at the stored 1 %, export's calibration ({ex['fixed']['calibration_frames']} "
-                 f"held-out frames) | {ex['fixed']['fpr_at_stored']:.1%} | {ex['surface']['fpr_at_stored']:.1%} |")
-    lines.append(f"| normal | FPR at the stored 1 % after `edgevae calibrate` on {ex['fixed']['recalibration_frames']} "
-                 f"new frames | {ex['fixed']['fpr_after_calibrate']:.1%} | {ex['surface']['fpr_after_calibrate']:.1%} |")
+            row(f"{kind} | pixel AUROC, {w} map", [f"{ex[k]['pixel_auroc'][kind][w]:.3f}" for k in labels])
+    row(f"normal | FPR at the stored 1 %, export's calibration ({ex['fixed']['calibration_frames']} held-out frames)",
+        [f"{ex[k]['fpr_at_stored']:.1%}" for k in labels])
+    row(f"normal | FPR at the stored 1 % after `edgevae calibrate` on {ex['fixed']['recalibration_frames']} new frames",
+        [f"{ex[k]['fpr_after_calibrate']:.1%}" for k in labels])
     if "throughput" in ex["fixed"]:
-        fx, sf = ex["fixed"]["throughput"], ex["surface"]["throughput"]
-        lines.append(f"| | default by tiles, MP/s (against the same tiles as plain batches) | {fx['by_tiles_mp_s']:.2f} "
-                     f"({fx['ratio']:.2f}x of {fx['plain_batch_mp_s']:.2f}) | {sf['by_tiles_mp_s']:.2f} "
-                     f"({sf['ratio']:.2f}x of {sf['plain_batch_mp_s']:.2f}) |")
-    lines.append(f"| | export seconds | {ex['fixed']['export_seconds']:.0f} | {ex['surface']['export_seconds']:.0f} |")
+        row(" | default by tiles, MP/s (against the same tiles as plain batches)",
+            [f"{ex[k]['throughput']['by_tiles_mp_s']:.2f} ({ex[k]['throughput']['ratio']:.2f}x of "
+             f"{ex[k]['throughput']['plain_batch_mp_s']:.2f})" for k in labels])
+    row(" | export seconds", [f"{ex[k]['export_seconds']:.0f}" for k in labels])
     return "\n".join(lines) + "\n\n"
 
 
