@@ -26,7 +26,9 @@ head, the head's logits are stitched the same way and standardised by their own 
 (``tiling.defect_map``): a tile's ``defect`` is the largest window mean of that map under it, so a spot the head
 always sees at one place of the scene (a bright edge, a shadow) does not count as a defect there. ``combined``
 reads its ``local`` and ``defect`` parts against references measured the same way (``tiling.references``). Such a
-bundle scores frames of its frame size only.
+bundle scores frames of its frame size only. A fixed camera that vibrates shows the scene a pixel or two off: with
+``tiling.alignment`` each frame's shift against a reference frame is found first and its maps are read against
+statistics measured on aligned training frames, moved by that shift (:class:`FrameAlignment`).
 """
 
 from __future__ import annotations

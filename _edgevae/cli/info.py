@@ -56,8 +56,10 @@ def info(bundle: str, providers: str, trusted_key: tuple[str, ...], as_json: boo
         t = m.tiling
         shrink = f", images shrunk {t.downscale}x first" if t.downscale > 1 else ""
         head = " (the residual and the defect head's logits)" if t.defect_map is not None else ""
-        camera = (f"per position of {t.frame[0]}x{t.frame[1]} frames{head} (a fixed camera; other sizes are refused)"
-                  if t.positional and t.frame is not None else "position-free (a stationary surface)")
+        aligned = (f", each frame aligned to the scene within {t.alignment['radius']} px" if t.alignment is not None
+                   else "")
+        camera = (f"per position of {t.frame[0]}x{t.frame[1]} frames{head} (a fixed camera{aligned}; other sizes are "
+                  "refused)" if t.positional and t.frame is not None else "position-free (a stationary surface)")
         click.echo(f"tiles         {t.tile[0]}x{t.tile[1]} tiles every {t.stride} px{shrink}; image score = {t.aggregate} "
                    f"of the tile scores; statistics {camera}; "
                    f"{t.note}")

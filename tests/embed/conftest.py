@@ -288,6 +288,28 @@ def check_fixed_camera(run, fixed_camera, method: str, png: bool) -> None:  # ty
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert proc.returncode == 2 and "fixed camera" in rows[0]["error"] and "56x70" in rows[0]["error"], proc.stdout
     assert "score" in rows[1] and "Sanitizer" not in proc.stderr
+    # a malformed or altered alignment is refused (exit status 1, no rows) with a message naming it
+    cases = [("tiling.alignment", {"radius": 30}), ("tiling.alignment", {"map": {"file": "frame_map_aligned.f32",
+                                                                               "shape": [2, 56, 69]}}),
+             ("tiling.alignment", {"file": "../edgevae.json"})]
+    if method != "elbo":  # the files are read (and checked) only by the methods that read per-position maps
+        cases.append(("frame_reference.f32", None))
+    for i, (words, change) in enumerate(cases):
+        copy = bundle.parent / f"bad_alignment_{method}_{i}"
+        if copy.exists():
+            shutil.rmtree(copy)
+        shutil.copytree(bundle, copy)
+        if change is None:
+            data = bytearray((copy / "frame_reference.f32").read_bytes())
+            data[5] ^= 0x10
+            (copy / "frame_reference.f32").write_bytes(bytes(data))
+        else:
+            manifest = json.loads((copy / "edgevae.json").read_text())
+            manifest["tiling"]["alignment"].update(change)
+            (copy / "edgevae.json").write_text(json.dumps(manifest))
+        proc = run("-m", str(copy), "--method", method, first)
+        assert proc.returncode == 1 and words in proc.stderr and proc.stdout == "", (words, proc.stderr)
+        assert "Sanitizer" not in proc.stderr
 
 
 @pytest.fixture(scope="session")

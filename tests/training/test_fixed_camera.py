@@ -382,13 +382,23 @@ def test_a_vibrating_camera_is_aligned_to_its_scene(shaken_run: Path, tmp_path: 
     np.testing.assert_allclose(got[:, -2:], border[:, -2:], rtol=1e-4, atol=1e-4)
 
 
-def test_an_altered_reference_is_refused(shaken_run: Path, tmp_path: Path) -> None:
-    from edgevae.export import ExportConfig, export_bundle
+def test_align_radius_from_the_cli_and_an_altered_reference_is_refused(shaken_run: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgevae.cli import main
     from edgevae.runtime import load
     from edgevae.runtime.errors import BundleError
     from edgevae.runtime.tiles import FRAME_REFERENCE_FILE, Tiling
 
-    export_bundle(shaken_run, tmp_path / "b", ExportConfig(elbo_samples=4, iwae_samples=16, camera="fixed"))
+    runner = CliRunner()
+    result = runner.invoke(main, ["export", str(shaken_run), "-o", str(tmp_path / "b"), "--camera", "fixed",
+                                  "--align-radius", "1", "--elbo-samples", "4", "--iwae-samples", "16"])
+    assert result.exit_code == 0, result.output
+    assert "aligned frames to the scene within 1 px" in result.output
+    info = runner.invoke(main, ["info", str(tmp_path / "b")])
+    assert info.exit_code == 0 and "a fixed camera, each frame aligned to the scene within 1 px" in info.output
+    bad = runner.invoke(main, ["export", str(shaken_run), "-o", str(tmp_path / "c"), "--align-radius", "9"])
+    assert bad.exit_code == 2 and "--align-radius" in bad.output
     path = tmp_path / "b" / FRAME_REFERENCE_FILE
     data = bytearray(path.read_bytes())
     data[0] ^= 1
