@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -54,17 +55,23 @@ def test_frame_alignment_tells_a_fixed_scene_from_views_of_a_surface() -> None:
     assert frame_alignment([*fixed[:10], views[0][:, :40]]) is None  # frames of two sizes
 
 
-@pytest.fixture(scope="module")
-def camera_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny tiled run on 40 frames of one fixed scene."""
+def _tiny_run(tmp_path_factory: pytest.TempPathFactory, name: str,
+              frame: Callable[[np.random.Generator], np.ndarray]) -> Path:
+    """A tiny tiled run on 40 frames drawn by ``frame`` (seed 0)."""
     pytest.importorskip("torch")
     from edgevae.training import DataSpec, ModelConfig, TrainConfig, train
 
     rng = np.random.default_rng(0)
-    run = tmp_path_factory.mktemp("camera_run")
+    run = tmp_path_factory.mktemp(name)
     train(DataSpec(tile=TILE, tiles_per_epoch=256), run, ModelConfig(latent_dim=4, widths=(8, 16), hidden=32),
-          TrainConfig(epochs=4, seed=0, defect_steps=30), images=[_frame(rng) for _ in range(40)])  # type: ignore[arg-type]
+          TrainConfig(epochs=4, seed=0, defect_steps=30), images=[frame(rng) for _ in range(40)])  # type: ignore[arg-type]
     return run
+
+
+@pytest.fixture(scope="module")
+def camera_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny tiled run on 40 frames of one fixed scene."""
+    return _tiny_run(tmp_path_factory, "camera_run", _frame)
 
 
 @pytest.fixture(scope="module")
@@ -316,14 +323,7 @@ def test_move_and_frame_alignment_find_each_shift() -> None:
 @pytest.fixture(scope="module")
 def shaken_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny tiled run on 40 frames of a camera that vibrates by up to a pixel."""
-    pytest.importorskip("torch")
-    from edgevae.training import DataSpec, ModelConfig, TrainConfig, train
-
-    rng = np.random.default_rng(0)
-    run = tmp_path_factory.mktemp("shaken_run")
-    train(DataSpec(tile=TILE, tiles_per_epoch=256), run, ModelConfig(latent_dim=4, widths=(8, 16), hidden=32),
-          TrainConfig(epochs=4, seed=0, defect_steps=30), images=[_shaken_frame(rng) for _ in range(40)])  # type: ignore[arg-type]
-    return run
+    return _tiny_run(tmp_path_factory, "shaken_run", _shaken_frame)
 
 
 def test_a_vibrating_camera_is_aligned_to_its_scene(shaken_run: Path, tmp_path: Path) -> None:
