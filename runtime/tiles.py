@@ -533,6 +533,10 @@ class Positional:
     combination: Combination | None = None
     defect: DefectStats | None = None
     alignment: FrameAlignment | None = None
+    # The statistics of each shift met so far (at most (2 radius + 1)^2 of them), built once: scoring a frame
+    # then costs its shift search alone.
+    _moved: dict[tuple[int, int], tuple[MapStats, DefectStats | None]] = field(
+        default_factory=dict, init=False, compare=False, repr=False)
 
     def at(self, image: NDArray[Any]) -> tuple[MapStats, DefectStats | None, tuple[int, int]]:
         """The statistics a frame (C, H, W) is standardised by, and its shift: without an alignment the
@@ -542,6 +546,14 @@ class Positional:
         if al is None or al.stats is None:
             return self.stats, self.defect, (0, 0)
         d = al.estimate(image)
+        moved = self._moved.get(d)
+        if moved is None:
+            moved = self._moved.setdefault(d, self._shifted(al, d))
+        return moved[0], moved[1], d
+
+    def _shifted(self, al: FrameAlignment, d: tuple[int, int]) -> tuple[MapStats, DefectStats | None]:
+        """The statistics of a frame at shift ``d``: :meth:`at` without the cache."""
+        assert al.stats is not None
         s = self.stats
         stats = MapStats(_banded(s.mean, al.stats.mean, d, al.radius), _banded(s.spread, al.stats.spread, d, al.radius),
                          s.sigma, s.top_k)
@@ -550,7 +562,7 @@ class Positional:
             a = al.defect if al.defect is not None else self.defect
             defect = DefectStats(_banded(self.defect.mean, a.mean, d, al.radius),
                                  _banded(self.defect.spread, a.spread, d, al.radius))
-        return stats, defect, d
+        return stats, defect
 
     @property
     def frame(self) -> tuple[int, int]:

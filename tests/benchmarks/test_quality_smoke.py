@@ -24,11 +24,17 @@ def test_quality_benchmark_smoke(tmp_path: Path, benchmark_script) -> None:  # t
         assert set(row["baselines"]) == {"isolation_forest", "one_class_svm", "plain_ae_combined", "plain_ae_recon"}
         for metrics in list(row["methods"].values()) + list(row["baselines"].values()):
             assert 0.0 <= metrics["auroc"] <= 1.0 and 0.0 <= metrics["fpr_at_95tpr"] <= 1.0
-        assert set(row["int8_auroc"]) == set(row["methods"])
+        # a tiny model's int8 variant may rank unlike fp32: export's gate refuses it, and the row says so
+        assert set(row.get("int8_auroc", row["methods"])) == set(row["methods"])
+        assert ("int8_auroc" in row) != ("int8_refused" in row)
+        assert "int8_auroc" in row or "ranks held-out images unlike fp32" in row["int8_refused"]
+    measured = [r for r in report["one_class"] if "int8_auroc" in r]
+    assert measured, "export refused the int8 variant of every smoke model"
     assert set(report["int8_auroc"]) == set(SCORE_METHODS)
-    for m, v in report["int8_auroc"].items():  # the change is int8's AUROC minus fp32's, per digit
-        changes = [r["int8_auroc"][m] - r["methods"][m]["auroc"] for r in report["one_class"]]
+    for m, v in report["int8_auroc"].items():  # the change is int8's AUROC minus fp32's, per measured digit
+        changes = [r["int8_auroc"][m] - r["methods"][m]["auroc"] for r in measured]
         assert v["mean_change"] == pytest.approx(sum(changes) / len(changes)) and v["largest_change"] in changes
+    assert set(report["int8_refused"]) == {str(r["digit"]) for r in report["one_class"] if "int8_refused" in r}
     assert "rendered_letters" in report["all_digits"]["ood"]
     text = out_md.read_text()
     assert "kept text" in text and "| **mean** |" in text and "| int8 mean AUROC |" in text

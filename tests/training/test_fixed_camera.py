@@ -320,6 +320,32 @@ def test_move_and_frame_alignment_find_each_shift() -> None:
     assert (np.median(shifts, axis=0) == 0).all() and np.abs(shifts).max() <= 2
 
 
+def test_a_frames_statistics_are_built_once_per_shift() -> None:
+    """``Positional.at`` moves the aligned statistics by a frame's shift, keeps the border band in frame
+    coordinates, and builds each shift's statistics once: later frames at that shift reuse them."""
+    from edgevae.runtime.maps import MapStats
+    from edgevae.runtime.tiles import DefectStats, FrameAlignment, Positional, move
+
+    rng = np.random.default_rng(3)
+    plain, aligned = (MapStats(rng.uniform(0, 1, (SIDE, SIDE)).astype(np.float32),
+                               rng.uniform(0.5, 1, (SIDE, SIDE)).astype(np.float32), 1.0, 8) for _ in range(2))
+    defect_plain, defect_aligned = (DefectStats(rng.normal(0, 1, (SIDE, SIDE)).astype(np.float32),
+                                                rng.uniform(0.5, 1, (SIDE, SIDE)).astype(np.float32)) for _ in range(2))
+    reference = _moved_scene(0, 0).astype(np.float32)[None]
+    positional = Positional(plain, None, defect_plain, FrameAlignment(reference, 2, aligned, defect_aligned))
+    for dy, dx in ((1, -2), (0, 0), (1, -2)):
+        frame = _moved_scene(dy, dx).astype(np.float32)[None]
+        stats, defect, shift = positional.at(frame)
+        assert shift == (dy, dx) and defect is not None
+        want = move(aligned.mean, dy, dx)
+        np.testing.assert_array_equal(stats.mean[2:-2, 2:-2], want[2:-2, 2:-2])
+        np.testing.assert_array_equal(stats.mean[:2], plain.mean[:2])
+        np.testing.assert_array_equal(defect.spread[2:-2, 2:-2], move(defect_aligned.spread, dy, dx)[2:-2, 2:-2])
+    again, _, _ = positional.at(_moved_scene(1, -2).astype(np.float32)[None])
+    assert again is positional.at(_moved_scene(1, -2).astype(np.float32)[None])[0]
+    assert len(positional._moved) == 2
+
+
 @pytest.fixture(scope="module")
 def shaken_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny tiled run on 40 frames of a camera that vibrates by up to a pixel."""
