@@ -72,8 +72,9 @@ def quantize_int8(proto: onnx.ModelProto, input_name: str, batches: list[np.ndar
 
     Weights use 7 of their 8 bits (``reduce_range``): on x86 CPUs with SSE4.1, AVX2 or AVX-512 but without VNNI,
     onnxruntime's uint8 x int8 products can overflow unless the weights lie in [-64, 63] (onnxruntime pull request
-    12088, "x86/64 U8S8 Gemm Precision Fix"), and a bundle runs wherever it is shipped. With full-range weights, a small digit model's int8 variant ranked held-out
-    images at Spearman 0.82 (smooth_recon) against fp32 on such a CPU (AMD EPYC, AVX2), below export's 0.9 bar.
+    12088, "x86/64 U8S8 Gemm Precision Fix"), and a bundle runs wherever it is shipped. With full-range weights,
+    a small digit model's int8 variant ranked held-out images at Spearman 0.82 (smooth_recon) against fp32 on such
+    a CPU (AMD EPYC, AVX2), below export's 0.9 bar.
 
     The convolution that reads the image, and its activation, stay in float32 (:func:`input_conv_nodes`):
     with one input channel it does 9 multiply-adds per output value, too few for onnxruntime's int8
