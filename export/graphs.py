@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import torch
 
 from edgevae.runtime.errors import ExportError
@@ -32,6 +35,8 @@ MAX_SIDE = 1 << 15
 # One table of ATen-to-ONNX functions per (registry class, opset), shared by edgevae's exports (_shared_torchlib).
 _REGISTRIES: dict[tuple[Any, int], Any] = {}
 _EXPORT_LOCK = threading.Lock()
+# Exported graphs by architecture (_GraphCache); a few entries, the most recently used kept.
+_CACHE_ENTRIES = 8
 
 
 @contextlib.contextmanager
@@ -66,6 +71,95 @@ def _shared_torchlib() -> Iterator[None]:
     finally:
         setattr(_registration.ONNXRegistry, "from_torchlib", original)
 
+
+def _architecture(module: torch.nn.Module) -> tuple[Any, ...]:
+    """What fixes a module's traced graph apart from its weights: every submodule's class, its repr (layer
+    hyperparameters) and its plain attributes (flags such as ``variational`` or ``likelihood``, configs), and the
+    names, shapes and dtypes of its state."""
+    parts: list[Any] = []
+    for name, sub in module.named_modules():
+        plain = sorted((k, repr(v)) for k, v in vars(sub).items() if not k.startswith("_"))
+        parts.append((name, type(sub).__module__, type(sub).__qualname__, sub.extra_repr(), tuple(plain)))
+    state = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in module.state_dict(keep_vars=False).items())
+    return tuple(parts), state
+
+
+@dataclass(frozen=True)
+class _Cached:
+    proto: onnx.ModelProto
+    folded: dict[str, np.ndarray]  # buffers the exporter folded into the graph: a reuse needs the same values
+
+
+class _GraphCache:
+    """Exported graphs by architecture, so that exporting a model of an architecture seen before in this process
+    swaps the new weights into the graph instead of tracing again (the exporter takes seconds; a grid search or
+    scikit-learn's estimator checks export dozens of models of one architecture).
+
+    A graph is kept only when every parameter is an initializer of its own name holding exactly its value (no
+    weight folded into another tensor, as batch normalisation is folded into a convolution); a buffer that is not
+    an initializer was folded, so a reuse requires the same value. Every reuse is checked: the graph with the new
+    weights runs the example in onnxruntime and must match the module in PyTorch, or the module is exported
+    afresh. Export's parity check on held-out images follows as before.
+    """
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[tuple[Any, ...], _Cached] = OrderedDict()
+
+    def get(self, key: tuple[Any, ...], module: torch.nn.Module, example: torch.Tensor) -> onnx.ModelProto | None:
+        cached = self._entries.get(key)
+        if cached is None:
+            return None
+        state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+        if any(not np.array_equal(state[k], v) for k, v in cached.folded.items()):
+            return None
+        proto = onnx.ModelProto()
+        proto.CopyFrom(cached.proto)
+        for init in proto.graph.initializer:
+            if init.name in state:
+                old = numpy_helper.to_array(init)
+                init.CopyFrom(numpy_helper.from_array(state[init.name].astype(old.dtype), init.name))
+        if not _same_outputs(proto, module, example):
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return proto
+
+    def put(self, key: tuple[Any, ...], module: torch.nn.Module, proto: onnx.ModelProto) -> None:
+        inits = {i.name: i for i in proto.graph.initializer}
+        params = {k for k, _ in module.named_parameters()}
+        folded: dict[str, np.ndarray] = {}
+        for name, value in module.state_dict().items():
+            array = value.detach().cpu().numpy()
+            if name not in inits:
+                if name in params:
+                    return  # a weight folded into another tensor: the graph cannot take new weights by name
+                folded[name] = array.copy()
+            elif not np.array_equal(numpy_helper.to_array(inits[name]), array):
+                return
+        kept = onnx.ModelProto()
+        kept.CopyFrom(proto)
+        self._entries[key] = _Cached(kept, folded)
+        while len(self._entries) > _CACHE_ENTRIES:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def _same_outputs(proto: onnx.ModelProto, module: torch.nn.Module, example: torch.Tensor) -> bool:
+    """Does the graph give the module's outputs on ``example`` (to float32 rounding)?"""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: example.numpy()})
+    with torch.no_grad():
+        want = module(example)
+    want = [want] if isinstance(want, torch.Tensor) else list(want)
+    return len(got) == len(want) and all(
+        g.shape == tuple(w.shape) and np.allclose(g, w.detach().numpy(), rtol=1e-3, atol=1e-4) for g, w in zip(got, want))
+
+
+GRAPH_CACHE = _GraphCache()
 
 
 @dataclass(frozen=True)
@@ -107,22 +201,33 @@ def export_graph(module: torch.nn.Module, example: torch.Tensor, input_name: str
     """Export one module with the torch.export-based exporter and a dynamic batch axis; run onnx.checker.
 
     ``free_size`` also leaves the height and width free (a fully convolutional graph: any image size).
+    An architecture exported before in this process reuses that graph with the new weights (:class:`_GraphCache`,
+    checked on ``example``); ``EDGEVAE_EXPORT_CACHE=0`` turns that off.
 
     Raises:
         ExportError: the exporter returned nothing.
     """
-    axes: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}
-    if free_size:
-        axes.update({2: torch.export.Dim("height", min=8, max=MAX_SIDE), 3: torch.export.Dim("width", min=8, max=MAX_SIDE)})
-    with _EXPORT_LOCK, quiet_exporter(), _shared_torchlib():
-        program = torch.onnx.export(
-            module, (example,), dynamo=True, input_names=[input_name], output_names=output_names,
-            dynamic_shapes={input_name: axes}, opset_version=opset, verbose=False,
-        )
-    if program is None:
-        raise ExportError("torch.onnx.export returned no program")
-    proto: onnx.ModelProto = program.model_proto
-    onnx.checker.check_model(proto, full_check=True)
+    key = (_architecture(module), tuple(example.shape[1:]), str(example.dtype), input_name, tuple(output_names),
+           opset, free_size)
+    use_cache = os.environ.get("EDGEVAE_EXPORT_CACHE", "1") != "0"
+    with _EXPORT_LOCK:
+        if use_cache and (proto := GRAPH_CACHE.get(key, module, example)) is not None:
+            return proto
+        axes: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}
+        if free_size:
+            axes.update({2: torch.export.Dim("height", min=8, max=MAX_SIDE),
+                         3: torch.export.Dim("width", min=8, max=MAX_SIDE)})
+        with quiet_exporter(), _shared_torchlib():
+            program = torch.onnx.export(
+                module, (example,), dynamo=True, input_names=[input_name], output_names=output_names,
+                dynamic_shapes={input_name: axes}, opset_version=opset, verbose=False,
+            )
+        if program is None:
+            raise ExportError("torch.onnx.export returned no program")
+        proto = program.model_proto
+        onnx.checker.check_model(proto, full_check=True)
+        if use_cache:
+            GRAPH_CACHE.put(key, module, proto)
     return proto
 
 

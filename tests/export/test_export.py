@@ -248,10 +248,12 @@ def test_manifest_states_the_smallest_promisable_fpr_and_export_warns_below_it(t
     m.close()
 
 
-def test_shared_exporter_table_gives_the_same_graphs_and_is_put_back() -> None:
+def test_shared_exporter_table_gives_the_same_graphs_and_is_put_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """Exports share torch.onnx's ATen-to-ONNX table (export/graphs.py, _shared_torchlib): the graphs are byte for
     byte those of an export that builds its own, and the exporter's constructor is restored afterwards."""
     import contextlib
+
+    monkeypatch.setenv("EDGEVAE_EXPORT_CACHE", "0")  # every export here traces
 
     import torch
     from torch.onnx._internal.exporter import _registration
@@ -275,3 +277,66 @@ def test_shared_exporter_table_gives_the_same_graphs_and_is_put_back() -> None:
     for g in shared:
         assert g.encoder.SerializeToString() == alone.encoder.SerializeToString()
         assert g.decoder.SerializeToString() == alone.decoder.SerializeToString()
+
+
+def test_an_architecture_seen_before_takes_new_weights_into_the_same_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """export/graphs.py's graph cache: a second model of one architecture is not traced again, and its graphs are
+    byte for byte those a fresh export gives; another architecture, a folded weight (batch normalisation in the
+    defect head) or a cached graph that no longer matches the module is exported afresh."""
+    import edgevae.export.graphs as graphs
+    from edgevae.training.defect_head import DefectHead
+    from edgevae.training.model import VAE
+
+    traced: list[str] = []
+    real_export = torch.onnx.export
+
+    def counting(module, *args, **kwargs):  # type: ignore[no-untyped-def]
+        traced.append(type(module).__name__)
+        return real_export(module, *args, **kwargs)
+
+    def vae(seed: int, **changes: object) -> VAE:
+        torch.manual_seed(seed)
+        return VAE(ModelConfig(latent_dim=4, widths=(8, 16), hidden=32, **changes)).eval()  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.onnx, "export", counting)
+    graphs.GRAPH_CACHE.clear()
+    x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    graphs.export_graphs(vae(0), x, 18)
+    assert traced == ["_EncoderGraph", "Decoder"]
+    reused = graphs.export_graphs(vae(1), x, 18)
+    assert len(traced) == 2
+    monkeypatch.setenv("EDGEVAE_EXPORT_CACHE", "0")
+    fresh = graphs.export_graphs(vae(1), x, 18)
+    assert reused.encoder.SerializeToString() == fresh.encoder.SerializeToString()
+    assert reused.decoder.SerializeToString() == fresh.decoder.SerializeToString()
+    monkeypatch.setenv("EDGEVAE_EXPORT_CACHE", "1")
+
+    traced.clear()
+    graphs.export_graphs(vae(2, variational=False), x, 18)  # a flag the forward pass reads: another graph
+    assert traced == ["_EncoderGraph"]
+
+    traced.clear()
+    for seed in (0, 1):  # batch normalisation folds into the convolutions: nothing to swap by name, never kept
+        torch.manual_seed(seed)
+        graphs.export_defect_graph(DefectHead(1, widths=(4, 4, 4)), x, 18)
+    assert traced == ["DefectHead", "DefectHead"]
+
+    # A cached graph that keeps a stale weight under another name (as a folded tensor would) fails the check on
+    # the example and is exported afresh.
+    key, cached = next((k, c) for k, c in graphs.GRAPH_CACHE._entries.items() if "encoder.head.bias" in
+                       {i.name for i in c.proto.graph.initializer})
+    for init in cached.proto.graph.initializer:
+        if init.name == "encoder.head.bias":
+            init.name = "stale"
+    for node in cached.proto.graph.node:
+        node.input[:] = ["stale" if n == "encoder.head.bias" else n for n in node.input]
+    traced.clear()
+    model = vae(3)
+    again = graphs.export_graphs(model, x, 18)
+    assert traced == ["_EncoderGraph"]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(again.encoder.SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = model.encode(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0], want, atol=1e-5)
