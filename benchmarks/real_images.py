@@ -61,6 +61,7 @@ PREVIOUS_PARTS = ("local", "smooth_recon", "elbo")
 LEFT_OUT = {"line": ("scratch", "dead_line"), "blur": ("local_blur",), "other_image": ("foreign_object",),
             "brightness": ("spot", "discoloured", "stain")}
 LOFO_STEPS = 600
+SMOKE_DEFECT_STEPS = 20  # a smoke run's defect heads: enough steps to run every path, nothing to measure
 BASELINES = ("knn_pixels", "one_class_svm", "isolation_forest", "pyod_vae")
 Defect = Callable[[np.random.Generator, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -357,14 +358,16 @@ def run_measured(cmd: list[str]) -> tuple[float, float]:
 
 
 def edgevae_model(task: Task, work: Path, extra: list[str], epochs: int | None,
-                  export_extra: list[str] | None = None) -> tuple[Any, dict[str, float]]:
-    """Train and export with the command line; the loaded bundle and the cost figures."""
+                  export_extra: list[str] | None = None, defect_steps: int | None = None) -> tuple[Any, dict[str, float]]:
+    """Train and export with the command line; the loaded bundle and the cost figures. ``defect_steps`` (None: the
+    default) trains the defect head for that many steps."""
     data = work / f"{task.name}.npy"
     np.save(data, task.train)
     cli = [str(Path(sys.executable).with_name("edgevae"))]
     run_dir, bundle = work / f"run_{task.name}{''.join(extra)}", work / f"bundle_{task.name}{''.join(extra)}"
     train_s, train_mb = run_measured(cli + ["train", "--data", str(data), "-o", str(run_dir), *extra]
-                                     + (["--epochs", str(epochs)] if epochs else []))
+                                     + (["--epochs", str(epochs)] if epochs else [])
+                                     + (["--defect-steps", str(defect_steps)] if defect_steps else []))
     export_s, export_mb = run_measured(cli + ["export", str(run_dir), "-o", str(bundle), "--force", *(export_extra or [])])
     model = load(bundle, ["CPUExecutionProvider"])
     files = model.manifest.files
@@ -511,13 +514,13 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def large_input(work: Path, size: int, n: int, epochs: int) -> dict[str, Any]:
+def large_input(work: Path, size: int, n: int, epochs: int, defect_steps: int | None = None) -> dict[str, Any]:
     """Train, export and score a model at ``size`` x ``size`` RGB: time, memory, bundle size, scoring rate."""
     rng = np.random.default_rng(5)
     pool = [photo(p) for p in NORMAL_PHOTOS]
     task = Task(f"large{size}", to_uint8([random_crop(rng, pool[i % len(pool)], size, (size, 2 * size)) for i in range(n)]),
                 np.zeros((0,)), {})
-    model, cost = edgevae_model(task, work, [], epochs)
+    model, cost = edgevae_model(task, work, [], epochs, defect_steps=defect_steps)
     x = task.train[:64]
     model.raw_scores(x[:8], "combined")
     started = time.perf_counter()
@@ -540,6 +543,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     smoke = args.smoke
     size, n_train, n_test = (32, 60, 20) if smoke else (64, 500, 100)
     epochs = 2 if smoke else None
+    head_steps = SMOKE_DEFECT_STEPS if smoke else None
     use_pyod = not (args.no_pyod or smoke)
     tasks = [inspection(size, n_train, n_test), *(texture(t, size, n_train, n_test) for t in
                                                   (("grass",) if smoke else ("grass", "gravel")))]
@@ -551,7 +555,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         work = Path(tmp)
         for task in tasks:
             print(f"== {task.name}: {task.train.shape[0]} training images {task.train.shape[1:]}", flush=True)
-            model, cost = edgevae_model(task, work, [], epochs)
+            model, cost = edgevae_model(task, work, [], epochs, defect_steps=head_steps)
             plain = (edgevae_model(task, work, ["--plain", "--no-defect-head"], epochs)[0]
                      if task.name == "inspection" and not args.no_plain else None)
             report["tasks"][task.name] = {**evaluate(task, model, use_pyod, plain), "cost": cost}
@@ -569,9 +573,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             Path(args.json).with_suffix(".partial.json").write_text(json.dumps(report, indent=1))
         for split in range(1 if smoke else args.splits):
             task = faces(split)
-            model, cost = edgevae_model(task, work, [], epochs)
+            model, cost = edgevae_model(task, work, [], epochs, defect_steps=head_steps)
             report["faces"].append({**evaluate(task, model, use_pyod, None), "cost": cost})
-        report["large"] = None if args.no_large else large_input(work, 64 if smoke else 256, 48 if smoke else 120, 1 if smoke else 5)
+        report["large"] = None if args.no_large else large_input(work, 64 if smoke else 256, 48 if smoke else 120, 1 if smoke else 5,
+                                                                   head_steps)
     save_report("real_images", report, markdown, args, started)
     Path(args.json).with_suffix(".partial.json").unlink(missing_ok=True)
     return report

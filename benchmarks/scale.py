@@ -74,7 +74,7 @@ def _bundle(work: Path, smoke: bool) -> Path:
     from edgevae.export import ExportConfig, export_bundle
     from edgevae.training import DataSpec, TrainConfig, train
 
-    train(DataSpec(), work / "run", None, TrainConfig(epochs=1 if smoke else 5))
+    train(DataSpec(), work / "run", None, TrainConfig(epochs=1 if smoke else 5, **({"defect_steps": 20} if smoke else {})))
     export_bundle(work / "run", work / "bundle", ExportConfig())
     return work / "bundle"
 

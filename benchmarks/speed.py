@@ -535,7 +535,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="edgevae-speed-") as tmp:
         work = Path(tmp)
         cfg = ModelConfig().resolved()
-        train(DataSpec(), work / "run", cfg, TrainConfig(epochs=1 if args.smoke else 3))
+        smoke_head = {"defect_steps": 20} if args.smoke else {}  # a smoke run's head: runs every path, measures nothing
+        train(DataSpec(), work / "run", cfg, TrainConfig(epochs=1 if args.smoke else 3, **smoke_head))
         variants = ("int8", "fp16")
         export_bundle(work / "run", work / "bundle", ExportConfig(elbo_samples=1, iwae_samples=8, variants=variants))
         model = load(work / "bundle", ["CPUExecutionProvider"])
@@ -622,7 +623,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         # the same with ReLU between layers: ReLU folds into int8 convolutions, SiLU becomes QLinearSigmoid + Mul
         relu_cfg = ModelConfig(activation="relu").resolved()
-        train(DataSpec(), work / "run_relu", relu_cfg, TrainConfig(epochs=1 if args.smoke else 3))
+        train(DataSpec(), work / "run_relu", relu_cfg, TrainConfig(epochs=1 if args.smoke else 3, **smoke_head))
         export_bundle(work / "run_relu", work / "bundle_relu", ExportConfig(elbo_samples=1, iwae_samples=8,
                                                                             variants=("int8",)))
         report["variants_relu"] = encoder_rates(work / "bundle_relu", ("fp32", "int8"))

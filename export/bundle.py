@@ -32,6 +32,7 @@ from edgevae.runtime.options import (
     OPSET_RANGE,
     SCORE_SEED,
     SMOOTH_SIGMA,
+    TILED_DEFECT_SHARE,
     TILED_DEFECT_WINDOW,
     VARIANTS,
 )
@@ -52,7 +53,7 @@ from edgevae.runtime.manifest import (
     ScoringSpec,
     check_score_settings,
 )
-from edgevae.runtime.maps import MAP_FILE, MapStats, check_parts
+from edgevae.runtime.maps import MAP_FILE, MapStats, check_parts, check_weights
 from edgevae.runtime.methods import MONTE_CARLO_METHODS, SCORE_METHODS, noise_file
 from edgevae.runtime.model import Model, Scorer
 from edgevae.runtime.runner import build_runner
@@ -85,6 +86,11 @@ class ExportConfig:
         default_method: the method ``score`` uses when none is named.
         combined_parts: the scores the ``combined`` method joins through their p-values (a local and a global
             one by default).
+        combined_weights: weights of the parts (part name to a positive number; parts not named weigh 1): part i
+            gets the share k w_i / sum(w) of the false-alarm budget. ``{}``: equal shares. None (the default): equal
+            shares, except in a tiled run with a defect head, where the ``defect`` part gets ``TILED_DEFECT_SHARE``
+            of the budget and the others share the rest (tiles are for small local defects, which the head is
+            built to find; the VAE's parts keep the global novelty).
         opset: ONNX opset of the graphs.
         tolerance: largest allowed max-abs difference between onnxruntime and PyTorch outputs.
         variants: edge variants to add: ``int8`` (static QDQ quantization), ``fp16``.
@@ -110,6 +116,7 @@ class ExportConfig:
     smooth_sigma: float = SMOOTH_SIGMA
     default_method: str = DEFAULT_METHOD
     combined_parts: tuple[str, ...] = COMBINED_PARTS
+    combined_weights: Mapping[str, float] | None = None
     opset: int = OPSET
     tolerance: float = PARITY_TOLERANCE
     variants: tuple[str, ...] = ()
@@ -140,13 +147,36 @@ class ExportConfig:
         check_score_settings(self.default_method, self.elbo_samples, self.iwae_samples, self.smooth_sigma)
         object.__setattr__(self, "combined_parts", tuple(self.combined_parts))
         check_parts(self.combined_parts)
+        if self.combined_weights is not None:
+            unknown = [p for p in self.combined_weights if p not in self.combined_parts]
+            if unknown:
+                raise ValueError(f"combined_weights names {unknown}, which are not parts of combined "
+                                 f"({', '.join(self.combined_parts)})")
+            if self.combined_weights:
+                check_weights(self.combined_parts, self.weights_tuple() or ())
+
+    def weights_tuple(self) -> tuple[float, ...] | None:
+        """The parts' weights in their order (parts not named weigh 1), or None for equal shares (``{}`` or None)."""
+        if not self.combined_weights:
+            return None
+        return tuple(float(self.combined_weights.get(p, 1.0)) for p in self.combined_parts)
+
+    def for_tiles(self, tiled: bool) -> "ExportConfig":
+        """This config with its default weights resolved: for a tiled run with a ``defect`` part, that part gets
+        ``TILED_DEFECT_SHARE`` of the false-alarm budget; otherwise (or when weights are given) as it is."""
+        if self.combined_weights is not None:
+            return self
+        if not tiled or "defect" not in self.combined_parts:
+            return replace(self, combined_weights={})
+        others = len(self.combined_parts) - 1
+        return replace(self, combined_weights={"defect": TILED_DEFECT_SHARE * others / (1 - TILED_DEFECT_SHARE)})
 
     def scoring_spec(self, contract: Any, latent_dim: int, likelihood: str) -> ScoringSpec:
         """The score settings of a bundle with this contract, latent size and likelihood."""
         return ScoringSpec(contract=contract, latent_dim=latent_dim, likelihood=likelihood,
                            default_method=self.default_method, elbo_samples=self.elbo_samples,
                            iwae_samples=self.iwae_samples, seed=self.score_seed, smooth_sigma=self.smooth_sigma,
-                           combined_parts=self.combined_parts,
+                           combined_parts=self.combined_parts, combined_weights=self.weights_tuple(),
                            defect_window=DEFECT_WINDOW if self.defect_window is None else self.defect_window)
 
     def for_head(self, has_head: bool) -> "ExportConfig":
@@ -161,7 +191,7 @@ class ExportConfig:
         parts, method = self.combined_parts, self.default_method
         if parts == COMBINED_PARTS:
             parts = tuple(p for p in parts if p != "defect")
-        if "defect" in parts or method == "defect":
+        if "defect" in parts or method == "defect" or "defect" in (self.combined_weights or {}):
             raise ExportError("the defect score needs the run's defect head (defect.pt), which this export has not: "
                               "train with the defect head (the default), or choose other parts and default method")
         return replace(self, combined_parts=parts, default_method=method)
@@ -208,6 +238,7 @@ def export_bundle(
     cfg = cfg.for_head(head is not None)
     if cfg.defect_window is None:
         cfg = replace(cfg, defect_window=TILED_DEFECT_WINDOW if ck.data.tile is not None else DEFECT_WINDOW)
+    cfg = cfg.for_tiles(ck.data.tile is not None)
     references, images = _export_images(ck, calibration_images, reference_images)
     say("exporting encoder.onnx and decoder.onnx" + (" and defect.onnx" if head is not None else ""))
     graphs = export_graphs(model, images, cfg.opset)
@@ -383,7 +414,7 @@ def _measure(scorer: Scorer, references: np.ndarray, images: np.ndarray, cfg: Ex
         raise ExportError(str(exc)) from exc
     say(f"calibrating thresholds at FPR {cfg.fpr:g} on {images.shape[0]} held-out images")
     calibration = _calibrate(scorer, images, cfg.fpr)
-    combination = calibration.combination(cfg.combined_parts)
+    combination = calibration.combination(cfg.combined_parts, scorer.spec.combined_weights)
     if combination is not None and scorer.maps is not None:
         scorer = scorer.with_maps(scorer.maps, combination)
     return scorer, calibration

@@ -197,7 +197,8 @@ def read_positional(path: Path, manifest: Manifest) -> Positional | None:
     alignment = None
     if tiling.alignment is not None:
         alignment = _read_alignment(path, manifest, stats, defect)
-    return Positional(stats, tiling.combination(manifest.scoring.combined_parts), defect, alignment)
+    return Positional(stats, tiling.combination(manifest.scoring.combined_parts, manifest.scoring.combined_weights),
+                      defect, alignment)
 
 
 def _read_alignment(path: Path, manifest: Manifest, stats: MapStats, defect: DefectStats | None) -> FrameAlignment:

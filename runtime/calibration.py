@@ -29,12 +29,13 @@ CALIBRATION_BATCH = 256
 
 @dataclass(frozen=True)
 class Measured:
-    """Raw scores of calibration images: per method (image order), the combined score's parts per image, and the
-    combinations they calibrate."""
+    """Raw scores of calibration images: per method (image order), the combined score's parts per image, the
+    combinations they calibrate, and the combination's part weights (None: equal)."""
 
     scores: Mapping[str, NDArray[np.float64]]
     part_scores: Mapping[str, NDArray[np.float64]] | None
     combinations: tuple[str, ...]
+    weights: tuple[float, ...] | None = None
 
     @property
     def n(self) -> int:
@@ -72,7 +73,7 @@ def measure(scorer: Scorer, images: NDArray[Any], methods: Sequence[str] = SCORE
         batches = [scorer.combined_parts(images[i:i + CALIBRATION_BATCH])
                    for i in range(0, images.shape[0], CALIBRATION_BATCH)]
         part_scores = {p: _finite(np.concatenate([b[p] for b in batches]).astype(np.float64), p) for p in parts}
-    return Measured(scores, part_scores, combinations)
+    return Measured(scores, part_scores, combinations, scorer.spec.combined_weights)
 
 
 def calibrated_methods(measured: Measured, fpr: float) -> dict[str, Any]:
@@ -85,7 +86,7 @@ def calibrated_methods(measured: Measured, fpr: float) -> dict[str, Any]:
     calibration = {m: _calibrated(v, fpr) for m, v in measured.scores.items()}
     for name in measured.combinations:
         assert measured.part_scores is not None
-        combination, loo = fit_combination(tuple(measured.part_scores), measured.part_scores)
+        combination, loo = fit_combination(tuple(measured.part_scores), measured.part_scores, measured.weights)
         calibration[name] = {**_calibrated(loo.astype(np.float64), fpr),
                              "references": combination.references_entry(),
                              "rule": "leave-one-out: each calibration image's parts against the other images"}
@@ -202,7 +203,7 @@ def calibrate_positional(scorer: Scorer, positional: "Positional", images: Seque
     fitted = unjoined
     if joined:  # references of every frame's tiles, then each frame's combined read against them
         references = {p: Reference.fit(_finite(np.concatenate(v), p)) for p, v in collected.items()}
-        combination = Combination(parts, references)
+        combination = Combination(parts, references, scorer.spec.combined_weights)
         fitted = Positional(stats, combination, defect, positional.alignment)
         per_image["combined"] = [aggregate(combination.statistic({p: collected[p][i] for p in parts}), tiling.aggregate)
                                  for i in range(len(images))]

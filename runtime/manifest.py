@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .contract import InputContract
 from .errors import BundleError
-from .maps import STATISTIC, Combination, Reference, check_parts
+from .maps import STATISTIC, Combination, Reference, check_parts, check_weights
 from .methods import GRAPHS, METHODS, MONTE_CARLO_METHODS, SCORE_METHODS, noise_file, samples_for
 from .options import (
     COMBINED_ELBO_SAMPLES,
@@ -93,6 +93,8 @@ class ScoringSpec:
         combined_elbo_samples: K of an ``elbo`` part inside ``combined`` (at most ``elbo_samples``: the first rows
             of the elbo noise).
         defect_window: side of the square the ``defect`` score averages the defect head's logits over.
+        combined_weights: one positive weight per part of ``combined`` (part i gets the share k w_i / sum(w) of
+            the false-alarm budget); None: equal shares, as bundles without ``scoring.combined.weights``.
     """
 
     contract: InputContract
@@ -106,6 +108,7 @@ class ScoringSpec:
     combined_parts: tuple[str, ...] = COMBINED_PARTS
     combined_elbo_samples: int = COMBINED_ELBO_SAMPLES
     defect_window: int = DEFECT_WINDOW
+    combined_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.defect_window <= 255:
@@ -114,6 +117,8 @@ class ScoringSpec:
             raise ValueError(f"combined_elbo_samples must be in 1..{ELBO_SAMPLES_MAX}, got {self.combined_elbo_samples}")
         object.__setattr__(self, "combined_parts", tuple(self.combined_parts))
         check_parts(self.combined_parts)
+        if self.combined_weights is not None:
+            object.__setattr__(self, "combined_weights", check_weights(self.combined_parts, self.combined_weights))
         if self.latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
         if self.likelihood not in LIKELIHOODS:
@@ -154,6 +159,8 @@ class ScoringSpec:
                 entry["graphs"] = sorted({g for p in self.combined_parts for g in METHODS[p].graphs}, key=GRAPHS.index)
                 if "defect" in self.combined_parts:
                     entry["window"] = self.defect_window
+                if self.combined_weights is not None:
+                    entry["weights"] = list(self.combined_weights)
             out[name] = entry
         return out
 
@@ -174,7 +181,8 @@ class ScoringSpec:
                                 "byte_order": "little", "layout": "row-major (K, latent_dim)"}
                             for m in MONTE_CARLO_METHODS},
             "combined": {"parts": list(self.combined_parts), "elbo_samples": self.part_elbo_samples,
-                         "statistic": STATISTIC},
+                         "statistic": STATISTIC,
+                         **({"weights": list(self.combined_weights)} if self.combined_weights is not None else {})},
         }
 
     @classmethod
@@ -194,7 +202,17 @@ class ScoringSpec:
                                                                                      LEGACY_COMBINED_PARTS)),
             combined_elbo_samples=int((scoring.get("combined") or {}).get("elbo_samples", COMBINED_ELBO_SAMPLES)),
             defect_window=int(scoring.get("defect_window", DEFECT_WINDOW)),
+            combined_weights=_weights((scoring.get("combined") or {}).get("weights")),
         )
+
+
+def _weights(raw: Any) -> tuple[float, ...] | None:
+    """``scoring.combined.weights`` as numbers (None when absent); ScoringSpec checks them against the parts."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in raw):
+        raise ValueError(f"scoring.combined.weights must be a list of numbers, one per part; got {raw!r}")
+    return tuple(float(w) for w in raw)
 
 
 @dataclass(frozen=True)
@@ -297,11 +315,11 @@ class Calibration:
         out["methods"] = methods
         return out
 
-    def combination(self, parts: tuple[str, ...]) -> Combination | None:
-        """The combined score's parts and references, or None when ``combined`` is not calibrated."""
+    def combination(self, parts: tuple[str, ...], weights: tuple[float, ...] | None = None) -> Combination | None:
+        """The combined score's parts, references and weights, or None when ``combined`` is not calibrated."""
         if self.references is None:
             return None
-        return Combination(parts, {p: self.references[p] for p in parts})
+        return Combination(parts, {p: self.references[p] for p in parts}, weights)
 
 
 @dataclass(frozen=True)
@@ -373,7 +391,8 @@ class Manifest:
     def combination(self) -> Combination | None:
         """The combined score's parts and references in the calibration in force."""
         section = self.calibration_section
-        return section.combination(self.scoring.combined_parts) if section is not None else None
+        return (section.combination(self.scoring.combined_parts, self.scoring.combined_weights)
+                if section is not None else None)
 
     def graph_files(self) -> list[str]:
         """The fp32 graphs: encoder, decoder and (when the bundle has one) the defect head."""

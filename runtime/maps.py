@@ -244,22 +244,35 @@ class Reference:
 
 @dataclass(frozen=True)
 class Combination:
-    """How ``combined`` joins its parts: their names and each one's reference distribution."""
+    """How ``combined`` joins its parts: their names, each one's reference distribution, and optionally each one's
+    weight (its share of the false-alarm budget; None: equal shares)."""
 
     parts: tuple[str, ...]
     references: Mapping[str, Reference]
+    weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         check_parts(self.parts)
         missing = [p for p in self.parts if p not in self.references]
         if missing:
             raise ValueError(f"combined score has no reference scores for {missing}")
+        if self.weights is not None:
+            object.__setattr__(self, "weights", check_weights(self.parts, self.weights))
+
+    @property
+    def log_shares(self) -> tuple[float, ...] | None:
+        """ln(k w_i / sum(w)) per part (k parts): 0 for every part when the weights are equal (None)."""
+        return log_shares(self.weights)
 
     def statistic(self, part_scores: Mapping[str, NDArray[Any]]) -> F32:
-        """-log(min over parts of the part's p-value), per image (N,); each part's p-value is
+        """-log(min over parts of the part's p-value over its share), per image (N,); each part's p-value is
         :meth:`Reference.p_values`, the one p-value rule of :func:`edgevae.runtime.scores.log_p_values`, read in
-        log space: far beyond the references the statistic keeps growing instead of stopping at a floor."""
-        log_p = np.minimum.reduce([self.references[part].log_p_values(part_scores[part]) for part in self.parts])
+        log space: far beyond the references the statistic keeps growing instead of stopping at a floor. With
+        weights, part i's p-value is divided by k w_i / sum(w) (a weighted Bonferroni rule: part i gets that share
+        of the false-alarm budget); equal weights give the unweighted rule exactly."""
+        shares = self.log_shares
+        log_p = np.minimum.reduce([self.references[part].log_p_values(part_scores[part])
+                                   - (shares[i] if shares is not None else 0.0) for i, part in enumerate(self.parts)])
         out: F32 = np.minimum(-log_p, MAX_STATISTIC).astype(np.float32)
         return out
 
@@ -268,17 +281,21 @@ class Combination:
         return {p: self.references[p].to_dict() for p in self.parts}
 
     @classmethod
-    def from_manifest(cls, parts: Sequence[str], references: Mapping[str, Any]) -> "Combination":
-        return cls(tuple(parts), {p: Reference.from_dict(references[p]) for p in parts})
+    def from_manifest(cls, parts: Sequence[str], references: Mapping[str, Any],
+                      weights: Sequence[float] | None = None) -> "Combination":
+        return cls(tuple(parts), {p: Reference.from_dict(references[p]) for p in parts},
+                   tuple(weights) if weights is not None else None)
 
 
-STATISTIC = ("-ln(min over parts of p_part); p_part as calibration p-values are computed (the interpolated empirical "
+STATISTIC = ("-ln(min over parts of p_part / share_part), share_part = k w_part / sum(w) for the k parts' weights "
+             "scoring.combined.weights (1 for every part without them); p_part as calibration p-values are computed (the interpolated empirical "
              "survival curve: (1 + #{scores >= v}) / (n + 1) at each reference score v, linear between, 1 below the smallest; "
              "the tail model above its start, capped at the curve's value there, a bounded tail (shape < 0) read with shape "
              "0) against calibration.methods.combined.references[part]")
 
 
-def fit_combination(parts: Sequence[str], part_scores: Mapping[str, NDArray[Any]]) -> tuple[Combination, F32]:
+def fit_combination(parts: Sequence[str], part_scores: Mapping[str, NDArray[Any]],
+                    weights: Sequence[float] | None = None) -> tuple[Combination, F32]:
     """The combination whose references are the parts' scores on held-out normal images, and those images'
     leave-one-out combined statistics (image j's parts against the other images' scores), from which its
     threshold is calibrated.
@@ -289,13 +306,35 @@ def fit_combination(parts: Sequence[str], part_scores: Mapping[str, NDArray[Any]
     n = len(next(iter(part_scores.values())))
     if n < 3:
         raise ValueError(f"the combined score needs at least 3 calibration images, got {n}")
-    combination = Combination(tuple(parts), {p: Reference.fit(part_scores[p]) for p in parts})
+    combination = Combination(tuple(parts), {p: Reference.fit(part_scores[p]) for p in parts},
+                              tuple(weights) if weights is not None else None)
+    shares = combination.log_shares or (0.0,) * len(parts)
     loo = np.empty(n, dtype=np.float64)
     for j in range(n):
         log_p = min(float(Reference.fit(np.delete(np.asarray(part_scores[part], np.float64), j)).log_p_values(
-            np.asarray([part_scores[part][j]]))[0]) for part in parts)
+            np.asarray([part_scores[part][j]]))[0]) - shares[i] for i, part in enumerate(parts))
         loo[j] = min(-log_p, MAX_STATISTIC)
     return combination, loo.astype(np.float32)
+
+
+def check_weights(parts: Sequence[str], weights: Sequence[float]) -> tuple[float, ...]:
+    """Validate the weights of ``combined``'s parts: one finite positive number per part.
+
+    Raises:
+        ValueError: saying what is wrong.
+    """
+    out = tuple(float(w) for w in weights)
+    if len(out) != len(parts) or not all(math.isfinite(w) and w > 0 for w in out):
+        raise ValueError(f"combined needs one finite positive weight per part ({', '.join(parts)}); got {list(weights)}")
+    return out
+
+
+def log_shares(weights: Sequence[float] | None) -> tuple[float, ...] | None:
+    """ln(k w_i / sum(w)) per part, or None (equal shares) for None or equal weights."""
+    if weights is None or len(set(weights)) == 1:
+        return None
+    total = math.fsum(weights)
+    return tuple(math.log(len(weights) * w / total) for w in weights)
 
 
 def check_parts(parts: Sequence[str]) -> None:
@@ -309,5 +348,5 @@ def check_parts(parts: Sequence[str]) -> None:
                          f"(default: {','.join(COMBINED_PARTS)})")
 
 
-__all__: Sequence[str] = ("Combination", "MapStats", "Reference", "defect_score", "fit_combination", "sigmoid", "residual_magnitude", "top_k",
+__all__: Sequence[str] = ("Combination", "MapStats", "Reference", "check_weights", "defect_score", "fit_combination", "sigmoid", "residual_magnitude", "top_k",
                           "MAP_FILE")

@@ -112,3 +112,7 @@ DEFECT_WINDOW = 5
 # ... and a tiled bundle's (train --tile): the largest logit itself. Its head trains with hard negatives against
 # false peaks, and a defect of 3-10 px on a texture is averaged away by a wider window (docs/scoring.md).
 TILED_DEFECT_WINDOW = 1
+# A tiled bundle's ``combined`` gives its ``defect`` part this share of the false-alarm budget (weighted Bonferroni;
+# the other parts share the rest): tiles are for small local defects, which the head is built to find, and the VAE's
+# four parts are all global scores of one model. Untiled bundles keep equal shares (docs/scoring.md).
+TILED_DEFECT_SHARE = 0.5

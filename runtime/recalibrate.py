@@ -69,7 +69,8 @@ def _stored_scores(stored: Calibration, measured: Measured) -> Measured | None:
         if not first or any(p not in first or len(first[p]) != n for p in measured.part_scores):
             return None
         parts = {p: np.asarray(first[p], np.float64) for p in measured.part_scores}
-    return Measured({m: stored.methods[m].sorted_scores for m in measured.scores}, parts, measured.combinations)
+    return Measured({m: stored.methods[m].sorted_scores for m in measured.scores}, parts, measured.combinations,
+                    measured.weights)
 
 
 def _consistency(stored: Measured, new: Measured) -> dict[str, float]:
@@ -82,7 +83,7 @@ def _pooled(stored: Measured, new: Measured) -> Measured:
     parts = None if new.part_scores is None or stored.part_scores is None else {
         p: np.concatenate([stored.part_scores[p], new.part_scores[p]]) for p in new.part_scores}
     return Measured({m: np.concatenate([stored.scores[m], new.scores[m]]) for m in new.scores}, parts,
-                    new.combinations)
+                    new.combinations, new.weights)
 
 
 def _decide(mode: str, stored: Calibration | None, new: Measured, strict: bool = True) -> tuple[Measured | None, dict[str, Any]]:
@@ -140,7 +141,7 @@ def _tiled_manifest(bundle: Path, manifest: Manifest, images: Sequence[NDArray[A
     source = f"{len(whole)} whole normal images given to 'edgevae calibrate' ({tiles.shape[0]} grid tiles)"
     with load(bundle, ["CPUExecutionProvider"], trusted_keys=[], slice_workers=1) as model:
         main = calibration_section(model, tiles, fpr, source=source)
-        combination = main.combination(manifest.scoring.combined_parts)
+        combination = main.combination(manifest.scoring.combined_parts, manifest.scoring.combined_weights)
         scorer = model.with_maps(model.maps, combination) if model.maps is not None else model
         methods = image_level_methods([m for m in main.methods if m in scorer.computable_methods])
         source = f"{len(whole)} whole normal images given to 'edgevae calibrate'"

@@ -280,11 +280,11 @@ class Tiling:
             out["alignment"] = dict(self.alignment)
         return out
 
-    def combination(self, parts: Sequence[str]) -> Combination | None:
+    def combination(self, parts: Sequence[str], weights: tuple[float, ...] | None = None) -> Combination | None:
         """A fixed camera's ``combined`` parts with its per-position references (None without them)."""
         if self.references is None or any(p not in self.references for p in parts):
             return None
-        return Combination(tuple(parts), {p: self.references[p] for p in parts})
+        return Combination(tuple(parts), {p: self.references[p] for p in parts}, weights)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,26 @@ from edgevae.runtime import options
 from .common import errors, given, method_choice, need_training, warnings_to_stderr
 
 
+def parse_weights(value: str | None) -> dict[str, float] | None:
+    """``--combine-weights``: None (not given), {} for ``equal``, else part -> weight."""
+    if value is None:
+        return None
+    if value.strip() == "equal":
+        return {}
+    out: dict[str, float] = {}
+    for item in value.split(","):
+        name, sep, number = item.partition("=")
+        try:
+            weight = float(number)
+        except ValueError:
+            weight = float("nan")
+        if not sep or not name.strip() or not weight > 0 or weight == float("inf"):
+            raise click.BadParameter(f"{item.strip()!r} is not part=weight with a positive weight; write for example "
+                                     "'defect=4' (unnamed parts weigh 1) or 'equal'")
+        out[name.strip()] = weight
+    return out
+
+
 @click.command()
 @click.argument("checkpoint", type=click.Path(exists=True))
 @click.option("-o", "--out", "bundle_dir", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
@@ -27,6 +47,10 @@ from .common import errors, given, method_choice, need_training, warnings_to_std
               help="Gaussian width (pixels) of the smooth_recon score and the anomaly maps.")
 @click.option("--combine", "combined_parts", show_default=",".join(options.COMBINED_PARTS),
               help="The methods the combined score joins through their p-values, comma-separated.")
+@click.option("--combine-weights", "combined_weights", callback=lambda ctx, param, value: parse_weights(value),
+              show_default="equal; a tiled run with a defect head: defect=(parts - 1), half the budget",
+              help="Weights of the combined score's parts, as part=weight pairs (unnamed parts weigh 1), or 'equal': "
+                   "a part of weight w gets the share k*w/sum(w) of the false-alarm budget.")
 @click.option("--defect-window", type=click.IntRange(1, 255),
               show_default=f"{options.DEFECT_WINDOW}; {options.TILED_DEFECT_WINDOW} for a tiled run",
               help="Side (pixels) of the square the defect score averages the defect head's logits over.")

@@ -43,7 +43,11 @@ def info(bundle: str, providers: str, trusted_key: tuple[str, ...], as_json: boo
     if m.map is not None:
         click.echo(f"maps          {m.map.file}: residual smoothed {m.map.sigma:g} px, standardised per pixel; "
                    f"local = mean of the top {m.map.top_k} of {c.height * c.width} pixels; combined = "
-                   f"{' + '.join(sp.combined_parts)} (elbo part K={sp.part_elbo_samples})")
+                   f"{' + '.join(sp.combined_parts)} (elbo part K={sp.part_elbo_samples}; "
+                   + (f"shares of the false-alarm budget "
+                      + ", ".join(f"{p} {w / sum(sp.combined_weights):.3g}"
+                                  for p, w in zip(sp.combined_parts, sp.combined_weights))
+                      if sp.combined_weights else "equal shares") + ")")
     if m.defect is not None:
         d = m.defect.raw
         trained = d.get("training") or {}

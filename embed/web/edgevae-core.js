@@ -72,15 +72,29 @@ function combinationParts(manifest, name, spec) {
   if (!Array.isArray(spec.parts) || spec.parts.length < 2 || !cal || !cal.references) {
     throw new BundleError(`the bundle stores no parts for the ${name} score (it predates them); re-export it`);
   }
-  return spec.parts.map((name) => {
+  const shares = logShares(spec);
+  return spec.parts.map((name, i) => {
     const ref = cal.references[name];
     if (!ref || !Array.isArray(ref.scores) || ref.scores.length < 2) {
       throw new BundleError(`the combined part ${name} has no reference scores`);
     }
     // a bounded tail (shape < 0) is read as exponential here, as edgevae.runtime.maps.Reference does
     const tail = ref.tail ? { ...ref.tail, shape: Math.max(ref.tail.shape, 0) } : null;
-    return { name, scores: Float64Array.from(ref.scores), tail };
+    return { name, scores: Float64Array.from(ref.scores), tail, logShare: shares[i] };
   });
+}
+
+// ln(k w_i / sum(w)) per part of a combination with weights (scoring.combined.weights): part i's share of the
+// false-alarm budget, over which its p-value is read; 0 for every part without weights or with equal ones.
+function logShares(spec) {
+  const k = spec.parts.length, w = spec.weights;
+  if (w === undefined || w === null) return new Array(k).fill(0);
+  if (!Array.isArray(w) || w.length !== k || !w.every((v) => typeof v === "number" && Number.isFinite(v) && v > 0)) {
+    throw new BundleError(`method combined has bad weights: one positive number per part is needed`);
+  }
+  if (w.every((v) => v === w[0])) return new Array(k).fill(0);
+  const total = w.reduce((a, b) => a + b, 0);
+  return w.map((v) => Math.log((k * v) / total));
 }
 
 // The anomaly-map statistics (scoring.map): per-pixel mean and spread, float32 (2, H, W).
@@ -533,10 +547,11 @@ async function partScoresOf(bundle, x, encoded, skipDefect = false) {
   return { scores, reconstruction };
 }
 
-// -ln of the smallest p-value of the parts' scores, read in log space: no floor far beyond the references.
+// -ln of the smallest p-value of the parts' scores, each over its share of the budget, read in log space: no floor
+// far beyond the references.
 function combinedStatistic(bundle, scores) {
   let logPMin = 0;
-  bundle.parts.forEach((part, i) => { logPMin = Math.min(logPMin, logPValueOf(part, scores[i])); });
+  bundle.parts.forEach((part, i) => { logPMin = Math.min(logPMin, logPValueOf(part, scores[i]) - part.logShare); });
   return Math.fround(Math.min(-logPMin, 1e30));
 }
 

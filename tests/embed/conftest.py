@@ -370,6 +370,49 @@ def respecified(bundle: Path, tmp_path: Path) -> Path:
     return copy
 
 
+def reweighted(bundle: Path, tmp_path: Path, weights: object) -> Path:
+    """A copy of the bundle whose combined score's parts carry ``weights`` (scoring.combined.weights and its method
+    spec; the manifest is not under a checksum)."""
+    copy = tmp_path / f"reweighted{len(list(tmp_path.glob('reweighted*')))}"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "edgevae.json").read_text())
+    manifest["scoring"]["combined"]["weights"] = weights
+    manifest["scoring"]["method_specs"]["combined"]["weights"] = weights
+    (copy / "edgevae.json").write_text(json.dumps(manifest, indent=2))
+    return copy
+
+
+def check_weights_are_read(run, model, bundle: Path, arrays: dict[str, np.ndarray], tmp_path: Path,  # type: ignore[no-untyped-def]
+                           tiled: Path, tiled_arrays: dict[str, np.ndarray]) -> None:
+    """A program reads the combined score's part weights as the runtime does (scores equal to the runtime's on the
+    reweighted bundle, and unlike the unweighted ones), an image at a time and by tiles, and refuses weights that
+    are not one positive number per part."""
+    from edgevae.runtime import load
+
+    parts = model.manifest.scoring.combined_parts
+    weights = [float(len(parts) - 1) if p == "defect" else 1.0 for p in parts]
+    weights[-1] = 0.25  # every part's share differs from an equal one, with or without a defect part
+    heavy = reweighted(bundle, tmp_path, weights)
+    proc = run("-m", str(heavy), "--method", "combined", *arrays)
+    assert proc.returncode == 0, proc.stderr
+    with load(heavy, ["CPUExecutionProvider"]) as weighted:
+        assert weighted.manifest.scoring.combined_weights == tuple(weights)
+        compare(weighted, [json.loads(line) for line in proc.stdout.splitlines()], arrays, "combined")
+        want = weighted.raw_scores(as_images(arrays), "combined")
+    assert not np.allclose(want, model.raw_scores(as_images(arrays), "combined"), rtol=1e-3)
+    heavy_tiles = reweighted(tiled, tmp_path, weights)
+    proc = run("-m", str(heavy_tiles), "--method", "combined", *tiled_arrays)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    with load(heavy_tiles, ["CPUExecutionProvider"]) as weighted, load(tiled, ["CPUExecutionProvider"]) as plain:
+        compare_tiled(weighted, rows, tiled_arrays, "combined")
+        assert not np.allclose([r["score"] for r in rows],
+                               [plain.score_tiled(a, "combined").score for a in tiled_arrays.values()], rtol=1e-3)
+    for bad in ([1.0] * (len(parts) - 1), [1.0] * (len(parts) - 1) + [0.0], "heavy"):
+        proc = run("-m", str(reweighted(bundle, tmp_path, bad)), "--method", "combined", *arrays)
+        assert proc.returncode == 1 and "weights" in proc.stderr and proc.stdout == "", proc.stderr
+
+
 def combined_with_samples(model, arrays: dict[str, np.ndarray], k: int) -> np.ndarray:  # type: ignore[no-untyped-def]
     """The runtime's combined scores with ``k`` samples in its Monte-Carlo parts."""
     return np.asarray(model.combination.statistic(model.combined_parts(as_images(arrays), samples=k)))

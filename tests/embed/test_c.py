@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import EMBED, METHODS, check_bad_input_corpus, check_tiled_bad_files, check_fixed_camera, check_tiled_refusals, compare_tiled, check_mutated_corpus, program_rows, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_specs_are_read, compare, need, without_png
+from .conftest import EMBED, METHODS, check_bad_input_corpus, check_tiled_bad_files, check_fixed_camera, check_tiled_refusals, compare_tiled, check_mutated_corpus, program_rows, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_specs_are_read, check_weights_are_read, compare, need, without_png
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 
@@ -147,6 +147,12 @@ def test_c_canonical_json_matches_python(tmp_path: Path) -> None:
 def test_c_reads_what_each_method_needs_from_the_bundle(scorer: Path, bundle: Path, model, embed_inputs,  # type: ignore[no-untyped-def]
         legacy_bundle: Path, respecified: Path) -> None:
     check_specs_are_read(lambda *a: run(scorer, *a), model, bundle, legacy_bundle, respecified, without_png(embed_inputs))
+
+
+def test_c_weighs_the_combined_scores_parts_as_the_runtime(scorer: Path, bundle: Path, model, embed_inputs,  # type: ignore[no-untyped-def]
+        tmp_path: Path, tiled_bundle: Path, tiled_inputs) -> None:
+    check_weights_are_read(lambda *a: run(scorer, *a), model, bundle, without_png(embed_inputs), tmp_path, tiled_bundle,
+                           {k: v for k, v in tiled_inputs.items() if not k.endswith(".png")})
 
 
 def test_c_survives_hostile_files_and_refuses_bad_options(scorer: Path, bundle: Path, embed_inputs,  # type: ignore[no-untyped-def]

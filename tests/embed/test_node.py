@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import EMBED, METHODS, check_bad_input_corpus, check_tiled_bad_files, check_fixed_camera, check_tiled_refusals, compare_tiled, check_mutated_corpus, program_rows, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_png_variants, check_specs_are_read, compare, need
+from .conftest import EMBED, METHODS, check_bad_input_corpus, check_tiled_bad_files, check_fixed_camera, check_tiled_refusals, compare_tiled, check_mutated_corpus, program_rows, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_png_variants, check_specs_are_read, check_weights_are_read, compare, need
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 NODE = EMBED / "node"
@@ -82,6 +82,12 @@ def test_node_verifies_signed_bundles(node: str, signed_bundles: dict[str, Path]
 def test_node_reads_what_each_method_needs_from_the_bundle(node: str, bundle: Path, model, embed_inputs,  # type: ignore[no-untyped-def]
         legacy_bundle: Path, respecified: Path) -> None:
     check_specs_are_read(lambda *a: run(node, *a), model, bundle, legacy_bundle, respecified, embed_inputs)
+
+
+def test_node_weighs_the_combined_scores_parts_as_the_runtime(node: str, bundle: Path, model, embed_inputs,  # type: ignore[no-untyped-def]
+        tmp_path: Path, tiled_bundle: Path, tiled_inputs) -> None:
+    check_weights_are_read(lambda *a: run(node, *a), model, bundle, embed_inputs, tmp_path, tiled_bundle,
+                           tiled_inputs)
 
 
 def test_node_survives_hostile_files_and_refuses_bad_options(node: str, bundle: Path, embed_inputs,  # type: ignore[no-untyped-def]

@@ -340,3 +340,27 @@ def test_an_architecture_seen_before_takes_new_weights_into_the_same_graph(monke
     with torch.no_grad():
         want = model.encode(torch.from_numpy(x))[0].numpy()
     np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0], want, atol=1e-5)
+
+
+def test_combined_weights_are_equal_unless_asked_and_checked_against_the_parts(bundle: Path) -> None:
+    """An untiled export keeps equal shares (no weights in the manifest: bundles as before); given weights name
+    parts of combined and are positive; the command line reads part=weight pairs or 'equal'."""
+    import click
+
+    from edgevae.cli.export import parse_weights
+
+    raw = json.loads((bundle / "edgevae.json").read_text())
+    assert "weights" not in raw["scoring"]["combined"] and "weights" not in raw["scoring"]["method_specs"]["combined"]
+    assert ExportConfig().for_tiles(False).weights_tuple() is None
+    assert ExportConfig(combined_parts=("local", "elbo"), combined_weights={"elbo": 3}).weights_tuple() == (1.0, 3.0)
+    tiled = ExportConfig().for_tiles(True)
+    assert tiled.weights_tuple() == tuple(4.0 if p == "defect" else 1.0 for p in tiled.combined_parts)
+    assert ExportConfig(combined_weights={}).for_tiles(True).weights_tuple() is None  # 'equal' wins over the default
+    with pytest.raises(ValueError, match="not parts of combined"):
+        ExportConfig(combined_parts=("local", "elbo"), combined_weights={"defect": 2})
+    with pytest.raises(ValueError, match="one finite positive weight"):
+        ExportConfig(combined_weights={"elbo": -1})
+    assert parse_weights("equal") == {} and parse_weights(" defect=4, elbo=0.5") == {"defect": 4.0, "elbo": 0.5}
+    for bad in ("defect", "defect=0", "defect=x", "=2", "defect=inf"):
+        with pytest.raises(click.BadParameter, match="part=weight"):
+            parse_weights(bad)

@@ -172,6 +172,40 @@ def test_combined_statistic_is_the_smallest_part_p_value(model) -> None:  # type
         assert combination.statistic({p: v[i:i + 1] for p, v in parts.items()})[0] == got[i]
 
 
+def test_weighted_combination_reads_each_part_over_its_share_of_the_budget(model) -> None:  # type: ignore[no-untyped-def]
+    """With weights w, the statistic is -ln(min_i p_i / s_i) with s_i = k w_i / sum(w) (weighted Bonferroni);
+    equal weights give the unweighted statistic bit for bit; the leave-one-out calibration reads the same rule;
+    weights that are not one positive number per part are refused."""
+    from edgevae.runtime.maps import Combination, fit_combination
+
+    plain = model.combination
+    parts, k = plain.parts, len(plain.parts)
+    rng = np.random.default_rng(1)
+    scores = {p: (rng.choice(plain.references[p].scores, 40) * rng.uniform(0.8, 1.6, 40)).astype(np.float32)
+              for p in parts}
+    weights = tuple(float(i + 1) for i in range(k))
+    weighted = Combination(parts, plain.references, weights)
+    shares = np.array(weights) * k / sum(weights)
+    log_p = np.array([plain.references[p].log_p_values(scores[p]) for p in parts])  # (k, N)
+    want = np.max(-log_p + np.log(shares)[:, None], axis=0)
+    np.testing.assert_allclose(weighted.statistic(scores), want.astype(np.float32), rtol=1e-6)
+    assert not np.allclose(weighted.statistic(scores), plain.statistic(scores))
+    np.testing.assert_array_equal(Combination(parts, plain.references, (2.5,) * k).statistic(scores),
+                                  plain.statistic(scores))
+
+    fitted, loo = fit_combination(parts, scores, weights)
+    unweighted, loo_plain = fit_combination(parts, scores)
+    assert fitted.weights == weights and unweighted.weights is None
+    j = 7  # image j against the other images' scores, read over the shares
+    others = {p: np.delete(scores[p], j) for p in parts}
+    alone = Combination(parts, {p: type(plain.references[p]).fit(others[p]) for p in parts}, weights)
+    assert loo[j] == pytest.approx(float(alone.statistic({p: scores[p][j:j + 1] for p in parts})[0]), rel=1e-6)
+    assert not np.allclose(loo, loo_plain)
+    for bad in ((1.0,) * (k - 1), (1.0,) * (k - 1) + (0.0,), (1.0,) * (k - 1) + (float("nan"),)):
+        with pytest.raises(ValueError, match="one finite positive weight per part"):
+            Combination(parts, plain.references, bad)
+
+
 def test_reference_keeps_its_scores_sorted() -> None:
     from edgevae.runtime.maps import Reference
 

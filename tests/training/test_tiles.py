@@ -91,6 +91,11 @@ def test_a_tiled_bundle_records_its_tiles_and_calibrates_on_whole_images(tiled_b
     assert head["hard_negatives"] > 0 and head["generator"]["relative_visibility"] > 0
     assert "same_image" not in head["generator"]["fills"] and model.spec.defect_window == 1
     assert head["training"]["images"] == SURFACE_HEAD_TILES  # a large pool of distinct tiles
+    # combined gives its defect part half the false-alarm budget (TILED_DEFECT_SHARE); the VAE's parts share the rest
+    parts, weights = manifest["scoring"]["combined"]["parts"], manifest["scoring"]["combined"]["weights"]
+    shares = dict(zip(parts, np.array(weights) / sum(weights)))
+    assert shares["defect"] == pytest.approx(0.5) and len(set(w for p, w in zip(parts, weights) if p != "defect")) == 1
+    assert model.spec.combined_weights == tuple(weights) and model.combination.weights == tuple(weights)
 
 
 def test_scoring_by_tiles_finds_a_small_defect_anywhere_and_maps_it_at_full_size(tiled_bundle: Path) -> None:

@@ -645,7 +645,7 @@ static int combination_parts(bundle *b, float *x, float **enc, double *part_scor
     return ok;
 }
 
-/* The score of one image (1, C, H, W); combined: -ln of the smallest p-value of its parts. */
+/* The score of one image (1, C, H, W); combined: -ln of the smallest p-value of its parts, each over its share. */
 static int score(bundle *b, float *x, double *out, char *err) {
     const char *enc_out[] = {"mu", "logvar", "kl"};
     int64_t shape[4] = {1, b->s.channels, b->s.height, b->s.width};
@@ -655,8 +655,9 @@ static int score(bundle *b, float *x, double *out, char *err) {
     if (ok && strcmp(b->s.spec.kind, "combination") == 0) {
         double log_p_min = 0.0, parts[MAX_PARTS];
         ok = combination_parts(b, x, enc, parts, 0, NULL, err);
-        for (int i = 0; ok && i < b->s.spec.n_parts; i++) log_p_min = fmin(log_p_min, log_p_value(&b->s.part_ref[i], parts[i]));
-        if (ok) *out = (float)fmin(-log_p_min, 1e30); /* -ln of the smallest p-value, read in log space */
+        for (int i = 0; ok && i < b->s.spec.n_parts; i++)
+            log_p_min = fmin(log_p_min, log_p_value(&b->s.part_ref[i], parts[i]) - b->s.spec.log_share[i]);
+        if (ok) *out = (float)fmin(-log_p_min, 1e30); /* -ln of the smallest p-value over its share, in log space */
     } else if (ok) ok = method_score(b, &b->s.spec, x, enc, b->s.spec.samples, out, err);
     for (int i = 0; i < 3; i++) free(enc[i]);
     return ok;
@@ -831,7 +832,8 @@ static int score_positional(bundle *b, const float *image, int h, int w, const i
             if (local_at >= 0) parts[(size_t)k * n_parts + local_at] = local;
             if (defect_at >= 0 && defect) parts[(size_t)k * n_parts + defect_at] = defect_score_k;
             for (int i = 0; i < n_parts; i++)
-                log_p_min = fmin(log_p_min, log_p_value(&b->s.part_ref[i], parts[(size_t)k * n_parts + i]));
+                log_p_min = fmin(log_p_min, log_p_value(&b->s.part_ref[i], parts[(size_t)k * n_parts + i])
+                                            - b->s.spec.log_share[i]);
             s = (float)fmin(-log_p_min, 1e30);
         } else s = defect && !residual ? defect_score_k : local;
         if (isnan(s) || s > best) best = s;

@@ -91,6 +91,21 @@ static int load_spec(const json *m, const char *name, method_spec *spec, char *e
         const json *k = json_get(ks, p->string);
         spec->part_samples[spec->n_parts++] = k && k->type == JSON_NUMBER ? whole(k->number) : -1; /* -1: the part's own */
     }
+    const json *weights = json_get(entry, "weights");
+    if (weights) { /* part i's share of the false-alarm budget: k w_i / sum(w); its p-value is read over it */
+        double w[MAX_PARTS], total = 0.0;
+        int n = 0, equal = 1;
+        for (const json *x = weights->type == JSON_ARRAY ? weights->child : NULL; x; x = x->next) {
+            if (n == MAX_PARTS || x->type != JSON_NUMBER || !isfinite(x->number) || !(x->number > 0)) { n = -1; break; }
+            w[n++] = x->number;
+        }
+        if (n != spec->n_parts) {
+            snprintf(err, MSG, "method %s has bad weights: one positive number per part is needed", name);
+            return 0;
+        }
+        for (int i = 0; i < n; i++) { total += w[i]; equal = equal && w[i] == w[0]; }
+        for (int i = 0; i < n && !equal; i++) spec->log_share[i] = log(n * w[i] / total);
+    }
     return 1;
 }
 

@@ -42,6 +42,7 @@ typedef struct {
     int n_parts;               /* a combination: its parts, the samples each draws in it, their references */
     char parts[MAX_PARTS][32];
     int part_samples[MAX_PARTS];
+    double log_share[MAX_PARTS]; /* ln(k w_i / sum w) of the parts' weights (scoring.combined.weights); 0: equal */
 } method_spec;
 
 /* A tiled bundle (the manifest's tiling): an image of any size at least one tile (the input's size) is scored
