@@ -32,6 +32,7 @@ normals; throughput in megapixels per second, scored by tiles against the same t
 Usage:
     python benchmarks/tiles.py            # full run (about 25 min here)
     python benchmarks/tiles.py --smoke    # tiny sizes: checks that the pipeline runs
+    python benchmarks/tiles.py --work DIR # keep the runs, the bundles and the views in DIR
 
 Writes benchmarks/results/tiles.json and the tiles section of docs/benchmarks.md.
 """
@@ -44,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -207,16 +208,32 @@ def default_fpr(model: Any, images: np.ndarray, tiled: bool) -> float:
     return float(np.mean(scores > thr))
 
 
+def equal_shares(model: Any, images: np.ndarray) -> np.ndarray:
+    """The image scores of ``combined`` read with equal shares of its parts (the rule before part weights), from
+    the same bundle: the largest tile score of each uint8 (N, H, W, C) image."""
+    equal = model.with_maps(model.maps, replace(model.combination, weights=None))
+    out = []
+    for img in images:
+        chw = np.moveaxis(img, -1, 0)
+        out.append(aggregate(image_tile_scores(equal, chw, model.tiling.grid(*chw.shape[1:]), ("combined",))["combined"]))
+    return np.asarray(out)
+
+
 def evaluate(task: LargeTask, model: Any, tiled: bool) -> dict[str, Any]:
     methods = tuple(m for m in METHODS if m in model.computable_methods)
     score = tiled_scores if tiled else resize_scores
     normal = score(model, task.normal, methods)
+    weighted = tiled and model.combination is not None and model.combination.weights is not None
+    if weighted:
+        normal["combined_equal"] = equal_shares(model, task.normal)
     if tiled and model.has_defect_head:
         normal["defect_stitched"] = stitched_defect(model, task.normal)
     auroc: dict[str, dict[str, float]] = {}
     pixel: dict[str, dict[str, float]] = {}
     for kind in KINDS:
         bad = score(model, task.anomalies[kind], methods)
+        if weighted:
+            bad["combined_equal"] = equal_shares(model, task.anomalies[kind])
         if "defect_stitched" in normal:
             bad["defect_stitched"] = stitched_defect(model, task.anomalies[kind])
         y = np.r_[np.zeros(len(task.normal)), np.ones(len(task.anomalies[kind]))]
@@ -226,8 +243,11 @@ def evaluate(task: LargeTask, model: Any, tiled: bool) -> dict[str, Any]:
                        for w in ("anomaly", "defect") if w == "anomaly" or model.has_defect_head}
     if task.other is not None:
         bad = score(model, task.other, methods)
+        if weighted:
+            bad["combined_equal"] = equal_shares(model, task.other)
         y = np.r_[np.zeros(len(task.normal)), np.ones(len(task.other))]
-        auroc[OTHER] = {m: float(roc_auc_score(y, np.r_[normal[m], bad[m]])) for m in methods}
+        auroc[OTHER] = {m: float(roc_auc_score(y, np.r_[normal[m], bad[m]])) for m in (*methods, "combined_equal")
+                        if m in bad}
     default = model.spec.default_method
     if tiled:
         thr = model.tiling.calibration.methods[default].threshold
@@ -301,15 +321,23 @@ def peak_memory(bundle: Path, data: Path, side: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = benchmark_parser(__doc__ or "", "tiles")
     parser.add_argument("--tasks", default=",".join(TASKS), help="tasks to run")
+    parser.add_argument("--work", help="keep the runs, the bundles and the views in this folder (default: a "
+                                       "temporary one)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     side, tile, n_train, n_test, n_cal, n_fpr = (64, 32, 48, 12, 12, 24) if args.smoke else (192, 64, 400, 100, 200, 500)
     epochs = ["--epochs", "2", "--defect-steps", "20"] if args.smoke else []
     report: dict[str, Any] = {"tasks": {}, "side": side, "tile": tile, "n_calibration": n_cal}
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(args.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for name in args.tasks.split(","):
             task = large_task(name, side, n_train, n_test, n_cal, n_fpr)
+            if args.work:
+                np.savez(work / f"{name}_task.npz", normal=task.normal, fpr_normal=task.fpr_normal,
+                         **{f"anomaly_{k}": v for k, v in task.anomalies.items()},
+                         **{f"mask_{k}": v for k, v in task.masks.items()},
+                         **({"other": task.other} if task.other is not None else {}))
             print(f"== {name}: {len(task.train)} training views {task.train.shape[1:]}", flush=True)
             tiled, tiled_cost = train_and_export(work, task, "tiled", ["--tile", str(tile), *epochs])
             steps = tiled_cost["steps"]
@@ -355,7 +383,9 @@ def markdown(report: dict[str, Any]) -> str:
              f"{report['side']}x{report['side']} views of two photographs, from two disjoint regions (training: the "
              f"left half; calibration with `edgevae calibrate` and test: the right half, drawn independently alike), "
              f"under flips and quarter turns; anomalies are test views with one defect of 3-10 px, and (`{OTHER}`, global "
-             f"novelty, image AUROC only) views of the other photograph in this one's channels. `defect_stitched` "
+             f"novelty, image AUROC only) views of the other photograph in this one's channels. `combined_equal` "
+             f"(tiled only) is the default's parts read with equal shares of the false-alarm budget, the rule before "
+             f"part weights (docs/scoring.md), from the same bundle. `defect_stitched` "
              f"(tiled only) is a design alternative: the defect score of the stitched full-resolution logit map instead "
              f"of the largest tile score. **tiled**: `edgevae train --tile {report['tile']}` at the views' own size, scored by "
              f"{report['tile']}x{report['tile']} tiles every {report['tile'] // 2} px (image score: the largest tile "
@@ -363,7 +393,7 @@ def markdown(report: dict[str, Any]) -> str:
              "(bilinear, as image files are), trained for as many optimizer steps. Both at the other defaults.", ""]
     for name, row in report["tasks"].items():
         t, r = row["tiled"], row["resize"]
-        methods = [m for m in (*METHODS, "defect_stitched") if m in t["auroc"][KINDS[0]]]
+        methods = [m for m in (*METHODS, "combined_equal", "defect_stitched") if m in t["auroc"][KINDS[0]]]
         lines += [f"### {name}", "", "Image AUROC per defect kind (tiled / resize):", "",
                   "| kind | visibility | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
         for kind in (k for k in (*KINDS, OTHER) if k in t["auroc"]):
