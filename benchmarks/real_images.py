@@ -358,7 +358,8 @@ def run_measured(cmd: list[str]) -> tuple[float, float]:
 
 
 def edgevae_model(task: Task, work: Path, extra: list[str], epochs: int | None,
-                  export_extra: list[str] | None = None, defect_steps: int | None = None) -> tuple[Any, dict[str, float]]:
+                  export_extra: list[str] | None = None,
+                  defect_steps: int | None = None) -> tuple[Any, dict[str, float]]:
     """Train and export with the command line; the loaded bundle and the cost figures. ``defect_steps`` (None: the
     default) trains the defect head for that many steps."""
     data = work / f"{task.name}.npy"
@@ -575,8 +576,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             task = faces(split)
             model, cost = edgevae_model(task, work, [], epochs, defect_steps=head_steps)
             report["faces"].append({**evaluate(task, model, use_pyod, None), "cost": cost})
-        report["large"] = None if args.no_large else large_input(work, 64 if smoke else 256, 48 if smoke else 120, 1 if smoke else 5,
-                                                                   head_steps)
+        report["large"] = None if args.no_large else large_input(work, 64 if smoke else 256, 48 if smoke else 120,
+                                                                 1 if smoke else 5, head_steps)
     save_report("real_images", report, markdown, args, started)
     Path(args.json).with_suffix(".partial.json").unlink(missing_ok=True)
     return report

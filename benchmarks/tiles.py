@@ -215,7 +215,8 @@ def equal_shares(model: Any, images: np.ndarray) -> np.ndarray:
     out = []
     for img in images:
         chw = np.moveaxis(img, -1, 0)
-        out.append(aggregate(image_tile_scores(equal, chw, model.tiling.grid(*chw.shape[1:]), ("combined",))["combined"]))
+        grid = model.tiling.grid(*chw.shape[1:])
+        out.append(aggregate(image_tile_scores(equal, chw, grid, ("combined",))["combined"]))
     return np.asarray(out)
 
 

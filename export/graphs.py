@@ -155,8 +155,8 @@ def _same_outputs(proto: onnx.ModelProto, module: torch.nn.Module, example: torc
     with torch.no_grad():
         want = module(example)
     want = [want] if isinstance(want, torch.Tensor) else list(want)
-    return len(got) == len(want) and all(
-        g.shape == tuple(w.shape) and np.allclose(g, w.detach().numpy(), rtol=1e-3, atol=1e-4) for g, w in zip(got, want))
+    return len(got) == len(want) and all(g.shape == tuple(w.shape) and np.allclose(g, w.detach().numpy(), rtol=1e-3,
+                                                                                   atol=1e-4) for g, w in zip(got, want))
 
 
 GRAPH_CACHE = _GraphCache()

@@ -325,7 +325,8 @@ def check_weights(parts: Sequence[str], weights: Sequence[float]) -> tuple[float
     """
     out = tuple(float(w) for w in weights)
     if len(out) != len(parts) or not all(math.isfinite(w) and w > 0 for w in out):
-        raise ValueError(f"combined needs one finite positive weight per part ({', '.join(parts)}); got {list(weights)}")
+        raise ValueError(f"combined needs one finite positive weight per part ({', '.join(parts)}); "
+                         f"got {list(weights)}")
     return out
 
 
