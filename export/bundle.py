@@ -247,7 +247,7 @@ def export_bundle(
                      graphs.decoder.SerializeToString(),
                      defect=defect_graph.SerializeToString() if defect_graph is not None else None)
     scorer, calibration = _measure(scorer, references, images, cfg, say)
-    tiling, frame_stats = _tiling(ck, cfg, scorer, say)
+    tiling, frame_stats, whole = _tiling(ck, cfg, scorer, say)
     say(f"checking parity with PyTorch at batch sizes {' and '.join(map(str, PARITY_BATCH_SIZES))}")
     report = check_parity(model, scorer, images, cfg.tolerance, head.head if head is not None else None)
     warn_if_unpromisable(cfg.fpr, images.shape[0], tail=any(c.tail is not None for c in calibration.methods.values()))
@@ -263,7 +263,8 @@ def export_bundle(
             files[frame_stats.defect.manifest_entry()["file"]] = frame_stats.defect.to_bytes()
         if frame_stats.alignment is not None:
             files.update(frame_stats.alignment.files())
-    manifest["variants"] = build_variants(files, manifest, graphs, model, scorer, images, cfg, say, defect_graph)
+    manifest["variants"] = build_variants(files, manifest, graphs, model, scorer, images, cfg, say, defect_graph,
+                                          tiled=(tiling, whole) if tiling is not None and whole else None)
     say("writing the bundle")
     try:
         write_bundle(target, files, manifest, replace=force, sign_key=sign_key)
@@ -274,17 +275,18 @@ def export_bundle(
 
 
 def _tiling(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer,
-            say: Say) -> tuple[Tiling | None, Positional | None]:
+            say: Say) -> tuple[Tiling | None, Positional | None, list[np.ndarray]]:
     """A tiled run's ``tiling`` section: its tile, stride and downscale, the kind of camera, and the image-level
     calibration on the whole held-out images the run kept (None for a run on whole images); with a fixed camera
     also its per-position statistics (written as ``FRAME_MAP_FILE`` and, with a defect head,
-    ``FRAME_DEFECT_FILE``)."""
+    ``FRAME_DEFECT_FILE``); and those whole images (a stationary surface's, which its edge variants calibrate on).
+
+    Raises:
+        ExportError: edge variants of a fixed camera, a stride larger than the tile, or too few whole images.
+    """
     tile = ck.data.tile
     if tile is None:
-        return None, None
-    if cfg.variants:
-        raise ExportError("edge variants (--quantize, --precision) of tiled bundles are not built yet: their "
-                          "image-level calibration would be the fp32 graphs'; export the tiled run without them")
+        return None, None, []
     stride = cfg.tile_stride or max(1, tile // 2)
     if stride > tile:
         raise ExportError(f"--tile-stride {stride} is larger than the tile ({tile}): parts of images would go unseen")
@@ -298,6 +300,10 @@ def _tiling(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer,
     frames = [np.asarray(f) for f in holdout.frames]
     alignment = _alignment(cfg, frames)
     if _fixed_camera(cfg.camera, frames, whole, say, alignment):
+        if cfg.variants:
+            raise ExportError("edge variants (--quantize, --precision) of a fixed camera's bundle are not built yet: "
+                              "its per-position statistics are the fp32 graphs'; export it without them (a stationary "
+                              "surface's tiled bundle, --camera surface, takes them)")
         try:
             _say_alignment(alignment, frames, say, cfg.align_radius)
             say(f"measuring per-position map statistics on {len(frames)} training frames of "
@@ -310,14 +316,14 @@ def _tiling(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer,
                                                                       "scored by tiles with per-position statistics")
         except (CalibrationError, ValueError) as exc:
             raise ExportError(str(exc)) from exc
-        return positional, fitted
+        return positional, fitted, []
     say(f"calibrating image scores on {len(whole)} whole held-out images by {tile}x{tile} tiles every {stride} px")
     try:
         cal = calibrate_tiled(scorer, whole, tiling, cfg.fpr, methods,
                               source="whole held-out images of the training data, scored by tiles")
     except CalibrationError as exc:
         raise ExportError(str(exc)) from exc
-    return replace(tiling, calibration=cal), None
+    return replace(tiling, calibration=cal), None, whole
 
 
 def _alignment(cfg: ExportConfig, frames: list[np.ndarray]) -> FrameAlignment | None:
@@ -459,10 +465,12 @@ def _calibrate(scorer: Scorer, images: np.ndarray, fpr: float) -> Calibration:
 
 
 def build_variants(files: dict[str, bytes], manifest: dict[str, Any], graphs: Graphs, model: VAE, scorer: Scorer,
-                   images: np.ndarray, cfg: ExportConfig, say: Say,
-                   defect_graph: onnx.ModelProto | None = None) -> dict[str, Any]:
+                   images: np.ndarray, cfg: ExportConfig, say: Say, defect_graph: onnx.ModelProto | None = None,
+                   tiled: tuple[Tiling, list[np.ndarray]] | None = None) -> dict[str, Any]:
     """Add the configured edge variants (and ORT-format copies) to ``files``, each checked against fp32 and
-    calibrated on its own; returns the manifest's ``variants`` section.
+    calibrated on its own; returns the manifest's ``variants`` section. A stationary surface's tiled bundle
+    (``tiled``: its tiling and whole held-out images) gives each variant its own image-level calibration too
+    (``tiling_calibration``), measured by tiles on those images as the fp32 graphs' is.
 
     Raises:
         ExportError: a variant ranks held-out images unlike the fp32 graphs.
@@ -513,9 +521,31 @@ def build_variants(files: dict[str, bytes], manifest: dict[str, Any], graphs: Gr
         files[names["encoder"]], files[names["decoder"]] = enc_bytes, dec_bytes
         if defect_bytes is not None:
             files[names["defect"]] = defect_bytes
-        variants[name] = {**names, "format": ext, **report,
-                          "calibration": _calibrate(variant, images, cfg.fpr).to_dict()}
+        calibration = _calibrate(variant, images, cfg.fpr)
+        variants[name] = {**names, "format": ext, **report, "calibration": calibration.to_dict()}
+        if tiled is not None:
+            variants[name]["tiling_calibration"] = _variant_image_level(variant, calibration, *tiled, cfg.fpr).to_dict()
     return variants
+
+
+def _variant_image_level(variant: Scorer, calibration: Calibration, tiling: Tiling, whole: list[np.ndarray],
+                         fpr: float) -> Calibration:
+    """A variant's image-level calibration on the whole held-out images: its own tile-level references for
+    ``combined``, the fp32 image-level calibration's methods.
+
+    Raises:
+        ExportError: the images cannot be calibrated on (as for the fp32 graphs).
+    """
+    spec = variant.spec
+    combination = calibration.combination(spec.combined_parts, spec.combined_weights)
+    scorer = variant.with_maps(variant.maps, combination) if variant.maps is not None else variant
+    assert tiling.calibration is not None
+    methods = [m for m in tiling.calibration.methods if m in scorer.computable_methods]
+    try:
+        return calibrate_tiled(scorer, whole, tiling, fpr, methods,
+                               source="whole held-out images of the training data, scored by tiles with this variant")
+    except CalibrationError as exc:
+        raise ExportError(str(exc)) from exc
 
 
 def _versions() -> dict[str, str]:

@@ -325,7 +325,8 @@ class Calibration:
 @dataclass(frozen=True)
 class Variant:
     """An edge variant: its graph files (the defect head's too, when the bundle has one), their format and a
-    calibration of their own."""
+    calibration of their own; in a tiled bundle also its own image-level calibration (``tiling_calibration``, in
+    force of ``tiling.calibration`` when the variant is loaded)."""
 
     name: str
     encoder: str
@@ -333,12 +334,14 @@ class Variant:
     calibration: Calibration
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     defect: str | None = None
+    tiling_calibration: Calibration | None = None
 
     @classmethod
     def from_dict(cls, name: str, data: Mapping[str, Any]) -> "Variant":
-        defect = data.get("defect")
+        defect, tiled = data.get("defect"), data.get("tiling_calibration")
         return cls(name, str(data["encoder"]), str(data["decoder"]), Calibration.from_dict(data["calibration"]),
-                   dict(data), str(defect) if defect is not None else None)
+                   dict(data), str(defect) if defect is not None else None,
+                   Calibration.from_dict(tiled) if tiled is not None else None)
 
     @property
     def graph_files(self) -> list[str]:
@@ -348,6 +351,8 @@ class Variant:
         out = {**self.raw, "encoder": self.encoder, "decoder": self.decoder, "calibration": self.calibration.to_dict()}
         if self.defect is not None:
             out["defect"] = self.defect
+        if self.tiling_calibration is not None:
+            out["tiling_calibration"] = self.tiling_calibration.to_dict()
         return out
 
 
@@ -420,16 +425,26 @@ class Manifest:
             available = ", ".join(["fp32", *self.variants])
             raise BundleError(f"no variant {name!r} in this bundle; available: {available}. "
                               "Add variants at export (--quantize int8, --precision fp16, --ort-format)")
-        cal = self.variants[name].calibration
-        return replace(self, calibration=cal.methods, calibration_section=cal)
+        variant = self.variants[name]
+        cal = variant.calibration
+        tiling = self.tiling
+        if tiling is not None:
+            if variant.tiling_calibration is None:
+                raise BundleError(f"variant {name!r} of this tiled bundle has no image-level calibration of its own "
+                                  "(tiling_calibration); export the run again with it")
+            tiling = replace(tiling, calibration=variant.tiling_calibration)
+        return replace(self, calibration=cal.methods, calibration_section=cal, tiling=tiling)
 
-    def with_calibration(self, calibration: Calibration, variants: Mapping[str, Calibration]) -> "Manifest":
-        """The manifest with a new calibration (and new calibrations for its variants), the old one kept in
-        ``calibration_history``."""
+    def with_calibration(self, calibration: Calibration, variants: Mapping[str, Calibration],
+                         variant_tiling: Mapping[str, Calibration] | None = None) -> "Manifest":
+        """The manifest with a new calibration (and new calibrations for its variants, and in a tiled bundle their
+        new image-level ones), the old one kept in ``calibration_history``."""
         raw = dict(self.raw)
         previous = {**raw["calibration"], "replaced": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         raw["calibration_history"] = [*raw.get("calibration_history", []), previous]
-        new_variants = {n: replace(v, calibration=variants[n]) for n, v in self.variants.items()}
+        new_variants = {n: replace(v, calibration=variants[n],
+                                   tiling_calibration=(variant_tiling or {}).get(n, v.tiling_calibration))
+                        for n, v in self.variants.items()}
         return replace(self, raw=raw, calibration_fpr=calibration.fpr, calibration=calibration.methods,
                        calibration_n=calibration.n, min_fpr=calibration.min_fpr, calibration_section=calibration,
                        variants=new_variants)

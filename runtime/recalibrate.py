@@ -26,7 +26,7 @@ from .files import read_manifest
 from .manifest import Calibration, Manifest
 from .scores import warn_if_unpromisable
 from .signing import SIGNATURE_FILE, KeySource
-from .tiles import grid_tiles, image_level_methods, tile_view
+from .tiles import Tiling, grid_tiles, image_level_methods, tile_view
 from .writer import bundle_files, write_bundle
 
 
@@ -138,21 +138,29 @@ def _tiled_manifest(bundle: Path, manifest: Manifest, images: Sequence[NDArray[A
     previous = tiling.calibration
     whole = [tile_view(im, manifest.contract.channels) for im in images]
     tiles = grid_tiles(whole, tiling.tile[0])
-    source = f"{len(whole)} whole normal images given to 'edgevae calibrate' ({tiles.shape[0]} grid tiles)"
-    with load(bundle, ["CPUExecutionProvider"], trusted_keys=[], slice_workers=1) as model:
-        main = calibration_section(model, tiles, fpr, source=source)
-        combination = main.combination(manifest.scoring.combined_parts, manifest.scoring.combined_weights)
-        scorer = model.with_maps(model.maps, combination) if model.maps is not None else model
-        methods = image_level_methods([m for m in main.methods if m in scorer.computable_methods])
-        source = f"{len(whole)} whole normal images given to 'edgevae calibrate'"
-        if model.positional is not None:  # a fixed camera: references and image scores per position, as export
-            tiling, _ = calibrate_positional(scorer, model.positional, whole, tiling, fpr, methods, source=source)
-        else:
-            tiling = replace(tiling, calibration=calibrate_tiled(scorer, whole, tiling, fpr, methods, source=source))
-    image_level = tiling.calibration
-    assert image_level is not None
-    warn_if_unpromisable(fpr, len(whole), tail=any(c.tail is not None for c in image_level.methods.values()))
-    new = manifest.with_calibration(main, {})
+    tile_source = f"{len(whole)} whole normal images given to 'edgevae calibrate' ({tiles.shape[0]} grid tiles)"
+    source = f"{len(whole)} whole normal images given to 'edgevae calibrate'"
+    sections: dict[str | None, Calibration] = {}
+    image_levels: dict[str | None, Calibration] = {}
+    fixed: Tiling | None = None  # a fixed camera's new tiling section (references per position)
+    for variant in (None, *manifest.variants):  # the fp32 graphs, then each edge variant on its own
+        with load(bundle, ["CPUExecutionProvider"], trusted_keys=[], slice_workers=1, variant=variant) as model:
+            main = calibration_section(model, tiles, fpr, source=tile_source)
+            combination = main.combination(manifest.scoring.combined_parts, manifest.scoring.combined_weights)
+            scorer = model.with_maps(model.maps, combination) if model.maps is not None else model
+            methods = image_level_methods([m for m in main.methods if m in scorer.computable_methods])
+            if model.positional is not None:  # a fixed camera (no variants): references and scores per position
+                fixed, _ = calibrate_positional(scorer, model.positional, whole, tiling, fpr, methods, source=source)
+                image_level = fixed.calibration
+            else:
+                image_level = calibrate_tiled(scorer, whole, tiling, fpr, methods, source=source)
+        assert image_level is not None
+        sections[variant], image_levels[variant] = main, image_level
+    tiling = fixed if fixed is not None else replace(tiling, calibration=image_levels[None])
+    warn_if_unpromisable(fpr, len(whole), tail=any(c.tail is not None for c in image_levels[None].methods.values()))
+    named = list(manifest.variants)
+    new = manifest.with_calibration(sections[None], {v: sections[v] for v in named},
+                                    {v: image_levels[v] for v in named})
     raw = dict(new.raw)
     history = [dict(h) for h in raw.get("calibration_history", [])]
     if history and previous is not None:  # the image-level calibration it replaces, beside the tiles'

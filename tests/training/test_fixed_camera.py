@@ -139,6 +139,12 @@ def test_camera_surface_and_fixed_override_the_choice(camera_run: Path, tmp_path
     assert "references" not in surface.manifest.raw["tiling"]
     with pytest.raises(ValueError, match="camera must be one of"):
         ExportConfig(camera="tripod")
+    # edge variants: a fixed camera's per-position statistics are the fp32 graphs', so they are refused with the way
+    # out; nothing is written
+    with pytest.raises(ExportError, match="fixed camera's bundle are not built yet.*--camera surface"):
+        export_bundle(camera_run, tmp_path / "variants", ExportConfig(elbo_samples=4, iwae_samples=16,
+                                                                      variants=("fp16",)))
+    assert not (tmp_path / "variants").exists()
     # a run whose images are not frames of one size cannot be a fixed camera
     from edgevae.training import DataSpec, ModelConfig, TrainConfig, train
 

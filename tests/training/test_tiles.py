@@ -56,7 +56,7 @@ def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tiled_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny tiled run on 40 texture images of mixed sizes, exported."""
+    """A tiny tiled run on 40 texture images of mixed sizes, exported with an fp16 variant (edge variants calibrate on their own)."""
     pytest.importorskip("torch")
     from edgevae.export import ExportConfig, export_bundle
     from edgevae.training import DataSpec, ModelConfig, TrainConfig, train
@@ -71,7 +71,7 @@ def tiled_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     split = next(info for event, info in events if event == "split")
     assert split["tiles"]["per_epoch"] == 256 and split["n_val"] == 10
     out = tmp_path_factory.mktemp("tiled_bundles") / "tiled"
-    export_bundle(run, out, ExportConfig(elbo_samples=4, iwae_samples=16))
+    export_bundle(run, out, ExportConfig(elbo_samples=4, iwae_samples=16, variants=("fp16",)))
     return out
 
 
@@ -131,6 +131,27 @@ def test_flags_keep_the_threshold_and_p_value_in_agreement(tiled_bundle: Path) -
         assert r.is_outlier == (r.p_value < model.tiling.calibration.fpr) or abs(r.p_value - 0.01) < 1e-3
 
 
+def test_an_edge_variant_of_a_tiled_bundle_scores_by_tiles_against_its_own_image_calibration(
+        tiled_bundle: Path) -> None:
+    """The fp16 variant carries its own image-level calibration (measured by tiles with its graphs on the whole
+    held-out images), in force when it is loaded; its flags follow its own threshold."""
+    from edgevae.runtime import load
+
+    entry = json.loads((tiled_bundle / "edgevae.json").read_text())["variants"]["fp16"]
+    assert entry["tiling_calibration"]["n"] == 10 and "this variant" in entry["tiling_calibration"]["source"]
+    fp32, fp16 = load(tiled_bundle), load(tiled_bundle, variant="fp16")
+    assert fp16.tiling.calibration.methods["combined"].threshold == pytest.approx(
+        entry["tiling_calibration"]["methods"]["combined"]["threshold"])
+    assert fp16.tiling.calibration.to_dict() != fp32.tiling.calibration.to_dict()
+    assert fp16.tiling.tile == fp32.tiling.tile and fp16.tiling.stride == fp32.tiling.stride
+    rng = np.random.default_rng(4)
+    for h, w in ((48, 40), (120, 96)):
+        image = _texture(rng, h, w)
+        r, ref = fp16.score_tiled(image), fp32.score_tiled(image)
+        assert r.tiles == ref.tiles and r.threshold != ref.threshold  # each read against its own calibration
+        assert r.is_outlier == (r.score > r.threshold)
+
+
 def test_an_untiled_bundle_says_how_to_get_tiles(model) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="train with --tile"):
         model.score_tiled(np.zeros((1, 64, 64), np.uint8))
@@ -182,6 +203,9 @@ def test_calibrate_remeasures_a_tiled_bundle_on_whole_images(tiled_bundle: Path,
     manifest = json.loads((bundle / "edgevae.json").read_text())
     assert manifest["tiling"]["calibration"]["n"] == 12
     assert "tiling" in manifest["calibration_history"][-1]
+    variant = manifest["variants"]["fp16"]  # the edge variant is calibrated again too, with its own graphs
+    assert variant["tiling_calibration"]["n"] == 12 and "edgevae calibrate" in variant["calibration"]["source"]
+    assert load(bundle, variant="fp16").tiling.calibration.n == 12
     model = load(bundle)
     assert model.score_tiled(_texture(rng, 64, 64)).tiles > 0
 
