@@ -232,15 +232,16 @@ print("\\n".join(out))
 """
 
 
-def raw_sessions(bundle: Path, threads: int) -> tuple[Any, Any]:
-    """Plain onnxruntime sessions of a bundle's fp32 encoder and decoder with ``threads`` intra-op threads."""
+def raw_sessions(bundle: Path, threads: int, head: bool = False) -> tuple[Any, ...]:
+    """Plain onnxruntime sessions of a bundle's fp32 encoder and decoder with ``threads`` intra-op threads; with
+    ``head``, a third: its defect head's (None when the bundle has none)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    encoder, decoder = (ort.InferenceSession(str(bundle / g), opts, providers=["CPUExecutionProvider"])
-                        for g in ("encoder.onnx", "decoder.onnx"))
-    return encoder, decoder
+    graphs = ("encoder.onnx", "decoder.onnx", "defect.onnx") if head else ("encoder.onnx", "decoder.onnx")
+    return tuple(ort.InferenceSession(str(bundle / g), opts, providers=["CPUExecutionProvider"])
+                 if (bundle / g).exists() else None for g in graphs)
 
 
 def batch1_overhead(bundle: Path, x1: np.ndarray, rounds: int, reps: int) -> dict[str, dict[str, float]]:
@@ -359,13 +360,14 @@ def png_by_method(bundle: Path, folder: Path, images: np.ndarray, exe: str, reps
                            "runtime_reader_per_s": best(lambda: [contract.read_image(f) for f in files]),
                            "methods": {}}
 
-    whole, ones = raw_sessions(bundle, cores), [raw_sessions(bundle, 1) for _ in range(cores)]
+    # the defect head's graph too: the compute bound of `defect` and of a `combined` with a defect part runs it
+    whole, ones = raw_sessions(bundle, cores, head=True), [raw_sessions(bundle, 1, head=True) for _ in range(cores)]
     x = images.astype(np.float32)[:, None] / np.float32(255)
     batches = [x[i:i + 256] for i in range(0, n, 256)]
     pool = ThreadPoolExecutor(cores)
     for method in model.methods:
-        graphs = method_graphs(*whole, model.spec, method)
-        sliced = [method_graphs(*s, model.spec, method) for s in ones]
+        graphs = method_graphs(whole[0], whole[1], model.spec, method, whole[2])
+        sliced = [method_graphs(s[0], s[1], model.spec, method, s[2]) for s in ones]
 
         def on_whole() -> None:
             for b in batches:
