@@ -37,7 +37,7 @@ BUNDLE ?= demo/bundle
 serve-web: embed-setup
 	python3 scripts/serve_web.py $(BUNDLE)
 
-# Ten one-class models + baselines + the all-digit model; writes docs/benchmarks.md (about 16 min here).
+# Ten one-class models + baselines + the all-digit model; writes docs/benchmarks.md (about 34 min here).
 bench-quality: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[train,dev,bench]"
 	$(BIN)/python benchmarks/quality.py

@@ -8,7 +8,7 @@ PyOD's VAE. Then one model trained on all ten digits is checked for likelihood (
 calibration and out-of-distribution detection.
 
 Usage:
-    python benchmarks/quality.py                 # full run: ten digits + all-digit model (about 14 min here)
+    python benchmarks/quality.py                 # full run: ten digits + all-digit model (about 34 min here)
     python benchmarks/quality.py --smoke         # two digits, tiny models: checks that the pipeline runs
 
 Writes benchmarks/results/quality.json and the quality section of docs/benchmarks.md.
