@@ -237,11 +237,18 @@ def raw_sessions(bundle: Path, threads: int, head: bool = False) -> tuple[Any, .
     ``head``, a third: its defect head's (None when the bundle has none)."""
     import onnxruntime as ort
 
+    from edgevae.runtime.manifest import DEFECT_FILE
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    graphs = ("encoder.onnx", "decoder.onnx", "defect.onnx") if head else ("encoder.onnx", "decoder.onnx")
-    return tuple(ort.InferenceSession(str(bundle / g), opts, providers=["CPUExecutionProvider"])
-                 if (bundle / g).exists() else None for g in graphs)
+
+    def session(graph: str) -> Any:
+        return ort.InferenceSession(str(bundle / graph), opts, providers=["CPUExecutionProvider"])
+
+    encoder, decoder = session("encoder.onnx"), session("decoder.onnx")
+    if not head:
+        return encoder, decoder
+    return encoder, decoder, session(DEFECT_FILE) if (bundle / DEFECT_FILE).exists() else None
 
 
 def batch1_overhead(bundle: Path, x1: np.ndarray, rounds: int, reps: int) -> dict[str, dict[str, float]]:
@@ -366,8 +373,8 @@ def png_by_method(bundle: Path, folder: Path, images: np.ndarray, exe: str, reps
     batches = [x[i:i + 256] for i in range(0, n, 256)]
     pool = ThreadPoolExecutor(cores)
     for method in model.methods:
-        graphs = method_graphs(whole[0], whole[1], model.spec, method, whole[2])
-        sliced = [method_graphs(s[0], s[1], model.spec, method, s[2]) for s in ones]
+        graphs = method_graphs(*whole[:2], model.spec, method, whole[2])
+        sliced = [method_graphs(*s[:2], model.spec, method, s[2]) for s in ones]
 
         def on_whole() -> None:
             for b in batches:
