@@ -61,6 +61,11 @@ class DefectConfig:
         max_defects: up to this many defects in one image (drawn uniformly from 1).
         relative_visibility: keep a defect only when its mean change over its mask exceeds this many times the
             image's local standard deviation over the same pixels (0: every defect is kept, as before).
+        relative_strength: 0 (the default) blends every defect at an opacity drawn from ``min_opacity`` to 1, so
+            its strength is absolute; above 0, each defect's mean change over its mask is drawn instead, log-uniform
+            from ``relative_visibility`` to this many times the local standard deviation under it (the opacity set
+            to match, at most 1), so that defects are as faint or as strong *relative to the texture* on a smooth
+            surface as on a rough one. Needs ``relative_visibility`` > 0 and below it.
     """
 
     probability: float = 0.5
@@ -69,6 +74,7 @@ class DefectConfig:
     min_opacity: float = 0.3
     max_defects: int = 2
     relative_visibility: float = 0.0
+    relative_strength: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "masks", tuple(self.masks))
@@ -85,6 +91,10 @@ class DefectConfig:
             raise ValueError(f"max_defects must be >= 1, got {self.max_defects}")
         if not (0.0 <= self.relative_visibility < 100.0):
             raise ValueError(f"relative_visibility must be in [0, 100), got {self.relative_visibility}")
+        if self.relative_strength and not (0.0 < self.relative_visibility < self.relative_strength < 100.0):
+            raise ValueError("relative_strength must be 0 (off) or above relative_visibility (which must be above 0) "
+                             f"and below 100; got {self.relative_strength} with relative_visibility "
+                             f"{self.relative_visibility}")
 
     def without(self, family: str) -> "DefectConfig":
         """This config with one mask or fill family left out (the leave-one-family-out measurement)."""
@@ -249,7 +259,11 @@ def synthesize(batch: torch.Tensor, gen: torch.Generator,
             for _attempt in range(VISIBILITY_ATTEMPTS if local_std is not None else 1):
                 mask = MASKS[_choice(gen, cfg.masks)](gen, grid)
                 fill = _fill(_choice(gen, cfg.fills), out[i], batch, i, mask, gen)
-                alpha = _uniform(gen, cfg.min_opacity, 1.0) * mask
+                if cfg.relative_strength > 0 and local_std is not None:
+                    fill = fill.clamp(0.0, 1.0)
+                    alpha = _relative_opacity(cfg, gen, (fill - out[i]).abs().amax(dim=0), local_std[i], mask) * mask
+                else:
+                    alpha = _uniform(gen, cfg.min_opacity, 1.0) * mask
                 blended = (out[i] * (1 - alpha) + fill * alpha).clamp(0.0, 1.0)
                 delta = (blended - out[i]).abs().amax(dim=0)
                 inside = mask > 0
@@ -258,6 +272,19 @@ def synthesize(batch: torch.Tensor, gen: torch.Generator,
                     target[i, 0] = torch.maximum(target[i, 0], ((delta > VISIBLE) & inside).float())
                     break
     return out, target
+
+
+def _relative_opacity(cfg: DefectConfig, gen: torch.Generator, full: torch.Tensor, local_std: torch.Tensor,
+                      mask: torch.Tensor) -> float:
+    """The opacity that gives a defect a mean change over its mask of r times the local standard deviation
+    under it, r log-uniform in [``relative_visibility``, ``relative_strength``] (at most 1: a fill too weak for
+    that strength goes in fully opaque, and ``_visible`` then decides)."""
+    inside = mask > 0
+    ratio = math.exp(_uniform(gen, math.log(cfg.relative_visibility), math.log(cfg.relative_strength)))
+    if not bool(inside.any()):
+        return 1.0
+    change, spread = float(full[inside].mean()), float(local_std[inside].mean())
+    return 1.0 if change <= 0 else min(1.0, ratio * max(spread, VISIBLE) / change)
 
 
 def _visible(delta: torch.Tensor, local_std: torch.Tensor, inside: torch.Tensor, ratio: float) -> bool:

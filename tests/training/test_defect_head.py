@@ -80,6 +80,39 @@ def test_surface_defects_must_stand_out_from_the_texture_and_are_never_moved_tex
     assert DefectConfig(relative_visibility=1.0).without("blur").relative_visibility == 1.0
 
 
+def test_relative_strength_draws_each_defect_strength_against_the_texture_under_it() -> None:
+    from edgevae.training.defects import _local_std
+
+    cfg = DefectConfig(probability=1.0, fills=("brightness", "flat", "colour"), max_defects=1,
+                       relative_visibility=1.0, relative_strength=3.0)
+    ratios = {}
+    for name, spread in (("smooth", 0.03), ("rough", 0.15)):
+        x = (0.5 + spread * torch.randn((48, 1, 32, 32), generator=torch.Generator().manual_seed(7))).clamp(0, 1)
+        out, target = synthesize(x, torch.Generator().manual_seed(8), cfg)
+        std = _local_std(x)
+        got = []
+        for i in range(48):
+            changed = (out[i] - x[i]).abs().amax(dim=0)
+            inside = changed > 1e-6
+            if bool(inside.any()):
+                got.append(float(changed[inside].mean()) / float(std[i][inside].mean()))
+        assert len(got) >= 24, f"{name}: most defects are kept"
+        ratios[name] = np.array(got)
+    for name, r in ratios.items():  # the same spread of strengths relative to the texture on either surface
+        assert np.quantile(r, 0.1) > 0.9 and np.quantile(r, 0.9) < 3.3, (name, np.quantile(r, [0.1, 0.9]))
+        assert np.quantile(r, 0.9) / np.quantile(r, 0.1) > 1.5, f"{name}: strengths are drawn, not fixed"
+    with pytest.raises(ValueError, match="relative_strength"):
+        DefectConfig(relative_strength=3.0)  # needs relative_visibility
+    with pytest.raises(ValueError, match="relative_strength"):
+        DefectConfig(relative_visibility=2.0, relative_strength=1.5)
+    from edgevae.training.defect_head import HeadConfig
+
+    stored = HeadConfig(defects=cfg).to_dict()
+    assert HeadConfig.from_dict(stored).defects == cfg
+    del stored["defects"]["relative_strength"]  # a head stored before the option: absolute strengths
+    assert HeadConfig.from_dict(stored).defects.relative_strength == 0
+
+
 def test_hard_negatives_punish_a_false_peak_the_pixel_mean_hardly_sees() -> None:
     from edgevae.training.defect_head import HeadConfig, defect_loss
 
