@@ -569,7 +569,8 @@ def build_manifest(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer, calibratio
                              "parameters": sum(p.numel() for p in head.head.parameters()),
                              "widths": list(head.config.widths), "training": head.summary,
                              "generator": head.config.to_dict()["defects"],
-                             "hard_negatives": head.config.hard_negatives}
+                             "hard_negatives": head.config.hard_negatives,
+                             "labelled_defects": head.config.labelled}
         graphs["defect"] = {"file": DEFECT_FILE, "inputs": {DEFECT_INPUT: ["N", spec.contract.channels, "H", "W"]},
                             "outputs": {DEFECT_OUTPUT: ["N", 1, "H", "W"]}}
     return {

@@ -25,7 +25,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -38,7 +38,7 @@ from edgevae.runtime.atomic import atomic_path
 from edgevae.runtime.contract import uint8_to_unit
 from edgevae.runtime.errors import CheckpointError
 
-from .defects import FILL_FAMILIES, MASK_FAMILIES, DefectConfig, synthesize
+from .defects import FILL_FAMILIES, MASK_FAMILIES, DefectConfig, LabelledDefects, insert_labelled, synthesize
 
 HEAD_FILE = "defect.pt"
 HEAD_FORMAT = "edgevae-defect-head"
@@ -50,6 +50,8 @@ HARD_WEIGHT = 0.5
 HARD_POSITIVES = 4
 # The hard negatives of tiled (position-free) runs, which score an image by the largest logit of any tile.
 SURFACE_HARD_NEGATIVES = 16
+# With labelled defects: the share of every batch's images that carry one (HeadConfig.labelled_share).
+LABELLED_SHARE = 0.25
 
 Progress = Callable[[str, Mapping[str, Any]], None]
 
@@ -76,6 +78,10 @@ class HeadConfig:
             stored config without it is a head trained before the choice existed, read as ``"bilinear"``.
         hard_negatives: per image, how many of the largest logits off the defects the loss also pushes down (and
             the largest on them up); 0: the focal and Dice loss alone (see :func:`defect_loss`).
+        labelled_share: with labelled defects (``train_head(..., labelled=...)``), the share of every batch's
+            images that carry one of them (the synthetic generator still draws over the rest).
+        labelled: how many labelled defective images the head trained on (0: synthetic defects alone); recorded,
+            not chosen.
     """
 
     channels: int = 1
@@ -88,6 +94,8 @@ class HeadConfig:
     time_budget: float | None = None
     upsampling: str = "transposed"
     hard_negatives: int = 0
+    labelled_share: float = LABELLED_SHARE
+    labelled: int = 0
 
     def __post_init__(self) -> None:
         if self.upsampling not in UPSAMPLING:
@@ -103,6 +111,8 @@ class HeadConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if not 0 <= self.hard_negatives <= 4096:
             raise ValueError(f"hard_negatives must be in 0..4096, got {self.hard_negatives}")
+        if not 0.0 < self.labelled_share < 1.0:
+            raise ValueError(f"labelled_share must be in (0, 1), got {self.labelled_share}")
         if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(f"time_budget must be a positive number of seconds or None, got {self.time_budget}")
 
@@ -214,13 +224,18 @@ class HeadResult:
     images: int = 0  # how many normal images (or tiles) the synthetic defects were made from
 
 
-def train_head(images: torch.Tensor, config: HeadConfig, progress: Progress | None = None) -> HeadResult:
+def train_head(images: torch.Tensor, config: HeadConfig, progress: Progress | None = None,
+               labelled: LabelledDefects | None = None) -> HeadResult:
     """Train a defect head on synthetic defects made from ``images`` (N, C, H, W): float in [0, 1], or uint8
     (0..255, converted a batch at a time: a large pool of tiles stays a quarter of the size).
 
     Every step draws a batch of normal images (with random flips), puts defects into about half of them and
-    takes one Adam step on :func:`defect_loss`. Stops after ``config.steps`` or ``config.time_budget`` seconds.
+    takes one Adam step on :func:`defect_loss`. With ``labelled`` (a user's own defects and masks), about
+    ``config.labelled_share`` of every batch carries one of them instead (:func:`insert_labelled`). Stops after
+    ``config.steps`` or ``config.time_budget`` seconds.
     """
+    if labelled is not None:
+        config = replace(config, labelled=len(labelled.images))
     emit = progress or (lambda event, info: None)
     started = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -243,6 +258,8 @@ def train_head(images: torch.Tensor, config: HeadConfig, progress: Progress | No
         if float(torch.rand((), generator=gen)) < 0.5:
             xb = xb.flip(-2)
         xd, target = synthesize(xb, gen, config.defects)
+        if labelled is not None:
+            insert_labelled(xd, target, labelled, gen, config.labelled_share)
         loss = defect_loss(head(xd), target, config.hard_negatives)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -295,4 +295,58 @@ def _visible(delta: torch.Tensor, local_std: torch.Tensor, inside: torch.Tensor,
     return change > VISIBLE and change > ratio * float(local_std[inside].mean())
 
 
-__all__ = ("DefectConfig", "FILL_FAMILIES", "MASK_FAMILIES", "SURFACE_DEFECTS", "synthesize")
+
+
+
+@dataclass(frozen=True)
+class LabelledDefects:
+    """A user's own defective images with their masks: real defects the head trains on beside the synthetic ones.
+
+    ``images`` are float (C, H, W) in [0, 1] and ``masks`` bool (H, W) of the same size, at the resolution the head
+    trains at (a tiled run's native pixels, or the input contract's size); each mask marks at least one pixel.
+    """
+
+    images: tuple[torch.Tensor, ...]
+    masks: tuple[torch.Tensor, ...]
+
+    def __post_init__(self) -> None:
+        if not self.images or len(self.images) != len(self.masks):
+            raise ValueError("labelled defects need at least one image and exactly one mask per image")
+        for i, (img, mask) in enumerate(zip(self.images, self.masks)):
+            if img.ndim != 3 or mask.shape != img.shape[-2:]:
+                raise ValueError(f"labelled defect {i}: mask of shape {tuple(mask.shape)} for an image of shape "
+                                 f"{tuple(img.shape)}; each mask must have its image's height and width")
+            if not bool(mask.any()):
+                raise ValueError(f"labelled defect {i}: its mask marks no pixel; mark the defect, or leave it out")
+
+
+def insert_labelled(batch: torch.Tensor, target: torch.Tensor, examples: LabelledDefects, gen: torch.Generator,
+                    share: float) -> None:
+    """Put real labelled defects into about ``share`` of a batch (in place), as windows of the batch's size cut
+    around a random pixel of a defect (flipped at random): half of them whole (the defect in its own
+    surroundings), half pasted through their mask onto the batch's image (the defect on another normal patch).
+    The target is the mask's window; a pasted defect keeps the target already there."""
+    _, c, h, w = batch.shape
+    for i in range(batch.shape[0]):
+        if float(torch.rand((), generator=gen)) >= share:
+            continue
+        j = int(torch.randint(len(examples.images), (), generator=gen))
+        img, mask = examples.images[j], examples.masks[j]
+        if img.shape[0] != c or img.shape[-2] < h or img.shape[-1] < w:
+            raise ValueError(f"labelled defect {j} is {tuple(img.shape)}; the head trains on ({c}, {h}, {w}) windows")
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        k = int(torch.randint(len(ys), (), generator=gen))
+        y0 = int(ys[k]) - int(torch.randint(h, (), generator=gen))
+        x0 = int(xs[k]) - int(torch.randint(w, (), generator=gen))
+        y0, x0 = min(max(y0, 0), img.shape[-2] - h), min(max(x0, 0), img.shape[-1] - w)
+        window, m = img[:, y0:y0 + h, x0:x0 + w], mask[y0:y0 + h, x0:x0 + w].float()
+        for dim in (-1, -2):
+            if float(torch.rand((), generator=gen)) < 0.5:
+                window, m = window.flip(dim), m.flip(dim)
+        if float(torch.rand((), generator=gen)) < 0.5:
+            batch[i], target[i, 0] = window, m
+        else:
+            batch[i] = torch.where(m[None] > 0, window, batch[i])
+            target[i, 0] = torch.maximum(target[i, 0], m)
+__all__ = ("DefectConfig", "FILL_FAMILIES", "LabelledDefects", "MASK_FAMILIES", "SURFACE_DEFECTS", "insert_labelled",
+           "synthesize")

@@ -67,6 +67,9 @@ class TrainConfig:
         defect_steps: the defect head's optimizer steps (fewer when its time cap comes first).
         defect_time_cap: cap the head's training at the VAE's own wall time (False: exactly ``defect_steps``
             steps, whatever the machine's load: reproducible runs, the test suite's fixtures).
+        labelled_defects: a folder of the user's own defective images, each with a ``NAME_mask`` image beside it
+            (:mod:`edgevae.training.labelled`): the defect head trains on them beside the synthetic defects. None:
+            synthetic defects alone. Read and checked before the VAE trains.
     """
 
     epochs: int = options.EPOCHS
@@ -81,8 +84,11 @@ class TrainConfig:
     defect_head: bool = options.DEFECT_HEAD
     defect_steps: int = options.DEFECT_STEPS
     defect_time_cap: bool = True
+    labelled_defects: str | None = None
 
     def __post_init__(self) -> None:
+        if self.labelled_defects is not None:
+            object.__setattr__(self, "labelled_defects", os.fspath(self.labelled_defects))
         if self.defect_steps < 1:
             raise ValueError(f"defect_steps must be >= 1, got {self.defect_steps}")
         if self.epochs < 1:
@@ -385,6 +391,7 @@ def train(
     emit = (progress or (lambda event, info: None)) if ranks.is_main else (lambda event, info: None)
     try:
         run = _restore(Path(run_dir), data, model_config, train_config, resume, emit, ranks, images)
+        labelled = _labelled(run, emit) if ranks.is_main and run.train_config.defect_head else None
         for epoch in range(run.start_epoch, run.train_config.epochs):
             _run_epoch(run, epoch, emit, started)
         out, best_epoch, best, history = run.out, run.best_epoch, run.best, run.history
@@ -405,7 +412,7 @@ def train(
 
         if time_cap:
             head_config = replace(head_config, time_budget=vae_seconds)
-        head = train_head(head_images, head_config, progress=emit)
+        head = train_head(head_images, head_config, progress=emit, labelled=labelled)
         head_path, head_seconds = save_head(head, out), head.seconds
     seconds = time.perf_counter() - started
     emit("done", {"best_epoch": best_epoch, "best_val_neg_elbo": best, "seconds": seconds,
@@ -479,6 +486,18 @@ def _head_config(run: "_Run") -> Any:
     surface = {"defects": SURFACE_DEFECTS, "hard_negatives": SURFACE_HARD_NEGATIVES} if run.tiles is not None else {}
     return HeadConfig(channels=int(run.model_config.channels or 1), steps=run.train_config.defect_steps,
                       seed=run.train_config.seed, **surface)
+
+
+def _labelled(run: "_Run", emit: Progress) -> Any:
+    """The run's labelled defects (``TrainConfig.labelled_defects``) read for its head, or None."""
+    if run.train_config.labelled_defects is None:
+        return None
+    from .labelled import load_labelled
+
+    found = load_labelled(run.train_config.labelled_defects, run.model_config.contract, run.data.tile,
+                          run.data.downscale)
+    emit("labelled", {"images": len(found.images), "pixels": int(sum(int(m.sum()) for m in found.masks))})
+    return found
 
 
 def _run_epoch(run: _Run, epoch: int, emit: Progress, started: float) -> None:

@@ -52,7 +52,9 @@ def info(bundle: str, providers: str, trusted_key: tuple[str, ...], as_json: boo
         d = m.defect.raw
         trained = d.get("training") or {}
         click.echo(f"defect head   {m.defect.file}: {d.get('parameters', '?')} weights, trained "
-                   f"{trained.get('steps', '?')} steps on synthetic defects; map = sigmoid of its logits (any image "
+                   f"{trained.get('steps', '?')} steps on synthetic defects"
+                   + (f" and {d['labelled_defects']} labelled defective images" if d.get("labelled_defects") else "")
+                   + f"; map = sigmoid of its logits (any image "
                    f"size); defect = largest mean logit over {sp.defect_window}x{sp.defect_window} px")
     else:
         click.echo("defect head   none (bundle made without one: no defect map or defect score)")

@@ -66,6 +66,10 @@ from .common import errors, given, need_training
                    "(never longer than the VAE took); export ships it as defect.onnx.")
 @click.option("--defect-steps", type=click.IntRange(min=1), show_default=str(options.DEFECT_STEPS),
               help="The defect head's optimizer steps (fewer if the VAE's training time runs out first).")
+@click.option("--labelled-defects", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A folder of your own defective images, each NAME.png with a NAME_mask.png beside it (white on the "
+                   "defect): the defect head trains on them beside its synthetic defects. A few per kind help most "
+                   "on rough textures (docs/scoring.md).")
 @click.option("--seed", type=int, show_default=str(options.SEED))
 @click.option("--plain", is_flag=True,
               help="Train the plain-autoencoder limit (s = 0: no sampling, no KL term), to compare with the VAE.")
@@ -116,7 +120,8 @@ def train(source: str, classes: str | None, labels: str | None, run_dir: str, ch
 _MODEL_OPTIONS = ("latent_dim", "widths", "hidden", "refine", "likelihood", "activation", "encoder_activation")
 _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "val_fraction": "val_fraction",
                   "seed": "seed", "beta": "beta", "kl_warmup": "kl_warmup_epochs", "augment_shift": "augment_shift",
-                  "augment_rotate": "augment_rotate", "defect_head": "defect_head", "defect_steps": "defect_steps"}
+                  "augment_rotate": "augment_rotate", "defect_head": "defect_head", "defect_steps": "defect_steps",
+                  "labelled_defects": "labelled_defects"}
 
 
 def _parse_ints(text: str, option: str) -> tuple[int, ...]:
@@ -178,6 +183,9 @@ class _TrainingProgress:
             click.echo(f"defect head: {info['steps']} steps in {info['seconds']:.1f} s{early}", err=True)
         elif event == "skipped":
             click.echo(f"skipped: {info['item']}", err=True)
+        elif event == "labelled":
+            click.echo(f"labelled defects: {info['images']} images ({info['pixels']} defect pixels); the defect head "
+                       f"trains on them beside its synthetic defects", err=True)
         elif event == "model":
             cfg = info["config"]
             if info["source"]:

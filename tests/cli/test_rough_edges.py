@@ -201,3 +201,22 @@ def test_docs_name_the_estimators_real_default() -> None:
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "python-api.md").read_text()
     assert f'OutlierVAE(method="{options.DEFAULT_METHOD}"' in text
+
+
+def test_a_bad_labelled_defect_stops_training_before_it_starts(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from edgevae.cli import main
+
+    data, labelled = tmp_path / "data", tmp_path / "labelled"
+    data.mkdir(), labelled.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray((rng.random((40, 40)) * 255).astype(np.uint8)).save(data / f"n{i}.png")
+    Image.fromarray((rng.random((40, 40)) * 255).astype(np.uint8)).save(labelled / "crack.png")
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(labelled / "crack_mask.png")
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--tile", "16", "--epochs", "1",
+                                  "--labelled-defects", str(labelled), "-o", str(tmp_path / "run")])
+    assert r.exit_code != 0 and "crack_mask.png: the mask marks no pixel" in r.output, r.output
+    assert "train loss" not in r.output, "nothing trains before the labelled defects are checked"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from edgevae.runtime.errors import ArrayInputError
 from edgevae.runtime.tiles import TILE_BATCH, TileGrid, size_adjusted_fpr, size_adjusted_p, stitch, tile_starts
@@ -64,12 +65,22 @@ def tiled_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(0)
     images = [_texture(rng, int(rng.integers(32, 56)), int(rng.integers(32, 56))) for _ in range(40)]
     run = tmp_path_factory.mktemp("tiled_run")
+    labelled = tmp_path_factory.mktemp("labelled")  # three of the user's own defects: bright 2-px scratches
+    for i in range(3):
+        img = _texture(rng, 40, 40)[0]
+        mask = np.zeros_like(img)
+        mask[10 + 5 * i:12 + 5 * i, 4:30] = 255
+        img[mask > 0] = 255
+        Image.fromarray(img).save(labelled / f"scratch{i}.png")
+        Image.fromarray(mask).save(labelled / f"scratch{i}_mask.png")
     events: list[tuple[str, dict]] = []
     train(DataSpec(tile=TILE, tiles_per_epoch=256), run, ModelConfig(latent_dim=4, widths=(8, 16), hidden=32),
-          TrainConfig(epochs=4, seed=0, defect_steps=30), images=images,  # type: ignore[arg-type]
+          TrainConfig(epochs=4, seed=0, defect_steps=30, labelled_defects=str(labelled)),
+          images=images,  # type: ignore[arg-type]
           progress=lambda event, info: events.append((event, dict(info))))
     split = next(info for event, info in events if event == "split")
     assert split["tiles"]["per_epoch"] == 256 and split["n_val"] == 10
+    assert next(info for event, info in events if event == "labelled") == {"images": 3, "pixels": 3 * 2 * 26}
     out = tmp_path_factory.mktemp("tiled_bundles") / "tiled"
     export_bundle(run, out, ExportConfig(elbo_samples=4, iwae_samples=16, variants=("fp16",)))
     return out
@@ -91,6 +102,7 @@ def test_a_tiled_bundle_records_its_tiles_and_calibrates_on_whole_images(tiled_b
     assert head["hard_negatives"] > 0 and head["generator"]["relative_visibility"] > 0
     assert "same_image" not in head["generator"]["fills"] and model.spec.defect_window == 1
     assert head["training"]["images"] == SURFACE_HEAD_TILES  # a large pool of distinct tiles
+    assert head["labelled_defects"] == 3 and head["generator"]["relative_strength"] == 0
     # combined gives its defect part half the false-alarm budget (TILED_DEFECT_SHARE); the VAE's parts share the rest
     parts, weights = manifest["scoring"]["combined"]["parts"], manifest["scoring"]["combined"]["weights"]
     shares = dict(zip(parts, np.array(weights) / sum(weights)))
