@@ -83,6 +83,32 @@ class LargeTask:
     visibility: dict[str, float] = field(default_factory=dict)
 
 
+def benchmark_defects() -> dict[str, Any]:
+    """The defect kinds of the benchmark (KINDS): 3-6 px spots, 10-25 px 1-px scratches, 6-10 px patches."""
+    return {"spot": spot(0.45, (3, 7)), "scratch": scratch(0.4, (10, 25)), "discoloured": discolour_patch((6, 11))}
+
+
+def labelled_folder(work: Path, task_name: str, side: int, per_kind: int, seed: int = 1) -> Path:
+    """A user's few labelled defects: ``per_kind`` new views of the photograph's *training* half (never the test
+    half) per kind, each with one defect of that kind, written as PNG files with ``NAME_mask.png`` masks."""
+    source, channels = TASKS[task_name]
+    rng = np.random.default_rng(10_000 + seed)
+    img = photo(source)[..., :channels]
+    part = img[:, : img.shape[1] // 2]
+    folder = work / f"{task_name}_labelled_{per_kind}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind, defect in benchmark_defects().items():
+        for i in range(per_kind):
+            y = int(rng.integers(0, part.shape[0] - side + 1))
+            x = int(rng.integers(0, part.shape[1] - side + 1))
+            view = np.ascontiguousarray(np.rot90(part[y:y + side, x:x + side], int(rng.integers(4))))
+            out, mask = defect(rng, view)
+            pixels = to_uint8([out])[0]
+            Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(folder / f"{kind}{i}.png")
+            Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{kind}{i}_mask.png")
+    return folder
+
+
 def large_task(name: str, side: int, n_train: int, n_test: int, n_calibration: int, n_fpr: int,
                seed: int = 0) -> LargeTask:
     """Views of ``side`` x ``side`` from two disjoint regions of the task's photograph: the left half (training)
@@ -104,7 +130,7 @@ def large_task(name: str, side: int, n_train: int, n_test: int, n_calibration: i
                      to_uint8([view(test_part) for _ in range(n_test)]),
                      calibration=to_uint8([view(test_part) for _ in range(n_calibration)]),
                      fpr_normal=to_uint8([view(test_part) for _ in range(n_fpr)]))
-    defects = {"spot": spot(0.45, (3, 7)), "scratch": scratch(0.4, (10, 25)), "discoloured": discolour_patch((6, 11))}
+    defects = benchmark_defects()
     for kind in KINDS:
         pairs = [(v, *defects[kind](rng, v)) for v in (view(test_part) for _ in range(n_test))]
         task.anomalies[kind] = to_uint8([p[1] for p in pairs])
@@ -322,6 +348,9 @@ def peak_memory(bundle: Path, data: Path, side: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = benchmark_parser(__doc__ or "", "tiles")
     parser.add_argument("--tasks", default=",".join(TASKS), help="tasks to run")
+    parser.add_argument("--labelled", type=int, default=5,
+                        help="also train a tiled model whose defect head sees this many labelled defects per kind, "
+                             "made on views of the training half (0: leave that model out)")
     parser.add_argument("--work", help="keep the runs, the bundles and the views in this folder (default: a "
                                        "temporary one)")
     args = parser.parse_args(argv)
@@ -359,6 +388,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                              "fpr_export_calibration": before["tiled"]},
                                    "resize": {**evaluate(task, resized, False), "cost": resize_cost,
                                               "fpr_export_calibration": before["resize"]}}
+            if args.labelled:
+                folder = labelled_folder(work, name, side, 1 if args.smoke else args.labelled)
+                _, labelled_cost = train_and_export(work, task, "labelled", ["--tile", str(tile), "--labelled-defects",
+                                                                             str(folder), *epochs])
+                labelled_cost["calibrate_seconds"] = calibrate(work, task, work / f"bundle_{name}_labelled")
+                labelled = load(work / f"bundle_{name}_labelled", ["CPUExecutionProvider"])
+                row["labelled"] = {**evaluate(task, labelled, True), "cost": labelled_cost,
+                                   "per_kind": 1 if args.smoke else args.labelled}
             row["tiled"]["combined_parts"] = list(tiled.spec.combined_parts)
             row["resize"]["combined_parts"] = list(resized.spec.combined_parts)
             row["tiled"]["throughput"] = throughput(tiled, task.normal[: 8 if args.smoke else 40])
@@ -408,6 +445,22 @@ def markdown(report: dict[str, Any]) -> str:
             tp, rp = t["pixel_auroc"][kind], r["pixel_auroc"][kind]
             lines.append(f"| {kind} | {_fmt(tp['anomaly'])} / {_fmt(rp['anomaly'])} | "
                          f"{_fmt(tp.get('defect', float('nan')))} / {_fmt(rp.get('defect', float('nan')))} |")
+        if "labelled" in row:
+            lb = row["labelled"]
+            lines += ["", f"With **{lb['per_kind']} labelled defects per kind** (`edgevae train --tile "
+                          f"{report['tile']} --labelled-defects DIR`: {lb['per_kind']} views of the training half per kind, "
+                          f"each with one defect of that kind and its mask; the test views come from the other half), "
+                          f"image AUROC and the defect map's pixel AUROC (labelled / synthetic alone, the tiled model "
+                          f"above):", "", "| kind | combined | defect | defect map pixel AUROC |", "|---|---|---|---|"]
+            for kind in (k for k in (*KINDS, OTHER) if k in lb["auroc"]):
+                cells = [f"{_fmt(lb['auroc'][kind].get(m, float('nan')))} / "
+                         f"{_fmt(t['auroc'][kind].get(m, float('nan')))}" for m in ("combined", "defect")]
+                pix = (f"{_fmt(lb['pixel_auroc'][kind].get('defect', float('nan')))} / "
+                       f"{_fmt(t['pixel_auroc'][kind].get('defect', float('nan')))}") if kind in KINDS else "-"
+                lines.append(f"| {kind} | " + " | ".join(cells) + f" | {pix} |")
+            lines += ["", f"False-positive rate of its `combined` at the stored 1 % (calibrated as above): "
+                          f"{100 * lb['fpr_at_stored']:.1f} % of {lb['fpr_images']}. Training "
+                          f"{lb['cost']['train_seconds']:.0f} s, export {lb['cost']['export_seconds']:.0f} s."]
         tp, pk = t["throughput"], t["peak"]
         if "combined_parts" in t:
             lines += ["", f"`combined` joins {', '.join(t['combined_parts'])} (tiled) and "
