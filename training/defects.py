@@ -30,7 +30,7 @@ describes the generator; benchmarks/real_images.py measures how it generalises b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -47,6 +47,8 @@ VISIBLE = 0.02
 VISIBILITY_ATTEMPTS = 4
 # The side of the square the local standard deviation of ``relative_visibility`` is measured over.
 VISIBILITY_WINDOW = 7
+# The square around a labelled defect whose unmasked pixels estimate the surface under it (LabelledDefects.changes).
+TRANSFER_WINDOW = 15
 
 
 @dataclass(frozen=True)
@@ -304,10 +306,13 @@ class LabelledDefects:
 
     ``images`` are float (C, H, W) in [0, 1] and ``masks`` bool (H, W) of the same size, at the resolution the head
     trains at (a tiled run's native pixels, or the input contract's size); each mask marks at least one pixel.
+    ``changes`` (computed) is what each defect changed: the image minus an estimate of the surface under the mask
+    (the mean of the unmasked pixels around it, ``TRANSFER_WINDOW`` square), zero off the mask.
     """
 
     images: tuple[torch.Tensor, ...]
     masks: tuple[torch.Tensor, ...]
+    changes: tuple[torch.Tensor, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.images or len(self.images) != len(self.masks):
@@ -318,14 +323,35 @@ class LabelledDefects:
                                  f"{tuple(img.shape)}; each mask must have its image's height and width")
             if not bool(mask.any()):
                 raise ValueError(f"labelled defect {i}: its mask marks no pixel; mark the defect, or leave it out")
+        object.__setattr__(self, "changes", tuple(_change(img, mask) for img, mask in zip(self.images, self.masks)))
+
+
+def _change(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``image`` minus the mean of the unmasked pixels in a ``TRANSFER_WINDOW`` square around each pixel (wider
+    where the window holds none), on the mask; zero elsewhere."""
+    off = (~mask).float()[None, None]
+    x = image[None]
+    window = TRANSFER_WINDOW
+    while True:
+        pad = window // 2
+        total = F.avg_pool2d(F.pad(x * off, (pad,) * 4), window, stride=1)
+        count = F.avg_pool2d(F.pad(off, (pad,) * 4), window, stride=1)
+        if bool((count[0, 0][mask] > 0).all()) or window > 4 * max(image.shape[-2:]):
+            break
+        window = 2 * window + 1
+    under = total / count.clamp_min(1e-6)
+    return ((x - under)[0] * mask[None].float())
 
 
 def insert_labelled(batch: torch.Tensor, target: torch.Tensor, examples: LabelledDefects, gen: torch.Generator,
                     share: float) -> None:
     """Put real labelled defects into about ``share`` of a batch (in place), as windows of the batch's size cut
     around a random pixel of a defect (flipped at random): half of them whole (the defect in its own
-    surroundings), half pasted through their mask onto the batch's image (the defect on another normal patch).
-    The target is the mask's window; a pasted defect keeps the target already there."""
+    surroundings), half added onto the batch's image through their mask (the defect on another normal patch).
+    The target is the mask's window; a pasted defect keeps the target already there.
+
+    A pasted defect adds what it changed (``LabelledDefects.changes``) to the new surface, not its own pixels: the
+    surface it was found on stays behind, so a few examples do not teach the head their own backgrounds."""
     _, c, h, w = batch.shape
     for i in range(batch.shape[0]):
         if float(torch.rand((), generator=gen)) >= share:
@@ -340,13 +366,16 @@ def insert_labelled(batch: torch.Tensor, target: torch.Tensor, examples: Labelle
         x0 = int(xs[k]) - int(torch.randint(w, (), generator=gen))
         y0, x0 = min(max(y0, 0), img.shape[-2] - h), min(max(x0, 0), img.shape[-1] - w)
         window, m = img[:, y0:y0 + h, x0:x0 + w], mask[y0:y0 + h, x0:x0 + w].float()
+        change = examples.changes[j][:, y0:y0 + h, x0:x0 + w]
         for dim in (-1, -2):
             if float(torch.rand((), generator=gen)) < 0.5:
-                window, m = window.flip(dim), m.flip(dim)
+                window, m, change = window.flip(dim), m.flip(dim), change.flip(dim)
+        if h == w and float(torch.rand((), generator=gen)) < 0.5:
+            window, m, change = window.transpose(-1, -2), m.transpose(-1, -2), change.transpose(-1, -2)
         if float(torch.rand((), generator=gen)) < 0.5:
             batch[i], target[i, 0] = window, m
         else:
-            batch[i] = torch.where(m[None] > 0, window, batch[i])
+            batch[i] = (batch[i] + change).clamp(0.0, 1.0)
             target[i, 0] = torch.maximum(target[i, 0], m)
 __all__ = ("DefectConfig", "FILL_FAMILIES", "LabelledDefects", "MASK_FAMILIES", "SURFACE_DEFECTS", "insert_labelled",
            "synthesize")

@@ -80,6 +80,13 @@ def test_labelled_defects_go_into_a_share_of_the_batch_whole_or_pasted() -> None
     assert torch.equal(batch[~carried], torch.full_like(batch[~carried], 0.5))
     with pytest.raises(ValueError, match="marks no pixel"):
         LabelledDefects((img,), (torch.zeros_like(mask),))
+    surface = 0.3 + 0.05 * torch.randn((1, 40, 40), generator=torch.Generator().manual_seed(1))
+    patch = torch.zeros((40, 40), dtype=torch.bool)
+    patch[10:30, 12:32] = True  # wider than the transfer window: the estimate widens to reach the surface
+    moved = LabelledDefects((surface + 0.4 * patch,), (patch,))
+    change = moved.changes[0]
+    assert float(change[0][~patch].abs().max()) == 0.0
+    assert float(change[0][patch].mean()) == pytest.approx(0.4, abs=0.03), "the defect's change, not its surface"
     with pytest.raises(ValueError, match="windows"):
         insert_labelled(torch.zeros((4, 1, 48, 48)), torch.zeros((4, 1, 48, 48)), examples,
                         torch.Generator().manual_seed(0), share=0.99)
