@@ -89,6 +89,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.labelled_defects is not None:
             object.__setattr__(self, "labelled_defects", os.fspath(self.labelled_defects))
+            if not self.defect_head:
+                raise ValueError("labelled defects train the defect head, which this run leaves out: drop "
+                                 "--no-defect-head (defect_head=False) or --labelled-defects")
         if self.defect_steps < 1:
             raise ValueError(f"defect_steps must be >= 1, got {self.defect_steps}")
         if self.epochs < 1:

@@ -90,3 +90,11 @@ def test_labelled_defects_go_into_a_share_of_the_batch_whole_or_pasted() -> None
     with pytest.raises(ValueError, match="windows"):
         insert_labelled(torch.zeros((4, 1, 48, 48)), torch.zeros((4, 1, 48, 48)), examples,
                         torch.Generator().manual_seed(0), share=0.99)
+
+
+def test_labelled_defects_need_the_defect_head() -> None:
+    from edgevae.training.loop import TrainConfig
+
+    assert TrainConfig(labelled_defects=Path("x")).labelled_defects == "x"
+    with pytest.raises(ValueError, match="no-defect-head"):
+        TrainConfig(labelled_defects="x", defect_head=False)
