@@ -88,6 +88,15 @@ def benchmark_defects() -> dict[str, Any]:
     return {"spot": spot(0.45, (3, 7)), "scratch": scratch(0.4, (10, 25)), "discoloured": discolour_patch((6, 11))}
 
 
+def random_view(rng: np.random.Generator, part: np.ndarray, side: int, flip: bool = True) -> np.ndarray:
+    """A ``side`` x ``side`` view of ``part`` at a random place, turned a random number of quarter turns and (with
+    ``flip``) mirrored at random."""
+    y = int(rng.integers(0, part.shape[0] - side + 1))
+    x = int(rng.integers(0, part.shape[1] - side + 1))
+    v = np.rot90(part[y:y + side, x:x + side], int(rng.integers(4)))
+    return np.ascontiguousarray(v[:, ::-1] if flip and rng.integers(2) else v)
+
+
 def labelled_folder(work: Path, task_name: str, side: int, per_kind: int, seed: int = 1) -> Path:
     """A user's few labelled defects: ``per_kind`` new views of the photograph's *training* half (never the test
     half) per kind, each with one defect of that kind, written as PNG files with ``NAME_mask.png`` masks."""
@@ -99,10 +108,7 @@ def labelled_folder(work: Path, task_name: str, side: int, per_kind: int, seed: 
     folder.mkdir(parents=True, exist_ok=True)
     for kind, defect in benchmark_defects().items():
         for i in range(per_kind):
-            y = int(rng.integers(0, part.shape[0] - side + 1))
-            x = int(rng.integers(0, part.shape[1] - side + 1))
-            view = np.ascontiguousarray(np.rot90(part[y:y + side, x:x + side], int(rng.integers(4))))
-            out, mask = defect(rng, view)
+            out, mask = defect(rng, random_view(rng, part, side, flip=False))
             pixels = to_uint8([out])[0]
             Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(folder / f"{kind}{i}.png")
             Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{kind}{i}_mask.png")
@@ -120,11 +126,7 @@ def large_task(name: str, side: int, n_train: int, n_test: int, n_calibration: i
     train_part, test_part = img[:, : w // 2], img[:, w // 2:]
 
     def view(part: np.ndarray) -> np.ndarray:
-        y = int(rng.integers(0, part.shape[0] - side + 1))
-        x = int(rng.integers(0, part.shape[1] - side + 1))
-        v = part[y:y + side, x:x + side]
-        v = np.rot90(v, int(rng.integers(4)))
-        return np.ascontiguousarray(v[:, ::-1] if rng.integers(2) else v)
+        return random_view(rng, part, side)
 
     task = LargeTask(name, to_uint8([view(train_part) for _ in range(n_train)]),
                      to_uint8([view(test_part) for _ in range(n_test)]),
