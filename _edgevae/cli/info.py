@@ -53,7 +53,8 @@ def info(bundle: str, providers: str, trusted_key: tuple[str, ...], as_json: boo
         trained = d.get("training") or {}
         click.echo(f"defect head   {m.defect.file}: {d.get('parameters', '?')} weights, trained "
                    f"{trained.get('steps', '?')} steps on synthetic defects"
-                   + (f" and {d['labelled_defects']} labelled defective images" if d.get("labelled_defects") else "")
+                   + (f" and {d['labelled_defects']} labelled defective image"
+                      f"{'s' if d['labelled_defects'] != 1 else ''}" if d.get("labelled_defects") else "")
                    + f"; map = sigmoid of its logits (any image "
                    f"size); defect = largest mean logit over {sp.defect_window}x{sp.defect_window} px")
     else:

@@ -184,7 +184,8 @@ class _TrainingProgress:
         elif event == "skipped":
             click.echo(f"skipped: {info['item']}", err=True)
         elif event == "labelled":
-            click.echo(f"labelled defects: {info['images']} images ({info['pixels']} defect pixels); the defect head "
+            click.echo(f"labelled defects: {info['images']} image{'s' if info['images'] != 1 else ''} ({info['pixels']} "
+                       f"defect pixels); the defect head "
                        f"trains on them beside its synthetic defects", err=True)
         elif event == "model":
             cfg = info["config"]
