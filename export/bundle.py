@@ -25,6 +25,8 @@ from edgevae.runtime.options import (
     CALIBRATION_FPR,
     COMBINED_PARTS,
     DEFAULT_METHOD,
+    DEFECT_UPSAMPLING,
+    DEFECT_UPSAMPLINGS,
     DEFECT_WINDOW,
     ELBO_SAMPLES,
     IWAE_SAMPLES,
@@ -33,6 +35,7 @@ from edgevae.runtime.options import (
     SCORE_SEED,
     SMOOTH_SIGMA,
     TILED_DEFECT_SHARE,
+    TILED_DEFECT_UPSAMPLING,
     TILED_DEFECT_WINDOW,
     VARIANTS,
 )
@@ -99,6 +102,11 @@ class ExportConfig:
         defect_head: ship the run's defect head (``defect.pt``, when it has one) as ``defect.onnx``.
         defect_window: side of the square the ``defect`` score averages the head's logits over; None:
             ``DEFECT_WINDOW``, or ``TILED_DEFECT_WINDOW`` for a tiled run.
+        defect_upsampling: how the exported defect graph brings the head's half-resolution logits to the image's
+            size, one of ``DEFECT_UPSAMPLINGS``: ``bilinear`` (a smooth map) or ``nearest`` (each logit over a 2x2
+            block, so that the map's largest value is the head's largest logit; a bilinear map lowers a peak one
+            logit wide, such as a thin scratch's). None: ``DEFECT_UPSAMPLING``, or ``TILED_DEFECT_UPSAMPLING`` for
+            a tiled run.
         tile_stride: a tiled run's (``--tile``) distance between neighbouring tiles when scoring large images;
             None: half a tile.
         camera: a tiled run's kind of camera (``CAMERAS``): ``fixed`` (the same scene in every frame of one size:
@@ -123,6 +131,7 @@ class ExportConfig:
     ort_format: bool = False
     defect_head: bool = True
     defect_window: int | None = None
+    defect_upsampling: str | None = None
     tile_stride: int | None = None
     camera: str = "auto"
     align_radius: int = ALIGN_RADIUS
@@ -132,6 +141,9 @@ class ExportConfig:
             raise ValueError(f"align_radius must be in 0..{ALIGN_RADIUS_MAX} pixels, got {self.align_radius}")
         if self.camera not in CAMERAS:
             raise ValueError(f"camera must be one of {', '.join(CAMERAS)}, got {self.camera!r}")
+        if self.defect_upsampling is not None and self.defect_upsampling not in DEFECT_UPSAMPLINGS:
+            raise ValueError(f"defect_upsampling must be one of {', '.join(DEFECT_UPSAMPLINGS)} or None, got "
+                             f"{self.defect_upsampling!r}")
         if self.tile_stride is not None and self.tile_stride < 1:
             raise ValueError(f"tile_stride must be >= 1 or None (half a tile), got {self.tile_stride}")
         if not 0.0 < self.fpr < 0.5:
@@ -238,6 +250,10 @@ def export_bundle(
     cfg = cfg.for_head(head is not None)
     if cfg.defect_window is None:
         cfg = replace(cfg, defect_window=TILED_DEFECT_WINDOW if ck.data.tile is not None else DEFECT_WINDOW)
+    if cfg.defect_upsampling is None:
+        cfg = replace(cfg, defect_upsampling=TILED_DEFECT_UPSAMPLING if ck.data.tile is not None else DEFECT_UPSAMPLING)
+    if head is not None:  # the module that is exported and checked: the trained head with the chosen last step
+        head = replace(head, head=head.head.with_output(cfg.defect_upsampling or DEFECT_UPSAMPLING))
     cfg = cfg.for_tiles(ck.data.tile is not None)
     references, images = _export_images(ck, calibration_images, reference_images)
     say("exporting encoder.onnx and decoder.onnx" + (" and defect.onnx" if head is not None else ""))
@@ -570,7 +586,8 @@ def build_manifest(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer, calibratio
                              "widths": list(head.config.widths), "training": head.summary,
                              "generator": head.config.to_dict()["defects"],
                              "hard_negatives": head.config.hard_negatives,
-                             "labelled_defects": head.config.labelled}
+                             "labelled_defects": head.config.labelled,
+                             "upsampling": head.head.output}
         graphs["defect"] = {"file": DEFECT_FILE, "inputs": {DEFECT_INPUT: ["N", spec.contract.channels, "H", "W"]},
                             "outputs": {DEFECT_OUTPUT: ["N", 1, "H", "W"]}}
     return {

@@ -112,6 +112,13 @@ DEFECT_WINDOW = 5
 # ... and a tiled bundle's (train --tile): the largest logit itself. Its head trains with hard negatives against
 # false peaks, and a defect of 3-10 px on a texture is averaged away by a wider window (docs/scoring.md).
 TILED_DEFECT_WINDOW = 1
+# How the exported defect graph brings the head's half-resolution logits to the image's size: "bilinear" (a smooth
+# map, below the head's own peak on a feature one logit wide) or "nearest" (each logit over a 2x2 block: the map's
+# largest value is the head's largest logit). Untiled bundles keep bilinear; tiled ones, scored by the largest logit
+# on textures whose thin defects make narrow peaks, take nearest (docs/scoring.md).
+DEFECT_UPSAMPLINGS = ("bilinear", "nearest")
+DEFECT_UPSAMPLING = "bilinear"
+TILED_DEFECT_UPSAMPLING = "nearest"
 # A tiled bundle's ``combined`` gives its ``defect`` part this share of the false-alarm budget (weighted Bonferroni;
 # the other parts share the rest): tiles are for small local defects, which the head is built to find, and the VAE's
 # four parts are all global scores of one model. Untiled bundles keep equal shares (docs/scoring.md).

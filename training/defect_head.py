@@ -21,6 +21,7 @@ ships it as ``defect.onnx``.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -58,6 +59,8 @@ Progress = Callable[[str, Mapping[str, Any]], None]
 
 # How the head returns to half resolution (DefectHead); the first is the default.
 UPSAMPLING = ("transposed", "bilinear")
+# How the head's half-resolution logits reach the input's size (DefectHead.output); the first is the default.
+OUTPUTS = options.DEFECT_UPSAMPLINGS
 
 
 @dataclass(frozen=True)
@@ -147,13 +150,22 @@ class DefectHead(nn.Module):
     adds the skip connection; ``"bilinear"`` (heads trained before it) interpolates and concatenates. The second
     does the same work in more time: onnxruntime runs Resize and Concat outside its blocked convolution layout, so
     each costs two layout changes (benchmarks/defect_cost.py).
+
+    ``output`` is the last step, from the half-resolution logits to the input's size. ``"bilinear"`` (the default,
+    and what the head trains with) gives a smooth map; every output pixel then lies between the head's own
+    logits, so a peak one logit wide (a thin scratch) comes out lower than the logit itself. ``"nearest"`` gives
+    each logit a 2x2 block: the map's largest value *is* the head's largest logit. Export chooses it per bundle
+    (``ExportConfig.defect_upsampling``); it has no weights, so one trained head serves both.
     """
 
     def __init__(self, channels: int, widths: tuple[int, int, int] = options.DEFECT_WIDTHS,
-                 upsampling: str = "transposed") -> None:
+                 upsampling: str = "transposed", output: str = "bilinear") -> None:
         super().__init__()
         if upsampling not in UPSAMPLING:
             raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLING)}, got {upsampling!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+        self.output = output
         w0, w1, w2 = widths
         self.upsampling = upsampling
         self.halves = nn.Sequential(_conv(channels, w0, stride=2), _conv(w0, w0))
@@ -179,8 +191,19 @@ class DefectHead(nn.Module):
                                            q], 1))
             h = self.up_half(torch.cat([F.interpolate(q, size=h.shape[-2:], mode="bilinear", align_corners=False),
                                         h], 1))
+        if self.output == "nearest":
+            nearest: torch.Tensor = F.interpolate(self.out(h), size=x.shape[-2:], mode="nearest")
+            return nearest
         logits: torch.Tensor = F.interpolate(self.out(h), size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits
+
+    def with_output(self, output: str) -> "DefectHead":
+        """A copy of this head (same weights) whose last step is ``output`` (``OUTPUTS``), in eval mode."""
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+        twin = copy.deepcopy(self).eval()
+        twin.output = output
+        return twin
 
 
 def defect_loss(logits: torch.Tensor, target: torch.Tensor, hard_negatives: int = 0) -> torch.Tensor:
@@ -323,5 +346,5 @@ def load_head(run_dir: str | os.PathLike[str]) -> LoadedHead | None:
     return LoadedHead(head, config, summary)
 
 
-__all__ = ("DefectHead", "FILL_FAMILIES", "HEAD_FILE", "HeadConfig", "HeadResult", "LoadedHead", "MASK_FAMILIES",
+__all__ = ("DefectHead", "FILL_FAMILIES", "OUTPUTS", "HEAD_FILE", "HeadConfig", "HeadResult", "LoadedHead", "MASK_FAMILIES",
            "SURFACE_HARD_NEGATIVES", "defect_loss", "load_head", "save_head", "train_head")

@@ -56,7 +56,8 @@ def info(bundle: str, providers: str, trusted_key: tuple[str, ...], as_json: boo
                    + (f" and {d['labelled_defects']} labelled defective image"
                       f"{'s' if d['labelled_defects'] != 1 else ''}" if d.get("labelled_defects") else "")
                    + f"; map = sigmoid of its logits (any image "
-                   f"size); defect = largest mean logit over {sp.defect_window}x{sp.defect_window} px")
+                   f"size, {d.get('upsampling', 'bilinear')} from half resolution); defect = largest mean logit "
+                   f"over {sp.defect_window}x{sp.defect_window} px")
     else:
         click.echo("defect head   none (bundle made without one: no defect map or defect score)")
     if m.tiling is not None:

@@ -141,8 +141,11 @@ def test_train_export_score_in_real_subprocesses(tmp_path: Path, sample_folder: 
     assert "best validation negative ELBO" in p.stdout and (tmp_path / "run" / "best.pt").exists()
     stored = json.loads((tmp_path / "run" / "metrics.json").read_text())["model_config"]
     assert (stored["activation"], stored["encoder_activation"]) == ("silu", "relu")  # the default
-    p = run("export", "run", "-o", "bundle", "--elbo-samples", "2")
+    p = run("export", "run", "-o", "bundle", "--elbo-samples", "2", "--defect-upsampling", "nearest")
     assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / "bundle" / "edgevae.json").read_text())["scoring"]["defect"]["upsampling"] == "nearest"
+    p = run("info", "bundle")
+    assert p.returncode == 0 and "nearest from half resolution" in p.stdout, p.stderr
     p = run("score", str(sample_folder), "-m", "bundle", "--format", "csv")
     assert p.returncode == 0, p.stderr
     assert len(p.stdout.splitlines()) == 17

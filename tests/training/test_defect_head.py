@@ -176,6 +176,34 @@ def test_a_head_stored_before_the_upsampling_choice_loads_as_bilinear() -> None:
         HeadConfig(upsampling="nearest")
 
 
+def test_a_nearest_last_step_keeps_the_heads_own_peak_which_bilinear_lowers() -> None:
+    from edgevae.training.defect_head import DefectHead
+
+    torch.manual_seed(0)
+    head = DefectHead(1).eval()
+    nearest = head.with_output("nearest")
+    assert head.output == "bilinear" and nearest.output == "nearest" and nearest is not head
+    x = torch.rand((2, 1, 37, 50))
+    seen: list[torch.Tensor] = []
+    nearest.out.register_forward_hook(lambda module, inputs, output: seen.append(output))
+    with torch.no_grad():
+        smooth, blocks = head(x), nearest(x)
+    half = seen[0]  # the head's own logits, at half resolution (19 x 25)
+    assert blocks.shape == smooth.shape == (2, 1, 37, 50)
+    # every output pixel is one of the head's own logits: the map's largest value is the head's largest logit
+    np.testing.assert_allclose(blocks.flatten(1).amax(1).numpy(), half.flatten(1).amax(1).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(blocks[..., ::2, ::2].numpy(), half.numpy(), rtol=1e-6)
+    # a peak one logit wide (a thin scratch): bilinear lowers it, nearest keeps it
+    spike = torch.zeros((1, 1, 8, 8))
+    spike[..., 4, :] = 4.0
+    head.out = torch.nn.Identity()  # the spike stands for the half-resolution logits
+    up = torch.nn.functional.interpolate(spike, size=(16, 16), mode="bilinear", align_corners=False)
+    assert float(up.amax()) == pytest.approx(3.0)  # 0.75 of the peak, 0.25 of its neighbour
+    assert float(torch.nn.functional.interpolate(spike, size=(16, 16), mode="nearest").amax()) == 4.0
+    with pytest.raises(ValueError, match="output must be one of"):
+        head.with_output("bicubic")
+
+
 def test_a_time_budget_stops_the_head_early() -> None:
     from edgevae.training.defect_head import HeadConfig, train_head
 
@@ -219,6 +247,7 @@ def test_the_bundle_ships_the_head_as_a_checked_third_graph(model, bundle: Path)
     assert manifest["scoring"]["method_specs"]["defect"] == {
         "kind": "defect", "graphs": ["defect"], "samples": 0, "noise": None, "map": False, "importance": False,
         "negate": False, "window": 5}
+    assert manifest["scoring"]["defect"]["upsampling"] == "bilinear"  # untiled bundles: the smooth map, as before
     x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
     probabilities = model.defect_map(x)
     assert probabilities.shape == (4, 28, 28) and 0.0 <= probabilities.min() and probabilities.max() <= 1.0
