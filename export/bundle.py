@@ -106,7 +106,7 @@ class ExportConfig:
             size, one of ``DEFECT_UPSAMPLINGS``: ``bilinear`` (a smooth map) or ``nearest`` (each logit over a 2x2
             block, so that the map's largest value is the head's largest logit; a bilinear map lowers a peak one
             logit wide, such as a thin scratch's). None: ``DEFECT_UPSAMPLING``, or ``TILED_DEFECT_UPSAMPLING`` for
-            a tiled run.
+            a tiled run of a stationary surface (not a fixed camera: unmeasured there).
         tile_stride: a tiled run's (``--tile``) distance between neighbouring tiles when scoring large images;
             None: half a tile.
         camera: a tiled run's kind of camera (``CAMERAS``): ``fixed`` (the same scene in every frame of one size:
@@ -250,8 +250,10 @@ def export_bundle(
     cfg = cfg.for_head(head is not None)
     if cfg.defect_window is None:
         cfg = replace(cfg, defect_window=TILED_DEFECT_WINDOW if ck.data.tile is not None else DEFECT_WINDOW)
-    if cfg.defect_upsampling is None:
-        cfg = replace(cfg, defect_upsampling=TILED_DEFECT_UPSAMPLING if ck.data.tile is not None else DEFECT_UPSAMPLING)
+    camera = _camera(ck, cfg, say)
+    if cfg.defect_upsampling is None:  # nearest where measured: a stationary surface's tiles (docs/scoring.md)
+        surface = camera is not None and not camera.fixed
+        cfg = replace(cfg, defect_upsampling=TILED_DEFECT_UPSAMPLING if surface else DEFECT_UPSAMPLING)
     if head is not None:  # the module that is exported and checked: the trained head with the chosen last step
         head = replace(head, head=head.head.with_output(cfg.defect_upsampling or DEFECT_UPSAMPLING))
     cfg = cfg.for_tiles(ck.data.tile is not None)
@@ -263,7 +265,7 @@ def export_bundle(
                      graphs.decoder.SerializeToString(),
                      defect=defect_graph.SerializeToString() if defect_graph is not None else None)
     scorer, calibration = _measure(scorer, references, images, cfg, say)
-    tiling, frame_stats, whole = _tiling(ck, cfg, scorer, say)
+    tiling, frame_stats, whole = _tiling(ck, cfg, scorer, say, camera)
     say(f"checking parity with PyTorch at batch sizes {' and '.join(map(str, PARITY_BATCH_SIZES))}")
     report = check_parity(model, scorer, images, cfg.tolerance, head.head if head is not None else None)
     warn_if_unpromisable(cfg.fpr, images.shape[0], tail=any(c.tail is not None for c in calibration.methods.values()))
@@ -290,8 +292,37 @@ def export_bundle(
     return load(target, ["CPUExecutionProvider"], trusted_keys=[] if sign_key is None else [sign_key])
 
 
-def _tiling(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer,
-            say: Say) -> tuple[Tiling | None, Positional | None, list[np.ndarray]]:
+@dataclass(frozen=True)
+class _Camera:
+    """A tiled run's kind of camera, decided before its graphs are exported (the defect graph's last step follows
+    it): the run's held-out whole images, its training frames, their alignment, and whether it is a fixed camera."""
+
+    whole: list[np.ndarray]
+    frames: list[np.ndarray]
+    alignment: FrameAlignment | None
+    fixed: bool
+
+
+def _camera(ck: Checkpoint, cfg: ExportConfig, say: Say) -> _Camera | None:
+    """The kind of camera of a tiled run (None for a run on whole images).
+
+    Raises:
+        ExportError: unreadable held-out images, or ``--camera fixed`` for images that are not frames of one size.
+    """
+    if ck.data.tile is None:
+        return None
+    try:
+        holdout = run_holdout(ck)
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from exc
+    whole = [np.asarray(w) for w in holdout.whole]
+    frames = [np.asarray(f) for f in holdout.frames]
+    alignment = _alignment(cfg, frames)
+    return _Camera(whole, frames, alignment, _fixed_camera(cfg.camera, frames, whole, say, alignment))
+
+
+def _tiling(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer, say: Say,
+            camera: _Camera | None) -> tuple[Tiling | None, Positional | None, list[np.ndarray]]:
     """A tiled run's ``tiling`` section: its tile, stride and downscale, the kind of camera, and the image-level
     calibration on the whole held-out images the run kept (None for a run on whole images); with a fixed camera
     also its per-position statistics (written as ``FRAME_MAP_FILE`` and, with a defect head,
@@ -301,21 +332,15 @@ def _tiling(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer,
         ExportError: edge variants of a fixed camera, a stride larger than the tile, or too few whole images.
     """
     tile = ck.data.tile
-    if tile is None:
+    if tile is None or camera is None:
         return None, None, []
     stride = cfg.tile_stride or max(1, tile // 2)
     if stride > tile:
         raise ExportError(f"--tile-stride {stride} is larger than the tile ({tile}): parts of images would go unseen")
-    try:
-        holdout = run_holdout(ck)
-    except CheckpointError as exc:
-        raise ExportError(str(exc)) from exc
-    whole = [np.asarray(w) for w in holdout.whole]
+    whole, frames, alignment = camera.whole, camera.frames, camera.alignment
     tiling = Tiling((tile, tile), stride, downscale=ck.data.downscale, positional=False)
     methods = image_level_methods([m for m in SCORE_METHODS if m in scorer.computable_methods])
-    frames = [np.asarray(f) for f in holdout.frames]
-    alignment = _alignment(cfg, frames)
-    if _fixed_camera(cfg.camera, frames, whole, say, alignment):
+    if camera.fixed:
         if cfg.variants:
             raise ExportError("edge variants (--quantize, --precision) of a fixed camera's bundle are not built yet: "
                               "its per-position statistics are the fp32 graphs'; export it without them (a stationary "

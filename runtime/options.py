@@ -114,8 +114,9 @@ DEFECT_WINDOW = 5
 TILED_DEFECT_WINDOW = 1
 # How the exported defect graph brings the head's half-resolution logits to the image's size: "bilinear" (a smooth
 # map, below the head's own peak on a feature one logit wide) or "nearest" (each logit over a 2x2 block: the map's
-# largest value is the head's largest logit). Untiled bundles keep bilinear; tiled ones, scored by the largest logit
-# on textures whose thin defects make narrow peaks, take nearest (docs/scoring.md).
+# largest value is the head's largest logit). Untiled bundles and fixed cameras keep bilinear; a stationary surface's
+# tiled bundle, scored by the largest logit on textures whose thin defects make narrow peaks, takes nearest
+# (docs/scoring.md).
 DEFECT_UPSAMPLINGS = ("bilinear", "nearest")
 DEFECT_UPSAMPLING = "bilinear"
 TILED_DEFECT_UPSAMPLING = "nearest"

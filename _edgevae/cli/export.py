@@ -55,7 +55,7 @@ def parse_weights(value: str | None) -> dict[str, float] | None:
               show_default=f"{options.DEFECT_WINDOW}; {options.TILED_DEFECT_WINDOW} for a tiled run",
               help="Side (pixels) of the square the defect score averages the defect head's logits over.")
 @click.option("--defect-upsampling", type=click.Choice(options.DEFECT_UPSAMPLINGS),
-              show_default=f"{options.DEFECT_UPSAMPLING}; {options.TILED_DEFECT_UPSAMPLING} for a tiled run",
+              show_default=f"{options.DEFECT_UPSAMPLING}; {options.TILED_DEFECT_UPSAMPLING} for a stationary surface's tiled run",
               help="How the defect graph brings the head's half-resolution logits to the image's size: 'bilinear' "
                    "(a smooth map) or 'nearest' (2x2 blocks; the map keeps the head's own peaks, which bilinear "
                    "lowers on thin defects).")

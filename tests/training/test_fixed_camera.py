@@ -102,6 +102,7 @@ def test_auto_chooses_a_fixed_camera_and_the_bundle_records_its_frame(camera_bun
     assert tiling["defect_map"]["file"] == FRAME_DEFECT_FILE and tiling["defect_map"]["shape"] == [2, SIDE, SIDE]
     assert FRAME_DEFECT_FILE in manifest["files"]
     assert model.positional.defect is not None and "defect" in model.positional.methods
+    assert manifest["scoring"]["defect"]["upsampling"] == "bilinear"  # a fixed camera keeps the smooth map
 
 
 def test_a_fixed_camera_scores_frames_by_position_and_refuses_other_sizes(camera_bundle: Path) -> None:
