@@ -132,6 +132,12 @@ class HeadConfig:
         return cls(**{"upsampling": "bilinear", **data, "widths": tuple(data["widths"]), "defects": defects})
 
 
+def _checked_output(output: str) -> str:
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+    return output
+
+
 def _conv(c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
                          nn.BatchNorm2d(c_out), nn.ReLU())
@@ -163,9 +169,7 @@ class DefectHead(nn.Module):
         super().__init__()
         if upsampling not in UPSAMPLING:
             raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLING)}, got {upsampling!r}")
-        if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
-        self.output = output
+        self.output = _checked_output(output)
         w0, w1, w2 = widths
         self.upsampling = upsampling
         self.halves = nn.Sequential(_conv(channels, w0, stride=2), _conv(w0, w0))
@@ -199,10 +203,8 @@ class DefectHead(nn.Module):
 
     def with_output(self, output: str) -> "DefectHead":
         """A copy of this head (same weights) whose last step is ``output`` (``OUTPUTS``), in eval mode."""
-        if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
         twin = copy.deepcopy(self).eval()
-        twin.output = output
+        twin.output = _checked_output(output)
         return twin
 
 
