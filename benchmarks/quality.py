@@ -379,12 +379,12 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = benchmark_parser(__doc__ or "", "quality")
-    parser.add_argument("--digits", default="0,1,2,3,4,5,6,7,8,9")
+    parser.add_argument("--digits", default=None, help="comma-separated digits (default: all ten; 0,1 with --smoke)")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--no-pyod", action="store_true")
     parser.add_argument("--no-all-digits", action="store_true")
     args = parser.parse_args(argv)
-    digits = [0, 1] if args.smoke else [int(d) for d in args.digits.split(",")]
+    digits = [int(d) for d in args.digits.split(",")] if args.digits else ([0, 1] if args.smoke else list(range(10)))
     recipe = recipes(args.smoke)
     use_pyod = not (args.no_pyod or args.smoke)
     started = time.perf_counter()

@@ -331,7 +331,8 @@ def method_graphs(enc: Any, dec: Any, spec: Any, method: str, defect: Any = None
     return run
 
 
-def png_by_method(bundle: Path, folder: Path, images: np.ndarray, exe: str, reps: int) -> dict[str, Any]:
+def png_by_method(bundle: Path, folder: Path, images: np.ndarray, exe: str, reps: int,
+                  warmup: int = 1) -> dict[str, Any]:
     """Files -> scores for every method, against the lower of the decode bound and the method's compute bound.
 
     - decode bound: Pillow decoding the files in one thread (the CLI's decode thread); the runtime's own reader
@@ -342,6 +343,8 @@ def png_by_method(bundle: Path, folder: Path, images: np.ndarray, exe: str, reps
     - in process: ``iter_batches`` + ``Model.score`` with the thread plan ``edgevae score`` uses, timed after
       the bundle is loaded (the steady state of a long run).
     - CLI: ``edgevae score FOLDER --method M --format csv``, a new process each time (start-up included).
+
+    Each rate is the best of ``reps`` timed runs after ``warmup`` untimed ones.
     """
     from concurrent.futures import ThreadPoolExecutor
     from PIL import Image
@@ -354,7 +357,7 @@ def png_by_method(bundle: Path, folder: Path, images: np.ndarray, exe: str, reps
     cores = os.cpu_count() or 1
 
     def best(fn: Callable[[], Any]) -> float:
-        return n / min(timed(fn, reps, warmup=1))
+        return n / min(timed(fn, reps, warmup=warmup))
 
     def pillow() -> None:
         for f in files:
@@ -683,8 +686,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         report["n_files"] = n_files
         report["png_by_method"] = png_by_method(work / "bundle", folder, x_u8[np.arange(n_files) % len(x_u8)], exe,
-                                                2 if args.smoke else 3)
-        report["files"] = {k: n_files / statistics.median(timed(fn, 3 if not args.smoke else 1, warmup=1))
+                                                1 if args.smoke else 3, warmup=0 if args.smoke else 1)
+        report["files"] = {k: n_files / statistics.median(timed(fn, 3 if not args.smoke else 1,
+                                                                warmup=0 if args.smoke else 1))
                            for k, fn in (("plain PyTorch script, kl (new process, end to end)",
                                           run_cmd(torch_script(str(folder), "kl"))),
                                          ("plain PyTorch script, smooth_recon (new process, end to end)",

@@ -65,6 +65,7 @@ from edgevae.runtime.tiles import (ALIGN_RADIUS, ALIGN_RADIUS_MAX, CAMERAS, FIXE
 from edgevae.runtime.scores import warn_if_unpromisable
 from edgevae.runtime.writer import graph_with_manifest, write_bundle
 from edgevae.training.defect_head import LoadedHead, load_head
+from edgevae.training.holdout import Holdout
 from edgevae.training.loop import Checkpoint, load_checkpoint, run_holdout
 from edgevae.training.model import VAE
 
@@ -250,14 +251,17 @@ def export_bundle(
     cfg = cfg.for_head(head is not None)
     if cfg.defect_window is None:
         cfg = replace(cfg, defect_window=TILED_DEFECT_WINDOW if ck.data.tile is not None else DEFECT_WINDOW)
-    camera = _camera(ck, cfg, say)
+    # the run's held-out images, read once: the camera and the tiles' calibration, and the default images
+    holdout = (_holdout(ck) if ck.data.tile is not None or calibration_images is None or reference_images is None
+               else None)
+    camera = _camera(ck, cfg, say, holdout)
     if cfg.defect_upsampling is None:  # nearest where measured: a stationary surface's tiles (docs/scoring.md)
         surface = camera is not None and not camera.fixed
         cfg = replace(cfg, defect_upsampling=TILED_DEFECT_UPSAMPLING if surface else DEFECT_UPSAMPLING)
     if head is not None:  # the module that is exported and checked: the trained head with the chosen last step
         head = replace(head, head=head.head.with_output(cfg.defect_upsampling or DEFECT_UPSAMPLING))
     cfg = cfg.for_tiles(ck.data.tile is not None)
-    references, images = _export_images(ck, calibration_images, reference_images)
+    references, images = _export_images(ck, calibration_images, reference_images, holdout)
     say("exporting encoder.onnx and decoder.onnx" + (" and defect.onnx" if head is not None else ""))
     graphs = export_graphs(model, images, cfg.opset)
     defect_graph = export_defect_graph(head.head, images, cfg.opset) if head is not None else None
@@ -303,18 +307,28 @@ class _Camera:
     fixed: bool
 
 
-def _camera(ck: Checkpoint, cfg: ExportConfig, say: Say) -> _Camera | None:
-    """The kind of camera of a tiled run (None for a run on whole images).
+def _holdout(ck: Checkpoint) -> Holdout:
+    """The run's held-out images (``run_holdout``).
 
     Raises:
-        ExportError: unreadable held-out images, or ``--camera fixed`` for images that are not frames of one size.
+        ExportError: the run kept none and its source cannot be read or has changed since training.
+    """
+    try:
+        return run_holdout(ck)
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from exc
+
+
+def _camera(ck: Checkpoint, cfg: ExportConfig, say: Say, holdout: Holdout | None) -> _Camera | None:
+    """The kind of camera of a tiled run (None for a run on whole images), from its held-out ``holdout``.
+
+    Raises:
+        ExportError: ``--camera fixed`` for images that are not frames of one size.
     """
     if ck.data.tile is None:
         return None
-    try:
-        holdout = run_holdout(ck)
-    except CheckpointError as exc:
-        raise ExportError(str(exc)) from exc
+    if holdout is None:
+        raise AssertionError("a tiled run's camera needs its held-out images")
     whole = [np.asarray(w) for w in holdout.whole]
     frames = [np.asarray(f) for f in holdout.frames]
     alignment = _alignment(cfg, frames)
@@ -467,16 +481,14 @@ def _measure(scorer: Scorer, references: np.ndarray, images: np.ndarray, cfg: Ex
     return scorer, calibration
 
 
-def _export_images(ck: Checkpoint, calibration_images: np.ndarray | None,
-                   reference_images: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _export_images(ck: Checkpoint, calibration_images: np.ndarray | None, reference_images: np.ndarray | None,
+                   holdout: Holdout | None) -> tuple[np.ndarray, np.ndarray]:
     """(reference, calibration) images as float32 (N, C, H, W): the given ones, else those the run kept
-    (``holdout.npz``; export never reads the training source of a run that kept them)."""
+    (``holdout``, read from ``holdout.npz``; export never reads the training source of a run that kept them)."""
     contract = ck.model_config.contract
     if calibration_images is None or reference_images is None:
-        try:
-            holdout = run_holdout(ck)
-        except CheckpointError as exc:
-            raise ExportError(str(exc)) from exc
+        if holdout is None:
+            raise AssertionError("default export images need the run's held-out images")
         calibration_images = holdout.calibration if calibration_images is None else calibration_images
         reference_images = holdout.reference if reference_images is None else reference_images
     images = contract.prepare(calibration_images)

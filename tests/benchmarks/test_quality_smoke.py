@@ -38,5 +38,8 @@ def test_quality_benchmark_smoke(tmp_path: Path, benchmark_script) -> None:  # t
     assert "rendered_letters" in report["all_digits"]["ood"]
     text = out_md.read_text()
     assert "kept text" in text and "| **mean** |" in text and "| int8 mean AUROC |" in text
-    module.main(["--smoke", "--no-all-digits", "--no-baselines", "--json", str(out_json), "--markdown", str(out_md)])
+    # run again (one digit, the optional parts left out): the section is replaced, not added
+    again = module.main(["--smoke", "--digits", "1", "--no-all-digits", "--no-baselines", "--json", str(out_json),
+                         "--markdown", str(out_md)])
+    assert [r["digit"] for r in again["one_class"]] == [1] and again["all_digits"] is None
     assert out_md.read_text().count("<!-- quality:start -->") == 1

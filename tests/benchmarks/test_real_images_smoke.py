@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.export, pytest.mark.slow]
@@ -32,3 +33,9 @@ def test_real_images_benchmark_smoke(tmp_path: Path) -> None:
     assert inspection["cost"]["bundle_mb"] > 0 and inspection["cost"]["export_peak_mb"] > 0
     assert saved["faces"] and saved["large"]["size"] == 64
     assert "## Real images" in out_md.read_text()
+    # the texture tasks (trained on only in full runs): normal patches and every defect kind, masks where local
+    grass = module.texture("grass", 32, 8, 6)
+    assert grass.train.shape == (8, 32, 32, 1) and grass.normal.shape == (6, 32, 32, 1)
+    assert {"spot", "scratch", "discoloured", "other_texture"} <= set(grass.anomalies)
+    assert all(a.shape[1:] == (32, 32, 1) and a.dtype == np.uint8 for a in grass.anomalies.values())
+    assert set(grass.local_kinds) <= set(grass.masks) and grass.masks["scratch"].any()

@@ -17,7 +17,7 @@ def test_scale_benchmark_smoke(tmp_path: Path, benchmark_script, need_engine) ->
     out_json, out_md = tmp_path / "s.json", tmp_path / "benchmarks.md"
     module.main(["--smoke", "--json", str(out_json), "--markdown", str(out_md)])
     report = json.loads(out_json.read_text())
-    assert report["images"] == 2000 and report["plain_loop"]["images_per_s"] > 0
+    assert report["images"] == 1000 and report["plain_loop"]["images_per_s"] > 0
     for engine in ("ray", "spark"):
         assert {"1", "2"} <= set(report[engine]["workers"])
         assert report[engine]["speedup_2_vs_1"] > 0
