@@ -65,7 +65,12 @@ from .common import errors, given, need_training
               help="After the VAE, train the defect head on synthetic defects made from the training images "
                    "(never longer than the VAE took); export ships it as defect.onnx.")
 @click.option("--defect-steps", type=click.IntRange(min=1), show_default=str(options.DEFECT_STEPS),
-              help="The defect head's optimizer steps (fewer if the VAE's training time runs out first).")
+              help="The defect head's optimizer steps (fewer if the VAE's training time runs out first, unless "
+                   "--no-defect-time-cap).")
+@click.option("--defect-time-cap/--no-defect-time-cap", default=None, show_default="on",
+              help="Stop the defect head when it has trained as long as the VAE did. --no-defect-time-cap trains "
+                   "every --defect-steps step whatever it takes (more steps measured better on rough textures: "
+                   "docs/scoring.md) and makes a run's head the same on a busy machine.")
 @click.option("--labelled-defects", type=click.Path(exists=True, file_okay=False), default=None,
               help="A folder of your own defective images, each NAME.png with a NAME_mask.png beside it (white on the "
                    "defect): the defect head trains on them beside its synthetic defects. A few per kind help most "
@@ -121,7 +126,7 @@ _MODEL_OPTIONS = ("latent_dim", "widths", "hidden", "refine", "likelihood", "act
 _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "val_fraction": "val_fraction",
                   "seed": "seed", "beta": "beta", "kl_warmup": "kl_warmup_epochs", "augment_shift": "augment_shift",
                   "augment_rotate": "augment_rotate", "defect_head": "defect_head", "defect_steps": "defect_steps",
-                  "labelled_defects": "labelled_defects"}
+                  "defect_time_cap": "defect_time_cap", "labelled_defects": "labelled_defects"}
 
 
 def _parse_ints(text: str, option: str) -> tuple[int, ...]:

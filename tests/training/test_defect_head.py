@@ -211,6 +211,28 @@ def test_a_time_budget_stops_the_head_early() -> None:
     assert result.stopped_early and 1 <= result.steps < 10_000
 
 
+def test_the_command_line_can_train_every_head_step_past_the_time_cap(tmp_path: Path) -> None:
+    """``train --no-defect-time-cap``: the head runs all of ``--defect-steps`` although the VAE (one epoch of 40
+    small images) takes a fraction of the time; the run records the choice."""
+    from click.testing import CliRunner
+
+    from edgevae.cli import main
+    from edgevae.training.defect_head import load_head
+
+    data = tmp_path / "tiles.npy"
+    np.save(data, (_texture(40).numpy()[:, 0] * 255).round().astype(np.uint8))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--data", str(data), "-o", str(run), "--epochs", "1", "--latent-dim",
+                                       "2", "--widths", "4,8", "--hidden", "8", "--defect-steps", "200",
+                                       "--no-defect-time-cap"])
+    assert result.exit_code == 0, result.output
+    head = load_head(run)
+    assert head is not None and head.summary["steps"] == 200 and head.summary["stopped_early"] is False
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train_config"]["defect_time_cap"] is False
+    assert head.summary["seconds"] > metrics["history"][-1]["seconds"]  # longer than the VAE: the cap would have cut it
+
+
 def test_train_writes_a_head_and_a_fresh_run_drops_a_stale_one(tmp_path: Path) -> None:
     from edgevae.training import DataSpec, ModelConfig, TrainConfig, train
 
