@@ -69,8 +69,8 @@ from .common import errors, given, need_training
                    "--no-defect-time-cap).")
 @click.option("--defect-time-cap/--no-defect-time-cap", default=None, show_default="on",
               help="Stop the defect head when it has trained as long as the VAE did. --no-defect-time-cap trains "
-                   "every --defect-steps step whatever it takes (more steps measured better on rough textures: "
-                   "docs/scoring.md) and makes a run's head the same on a busy machine.")
+                   "every --defect-steps step however long it takes, so that a run's head is the same on a busy "
+                   "machine as on an idle one.")
 @click.option("--labelled-defects", type=click.Path(exists=True, file_okay=False), default=None,
               help="A folder of your own defective images, each NAME.png with a NAME_mask.png beside it (white on the "
                    "defect): the defect head trains on them beside its synthetic defects. A few per kind help most "
