@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -353,13 +354,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--labelled", type=int, default=5,
                         help="also train a tiled model whose defect head sees this many labelled defects per kind, "
                              "made on views of the training half (0: leave that model out)")
+    parser.add_argument("--train-args", default="",
+                        help="more `edgevae train` options for the tiled and labelled models, one string (for "
+                             "instance \"--defect-widths 24,48,96 --no-defect-time-cap\"); recorded in the report")
     parser.add_argument("--work", help="keep the runs, the bundles and the views in this folder (default: a "
                                        "temporary one)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     side, tile, n_train, n_test, n_cal, n_fpr = (64, 32, 48, 12, 12, 24) if args.smoke else (192, 64, 400, 100, 200, 500)
     epochs = ["--epochs", "2", "--defect-steps", "20"] if args.smoke else []
-    report: dict[str, Any] = {"tasks": {}, "side": side, "tile": tile, "n_calibration": n_cal}
+    extra = shlex.split(args.train_args)
+    report: dict[str, Any] = {"tasks": {}, "side": side, "tile": tile, "n_calibration": n_cal,
+                              **({"train_args": extra} if extra else {})}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -371,7 +377,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          **{f"mask_{k}": v for k, v in task.masks.items()},
                          **({"other": task.other} if task.other is not None else {}))
             print(f"== {name}: {len(task.train)} training views {task.train.shape[1:]}", flush=True)
-            tiled, tiled_cost = train_and_export(work, task, "tiled", ["--tile", str(tile), *epochs])
+            tiled, tiled_cost = train_and_export(work, task, "tiled", ["--tile", str(tile), *epochs, *extra])
             steps = tiled_cost["steps"]
             n_fit = len(task.train) - round(len(task.train) * tiled.manifest.raw["training"]["train_config"]["val_fraction"])
             per_epoch = math.ceil(n_fit / 64)
@@ -393,7 +399,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if args.labelled:
                 folder = labelled_folder(work, name, side, 1 if args.smoke else args.labelled)
                 _, labelled_cost = train_and_export(work, task, "labelled", ["--tile", str(tile), "--labelled-defects",
-                                                                             str(folder), *epochs])
+                                                                             str(folder), *epochs, *extra])
                 labelled_cost["calibrate_seconds"] = calibrate(work, task, work / f"bundle_{name}_labelled")
                 labelled = load(work / f"bundle_{name}_labelled", ["CPUExecutionProvider"])
                 row["labelled"] = {**evaluate(task, labelled, True), "cost": labelled_cost,
@@ -418,6 +424,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = ["## Large images by tiles", "",
              f"Measured by `python benchmarks/tiles.py` on {report['machine']}, {report['date']}; total "
              f"{report['seconds'] / 60:.1f} min. Raw results: `benchmarks/results/tiles.json`." + (
+                 f" The tiled models trained with `{' '.join(report['train_args'])}`." if report.get("train_args") else "") + (
                  " **Smoke run (tiny sizes): the figures mean nothing.**" if report.get("smoke") else "") + (
                  f" {report['note']}" if report.get("note") else ""), "",
              f"{report['side']}x{report['side']} views of two photographs, from two disjoint regions (training: the "

@@ -67,6 +67,9 @@ class TrainConfig:
         defect_steps: the defect head's optimizer steps (fewer when its time cap comes first).
         defect_time_cap: cap the head's training at the VAE's own wall time (False: exactly ``defect_steps``
             steps, whatever the machine's load: reproducible runs, the test suite's fixtures).
+        defect_widths: the defect head's channels at half, a quarter and an eighth of the input's resolution
+            (:class:`~edgevae.training.defect_head.DefectHead`). Wider heads cost about the square of the width
+            ratio in compute, on every device that scores with them (docs/scoring.md measures 24/48/96).
         labelled_defects: a folder of the user's own defective images, each with a ``NAME_mask`` image beside it
             (:mod:`edgevae.training.labelled`): the defect head trains on them beside the synthetic defects. None:
             synthetic defects alone. Read and checked before the VAE trains.
@@ -84,6 +87,7 @@ class TrainConfig:
     defect_head: bool = options.DEFECT_HEAD
     defect_steps: int = options.DEFECT_STEPS
     defect_time_cap: bool = True
+    defect_widths: tuple[int, int, int] = options.DEFECT_WIDTHS
     labelled_defects: str | None = None
 
     def __post_init__(self) -> None:
@@ -94,6 +98,11 @@ class TrainConfig:
                                  "--no-defect-head (defect_head=False) or --labelled-defects")
         if self.defect_steps < 1:
             raise ValueError(f"defect_steps must be >= 1, got {self.defect_steps}")
+        widths = tuple(self.defect_widths)
+        if len(widths) != 3 or not all(isinstance(w, int) and 1 <= w <= options.DEFECT_WIDTH_MAX for w in widths):
+            raise ValueError(f"defect_widths must be three whole numbers of channels in 1..{options.DEFECT_WIDTH_MAX}, "
+                             f"got {list(widths)}")
+        object.__setattr__(self, "defect_widths", widths)
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -121,7 +130,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
         """Read a stored config; ``cosine`` (always on, once a setting) is accepted and ignored."""
-        return cls(**{k: v for k, v in data.items() if k != "cosine"})
+        return cls(**{k: tuple(v) if k == "defect_widths" else v for k, v in data.items() if k != "cosine"})
 
 
 @dataclass
@@ -487,8 +496,8 @@ def _head_config(run: "_Run") -> Any:
     from .defects import SURFACE_DEFECTS
 
     surface = {"defects": SURFACE_DEFECTS, "hard_negatives": SURFACE_HARD_NEGATIVES} if run.tiles is not None else {}
-    return HeadConfig(channels=int(run.model_config.channels or 1), steps=run.train_config.defect_steps,
-                      seed=run.train_config.seed, **surface)
+    return HeadConfig(channels=int(run.model_config.channels or 1), widths=run.train_config.defect_widths,
+                      steps=run.train_config.defect_steps, seed=run.train_config.seed, **surface)
 
 
 def _labelled(run: "_Run", emit: Progress) -> Any:

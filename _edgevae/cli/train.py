@@ -71,6 +71,9 @@ from .common import errors, given, need_training
               help="Stop the defect head when it has trained as long as the VAE did. --no-defect-time-cap trains "
                    "every --defect-steps step however long it takes, so that a run's head is the same on a busy "
                    "machine as on an idle one.")
+@click.option("--defect-widths", default=None, show_default=",".join(map(str, options.DEFECT_WIDTHS)),
+              help="The defect head's channels at 1/2, 1/4 and 1/8 of the input's resolution, comma-separated. A wider "
+                   "head costs about the square of the ratio in compute wherever it scores (docs/scoring.md).")
 @click.option("--labelled-defects", type=click.Path(exists=True, file_okay=False), default=None,
               help="A folder of your own defective images, each NAME.png with a NAME_mask.png beside it (white on the "
                    "defect): the defect head trains on them beside its synthetic defects. A few per kind help most "
@@ -96,8 +99,9 @@ def train(source: str, classes: str | None, labels: str | None, run_dir: str, ch
 
     with errors():
         class_list = _parse_ints(classes, "--classes") if classes else None
-        if settings["widths"] is not None:
-            settings["widths"] = _parse_ints(settings["widths"], "--widths")
+        for option in ("widths", "defect_widths"):
+            if settings[option] is not None:
+                settings[option] = _parse_ints(settings[option], "--" + option.replace("_", "-"))
         if tile is not None and size:
             raise click.UsageError("--size resizes whole images; with --tile the model's input is one tile: drop --size")
         hw = _parse_size(size) if size else (None, None)
@@ -126,7 +130,8 @@ _MODEL_OPTIONS = ("latent_dim", "widths", "hidden", "refine", "likelihood", "act
 _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "val_fraction": "val_fraction",
                   "seed": "seed", "beta": "beta", "kl_warmup": "kl_warmup_epochs", "augment_shift": "augment_shift",
                   "augment_rotate": "augment_rotate", "defect_head": "defect_head", "defect_steps": "defect_steps",
-                  "defect_time_cap": "defect_time_cap", "labelled_defects": "labelled_defects"}
+                  "defect_time_cap": "defect_time_cap", "defect_widths": "defect_widths",
+                  "labelled_defects": "labelled_defects"}
 
 
 def _parse_ints(text: str, option: str) -> tuple[int, ...]:

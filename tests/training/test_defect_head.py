@@ -224,12 +224,13 @@ def test_the_command_line_can_train_every_head_step_past_the_time_cap(tmp_path: 
     run = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", "--data", str(data), "-o", str(run), "--epochs", "1", "--latent-dim",
                                        "2", "--widths", "4,8", "--hidden", "8", "--defect-steps", "200",
-                                       "--no-defect-time-cap"])
+                                       "--no-defect-time-cap", "--defect-widths", "8,12,20"])
     assert result.exit_code == 0, result.output
     head = load_head(run)
     assert head is not None and head.summary["steps"] == 200 and head.summary["stopped_early"] is False
+    assert head.config.widths == (8, 12, 20) and head.head.out.in_channels == 8  # --defect-widths built this head
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["train_config"]["defect_time_cap"] is False
+    assert metrics["train_config"]["defect_time_cap"] is False and metrics["train_config"]["defect_widths"] == [8, 12, 20]
     assert head.summary["seconds"] > metrics["history"][-1]["seconds"]  # longer than the VAE: the cap would have cut it
 
 
@@ -312,3 +313,24 @@ def test_a_head_trains_alike_on_uint8_tiles_and_their_float_values() -> None:
     assert as_uint8.final_loss == as_float.final_loss
     for name, value in as_float.head.state_dict().items():
         assert torch.equal(as_uint8.head.state_dict()[name], value), name
+
+
+def test_defect_widths_are_checked_before_training(tmp_path: Path) -> None:
+    """A wrong ``--defect-widths`` is a usage error naming the option, before any image is read."""
+    from click.testing import CliRunner
+
+    from edgevae.cli import main
+    from edgevae.training import TrainConfig
+
+    with pytest.raises(ValueError, match="defect_widths must be three whole numbers"):
+        TrainConfig(defect_widths=(16, 32))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="defect_widths"):
+        TrainConfig(defect_widths=(16, 32, 0))
+    assert TrainConfig.from_dict({"defect_widths": [24, 48, 96]}).defect_widths == (24, 48, 96)
+    data = tmp_path / "tiles.npy"
+    np.save(data, np.zeros((40, 16, 16), np.uint8))
+    for bad, said in (("24,48", "three whole numbers"), ("a,b,c", "--defect-widths")):
+        result = CliRunner().invoke(main, ["train", "--data", str(data), "-o", str(tmp_path / "r"),
+                                           "--defect-widths", bad])
+        assert result.exit_code != 0 and said in result.output, result.output
+        assert not (tmp_path / "r" / "last.pt").exists()
