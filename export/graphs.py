@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
 import io
 import logging
 import os
 import threading
 import warnings
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 import torch
 
+from edgevae.runtime.atomic import atomic_open
 from edgevae.runtime.errors import ExportError
 from edgevae.runtime.manifest import (
     DECODER_INPUT,
@@ -37,6 +43,8 @@ _REGISTRIES: dict[tuple[Any, int], Any] = {}
 _EXPORT_LOCK = threading.Lock()
 # Exported graphs by architecture (_GraphCache); a few entries, the most recently used kept.
 _CACHE_ENTRIES = 8
+# A folder that keeps them across processes too (_GraphCache): unset, the cache lives in this process alone.
+CACHE_DIR_ENV = "EDGEVAE_EXPORT_CACHE_DIR"
 
 
 @contextlib.contextmanager
@@ -100,13 +108,50 @@ class _GraphCache:
     an initializer was folded, so a reuse requires the same value. Every reuse is checked: the graph with the new
     weights runs the example in onnxruntime and must match the module in PyTorch, or the module is exported
     afresh. Export's parity check on held-out images follows as before.
+
+    With ``EDGEVAE_EXPORT_CACHE_DIR`` set to a folder, every kept graph is also written there (``KEY.onnx`` and the
+    folded buffers in ``KEY.npz``, KEY a SHA-256 of the architecture), and a process that has not exported an
+    architecture looks there first: separate ``edgevae export`` runs of one architecture (a sweep from a shell
+    script, a test suite's command-line runs) trace it once. A file read from the folder gets the same check on
+    the example as any reuse; an unreadable or mismatching one is exported afresh and overwritten.
     """
 
     def __init__(self) -> None:
         self._entries: OrderedDict[tuple[Any, ...], _Cached] = OrderedDict()
 
+    @staticmethod
+    def _disk(key: tuple[Any, ...]) -> Path | None:
+        folder = os.environ.get(CACHE_DIR_ENV)
+        return Path(folder) / hashlib.sha256(repr(key).encode()).hexdigest() if folder else None
+
+    def _read(self, key: tuple[Any, ...]) -> _Cached | None:
+        stem = self._disk(key)
+        if stem is None or not stem.with_suffix(".onnx").is_file():
+            return None
+        try:
+            proto = onnx.load_model_from_string(stem.with_suffix(".onnx").read_bytes())
+            with np.load(stem.with_suffix(".npz"), allow_pickle=False) as folded:
+                return _Cached(proto, {k: folded[k] for k in folded.files})
+        except (OSError, ValueError, zipfile.BadZipFile, DecodeError):
+            return None  # a damaged or foreign file: export afresh
+
+    def _write(self, key: tuple[Any, ...], cached: _Cached) -> None:
+        stem = self._disk(key)
+        if stem is None:
+            return
+        try:
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_open(stem.with_suffix(".npz"), "wb") as handle:
+                np.savez(handle, **cached.folded)  # type: ignore[arg-type]
+            with atomic_open(stem.with_suffix(".onnx"), "wb") as handle:  # last: its presence means both are whole
+                handle.write(cached.proto.SerializeToString())
+        except OSError:
+            pass  # a cache that cannot be written only costs the next process a trace
+
     def get(self, key: tuple[Any, ...], module: torch.nn.Module, example: torch.Tensor) -> onnx.ModelProto | None:
         cached = self._entries.get(key)
+        if cached is None and (cached := self._read(key)) is not None:
+            self._entries[key] = cached
         if cached is None:
             return None
         state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
@@ -139,6 +184,7 @@ class _GraphCache:
         kept = onnx.ModelProto()
         kept.CopyFrom(proto)
         self._entries[key] = _Cached(kept, folded)
+        self._write(key, self._entries[key])
         while len(self._entries) > _CACHE_ENTRIES:
             self._entries.popitem(last=False)
 
@@ -243,5 +289,30 @@ def export_graphs(model: VAE, images: np.ndarray, opset: int) -> Graphs:
 
 
 def export_defect_graph(head: torch.nn.Module, images: np.ndarray, opset: int) -> onnx.ModelProto:
-    """Export the defect head (x -> defect logits) with a free batch, height and width."""
-    return export_graph(head.eval(), torch.from_numpy(images[:3]), DEFECT_INPUT, [DEFECT_OUTPUT], opset, free_size=True)
+    """Export the defect head (x -> defect logits) with a free batch, height and width.
+
+    Its batch normalisations are folded into the convolutions before it is traced (:func:`fold_batch_norms`), so
+    that every weight of the graph is an initializer of its own name and the graph cache can reuse it.
+    """
+    return export_graph(fold_batch_norms(head), torch.from_numpy(images[:3]), DEFECT_INPUT, [DEFECT_OUTPUT], opset,
+                        free_size=True)
+
+
+def fold_batch_norms(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` in eval mode where every ``BatchNorm2d`` that directly follows a ``Conv2d`` in an
+    ``nn.Sequential`` is folded into that convolution's weights and bias (and replaced by ``nn.Identity``).
+
+    The same arithmetic the exporter would do on its own, done in PyTorch first: the folded weights are then
+    parameters of the convolution, not anonymous tensors of the graph.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(module).eval()
+    for sequence in [m for m in folded.modules() if isinstance(m, torch.nn.Sequential)]:
+        names = list(sequence._modules)
+        for first, second in zip(names, names[1:]):
+            conv, norm = sequence._modules[first], sequence._modules[second]
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(norm, torch.nn.BatchNorm2d):
+                sequence._modules[first] = fuse_conv_bn_eval(conv, norm)
+                sequence._modules[second] = torch.nn.Identity()
+    return folded

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
@@ -12,6 +15,25 @@ import numpy as np
 import pytest
 
 TINY_EPOCHS = 10
+GRAPH_CACHE_ENV = "EDGEVAE_EXPORT_CACHE_DIR"  # edgevae.export.graphs.CACHE_DIR_ENV, without importing torch here
+_GRAPHS = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One folder of exported graphs for the session (edgevae.export.graphs' cache across processes): the
+    command-line runs the tests start trace each architecture once, not once per process. Every reuse is still
+    checked against the module, and export's parity check runs as always."""
+    if GRAPH_CACHE_ENV not in os.environ:
+        folder = tempfile.mkdtemp(prefix="edgevae-test-graphs-")
+        os.environ[GRAPH_CACHE_ENV] = folder
+        config.stash[_GRAPHS] = folder
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = config.stash.get(_GRAPHS, None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop(GRAPH_CACHE_ENV, None)
 
 
 @pytest.fixture(scope="session")

@@ -281,8 +281,11 @@ def test_shared_exporter_table_gives_the_same_graphs_and_is_put_back(monkeypatch
 
 def test_an_architecture_seen_before_takes_new_weights_into_the_same_graph(monkeypatch: pytest.MonkeyPatch) -> None:
     """export/graphs.py's graph cache: a second model of one architecture is not traced again, and its graphs are
-    byte for byte those a fresh export gives; another architecture, a folded weight (batch normalisation in the
-    defect head) or a cached graph that no longer matches the module is exported afresh."""
+    byte for byte those a fresh export gives; the defect head, its batch normalisations folded before the trace,
+    is reused alike; another architecture or a cached graph that no longer matches the module is exported
+    afresh."""
+    import onnxruntime as ort
+
     import edgevae.export.graphs as graphs
     from edgevae.training.defect_head import DefectHead
     from edgevae.training.model import VAE
@@ -299,6 +302,7 @@ def test_an_architecture_seen_before_takes_new_weights_into_the_same_graph(monke
         return VAE(ModelConfig(latent_dim=4, widths=(8, 16), hidden=32, **changes)).eval()  # type: ignore[arg-type]
 
     monkeypatch.setattr(torch.onnx, "export", counting)
+    monkeypatch.delenv(graphs.CACHE_DIR_ENV, raising=False)  # this process's cache alone
     graphs.GRAPH_CACHE.clear()
     x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
     graphs.export_graphs(vae(0), x, 18)
@@ -316,10 +320,19 @@ def test_an_architecture_seen_before_takes_new_weights_into_the_same_graph(monke
     assert traced == ["_EncoderGraph"]
 
     traced.clear()
-    for seed in (0, 1):  # batch normalisation folds into the convolutions: nothing to swap by name, never kept
+    heads = []
+    for seed in (0, 1):  # batch normalisation is folded into the convolutions first: their weights swap by name
         torch.manual_seed(seed)
-        graphs.export_defect_graph(DefectHead(1, widths=(4, 4, 4)), x, 18)
-    assert traced == ["DefectHead", "DefectHead"]
+        heads.append(DefectHead(1, widths=(4, 4, 4)))
+        for norm in (m for m in heads[-1].modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            norm.running_mean.uniform_(-0.5, 0.5)  # statistics a trained head would have, unlike a new one's 0 and 1
+            norm.running_var.uniform_(0.5, 2.0)
+        proto = graphs.export_defect_graph(heads[-1], x, 18)
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            want = heads[-1].eval()(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0], want, atol=1e-5)
+    assert traced == ["DefectHead"]
 
     # A cached graph that keeps a stale weight under another name (as a folded tensor would) fails the check on
     # the example and is exported afresh.
@@ -334,12 +347,64 @@ def test_an_architecture_seen_before_takes_new_weights_into_the_same_graph(monke
     model = vae(3)
     again = graphs.export_graphs(model, x, 18)
     assert traced == ["_EncoderGraph"]
-    import onnxruntime as ort
-
     session = ort.InferenceSession(again.encoder.SerializeToString(), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         want = model.encode(torch.from_numpy(x))[0].numpy()
     np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0], want, atol=1e-5)
+
+
+def test_the_graph_cache_folder_serves_other_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EDGEVAE_EXPORT_CACHE_DIR: a graph traced in this process is reused by another process (no trace there, the
+    same bytes as a fresh export); a damaged file in the folder is traced afresh and replaced."""
+    import subprocess
+    import sys
+
+    import edgevae.export.graphs as graphs
+    from edgevae.training.model import VAE
+
+    folder = tmp_path / "graphs"
+    monkeypatch.setenv(graphs.CACHE_DIR_ENV, str(folder))
+    graphs.GRAPH_CACHE.clear()
+    torch.manual_seed(0)
+    graphs.export_graphs(VAE(ModelConfig(latent_dim=3, widths=(4, 8), hidden=16)).eval(),
+                         np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32), 18)
+    assert len(list(folder.glob("*.onnx"))) == 2 and len(list(folder.glob("*.npz"))) == 2
+    assert not list(folder.glob(".*"))  # no temporary file left behind
+
+    child = """
+import sys, numpy as np, torch
+import edgevae.export.graphs as graphs
+from edgevae.training.model import VAE, ModelConfig
+traced = []
+real = torch.onnx.export
+torch.onnx.export = lambda module, *a, **k: traced.append(type(module).__name__) or real(module, *a, **k)
+torch.manual_seed(1)
+model = VAE(ModelConfig(latent_dim=3, widths=(4, 8), hidden=16)).eval()
+x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+got = graphs.export_graphs(model, x, 18)
+with open(sys.argv[1], "wb") as f:
+    f.write(got.encoder.SerializeToString())
+print(",".join(traced))
+"""
+    script = tmp_path / "child.py"
+    script.write_text(child)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "enc.onnx")], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == ""  # nothing traced: both graphs came from the folder
+    torch.manual_seed(1)
+    model = VAE(ModelConfig(latent_dim=3, widths=(4, 8), hidden=16)).eval()
+    monkeypatch.setenv("EDGEVAE_EXPORT_CACHE", "0")
+    fresh = graphs.export_graphs(model, np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32), 18)
+    assert (tmp_path / "enc.onnx").read_bytes() == fresh.encoder.SerializeToString()
+    monkeypatch.setenv("EDGEVAE_EXPORT_CACHE", "1")
+
+    for path in folder.glob("*.onnx"):
+        path.write_bytes(b"not a graph")
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "enc.onnx")], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "_EncoderGraph,Decoder"
+    assert (tmp_path / "enc.onnx").read_bytes() == fresh.encoder.SerializeToString()
+    assert all(path.read_bytes() != b"not a graph" for path in folder.glob("*.onnx"))
 
 
 def test_combined_weights_are_equal_unless_asked_and_checked_against_the_parts(bundle: Path) -> None:
