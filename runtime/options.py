@@ -104,6 +104,7 @@ TILES_PER_EPOCH_MAX = 512
 # The defect head (edgevae.training.defect_head): trained after the VAE on synthetic defects, by default.
 DEFECT_HEAD = True
 DEFECT_WIDTHS = (16, 32, 64)
+DEFECT_RESOLUTIONS = ("half", "full")  # where the defect head makes its logits (TrainConfig.defect_resolution)
 DEFECT_WIDTH_MAX = 256  # channels of any one stage of the defect head (TrainConfig.defect_widths)
 DEFECT_STEPS = 3000
 DEFECT_BATCH_SIZE = 32

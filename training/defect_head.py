@@ -61,6 +61,8 @@ Progress = Callable[[str, Mapping[str, Any]], None]
 UPSAMPLING = ("transposed", "bilinear")
 # How the head's half-resolution logits reach the input's size (DefectHead.output); the first is the default.
 OUTPUTS = options.DEFECT_UPSAMPLINGS
+# Where the head's logits are made (DefectHead.resolution); the first is the default.
+RESOLUTIONS = options.DEFECT_RESOLUTIONS
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class HeadConfig:
 
     Args:
         channels: image channels (from the VAE's input contract).
-        widths: channels at full, half and quarter resolution.
+        widths: channels at half, a quarter and an eighth of the input's resolution.
         steps: optimizer steps (batches of synthetic defects).
         batch_size: images per step.
         lr: Adam learning rate, cosine-decayed to 10 %.
@@ -85,6 +87,8 @@ class HeadConfig:
             images that carry one of them (the synthetic generator still draws over the rest).
         labelled: how many labelled defective images the head trained on (0: synthetic defects alone); recorded,
             not chosen.
+        resolution: ``"half"`` (logits at half resolution, upsampled) or ``"full"`` (a full-resolution stage at
+            each end: a logit per input pixel; see :class:`DefectHead`); a stored config without it is ``"half"``.
     """
 
     channels: int = 1
@@ -99,8 +103,11 @@ class HeadConfig:
     hard_negatives: int = 0
     labelled_share: float = LABELLED_SHARE
     labelled: int = 0
+    resolution: str = RESOLUTIONS[0]
 
     def __post_init__(self) -> None:
+        if self.resolution not in RESOLUTIONS:
+            raise ValueError(f"resolution must be one of {', '.join(RESOLUTIONS)}, got {self.resolution!r}")
         if self.upsampling not in UPSAMPLING:
             raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLING)}, got {self.upsampling!r}")
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -129,7 +136,7 @@ class HeadConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> "HeadConfig":
         defects = DefectConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["defects"].items()})
         # Heads trained before the transposed upsampling carry no "upsampling" entry: they upsample bilinearly.
-        return cls(**{"upsampling": "bilinear", **data, "widths": tuple(data["widths"]), "defects": defects})
+        return cls(**{"upsampling": "bilinear", "resolution": RESOLUTIONS[0], **data, "widths": tuple(data["widths"]), "defects": defects})
 
 
 def _checked_output(output: str) -> str:
@@ -162,17 +169,33 @@ class DefectHead(nn.Module):
     logits, so a peak one logit wide (a thin scratch) comes out lower than the logit itself. ``"nearest"`` gives
     each logit a 2x2 block: the map's largest value *is* the head's largest logit. Export chooses it per bundle
     (``ExportConfig.defect_upsampling``); it has no weights, so one trained head serves both.
+
+    ``resolution="full"`` adds a stage at the input's own resolution at each end (``full_width`` channels, half of
+    w0): two 3x3 convolutions before the stride-2 stem, and after the half-resolution stage a 2x2 stride-2
+    transposed convolution back to full resolution, a skip connection from the first full-resolution stage and a
+    3x3 convolution; one logit per input pixel, so ``output`` changes nothing. Transposed upsampling only.
     """
 
     def __init__(self, channels: int, widths: tuple[int, int, int] = options.DEFECT_WIDTHS,
-                 upsampling: str = "transposed", output: str = "bilinear") -> None:
+                 upsampling: str = "transposed", output: str = "bilinear", resolution: str = RESOLUTIONS[0]) -> None:
         super().__init__()
         if upsampling not in UPSAMPLING:
             raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLING)}, got {upsampling!r}")
+        if resolution not in RESOLUTIONS:
+            raise ValueError(f"resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
+        if resolution == "full" and upsampling != "transposed":
+            raise ValueError("a full-resolution defect head upsamples with transposed convolutions only")
         self.output = _checked_output(output)
         w0, w1, w2 = widths
         self.upsampling = upsampling
-        self.halves = nn.Sequential(_conv(channels, w0, stride=2), _conv(w0, w0))
+        self.resolution = resolution
+        self.full_width = max(4, w0 // 2)
+        if resolution == "full":
+            wf = self.full_width
+            self.full = nn.Sequential(_conv(channels, wf), _conv(wf, wf))
+            self.halves = nn.Sequential(_conv(wf, w0, stride=2), _conv(w0, w0))
+        else:
+            self.halves = nn.Sequential(_conv(channels, w0, stride=2), _conv(w0, w0))
         self.quarters = nn.Sequential(_conv(w0, w1, stride=2), _conv(w1, w1))
         self.eighths = nn.Sequential(_conv(w1, w2, stride=2), _conv(w2, w2, dilation=2), _conv(w2, w2, dilation=4))
         if upsampling == "transposed":
@@ -181,10 +204,14 @@ class DefectHead(nn.Module):
             self.up_quarter, self.up_half = _conv(w1, w1), _conv(w0, w0)
         else:
             self.up_quarter, self.up_half = _conv(w2 + w1, w1), _conv(w1 + w0, w0)
-        self.out = nn.Conv2d(w0, 1, 1)
+        if resolution == "full":
+            self.to_full = nn.ConvTranspose2d(w0, self.full_width, 2, stride=2)
+            self.up_full = _conv(self.full_width, self.full_width)
+        self.out = nn.Conv2d(self.full_width if resolution == "full" else w0, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.halves(x * 2.0 - 1.0)
+        f = self.full(x * 2.0 - 1.0) if self.resolution == "full" else None
+        h = self.halves(x * 2.0 - 1.0 if f is None else f)
         q = self.quarters(h)
         e = self.eighths(q)
         if self.upsampling == "transposed":  # an odd side comes back one larger: crop to the skip's size
@@ -195,6 +222,9 @@ class DefectHead(nn.Module):
                                            q], 1))
             h = self.up_half(torch.cat([F.interpolate(q, size=h.shape[-2:], mode="bilinear", align_corners=False),
                                         h], 1))
+        if f is not None:  # a logit per input pixel: the last step has nothing to do
+            full: torch.Tensor = self.out(self.up_full(self.to_full(h)[..., : f.shape[-2], : f.shape[-1]] + f))
+            return full
         if self.output == "nearest":
             nearest: torch.Tensor = F.interpolate(self.out(h), size=x.shape[-2:], mode="nearest")
             return nearest
@@ -265,7 +295,7 @@ def train_head(images: torch.Tensor, config: HeadConfig, progress: Progress | No
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 7)
-    head = DefectHead(config.channels, config.widths, config.upsampling)
+    head = DefectHead(config.channels, config.widths, config.upsampling, resolution=config.resolution)
     optimizer = torch.optim.Adam(head.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
@@ -338,7 +368,7 @@ def load_head(run_dir: str | os.PathLike[str]) -> LoadedHead | None:
         if not isinstance(raw, dict) or raw.get("format") != HEAD_FORMAT or raw.get("version") != HEAD_VERSION:
             raise ValueError("not an edgevae defect head of a supported version")
         config = HeadConfig.from_dict(json.loads(raw["config"]))
-        head = DefectHead(config.channels, config.widths, config.upsampling)
+        head = DefectHead(config.channels, config.widths, config.upsampling, resolution=config.resolution)
         head.load_state_dict(raw["state_dict"])
     except (RuntimeError, ValueError, KeyError, TypeError, OSError, EOFError) as exc:
         raise CheckpointError(f"{path}: not a readable defect head ({exc}); train again, or delete it to export "

@@ -70,6 +70,9 @@ class TrainConfig:
         defect_widths: the defect head's channels at half, a quarter and an eighth of the input's resolution
             (:class:`~edgevae.training.defect_head.DefectHead`). Wider heads cost about the square of the width
             ratio in compute, on every device that scores with them (docs/scoring.md measures 24/48/96).
+        defect_resolution: where the defect head makes its logits, one of ``options.DEFECT_RESOLUTIONS``:
+            ``"half"`` (upsampled to the input's size) or ``"full"`` (a full-resolution stage at each end of the
+            head; :class:`~edgevae.training.defect_head.DefectHead`).
         labelled_defects: a folder of the user's own defective images, each with a ``NAME_mask`` image beside it
             (:mod:`edgevae.training.labelled`): the defect head trains on them beside the synthetic defects. None:
             synthetic defects alone. Read and checked before the VAE trains.
@@ -88,6 +91,7 @@ class TrainConfig:
     defect_steps: int = options.DEFECT_STEPS
     defect_time_cap: bool = True
     defect_widths: tuple[int, int, int] = options.DEFECT_WIDTHS
+    defect_resolution: str = options.DEFECT_RESOLUTIONS[0]
     labelled_defects: str | None = None
 
     def __post_init__(self) -> None:
@@ -103,6 +107,9 @@ class TrainConfig:
             raise ValueError(f"defect_widths must be three whole numbers of channels in 1..{options.DEFECT_WIDTH_MAX}, "
                              f"got {list(widths)}")
         object.__setattr__(self, "defect_widths", widths)
+        if self.defect_resolution not in options.DEFECT_RESOLUTIONS:
+            raise ValueError(f"defect_resolution must be one of {', '.join(options.DEFECT_RESOLUTIONS)}, "
+                             f"got {self.defect_resolution!r}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -497,6 +504,7 @@ def _head_config(run: "_Run") -> Any:
 
     surface = {"defects": SURFACE_DEFECTS, "hard_negatives": SURFACE_HARD_NEGATIVES} if run.tiles is not None else {}
     return HeadConfig(channels=int(run.model_config.channels or 1), widths=run.train_config.defect_widths,
+                      resolution=run.train_config.defect_resolution,
                       steps=run.train_config.defect_steps, seed=run.train_config.seed, **surface)
 
 

@@ -74,6 +74,11 @@ from .common import errors, given, need_training
 @click.option("--defect-widths", default=None, show_default=",".join(map(str, options.DEFECT_WIDTHS)),
               help="The defect head's channels at 1/2, 1/4 and 1/8 of the input's resolution, comma-separated. A wider "
                    "head costs about the square of the ratio in compute wherever it scores (docs/scoring.md).")
+@click.option("--defect-resolution", type=click.Choice(options.DEFECT_RESOLUTIONS), default=None,
+              show_default=options.DEFECT_RESOLUTIONS[0],
+              help="Where the defect head makes its logits: half (upsampled to the image's size) or full (a "
+                   "full-resolution stage at each end of the head: one logit per pixel, for thin defects; "
+                   "docs/scoring.md).")
 @click.option("--labelled-defects", type=click.Path(exists=True, file_okay=False), default=None,
               help="A folder of your own defective images, each NAME.png with a NAME_mask.png beside it (white on the "
                    "defect): the defect head trains on them beside its synthetic defects. A few per kind help most "
@@ -131,6 +136,7 @@ _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "v
                   "seed": "seed", "beta": "beta", "kl_warmup": "kl_warmup_epochs", "augment_shift": "augment_shift",
                   "augment_rotate": "augment_rotate", "defect_head": "defect_head", "defect_steps": "defect_steps",
                   "defect_time_cap": "defect_time_cap", "defect_widths": "defect_widths",
+                  "defect_resolution": "defect_resolution",
                   "labelled_defects": "labelled_defects"}
 
 
