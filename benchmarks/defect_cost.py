@@ -8,7 +8,8 @@ task, 64x64 RGB) in one run, alone on the machine:
    architecture, not the weights, sets the time), exported twice: at the defaults (`combined` with the head) and
    without the head (`combined` of local, smooth_recon, elbo: the previous default);
 2. `combined` of both bundles at batch 256, in alternating rounds (best of each);
-3. the head graph alone (exported from untrained heads of several widths, with the runtime's session options) at
+3. the head graph alone (exported from untrained heads of several widths, and the shipped widths with a
+   full-resolution stage at each end, ``train --defect-resolution full``; with the runtime's session options) at
    batch 256, its multiply-accumulates counted from the convolutions it runs.
 
 The predicted throughput of the default with another head width is the measured default's time with the shipped
@@ -44,7 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from doc_sections import benchmark_parser, save_report  # noqa: E402  (a sibling script module)
 from real_images import PREVIOUS_PARTS, inspection  # noqa: E402
 
-WIDTHS = ((16, 32, 64), (12, 24, 48), (8, 16, 32), (16, 16, 32))
+# (widths, resolution) of the heads timed alone; the first is the shipped head.
+HEADS = (((16, 32, 64), "half"), ((12, 24, 48), "half"), ((8, 16, 32), "half"), ((16, 16, 32), "half"),
+         ((24, 48, 96), "half"), ((16, 32, 64), "full"))
 BATCH = 256
 ROUNDS = 7
 
@@ -111,12 +114,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 times[name].append(time.perf_counter() - started_round)
         t_default, t_previous = min(times["default"]), min(times["previous"])
     heads = []
-    for widths in WIDTHS:
-        head = DefectHead(3, widths).eval()
+    for widths, resolution in HEADS:
+        head = DefectHead(3, widths, resolution=resolution).eval()
         graph = export_defect_graph(head, x[:8], OPSET)
         session = create_session(graph.SerializeToString(), "auto", name="defect.onnx")
         feed = {session.get_inputs()[0].name: x}
-        heads.append({"widths": list(widths), "weights": sum(p.numel() for p in head.parameters()),
+        heads.append({"widths": list(widths), "resolution": resolution, "weights": sum(p.numel() for p in head.parameters()),
                       "macs_per_image": conv_macs(head, size, 3),
                       "seconds": best_time(lambda: session.run(None, feed), rounds)})
     shipped = heads[0]["seconds"]
@@ -138,7 +141,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"`combined` at batch {report['batch']}, best of {report['rounds']} alternating rounds: the default (with the "
         f"head) **{report['default_images_per_second']:,.0f}** images/s, the previous default (local, smooth_recon, "
         f"elbo; no head) **{report['previous_images_per_second']:,.0f}** images/s: **{report['ratio']:.2f}x** (goal "
-        "≥ 0.7x). The head graph alone at several widths (untrained: the time does not depend on the weights), and "
+        "≥ 0.7x). The head graph alone at several widths and resolutions (untrained: the time does not depend on the weights), and "
         "the default's throughput predicted with that head in place of the shipped one; a narrower head's quality "
         "is not measured here.",
         "",
@@ -147,7 +150,8 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for i, h in enumerate(report["heads"]):
-        name = ", ".join(map(str, h["widths"])) + (" (shipped)" if i == 0 else "")
+        name = ", ".join(map(str, h["widths"])) + (", full resolution" if h.get("resolution") == "full" else "")
+        name += " (shipped)" if i == 0 else ""
         lines.append(f"| {name} | {h['weights']:,} | {h['macs_per_image'] / 1e6:.1f} | {h['seconds'] * 1e3:.1f} | "
                      f"{h['predicted_default_images_per_second']:,.0f} | {h['predicted_ratio']:.2f}x |")
     return "\n".join(lines + [""])

@@ -204,6 +204,45 @@ def test_a_nearest_last_step_keeps_the_heads_own_peak_which_bilinear_lowers() ->
         head.with_output("bicubic")
 
 
+def test_a_full_resolution_head_makes_one_logit_per_pixel_and_exports_alike() -> None:
+    """``resolution="full"``: the last convolution sees the input's own grid, the output step has nothing to do,
+    and the exported graph (batch normalisations folded) gives the same logits at any size."""
+    import onnxruntime as ort
+
+    from edgevae.export import graphs
+    from edgevae.training.defect_head import DefectHead, HeadConfig
+
+    torch.manual_seed(0)
+    head = DefectHead(3, widths=(8, 8, 8), resolution="full")
+    for norm in (m for m in head.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.running_mean.uniform_(-0.5, 0.5)  # statistics a trained head would have
+        norm.running_var.uniform_(0.5, 2.0)
+    head.eval()
+    seen: list[torch.Tensor] = []
+    head.out.register_forward_hook(lambda module, inputs, output: seen.append(output))
+    for shape in ((1, 3, 32, 32), (2, 3, 37, 53), (1, 3, 8, 8), (1, 3, 9, 15)):
+        with torch.no_grad():
+            logits = head(torch.rand(shape))
+        assert logits.shape == seen[-1].shape == (shape[0], 1) + shape[2:]  # made at full resolution, not upsampled
+    x = torch.rand((2, 3, 37, 53))
+    with torch.no_grad():
+        np.testing.assert_array_equal(head.with_output("nearest")(x).numpy(), head(x).numpy())
+    proto = graphs.export_defect_graph(head, np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32), 18)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = head(x).numpy()
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0], want, atol=1e-5)
+
+    stored = HeadConfig(channels=3).to_dict()
+    del stored["resolution"]  # what a head trained before the choice stored
+    assert HeadConfig.from_dict(stored).resolution == "half"
+    assert HeadConfig.from_dict(HeadConfig(resolution="full").to_dict()).resolution == "full"
+    with pytest.raises(ValueError, match="resolution must be one of"):
+        HeadConfig(resolution="quarter")
+    with pytest.raises(ValueError, match="transposed"):
+        DefectHead(1, upsampling="bilinear", resolution="full")
+
+
 def test_a_time_budget_stops_the_head_early() -> None:
     from edgevae.training.defect_head import HeadConfig, train_head
 
@@ -224,13 +263,17 @@ def test_the_command_line_can_train_every_head_step_past_the_time_cap(tmp_path: 
     run = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", "--data", str(data), "-o", str(run), "--epochs", "1", "--latent-dim",
                                        "2", "--widths", "4,8", "--hidden", "8", "--defect-steps", "200",
-                                       "--no-defect-time-cap", "--defect-widths", "8,12,20"])
+                                       "--no-defect-time-cap", "--defect-widths", "8,12,20",
+                                       "--defect-resolution", "full"])
     assert result.exit_code == 0, result.output
     head = load_head(run)
     assert head is not None and head.summary["steps"] == 200 and head.summary["stopped_early"] is False
-    assert head.config.widths == (8, 12, 20) and head.head.out.in_channels == 8  # --defect-widths built this head
+    # --defect-widths and --defect-resolution built this head: 8 channels at half resolution, 4 at full
+    assert head.config.widths == (8, 12, 20) and head.head.halves[0][0].out_channels == 8
+    assert head.config.resolution == head.head.resolution == "full" and head.head.out.in_channels == 4
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train_config"]["defect_time_cap"] is False and metrics["train_config"]["defect_widths"] == [8, 12, 20]
+    assert metrics["train_config"]["defect_resolution"] == "full"
     assert head.summary["seconds"] > metrics["history"][-1]["seconds"]  # longer than the VAE: the cap would have cut it
 
 
@@ -271,6 +314,7 @@ def test_the_bundle_ships_the_head_as_a_checked_third_graph(model, bundle: Path)
         "kind": "defect", "graphs": ["defect"], "samples": 0, "noise": None, "map": False, "importance": False,
         "negate": False, "window": 5}
     assert manifest["scoring"]["defect"]["upsampling"] == "bilinear"  # untiled bundles: the smooth map, as before
+    assert manifest["scoring"]["defect"]["resolution"] == "half"
     x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
     probabilities = model.defect_map(x)
     assert probabilities.shape == (4, 28, 28) and 0.0 <= probabilities.min() and probabilities.max() <= 1.0
@@ -315,8 +359,9 @@ def test_a_head_trains_alike_on_uint8_tiles_and_their_float_values() -> None:
         assert torch.equal(as_uint8.head.state_dict()[name], value), name
 
 
-def test_defect_widths_are_checked_before_training(tmp_path: Path) -> None:
-    """A wrong ``--defect-widths`` is a usage error naming the option, before any image is read."""
+def test_defect_widths_and_resolution_are_checked_before_training(tmp_path: Path) -> None:
+    """A wrong ``--defect-widths`` or ``--defect-resolution`` is a usage error naming the option, before any image
+    is read."""
     from click.testing import CliRunner
 
     from edgevae.cli import main
@@ -329,8 +374,11 @@ def test_defect_widths_are_checked_before_training(tmp_path: Path) -> None:
     assert TrainConfig.from_dict({"defect_widths": [24, 48, 96]}).defect_widths == (24, 48, 96)
     data = tmp_path / "tiles.npy"
     np.save(data, np.zeros((40, 16, 16), np.uint8))
-    for bad, said in (("24,48", "three whole numbers"), ("a,b,c", "--defect-widths")):
-        result = CliRunner().invoke(main, ["train", "--data", str(data), "-o", str(tmp_path / "r"),
-                                           "--defect-widths", bad])
+    with pytest.raises(ValueError, match="defect_resolution must be one of half, full"):
+        TrainConfig(defect_resolution="quarter")
+    for option, bad, said in (("--defect-widths", "24,48", "three whole numbers"),
+                              ("--defect-widths", "a,b,c", "--defect-widths"),
+                              ("--defect-resolution", "quarter", "--defect-resolution")):
+        result = CliRunner().invoke(main, ["train", "--data", str(data), "-o", str(tmp_path / "r"), option, bad])
         assert result.exit_code != 0 and said in result.output, result.output
         assert not (tmp_path / "r" / "last.pt").exists()
