@@ -390,16 +390,10 @@ def _floored(scale: float, level: float) -> float:
 
 
 def tail_model(calibration_scores: Sequence[float] | NDArray[np.floating[Any]]) -> TailFit:
-    """The tail every calibration stores: the generalised Pareto fit (``fit_tail``) where the scores allow one with
-    a shape >= 0; else an exponential over the top fifth (``exponential_top``), else ``exponential_tail`` past the
-    largest score. With it p-values keep falling beyond the calibration range, so no two different scores there
-    share a p-value and no threshold is out of reach.
-
-    A bounded fit (shape < 0) is not stored as it is (past its end every p-value would be 0 and tie) but as the
-    exponential fitted to the same top scores: their mean excess as its scale. Keeping the bounded fit's own scale
-    with the shape set to 0 (the rule before 2026-12-07) makes the tail heavier than the data: a generalised
-    Pareto tail's mean excess is scale / (1 - shape), below its scale when the shape is negative, so thresholds
-    came out high and false-positive rates low (on normal scores, about 0.3 % at a stated 1 %; docs/scoring.md).
+    """The tail every calibration stores: the generalised Pareto fit (``fit_tail``) where the scores allow one, a
+    bounded fit read as exponential (shape 0; past a bounded fit's end every p-value would be 0 and tie), else an
+    exponential over the top fifth (``exponential_top``), else ``exponential_tail`` past the largest score. With it p-values keep falling beyond the calibration range, so no two different
+    scores there share a p-value and no threshold is out of reach.
 
     Raises:
         ValueError: fewer than 2 scores, or scores that are not finite.
@@ -408,8 +402,8 @@ def tail_model(calibration_scores: Sequence[float] | NDArray[np.floating[Any]]) 
     if s.size < 2 or not np.isfinite(s).all():
         raise ValueError("a tail model needs at least 2 finite scores")
     fit = fit_tail(s)
-    if fit is not None and fit.shape >= 0.0:
-        return fit
+    if fit is not None:
+        return fit if fit.shape >= 0.0 else TailFit(fit.start, fit.fraction, 0.0, fit.scale)
     top = exponential_top(s)
     return top if top is not None else exponential_tail(s)
 

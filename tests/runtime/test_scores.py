@@ -120,33 +120,6 @@ def test_tail_threshold_holds_its_rate_on_fresh_samples_better_than_the_empirica
     assert in_range(tail) > in_range(emp)
 
 
-def test_a_bounded_tail_is_stored_as_the_exponential_of_the_same_top_scores() -> None:
-    """Normal scores have a light tail: their Pareto fits come out bounded (shape < 0). The stored tail is the
-    exponential with the top fifth's mean excess, whose 1 % thresholds keep a rate near 1 % on fresh scores; the
-    bounded fit's own scale with its shape set to 0 (the rule before) overstates the tail and flagged about 0.3 %."""
-    from scipy.stats import norm
-
-    from edgevae.runtime.scores import exponential_top
-
-    rng = np.random.default_rng(0)
-    stored, before = [], []
-    for _ in range(200):
-        cal = np.sort(rng.standard_normal(400))
-        fit, tail = fit_tail(cal), tail_model(cal)
-        if fit is not None and fit.shape >= 0:
-            continue
-        assert tail == exponential_top(cal) and tail.shape == 0.0 and tail.fraction == pytest.approx(0.2)
-        assert tail.scale == pytest.approx(float(np.mean(cal[-80:] - cal[-81])))  # the top fifth's mean excess
-        stored.append(norm.sf(threshold_at_fpr(cal, 0.01, tail)))
-        if fit is not None:  # a bounded fit (None: one that ends below the largest score)
-            before.append(norm.sf(threshold_at_fpr(cal, 0.01, TailFit(fit.start, fit.fraction, 0.0, fit.scale))))
-    assert len(stored) > 180 and len(before) > 150  # normal scores: almost always bounded
-    assert 0.005 < np.mean(stored) < 0.012
-    assert np.mean(before) < 0.004  # what the previous rule promised as 1 %
-    in_range = lambda r: np.mean((np.asarray(r) >= 0.005) & (np.asarray(r) <= 0.02))  # noqa: E731
-    assert in_range(stored) > 0.5 > in_range(before)
-
-
 def test_tail_p_values_agree_with_the_tail_threshold() -> None:
     rng = np.random.default_rng(2)
     cal = rng.gamma(2.0, 1.0, 500)
