@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         graph = export_defect_graph(head, x[:8], OPSET)
         session = create_session(graph.SerializeToString(), "auto", name="defect.onnx")
         feed = {session.get_inputs()[0].name: x}
-        heads.append({"widths": list(widths), "resolution": resolution, "weights": sum(p.numel() for p in head.parameters()),
+        heads.append({"widths": list(widths), "resolution": resolution,
+                      "weights": sum(p.numel() for p in head.parameters()),
                       "macs_per_image": conv_macs(head, size, 3),
                       "seconds": best_time(lambda: session.run(None, feed), rounds)})
     shipped = heads[0]["seconds"]
@@ -141,8 +142,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"`combined` at batch {report['batch']}, best of {report['rounds']} alternating rounds: the default (with the "
         f"head) **{report['default_images_per_second']:,.0f}** images/s, the previous default (local, smooth_recon, "
         f"elbo; no head) **{report['previous_images_per_second']:,.0f}** images/s: **{report['ratio']:.2f}x** (goal "
-        "≥ 0.7x). The head graph alone at several widths and resolutions (untrained: the time does not depend on the weights), and "
-        "the default's throughput predicted with that head in place of the shipped one; a narrower head's quality "
+        "≥ 0.7x). The head graph alone at several widths and resolutions (untrained: the time does not depend on the "
+        "weights), and the default's throughput predicted with that head in place of the shipped one; a narrower head's quality "
         "is not measured here.",
         "",
         "| head widths | weights | MMAC per image | head alone, ms per batch | default with it, images/s (predicted) "

@@ -106,10 +106,9 @@ class HeadConfig:
     resolution: str = RESOLUTIONS[0]
 
     def __post_init__(self) -> None:
-        if self.resolution not in RESOLUTIONS:
-            raise ValueError(f"resolution must be one of {', '.join(RESOLUTIONS)}, got {self.resolution!r}")
         if self.upsampling not in UPSAMPLING:
             raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLING)}, got {self.upsampling!r}")
+        _check_resolution(self.resolution, self.upsampling)
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         if len(self.widths) != 3 or any(w < 1 for w in self.widths):
             raise ValueError(f"defect head widths must be three positive channel counts, got {list(self.widths)}")
@@ -136,7 +135,17 @@ class HeadConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> "HeadConfig":
         defects = DefectConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["defects"].items()})
         # Heads trained before the transposed upsampling carry no "upsampling" entry: they upsample bilinearly.
-        return cls(**{"upsampling": "bilinear", "resolution": RESOLUTIONS[0], **data, "widths": tuple(data["widths"]), "defects": defects})
+        # Heads trained before the full-resolution choice carry no "resolution" entry: they work at half resolution.
+        return cls(**{"upsampling": "bilinear", "resolution": RESOLUTIONS[0], **data, "widths": tuple(data["widths"]),
+                      "defects": defects})
+
+
+def _check_resolution(resolution: str, upsampling: str) -> None:
+    """A known resolution, and transposed upsampling with a full-resolution one (the only stage built for it)."""
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
+    if resolution == "full" and upsampling != "transposed":
+        raise ValueError("a full-resolution defect head upsamples with transposed convolutions only")
 
 
 def _checked_output(output: str) -> str:
@@ -170,8 +179,8 @@ class DefectHead(nn.Module):
     each logit a 2x2 block: the map's largest value *is* the head's largest logit. Export chooses it per bundle
     (``ExportConfig.defect_upsampling``); it has no weights, so one trained head serves both.
 
-    ``resolution="full"`` adds a stage at the input's own resolution at each end (``full_width`` channels, half of
-    w0): two 3x3 convolutions before the stride-2 stem, and after the half-resolution stage a 2x2 stride-2
+    ``resolution="full"`` adds a stage at the input's own resolution at each end (half of w0 channels, at least
+    4): two 3x3 convolutions before the stride-2 stem, and after the half-resolution stage a 2x2 stride-2
     transposed convolution back to full resolution, a skip connection from the first full-resolution stage and a
     3x3 convolution; one logit per input pixel, so ``output`` changes nothing. Transposed upsampling only.
     """
@@ -181,17 +190,13 @@ class DefectHead(nn.Module):
         super().__init__()
         if upsampling not in UPSAMPLING:
             raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLING)}, got {upsampling!r}")
-        if resolution not in RESOLUTIONS:
-            raise ValueError(f"resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
-        if resolution == "full" and upsampling != "transposed":
-            raise ValueError("a full-resolution defect head upsamples with transposed convolutions only")
+        _check_resolution(resolution, upsampling)
         self.output = _checked_output(output)
         w0, w1, w2 = widths
         self.upsampling = upsampling
         self.resolution = resolution
-        self.full_width = max(4, w0 // 2)
+        wf = max(4, w0 // 2)  # channels of the full-resolution stages
         if resolution == "full":
-            wf = self.full_width
             self.full = nn.Sequential(_conv(channels, wf), _conv(wf, wf))
             self.halves = nn.Sequential(_conv(wf, w0, stride=2), _conv(w0, w0))
         else:
@@ -205,9 +210,9 @@ class DefectHead(nn.Module):
         else:
             self.up_quarter, self.up_half = _conv(w2 + w1, w1), _conv(w1 + w0, w0)
         if resolution == "full":
-            self.to_full = nn.ConvTranspose2d(w0, self.full_width, 2, stride=2)
-            self.up_full = _conv(self.full_width, self.full_width)
-        self.out = nn.Conv2d(self.full_width if resolution == "full" else w0, 1, 1)
+            self.to_full = nn.ConvTranspose2d(w0, wf, 2, stride=2)
+            self.up_full = _conv(wf, wf)
+        self.out = nn.Conv2d(wf if resolution == "full" else w0, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.full(x * 2.0 - 1.0) if self.resolution == "full" else None
