@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from .methods import PART_METHODS
 from .options import COMBINED_PARTS, LOCAL_TOP_FRACTION
-from .scores import Residuals, SurvivalCurve, TailFit, log_p_values, p_values, smoothed_residual, survival_curve, tail_model
+from .scores import Residuals, SurvivalCurve, TailFit, log_p_values, p_values, reference_tail, smoothed_residual, survival_curve
 
 F32 = NDArray[np.float32]
 # Name of the map statistics file in a bundle: float32 little-endian, row-major (2, H, W): mean, then spread.
@@ -215,13 +215,13 @@ class Reference:
         s = np.sort(np.asarray(scores, dtype=np.float64))
         if s.size < 2 or not np.isfinite(s).all():
             raise ValueError("a reference needs at least 2 finite scores")
-        tail = tail_model(s)
+        tail = reference_tail(s)
         kept = s if s.size <= MAX_REFERENCE_SCORES else np.quantile(s, np.linspace(0, 1, MAX_REFERENCE_SCORES))
         return cls(kept.astype(np.float32).astype(np.float64), tail)
 
     def p_values(self, scores: NDArray[Any]) -> NDArray[np.float64]:
         """p-values as calibration computes them (``scores.p_values``). A bounded tail (shape < 0), which bundles
-        from before ``tail_model`` may hold, is read as exponential (shape 0): past a bounded fit's end a p-value
+        from before ``reference_tail`` may hold, is read as exponential (shape 0): past a bounded fit's end a p-value
         would be exactly 0, and one normal image a little beyond it would tie with the most extreme anomalies."""
         return p_values(scores, self.scores, self.read_tail, curve=self.curve)
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from edgevae.runtime import TailFit, fit_tail, kl_divergence, log_likelihood, p_values, threshold_at_fpr
-from edgevae.runtime.scores import survival_curve, tail_model
+from edgevae.runtime.scores import reference_tail, survival_curve, tail_model
 
 pytestmark = pytest.mark.runtime
 
@@ -118,6 +118,38 @@ def test_tail_threshold_holds_its_rate_on_fresh_samples_better_than_the_empirica
     assert 0.007 < tail.mean() < 0.014
     in_range = lambda r: np.mean((r >= 0.005) & (r <= 0.02))  # noqa: E731
     assert in_range(tail) > in_range(emp)
+
+
+def test_a_bounded_tail_is_stored_as_the_exponential_of_the_same_top_scores() -> None:
+    """Normal scores have a light tail: their Pareto fits come out bounded (shape < 0). A method's stored tail is the
+    exponential with the top fifth's mean excess, whose 1 % thresholds keep a rate near 1 % on fresh scores; the
+    bounded fit's own scale with its shape set to 0 (``reference_tail``, which combined's parts keep) overstates
+    the tail and flags about 0.3 %."""
+    from scipy.stats import norm
+
+    from edgevae.runtime.scores import exponential_top
+
+    rng = np.random.default_rng(0)
+    stored, heavy = [], []
+    for _ in range(200):
+        cal = np.sort(rng.standard_normal(400))
+        fit, tail, ref = fit_tail(cal), tail_model(cal), reference_tail(cal)
+        if fit is not None and fit.shape >= 0:
+            assert tail == ref == fit
+            continue
+        assert tail == exponential_top(cal) and tail.shape == 0.0 and tail.fraction == pytest.approx(0.2)
+        assert tail.scale == pytest.approx(float(np.mean(cal[-80:] - cal[-81])))  # the top fifth's mean excess
+        stored.append(norm.sf(threshold_at_fpr(cal, 0.01, tail)))
+        if fit is not None:  # a bounded fit (None: one that ends below the largest score)
+            assert ref == TailFit(fit.start, fit.fraction, 0.0, fit.scale)
+            heavy.append(norm.sf(threshold_at_fpr(cal, 0.01, ref)))
+        else:
+            assert ref == tail
+    assert len(stored) > 180 and len(heavy) > 150  # normal scores: almost always bounded
+    assert 0.005 < np.mean(stored) < 0.012
+    assert np.mean(heavy) < 0.004  # what the heavier rule promises as 1 %
+    in_range = lambda r: np.mean((np.asarray(r) >= 0.005) & (np.asarray(r) <= 0.02))  # noqa: E731
+    assert in_range(stored) > 0.5 > in_range(heavy)
 
 
 def test_tail_p_values_agree_with_the_tail_threshold() -> None:
