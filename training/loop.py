@@ -72,7 +72,10 @@ class TrainConfig:
             ratio in compute, on every device that scores with them (docs/scoring.md measures 24/48/96).
         defect_resolution: where the defect head makes its logits, one of ``options.DEFECT_RESOLUTIONS``:
             ``"half"`` (upsampled to the input's size) or ``"full"`` (a full-resolution stage at each end of the
-            head; :class:`~edgevae.training.defect_head.DefectHead`).
+            head; :class:`~edgevae.training.defect_head.DefectHead`). None (the default): ``"full"`` for a tiled
+            run, whose defects are a few pixels wide at native resolution (on the tiles benchmark's gravel it
+            raised every kind, docs/scoring.md), ``"half"`` otherwise (the cheaper head: an untiled bundle scores
+            every image with it).
         labelled_defects: a folder of the user's own defective images, each with a ``NAME_mask`` image beside it
             (:mod:`edgevae.training.labelled`): the defect head trains on them beside the synthetic defects. None:
             synthetic defects alone. Read and checked before the VAE trains.
@@ -91,7 +94,7 @@ class TrainConfig:
     defect_steps: int = options.DEFECT_STEPS
     defect_time_cap: bool = True
     defect_widths: tuple[int, int, int] = options.DEFECT_WIDTHS
-    defect_resolution: str = options.DEFECT_RESOLUTIONS[0]
+    defect_resolution: str | None = None
     labelled_defects: str | None = None
 
     def __post_init__(self) -> None:
@@ -107,7 +110,7 @@ class TrainConfig:
             raise ValueError(f"defect_widths must be three whole numbers of channels in 1..{options.DEFECT_WIDTH_MAX}, "
                              f"got {list(widths)}")
         object.__setattr__(self, "defect_widths", widths)
-        if self.defect_resolution not in options.DEFECT_RESOLUTIONS:
+        if self.defect_resolution is not None and self.defect_resolution not in options.DEFECT_RESOLUTIONS:
             raise ValueError(f"defect_resolution must be one of {', '.join(options.DEFECT_RESOLUTIONS)}, "
                              f"got {self.defect_resolution!r}")
         if self.epochs < 1:
@@ -504,8 +507,16 @@ def _head_config(run: "_Run") -> Any:
 
     surface = {"defects": SURFACE_DEFECTS, "hard_negatives": SURFACE_HARD_NEGATIVES} if run.tiles is not None else {}
     return HeadConfig(channels=int(run.model_config.channels or 1), widths=run.train_config.defect_widths,
-                      resolution=run.train_config.defect_resolution,
+                      resolution=defect_resolution(run.train_config, tiled=run.tiles is not None),
                       steps=run.train_config.defect_steps, seed=run.train_config.seed, **surface)
+
+
+def defect_resolution(config: TrainConfig, *, tiled: bool) -> str:
+    """The defect head's resolution for a run: ``config.defect_resolution``, or when that is None ``"full"`` for a
+    tiled run and ``"half"`` otherwise."""
+    if config.defect_resolution is not None:
+        return config.defect_resolution
+    return "full" if tiled else "half"
 
 
 def _labelled(run: "_Run", emit: Progress) -> Any:

@@ -75,10 +75,10 @@ from .common import errors, given, need_training
               help="The defect head's channels at 1/2, 1/4 and 1/8 of the input's resolution, comma-separated. A wider "
                    "head costs about the square of the ratio in compute wherever it scores (docs/scoring.md).")
 @click.option("--defect-resolution", type=click.Choice(options.DEFECT_RESOLUTIONS), default=None,
-              show_default=options.DEFECT_RESOLUTIONS[0],
+              show_default="full with --tile, else half",
               help="Where the defect head makes its logits: half (upsampled to the image's size) or full (a "
-                   "full-resolution stage at each end of the head: one logit per pixel, for thin defects; "
-                   "docs/scoring.md).")
+                   "full-resolution stage at each end of the head: one logit per pixel, for thin defects, at about "
+                   "2.3 times the head's time; docs/scoring.md).")
 @click.option("--labelled-defects", type=click.Path(exists=True, file_okay=False), default=None,
               help="A folder of your own defective images, each NAME.png with a NAME_mask.png beside it (white on the "
                    "defect): the defect head trains on them beside its synthetic defects. A few per kind help most "

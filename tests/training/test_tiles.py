@@ -106,6 +106,7 @@ def test_a_tiled_bundle_records_its_tiles_and_calibrates_on_whole_images(tiled_b
     assert head["training"]["images"] == SURFACE_HEAD_TILES  # a large pool of distinct tiles
     assert head["labelled_defects"] == 3 and head["generator"]["relative_strength"] == 0
     assert head["upsampling"] == "nearest"  # the map keeps the head's own peaks (TILED_DEFECT_UPSAMPLING)
+    assert head["resolution"] == "full"  # a tiled run's default: one logit per pixel at native resolution
     # combined gives its defect part half the false-alarm budget (TILED_DEFECT_SHARE); the VAE's parts share the rest
     parts, weights = manifest["scoring"]["combined"]["parts"], manifest["scoring"]["combined"]["weights"]
     shares = dict(zip(parts, np.array(weights) / sum(weights)))
