@@ -426,10 +426,9 @@ def reference_tail(calibration_scores: Sequence[float] | NDArray[np.floating[Any
     """
     s = _tail_input(calibration_scores)
     fit = fit_tail(s)
-    if fit is not None:
-        return fit if fit.shape >= 0.0 else TailFit(fit.start, fit.fraction, 0.0, fit.scale)
-    top = exponential_top(s)
-    return top if top is not None else exponential_tail(s)
+    if fit is not None and fit.shape < 0.0:
+        return TailFit(fit.start, fit.fraction, 0.0, fit.scale)
+    return tail_model(s)
 
 
 def _tail_input(calibration_scores: Sequence[float] | NDArray[np.floating[Any]]) -> NDArray[np.float64]:
