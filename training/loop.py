@@ -63,10 +63,11 @@ class TrainConfig:
             (docs/benchmarks.md).
         augment_rotate: random rotation of each training image by up to this many degrees, bilinear (0: off).
         defect_head: after the VAE, train the defect head on synthetic defects made from the training images
-            (:mod:`edgevae.training.defect_head`; its time is capped at the VAE's own training time).
+            (:mod:`edgevae.training.defect_head`; its time is capped: ``defect_time_cap``).
         defect_steps: the defect head's optimizer steps (fewer when its time cap comes first).
-        defect_time_cap: cap the head's training at the VAE's own wall time (False: exactly ``defect_steps``
-            steps, whatever the machine's load: reproducible runs, the test suite's fixtures).
+        defect_time_cap: cap the head's training at the VAE's own wall time, twice that for a full-resolution head
+            (``defect_head.TIME_CAP_FACTORS``; False: exactly ``defect_steps`` steps, whatever the machine's
+            load: reproducible runs, the test suite's fixtures).
         defect_widths: the defect head's channels at half, a quarter and an eighth of the input's resolution
             (:class:`~edgevae.training.defect_head.DefectHead`). Wider heads cost about the square of the width
             ratio in compute, on every device that scores with them (docs/scoring.md measures 24/48/96).
@@ -430,10 +431,10 @@ def train(
     vae_seconds = time.perf_counter() - started
     head_path, head_seconds = None, 0.0
     if head_images is not None and head_config is not None:  # rank 0 alone, after the process group is gone
-        from .defect_head import save_head, train_head
+        from .defect_head import TIME_CAP_FACTORS, save_head, train_head
 
         if time_cap:
-            head_config = replace(head_config, time_budget=vae_seconds)
+            head_config = replace(head_config, time_budget=vae_seconds * TIME_CAP_FACTORS[head_config.resolution])
         head = train_head(head_images, head_config, progress=emit, labelled=labelled)
         head_path, head_seconds = save_head(head, out), head.seconds
     seconds = time.perf_counter() - started

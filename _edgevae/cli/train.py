@@ -68,7 +68,8 @@ from .common import errors, given, need_training
               help="The defect head's optimizer steps (fewer if the VAE's training time runs out first, unless "
                    "--no-defect-time-cap).")
 @click.option("--defect-time-cap/--no-defect-time-cap", default=None, show_default="on",
-              help="Stop the defect head when it has trained as long as the VAE did. --no-defect-time-cap trains "
+              help="Stop the defect head when it has trained as long as the VAE did (twice as long at full "
+                   "resolution, whose steps cost up to twice as much). --no-defect-time-cap trains "
                    "every --defect-steps step however long it takes, so that a run's head is the same on a busy "
                    "machine as on an idle one.")
 @click.option("--defect-widths", default=None, show_default=",".join(map(str, options.DEFECT_WIDTHS)),
