@@ -310,7 +310,8 @@ def train_head(images: torch.Tensor, config: HeadConfig, progress: Progress | No
         optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
     head.train()
     n = images.shape[0]
-    emit("defect_start", {"steps": config.steps, "images": n, "budget": config.time_budget})
+    emit("defect_start", {"steps": config.steps, "images": n, "budget": config.time_budget,
+                          "resolution": config.resolution})
     loss_value, step, every = math.nan, 0, max(1, config.steps // 20)
     for step in range(1, config.steps + 1):
         idx = torch.randint(n, (min(config.batch_size, max(n, 1)),), generator=gen)

@@ -131,6 +131,14 @@ def train(source: str, classes: str | None, labels: str | None, run_dir: str, ch
         click.echo(f"defect head: {result.defect_head} ({result.defect_seconds:.1f} s)")
 
 
+def _cap_words(info: dict[str, Any]) -> str:
+    """What the defect head's time cap is, in words (``defect_head.TIME_CAP_FACTORS``)."""
+    from edgevae.training.defect_head import TIME_CAP_FACTORS
+
+    factor = TIME_CAP_FACTORS.get(info.get("resolution", "half"), 1.0)
+    return "the VAE's training time" if factor == 1.0 else f"{factor:g} times the VAE's training time"
+
+
 # Options of `train` that are ModelConfig fields of the same name, and those that are TrainConfig fields.
 _MODEL_OPTIONS = ("latent_dim", "widths", "hidden", "refine", "likelihood", "activation", "encoder_activation")
 _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "val_fraction": "val_fraction",
@@ -191,12 +199,13 @@ class _TrainingProgress:
                        f"  {info['seconds']:6.1f}s{mark}", err=True)
         elif event == "defect_start":
             click.echo(f"defect head: {info['steps']} steps on synthetic defects made from {info['images']} training "
-                       f"images, " + (f"at most {info['budget']:.0f} s (the VAE's training time)" if info['budget'] else ""), err=True)
+                       f"images at {info.get('resolution', 'half')} resolution"
+                       + (f", at most {info['budget']:.0f} s ({_cap_words(info)})" if info['budget'] else ""), err=True)
         elif event == "defect_step":
             click.echo(f"defect head step {info['step']:5d}/{info['steps']}  loss {info['loss']:.4f}  "
                        f"{info['seconds']:6.1f}s", err=True)
         elif event == "defect_done":
-            early = " (stopped at the VAE's training time)" if info["stopped_early"] else ""
+            early = " (stopped at its time cap)" if info["stopped_early"] else ""
             click.echo(f"defect head: {info['steps']} steps in {info['seconds']:.1f} s{early}", err=True)
         elif event == "skipped":
             click.echo(f"skipped: {info['item']}", err=True)
