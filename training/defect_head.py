@@ -110,9 +110,7 @@ class HeadConfig:
     resolution: str = RESOLUTIONS[0]
 
     def __post_init__(self) -> None:
-        if self.upsampling not in UPSAMPLING:
-            raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLING)}, got {self.upsampling!r}")
-        _check_resolution(self.resolution, self.upsampling)
+        _check_layout(self.resolution, self.upsampling)
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         if len(self.widths) != 3 or any(w < 1 for w in self.widths):
             raise ValueError(f"defect head widths must be three positive channel counts, got {list(self.widths)}")
@@ -144,8 +142,11 @@ class HeadConfig:
                       "defects": defects})
 
 
-def _check_resolution(resolution: str, upsampling: str) -> None:
-    """A known resolution, and transposed upsampling with a full-resolution one (the only stage built for it)."""
+def _check_layout(resolution: str, upsampling: str) -> None:
+    """A known upsampling and resolution, and transposed upsampling with a full-resolution head (the only stage
+    built for it). HeadConfig and DefectHead both check here, so a config that cannot be built fails early."""
+    if upsampling not in UPSAMPLING:
+        raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLING)}, got {upsampling!r}")
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
     if resolution == "full" and upsampling != "transposed":
@@ -192,9 +193,7 @@ class DefectHead(nn.Module):
     def __init__(self, channels: int, widths: tuple[int, int, int] = options.DEFECT_WIDTHS,
                  upsampling: str = "transposed", output: str = "bilinear", resolution: str = RESOLUTIONS[0]) -> None:
         super().__init__()
-        if upsampling not in UPSAMPLING:
-            raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLING)}, got {upsampling!r}")
-        _check_resolution(resolution, upsampling)
+        _check_layout(resolution, upsampling)
         self.output = _checked_output(output)
         w0, w1, w2 = widths
         self.upsampling = upsampling

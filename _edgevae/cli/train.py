@@ -135,7 +135,7 @@ def _cap_words(info: dict[str, Any]) -> str:
     """What the defect head's time cap is, in words (``defect_head.TIME_CAP_FACTORS``)."""
     from edgevae.training.defect_head import TIME_CAP_FACTORS
 
-    factor = TIME_CAP_FACTORS.get(info.get("resolution", "half"), 1.0)
+    factor = TIME_CAP_FACTORS[info["resolution"]]
     return "the VAE's training time" if factor == 1.0 else f"{factor:g} times the VAE's training time"
 
 
@@ -199,7 +199,7 @@ class _TrainingProgress:
                        f"  {info['seconds']:6.1f}s{mark}", err=True)
         elif event == "defect_start":
             click.echo(f"defect head: {info['steps']} steps on synthetic defects made from {info['images']} training "
-                       f"images at {info.get('resolution', 'half')} resolution"
+                       f"images at {info['resolution']} resolution"
                        + (f", at most {info['budget']:.0f} s ({_cap_words(info)})" if info['budget'] else ""), err=True)
         elif event == "defect_step":
             click.echo(f"defect head step {info['step']:5d}/{info['steps']}  loss {info['loss']:.4f}  "
