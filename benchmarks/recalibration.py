@@ -1,7 +1,7 @@
 """Recalibration on a user's small normal set keeps what the default flagged, and p-values never tie beyond it.
 
-For each digit d: train on the 400 images of digit d in the embedded training pool with the defaults of
-`edgevae train` (seed 0), export with the defaults (the default method, `combined`, calibrated on the automatic
+For each digit d and each training seed (`--seeds`, 0 by default): train on the 400 images of digit d in the
+embedded training pool with the defaults of `edgevae train` at that seed, export with the defaults (the default method, `combined`, calibrated on the automatic
 split of 100 images), and flag two kinds of anomaly: the 900 test images of the other digits, and synthetic
 outliers (the demo's six kinds, 30 of each, drawn from other test digits). Then recalibrate copies of the bundle
 with `edgevae.runtime.recalibrate` on the digit's 100 test images, in each mode of `edgevae calibrate`:
@@ -18,6 +18,7 @@ calibration score, how many share a p-value or a score.
 
 Usage:
     python benchmarks/recalibration.py            # 10 digits (about 15 min here)
+    python benchmarks/recalibration.py --seeds 0,1  # 10 digits, two training seeds each (twice the time)
     python benchmarks/recalibration.py --smoke    # one digit, tiny model
 
 Writes benchmarks/results/recalibration.json and the recalibration section of docs/benchmarks.md.
@@ -72,11 +73,11 @@ def beyond_range_ties(model: Any, inputs: np.ndarray) -> dict[str, int]:
             "p_zero": int((p == 0).sum())}
 
 
-def one_digit(digit: int, smoke: bool, work: Path) -> dict[str, Any]:
-    """Train and export once; recalibrate copies in each mode and compare the flags."""
+def one_digit(digit: int, smoke: bool, work: Path, seed: int = 0) -> dict[str, Any]:
+    """Train and export once at training seed ``seed``; recalibrate copies in each mode and compare the flags."""
     model_cfg = ModelConfig(latent_dim=4, widths=(8, 16), hidden=32).resolved() if smoke else ModelConfig().resolved()
     result = train(DataSpec(classes=(digit,)), work / f"run{digit}", model_cfg,
-                   TrainConfig(seed=0, **({"epochs": 3} if smoke else {})))
+                   TrainConfig(seed=seed, **({"epochs": 3} if smoke else {})))
     x, y = embedded_split("test")
     normal = x[y == digit]
     kinds = anomalies(digit)
@@ -87,11 +88,11 @@ def one_digit(digit: int, smoke: bool, work: Path) -> dict[str, Any]:
         default_fpr_normal = float(model.score(normal).is_outlier.mean())
         darker = (normal * DARKER).astype(np.uint8)
         default_fpr_darker = float(model.score(darker).is_outlier.mean())
-    row: dict[str, Any] = {"digit": digit, "default_flagged": {k: float(v.mean()) for k, v in default.items()},
+    row: dict[str, Any] = {"digit": digit, "seed": seed, "default_flagged": {k: float(v.mean()) for k, v in default.items()},
                            "default_fpr_normal": default_fpr_normal, "default_fpr_darker": default_fpr_darker}
     for mode in MODES:
         copy = _recalibrated(bundle, work / f"{digit}_{mode}", normal, mode)
-        out: dict[str, Any] = {"decision": _decision(copy)}
+        out: dict[str, Any] = {"decision": _decision(copy), "ks_min_p": _ks_min_p(copy)}
         with load(copy, ["CPUExecutionProvider"]) as model:
             flags = {kind: model.score(images).is_outlier for kind, images in kinds.items()}
             out["kept_100"] = {k: float((flags[k] & default[k]).sum() / max(1, default[k].sum())) for k in kinds}
@@ -115,6 +116,12 @@ def _decision(bundle: Path) -> str:
     return str(json.loads((bundle / "edgevae.json").read_text())["calibration"]["recalibration"]["decision"])
 
 
+def _ks_min_p(bundle: Path) -> float | None:
+    """The smallest KS p-value over the methods of a recalibration that tested consistency (None: it did not)."""
+    record = json.loads((bundle / "edgevae.json").read_text())["calibration"]["recalibration"]
+    return min(record["ks_p_values"].values()) if record.get("ks_p_values") else None
+
+
 def _folds(bundle: Path, work: Path, images: np.ndarray, mode: str) -> dict[str, Any]:
     """Two folds: recalibrate on one half of ``images``, count the default's flags on the other half."""
     half = images.shape[0] // 2
@@ -131,16 +138,18 @@ def _folds(bundle: Path, work: Path, images: np.ndarray, mode: str) -> dict[str,
 def markdown(report: dict[str, Any]) -> str:
     rows = report["rows"]
     kinds = list(rows[0]["default_flagged"])
+    seeds = report.get("seeds", [0])
+    over = "digits" if len(seeds) == 1 else f"digits and the {len(seeds)} training seeds"
     lines = [
         "## Recalibration on a small normal set (one-class digits, training defaults)",
         "",
         f"Measured by `python benchmarks/recalibration.py` on {report['machine']}, {report['date']}; total "
         f"{report['seconds'] / 60:.1f} min. Raw results: `benchmarks/results/recalibration.json`. Per digit "
-        f"({', '.join(map(str, report['digits']))}): the default export (`combined`, 1 % FPR on the automatic 100-image "
+        f"({', '.join(map(str, report['digits']))}) and training seed ({', '.join(map(str, seeds))}): the default export (`combined`, 1 % FPR on the automatic 100-image "
         "split), then `edgevae calibrate` on 100 held-out normal images (the digit's test images) in each mode: `auto` "
         "(pooled with the stored calibration images when a KS test per method finds them consistent, else replaced; "
         "the default) and `replace` (the new images alone). *Kept*: the share of what the default flagged that the "
-        "recalibrated bundle still flags (lowest over digits / mean).",
+        f"recalibrated bundle still flags (lowest over {over} / mean).",
         "",
         "| mode | anomaly kind | flagged by the default (mean) | kept after 100 images |",
         "|---|---|---|---|",
@@ -151,6 +160,11 @@ def markdown(report: dict[str, Any]) -> str:
             kept = [r[mode]["kept_100"][kind] for r in rows if r["default_flagged"][kind] > 0]
             text = f"{min(kept) * 100:.0f} % / {np.mean(kept) * 100:.1f} %" if kept else "nothing flagged"
             lines.append(f"| {mode} | {kind} | {default * 100:.1f} % | {text} |")
+    if len(seeds) > 1:
+        lines += ["", "*Kept* among the other digits, mean over the digits of each training seed: " + "; ".join(
+            f"seed {seed}: " + ", ".join(
+                f"{mode} {np.mean([r[mode]['kept_100']['other digits'] for r in rows if r.get('seed', 0) == seed and r['default_flagged']['other digits'] > 0]) * 100:.1f} %"
+                for mode in MODES) for seed in seeds) + "."]
     lines += ["", "False-positive rates at the recalibrated 1 % on normal images the recalibration did not see (two "
               "folds per digit: recalibrate on 50 test images, flag the other 50; pooled over digits), and what `auto` "
               f"decided; then the same with a changed camera (every image at {DARKER:.0%} brightness: recalibration and "
@@ -176,13 +190,15 @@ def markdown(report: dict[str, Any]) -> str:
                   "of what it flagged among the other digits that `auto` keeps. A default that flags more than 1 % of "
                   "these normals has a threshold too low for them; a recalibration that lowers its false-positive rate "
                   "drops the anomalies nearest to the normal ones with it:", "",
-                  "| digit | default FPR on the recalibration normals | other digits flagged by the default | kept (auto) "
-                  "| kept (replace) |", "|---|---|---|---|---|"]
+                  "| digit | seed | default FPR on the recalibration normals | other digits flagged by the default "
+                  "| kept (auto) | kept (replace) | auto decided (smallest KS p) |", "|---|---|---|---|---|---|---|"]
         for r in rows:
-            lines.append(f"| {r['digit']} | {r['default_fpr_normal'] * 100:.0f} % | "
+            ks = r["auto"].get("ks_min_p")
+            lines.append(f"| {r['digit']} | {r.get('seed', 0)} | {r['default_fpr_normal'] * 100:.0f} % | "
                          f"{r['default_flagged']['other digits'] * 100:.1f} % | "
                          f"{r['auto']['kept_100']['other digits'] * 100:.1f} % | "
-                         f"{r['replace']['kept_100']['other digits'] * 100:.1f} % |")
+                         f"{r['replace']['kept_100']['other digits'] * 100:.1f} % | {r['auto']['decision']}"
+                         + (f" ({ks:.2g})" if ks is not None else "") + " |")
     dark = np.mean([r["default_fpr_darker"] for r in rows])
     lines += ["", f"Without recalibration the default flags {dark * 100:.1f} % of the darker normal images. `auto` decisions "
               "on the 100-image recalibration: " + ", ".join(
@@ -198,17 +214,22 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = benchmark_parser(__doc__ or "", "recalibration").parse_args(argv)
+    parser = benchmark_parser(__doc__ or "", "recalibration")
+    parser.add_argument("--seeds", default="0", help="training seeds, comma-separated: every digit is trained, exported "
+                                                     "and recalibrated once per seed (default: 0)")
+    args = parser.parse_args(argv)
     digits = (3,) if args.smoke else tuple(range(10))
+    seeds = tuple(int(v) for v in args.seeds.split(","))
     started = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgevae-recalibration-") as tmp:
-        for digit in digits:
-            rows.append(one_digit(digit, args.smoke, Path(tmp)))
-            print(f"digit {digit}: kept after 100 " + "; ".join(f"{mode} ({rows[-1][mode]['decision']}): "
+        for seed, digit in ((seed, digit) for seed in seeds for digit in digits):
+            (Path(tmp) / f"seed{seed}").mkdir(exist_ok=True)
+            rows.append(one_digit(digit, args.smoke, Path(tmp) / f"seed{seed}", seed))
+            print(f"seed {seed}, digit {digit}: kept after 100 " + "; ".join(f"{mode} ({rows[-1][mode]['decision']}): "
                                                                  f"{rows[-1][mode]['kept_100']}" for mode in MODES),
                   flush=True)
-    report: dict[str, Any] = {"digits": list(digits), "rows": rows}
+    report: dict[str, Any] = {"digits": list(digits), "seeds": list(seeds), "rows": rows}
     save_report("recalibration", report, markdown, args, started)
     return report
 

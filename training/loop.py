@@ -397,7 +397,8 @@ def train(
         train_config: optimisation settings; ``batch_size`` is the global batch.
         resume: continue from ``run_dir/last.pt`` (its configs win over the arguments).
         progress: called with ("model" | "split" | "epoch_start" | "batch" | "epoch_end" | "skipped" |
-            "defect_start" | "defect_step" | "defect_done" | "done", info); only on rank 0.
+            "defect_start" | "defect_step" | "defect_done" | "done", info); only on rank 0. ``defect_start``
+            carries ``unit``: ``"tiles"`` when its ``images`` count a tiled run's tiles, else ``"images"``.
         device: ``auto`` (CUDA when available, else the CPU), ``cpu`` or ``cuda``.
         images: train on this array (uint8 or [0, 1] floats, any layout the contract accepts) instead of reading
             ``data``; ``data`` then only records the run's options (``DataSpec(source=IN_MEMORY)``). The run keeps
@@ -420,6 +421,7 @@ def train(
         out, best_epoch, best, history = run.out, run.best_epoch, run.best, run.history
         head_images = _head_images(run) if ranks.is_main and run.train_config.defect_head else None
         head_config = _head_config(run) if head_images is not None else None
+        head_unit = "tiles" if run.tiles is not None else "images"  # what the head's start event counts
         time_cap = run.train_config.defect_time_cap
         if ranks.distributed:
             # DistributedDataParallel's reducer holds the process group's work objects: it goes first, while the
@@ -435,7 +437,10 @@ def train(
 
         if time_cap:
             head_config = replace(head_config, time_budget=vae_seconds * TIME_CAP_FACTORS[head_config.resolution])
-        head = train_head(head_images, head_config, progress=emit, labelled=labelled)
+        def head_emit(event: str, info: Mapping[str, Any]) -> None:
+            emit(event, {**info, "unit": head_unit} if event == "defect_start" else info)
+
+        head = train_head(head_images, head_config, progress=head_emit, labelled=labelled)
         head_path, head_seconds = save_head(head, out), head.seconds
     seconds = time.perf_counter() - started
     emit("done", {"best_epoch": best_epoch, "best_val_neg_elbo": best, "seconds": seconds,

@@ -20,6 +20,7 @@ def test_recalibration_benchmark_smoke(tmp_path: Path, benchmark_script) -> None
         assert row[mode]["decision"] in ("pooled", "replaced")
         assert row[mode]["folds"]["images"] == 2 * (row[mode]["folds"]["images"] // 2) > 0
         assert row[mode]["ties_100"]["distinct_scores"] <= row[mode]["ties_100"]["beyond"]
-    assert row["replace"]["decision"] == "replaced"
+    assert row["replace"]["decision"] == "replaced" and row["replace"]["ks_min_p"] is None  # replace tests nothing
+    assert row["seed"] == 0 and 0.0 <= row["auto"]["ks_min_p"] <= 1.0  # auto tested the stored images' scores
     assert set(row["darker"]) == {"auto", "replace", "pool"} and row["darker"]["pool"]["decisions"] == ["pooled"] * 2
     assert "| other digits |" in out_md.read_text() and "| darker | auto |" in out_md.read_text()

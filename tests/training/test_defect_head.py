@@ -266,6 +266,7 @@ def test_the_command_line_can_train_every_head_step_past_the_time_cap(tmp_path: 
                                        "--no-defect-time-cap", "--defect-widths", "8,12,20",
                                        "--defect-resolution", "full"])
     assert result.exit_code == 0, result.output
+    assert "synthetic defects made from 30 training images at full resolution" in result.stderr  # not tiles: untiled
     head = load_head(run)
     assert head is not None and head.summary["steps"] == 200 and head.summary["stopped_early"] is False
     # --defect-widths and --defect-resolution built this head: 8 channels at half resolution, 4 at full

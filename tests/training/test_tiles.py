@@ -81,6 +81,8 @@ def tiled_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     split = next(info for event, info in events if event == "split")
     assert split["tiles"]["per_epoch"] == 256 and split["n_val"] == 10
     assert next(info for event, info in events if event == "labelled") == {"images": 3, "pixels": 3 * 2 * 26}
+    head = next(info for event, info in events if event == "defect_start")  # the console says "training tiles"
+    assert head["unit"] == "tiles" and head["resolution"] == "full"
     out = tmp_path_factory.mktemp("tiled_bundles") / "tiled"
     # the tiles of 10 held-out images are the tiles' own calibration: too few to promise 1 %, and export says so
     with pytest.warns(CalibrationWarning, match=r"below what \d+ calibration images can promise"):
