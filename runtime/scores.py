@@ -406,11 +406,7 @@ def tail_model(calibration_scores: Sequence[float] | NDArray[np.floating[Any]]) 
         ValueError: fewer than 2 scores, or scores that are not finite.
     """
     s = _tail_input(calibration_scores)
-    fit = fit_tail(s)
-    if fit is not None and fit.shape >= 0.0:
-        return fit
-    top = exponential_top(s)
-    return top if top is not None else exponential_tail(s)
+    return _unbounded(s, fit_tail(s))
 
 
 def reference_tail(calibration_scores: Sequence[float] | NDArray[np.floating[Any]]) -> TailFit:
@@ -428,7 +424,16 @@ def reference_tail(calibration_scores: Sequence[float] | NDArray[np.floating[Any
     fit = fit_tail(s)
     if fit is not None and fit.shape < 0.0:
         return TailFit(fit.start, fit.fraction, 0.0, fit.scale)
-    return tail_model(s)
+    return _unbounded(s, fit)
+
+
+def _unbounded(s: NDArray[np.float64], fit: TailFit | None) -> TailFit:
+    """``tail_model`` of sorted scores ``s`` given their Pareto fit: the fit when it is not bounded, else an
+    exponential over the top fifth, else one past the largest score."""
+    if fit is not None and fit.shape >= 0.0:
+        return fit
+    top = exponential_top(s)
+    return top if top is not None else exponential_tail(s)
 
 
 def _tail_input(calibration_scores: Sequence[float] | NDArray[np.floating[Any]]) -> NDArray[np.float64]:
