@@ -1,8 +1,8 @@
 """Recalibration on a user's small normal set keeps what the default flagged, and p-values never tie beyond it.
 
 For each digit d and each training seed (`--seeds`, 0 by default): train on the 400 images of digit d in the
-embedded training pool with the defaults of `edgevae train` at that seed, export with the defaults (the default method, `combined`, calibrated on the automatic
-split of 100 images), and flag two kinds of anomaly: the 900 test images of the other digits, and synthetic
+embedded training pool with the defaults of `edgevae train` at that seed, export with the defaults (the default
+method, `combined`, calibrated on the automatic split of 100 images), and flag two kinds of anomaly: the 900 test images of the other digits, and synthetic
 outliers (the demo's six kinds, 30 of each, drawn from other test digits). Then recalibrate copies of the bundle
 with `edgevae.runtime.recalibrate` on the digit's 100 test images, in each mode of `edgevae calibrate`:
 
