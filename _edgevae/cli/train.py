@@ -199,7 +199,7 @@ class _TrainingProgress:
                        f"  {info['seconds']:6.1f}s{mark}", err=True)
         elif event == "defect_start":
             click.echo(f"defect head: {info['steps']} steps on synthetic defects made from {info['images']} training "
-                       f"{'tiles' if info.get('unit') == 'tiles' else 'images'} at {info['resolution']} resolution"
+                       f"{info['unit']} at {info['resolution']} resolution"
                        + (f", at most {info['budget']:.0f} s ({_cap_words(info)})" if info['budget'] else ""), err=True)
         elif event == "defect_step":
             click.echo(f"defect head step {info['step']:5d}/{info['steps']}  loss {info['loss']:.4f}  "

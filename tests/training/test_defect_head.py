@@ -262,13 +262,13 @@ def test_the_command_line_can_train_every_head_step_past_the_time_cap(tmp_path: 
     np.save(data, (_texture(40).numpy()[:, 0] * 255).round().astype(np.uint8))
     run = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", "--data", str(data), "-o", str(run), "--epochs", "1", "--latent-dim",
-                                       "2", "--widths", "4,8", "--hidden", "8", "--defect-steps", "60",
+                                       "2", "--widths", "4,8", "--hidden", "8", "--defect-steps", "200",
                                        "--no-defect-time-cap", "--defect-widths", "8,12,20",
                                        "--defect-resolution", "full"])
     assert result.exit_code == 0, result.output
     assert "synthetic defects made from 30 training images at full resolution" in result.stderr  # not tiles: untiled
     head = load_head(run)
-    assert head is not None and head.summary["steps"] == 60 and head.summary["stopped_early"] is False
+    assert head is not None and head.summary["steps"] == 200 and head.summary["stopped_early"] is False
     # --defect-widths and --defect-resolution built this head: 8 channels at half resolution, 4 at full
     assert head.config.widths == (8, 12, 20) and head.head.halves[0][0].out_channels == 8
     assert head.config.resolution == head.head.resolution == "full" and head.head.out.in_channels == 4
