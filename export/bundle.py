@@ -624,7 +624,8 @@ def build_manifest(ck: Checkpoint, cfg: ExportConfig, scorer: Scorer, calibratio
                              "generator": head.config.to_dict()["defects"],
                              "hard_negatives": head.config.hard_negatives,
                              "labelled_defects": head.config.labelled,
-                             "upsampling": head.head.output, "resolution": head.config.resolution}
+                             "upsampling": head.head.output, "resolution": head.config.resolution,
+                             "members": head.config.members}
         graphs["defect"] = {"file": DEFECT_FILE, "inputs": {DEFECT_INPUT: ["N", spec.contract.channels, "H", "W"]},
                             "outputs": {DEFECT_OUTPUT: ["N", 1, "H", "W"]}}
     return {

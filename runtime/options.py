@@ -106,6 +106,9 @@ DEFECT_HEAD = True
 DEFECT_WIDTHS = (16, 32, 64)
 DEFECT_RESOLUTIONS = ("half", "full")  # where the defect head makes its logits (TrainConfig.defect_resolution)
 DEFECT_WIDTH_MAX = 256  # channels of any one stage of the defect head (TrainConfig.defect_widths)
+# Defect heads trained from successive seeds and shipped as one, their logits averaged (TrainConfig.defect_heads).
+DEFECT_HEADS = 1
+DEFECT_MEMBERS_MAX = 8
 DEFECT_STEPS = 3000
 DEFECT_BATCH_SIZE = 32
 DEFECT_LEARNING_RATE = 2e-3

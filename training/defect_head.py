@@ -93,6 +93,9 @@ class HeadConfig:
             not chosen.
         resolution: ``"half"`` (logits at half resolution, upsampled) or ``"full"`` (a full-resolution stage at
             each end: a logit per input pixel; see :class:`DefectHead`); a stored config without it is ``"half"``.
+        members: how many heads are trained (seeds ``seed``, ``seed + 1``, ...; each for ``steps`` and under
+            ``time_budget`` of its own) and shipped as one whose logits are their mean (:class:`HeadEnsemble`);
+            1: a single head, as before the choice existed.
     """
 
     channels: int = 1
@@ -108,9 +111,12 @@ class HeadConfig:
     labelled_share: float = LABELLED_SHARE
     labelled: int = 0
     resolution: str = RESOLUTIONS[0]
+    members: int = 1
 
     def __post_init__(self) -> None:
         _check_layout(self.resolution, self.upsampling)
+        if not 1 <= self.members <= options.DEFECT_MEMBERS_MAX:
+            raise ValueError(f"members must be in 1..{options.DEFECT_MEMBERS_MAX} heads, got {self.members}")
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         if len(self.widths) != 3 or any(w < 1 for w in self.widths):
             raise ValueError(f"defect head widths must be three positive channel counts, got {list(self.widths)}")
@@ -246,6 +252,44 @@ class DefectHead(nn.Module):
         return twin
 
 
+class HeadEnsemble(nn.Module):
+    """Heads of one layout trained from different seeds: x -> the mean of their logits (N, 1, H, W).
+
+    The head's largest logit scores a surface's image, and where a head puts its false peaks on normal texture
+    depends on its seed more than on any setting measured (docs/scoring.md); the mean of a few heads keeps the
+    peaks they share. It costs the heads' time in training and in scoring; exported, it is one graph like a
+    single head's, so every runtime reads it unchanged.
+    """
+
+    def __init__(self, heads: list[DefectHead]) -> None:
+        super().__init__()
+        if len(heads) < 2:
+            raise ValueError(f"an ensemble has at least two heads, got {len(heads)}")
+        self.members = nn.ModuleList(heads)
+
+    @property
+    def output(self) -> str:
+        return str(self.members[0].output)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = self.members[0](x)
+        for head in list(self.members)[1:]:
+            total = total + head(x)
+        mean: torch.Tensor = total / len(self.members)
+        return mean
+
+    def with_output(self, output: str) -> "HeadEnsemble":
+        """A copy (same weights) whose heads' last step is ``output``, in eval mode."""
+        return HeadEnsemble([head.with_output(output) for head in self.members]).eval()
+
+
+def build_head(config: HeadConfig) -> DefectHead | HeadEnsemble:
+    """An untrained head of ``config``'s layout: one :class:`DefectHead`, or ``config.members`` of them."""
+    heads = [DefectHead(config.channels, config.widths, config.upsampling, resolution=config.resolution)
+             for _ in range(config.members)]
+    return heads[0] if len(heads) == 1 else HeadEnsemble(heads)
+
+
 def defect_loss(logits: torch.Tensor, target: torch.Tensor, hard_negatives: int = 0) -> torch.Tensor:
     """Focal loss (gamma ``FOCAL_GAMMA``, mean over pixels) plus soft Dice over the batch's positive pixels.
 
@@ -278,9 +322,9 @@ def defect_loss(logits: torch.Tensor, target: torch.Tensor, hard_negatives: int 
 class HeadResult:
     """A trained head and how its training went."""
 
-    head: DefectHead
+    head: DefectHead | HeadEnsemble
     config: HeadConfig
-    steps: int
+    steps: int  # each member's (the fewest, when a time budget stopped them at different steps)
     seconds: float
     final_loss: float
     stopped_early: bool
@@ -301,16 +345,39 @@ def train_head(images: torch.Tensor, config: HeadConfig, progress: Progress | No
         config = replace(config, labelled=len(labelled.images))
     emit = progress or (lambda event, info: None)
     started = time.perf_counter()
-    torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 7)
+    n = images.shape[0]
+    total = config.steps * config.members
+    emit("defect_start", {"steps": total, "images": n, "budget": config.time_budget,
+                          "resolution": config.resolution, "members": config.members})
+    heads, losses, steps = [], [], []
+    for k in range(config.members):
+        head, loss_value, step = _train_member(images, config, config.seed + k, labelled, emit, k * config.steps,
+                                               total)
+        heads.append(head)
+        losses.append(loss_value)
+        steps.append(step)
+    seconds = time.perf_counter() - started
+    trained = heads[0] if len(heads) == 1 else HeadEnsemble(heads).eval()
+    step, loss_value = min(steps), float(sum(losses) / len(losses))
+    result = HeadResult(trained, config, step, seconds, loss_value, stopped_early=step < config.steps, images=n)
+    emit("defect_done", {"steps": sum(steps), "seconds": seconds, "loss": loss_value,
+                         "stopped_early": result.stopped_early})
+    return result
+
+
+def _train_member(images: torch.Tensor, config: HeadConfig, seed: int, labelled: LabelledDefects | None,
+                  emit: Progress, offset: int, total: int) -> tuple[DefectHead, float, int]:
+    """One head trained from ``seed`` (the weights and every synthetic defect): (head, last loss, steps taken).
+    Its ``defect_step`` events count from ``offset`` out of ``total``, the ensemble's steps."""
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + 7)
     head = DefectHead(config.channels, config.widths, config.upsampling, resolution=config.resolution)
     optimizer = torch.optim.Adam(head.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
     head.train()
     n = images.shape[0]
-    emit("defect_start", {"steps": config.steps, "images": n, "budget": config.time_budget,
-                          "resolution": config.resolution})
     loss_value, step, every = math.nan, 0, max(1, config.steps // 20)
     for step in range(1, config.steps + 1):
         idx = torch.randint(n, (min(config.batch_size, max(n, 1)),), generator=gen)
@@ -334,14 +401,11 @@ def train_head(images: torch.Tensor, config: HeadConfig, progress: Progress | No
             raise ValueError(f"defect head training diverged at step {step}; lower its learning rate")
         elapsed = time.perf_counter() - started
         if step % every == 0 or step == config.steps:
-            emit("defect_step", {"step": step, "steps": config.steps, "loss": loss_value, "seconds": elapsed})
+            emit("defect_step", {"step": offset + step, "steps": total, "loss": loss_value, "seconds": elapsed})
         if config.time_budget is not None and elapsed > config.time_budget and step < config.steps:
             break
     head.eval()
-    seconds = time.perf_counter() - started
-    result = HeadResult(head, config, step, seconds, loss_value, stopped_early=step < config.steps, images=n)
-    emit("defect_done", {"steps": step, "seconds": seconds, "loss": loss_value, "stopped_early": result.stopped_early})
-    return result
+    return head, loss_value, step
 
 
 def save_head(result: HeadResult, run_dir: str | os.PathLike[str]) -> Path:
@@ -357,7 +421,7 @@ def save_head(result: HeadResult, run_dir: str | os.PathLike[str]) -> Path:
 
 @dataclass
 class LoadedHead:
-    head: DefectHead
+    head: DefectHead | HeadEnsemble
     config: HeadConfig
     summary: dict[str, Any]
 
@@ -377,7 +441,7 @@ def load_head(run_dir: str | os.PathLike[str]) -> LoadedHead | None:
         if not isinstance(raw, dict) or raw.get("format") != HEAD_FORMAT or raw.get("version") != HEAD_VERSION:
             raise ValueError("not an edgevae defect head of a supported version")
         config = HeadConfig.from_dict(json.loads(raw["config"]))
-        head = DefectHead(config.channels, config.widths, config.upsampling, resolution=config.resolution)
+        head = build_head(config)
         head.load_state_dict(raw["state_dict"])
     except (RuntimeError, ValueError, KeyError, TypeError, OSError, EOFError) as exc:
         raise CheckpointError(f"{path}: not a readable defect head ({exc}); train again, or delete it to export "
@@ -387,5 +451,5 @@ def load_head(run_dir: str | os.PathLike[str]) -> LoadedHead | None:
     return LoadedHead(head, config, summary)
 
 
-__all__ = ("DefectHead", "FILL_FAMILIES", "OUTPUTS", "HEAD_FILE", "HeadConfig", "HeadResult", "LoadedHead", "MASK_FAMILIES",
+__all__ = ("DefectHead", "FILL_FAMILIES", "OUTPUTS", "HEAD_FILE", "HeadConfig", "HeadEnsemble", "build_head", "HeadResult", "LoadedHead", "MASK_FAMILIES",
            "SURFACE_HARD_NEGATIVES", "defect_loss", "load_head", "save_head", "train_head")

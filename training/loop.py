@@ -77,6 +77,9 @@ class TrainConfig:
             run, whose defects are a few pixels wide at native resolution (on the tiles benchmark's gravel it
             raised every kind, docs/scoring.md), ``"half"`` otherwise (the cheaper head: an untiled bundle scores
             every image with it).
+        defect_heads: how many defect heads to train, from seeds ``seed``, ``seed + 1``, ...; more than one ships
+            as one head whose logits are their mean (:class:`~edgevae.training.defect_head.HeadEnsemble`), at
+            that many times the head's training time (each under the time cap of its own) and scoring time.
         labelled_defects: a folder of the user's own defective images, each with a ``NAME_mask`` image beside it
             (:mod:`edgevae.training.labelled`): the defect head trains on them beside the synthetic defects. None:
             synthetic defects alone. Read and checked before the VAE trains.
@@ -96,6 +99,7 @@ class TrainConfig:
     defect_time_cap: bool = True
     defect_widths: tuple[int, int, int] = options.DEFECT_WIDTHS
     defect_resolution: str | None = None
+    defect_heads: int = options.DEFECT_HEADS
     labelled_defects: str | None = None
 
     def __post_init__(self) -> None:
@@ -104,6 +108,8 @@ class TrainConfig:
             if not self.defect_head:
                 raise ValueError("labelled defects train the defect head, which this run leaves out: drop "
                                  "--no-defect-head (defect_head=False) or --labelled-defects")
+        if not 1 <= self.defect_heads <= options.DEFECT_MEMBERS_MAX:
+            raise ValueError(f"defect_heads must be in 1..{options.DEFECT_MEMBERS_MAX}, got {self.defect_heads}")
         if self.defect_steps < 1:
             raise ValueError(f"defect_steps must be >= 1, got {self.defect_steps}")
         widths = tuple(self.defect_widths)
@@ -514,7 +520,8 @@ def _head_config(run: "_Run") -> Any:
     surface = {"defects": SURFACE_DEFECTS, "hard_negatives": SURFACE_HARD_NEGATIVES} if run.tiles is not None else {}
     return HeadConfig(channels=int(run.model_config.channels or 1), widths=run.train_config.defect_widths,
                       resolution=defect_resolution(run.train_config, tiled=run.tiles is not None),
-                      steps=run.train_config.defect_steps, seed=run.train_config.seed, **surface)
+                      steps=run.train_config.defect_steps, seed=run.train_config.seed,
+                      members=run.train_config.defect_heads, **surface)
 
 
 def defect_resolution(config: TrainConfig, *, tiled: bool) -> str:

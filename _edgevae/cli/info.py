@@ -51,12 +51,15 @@ def info(bundle: str, providers: str, trusted_key: tuple[str, ...], as_json: boo
     if m.defect is not None:
         d = m.defect.raw
         trained = d.get("training") or {}
-        click.echo(f"defect head   {m.defect.file}: {d.get('parameters', '?')} weights, trained "
-                   f"{trained.get('steps', '?')} steps on synthetic defects"
+        members = int(d.get("members") or 1)
+        layout = ("one logit per pixel" if d.get("resolution") == "full"
+                  else f"{d.get('upsampling', 'bilinear')} from half resolution")
+        click.echo(f"defect head   {m.defect.file}: {d.get('parameters', '?')} weights, "
+                   + (f"the mean of {members} heads from successive seeds, each " if members > 1 else "")
+                   + f"trained {trained.get('steps', '?')} steps on synthetic defects"
                    + (f" and {d['labelled_defects']} labelled defective image"
                       f"{'s' if d['labelled_defects'] != 1 else ''}" if d.get("labelled_defects") else "")
-                   + f"; map = sigmoid of its logits (any image "
-                   f"size, {d.get('upsampling', 'bilinear')} from half resolution); defect = largest mean logit "
+                   + f"; map = sigmoid of its logits (any image size, {layout}); defect = largest mean logit "
                    f"over {sp.defect_window}x{sp.defect_window} px")
     else:
         click.echo("defect head   none (bundle made without one: no defect map or defect score)")

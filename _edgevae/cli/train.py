@@ -80,6 +80,11 @@ from .common import errors, given, need_training
               help="Where the defect head makes its logits: half (upsampled to the image's size) or full (a "
                    "full-resolution stage at each end of the head: one logit per pixel, for thin defects, at about "
                    "2.3 times the head's time; docs/scoring.md).")
+@click.option("--defect-heads", type=click.IntRange(1, options.DEFECT_MEMBERS_MAX),
+              show_default=str(options.DEFECT_HEADS),
+              help="Train this many defect heads from successive seeds and ship the mean of their logits as one "
+                   "head: fewer seed-dependent false peaks on textures, at this many times the head's training and "
+                   "scoring time (docs/scoring.md).")
 @click.option("--labelled-defects", type=click.Path(exists=True, file_okay=False), default=None,
               help="A folder of your own defective images, each NAME.png with a NAME_mask.png beside it (white on the "
                    "defect): the defect head trains on them beside its synthetic defects. A few per kind help most "
@@ -145,7 +150,7 @@ _TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "v
                   "seed": "seed", "beta": "beta", "kl_warmup": "kl_warmup_epochs", "augment_shift": "augment_shift",
                   "augment_rotate": "augment_rotate", "defect_head": "defect_head", "defect_steps": "defect_steps",
                   "defect_time_cap": "defect_time_cap", "defect_widths": "defect_widths",
-                  "defect_resolution": "defect_resolution",
+                  "defect_resolution": "defect_resolution", "defect_heads": "defect_heads",
                   "labelled_defects": "labelled_defects"}
 
 
@@ -198,9 +203,13 @@ class _TrainingProgress:
                        f"{info['val_neg_elbo']:8.2f} (recon {info['val_recon']:7.2f}, KL {info['val_kl']:6.2f})"
                        f"  {info['seconds']:6.1f}s{mark}", err=True)
         elif event == "defect_start":
-            click.echo(f"defect head: {info['steps']} steps on synthetic defects made from {info['images']} training "
-                       f"{info['unit']} at {info['resolution']} resolution"
-                       + (f", at most {info['budget']:.0f} s ({_cap_words(info)})" if info['budget'] else ""), err=True)
+            members = int(info.get("members", 1))
+            heads = f"{members} defect heads (their logits averaged)" if members > 1 else "defect head"
+            each = " each" if members > 1 else ""
+            click.echo(f"{heads}: {info['steps'] // members} steps{each} on synthetic defects made from {info['images']} "
+                       f"training {info['unit']} at {info['resolution']} resolution"
+                       + (f", at most {info['budget']:.0f} s{each} ({_cap_words(info)})" if info['budget'] else ""),
+                       err=True)
         elif event == "defect_step":
             click.echo(f"defect head step {info['step']:5d}/{info['steps']}  loss {info['loss']:.4f}  "
                        f"{info['seconds']:6.1f}s", err=True)

@@ -380,7 +380,79 @@ def test_defect_widths_and_resolution_are_checked_before_training(tmp_path: Path
         TrainConfig(defect_resolution="quarter")
     for option, bad, said in (("--defect-widths", "24,48", "three whole numbers"),
                               ("--defect-widths", "a,b,c", "--defect-widths"),
-                              ("--defect-resolution", "quarter", "--defect-resolution")):
+                              ("--defect-resolution", "quarter", "--defect-resolution"),
+                              ("--defect-heads", "0", "--defect-heads"), ("--defect-heads", "9", "--defect-heads")):
         result = CliRunner().invoke(main, ["train", "--data", str(data), "-o", str(tmp_path / "r"), option, bad])
         assert result.exit_code != 0 and said in result.output, result.output
         assert not (tmp_path / "r" / "last.pt").exists()
+    with pytest.raises(ValueError, match="defect_heads must be in 1..8"):
+        TrainConfig(defect_heads=0)
+    np.save(data, (_texture(40).numpy()[:, 0] * 255).round().astype(np.uint8))
+    result = CliRunner().invoke(main, ["train", "--data", str(data), "-o", str(tmp_path / "two"), "--epochs", "1",
+                                       "--latent-dim", "2", "--widths", "4,8", "--hidden", "8", "--defect-steps", "5",
+                                       "--defect-widths", "4,4,4", "--defect-heads", "2", "--no-defect-time-cap"])
+    assert result.exit_code == 0, result.output
+    assert "2 defect heads (their logits averaged): 5 steps each on synthetic defects" in result.stderr
+    assert "defect head: 10 steps in" in result.stderr
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["train_config"]["defect_heads"] == 2
+
+
+def test_several_heads_train_from_successive_seeds_and_ship_as_their_mean(tiny_run: Path, tmp_path: Path) -> None:
+    """``members=2`` (``train --defect-heads 2``): two heads from seeds s and s + 1, each what a single head of
+    that seed is; the ensemble's logits are their mean, it is stored and loaded whole, and export ships it as one
+    checked graph whose manifest says how many heads it averages."""
+    import shutil
+
+    from edgevae.export import ExportConfig, export_bundle
+    from edgevae.runtime import load
+    from edgevae.training.defect_head import HeadConfig, HeadEnsemble, load_head, save_head, train_head
+
+    images = _texture(32)
+    events: list[tuple[str, dict]] = []
+    config = HeadConfig(channels=1, widths=(8, 8, 8), steps=20, batch_size=8, seed=3)
+    result = train_head(images, replace_members(config, 2), progress=lambda e, i: events.append((e, dict(i))))
+    assert isinstance(result.head, HeadEnsemble) and len(result.head.members) == 2 and result.steps == 20
+    assert events[0] == ("defect_start", {"steps": 40, "images": 32, "budget": None, "resolution": "half",
+                                          "members": 2})
+    steps = [i["step"] for e, i in events if e == "defect_step"]
+    assert steps == sorted(steps) and steps[-1] == 40 and events[-1][1]["steps"] == 40
+    x = _texture(2, size=24, seed=5)
+    heads = [train_head(images, replace_members(config, 1, seed=s)).head for s in (3, 4)]
+    with torch.no_grad():
+        singles = [h(x) for h in heads]
+        np.testing.assert_allclose(result.head.members[0](x).numpy(), singles[0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(result.head.members[1](x).numpy(), singles[1].numpy(), atol=1e-5)
+        np.testing.assert_allclose(result.head(x).numpy(), ((singles[0] + singles[1]) / 2).numpy(), atol=1e-5)
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    digits = (np.load(Path(__file__).parents[2] / "training/embedded/mnist_5k.npz")["images"][:68] / 255.0)
+    head = train_head(torch.from_numpy(digits[:64, None].astype(np.float32)),
+                      replace_members(config, 2, widths=(8, 16, 16)))
+    save_head(head, run)
+    loaded = load_head(run)
+    assert loaded is not None and isinstance(loaded.head, HeadEnsemble) and loaded.config.members == 2
+    bundle = tmp_path / "bundle"
+    export_bundle(run, bundle, ExportConfig(elbo_samples=8, iwae_samples=16))
+    model = load(bundle, ["CPUExecutionProvider"])
+    assert model.manifest.raw["scoring"]["defect"]["members"] == 2
+    from click.testing import CliRunner
+
+    from edgevae.cli import main
+
+    said = CliRunner().invoke(main, ["info", str(bundle)])
+    assert said.exit_code == 0 and "the mean of 2 heads from successive seeds, each trained 20 steps" in said.output
+    assert "bilinear from half resolution" in said.output
+    xs = digits[64:68, None].astype(np.float32)
+    with torch.no_grad():
+        want = head.head(torch.from_numpy(xs)).numpy()[:, 0]
+    np.testing.assert_allclose(model.defect_logits(xs), want, atol=1e-4)
+    with pytest.raises(ValueError, match="members must be in 1..8"):
+        HeadConfig(members=0)
+
+
+def replace_members(config, members: int, **changes):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    return replace(config, members=members, **changes)
