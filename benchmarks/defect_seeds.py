@@ -63,7 +63,8 @@ def aurocs(logits: dict[str, np.ndarray]) -> list[float]:
                                       np.r_[normal, score[k]])), 4) for k in KINDS]
 
 
-def surface(name: str, seeds: list[int], steps: int, smoke: bool) -> dict[str, Any]:
+def surface(name: str, seeds: list[int], steps: int, smoke: bool,
+            hard_negatives: int = SURFACE_HARD_NEGATIVES) -> dict[str, Any]:
     side, n_train, n_test = (64, 48, 12) if smoke else (192, 400, 100)
     # the tiles benchmark's own draws: the same counts, so the same views
     task = large_task(name, side, n_train, n_test, 12 if smoke else 200, 24 if smoke else 500)
@@ -76,7 +77,7 @@ def surface(name: str, seeds: list[int], steps: int, smoke: bool) -> dict[str, A
         started = time.perf_counter()
         result = train_head(torch.from_numpy(tiles), HeadConfig(
             channels=tiles.shape[1], resolution="full", defects=SURFACE_DEFECTS,
-            hard_negatives=SURFACE_HARD_NEGATIVES, seed=seed, steps=steps, batch_size=8 if smoke else 32))
+            hard_negatives=hard_negatives, seed=seed, steps=steps, batch_size=8 if smoke else 32))
         logits[seed] = {k: tile_logits(result.head, v, tile, stride) for k, v in sets.items()}
         row[f"single {seed}"] = aurocs(logits[seed])
         row[f"seconds {seed}"] = round(time.perf_counter() - started, 1)
@@ -95,15 +96,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--surfaces", default=",".join(TASKS), help="tiles benchmark tasks, comma-separated")
     parser.add_argument("--seeds", default="0,1,2", help="head seeds, comma-separated")
     parser.add_argument("--steps", type=int, default=None, help="steps per head (default 3000; smoke 10)")
+    parser.add_argument("--hard-negatives", type=int, default=SURFACE_HARD_NEGATIVES,
+                        help="the heads' hard negatives per tile (default: the tiled default's)")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "defect_head_seeds.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     started = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
     steps = args.steps or (10 if args.smoke else 3000)
-    report: dict[str, Any] = {"kinds": list(KINDS), "seeds": seeds, "steps": steps, "smoke": args.smoke}
+    report: dict[str, Any] = {"kinds": list(KINDS), "seeds": seeds, "steps": steps, "smoke": args.smoke,
+                              "hard_negatives": args.hard_negatives}
     for name in args.surfaces.split(","):
-        report[name] = surface(name, seeds, steps, args.smoke)
+        report[name] = surface(name, seeds, steps, args.smoke, args.hard_negatives)
     report.update(date=time.strftime("%Y-%m-%d"), seconds=round(time.perf_counter() - started, 1))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=1))
