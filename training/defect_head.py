@@ -285,9 +285,12 @@ class HeadEnsemble(nn.Module):
 
 def build_head(config: HeadConfig) -> DefectHead | HeadEnsemble:
     """An untrained head of ``config``'s layout: one :class:`DefectHead`, or ``config.members`` of them."""
-    heads = [DefectHead(config.channels, config.widths, config.upsampling, resolution=config.resolution)
-             for _ in range(config.members)]
+    heads = [_one_head(config) for _ in range(config.members)]
     return heads[0] if len(heads) == 1 else HeadEnsemble(heads)
+
+
+def _one_head(config: HeadConfig) -> DefectHead:
+    return DefectHead(config.channels, config.widths, config.upsampling, resolution=config.resolution)
 
 
 def defect_loss(logits: torch.Tensor, target: torch.Tensor, hard_negatives: int = 0) -> torch.Tensor:
@@ -352,7 +355,7 @@ def train_head(images: torch.Tensor, config: HeadConfig, progress: Progress | No
     heads, losses, steps = [], [], []
     for k in range(config.members):
         head, loss_value, step = _train_member(images, config, config.seed + k, labelled, emit, k * config.steps,
-                                               total)
+                                               total, started)
         heads.append(head)
         losses.append(loss_value)
         steps.append(step)
@@ -366,13 +369,14 @@ def train_head(images: torch.Tensor, config: HeadConfig, progress: Progress | No
 
 
 def _train_member(images: torch.Tensor, config: HeadConfig, seed: int, labelled: LabelledDefects | None,
-                  emit: Progress, offset: int, total: int) -> tuple[DefectHead, float, int]:
+                  emit: Progress, offset: int, total: int, since: float) -> tuple[DefectHead, float, int]:
     """One head trained from ``seed`` (the weights and every synthetic defect): (head, last loss, steps taken).
-    Its ``defect_step`` events count from ``offset`` out of ``total``, the ensemble's steps."""
+    Its ``defect_step`` events count from ``offset`` out of ``total``, the ensemble's steps, and their seconds
+    from ``since``, the ensemble's start; its time budget counts from its own start."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + 7)
-    head = DefectHead(config.channels, config.widths, config.upsampling, resolution=config.resolution)
+    head = _one_head(config)
     optimizer = torch.optim.Adam(head.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
@@ -401,7 +405,8 @@ def _train_member(images: torch.Tensor, config: HeadConfig, seed: int, labelled:
             raise ValueError(f"defect head training diverged at step {step}; lower its learning rate")
         elapsed = time.perf_counter() - started
         if step % every == 0 or step == config.steps:
-            emit("defect_step", {"step": offset + step, "steps": total, "loss": loss_value, "seconds": elapsed})
+            emit("defect_step", {"step": offset + step, "steps": total, "loss": loss_value,
+                                 "seconds": time.perf_counter() - since})
         if config.time_budget is not None and elapsed > config.time_budget and step < config.steps:
             break
     head.eval()
