@@ -6,10 +6,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test bench-quality clean embed-setup serve-web
 
+# The filter silences setuptools' note on every editable install of a package whose folders are mapped (package-dir),
+# "be careful with folders ... with the same name as your package", which pip 26 shows even with --quiet.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[train,dev,scale]"
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -c constraints.txt -e ".[train,dev,scale]"
 	touch $(STAMP)
 
 setup: $(STAMP)
