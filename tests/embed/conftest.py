@@ -200,16 +200,44 @@ def tiled_bundle(bundle: Path, tmp_path_factory: pytest.TempPathFactory, test_di
     """The session bundle made tiled (28x28 tiles every 14 px) and calibrated by ``edgevae.runtime.recalibrate`` on
     30 whole 56x56 mosaics of digits (9 tiles each): the tiles' own calibration and the image-level one, as a
     tiled run's export writes them."""
+    return made_tiled(bundle, tmp_path_factory.mktemp("tiled") / "bundle", test_digits[0][:300])
+
+
+def made_tiled(bundle: Path, copy: Path, digits: np.ndarray) -> Path:
+    """A copy of ``bundle`` made tiled (28x28 tiles every 14 px, position-free) and calibrated by
+    ``edgevae.runtime.recalibrate`` on 30 whole 56x56 mosaics of ``digits``."""
     from edgevae.runtime.recalibrate import recalibrate
 
-    copy = tmp_path_factory.mktemp("tiled") / "bundle"
     shutil.copytree(bundle, copy)
     manifest = json.loads((copy / "edgevae.json").read_text())
     manifest["tiling"] = {"tile": [28, 28], "stride": 14, "aggregate": "max", "downscale": 1, "positional": False}
     (copy / "edgevae.json").write_text(json.dumps(manifest, indent=2))
     rng = np.random.default_rng(7)
-    recalibrate(copy, [mosaic(test_digits[0][:300], rng, 56, 56)[None] for _ in range(30)], fpr=0.05)
+    recalibrate(copy, [mosaic(digits, rng, 56, 56)[None] for _ in range(30)], fpr=0.05)
     return copy
+
+
+@pytest.fixture(scope="session")
+def ensemble_tiled_bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory, test_digits) -> Path:  # type: ignore[no-untyped-def]
+    """The session's run with the defect head a tiled run ships: full resolution (a logit per pixel), here two
+    heads from successive seeds averaged (``train --defect-heads 2``), exported and made tiled as ``tiled_bundle``:
+    the programs must run that graph as they run the half-resolution single head."""
+    import torch
+
+    from edgevae.export import ExportConfig, export_bundle
+    from edgevae.training.defect_head import HeadConfig, save_head, train_head
+    from edgevae.training.defects import SURFACE_DEFECTS
+
+    work = tmp_path_factory.mktemp("ensemble")
+    run = work / "run"
+    shutil.copytree(tiny_run, run)
+    digits = np.load(ROOT / "training/embedded/mnist_5k.npz")["images"][:64, None] / 255.0
+    head = train_head(torch.from_numpy(digits.astype(np.float32)), HeadConfig(
+        channels=1, widths=(8, 8, 8), steps=20, batch_size=8, seed=5, resolution="full", members=2,
+        defects=SURFACE_DEFECTS, hard_negatives=16))
+    save_head(head, run)
+    export_bundle(run, work / "untiled", ExportConfig(elbo_samples=8, iwae_samples=64))
+    return made_tiled(work / "untiled", work / "bundle", test_digits[0][:300])
 
 
 @pytest.fixture(scope="session")

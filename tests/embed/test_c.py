@@ -55,6 +55,22 @@ def test_c_scores_large_images_by_tiles_as_the_runtime(scorer: Path, tiled_bundl
     compare_tiled(tiled_model, [json.loads(line) for line in proc.stdout.splitlines()], inputs, method)
 
 
+@pytest.mark.parametrize("method", ["combined", "defect"])
+def test_c_runs_a_full_resolution_ensemble_head_as_the_runtime(scorer: Path, ensemble_tiled_bundle: Path,
+        tiled_inputs, method: str) -> None:  # type: ignore[no-untyped-def]
+    """The defect graph a tiled run ships (a logit per pixel; here the mean of two heads) is scored as the runtime
+    scores it, through the tiles and the combined score's references."""
+    from edgevae.runtime import load
+
+    model = load(ensemble_tiled_bundle, ["CPUExecutionProvider"])
+    defect = model.manifest.raw["scoring"]["defect"]
+    assert defect["resolution"] == "full" and defect["members"] == 2
+    inputs = {k: v for k, v in tiled_inputs.items() if not k.endswith(".png")}
+    proc = run(scorer, "-m", str(ensemble_tiled_bundle), "--method", method, *inputs)
+    assert proc.returncode == 0 and "Sanitizer" not in proc.stderr, proc.stderr
+    compare_tiled(model, [json.loads(line) for line in proc.stdout.splitlines()], inputs, method)
+
+
 def test_c_tiled_refusals_and_bad_files(scorer: Path, tiled_bundle: Path, tiled_inputs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     good = next(k for k in tiled_inputs if k.endswith(".pgm"))
     check_tiled_refusals(lambda *a: run(scorer, *a), tiled_bundle, tmp_path, good)
