@@ -174,9 +174,17 @@ def _line(gen: torch.Generator, grid: _Grid) -> torch.Tensor:
     t = torch.linspace(0, 1, max(8, int(length * 2)))[:, None, None]
     py = (1 - t) ** 2 * y0 + 2 * (1 - t) * t * y1 + t ** 2 * y2  # (P, 1, 1)
     px = (1 - t) ** 2 * x0 + 2 * (1 - t) * t * x1 + t ** 2 * x2
-    dist = ((grid.y[None] - py) ** 2 + (grid.x[None] - px) ** 2).min(dim=0).values.sqrt()
     width = float(torch.randint(1, 4, (), generator=gen))
-    return (dist <= width / 2 + 0.2).float()
+    reach = width / 2 + 0.2
+    mask = torch.zeros((grid.h, grid.w))
+    # distances only inside the stroke's bounding box (a pixel farther than ``reach`` from every point is off)
+    top, bottom = max(0, math.floor(float(py.min()) - reach)), min(grid.h, math.ceil(float(py.max()) + reach) + 1)
+    left, right = max(0, math.floor(float(px.min()) - reach)), min(grid.w, math.ceil(float(px.max()) + reach) + 1)
+    if top < bottom and left < right:
+        ys, xs = grid.y[None, top:bottom, left:right], grid.x[None, top:bottom, left:right]
+        dist = ((ys - py) ** 2 + (xs - px) ** 2).min(dim=0).values.sqrt()
+        mask[top:bottom, left:right] = (dist <= reach).float()
+    return mask
 
 
 MASKS: dict[str, Callable[[torch.Generator, _Grid], torch.Tensor]] = {
