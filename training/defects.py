@@ -163,8 +163,9 @@ def _blob(gen: torch.Generator, grid: _Grid) -> torch.Tensor:
     return mask.float()
 
 
-def _line(gen: torch.Generator, grid: _Grid) -> torch.Tensor:
-    """A quadratic Bezier stroke 1 to 3 px wide."""
+def _stroke(gen: torch.Generator, grid: _Grid) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """A quadratic Bezier curve's points (py, px), each (P, 1, 1), and the stroke's reach from them (its width of
+    1 to 3 px halved, plus 0.2)."""
     length = _size(gen, grid) * _uniform(gen, 1.5, 4.0)
     y0, x0 = _uniform(gen, 0, grid.h - 1), _uniform(gen, 0, grid.w - 1)
     angle = _uniform(gen, 0, 2 * math.pi)
@@ -172,12 +173,18 @@ def _line(gen: torch.Generator, grid: _Grid) -> torch.Tensor:
     bend = _uniform(gen, -0.4, 0.4) * length
     y1, x1 = (y0 + y2) / 2 + bend * math.cos(angle), (x0 + x2) / 2 - bend * math.sin(angle)
     t = torch.linspace(0, 1, max(8, int(length * 2)))[:, None, None]
-    py = (1 - t) ** 2 * y0 + 2 * (1 - t) * t * y1 + t ** 2 * y2  # (P, 1, 1)
+    py = (1 - t) ** 2 * y0 + 2 * (1 - t) * t * y1 + t ** 2 * y2
     px = (1 - t) ** 2 * x0 + 2 * (1 - t) * t * x1 + t ** 2 * x2
     width = float(torch.randint(1, 4, (), generator=gen))
-    reach = width / 2 + 0.2
+    return py, px, width / 2 + 0.2
+
+
+def _line(gen: torch.Generator, grid: _Grid) -> torch.Tensor:
+    """A quadratic Bezier stroke 1 to 3 px wide (:func:`_stroke`): every pixel within its reach of the curve.
+    Distances are measured inside the stroke's bounding box only (a pixel farther than the reach from every point
+    is off)."""
+    py, px, reach = _stroke(gen, grid)
     mask = torch.zeros((grid.h, grid.w))
-    # distances only inside the stroke's bounding box (a pixel farther than ``reach`` from every point is off)
     top, bottom = max(0, math.floor(float(py.min()) - reach)), min(grid.h, math.ceil(float(py.max()) + reach) + 1)
     left, right = max(0, math.floor(float(px.min()) - reach)), min(grid.w, math.ceil(float(px.max()) + reach) + 1)
     if top < bottom and left < right:

@@ -296,6 +296,19 @@ def fixed_camera(bundle: Path, tmp_path_factory: pytest.TempPathFactory, test_di
     return copy, arrays
 
 
+def check_ensemble_head(run, bundle: Path, inputs: dict[str, np.ndarray], method: str) -> None:  # type: ignore[no-untyped-def]
+    """A program scores ``ensemble_tiled_bundle`` (a full-resolution defect graph, the mean of two heads) by tiles as
+    ``Model.score_tiled`` does, through the tiles and the combined score's references."""
+    from edgevae.runtime import load
+
+    model = load(bundle, ["CPUExecutionProvider"])
+    defect = model.manifest.raw["scoring"]["defect"]
+    assert defect["resolution"] == "full" and defect["members"] == 2
+    proc = run("-m", str(bundle), "--method", method, *inputs)
+    assert proc.returncode == 0 and "Sanitizer" not in proc.stderr, proc.stderr
+    compare_tiled(model, [json.loads(line) for line in proc.stdout.splitlines()], inputs, method)
+
+
 def check_fixed_camera(run, fixed_camera, method: str, png: bool) -> None:  # type: ignore[no-untyped-def]
     """A program scores a fixed camera's frames as ``Model.score_tiled`` does (aligned to the scene), gives a frame
     of another size an error row that names the frame's size while the frames beside it are scored, and (once, with

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import EMBED, METHODS, check_bad_input_corpus, check_tiled_bad_files, check_fixed_camera, check_tiled_refusals, compare_tiled, check_mutated_corpus, program_rows, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_specs_are_read, check_weights_are_read, compare, need, without_png
+from .conftest import EMBED, METHODS, check_bad_input_corpus, check_ensemble_head, check_tiled_bad_files, check_fixed_camera, check_tiled_refusals, compare_tiled, check_mutated_corpus, program_rows, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_specs_are_read, check_weights_are_read, compare, need, without_png
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 
@@ -58,17 +58,7 @@ def test_c_scores_large_images_by_tiles_as_the_runtime(scorer: Path, tiled_bundl
 @pytest.mark.parametrize("method", ["combined", "defect"])
 def test_c_runs_a_full_resolution_ensemble_head_as_the_runtime(scorer: Path, ensemble_tiled_bundle: Path,
         tiled_inputs, method: str) -> None:  # type: ignore[no-untyped-def]
-    """The defect graph a tiled run ships (a logit per pixel; here the mean of two heads) is scored as the runtime
-    scores it, through the tiles and the combined score's references."""
-    from edgevae.runtime import load
-
-    model = load(ensemble_tiled_bundle, ["CPUExecutionProvider"])
-    defect = model.manifest.raw["scoring"]["defect"]
-    assert defect["resolution"] == "full" and defect["members"] == 2
-    inputs = {k: v for k, v in tiled_inputs.items() if not k.endswith(".png")}
-    proc = run(scorer, "-m", str(ensemble_tiled_bundle), "--method", method, *inputs)
-    assert proc.returncode == 0 and "Sanitizer" not in proc.stderr, proc.stderr
-    compare_tiled(model, [json.loads(line) for line in proc.stdout.splitlines()], inputs, method)
+    check_ensemble_head(lambda *a: run(scorer, *a), ensemble_tiled_bundle, without_png(tiled_inputs), method)
 
 
 def test_c_tiled_refusals_and_bad_files(scorer: Path, tiled_bundle: Path, tiled_inputs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import EMBED, METHODS, check_bad_input_corpus, check_tiled_bad_files, check_fixed_camera, check_tiled_refusals, compare_tiled, check_mutated_corpus, program_rows, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_png_variants, check_specs_are_read, check_weights_are_read, compare, need
+from .conftest import EMBED, METHODS, check_bad_input_corpus, check_ensemble_head, check_tiled_bad_files, check_fixed_camera, check_tiled_refusals, compare_tiled, check_mutated_corpus, program_rows, check_channel_warnings, check_hostile_inputs, check_netpbm_variants, check_png_variants, check_specs_are_read, check_weights_are_read, compare, need
 
 pytestmark = [pytest.mark.embed, pytest.mark.slow]
 NODE = EMBED / "node"
@@ -46,17 +46,7 @@ def test_node_scores_large_images_by_tiles_as_the_runtime(node: str, tiled_bundl
 @pytest.mark.parametrize("method", ["combined", "defect"])
 def test_node_runs_a_full_resolution_ensemble_head_as_the_runtime(node: str, ensemble_tiled_bundle: Path,
         tiled_inputs, method: str) -> None:  # type: ignore[no-untyped-def]
-    """The defect graph a tiled run ships (a logit per pixel; here the mean of two heads) is scored as the runtime
-    scores it, through the tiles and the combined score's references."""
-    from edgevae.runtime import load
-
-    model = load(ensemble_tiled_bundle, ["CPUExecutionProvider"])
-    defect = model.manifest.raw["scoring"]["defect"]
-    assert defect["resolution"] == "full" and defect["members"] == 2
-    inputs = tiled_inputs
-    proc = run(node, "-m", str(ensemble_tiled_bundle), "--method", method, *inputs)
-    assert proc.returncode == 0 and "Sanitizer" not in proc.stderr, proc.stderr
-    compare_tiled(model, [json.loads(line) for line in proc.stdout.splitlines()], inputs, method)
+    check_ensemble_head(lambda *a: run(node, *a), ensemble_tiled_bundle, tiled_inputs, method)
 
 
 def test_node_tiled_refusals_and_bad_files(node: str, tiled_bundle: Path, tiled_inputs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -54,26 +54,14 @@ def test_small_defects_dominate_and_thin_lines_are_thin() -> None:
 def test_a_line_mask_is_every_pixel_within_reach_of_its_curve_even_where_it_leaves_the_image() -> None:
     """``_line`` measures distances inside the stroke's bounding box only: the mask must be the one measured over
     the whole image (the same draws, in the same order, so that a seed gives the defects it always gave)."""
-    import math
-
-    from edgevae.training.defects import _Grid, _line, _size, _uniform
+    from edgevae.training.defects import _Grid, _line, _stroke
 
     for seed in range(200):
         grid = _Grid(24 + seed % 17, 40 - seed % 13)
         mask = _line(torch.Generator().manual_seed(seed), grid)
-        gen = torch.Generator().manual_seed(seed)
-        length = _size(gen, grid) * _uniform(gen, 1.5, 4.0)
-        y0, x0 = _uniform(gen, 0, grid.h - 1), _uniform(gen, 0, grid.w - 1)
-        angle = _uniform(gen, 0, 2 * math.pi)
-        y2, x2 = y0 + length * math.sin(angle), x0 + length * math.cos(angle)
-        bend = _uniform(gen, -0.4, 0.4) * length
-        y1, x1 = (y0 + y2) / 2 + bend * math.cos(angle), (x0 + x2) / 2 - bend * math.sin(angle)
-        t = torch.linspace(0, 1, max(8, int(length * 2)))[:, None, None]
-        py = (1 - t) ** 2 * y0 + 2 * (1 - t) * t * y1 + t ** 2 * y2
-        px = (1 - t) ** 2 * x0 + 2 * (1 - t) * t * x1 + t ** 2 * x2
-        width = float(torch.randint(1, 4, (), generator=gen))
+        py, px, reach = _stroke(torch.Generator().manual_seed(seed), grid)
         dist = ((grid.y[None] - py) ** 2 + (grid.x[None] - px) ** 2).min(dim=0).values.sqrt()
-        assert torch.equal(mask, (dist <= width / 2 + 0.2).float()), seed
+        assert torch.equal(mask, (dist <= reach).float()), seed
 
 
 def test_a_family_can_be_left_out_and_unknown_ones_are_refused() -> None:
